@@ -1,0 +1,104 @@
+"""The few errors a client of sidegate can see, and the one function that renders them.
+
+::
+
+    SidegateError                      OpenAI error JSON: {"error": {"message", "type", "code", "param"}}
+     ├── MalformedRequest      400     not JSON, missing `messages`, wrong types, unknown provider hint
+     ├── NotFound              404     a path sidegate does not serve
+     ├── MethodNotAllowed      405
+     ├── PayloadTooLarge       413     body over `max_body_bytes` (Envoy usually answers this itself)
+     ├── UpstreamError         status of the upstream (endpoint 4xx/5xx), 502 bad gateway, 504 timeout
+     └── ModelServerError      503     Triton unreachable or failing, when the stage fails closed
+
+Anything else raised while handling a request is a bug: it becomes a generic 500 that names the
+request id (see :func:`render_error`), and the traceback goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+__all__ = [
+    "MalformedRequest",
+    "MethodNotAllowed",
+    "ModelServerError",
+    "NotFound",
+    "PayloadTooLarge",
+    "RenderedError",
+    "SidegateError",
+    "UpstreamError",
+    "render_error",
+]
+
+
+class SidegateError(Exception):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.param = param
+
+
+class MalformedRequest(SidegateError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class NotFound(SidegateError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(SidegateError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(SidegateError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UpstreamError(SidegateError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class ModelServerError(SidegateError):
+    status = 503
+    type = "server_error"
+    code = "model_server_unavailable"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderedError:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+def render_error(exc: BaseException, *, request_id: str = "") -> RenderedError:
+    """Turn an exception into what the client receives. Only :class:`SidegateError` text leaves."""
+    if isinstance(exc, SidegateError):
+        status, etype, code, message, param = exc.status, exc.type, exc.code, exc.message, exc.param
+    else:
+        status, etype, code, param = 500, "server_error", "internal_error", None
+        message = f"sidegate failed to process the request (request id {request_id or 'unknown'}); see `sidegate logs ext_proc`"
+    body = {"error": {"message": message, "type": etype, "param": param, "code": code}}
+    headers = {"content-type": "application/json", "x-sidegate-error": code}
+    if request_id:
+        headers["x-request-id"] = request_id
+    return RenderedError(status=status, body=json.dumps(body).encode(), headers=headers)
