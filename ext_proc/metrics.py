@@ -1,0 +1,41 @@
+"""Prometheus metrics of the ext_proc service, served on ``/metrics`` of its HTTP port."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """One registry per service instance (tests start several in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "sidegate_requests", "Requests seen by the ext_proc service", ["listener", "route", "outcome"], registry=r
+        )
+        self.phase_seconds = Histogram(
+            "sidegate_ext_proc_phase_seconds",
+            "Time the ext_proc service spends on one message phase",
+            ["listener", "phase"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_status = Counter(
+            "sidegate_upstream_responses", "Upstream responses by provider and status class", ["provider", "status"], registry=r
+        )
+        self.tokens = Counter(
+            "sidegate_llm_tokens", "Tokens reported by providers in `usage`", ["provider", "direction"], registry=r
+        )
+        self.ttft_seconds = Histogram(
+            "sidegate_time_to_first_token_seconds",
+            "From forwarding a streaming request to its first SSE chunk",
+            ["provider"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter("sidegate_errors", "Errors answered to clients", ["listener", "code"], registry=r)

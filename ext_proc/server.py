@@ -1,0 +1,175 @@
+"""The gRPC edge: Envoy's ext_proc protocol in, processor calls, protobuf out.
+
+This is the only module (with its response builders) that touches ``envoy.service.ext_proc.v3``.
+
+Usage (tests)::
+
+    server, port = await create_server(cfg, "127.0.0.1:0")
+    await server.start()
+    ...
+    await server.stop(grace=1)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
+
+from . import routes
+from .config import Config
+from .errors import NotFound, render_error
+from .metrics import Metrics
+from .processor import Continue, Immediate, PassThrough, Processor, Reply
+
+__all__ = ["ExternalProcessor", "LISTENER_METADATA", "create_server"]
+
+log = logging.getLogger("sidegate.ext_proc")
+LISTENER_METADATA = "x-sidegate-listener"
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_MODES = {
+    "NONE": processing_mode_pb2.ProcessingMode.NONE,
+    "STREAMED": processing_mode_pb2.ProcessingMode.STREAMED,
+    "BUFFERED": processing_mode_pb2.ProcessingMode.BUFFERED,
+}
+
+
+class _RequestLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['request_id']}] {msg}", kwargs  # type: ignore[index]
+
+
+def _headers(header_map: base_pb2.HeaderMap) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for h in header_map.headers:
+        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        key = h.key.lower()
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
+
+
+def _mutation(set_headers: dict[str, str], remove: tuple[str, ...] = ()) -> pb.HeaderMutation:
+    return pb.HeaderMutation(
+        set_headers=[
+            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, raw_value=v.encode()), append_action=_OVERWRITE)
+            for k, v in set_headers.items()
+        ],
+        remove_headers=list(remove),
+    )
+
+
+def _to_proto(kind: str, reply: Reply) -> pb.ProcessingResponse:
+    if isinstance(reply, Immediate):
+        return pb.ProcessingResponse(
+            immediate_response=pb.ImmediateResponse(
+                status=http_status_pb2.HttpStatus(code=reply.status),  # type: ignore[arg-type]
+                headers=_mutation(reply.headers),
+                body=reply.body,
+                details=reply.details,
+            )
+        )
+    common = pb.CommonResponse(clear_route_cache=reply.clear_route_cache)
+    if reply.set_headers or reply.remove_headers:
+        common.header_mutation.CopyFrom(_mutation(reply.set_headers, reply.remove_headers))
+    if reply.body is not None:
+        common.body_mutation.body = reply.body
+    out = pb.ProcessingResponse()
+    if kind.endswith("_trailers"):  # trailers are SKIPped by the rendered config; answer politely anyway
+        getattr(out, kind).SetInParent()
+    else:
+        getattr(out, kind).response.CopyFrom(common)  # HeadersResponse and BodyResponse alike
+    if reply.response_body_mode is not None:
+        out.mode_override.response_body_mode = _MODES[reply.response_body_mode]
+    return out
+
+
+class _NotServed(PassThrough):
+    """Implements Processor.request_headers for paths nobody serves: an immediate 404."""
+
+    def __init__(self, listener: str, path: str) -> None:
+        self.listener, self.path = listener, path
+
+    async def request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Reply:
+        served = ", ".join(routes.served_paths(self.listener)) or "nothing"
+        err = NotFound(f"sidegate's {self.listener} listener does not serve {self.path!r} (it serves: {served})")
+        return Immediate.from_error(render_error(err, request_id=headers.get("x-request-id", "")), details="not_found")
+
+
+class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
+    """The ext_proc stream loop: picks a processor on the first headers, dispatches, replies."""
+
+    def __init__(self, cfg: Config, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+
+    async def Process(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        listener = dict(context.invocation_metadata() or ()).get(LISTENER_METADATA, "egress")
+        processor: Processor | None = None
+        request_id = ""
+        try:
+            async for request in request_iterator:
+                kind = request.WhichOneof("request")
+                started = time.perf_counter()
+                try:
+                    if kind == "request_headers":
+                        headers = _headers(request.request_headers.headers)
+                        request_id = headers.get("x-request-id", "")
+                        if processor is None:
+                            processor = self._pick(listener, headers, request_id)
+                        reply = await processor.request_headers(headers, request.request_headers.end_of_stream)
+                    elif processor is None:
+                        reply = Continue()  # a body or trailers without headers: nothing to decide
+                    elif kind == "request_body":
+                        reply = await processor.request_body(request.request_body.body, request.request_body.end_of_stream)
+                    elif kind == "response_headers":
+                        headers = _headers(request.response_headers.headers)
+                        reply = await processor.response_headers(headers, request.response_headers.end_of_stream)
+                    elif kind == "response_body":
+                        reply = await processor.response_body(request.response_body.body, request.response_body.end_of_stream)
+                    else:
+                        reply = Continue()
+                except Exception:  # a bug: generic 500 naming the request id, traceback to the log
+                    log.exception("[%s] %s failed on %s", request_id, type(processor).__name__, kind)
+                    self.metrics.errors.labels(listener, "internal_error").inc()
+                    reply = Immediate.from_error(render_error(RuntimeError(), request_id=request_id), details="internal_error")
+                self.metrics.phase_seconds.labels(listener, kind).observe(time.perf_counter() - started)
+                yield _to_proto(kind or "request_headers", reply)
+        finally:
+            if processor is not None:
+                processor.finish()
+
+    def _pick(self, listener: str, headers: dict[str, str], request_id: str) -> Processor:
+        path = headers.get(":path", "")
+        factory = routes.pick(listener, path)
+        if factory is None:
+            return _NotServed(listener, path)
+        return factory(self.cfg, self.metrics, _RequestLog(log, {"request_id": request_id}))
+
+
+def grpc_options(cfg: Config) -> list[tuple[str, int]]:
+    limit = max(cfg.ingress.max_body_bytes, cfg.egress.max_body_bytes) + 1024 * 1024
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+async def create_server(cfg: Config, address: str, metrics: Metrics | None = None) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server with the ext_proc servicer on ``address`` (``host:0`` picks a free port)."""
+    server = grpc.aio.server(options=grpc_options(cfg))
+    pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(cfg, metrics or Metrics()), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, port

@@ -1,0 +1,69 @@
+"""``python -m ext_proc serve``: the ext_proc gRPC server plus its HTTP side (/healthz, /metrics).
+
+Lifecycle: both servers start on one uvloop event loop; SIGTERM or SIGINT flips /healthz to 503
+(so the supervisor and load balancers stop sending), lets in-flight streams finish for up to
+``grace`` seconds, then stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvloop
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .config import Config
+from .metrics import Metrics
+from .server import create_server
+
+__all__ = ["run", "serve", "start_http"]
+
+log = logging.getLogger("sidegate.ext_proc")
+
+
+async def start_http(cfg: Config, metrics: Metrics, state: dict[str, bool], port: int | None = None) -> tuple[web.AppRunner, int]:
+    async def healthz(_: web.Request) -> web.Response:
+        if state.get("serving"):
+            return web.json_response({"status": "ok", "config": cfg.source})
+        return web.json_response({"status": "draining"}, status=503)
+
+    async def metrics_handler(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.ext_proc.address, cfg.ext_proc.http_port if port is None else port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, bound
+
+
+async def serve(cfg: Config, *, grace: float = 5.0) -> None:
+    metrics = Metrics()
+    state = {"serving": False}
+    server, port = await create_server(cfg, f"{cfg.ext_proc.address}:{cfg.ext_proc.port}", metrics)
+    await server.start()
+    runner, http_port = await start_http(cfg, metrics, state)
+    state["serving"] = True
+    log.info("ext_proc listening: gRPC %s:%d, HTTP %s:%d (config %s)", cfg.ext_proc.address, port, cfg.ext_proc.address, http_port, cfg.source)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("ext_proc stopping: draining for up to %.0fs", grace)
+    state["serving"] = False
+    await server.stop(grace)
+    await runner.cleanup()
+    log.info("ext_proc stopped")
+
+
+def run(cfg: Config) -> None:
+    uvloop.run(serve(cfg))

@@ -1,0 +1,313 @@
+"""Start, watch and stop sidegate's processes (``sidegate up / down / status / logs``).
+
+Envoy exits when its parent does, so one long-lived supervisor process owns every child: it starts
+them in order (demo app, ext_proc, Envoy), waits for each health check, restarts any that dies,
+and on SIGINT/SIGTERM stops them in reverse order. Children also get ``PR_SET_PDEATHSIG`` so a
+killed supervisor leaves nothing running.
+
+State lives under ``$SIDEGATE_HOME`` (default ``~/.sidegate``): ``state.json`` (pids, addresses,
+health), ``logs/<service>.log`` and ``run/envoy.yaml`` (the rendered bootstrap).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .config import REPO_ROOT, Config
+from ._envoy_bin import envoy_binary
+from .render import write_bootstrap
+
+__all__ = ["Service", "Supervisor", "home", "read_state", "services_for"]
+
+DEMO_APP = REPO_ROOT / "deploy" / "demo" / "app.py"
+DEMO_PORT = 18083
+
+
+def home() -> Path:
+    return Path(os.environ.get("SIDEGATE_HOME", Path.home() / ".sidegate"))
+
+
+def state_path() -> Path:
+    return home() / "state.json"
+
+
+def read_state() -> dict | None:  # type: ignore[type-arg]
+    try:
+        return json.loads(state_path().read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child counts as dead
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return False
+    return True
+
+
+def http_ok(url: str, expect: bytes | None = None, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback health URL)
+            return r.status == 200 and (expect is None or expect in r.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _die_with_parent() -> None:
+    """preexec: SIGTERM this child when the supervisor dies, whatever kills it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    health_url: str
+    listens: str  # what `up` and `status` print
+    health_expect: bytes | None = None
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    start_timeout: float = 60.0
+    pid: int | None = None
+    status: str = "stopped"
+    restarts: int = 0
+
+    def public(self) -> dict:  # type: ignore[type-arg]
+        d = asdict(self)
+        d.pop("env")
+        return d
+
+
+def _free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path) -> list[Service]:
+    py = sys.executable
+    env = {**os.environ, **cfg.secret_env(), "PYTHONUNBUFFERED": "1"}
+    out: list[Service] = []
+    if demo:
+        out.append(
+            Service(
+                name="demo",
+                argv=[py, str(DEMO_APP), "--host", "127.0.0.1", "--port", str(DEMO_PORT)],
+                health_url=f"http://127.0.0.1:{DEMO_PORT}/healthz",
+                listens=f"http://127.0.0.1:{DEMO_PORT} (demo app: /weather, /exchange, OpenAI stand-in at /v1)",
+                env=env,
+            )
+        )
+    e = cfg.ext_proc
+    out.append(
+        Service(
+            name="ext_proc",
+            argv=[py, "-m", "ext_proc", "serve", config_path],
+            health_url=f"http://{e.address}:{e.http_port}/healthz",
+            listens=f"grpc://{e.address}:{e.port}, http://{e.address}:{e.http_port}/metrics",
+            env=env,
+        )
+    )
+    out.append(
+        Service(
+            name="envoy",
+            argv=[str(envoy_binary()), "-c", str(bootstrap), "--disable-hot-restart", "--log-level", "warn"],
+            health_url=f"http://{cfg.admin_address}:{cfg.admin_port}/ready",
+            health_expect=b"LIVE",
+            listens=(
+                f"ingress http://{cfg.ingress.address}:{cfg.ingress.port}, egress http://{cfg.egress.address}:{cfg.egress.port}, "
+                f"internal :{cfg.internal.port}, admin http://{cfg.admin_address}:{cfg.admin_port}"
+            ),
+            env=env,
+        )
+    )
+    return out
+
+
+def check_ports(cfg: Config, demo: bool) -> list[str]:
+    """Ports that are already taken, as human lines."""
+    wanted = [
+        ("listeners.ingress_traffic.port", cfg.ingress.address, cfg.ingress.port),
+        ("listeners.egress_traffic.port", cfg.egress.address, cfg.egress.port),
+        ("listeners.internal_traffic.port", cfg.internal.address, cfg.internal.port),
+        ("listeners.admin.port", cfg.admin_address, cfg.admin_port),
+        ("ext_proc.port", cfg.ext_proc.address, cfg.ext_proc.port),
+        ("ext_proc.http_port", cfg.ext_proc.address, cfg.ext_proc.http_port),
+    ]
+    if demo:
+        wanted.append(("demo app", "127.0.0.1", DEMO_PORT))
+    return [f"{host}:{port} ({key}) is already in use" for key, host, port in wanted if not _free(host, port)]
+
+
+class Supervisor:
+    """Owns the child processes. ``run()`` blocks until SIGINT/SIGTERM, then stops everything."""
+
+    def __init__(self, services: list[Service], *, config_path: str, on_event: Callable[[Service, str], None]) -> None:
+        self.services = services
+        self.config_path = config_path
+        self.on_event = on_event
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopping = False
+        self.logs = home() / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._restart_times: dict[str, list[float]] = {}
+
+    # -- state -------------------------------------------------------------------------------
+    def write_state(self) -> None:
+        state = {
+            "supervisor_pid": os.getpid(),
+            "config": self.config_path,
+            "started": time.time(),
+            "services": [s.public() for s in self.services],
+        }
+        tmp = state_path().with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, state_path())
+
+    def _event(self, svc: Service, status: str) -> None:
+        svc.status = status
+        self.write_state()
+        self.on_event(svc, status)
+
+    # -- processes ---------------------------------------------------------------------------
+    def _spawn(self, svc: Service) -> None:
+        log = open(self.logs / f"{svc.name}.log", "ab", buffering=0)  # noqa: SIM115 (owned by the child)
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(svc.argv)}\n".encode())
+        proc = subprocess.Popen(
+            svc.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=svc.env,
+            cwd=REPO_ROOT,
+            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
+        )
+        log.close()
+        self.procs[svc.name] = proc
+        svc.pid = proc.pid
+
+    def _wait_healthy(self, svc: Service) -> bool:
+        deadline = time.monotonic() + svc.start_timeout
+        proc = self.procs[svc.name]
+        while time.monotonic() < deadline and not self.stopping:
+            if proc.poll() is not None:
+                return False
+            if http_ok(svc.health_url, svc.health_expect):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def start_all(self) -> bool:
+        for svc in self.services:
+            self._event(svc, "starting")
+            self._spawn(svc)
+            if not self._wait_healthy(svc):
+                code = self.procs[svc.name].poll()
+                self._event(svc, f"failed (exit code {code})" if code is not None else "failed (health check timed out)")
+                return False
+            self._event(svc, "healthy")
+        return True
+
+    def _may_restart(self, name: str) -> bool:
+        now = time.monotonic()
+        recent = [t for t in self._restart_times.get(name, []) if now - t < 60]
+        recent.append(now)
+        self._restart_times[name] = recent
+        return len(recent) <= 5
+
+    def watch(self) -> None:
+        while not self.stopping:
+            for svc in self.services:
+                proc = self.procs.get(svc.name)
+                if proc is None or proc.poll() is None or self.stopping:
+                    continue
+                code = proc.returncode
+                if not self._may_restart(svc.name):
+                    self._event(svc, f"failed (exited {code}, restarted too often: see `sidegate logs {svc.name}`)")
+                    self.procs.pop(svc.name)
+                    continue
+                svc.restarts += 1
+                self._event(svc, f"restarting (exited {code})")
+                self._spawn(svc)
+                self._event(svc, "healthy" if self._wait_healthy(svc) else "unhealthy")
+            time.sleep(0.2)
+
+    def stop_all(self, timeout: float = 10.0) -> None:
+        self.stopping = True
+        for svc in reversed(self.services):
+            proc = self.procs.get(svc.name)
+            if proc is None:
+                continue
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+            self._event(svc, "stopped")
+        with contextlib.suppress(OSError):
+            state_path().unlink()
+
+    def run(self) -> int:
+        """Start everything, supervise until signalled; returns the exit code for ``sidegate up``."""
+        signal.signal(signal.SIGTERM, self._signalled)
+        signal.signal(signal.SIGINT, self._signalled)
+        try:
+            if not self.start_all():
+                return 1
+            self.on_event(self.services[-1], "ready")
+            self.watch()
+            return 0
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            self.stop_all()
+
+    def _signalled(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+
+def stop_running(timeout: float = 20.0) -> tuple[bool, str]:
+    """``sidegate down``: signal the supervisor, wait for it, sweep any child left behind."""
+    state = read_state()
+    if state is None:
+        return False, "sidegate is not running (no state in " + str(home()) + ")"
+    pid = state["supervisor_pid"]
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    left = [s for s in state["services"] if s.get("pid") and pid_alive(s["pid"])]
+    for s in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(s["pid"], signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        state_path().unlink()
+    return True, "stopped" + (f" (killed leftover {', '.join(s['name'] for s in left)})" if left else "")

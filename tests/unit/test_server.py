@@ -1,0 +1,184 @@
+"""The ext_proc state machine over real gRPC (no Envoy): what Envoy would receive for each message."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from ext_proc.config import build_config
+from ext_proc.metrics import Metrics
+from ext_proc.server import create_server
+from tests.conftest import gateway_config
+
+PROVIDERS = [
+    {"name": "alpha", "provider_interface": "openai", "endpoint": "http://127.0.0.1:1/v1", "model": "model-a", "default": True},
+    {"name": "beta", "provider_interface": "openai", "endpoint": "http://127.0.0.1:2/v1", "model": "model-b"},
+]
+
+
+def headers_msg(path: str = "/v1/chat/completions", method: str = "POST", eos: bool = False, **extra: str) -> pb.ProcessingRequest:
+    hs = {":path": path, ":method": method, "x-request-id": "req-1", **{k.replace("_", "-"): v for k, v in extra.items()}}
+    return pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(
+            headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in hs.items()]),
+            end_of_stream=eos,
+        )
+    )
+
+
+def body_msg(body: bytes) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True))
+
+
+def resp_headers_msg(content_type: str, status: str = "200") -> pb.ProcessingRequest:
+    hs = {":status": status, "content-type": content_type}
+    return pb.ProcessingRequest(
+        response_headers=pb.HttpHeaders(
+            headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in hs.items()])
+        )
+    )
+
+
+def set_headers(common: pb.CommonResponse) -> dict[str, str]:
+    return {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[tuple[pb_grpc.ExternalProcessorStub, Metrics]]:
+    cfg = build_config(gateway_config(PROVIDERS), env={})
+    metrics = Metrics()
+    server, port = await create_server(cfg, "127.0.0.1:0", metrics)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield pb_grpc.ExternalProcessorStub(channel), metrics
+    await channel.close()
+    await server.stop(0)
+
+
+async def exchange(stub: pb_grpc.ExternalProcessorStub, listener: str, *msgs: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    call = stub.Process(iter(msgs), metadata=(("x-sidegate-listener", listener),))
+    return [r async for r in call]
+
+
+def error_of(resp: pb.ProcessingResponse) -> tuple[int, dict]:  # type: ignore[type-arg]
+    assert resp.WhichOneof("response") == "immediate_response", resp
+    imm = resp.immediate_response
+    return imm.status.code, json.loads(imm.body)
+
+
+async def test_egress_routes_to_default_provider_and_rewrites_model(stub) -> None:
+    s, _ = stub
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    r_headers, r_body = await exchange(s, "egress", headers_msg(), body_msg(body))
+    assert r_headers.WhichOneof("response") == "request_headers"
+    common = r_body.request_body.response
+    assert set_headers(common)["x-sidegate-upstream"] == "provider_alpha"
+    assert common.clear_route_cache
+    assert json.loads(common.body_mutation.body)["model"] == "model-a"
+
+
+async def test_egress_picks_provider_by_model_and_leaves_body_alone(stub) -> None:
+    s, _ = stub
+    body = json.dumps({"model": "model-b", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    _, r_body = await exchange(s, "egress", headers_msg(), body_msg(body))
+    common = r_body.request_body.response
+    assert set_headers(common)["x-sidegate-upstream"] == "provider_beta"
+    assert not common.HasField("body_mutation")
+
+
+async def test_egress_hint_header_wins(stub) -> None:
+    s, _ = stub
+    body = json.dumps({"model": "model-a", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    _, r_body = await exchange(s, "egress", headers_msg(x_arch_llm_provider_hint="beta"), body_msg(body))
+    assert set_headers(r_body.request_body.response)["x-sidegate-upstream"] == "provider_beta"
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "needle"),
+    [
+        (b"{not json", "invalid_json", "not valid JSON"),
+        (b"[1, 2]", "invalid_body", "JSON object"),
+        (json.dumps({"model": "m"}).encode(), "missing_required_parameter", "messages"),
+        (json.dumps({"messages": "hi"}).encode(), "invalid_type", "messages"),
+        (json.dumps({"messages": [{"role": 3, "content": "x"}]}).encode(), "invalid_type", "role"),
+        (json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(), "invalid_type", "content"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}).encode(), "invalid_type", "stream"),
+        (b"\xff\xfe\x00garbage", "invalid_json", "not valid JSON"),
+    ],
+)
+async def test_malformed_bodies_get_400_openai_errors(stub, body: bytes, code: str, needle: str) -> None:
+    s, metrics = stub
+    _, r_body = await exchange(s, "egress", headers_msg(), body_msg(body))
+    status, err = error_of(r_body)
+    assert status == 400
+    assert err["error"]["type"] == "invalid_request_error"
+    assert err["error"]["code"] == code
+    assert needle in err["error"]["message"]
+    assert metrics.errors.labels("egress", code)._value.get() == 1
+
+
+async def test_unknown_provider_hint_is_400_listing_known_ones(stub) -> None:
+    s, _ = stub
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    _, r_body = await exchange(s, "egress", headers_msg(x_arch_llm_provider_hint="nope"), body_msg(body))
+    status, err = error_of(r_body)
+    assert status == 400 and err["error"]["code"] == "unknown_provider"
+    assert "alpha" in err["error"]["message"] and "beta" in err["error"]["message"]
+
+
+async def test_unknown_path_is_404_and_get_is_405_and_empty_body_is_400(stub) -> None:
+    s, _ = stub
+    (r,) = await exchange(s, "egress", headers_msg(path="/v1/embeddings?x=1"))
+    assert error_of(r)[0] == 404
+    (r,) = await exchange(s, "ingress", headers_msg(method="GET", eos=True))
+    assert error_of(r)[0] == 405
+    (r,) = await exchange(s, "egress", headers_msg(eos=True))
+    status, err = error_of(r)
+    assert status == 400 and err["error"]["code"] == "empty_body"
+
+
+async def test_response_body_mode_follows_content_type_and_usage_is_counted(stub) -> None:
+    s, metrics = stub
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+    sse = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}\n\ndata: [DONE]\n\n'
+    msgs = [
+        headers_msg(),
+        body_msg(body),
+        resp_headers_msg("text/event-stream"),
+        pb.ProcessingRequest(response_body=pb.HttpBody(body=sse[:20])),
+        pb.ProcessingRequest(response_body=pb.HttpBody(body=sse[20:], end_of_stream=True)),
+    ]
+    replies = await exchange(s, "ingress", *msgs)
+    assert replies[2].mode_override.response_body_mode == processing_mode_pb2.ProcessingMode.STREAMED
+    assert set_headers(replies[2].response_headers.response)["x-sidegate-provider"] == "alpha"
+    assert [r.WhichOneof("response") for r in replies[3:]] == ["response_body", "response_body"]
+    assert not replies[3].response_body.response.HasField("body_mutation")  # chunks pass unchanged
+    assert metrics.tokens.labels("alpha", "input")._value.get() == 7
+    assert metrics.tokens.labels("alpha", "output")._value.get() == 3
+
+    replies = await exchange(s, "egress", headers_msg(), body_msg(body), resp_headers_msg("application/json"))
+    assert replies[2].mode_override.response_body_mode == processing_mode_pb2.ProcessingMode.BUFFERED
+
+
+async def test_a_bug_in_a_processor_becomes_a_generic_500_and_the_server_stays_up(stub, monkeypatch) -> None:
+    s, _ = stub
+    from ext_proc import chat
+
+    async def broken(*args, **kwargs):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(chat.ChatProcessor, "request_body", broken)
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    _, r = await exchange(s, "egress", headers_msg(), body_msg(body))
+    status, err = error_of(r)
+    assert status == 500 and "req-1" in err["error"]["message"] and "boom" not in err["error"]["message"]
+    monkeypatch.undo()
+    _, r = await exchange(s, "egress", headers_msg(), body_msg(body))
+    assert r.WhichOneof("response") == "request_body"
