@@ -81,9 +81,10 @@ def serve(config: str | None, log_level: str) -> None:
 @main.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--demo", is_flag=True, help="also start the demo app (deploy/demo/app.py) on 127.0.0.1:18083")
+@click.option("--demo-port", default=18083, show_default=True, help="port of the demo app")
 @click.option("-d", "--detach", is_flag=True, help="return once everything is healthy; stop with `sidegate down`")
 @click.option("--supervise", is_flag=True, hidden=True)
-def up(config: str | None, demo: bool, detach: bool, supervise: bool) -> None:
+def up(config: str | None, demo: bool, demo_port: int, detach: bool, supervise: bool) -> None:
     """Validate CONFIG, render Envoy's bootstrap, start every process and wait until each is healthy."""
     from . import supervisor as sv
     from .render import write_bootstrap
@@ -95,16 +96,16 @@ def up(config: str | None, demo: bool, detach: bool, supervise: bool) -> None:
         err_console.print(f"[red]sidegate is already running[/red] (pid {state['supervisor_pid']}): `sidegate down` first")
         raise SystemExit(1)
     if not supervise:
-        taken = sv.check_ports(cfg, demo)
+        taken = sv.check_ports(cfg, demo, demo_port)
         if taken:
             err_console.print("[red]cannot start:[/red] " + "; ".join(taken) + ". Is another sidegate running? Try `sidegate status`.")
             raise SystemExit(1)
     sv.home().mkdir(parents=True, exist_ok=True)
     if detach and not supervise:
-        _detach(config_path, demo)
+        _detach(config_path, demo, demo_port)
         return
     bootstrap = write_bootstrap(cfg, sv.home() / "run")
-    services = sv.services_for(cfg, config_path, demo=demo, bootstrap=bootstrap)
+    services = sv.services_for(cfg, config_path, demo=demo, bootstrap=bootstrap, demo_port=demo_port)
 
     def on_event(svc: sv.Service, status: str) -> None:
         if status == "ready":
@@ -121,13 +122,14 @@ def up(config: str | None, demo: bool, detach: bool, supervise: bool) -> None:
     raise SystemExit(code)
 
 
-def _detach(config_path: str, demo: bool) -> None:
+def _detach(config_path: str, demo: bool, demo_port: int) -> None:
     """Start a supervisor in its own session, show its progress, return when it is ready."""
     from . import supervisor as sv
 
     logs = sv.home() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "ext_proc", "up", config_path, "--supervise"] + (["--demo"] if demo else [])
+    argv = [sys.executable, "-m", "ext_proc", "up", config_path, "--supervise", "--demo-port", str(demo_port)]
+    argv += ["--demo"] if demo else []
     with open(logs / "supervisor.log", "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     shown: dict[str, str] = {}

@@ -108,7 +108,7 @@ def _free(host: str, port: int) -> bool:
     return True
 
 
-def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path) -> list[Service]:
+def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, demo_port: int = DEMO_PORT) -> list[Service]:
     py = sys.executable
     env = {**os.environ, **cfg.secret_env(), "PYTHONUNBUFFERED": "1"}
     out: list[Service] = []
@@ -116,9 +116,9 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path) 
         out.append(
             Service(
                 name="demo",
-                argv=[py, str(DEMO_APP), "--host", "127.0.0.1", "--port", str(DEMO_PORT)],
-                health_url=f"http://127.0.0.1:{DEMO_PORT}/healthz",
-                listens=f"http://127.0.0.1:{DEMO_PORT} (demo app: /weather, /exchange, OpenAI stand-in at /v1)",
+                argv=[py, str(DEMO_APP), "--host", "127.0.0.1", "--port", str(demo_port)],
+                health_url=f"http://127.0.0.1:{demo_port}/healthz",
+                listens=f"http://127.0.0.1:{demo_port} (demo app: /weather, /exchange, OpenAI stand-in at /v1)",
                 env=env,
             )
         )
@@ -148,7 +148,7 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path) 
     return out
 
 
-def check_ports(cfg: Config, demo: bool) -> list[str]:
+def check_ports(cfg: Config, demo: bool, demo_port: int = DEMO_PORT) -> list[str]:
     """Ports that are already taken, as human lines."""
     wanted = [
         ("listeners.ingress_traffic.port", cfg.ingress.address, cfg.ingress.port),
@@ -159,7 +159,7 @@ def check_ports(cfg: Config, demo: bool) -> list[str]:
         ("ext_proc.http_port", cfg.ext_proc.address, cfg.ext_proc.http_port),
     ]
     if demo:
-        wanted.append(("demo app", "127.0.0.1", DEMO_PORT))
+        wanted.append(("demo app", "127.0.0.1", demo_port))
     return [f"{host}:{port} ({key}) is already in use" for key, host, port in wanted if not _free(host, port)]
 
 

@@ -1,0 +1,396 @@
+"""A fake hosted LLM provider speaking the OpenAI chat-completions wire format.
+
+It is the only stand-in for OpenAI, Mistral & co. that sidegate's tests use, and it is written
+independently of ``ext_proc`` on purpose: it is the reference the gateway is tested against.
+
+::
+
+    with FakeProvider(name="fake-a") as fp:                  # background thread, port picked by the OS
+        client = openai.OpenAI(base_url=fp.base_url, api_key="sk-test")
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        # -> content "fake-a says: hi", response header x-fake-provider: fake-a
+        fp.requests[-1].headers["authorization"]               # "Bearer sk-test"
+
+Routes: ``POST …/chat/completions`` (any prefix: ``/v1/…``, ``/openai/v1/…``) and ``GET …/models``;
+anything else is a 404 OpenAI error. Per-request control through request headers (they win over
+the instance's :attr:`FakeProvider.defaults`, see :class:`Behaviour`):
+
+=========================  ===========================================================
+``x-fake-status: 503``     answer that status (>= 400) with an OpenAI error JSON
+``x-fake-delay-ms: 250``   wait before sending the response headers (errors included)
+``x-fake-chunk-delay-ms``  wait between SSE frames
+``x-fake-chunks: 40``      exactly N content chunks (the reply's words are grouped, or
+                           repeated cyclically when there are fewer than N)
+``x-fake-reply: text``     the reply content (default ``"{name} says: {last user text}"``)
+=========================  ===========================================================
+
+:meth:`FakeProvider.fail_next` makes the next K requests fail whatever their headers say (retry
+tests, where every attempt carries the same headers). Token counts in ``usage`` are word counts.
+
+Standalone: ``python tests/fake_provider.py --port 18090 --name fake-a``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+__all__ = ["Behaviour", "FakeProvider", "RecordedRequest"]
+
+_ERROR_KINDS: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("permission_error", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "model_not_found"),
+    408: ("timeout_error", "timeout"),
+    413: ("invalid_request_error", "request_too_large"),
+    422: ("invalid_request_error", "unprocessable_entity"),
+    429: ("requests", "rate_limit_exceeded"),
+    500: ("server_error", "internal_error"),
+    502: ("server_error", "bad_gateway"),
+    503: ("server_error", "service_unavailable"),
+    504: ("server_error", "timeout"),
+}
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """What the provider does when a request's headers do not say otherwise."""
+
+    status: int | None = None  # >= 400: answer this error
+    delay_ms: int = 0  # before the response headers
+    chunk_delay_ms: int = 0  # between SSE frames
+    chunks: int | None = None  # number of content chunks (and words) in the reply
+    reply: str | None = None  # reply content; None: "{name} says: {last user text}"
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the provider received it."""
+
+    method: str
+    path: str
+    query_string: str
+    query: dict[str, str]
+    headers: CIMultiDictProxy[str]  # case-insensitive: headers["Authorization"] == headers["authorization"]
+    body: bytes
+    json: Any | None  # parsed body, None when empty or not JSON
+    received_at: float  # time.time()
+    received_monotonic: float  # time.monotonic(), for measuring gaps between requests
+
+
+def _error(status: int, message: str, *, code: str | None = None, param: str | None = None) -> web.Response:
+    kind, default_code = _ERROR_KINDS.get(status, ("server_error" if status >= 500 else "invalid_request_error", f"http_{status}"))
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code or default_code}}
+    return web.json_response(body, status=status)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def split_words(text: str) -> list[str]:
+    """Split after each run of whitespace: ``"".join(split_words(t)) == t`` and no piece is empty."""
+    return [w for w in re.split(r"(?<=\s)(?=\S)", text) if w]
+
+
+def chunk_content(text: str, n: int | None) -> list[str]:
+    """The content pieces to stream: one per word, or exactly ``n`` pieces."""
+    words = split_words(text)
+    if n is None:
+        return words
+    if n <= 0:
+        return []
+    if len(words) < n:  # repeat the reply's words until there are n of them
+        base = [w.strip() for w in words] or ["word"]
+        words = [base[i % len(base)] + (" " if i < n - 1 else "") for i in range(n)]
+    per, extra = divmod(len(words), n)  # group contiguous words into n pieces
+    pieces, i = [], 0
+    for k in range(n):
+        size = per + (1 if k < extra else 0)
+        pieces.append("".join(words[i : i + size]))
+        i += size
+    return pieces
+
+
+class FakeProvider:
+    """An OpenAI-compatible server on ``host:port`` in a background thread with its own event loop."""
+
+    def __init__(
+        self,
+        name: str = "fake-a",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        models: tuple[str, ...] = ("gpt-4o-mini",),
+        defaults: Behaviour | None = None,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.models = models
+        self.defaults = defaults or Behaviour()  # replace it (atomic) to change the behaviour mid-test
+        self._requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._fail_next: list[int] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI client's ``base_url``: ``http://HOST:PORT/v1``."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A copy of every request received so far, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._requests.clear()
+            self._fail_next.clear()
+
+    def fail_next(self, status: int = 503, times: int = 1) -> None:
+        """Answer the next ``times`` chat requests with ``status``, whatever their headers say."""
+        with self._lock:
+            self._fail_next.extend([status] * times)
+
+    def set_defaults(self, **changes: Any) -> None:
+        """Change some :class:`Behaviour` fields, e.g. ``fp.set_defaults(status=503)``."""
+        self.defaults = replace(self.defaults, **changes)
+
+    def wait_for_requests(self, n: int, timeout: float = 5.0) -> list[RecordedRequest]:
+        """Block until at least ``n`` requests have arrived (TimeoutError otherwise); return them."""
+        deadline = time.monotonic() + timeout
+        while len(reqs := self.requests) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: {len(reqs)} of {n} requests after {timeout}s")
+            time.sleep(0.01)
+        return reqs
+
+    def start(self) -> FakeProvider:
+        if self._thread is not None:
+            return self
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._serve())
+            except BaseException as exc:  # noqa: BLE001 - reported to start()
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"fake-provider-{self.name}", daemon=True)
+        self._thread.start()
+        if not ready.wait(10) or failure:
+            self._thread = None
+            raise RuntimeError(f"fake provider {self.name} did not start on {self.host}:{self.port}") from (failure or [None])[0]
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None or self._loop is None:
+            return
+        loop, runner = self._loop, self._runner
+        if runner is not None:
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(10)
+        self._thread = self._loop = self._runner = None
+
+    def __enter__(self) -> FakeProvider:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- server -------------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        # handler_cancellation: a client that hangs up cancels a pending delay, so stop() is quick
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        record = RecordedRequest(
+            method=request.method,
+            path=request.path,
+            query_string=request.query_string,
+            query=dict(request.query),
+            headers=CIMultiDictProxy(CIMultiDict(request.headers)),
+            body=body,
+            json=parsed,
+            received_at=time.time(),
+            received_monotonic=time.monotonic(),
+        )
+        with self._lock:
+            self._requests.append(record)
+        path = request.path.rstrip("/")
+        if path.endswith("/chat/completions"):
+            if request.method != "POST":
+                return _error(405, f"method {request.method} not allowed on {request.path}", code="method_not_allowed")
+            resp = await self._chat(request, parsed)
+        elif path.endswith("/models") and request.method == "GET":
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": self.name} for m in self.models]
+            resp = web.json_response({"object": "list", "data": data})
+        else:
+            resp = _error(404, f"Invalid URL ({request.method} {request.path})", code="unknown_url")
+        if not resp.prepared:
+            resp.headers["x-fake-provider"] = self.name
+        return resp
+
+    def _behaviour(self, request: web.Request) -> Behaviour:
+        b, h = self.defaults, request.headers
+
+        def num(key: str) -> int | None:
+            raw = h.get(key)
+            return int(raw) if raw is not None and raw.strip().lstrip("-").isdigit() else None
+
+        with self._lock:
+            forced = self._fail_next.pop(0) if self._fail_next else None
+        status = forced or num("x-fake-status") or b.status
+        delay = num("x-fake-delay-ms")
+        chunk_delay = num("x-fake-chunk-delay-ms")
+        chunks = num("x-fake-chunks")
+        return Behaviour(
+            status=status,
+            delay_ms=b.delay_ms if delay is None else delay,
+            chunk_delay_ms=b.chunk_delay_ms if chunk_delay is None else chunk_delay,
+            chunks=b.chunks if chunks is None else chunks,
+            reply=h.get("x-fake-reply", b.reply),
+        )
+
+    async def _chat(self, request: web.Request, body: Any) -> web.StreamResponse:
+        b = self._behaviour(request)
+        if b.delay_ms > 0:
+            await asyncio.sleep(b.delay_ms / 1000)
+        if b.status is not None and b.status >= 400:
+            return _error(b.status, f"{self.name}: simulated error {b.status}")
+        if not isinstance(body, dict):
+            return _error(400, "We could not parse the JSON body of your request.", code="invalid_json")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return _error(400, "Missing required parameter: 'messages'.", code="missing_required_parameter", param="messages")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return _error(400, "you must provide a model parameter", code="missing_required_parameter", param="model")
+
+        last_user = next((_text(m.get("content")) for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), "")
+        pieces = chunk_content(b.reply if b.reply is not None else f"{self.name} says: {last_user}", b.chunks)
+        content = "".join(pieces)
+        prompt_tokens = sum(len(_text(m.get("content")).split()) for m in messages if isinstance(m, dict))
+        completion_tokens = len(content.split())
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        headers = {"x-fake-provider": self.name, "x-request-id": f"req_{uuid.uuid4().hex[:16]}"}
+
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "system_fingerprint": "fp_fake",
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": None, "finish_reason": "stop"}
+                    ],
+                    "usage": usage,
+                },
+                headers=headers,
+            )
+
+        opts = body.get("stream_options")
+        include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+
+        def frame(choices: list[dict[str, Any]], usage_value: dict[str, int] | None = None) -> bytes:
+            chunk: dict[str, Any] = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": choices,
+            }
+            if include_usage:  # as OpenAI does: null on every chunk but the last
+                chunk["usage"] = usage_value
+            return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+        def delta(d: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
+
+        frames = [frame([delta({"role": "assistant", "content": ""})])]
+        frames += [frame([delta({"content": p})]) for p in pieces]
+        frames.append(frame([delta({}, "stop")]))
+        if include_usage:
+            frames.append(frame([], usage))
+        frames.append(b"data: [DONE]\n\n")
+
+        resp = web.StreamResponse(headers={**headers, "content-type": "text/event-stream", "cache-control": "no-cache"})
+        await resp.prepare(request)
+        for i, f in enumerate(frames):
+            if i and b.chunk_delay_ms > 0:
+                await asyncio.sleep(b.chunk_delay_ms / 1000)
+            await resp.write(f)  # one HTTP chunk per SSE frame, sent as soon as it is written
+        await resp.write_eof()
+        return resp
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Run the fake OpenAI-compatible provider.")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--name", default="fake-a")
+    args = ap.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with FakeProvider(args.name, args.host, args.port) as fp:
+        print(f"fake provider {fp.name} listening on {fp.base_url}", flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
