@@ -189,7 +189,7 @@ def status() -> None:
     healthy = True
     for s in state["services"]:
         alive = bool(s.get("pid")) and sv.pid_alive(s["pid"])
-        ok = alive and sv.http_ok(s["health_url"], s["health_expect"].encode() if s.get("health_expect") else None)
+        ok = alive and sv.http_ok(s["health_url"], s.get("health_expect"))
         healthy &= ok
         rows.append({**s, "status": "healthy" if ok else ("running, unhealthy" if alive else "down")})
     console.print(f"config: {state['config']}  supervisor pid {state['supervisor_pid']}")

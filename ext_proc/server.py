@@ -77,8 +77,11 @@ def _to_proto(kind: str, reply: Reply) -> pb.ProcessingResponse:
             )
         )
     common = pb.CommonResponse(clear_route_cache=reply.clear_route_cache)
-    if reply.set_headers or reply.remove_headers:
-        common.header_mutation.CopyFrom(_mutation(reply.set_headers, reply.remove_headers))
+    set_headers = reply.set_headers
+    if reply.body is not None:  # Envoy refuses a replaced body whose content-length is stale
+        set_headers = {**set_headers, "content-length": str(len(reply.body))}
+    if set_headers or reply.remove_headers:
+        common.header_mutation.CopyFrom(_mutation(set_headers, reply.remove_headers))
     if reply.body is not None:
         common.body_mutation.body = reply.body
     out = pb.ProcessingResponse()

@@ -65,10 +65,10 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def http_ok(url: str, expect: bytes | None = None, timeout: float = 1.0) -> bool:
+def http_ok(url: str, expect: str | None = None, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback health URL)
-            return r.status == 200 and (expect is None or expect in r.read())
+            return r.status == 200 and (expect is None or expect.encode() in r.read())
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
@@ -85,7 +85,7 @@ class Service:
     argv: list[str]
     health_url: str
     listens: str  # what `up` and `status` print
-    health_expect: bytes | None = None
+    health_expect: str | None = None
     env: dict[str, str] = field(default_factory=dict, repr=False)
     start_timeout: float = 60.0
     pid: int | None = None
@@ -137,7 +137,7 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, 
             name="envoy",
             argv=[str(envoy_binary()), "-c", str(bootstrap), "--disable-hot-restart", "--log-level", "warn"],
             health_url=f"http://{cfg.admin_address}:{cfg.admin_port}/ready",
-            health_expect=b"LIVE",
+            health_expect="LIVE",
             listens=(
                 f"ingress http://{cfg.ingress.address}:{cfg.ingress.port}, egress http://{cfg.egress.address}:{cfg.egress.port}, "
                 f"internal :{cfg.internal.port}, admin http://{cfg.admin_address}:{cfg.admin_port}"

@@ -1,0 +1,122 @@
+"""The `sidegate` command line as a user runs it: validate, render, up -d, status, logs, down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+from ext_proc import supervisor as sv
+from tests.conftest import free_port, gateway_config
+from tests.fake_provider import FakeProvider
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sidegate(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SIDEGATE_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "ext_proc", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT
+    )
+
+
+def test_validate_accepts_good_and_names_file_key_and_expectation_for_bad(tmp_path: Path) -> None:
+    ok = sidegate("validate", str(ROOT / "config" / "default.yaml"), home=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: v0.1\nllm_providers:\n  - name: x\n    provider_interface: openai\n    model: 3\n")
+    out = sidegate("validate", str(bad), home=tmp_path)
+    assert out.returncode == 2
+    assert "bad.yaml" in out.stderr and "llm_providers[0].model" in out.stderr and "string" in out.stderr
+
+
+def test_render_writes_a_bootstrap_envoy_accepts(tmp_path: Path) -> None:
+    out = sidegate("render", str(ROOT / "config" / "default.yaml"), "--out", str(tmp_path / "r"), home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    from ext_proc._envoy_bin import envoy_binary
+
+    check = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "-c", str(tmp_path / "r" / "envoy.yaml")], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _wait(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_up_detached_status_logs_restart_and_down(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    demo_port = free_port()
+    with FakeProvider(name="fake-up") as fp:
+        raw = gateway_config([{"name": "p", "provider_interface": "openai", "endpoint": fp.base_url, "model": "m", "default": True}])
+        cfg_path = tmp_path / "sidegate.yaml"
+        cfg_path.write_text(yaml.safe_dump(raw))
+        up = sidegate("up", str(cfg_path), "-d", "--demo", "--demo-port", str(demo_port), home=home)
+        try:
+            assert up.returncode == 0, up.stdout + up.stderr
+            for name in ("demo", "ext_proc", "envoy"):
+                assert name in up.stdout
+            assert f"127.0.0.1:{raw['listeners']['egress_traffic']['port']}" in up.stdout  # where it listens
+
+            st = sidegate("status", home=home)
+            assert st.returncode == 0, st.stdout + st.stderr
+            assert st.stdout.count("healthy") == 3
+
+            egress = f"http://127.0.0.1:{raw['listeners']['egress_traffic']['port']}/v1"
+            reply = openai.OpenAI(base_url=egress, api_key="x", max_retries=0).chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "ping"}]
+            )
+            assert reply.choices[0].message.content == "fake-up says: ping"
+
+            # the supervisor restarts a dead ext_proc service
+            state = json.loads((home / "state.json").read_text())
+            old = next(s for s in state["services"] if s["name"] == "ext_proc")["pid"]
+            os.kill(old, signal.SIGKILL)
+
+            def restarted() -> bool:
+                st = sv_state(home)
+                svc = next(s for s in st["services"] if s["name"] == "ext_proc")
+                return svc["pid"] != old and svc["status"] == "healthy"
+
+            assert _wait(restarted), sv_state(home)
+            health = urllib.request.urlopen(f"http://127.0.0.1:{raw['ext_proc']['http_port']}/healthz", timeout=5)  # noqa: S310
+            assert health.status == 200
+
+            logs = sidegate("logs", "ext_proc", home=home)
+            assert logs.returncode == 0 and "ext_proc listening" in logs.stdout
+        finally:
+            state = sv_state(home)
+            down = sidegate("down", home=home)
+        assert down.returncode == 0, down.stderr
+        pids = [state["supervisor_pid"]] + [s["pid"] for s in state["services"] if s.get("pid")]
+        assert _wait(lambda: not any(sv.pid_alive(p) for p in pids), 10), pids
+        assert sidegate("status", home=home).returncode == 3  # "not running"
+
+
+def sv_state(home: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads((home / "state.json").read_text())
+
+
+def test_up_refuses_a_bad_config_before_starting_anything(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: v0.1\nllm_providers:\n  - name: x\n    provider_interface: openai\n    access_key: $SURELY_NOT_SET_VAR\n")
+    out = sidegate("up", str(bad), "-d", home=tmp_path / "h")
+    assert out.returncode == 2
+    assert "SURELY_NOT_SET_VAR" in out.stderr
+    assert not (tmp_path / "h" / "state.json").exists()
