@@ -138,7 +138,7 @@ def _detach(config_path: str, demo: bool, demo_port: int) -> None:
         state = sv.read_state()
         if state and state.get("supervisor_pid") == proc.pid:
             for s in state["services"]:
-                if shown.get(s["name"]) != s["status"]:
+                if s["status"] != "pending" and shown.get(s["name"]) != s["status"]:
                     shown[s["name"]] = s["status"]
                     console.print(f"  {s['name']:<9} {s['status']}")
             if all(s["status"] == "healthy" for s in state["services"]):

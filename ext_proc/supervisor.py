@@ -89,7 +89,7 @@ class Service:
     env: dict[str, str] = field(default_factory=dict, repr=False)
     start_timeout: float = 60.0
     pid: int | None = None
-    status: str = "stopped"
+    status: str = "pending"
     restarts: int = 0
 
     def public(self) -> dict:  # type: ignore[type-arg]
