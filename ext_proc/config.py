@@ -6,7 +6,7 @@ Usage::
     try:
         cfg = load_config("config/default.yaml")
     except ConfigError as exc:
-        print(exc)          # "config/x.yaml: llm_providers[0].model: expected string, got 3"
+        print(exc)          # "config/x.yaml: llm_providers[0].model: expected a string, got an integer 3"
 
 Checking happens in two passes: the JSON Schema in ``config/sidegate.schema.json`` (shape, types,
 unknown keys), then the cross-references a schema cannot express (a target naming an unknown
@@ -16,9 +16,11 @@ file, the key path and what was expected. Nothing starts on a config that fails 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +39,7 @@ __all__ = [
     "LlmProvider",
     "Parameter",
     "PromptTarget",
+    "RateLimit",
     "DEFAULT_CONFIG",
     "SCHEMA_PATH",
     "load_config",
@@ -49,6 +52,7 @@ SCHEMA_PATH = REPO_ROOT / "config" / "sidegate.schema.json"
 
 DEFAULT_BODY_LIMIT = 8 * 1024 * 1024
 _ENV_REF = re.compile(r"^\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))$")
+_ENV_IN_TEXT = re.compile(r"\$(?:\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z_][A-Za-z0-9_]*)")
 
 # Where each OpenAI-compatible provider interface lives when the config gives no `endpoint`.
 _PROVIDER_HOSTS = {
@@ -60,6 +64,11 @@ _PROVIDER_HOSTS = {
     "ollama": "http://127.0.0.1:11434/v1",
     "vllm": "http://127.0.0.1:8000/v1",
 }
+# `provider_interface: sidegate` with no endpoint: the ext_proc service's OpenAI-compatible façade.
+_SIDEGATE_FACADE = "http://127.0.0.1:{port}/v1"
+# What a configured jailbreak guard answers when the config gives no on_exception.message.
+DEFAULT_GUARD_MESSAGE = "Sorry, I can't help with that request."
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
 class ConfigError(Exception):
@@ -151,7 +160,7 @@ class TargetEndpoint:
     name: str
     path: str
     http_method: str
-    http_headers: dict[str, str]
+    http_headers: dict[str, str] = field(repr=False)  # may hold resolved $VAR secrets
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +172,21 @@ class PromptTarget:
     endpoint: TargetEndpoint | None
     system_prompt: str | None
     auto_llm_dispatch_on_response: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class RateLimit:
+    """``ratelimits[]``: at most ``tokens`` per ``unit`` for requests to ``model``."""
+
+    model: str  # a provider's name or model
+    tokens: int
+    unit: str  # second, minute, hour, day
+    selector_key: str | None = None  # request header the budget is kept per (None: one budget)
+    selector_value: str | None = None  # only requests whose header has this value (None: per value)
+
+    @property
+    def per_seconds(self) -> int:
+        return _UNIT_SECONDS[self.unit]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,10 +212,11 @@ class Config:
     llm_providers: tuple[LlmProvider, ...]
     system_prompt: str | None
     prompt_targets: tuple[PromptTarget, ...]
-    jailbreak_message: str | None
+    jailbreak_message: str | None  # None: no jailbreak guard configured
     intent_threshold: float
-    tracing_sampling: float
+    tracing_sampling: float  # percent of requests traced, 0-100 (Arch's random_sampling)
     otlp_endpoint: str | None
+    ratelimits: tuple[RateLimit, ...] = ()
 
     @property
     def default_provider(self) -> LlmProvider | None:
@@ -230,42 +255,63 @@ def _key_path(parts: Any) -> str:
     return out or "(top level)"
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
-    v = error.validator
+_TYPE_NAMES = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+               "number": "a number", "boolean": "true or false", "null": "nothing"}
+
+
+def _show(value: Any) -> str:
+    """A value as a user reads it in an error: its YAML kind, plus the value itself when short."""
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping", type(None): "nothing"}.get(type(value), type(value).__name__)
+    return f"{kind} {value!r}" if isinstance(value, (bool, int, float, str)) and len(repr(value)) <= 80 else kind
+
+
+def _describe(error: jsonschema.ValidationError) -> tuple[list[Any], str]:
+    """(key path, what was expected) for one schema error, worded for a person editing YAML."""
+    path, v, schema, value = list(error.absolute_path), error.validator, error.schema, error.instance
     if v == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        allowed = ", ".join(sorted(error.schema.get("properties", {}))) or "none"
-        return f"unknown key {', '.join(map(repr, extra))} (allowed: {allowed})"
+        extra = sorted((k for k in value if k not in schema.get("properties", {})), key=str)
+        allowed = ", ".join(sorted(schema.get("properties", {}))) or "none"
+        if len(extra) == 1:
+            return path + extra, f"unknown key {extra[0]!r} (allowed: {allowed})"
+        return path, f"unknown keys {', '.join(map(repr, extra))} (allowed: {allowed})"
     if v == "type":
-        return f"expected {error.validator_value}, got {type(error.instance).__name__} {error.instance!r}"
+        types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        return path, f"expected {' or '.join(_TYPE_NAMES[t] for t in types)}, got {_show(value)}"
     if v == "required":
-        return error.message
+        missing = [k for k in error.validator_value if k not in value]
+        return path, f"missing required key {missing[0]!r}"
+    if v in ("oneOf", "anyOf") and error.context and all(e.validator == "required" for e in error.context):
+        missing = [k for e in error.context for k in e.validator_value if k not in value]
+        return path, f"missing required key: one of {', '.join(map(repr, missing))}"
+    if v in ("oneOf", "anyOf", "pattern") and "description" in schema:
+        return path, f"expected {schema['description']}, got {_show(value)}"
     if v == "enum":
-        return f"expected one of {error.validator_value}, got {error.instance!r}"
+        return path, f"expected one of {', '.join(map(repr, error.validator_value))}, got {_show(value)}"
     if v == "const":
-        return f"expected {error.validator_value!r}, got {error.instance!r}"
-    if v == "oneOf" and "duration" in json.dumps(error.schema):
-        return f"expected a duration such as 30s or 500ms, got {error.instance!r}"
-    if v == "pattern":
-        return f"{error.instance!r} does not have the expected form ({error.schema.get('description') or error.validator_value})"
-    if v == "anyOf" and "provider_interface" in json.dumps(error.validator_value):
-        return "expected a provider_interface (e.g. openai)"
-    return error.message
+        return path, f"expected {error.validator_value!r}, got {_show(value)}"
+    if v == "minLength" and error.validator_value == 1:
+        return path, "expected a non-empty string"
+    if v in ("minimum", "maximum"):
+        return path, f"expected {'at least' if v == 'minimum' else 'at most'} {error.validator_value}, got {value!r}"
+    return path, error.message
 
 
 def _schema_check(raw: Any, source: str) -> None:
-    errors = sorted(_validator().iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = list(_validator().iter_errors(raw))
     if errors:
         # the deepest error is the most specific one; report it and count the rest
-        err = max(errors, key=lambda e: len(e.absolute_path))
+        path, message = _describe(max(errors, key=lambda e: len(e.absolute_path)))
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(source, _key_path(err.absolute_path), _describe(err) + more)
+        raise ConfigError(source, _key_path(path), message + more)
 
 
 def _resolve_env(value: str, env: dict[str, str], source: str, path: str) -> tuple[str, str | None]:
     """``$VAR``/``${VAR}`` → (value, VAR); a literal → (literal, None)."""
     m = _ENV_REF.match(value)
     if not m:
+        if value.startswith("$"):
+            raise ConfigError(source, path, f"expected $VAR or ${{VAR}} (letters, digits and _), got {value!r}")
         return value, None
     var = m.group(1) or m.group(2)
     if var not in env or env[var] == "":
@@ -273,28 +319,23 @@ def _resolve_env(value: str, env: dict[str, str], source: str, path: str) -> tup
     return env[var], var
 
 
-def _upstream(spec: str, protocol: str | None, connect_timeout: Any, default_port: int | None = None) -> Upstream:
-    if "://" in spec:
-        u = urlsplit(spec)
-        tls = u.scheme == "https"
-        host = u.hostname or ""
-        port = u.port or (443 if tls else 80)
-        base = u.path.rstrip("/")
-    else:
-        host_port, _, path = spec.partition("/")
-        host, sep, port_s = host_port.rpartition(":")
-        if not sep:
-            host, port_s = host_port, ""
-        tls = protocol == "https" or (protocol is None and port_s == "443")
-        port = int(port_s) if port_s else (default_port or (443 if tls else 80))
-        base = ("/" + path).rstrip("/") if path else ""
-    if protocol is not None:
-        tls = protocol == "https"
+def _upstream(spec: str, protocol: str | None, connect_timeout: Any, source: str, at: str) -> Upstream:
+    """``host:port``, ``host`` or ``http(s)://host[:port][/base]`` → :class:`Upstream`.
+
+    TLS when the URL says https, or ``protocol: https``, or (no scheme, no protocol) port 443."""
+    u = urlsplit(spec if "://" in spec else "//" + spec)
+    try:
+        port = u.port
+    except ValueError:
+        port = 0
+    if not u.hostname or port == 0:
+        raise ConfigError(source, at, f"expected host:port, host or http(s)://host:port/path with a port 1-65535, got {spec!r}")
+    tls = protocol == "https" if protocol else u.scheme == "https" or (not u.scheme and port == 443)
     return Upstream(
-        host=host,
-        port=port,
+        host=u.hostname,
+        port=port or (443 if tls else 80),
         tls=tls,
-        base_path=base,
+        base_path=u.path.rstrip("/"),
         connect_timeout_s=parse_duration(connect_timeout) if connect_timeout is not None else 5.0,
     )
 
@@ -304,6 +345,28 @@ _TYPE_ALIASES = {
     "float": "number", "number": "number", "bool": "boolean", "boolean": "boolean",
     "list": "array", "array": "array", "dict": "object", "object": "object",
 }
+_PY_TYPES: dict[str, Any] = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
+
+
+def _check_value(value: Any, ptype: str, source: str, at: str) -> None:
+    """A parameter's default or enum value must have the parameter's type."""
+    if value is not None and (not isinstance(value, _PY_TYPES[ptype]) or (isinstance(value, bool) and ptype != "boolean")):
+        hint = " (YAML reads yes/no/on/off as booleans: quote it)" if isinstance(value, bool) and ptype == "string" else ""
+        raise ConfigError(source, at, f"expected {_TYPE_NAMES[ptype]} (the parameter's type), got {_show(value)}{hint}")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in one mapping is an error, not a silent overwrite."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is written twice", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)  # type: ignore[no-untyped-call,no-any-return]
 
 
 def _load_env(config_dir: Path) -> dict[str, str]:
@@ -315,11 +378,21 @@ def _load_env(config_dir: Path) -> dict[str, str]:
     return env
 
 
-def _listener(raw: dict[str, Any], name: str, default_port: int, default_timeout: str) -> Listener:
+def _ip_address(value: str, source: str, at: str) -> str:
+    if value == "localhost":
+        return "127.0.0.1"
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(source, at, f"expected an IP address such as 127.0.0.1 or 0.0.0.0 (Envoy listens on addresses, not host names), got {value!r}") from None
+    return value
+
+
+def _listener(raw: dict[str, Any], name: str, default_port: int, default_timeout: str, source: str) -> Listener:
     d = raw.get(name) or {}
     return Listener(
         name=name,
-        address=d.get("address", "127.0.0.1"),
+        address=_ip_address(d.get("address", "127.0.0.1"), source, f"listeners.{name}.address"),
         port=d.get("port", default_port),
         timeout_s=parse_duration(d.get("timeout", default_timeout)),
         max_body_bytes=d.get("max_body_bytes", DEFAULT_BODY_LIMIT),
@@ -335,13 +408,14 @@ def load_config(path: str | Path | None = None, *, env: dict[str, str] | None = 
     except OSError as exc:
         raise ConfigError(source, "", f"cannot read the file ({exc.strerror})") from exc
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(source, where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from exc
     if not isinstance(raw, dict):
-        raise ConfigError(source, "", f"expected a mapping at the top level, got {type(raw).__name__}")
+        got = "nothing (the file is empty)" if raw is None else _show(raw)
+        raise ConfigError(source, "", f"expected a mapping at the top level (version: v0.1, listeners: ...), got {got}")
     return build_config(raw, source=source, env=env if env is not None else _load_env(p.resolve().parent))
 
 
@@ -351,10 +425,11 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
     _schema_check(raw, source)
 
     listeners = raw.get("listeners") or {}
-    ingress = _listener(listeners, "ingress_traffic", 10000, "30s")
-    egress = _listener(listeners, "egress_traffic", 12000, "30s")
-    internal = _listener(listeners, "internal_traffic", 11000, "30s")
+    ingress = _listener(listeners, "ingress_traffic", 10000, "30s", source)
+    egress = _listener(listeners, "egress_traffic", 12000, "30s", source)
+    internal = _listener(listeners, "internal_traffic", 11000, "30s", source)
     admin = listeners.get("admin") or {}
+    admin_address = _ip_address(admin.get("address", "127.0.0.1"), source, "listeners.admin.address")
     ep = raw.get("ext_proc") or {}
     ext_proc = ExtProcSettings(
         address=ep.get("address", "127.0.0.1"),
@@ -363,25 +438,31 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         message_timeout_s=parse_duration(ep.get("message_timeout", "10s")),
         failure_mode_allow=bool(ep.get("failure_mode_allow", False)),
     )
-    ports = {
-        "listeners.ingress_traffic.port": ingress.port,
-        "listeners.egress_traffic.port": egress.port,
-        "listeners.internal_traffic.port": internal.port,
-        "listeners.admin.port": admin.get("port", 9901),
-        "ext_proc.port": ext_proc.port,
-        "ext_proc.http_port": ext_proc.http_port,
+    # every port sidegate listens on, as (key path, port, written in the file rather than defaulted)
+    model_server = raw.get("model_server") or {}
+    sections = {
+        "listeners.ingress_traffic": (listeners.get("ingress_traffic") or {}, {"port": 10000}),
+        "listeners.egress_traffic": (listeners.get("egress_traffic") or {}, {"port": 12000}),
+        "listeners.internal_traffic": (listeners.get("internal_traffic") or {}, {"port": 11000}),
+        "listeners.admin": (admin, {"port": 9901}),
+        "ext_proc": (ep, {"port": 50051, "http_port": 8080}),
     }
-    seen: dict[int, str] = {}
-    for key, port in ports.items():
+    if model_server.get("mode") not in ("remote", "none"):  # a local Triton listens too
+        sections["model_server"] = (model_server, {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002})
+    ports = [(f"{at}.{key}", section.get(key, default), key in section)
+             for at, (section, defaults) in sections.items() for key, default in defaults.items()]
+    seen: dict[int, tuple[str, bool]] = {}
+    for key, port, written in sorted(ports, key=lambda p: p[2]):  # defaults first: blame a key the user wrote
         if port in seen:
-            raise ConfigError(source, key, f"port {port} is already used by {seen[port]}")
-        seen[port] = key
+            other, other_written = seen[port]
+            raise ConfigError(source, key, f"port {port} is already used by {other}{'' if other_written else ' (its default)'}")
+        seen[port] = (key, written)
 
     endpoints: dict[str, Endpoint] = {}
     for name, e in (raw.get("endpoints") or {}).items():
         endpoints[name] = Endpoint(
             name=name,
-            upstream=_upstream(e["endpoint"], e.get("protocol"), e.get("connect_timeout")),
+            upstream=_upstream(e["endpoint"], e.get("protocol"), e.get("connect_timeout"), source, f"endpoints.{name}.endpoint"),
             timeout_s=parse_duration(e.get("timeout", "30s")),
             http_host=e.get("http_host"),
         )
@@ -396,13 +477,19 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         names.add(pr["name"])
         interface = pr.get("provider_interface") or pr.get("provider")
         spec = pr.get("endpoint") or _PROVIDER_HOSTS.get(interface or "")
+        if spec is None and interface == "sidegate":
+            spec = _SIDEGATE_FACADE.format(port=ext_proc.http_port)
         if spec is None:
             raise ConfigError(source, f"{at}.endpoint", f"provider_interface {interface!r} has no default address: set endpoint")
         key, key_env = (None, None)
         if "access_key" in pr:
             key, key_env = _resolve_env(pr["access_key"], env, source, f"{at}.access_key")
             if key_env is None:  # a literal key: hand it to Envoy through a variable of our own
-                key_env = "SIDEGATE_KEY_" + re.sub(r"[^A-Z0-9]", "_", pr["name"].upper())
+                key_env = base = "SIDEGATE_KEY_" + re.sub(r"[^A-Z0-9]", "_", pr["name"].upper())
+                taken, n = {p.access_key_env for p in providers}, 1
+                while key_env in taken:  # providers "a-b" and "a_b" must not share one variable
+                    n += 1
+                    key_env = f"{base}_{n}"
         if pr.get("default"):
             defaults.append(f"{at} ({pr['name']})")
         providers.append(
@@ -411,7 +498,7 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
                 interface=interface,
                 model=pr.get("model"),
                 default=bool(pr.get("default", False)),
-                upstream=_upstream(spec, pr.get("protocol"), pr.get("connect_timeout")),
+                upstream=_upstream(spec, pr.get("protocol"), pr.get("connect_timeout"), source, f"{at}.endpoint"),
                 access_key=key,
                 access_key_env=key_env,
                 retries=pr.get("retries", 0),
@@ -433,9 +520,16 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
             target_defaults.append(f"{at} ({t['name']})")
         params: list[Parameter] = []
         for j, prm in enumerate(t.get("parameters") or []):
+            pat = f"{at}.parameters[{j}]"
+            if any(p.name == prm["name"] for p in params):
+                raise ConfigError(source, f"{pat}.name", f"parameter name {prm['name']!r} is used twice in {t['name']!r}")
             ptype = _TYPE_ALIASES[prm.get("type", "str")]
-            if "enum" in prm and "default" in prm and prm["default"] not in prm["enum"]:
-                raise ConfigError(source, f"{at}.parameters[{j}].default", f"{prm['default']!r} is not one of enum {prm['enum']}")
+            for k, value in enumerate(prm.get("enum") or []):
+                _check_value(value, ptype, source, f"{pat}.enum[{k}]")
+            if "default" in prm:
+                _check_value(prm["default"], ptype, source, f"{pat}.default")
+                if "enum" in prm and prm["default"] not in prm["enum"]:
+                    raise ConfigError(source, f"{pat}.default", f"expected one of enum {prm['enum']}, got {prm['default']!r}")
             params.append(
                 Parameter(
                     name=prm["name"],
@@ -456,12 +550,17 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
                 known = ", ".join(sorted(endpoints)) or "none are defined"
                 raise ConfigError(source, f"{at}.endpoint.name", f"unknown endpoint {e['name']!r} (endpoints: {known})")
             path = e.get("path", "/")
-            for placeholder in re.findall(r"\{([^}]*)\}", path):
+            placeholders = re.findall(r"\{([^}]*)\}", path)
+            for placeholder in placeholders:
                 if placeholder not in {p.name for p in params}:
                     raise ConfigError(source, f"{at}.endpoint.path", f"placeholder {{{placeholder}}} is not a parameter of {t['name']!r}")
+            for j, prm in enumerate(params):
+                if prm.in_path and prm.name not in placeholders:
+                    raise ConfigError(source, f"{at}.parameters[{j}].in_path", f"in_path is true but endpoint.path {path!r} has no {{{prm.name}}}")
             headers = {}
-            for hk, hv in (e.get("http_headers") or {}).items():
-                headers[hk] = _resolve_env(hv, env, source, f"{at}.endpoint.http_headers.{hk}")[0]
+            for hk, hv in (e.get("http_headers") or {}).items():  # "Bearer $APP_TOKEN" works too
+                where = f"{at}.endpoint.http_headers.{hk}"
+                headers[hk] = _ENV_IN_TEXT.sub(lambda m: _resolve_env(m.group(0), env, source, where)[0], hv)
             tep = TargetEndpoint(name=e["name"], path=path, http_method=e.get("http_method", "POST").upper(), http_headers=headers)
         targets.append(
             PromptTarget(
@@ -482,7 +581,17 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
     if len(providers) > 1 and not defaults:
         raise ConfigError(source, "llm_providers", "several providers and none has default: true: mark one as the default")
 
-    jb = (((raw.get("prompt_guards") or {}).get("input_guards") or {}).get("jailbreak")) or None
+    ratelimits: list[RateLimit] = []
+    provider_models = {p.name for p in providers} | {p.model for p in providers if p.model}
+    for i, rl in enumerate(raw.get("ratelimits") or []):
+        if rl["model"] not in provider_models:
+            known = ", ".join(sorted(provider_models)) or "no llm_providers are configured"
+            raise ConfigError(source, f"ratelimits[{i}].model", f"no llm_provider has name or model {rl['model']!r} (known: {known})")
+        selector = rl.get("selector") or {}
+        ratelimits.append(RateLimit(model=rl["model"], tokens=rl["limit"]["tokens"], unit=rl["limit"]["unit"],
+                                    selector_key=selector.get("key"), selector_value=selector.get("value") or None))
+
+    jb = ((raw.get("prompt_guards") or {}).get("input_guards") or {}).get("jailbreak")
     tracing = raw.get("tracing") or {}
     return Config(
         source=source,
@@ -490,15 +599,16 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         ingress=ingress,
         egress=egress,
         internal=internal,
-        admin_address=admin.get("address", "127.0.0.1"),
+        admin_address=admin_address,
         admin_port=admin.get("port", 9901),
         ext_proc=ext_proc,
         endpoints=endpoints,
         llm_providers=tuple(providers),
         system_prompt=raw.get("system_prompt"),
         prompt_targets=tuple(targets),
-        jailbreak_message=((jb or {}).get("on_exception") or {}).get("message") if jb is not None else None,
+        jailbreak_message=(jb.get("on_exception") or {}).get("message", DEFAULT_GUARD_MESSAGE) if jb is not None else None,
         intent_threshold=float((raw.get("overrides") or {}).get("prompt_target_intent_matching_threshold", 0.5)),
         tracing_sampling=float(tracing.get("random_sampling", 0)),
         otlp_endpoint=tracing.get("otlp_endpoint"),
+        ratelimits=tuple(ratelimits),
     )
