@@ -64,7 +64,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             {"name": "alpha", "provider_interface": "openai", "endpoint": alpha.base_url, "model": "model-a",
              "default": True, "access_key": "$ALPHA_KEY"},
             {"name": "beta", "provider_interface": "openai", "endpoint": f"127.0.0.1:{beta.port}", "model": "model-b",
-             "access_key": "sk-literal-beta"},
+             "access_key": "sk-literal-beta", "retries": 2},
             {"name": "dead", "provider_interface": "openai", "endpoint": f"http://127.0.0.1:{dead_port}/v1", "model": "model-dead"},
         ]
         raw = gateway_config(

@@ -154,3 +154,28 @@ def test_ext_proc_survived_everything_and_counted_it(stack: Stack) -> None:
     assert 'sidegate_requests_total{listener="egress",outcome="upstream_200",route="chat_completions"}' in metrics
     assert 'sidegate_errors_total{code="invalid_json",listener="egress"}' in metrics
     assert 'sidegate_llm_tokens_total{direction="input",provider="alpha"}' in metrics
+
+
+def test_configured_retries_hide_transient_provider_failures(stack: Stack) -> None:
+    stack.beta.clear()
+    stack.beta.fail_next(status=503, times=2)
+    out = client(stack.egress).chat.completions.create(model="model-b", messages=USER)
+    assert out.choices[0].message.content.startswith("fake-beta says")
+    assert len(stack.beta.requests) == 3  # two failures retried by Envoy, then the answer
+
+
+def test_ext_proc_down_is_a_clear_503_then_service_resumes(stack: Stack) -> None:
+    """Runs last in this module: stops the ext_proc service, checks the answer, starts it again."""
+    sup = stack.supervisor
+    svc = next(s for s in sup.services if s.name == "ext_proc")
+    sup.procs["ext_proc"].terminate()
+    sup.procs["ext_proc"].wait(10)
+    stack.alpha.clear()
+    status, _, err = raw_post(stack.egress + "/chat/completions", json.dumps({"model": "model-a", "messages": USER}).encode())
+    assert status == 503
+    assert err["error"]["code"] == "ext_proc_unavailable"
+    assert stack.alpha.requests == []  # fail closed: nothing forwarded unchecked
+    sup._spawn(svc)
+    assert sup._wait_healthy(svc)
+    out = client(stack.egress).chat.completions.create(model="model-a", messages=USER)
+    assert out.choices[0].message.content == "fake-alpha says: hello gateway"
