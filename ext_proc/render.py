@@ -1,0 +1,654 @@
+"""Render Envoy's bootstrap (``envoy.yaml``) from a checked :class:`~ext_proc.config.Config`.
+
+The bootstrap is built from the typed (betterproto2) classes of ``envoy-data-plane``, so a wrong
+field name, a wrong type or an unknown enum value fails here, at render time, not when Envoy
+starts. It is then turned into a snake_case dict (``google.protobuf.Any`` carries ``@type``) and
+written as YAML.
+
+Usage::
+
+    from ext_proc.config import load_config
+    from ext_proc.render import build_bootstrap, bootstrap_dict, write_bootstrap
+
+    cfg = load_config("config/default.yaml")
+    path = write_bootstrap(cfg, Path("run"))      # run/envoy.yaml
+    # envoy -c run/envoy.yaml, with every cfg.secret_env() variable in Envoy's environment
+
+What it contains (the names are the contract in ``/work/shared/DESIGN.md``):
+
+* clusters ``sidegate_ext_proc`` (HTTP/2 to the ext_proc service), ``provider_<name>`` per LLM
+  provider and ``endpoint_<name>`` per app endpoint (TLS with SNI and certificate checks
+  against the system roots when the upstream is https);
+* listeners ``ingress`` and ``egress`` (ext_proc then router) and ``internal`` (router only).
+  Routing is on the ``x-sidegate-upstream`` request header (a cluster name) which the ext_proc
+  service sets in its request-body reply with ``clear_route_cache`` (a client's own
+  ``x-sidegate-upstream`` is dropped before routing); a request it sets on no route gets a
+  ``503`` OpenAI-style error. Provider keys are injected per route as
+  ``Authorization: Bearer %ENVIRONMENT(VAR)%`` after the client's own credentials are removed:
+  the key itself never appears in the file, Envoy reads it from its environment;
+* local replies that Envoy itself makes (upstream unreachable, upstream timeout, body over the
+  limit, ext_proc service unreachable) are rewritten to OpenAI-style JSON errors; replies of the
+  ext_proc service (immediate responses) keep their own body;
+* a JSON access log line per request on stdout.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import ssl
+from pathlib import Path
+from typing import Any as _AnyType
+
+import betterproto2
+import yaml
+from envoy_data_plane.envoy.config.accesslog.v3 import (
+    AccessLog,
+    AccessLogFilter,
+    ExtensionFilter,
+    ResponseFlagFilter,
+)
+from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
+from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterDnsLookupFamily
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    DataSource,
+    GrpcService,
+    GrpcServiceEnvoyGrpc,
+    HeaderValue,
+    HeaderValueOption,
+    HeaderValueOptionHeaderAppendAction,
+    Http2ProtocolOptions,
+    Node,
+    Pipe,
+    SocketAddress,
+    SubstitutionFormatString,
+    TransportSocket,
+    TypedExtensionConfig,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.config.route.v3 import (
+    DirectResponseAction,
+    HeaderMatcher,
+    RetryPolicy,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
+from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
+from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
+    ExternalProcessor,
+    ExternalProcessorRouteCacheAction,
+    ProcessingMode,
+    ProcessingModeBodySendMode,
+    ProcessingModeHeaderSendMode,
+)
+from envoy_data_plane.envoy.config.common.mutation_rules.v3 import HeaderMutation as HeaderMutationRule
+from envoy_data_plane.envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
+    HeaderMutation as EarlyHeaderMutation,
+)
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpConnectionManagerCodecType,
+    HttpFilter,
+    LocalReplyConfig,
+    ResponseMapper,
+)
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+    CertificateValidationContext,
+    CommonTlsContext,
+    SubjectAltNameMatcher,
+    SubjectAltNameMatcherSanType,
+    UpstreamTlsContext,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions,
+    HttpProtocolOptionsExplicitHttpConfig,
+)
+from envoy_data_plane.envoy.type.matcher.v3 import RegexMatchAndSubstitute, RegexMatcher, StringMatcher
+from envoy_data_plane.google.protobuf import Any, Struct
+
+from .config import Config, Endpoint as EndpointCfg, Listener as ListenerCfg, LlmProvider, Upstream
+
+__all__ = [
+    "ACCESS_LOG_FIELDS",
+    "EXT_PROC_CLUSTER",
+    "LISTENER_HEADER",
+    "REMOVED_CLIENT_HEADERS",
+    "UPSTREAM_HEADER",
+    "RenderError",
+    "bootstrap_dict",
+    "bootstrap_yaml",
+    "build_bootstrap",
+    "ca_bundle",
+    "write_bootstrap",
+]
+
+EXT_PROC_CLUSTER = "sidegate_ext_proc"
+UPSTREAM_HEADER = "x-sidegate-upstream"  # the cluster the ext_proc service chose
+LISTENER_HEADER = "x-sidegate-listener"  # gRPC initial metadata: which listener a stream serves
+# the client's own credentials and sidegate's routing headers never reach an upstream
+REMOVED_CLIENT_HEADERS = ("authorization", "x-api-key", "api-key", UPSTREAM_HEADER, "x-arch-llm-provider-hint")
+RETRY_ON = "connect-failure,refused-stream,reset,5xx,retriable-status-codes"
+GRPC_SLACK_BYTES = 1024 * 1024  # room for the rest of a ProcessingRequest/Response around a body
+
+HCM_NAME = "envoy.filters.network.http_connection_manager"
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+ROUTER_FILTER = "envoy.filters.http.router"
+EARLY_HEADER_MUTATION = "envoy.http.early_header_mutation.header_mutation"
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+# Response flags of Envoy's own local replies (see "response flags" in Envoy's access log docs).
+UNREACHABLE_FLAGS = ("UF", "URX", "UH", "UO", "UC", "UR", "DF", "NC")
+TIMEOUT_FLAGS = ("UT", "SI")
+# Envoy's response code details for ext_proc failures (measured on 1.40)
+EXT_PROC_TIMEOUT_DETAILS = "ext_proc_error_per-message_timeout_exceeded"
+EXT_PROC_ERROR_DETAILS = "ext_proc_error"
+
+ACCESS_LOG_FIELDS: dict[str, str] = {
+    "start_time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "duration_ms": "%DURATION%",
+    "upstream_service_time_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "traceparent": "%REQ(TRACEPARENT)%",
+}
+
+
+class RenderError(ValueError):
+    """The config cannot be expressed as an Envoy bootstrap (e.g. a listener on a host name)."""
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _seconds(value: float) -> datetime.timedelta:
+    return datetime.timedelta(seconds=value)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _socket_address(host: str, port: int) -> Address:
+    return Address(socket_address=SocketAddress(address=host, port_value=port))
+
+
+def _listen_address(listener: ListenerCfg) -> Address:
+    host = "127.0.0.1" if listener.address == "localhost" else listener.address
+    if not _is_ip(host):
+        raise RenderError(
+            f"listeners.{listener.name}.address: Envoy listens on an IP address, got {listener.address!r}"
+        )
+    return _socket_address(host, listener.port)
+
+
+def _host_header(u: Upstream) -> str:
+    """The Host an upstream expects: ``host``, plus ``:port`` when the port is not the scheme's default."""
+    host = f"[{u.host}]" if ":" in u.host else u.host  # IPv6 literal
+    return host if u.port == (443 if u.tls else 80) else f"{host}:{u.port}"
+
+
+def _header(key: str, value: str, *, overwrite: bool = True) -> HeaderValueOption:
+    action = (
+        HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+        if overwrite
+        else HeaderValueOptionHeaderAppendAction.APPEND_IF_EXISTS_OR_ADD
+    )
+    return HeaderValueOption(header=HeaderValue(key=key, value=value), append_action=action)
+
+
+def _error_json(message: str, type_: str, code: str) -> dict[str, _AnyType]:
+    """The OpenAI error shape used everywhere in sidegate (see ``ext_proc.errors``)."""
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+def _json_body(body: dict[str, _AnyType]) -> SubstitutionFormatString:
+    return SubstitutionFormatString(json_format=Struct.from_dict(body), content_type="application/json")
+
+
+# --------------------------------------------------------------------------- clusters
+
+# where distributions keep the system's CA bundle (PEM), most common first
+_CA_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine, Arch
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL, CentOS
+    "/etc/ssl/ca-bundle.pem",  # openSUSE
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/cert.pem",  # macOS, FreeBSD, Alpine
+    "/usr/local/etc/openssl/cert.pem",
+)
+
+
+def ca_bundle() -> Path:
+    """The PEM file of trusted roots Envoy checks https upstreams against.
+
+    ``SIDEGATE_CA_BUNDLE`` or ``SSL_CERT_FILE`` when set, else the system bundle."""
+    for var in ("SIDEGATE_CA_BUNDLE", "SSL_CERT_FILE"):
+        value = os.environ.get(var)
+        if value:
+            if not Path(value).is_file():
+                raise RenderError(f"${var} names {value!r}, which is not a file (expected a PEM CA bundle)")
+            return Path(value)
+    candidates = [ssl.get_default_verify_paths().cafile, ssl.get_default_verify_paths().openssl_cafile, *_CA_BUNDLES]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise RenderError(
+        "an https upstream needs the system's CA bundle to verify its certificate, and none was found "
+        f"(looked in {', '.join(_CA_BUNDLES)}): install ca-certificates or set SIDEGATE_CA_BUNDLE=/path/to/roots.pem"
+    )
+
+
+
+def _tls_socket(host: str) -> TransportSocket:
+    """TLS to ``host``: SNI, and a certificate for ``host`` that chains to the system's roots
+    (Envoy 1.40 refuses SAN checks without ``trusted_ca``; ``system_root_certs`` is not implemented)."""
+    ip = _is_ip(host)
+    san_type = SubjectAltNameMatcherSanType.IP_ADDRESS if ip else SubjectAltNameMatcherSanType.DNS
+    context = UpstreamTlsContext(
+        sni="" if ip else host,  # SNI may not be an IP literal
+        common_tls_context=CommonTlsContext(
+            validation_context=CertificateValidationContext(
+                trusted_ca=DataSource(filename=str(ca_bundle())),
+                match_typed_subject_alt_names=[SubjectAltNameMatcher(san_type=san_type, matcher=StringMatcher(exact=host))],
+            )
+        ),
+    )
+    return TransportSocket(name="envoy.transport_sockets.tls", typed_config=Any.pack(context))
+
+
+def _cluster(
+    name: str,
+    host: str,
+    port: int,
+    *,
+    connect_timeout_s: float,
+    tls: bool = False,
+    http2: bool = False,
+    dns: ClusterDiscoveryType = ClusterDiscoveryType.LOGICAL_DNS,
+) -> Cluster:
+    # every field goes through the constructor: pydantic checks them there, not on assignment
+    extra: dict[str, _AnyType] = {}
+    if host.startswith("unix:"):
+        address = Address(pipe=Pipe(path=host.removeprefix("unix:")))
+        kind = ClusterDiscoveryType.STATIC
+    else:
+        address = _socket_address(host, port)
+        kind = ClusterDiscoveryType.STATIC if _is_ip(host) else dns
+    if kind != ClusterDiscoveryType.STATIC:
+        extra["dns_lookup_family"] = ClusterDnsLookupFamily.V4_PREFERRED
+    if http2:
+        h2 = HttpProtocolOptions(
+            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=Http2ProtocolOptions())
+        )
+        extra["typed_extension_protocol_options"] = {HTTP_PROTOCOL_OPTIONS: Any.pack(h2)}
+    if tls:
+        extra["transport_socket"] = _tls_socket(host)
+    return Cluster(
+        name=name,
+        type=kind,
+        connect_timeout=_seconds(connect_timeout_s),
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=name,
+            endpoints=[LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=address))])],
+        ),
+        **extra,
+    )
+
+
+def _clusters(cfg: Config) -> list[Cluster]:
+    clusters = [
+        _cluster(
+            EXT_PROC_CLUSTER,
+            cfg.ext_proc.address,
+            cfg.ext_proc.port,
+            connect_timeout_s=1.0,
+            http2=True,
+            dns=ClusterDiscoveryType.STRICT_DNS,
+        )
+    ]
+    for p in cfg.llm_providers:
+        u = p.upstream
+        clusters.append(_cluster(p.cluster, u.host, u.port, connect_timeout_s=u.connect_timeout_s, tls=u.tls))
+    for e in cfg.endpoints.values():
+        u = e.upstream
+        clusters.append(_cluster(e.cluster, u.host, u.port, connect_timeout_s=u.connect_timeout_s, tls=u.tls))
+    return clusters
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def _upstream_match(cluster: str) -> RouteMatch:
+    return RouteMatch(prefix="/", headers=[HeaderMatcher(name=UPSTREAM_HEADER, string_match=StringMatcher(exact=cluster))])
+
+
+def _provider_route(p: LlmProvider, listener: ListenerCfg) -> Route:
+    u = p.upstream
+    action: dict[str, _AnyType] = {}
+    if u.base_path and u.base_path != "/v1":  # e.g. groq: /v1/chat/completions -> /openai/v1/chat/completions
+        action["regex_rewrite"] = RegexMatchAndSubstitute(
+            pattern=RegexMatcher(regex="^/v1/"), substitution=u.base_path.rstrip("/") + "/"
+        )
+    if p.retries > 0:
+        action["retry_policy"] = RetryPolicy(retry_on=RETRY_ON, num_retries=p.retries, retriable_status_codes=[429])
+    headers_to_add = []
+    if p.access_key_env:
+        # Envoy fills this in from its own environment when the request goes out: the file never
+        # holds the key. Envoy removes request_headers_to_remove first, then adds these.
+        headers_to_add.append(_header("authorization", f"Bearer %ENVIRONMENT({p.access_key_env})%"))
+    return Route(
+        name=p.cluster,
+        match=_upstream_match(p.cluster),
+        route=RouteAction(
+            cluster=p.cluster,
+            timeout=_seconds(0),  # no overall limit: an LLM stream may run for minutes...
+            idle_timeout=_seconds(listener.timeout_s),  # ...but the upstream may not go silent longer
+            host_rewrite_literal=_host_header(u),
+            **action,
+        ),
+        request_headers_to_remove=list(REMOVED_CLIENT_HEADERS),
+        request_headers_to_add=headers_to_add,
+    )
+
+
+def _endpoint_route(e: EndpointCfg) -> Route:
+    """An app endpoint: the ext_proc service calls it through the internal listener with the
+    endpoint's own path; Envoy prepends the endpoint URL's base path (if any)."""
+    u = e.upstream
+    action: dict[str, _AnyType] = {}
+    if u.base_path and u.base_path != "/":
+        action["regex_rewrite"] = RegexMatchAndSubstitute(
+            pattern=RegexMatcher(regex="^/"), substitution=u.base_path.rstrip("/") + "/"
+        )
+    return Route(
+        name=e.cluster,
+        match=_upstream_match(e.cluster),
+        route=RouteAction(
+            cluster=e.cluster,
+            timeout=_seconds(e.timeout_s),
+            host_rewrite_literal=e.http_host or _host_header(u),
+            **action,
+        ),
+        request_headers_to_remove=[UPSTREAM_HEADER],
+    )
+
+
+NO_UPSTREAM_BODY = _error_json(
+    "sidegate chose no upstream for this request (no x-sidegate-upstream route matched): "
+    "check that the ext_proc service is running (sidegate status) and that the config names a provider",
+    "server_error",
+    "no_upstream",
+)
+
+
+def _no_upstream_route() -> Route:
+    return Route(
+        name="no_upstream",
+        match=RouteMatch(prefix="/"),
+        direct_response=DirectResponseAction(
+            status=503, body=DataSource(inline_string=json.dumps(NO_UPSTREAM_BODY))
+        ),
+        response_headers_to_add=[_header("content-type", "application/json")],
+    )
+
+
+def _route_config(name: str, routes: list[Route]) -> RouteConfiguration:
+    return RouteConfiguration(
+        name=name,
+        virtual_hosts=[VirtualHost(name=name, domains=["*"], routes=[*routes, _no_upstream_route()])],
+    )
+
+
+# --------------------------------------------------------------------------- HCM pieces
+
+
+def _access_log(listener_name: str) -> list[AccessLog]:
+    fmt = {"listener": listener_name, **ACCESS_LOG_FIELDS}
+    stdout = StdoutAccessLog(log_format=SubstitutionFormatString(json_format=Struct.from_dict(fmt)))
+    return [AccessLog(name="envoy.access_loggers.stdout", typed_config=Any.pack(stdout))]
+
+
+def _flags_filter(flags: tuple[str, ...]) -> AccessLogFilter:
+    return AccessLogFilter(response_flag_filter=ResponseFlagFilter(flags=list(flags)))
+
+
+def _cel_filter(expression: str) -> AccessLogFilter:
+    """Matches a local reply with a CEL expression (e.g. on Envoy's response code details)."""
+    return AccessLogFilter(
+        extension_filter=ExtensionFilter(
+            name="envoy.access_loggers.extension_filters.cel",
+            typed_config=Any.pack(ExpressionFilter(expression=expression)),
+        )
+    )
+
+
+def _local_reply_config(listener: ListenerCfg, *, ext_proc: bool) -> LocalReplyConfig:
+    """Envoy's own error replies as OpenAI-style JSON.
+
+    Only mappers with filters: the ext_proc service's immediate responses are local replies
+    too and must keep their body untouched, so there is no catch-all ``body_format``. What
+    each filter matches was measured on Envoy 1.40 (see ``envoy/README.md``)."""
+    mappers = [
+        # the listener's buffer limit (per_connection_buffer_limit_bytes) hit while buffering
+        ResponseMapper(
+            filter=_cel_filter('response.code_details == "request_payload_too_large"'),
+            status_code=413,
+            body_format_override=_json_body(
+                _error_json(
+                    f"the request body is larger than this listener's limit of {listener.max_body_bytes} bytes "
+                    f"(listeners.{listener.name}.max_body_bytes)",
+                    "invalid_request_error",
+                    "request_too_large",
+                )
+            ),
+        ),
+        # a BUFFERED (non-streaming) upstream response over the same limit: Envoy answers 500
+        ResponseMapper(
+            filter=_cel_filter('response.code_details == "response_payload_too_large"'),
+            status_code=502,
+            body_format_override=_json_body(
+                _error_json(
+                    f"the response of the upstream %UPSTREAM_CLUSTER% is larger than this listener's limit of "
+                    f"{listener.max_body_bytes} bytes (listeners.{listener.name}.max_body_bytes); "
+                    "ask for a streamed response or raise the limit",
+                    "upstream_error",
+                    "response_too_large",
+                )
+            ),
+        ),
+    ]
+    if ext_proc:
+        mappers += [
+            # no reply from the ext_proc service within message_timeout: 504, no response flag
+            ResponseMapper(
+                filter=_cel_filter(f'response.code_details == "{EXT_PROC_TIMEOUT_DETAILS}"'),
+                status_code=504,
+                body_format_override=_json_body(
+                    _error_json(
+                        "the sidegate ext_proc service did not answer in time (ext_proc.message_timeout); "
+                        "check it with `sidegate status` and `sidegate logs ext_proc`",
+                        "server_error",
+                        "ext_proc_timeout",
+                    )
+                ),
+            ),
+            # the ext_proc service unreachable or failing (failure_mode_allow false): Envoy
+            # answers 500 with no response flag and details ext_proc_error_gRPC_error_<status>{...}
+            ResponseMapper(
+                filter=_cel_filter(f'response.code_details.startsWith("{EXT_PROC_ERROR_DETAILS}")'),
+                status_code=503,
+                body_format_override=_json_body(
+                    _error_json(
+                        "the sidegate ext_proc service is unreachable or failed, so the request was not forwarded: "
+                        "check it with `sidegate status` (%RESPONSE_CODE_DETAILS%)",
+                        "server_error",
+                        "ext_proc_unavailable",
+                    )
+                ),
+            ),
+        ]
+    mappers += [
+        # upstream timeout (route timeout: UT) or upstream silent past the route idle_timeout (SI)
+        ResponseMapper(
+            filter=_flags_filter(TIMEOUT_FLAGS),
+            status_code=504,
+            body_format_override=_json_body(
+                _error_json(
+                    "sidegate timed out waiting for the upstream %UPSTREAM_CLUSTER% (%LOCAL_REPLY_BODY%)",
+                    "upstream_error",
+                    "upstream_timeout",
+                )
+            ),
+        ),
+        # connection refused / reset / no healthy host / DNS failure, retries exhausted
+        ResponseMapper(
+            filter=_flags_filter(UNREACHABLE_FLAGS),
+            status_code=502,
+            body_format_override=_json_body(
+                _error_json(
+                    "sidegate could not reach the upstream %UPSTREAM_CLUSTER% (%LOCAL_REPLY_BODY%)",
+                    "upstream_error",
+                    "upstream_unavailable",
+                )
+            ),
+        ),
+    ]
+    return LocalReplyConfig(mappers=mappers)
+
+
+def _ext_proc_filter(cfg: Config, listener: ListenerCfg, stat_prefix: str) -> HttpFilter:
+    timeout = _seconds(cfg.ext_proc.message_timeout_s)
+    ext_proc = ExternalProcessor(
+        grpc_service=GrpcService(
+            envoy_grpc=GrpcServiceEnvoyGrpc(
+                cluster_name=EXT_PROC_CLUSTER,
+                max_receive_message_length=listener.max_body_bytes + GRPC_SLACK_BYTES,
+            ),
+            timeout=timeout,
+            initial_metadata=[HeaderValue(key=LISTENER_HEADER, value=stat_prefix)],
+        ),
+        failure_mode_allow=cfg.ext_proc.failure_mode_allow,
+        processing_mode=ProcessingMode(
+            request_header_mode=ProcessingModeHeaderSendMode.SEND,
+            response_header_mode=ProcessingModeHeaderSendMode.SEND,
+            request_body_mode=ProcessingModeBodySendMode.BUFFERED,
+            response_body_mode=ProcessingModeBodySendMode.NONE,
+            request_trailer_mode=ProcessingModeHeaderSendMode.SKIP,
+            response_trailer_mode=ProcessingModeHeaderSendMode.SKIP,
+        ),
+        message_timeout=timeout,
+        max_message_timeout=timeout,
+        allow_mode_override=True,
+        # routing is decided in the request-body reply: clear_route_cache must be honoured
+        route_cache_action=ExternalProcessorRouteCacheAction.DEFAULT,
+        stat_prefix=stat_prefix,
+    )
+    return HttpFilter(name=EXT_PROC_FILTER, typed_config=Any.pack(ext_proc))
+
+
+def _strip_client_routing() -> TypedExtensionConfig:
+    """Drop a client's own ``x-sidegate-upstream`` before the route is chosen: only the ext_proc
+    service picks the upstream. (Without this a client could name a provider itself, and get its
+    key injected past the guardrails: Envoy picks the route before the first HTTP filter runs,
+    keeps it when the service's reply has no header mutation, and uses it when the service is
+    down with failure_mode_allow. Measured on 1.40; an HTTP header_mutation filter is too late.)"""
+    strip = EarlyHeaderMutation(mutations=[HeaderMutationRule(remove=UPSTREAM_HEADER)])
+    return TypedExtensionConfig(name=EARLY_HEADER_MUTATION, typed_config=Any.pack(strip))
+
+
+def _router_filter() -> HttpFilter:
+    return HttpFilter(name=ROUTER_FILTER, typed_config=Any.pack(Router()))
+
+
+def _listener(name: str, listener: ListenerCfg, routes: list[Route], *, ext_proc_filter: HttpFilter | None) -> Listener:
+    # internal: no ext_proc; the caller (the ext_proc service itself) names the upstream
+    http_filters = [ext_proc_filter, _router_filter()] if ext_proc_filter else [_router_filter()]
+    early = [_strip_client_routing()] if ext_proc_filter else []
+    hcm = HttpConnectionManager(
+        stat_prefix=name,
+        codec_type=HttpConnectionManagerCodecType.AUTO,
+        generate_request_id=True,
+        route_config=_route_config(name, routes),
+        http_filters=http_filters,
+        local_reply_config=_local_reply_config(listener, ext_proc=ext_proc_filter is not None),
+        early_header_mutation_extensions=early,
+        access_log=_access_log(name),
+    )
+    return Listener(
+        name=name,
+        address=_listen_address(listener),
+        per_connection_buffer_limit_bytes=listener.max_body_bytes,
+        filter_chains=[FilterChain(filters=[Filter(name=HCM_NAME, typed_config=Any.pack(hcm))])],
+    )
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def build_bootstrap(cfg: Config) -> Bootstrap:
+    """The typed Envoy bootstrap for ``cfg`` (raises :class:`RenderError` on what Envoy cannot do)."""
+    listeners = []
+    for name, lcfg in (("ingress", cfg.ingress), ("egress", cfg.egress)):
+        routes = [_provider_route(p, lcfg) for p in cfg.llm_providers]
+        listeners.append(_listener(name, lcfg, routes, ext_proc_filter=_ext_proc_filter(cfg, lcfg, name)))
+    internal_routes = [_endpoint_route(e) for e in cfg.endpoints.values()]
+    internal_routes += [_provider_route(p, cfg.internal) for p in cfg.llm_providers]
+    listeners.append(_listener("internal", cfg.internal, internal_routes, ext_proc_filter=None))
+
+    admin_host = "127.0.0.1" if cfg.admin_address == "localhost" else cfg.admin_address
+    if not _is_ip(admin_host):
+        raise RenderError(f"listeners.admin.address: Envoy listens on an IP address, got {cfg.admin_address!r}")
+    return Bootstrap(
+        node=Node(id="sidegate", cluster="sidegate"),
+        admin=Admin(address=_socket_address(admin_host, cfg.admin_port)),
+        static_resources=BootstrapStaticResources(listeners=listeners, clusters=_clusters(cfg)),
+    )
+
+
+def bootstrap_dict(cfg: Config) -> dict[str, _AnyType]:
+    """The bootstrap as a snake_case, JSON-able dict (``@type`` marks each ``Any``)."""
+    return build_bootstrap(cfg).to_dict(casing=betterproto2.Casing.SNAKE)
+
+
+def bootstrap_yaml(cfg: Config) -> str:
+    header = (
+        f"# Envoy bootstrap rendered by sidegate from {cfg.source}. Do not edit: re-render with\n"
+        f"#   sidegate render {cfg.source}\n"
+        "# Provider keys are read by Envoy from its environment (%ENVIRONMENT(VAR)%), never written here.\n"
+    )
+    return header + yaml.safe_dump(bootstrap_dict(cfg), sort_keys=False, default_flow_style=False, width=120)
+
+
+def write_bootstrap(cfg: Config, out_dir: Path) -> Path:
+    """Write ``out_dir/envoy.yaml`` (mode 0644: it holds no secrets) and return its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "envoy.yaml"
+    tmp = out_dir / f".envoy.yaml.{os.getpid()}.tmp"
+    tmp.write_text(bootstrap_yaml(cfg))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
