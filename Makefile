@@ -1,8 +1,12 @@
 # The two set-up commands of the README: `make up` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# pip's extra local indexes print a warning per package; keep the log readable, keep pip's exit code
+QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
 
 .PHONY: install up test test-unit test-integration bench clean
 
@@ -10,8 +14,9 @@ install: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements.txt
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip install -q -r requirements.txt $(QUIET)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e . $(QUIET)
+	$(BIN)/python -c "import ext_proc.config, envoy.service.ext_proc.v3, envoy_data_plane"
 	touch $(STAMP)
 
 ## make up: install, then start Envoy, the ext_proc service and the demo app on config/default.yaml
