@@ -8,31 +8,56 @@ bodies chunk by chunk (reading ``usage`` and time to first token on the way), bu
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from typing import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
 from .config import Config, LlmProvider
 from .errors import MethodNotAllowed, MalformedRequest, SidegateError, render_error
 from .metrics import Metrics
-from .openai_wire import ChatRequest, parse_chat_request, usage_from_body, usage_from_sse
+from .openai_wire import ChatRequest, chat_completion, parse_chat_request, sse_frames, usage_from_body, usage_from_sse
 from .processor import CONTINUE, Continue, Immediate, PassThrough, Reply
 from .providers import choose_provider
 
-__all__ = ["ChatProcessor", "Decision", "Router", "UPSTREAM_HEADER", "egress_router"]
+__all__ = ["ChatProcessor", "Decision", "Forward", "Router", "UPSTREAM_HEADER", "egress_router", "synthesized"]
 
 UPSTREAM_HEADER = "x-sidegate-upstream"
 PROVIDER_HEADER = "x-sidegate-provider"
 
-# A router answers the request itself (Immediate) or names the provider and the body to send.
-Decision = Immediate | tuple[LlmProvider, bytes | None]
+
+@dataclass(frozen=True, kw_only=True)
+class Forward:
+    """Send the request to ``provider`` (with ``body`` instead of the client's, when given)."""
+
+    provider: LlmProvider
+    body: bytes | None = None
+    response_metadata: dict[str, Any] | None = None  # merged into the provider's answer's `metadata`
+
+
+# A router answers the request itself (Immediate) or forwards it to a provider.
+Decision = Immediate | Forward
 Router = Callable[[Config, dict[str, str], ChatRequest], Awaitable[Decision]]
 
 
 async def egress_router(cfg: Config, headers: dict[str, str], req: ChatRequest) -> Decision:
     """Egress (app → LLM): hint header, model name, default provider."""
     choice = choose_provider(cfg, headers, req)
-    return choice.provider, choice.body
+    return Forward(provider=choice.provider, body=choice.body)
+
+
+def synthesized(
+    req: ChatRequest, content: str, *, model: str, headers: dict[str, str] | None = None, metadata: dict[str, Any] | None = None
+) -> Immediate:
+    """A 200 answer written by sidegate, as JSON or as SSE chunks ending in ``[DONE]`` (``stream``)."""
+    if req.stream:
+        body = b"".join(sse_frames(content, model=model, metadata=metadata))
+        ctype = "text/event-stream"
+    else:
+        body = json.dumps(chat_completion(content, model=model, metadata=metadata)).encode()
+        ctype = "application/json"
+    return Immediate(status=200, body=body, headers={"content-type": ctype, **(headers or {})}, details="sidegate_answer")
 
 
 class ChatProcessor(PassThrough):
@@ -46,6 +71,7 @@ class ChatProcessor(PassThrough):
         self.log = log
         self.headers: dict[str, str] = {}
         self.provider: LlmProvider | None = None
+        self.response_metadata: dict[str, Any] | None = None
         self.outcome = "incomplete"
         self.forwarded_at = 0.0
         self.first_chunk_seen = False
@@ -75,15 +101,14 @@ class ChatProcessor(PassThrough):
         if isinstance(decision, Immediate):
             self.outcome = "answered"
             return decision
-        self.provider, new_body = decision
+        self.provider, self.response_metadata = decision.provider, decision.response_metadata
         self.outcome = "forwarded"
         self.forwarded_at = time.perf_counter()
         self.log.debug("to provider %s (cluster %s)", self.provider.name, self.provider.cluster)
-        return Continue(
-            set_headers={UPSTREAM_HEADER: self.provider.cluster},
-            body=new_body,
-            clear_route_cache=True,
-        )
+        headers = {UPSTREAM_HEADER: self.provider.cluster}
+        if decision.body is not None:  # Envoy refuses a replaced body whose content-length is stale
+            headers["content-length"] = str(len(decision.body))
+        return Continue(set_headers=headers, body=decision.body, clear_route_cache=True)
 
     async def response_headers(self, headers: dict[str, str], end_of_stream: bool) -> Reply:
         status = headers.get(":status", "")
@@ -109,7 +134,32 @@ class ChatProcessor(PassThrough):
             usage = usage_from_body(body)
         if usage:
             self._count_tokens(usage)
+        if self.response_metadata and self.ok:
+            return self._with_metadata(body)
         return CONTINUE
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "upstream_200"
+
+    def _with_metadata(self, body: bytes) -> Reply:
+        """Add ``metadata`` (x-arch-state) to the provider's answer: the JSON body, or an SSE event before [DONE]."""
+        assert self.response_metadata is not None
+        if self.streaming:
+            done = body.find(b"data: [DONE]")
+            if done < 0:
+                return CONTINUE
+            event = {"object": "chat.completion.chunk", "choices": [], "metadata": self.response_metadata}
+            return Continue(body=body[:done] + b"data: " + json.dumps(event).encode() + b"\n\n" + body[done:])
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            return CONTINUE
+        if not isinstance(answer, dict):
+            return CONTINUE
+        answer["metadata"] = {**(answer.get("metadata") or {}), **self.response_metadata}
+        new = json.dumps(answer).encode()
+        return Continue(body=new, set_headers={"content-length": str(len(new))})
 
     def _count_tokens(self, usage: dict[str, int]) -> None:
         assert self.provider is not None

@@ -35,6 +35,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Endpoint",
+    "Jailbreak",
     "Listener",
     "LlmProvider",
     "Parameter",
@@ -190,6 +191,15 @@ class RateLimit:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Jailbreak:
+    """``prompt_guards.input_guards.jailbreak``."""
+
+    message: str  # what a blocked prompt gets back
+    threshold: float | None = None  # None: the guard model's own calibrated threshold (its LABEL)
+    fail_open: bool = False  # model server unavailable: True lets prompts through, False refuses them
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExtProcSettings:
     address: str
     port: int
@@ -212,11 +222,15 @@ class Config:
     llm_providers: tuple[LlmProvider, ...]
     system_prompt: str | None
     prompt_targets: tuple[PromptTarget, ...]
-    jailbreak_message: str | None  # None: no jailbreak guard configured
+    jailbreak: Jailbreak | None  # None: no jailbreak guard configured
     intent_threshold: float
     tracing_sampling: float  # percent of requests traced, 0-100 (Arch's random_sampling)
     otlp_endpoint: str | None
     ratelimits: tuple[RateLimit, ...] = ()
+
+    @property
+    def jailbreak_message(self) -> str | None:
+        return self.jailbreak.message if self.jailbreak else None
 
     @property
     def default_provider(self) -> LlmProvider | None:
@@ -606,7 +620,13 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         llm_providers=tuple(providers),
         system_prompt=raw.get("system_prompt"),
         prompt_targets=tuple(targets),
-        jailbreak_message=(jb.get("on_exception") or {}).get("message", DEFAULT_GUARD_MESSAGE) if jb is not None else None,
+        jailbreak=Jailbreak(
+            message=(jb.get("on_exception") or {}).get("message", DEFAULT_GUARD_MESSAGE),
+            threshold=jb.get("threshold"),
+            fail_open=bool(jb.get("fail_open", False)),
+        )
+        if jb is not None
+        else None,
         intent_threshold=float((raw.get("overrides") or {}).get("prompt_target_intent_matching_threshold", 0.5)),
         tracing_sampling=float(tracing.get("random_sampling", 0)),
         otlp_endpoint=tracing.get("otlp_endpoint"),

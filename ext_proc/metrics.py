@@ -38,4 +38,10 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.guard_verdicts = Counter("sidegate_guard_verdicts", "Jailbreak guard verdicts", ["verdict"], registry=r)
+        self.intent_matches = Counter("sidegate_intent_matches", "Prompts matched to each prompt target", ["target"], registry=r)
+        self.stage_seconds = Histogram(
+            "sidegate_stage_seconds", "Latency of each prompt-pipeline stage", ["stage"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.model_errors = Counter("sidegate_model_server_errors", "Failed calls to the model server", ["model"], registry=r)
         self.errors = Counter("sidegate_errors", "Errors answered to clients", ["listener", "code"], registry=r)

@@ -1,28 +1,213 @@
 """The ingress prompt pipeline (DESIGN.md, "Life of an ingress request").
 
-Today only step 1 (parse and check, done by :class:`~ext_proc.chat.ChatProcessor`) and step 7
-(no target matched: straight to the LLM provider) exist. The guard, intent, function-calling,
-clarification, endpoint and answer stages plug in here, in :func:`ingress_router`, each taking
-the parsed request and returning either a decision or ``None`` to let the next stage run.
+    guard → intent → function calling → clarification → endpoint → answer
+
+:class:`IngressPipeline` implements :data:`~ext_proc.chat.Router`: it takes the parsed chat request
+and returns either an answer of its own (guard message, clarifying question, the endpoint's
+reply) or a :class:`~ext_proc.chat.Forward` to an LLM provider with the rewritten body. The
+three model decisions come from a :class:`Models` (Triton in production); endpoint calls go
+through Envoy's internal listener (:class:`~ext_proc.endpoints.EndpointClient`).
 """
 
 from __future__ import annotations
 
-from .chat import Decision
-from .config import Config
-from .errors import MalformedRequest
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .chat import Decision, Forward, synthesized
+from .config import Config, PromptTarget
+from .endpoints import EndpointClient
+from .errors import MalformedRequest, ModelServerError
+from .metrics import Metrics
 from .openai_wire import ChatRequest
-from .providers import body_for
+from .targets import PendingState, clarifying_question, endpoint_request, finalize_arguments, tool_schema
 
-__all__ = ["ingress_router"]
+__all__ = ["FUNCTION_CALL_MODEL", "GUARD_MODEL", "GuardVerdict", "IngressPipeline", "Models", "ToolCall"]
+
+log = logging.getLogger("sidegate.pipeline")
+
+GUARD_MODEL = "sidegate-guard"
+FUNCTION_CALL_MODEL = "sidegate-function-call"
+GUARD_HEADER = "x-sidegate-guard"
 
 
-async def ingress_router(cfg: Config, headers: dict[str, str], req: ChatRequest) -> Decision:
-    # guard → intent → function calling → clarification → endpoint → answer: not built yet.
-    provider = cfg.default_provider
-    if provider is None:
-        raise MalformedRequest(
-            f"the ingress listener has no LLM provider to send prompts to: mark one default: true in {cfg.source}",
-            code="no_default_provider",
-        )
-    return provider, body_for(provider, req)
+@dataclass(frozen=True, kw_only=True)
+class GuardVerdict:
+    probability: float
+    flagged: bool  # by the model's own calibrated threshold
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCall:
+    arguments: dict[str, Any]
+    missing: list[str]
+
+
+class Models(Protocol):
+    async def guard(self, text: str) -> GuardVerdict:
+        """How likely ``text`` is a jailbreak / prompt injection."""
+
+    async def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """Unit-norm embeddings, one row per text."""
+
+    async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any]) -> ToolCall:
+        """Arguments for ``tool`` found in the conversation, and the required ones it could not find."""
+
+
+class IngressPipeline:
+    """Implements :data:`~ext_proc.chat.Router` for the ingress listener."""
+
+    def __init__(self, *, cfg: Config, models: Models | None, endpoints: EndpointClient, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.models = models
+        self.endpoints = endpoints
+        self.metrics = metrics
+        self.targets = {t.name: t for t in cfg.prompt_targets}
+        self.default_target = next((t for t in cfg.prompt_targets if t.default), None)
+        self._index: npt.NDArray[np.float32] | None = None
+        self._index_names: list[str] = []
+        self._index_lock = asyncio.Lock()
+
+    # -- start-up ---------------------------------------------------------------------------
+    async def warm(self) -> None:
+        """Embed the target descriptions once (at start and on reload), not per request."""
+        intent_targets = [t for t in self.cfg.prompt_targets if not t.default]
+        if self.models is None or not intent_targets:
+            return
+        async with self._index_lock:
+            if self._index is None:
+                vectors = await self.models.embed([f"{t.name.replace('_', ' ')}: {t.description}" for t in intent_targets])
+                self._index, self._index_names = vectors, [t.name for t in intent_targets]
+                log.info("embedded %d prompt-target descriptions", len(intent_targets))
+
+    # -- the router ---------------------------------------------------------------------------
+    async def __call__(self, cfg: Config, headers: dict[str, str], req: ChatRequest) -> Decision:
+        text = req.last_user_text
+        if cfg.jailbreak_message is not None:
+            blocked = await self._guard(text)
+            if blocked:
+                return synthesized(req, cfg.jailbreak_message, model=GUARD_MODEL, headers={GUARD_HEADER: "blocked"})
+        if not self.targets:
+            return self._to_llm(req, system_prompt=cfg.system_prompt)
+        pending = PendingState.decode(req.body.get("metadata"))
+        target = self.targets.get(pending.target) if pending else None
+        if target is None:
+            target = await self._intent(text)
+        if target is None:
+            return self._to_llm(req, system_prompt=cfg.system_prompt)
+        self.metrics.intent_matches.labels(target.name).inc()
+        return await self._run_target(target, pending, headers, req)
+
+    async def _guard(self, text: str) -> bool:
+        assert self.cfg.jailbreak is not None
+        if self.models is None:
+            raise ModelServerError("the jailbreak guard is configured but no model server is: set model_server in the config")
+        try:
+            verdict = await self.models.guard(text)
+        except ModelServerError:
+            if self.cfg.jailbreak.fail_open:
+                self.metrics.guard_verdicts.labels("unavailable_allowed").inc()
+                log.warning("guard unavailable: letting the prompt through (fail_open: true)")
+                return False
+            self.metrics.guard_verdicts.labels("unavailable_refused").inc()
+            raise
+        threshold = self.cfg.jailbreak.threshold
+        blocked = verdict.flagged if threshold is None else verdict.probability >= threshold
+        self.metrics.guard_verdicts.labels("blocked" if blocked else "allowed").inc()
+        return blocked
+
+    async def _intent(self, text: str) -> PromptTarget | None:
+        if self.models is not None and self._index_names:
+            try:
+                await self.warm()
+                (vec,) = await self.models.embed([text])
+            except ModelServerError:
+                if not self._fail_open():
+                    raise
+                log.warning("intent model unavailable: sending the prompt to the LLM")
+                return None
+            assert self._index is not None
+            scores = self._index @ vec
+            best = int(np.argmax(scores))
+            if float(scores[best]) >= self.cfg.intent_threshold:
+                return self.targets[self._index_names[best]]
+        elif self.models is None and len(self.targets) > (1 if self.default_target else 0):
+            raise ModelServerError("prompt targets need the intent model, and no model server is configured")
+        return self.default_target
+
+    def _fail_open(self) -> bool:
+        return bool(self.cfg.jailbreak and self.cfg.jailbreak.fail_open)
+
+    async def _run_target(self, target: PromptTarget, pending: PendingState | None, headers: dict[str, str], req: ChatRequest) -> Decision:
+        gathered = dict(pending.arguments) if pending and pending.target == target.name else {}
+        args: dict[str, Any] = {}
+        if target.parameters:
+            if self.models is None:
+                raise ModelServerError(f"prompt target {target.name!r} needs the function-calling model, and no model server is configured")
+            call = await self.models.function_call(_conversation(req), tool_schema(target))
+            found = {k: v for k, v in call.arguments.items() if v is not None and k not in call.missing}
+            args, missing, problems = finalize_arguments(target, {**gathered, **found})
+            if missing:
+                state = PendingState(target=target.name, arguments={k: v for k, v in args.items() if k in {**gathered, **found}})
+                return synthesized(
+                    req,
+                    clarifying_question(target, missing, problems),
+                    model=FUNCTION_CALL_MODEL,
+                    metadata={"x-arch-state": state.encode()},
+                )
+        if target.endpoint is None:
+            return self._to_llm(req, system_prompt=target.system_prompt or self.cfg.system_prompt)
+        reply = await self.endpoints.call(target, endpoint_request(target, args), headers)
+        if not target.auto_llm_dispatch_on_response:
+            return synthesized(req, reply.text, model=target.name)
+        tool_messages = _tool_messages(target, args, reply.text)
+        context = f"Result of {target.name}({json.dumps(args)}):\n{reply.text}"
+        system = "\n\n".join(p for p in (target.system_prompt or self.cfg.system_prompt, context) if p)
+        return self._to_llm(req, system_prompt=system, metadata={"x-arch-state": json.dumps({"messages": tool_messages})})
+
+    def _to_llm(self, req: ChatRequest, *, system_prompt: str | None, metadata: dict[str, Any] | None = None) -> Forward:
+        """To the default provider; ``system_prompt`` goes first, our ``metadata`` never goes upstream."""
+        provider = self.cfg.default_provider
+        if provider is None:
+            raise MalformedRequest(
+                f"the ingress listener has no LLM provider to send prompts to: mark one default: true in {self.cfg.source}",
+                code="no_default_provider",
+            )
+        body = {k: v for k, v in req.body.items() if k != "metadata"}
+        if system_prompt:
+            body["messages"] = [{"role": "system", "content": system_prompt}, *req.messages]
+        if provider.model:
+            body["model"] = provider.model
+        if body == req.body:
+            return Forward(provider=provider, response_metadata=metadata)
+        return Forward(provider=provider, body=json.dumps(body).encode(), response_metadata=metadata)
+
+
+def _conversation(req: ChatRequest) -> list[dict[str, Any]]:
+    """What the function-calling model sees: user and assistant turns as plain text."""
+    from .openai_wire import content_text
+
+    return [
+        {"role": m["role"], "content": content_text(m.get("content"))}
+        for m in req.messages
+        if m.get("role") in ("user", "assistant") and content_text(m.get("content"))
+    ]
+
+
+def _tool_messages(target: PromptTarget, args: dict[str, Any], result: str) -> list[dict[str, Any]]:
+    call_id = f"call_{uuid.uuid4().hex[:24]}"
+    return [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": call_id, "type": "function", "function": {"name": target.name, "arguments": json.dumps(args)}}],
+        },
+        {"role": "tool", "tool_call_id": call_id, "content": result},
+    ]

@@ -1,4 +1,4 @@
-"""Every (listener, path) the ext_proc service serves, in one place.
+"""Every (listener, path) the ext_proc service serves, in one place, and what they share.
 
 Envoy tells the service which listener a stream comes from through the gRPC metadata
 ``x-sidegate-listener`` (set per listener in the rendered bootstrap). The processor is chosen by
@@ -8,25 +8,53 @@ the exact ``:path`` without its query string; anything else gets an immediate 40
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 from .chat import ChatProcessor, egress_router
 from .config import Config
+from .endpoints import EndpointClient
 from .metrics import Metrics
-from .pipeline import ingress_router
+from .pipeline import IngressPipeline, Models
 from .processor import Processor
 
-__all__ = ["LISTENERS", "pick"]
+__all__ = ["LISTENERS", "Services", "pick", "served_paths"]
 
 LISTENERS = ("ingress", "egress")
-Factory = Callable[[Config, Metrics, logging.LoggerAdapter], Processor]  # type: ignore[type-arg]
+
+
+@dataclass(kw_only=True)
+class Services:
+    """What every stream of one ext_proc process shares: config, metrics, model and endpoint clients."""
+
+    cfg: Config
+    metrics: Metrics
+    models: Models | None
+    endpoints: EndpointClient
+    ingress: IngressPipeline
+
+    @classmethod
+    def create(cls, cfg: Config, *, metrics: Metrics | None = None, models: Models | None = None) -> Services:
+        metrics = metrics or Metrics()
+        endpoints = EndpointClient(cfg)
+        pipeline = IngressPipeline(cfg=cfg, models=models, endpoints=endpoints, metrics=metrics)
+        return cls(cfg=cfg, metrics=metrics, models=models, endpoints=endpoints, ingress=pipeline)
+
+    async def close(self) -> None:
+        await self.endpoints.close()
+        close = getattr(self.models, "close", None)
+        if close is not None:
+            await close()
+
+
+Factory = Callable[[Services, logging.LoggerAdapter], Processor]  # type: ignore[type-arg]
 
 _ROUTES: dict[tuple[str, str], Factory] = {
-    ("ingress", "/v1/chat/completions"): lambda cfg, m, log: ChatProcessor(
-        cfg=cfg, listener="ingress", router=ingress_router, metrics=m, log=log
+    ("ingress", "/v1/chat/completions"): lambda s, log: ChatProcessor(
+        cfg=s.cfg, listener="ingress", router=s.ingress, metrics=s.metrics, log=log
     ),
-    ("egress", "/v1/chat/completions"): lambda cfg, m, log: ChatProcessor(
-        cfg=cfg, listener="egress", router=egress_router, metrics=m, log=log
+    ("egress", "/v1/chat/completions"): lambda s, log: ChatProcessor(
+        cfg=s.cfg, listener="egress", router=egress_router, metrics=s.metrics, log=log
     ),
 }
 

@@ -4,7 +4,7 @@ This is the only module (with its response builders) that touches ``envoy.servic
 
 Usage (tests)::
 
-    server, port = await create_server(cfg, "127.0.0.1:0")
+    server, port = await create_server(Services.create(cfg), "127.0.0.1:0")
     await server.start()
     ...
     await server.stop(grace=1)
@@ -27,7 +27,6 @@ from envoy.type.v3 import http_status_pb2
 from . import routes
 from .config import Config
 from .errors import NotFound, render_error
-from .metrics import Metrics
 from .processor import Continue, Immediate, PassThrough, Processor, Reply
 
 __all__ = ["ExternalProcessor", "LISTENER_METADATA", "create_server"]
@@ -77,11 +76,8 @@ def _to_proto(kind: str, reply: Reply) -> pb.ProcessingResponse:
             )
         )
     common = pb.CommonResponse(clear_route_cache=reply.clear_route_cache)
-    set_headers = reply.set_headers
-    if reply.body is not None:  # Envoy refuses a replaced body whose content-length is stale
-        set_headers = {**set_headers, "content-length": str(len(reply.body))}
-    if set_headers or reply.remove_headers:
-        common.header_mutation.CopyFrom(_mutation(set_headers, reply.remove_headers))
+    if reply.set_headers or reply.remove_headers:
+        common.header_mutation.CopyFrom(_mutation(reply.set_headers, reply.remove_headers))
     if reply.body is not None:
         common.body_mutation.body = reply.body
     out = pb.ProcessingResponse()
@@ -109,9 +105,9 @@ class _NotServed(PassThrough):
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     """The ext_proc stream loop: picks a processor on the first headers, dispatches, replies."""
 
-    def __init__(self, cfg: Config, metrics: Metrics) -> None:
-        self.cfg = cfg
-        self.metrics = metrics
+    def __init__(self, services: routes.Services) -> None:
+        self.services = services
+        self.metrics = services.metrics
 
     async def Process(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
@@ -156,7 +152,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         factory = routes.pick(listener, path)
         if factory is None:
             return _NotServed(listener, path)
-        return factory(self.cfg, self.metrics, _RequestLog(log, {"request_id": request_id}))
+        return factory(self.services, _RequestLog(log, {"request_id": request_id}))
 
 
 def grpc_options(cfg: Config) -> list[tuple[str, int]]:
@@ -168,10 +164,10 @@ def grpc_options(cfg: Config) -> list[tuple[str, int]]:
     ]
 
 
-async def create_server(cfg: Config, address: str, metrics: Metrics | None = None) -> tuple[grpc.aio.Server, int]:
+async def create_server(services: routes.Services, address: str) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with the ext_proc servicer on ``address`` (``host:0`` picks a free port)."""
-    server = grpc.aio.server(options=grpc_options(cfg))
-    pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(cfg, metrics or Metrics()), server)
+    server = grpc.aio.server(options=grpc_options(services.cfg))
+    pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(services), server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .config import Config
 from .metrics import Metrics
+from .routes import Services
 from .server import create_server
 
 __all__ = ["run", "serve", "start_http"]
@@ -45,9 +46,10 @@ async def start_http(cfg: Config, metrics: Metrics, state: dict[str, bool], port
 
 
 async def serve(cfg: Config, *, grace: float = 5.0) -> None:
-    metrics = Metrics()
+    services = Services.create(cfg)
+    metrics = services.metrics
     state = {"serving": False}
-    server, port = await create_server(cfg, f"{cfg.ext_proc.address}:{cfg.ext_proc.port}", metrics)
+    server, port = await create_server(services, f"{cfg.ext_proc.address}:{cfg.ext_proc.port}")
     await server.start()
     runner, http_port = await start_http(cfg, metrics, state)
     state["serving"] = True
@@ -62,6 +64,7 @@ async def serve(cfg: Config, *, grace: float = 5.0) -> None:
     state["serving"] = False
     await server.stop(grace)
     await runner.cleanup()
+    await services.close()
     log.info("ext_proc stopped")
 
 

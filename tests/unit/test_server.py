@@ -14,6 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ext_proc.config import build_config
 from ext_proc.metrics import Metrics
+from ext_proc.routes import Services
 from ext_proc.server import create_server
 from tests.conftest import gateway_config
 
@@ -54,12 +55,14 @@ def set_headers(common: pb.CommonResponse) -> dict[str, str]:
 async def stub() -> AsyncIterator[tuple[pb_grpc.ExternalProcessorStub, Metrics]]:
     cfg = build_config(gateway_config(PROVIDERS), env={})
     metrics = Metrics()
-    server, port = await create_server(cfg, "127.0.0.1:0", metrics)
+    services = Services.create(cfg, metrics=metrics)
+    server, port = await create_server(services, "127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     yield pb_grpc.ExternalProcessorStub(channel), metrics
     await channel.close()
     await server.stop(0)
+    await services.close()
 
 
 async def exchange(stub: pb_grpc.ExternalProcessorStub, listener: str, *msgs: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:

@@ -1,0 +1,86 @@
+"""Calls to prompt-target endpoints, through Envoy's internal listener.
+
+Envoy does the retries, timeouts, TLS and host rewriting (routes on ``x-sidegate-upstream:
+endpoint_<name>``); this module builds the request, forwards the trace context and request id,
+and turns anything but a 2xx into an :class:`~ext_proc.errors.UpstreamError` that names the
+target, the endpoint and the status.
+
+Usage::
+
+    client = EndpointClient(cfg)
+    reply = await client.call(target, endpoint_request(target, args), trace_headers)
+    await client.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import aiohttp
+
+from .config import Config, PromptTarget
+from .errors import UpstreamError
+from .targets import EndpointCall
+
+__all__ = ["EndpointClient", "EndpointReply", "FORWARDED_HEADERS"]
+
+FORWARDED_HEADERS = ("traceparent", "tracestate", "x-request-id")
+_MAX_REPLY = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndpointReply:
+    status: int
+    content_type: str
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+class EndpointClient:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.base = f"http://{cfg.internal.address}:{cfg.internal.port}"
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=None), auto_decompress=True
+            )
+        return self._session
+
+    async def call(self, target: PromptTarget, call: EndpointCall, incoming: dict[str, str]) -> EndpointReply:
+        assert target.endpoint is not None
+        endpoint = self.cfg.endpoints[target.endpoint.name]
+        headers = {**call.headers, "x-sidegate-upstream": endpoint.cluster}
+        headers.update({h: incoming[h] for h in FORWARDED_HEADERS if h in incoming})
+        where = f"prompt target {target.name!r} endpoint {endpoint.name!r} ({call.method} {call.path})"
+        timeout = aiohttp.ClientTimeout(total=endpoint.timeout_s + 2.0)  # Envoy's route timeout fires first
+        try:
+            async with self._client().request(
+                call.method, self.base + call.path, json=call.json_body, headers=headers, timeout=timeout
+            ) as resp:
+                body = await resp.content.read(_MAX_REPLY + 1)
+                reply = EndpointReply(status=resp.status, content_type=resp.headers.get("content-type", ""), body=body)
+        except asyncio.TimeoutError as exc:
+            raise UpstreamError(f"{where} did not answer within {endpoint.timeout_s:g}s", status=504, code="endpoint_timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"{where} could not be reached through Envoy's internal listener: {exc}", code="endpoint_unavailable") from exc
+        if len(reply.body) > _MAX_REPLY:
+            raise UpstreamError(f"{where} answered more than {_MAX_REPLY} bytes", code="endpoint_reply_too_large")
+        if not 200 <= reply.status < 300:
+            detail = reply.text[:300].strip()
+            raise UpstreamError(
+                f"{where} answered {reply.status}" + (f": {detail}" if detail else ""),
+                status=reply.status if 400 <= reply.status < 600 else 502,
+                code="endpoint_error",
+            )
+        return reply
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
