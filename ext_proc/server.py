@@ -27,7 +27,7 @@ from envoy.type.v3 import http_status_pb2
 from . import routes
 from .config import Config
 from .errors import NotFound, render_error
-from .processor import Continue, Immediate, PassThrough, Processor, Reply
+from .processor import CONTINUE, Continue, Immediate, PassThrough, Processor, Reply
 
 __all__ = ["ExternalProcessor", "LISTENER_METADATA", "create_server"]
 
@@ -65,7 +65,19 @@ def _mutation(set_headers: dict[str, str], remove: tuple[str, ...] = ()) -> pb.H
     )
 
 
+_PLAIN: dict[str, pb.ProcessingResponse] = {}
+
+
 def _to_proto(kind: str, reply: Reply) -> pb.ProcessingResponse:
+    if reply is CONTINUE:  # the common case: one prebuilt message per kind, never mutated
+        out = _PLAIN.get(kind)
+        if out is None:
+            out = _PLAIN[kind] = _build(kind, reply)
+        return out
+    return _build(kind, reply)
+
+
+def _build(kind: str, reply: Reply) -> pb.ProcessingResponse:
     if isinstance(reply, Immediate):
         return pb.ProcessingResponse(
             immediate_response=pb.ImmediateResponse(
@@ -108,6 +120,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     def __init__(self, services: routes.Services) -> None:
         self.services = services
         self.metrics = services.metrics
+        self._phase_cache: dict[tuple[str, str], Any] = {}
 
     async def Process(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
@@ -127,7 +140,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                             processor = self._pick(listener, headers, request_id)
                         reply = await processor.request_headers(headers, request.request_headers.end_of_stream)
                     elif processor is None:
-                        reply = Continue()  # a body or trailers without headers: nothing to decide
+                        reply = CONTINUE  # a body or trailers without headers: nothing to decide
                     elif kind == "request_body":
                         reply = await processor.request_body(request.request_body.body, request.request_body.end_of_stream)
                     elif kind == "response_headers":
@@ -136,16 +149,23 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     elif kind == "response_body":
                         reply = await processor.response_body(request.response_body.body, request.response_body.end_of_stream)
                     else:
-                        reply = Continue()
+                        reply = CONTINUE
                 except Exception:  # a bug: generic 500 naming the request id, traceback to the log
                     log.exception("[%s] %s failed on %s", request_id, type(processor).__name__, kind)
                     self.metrics.errors.labels(listener, "internal_error").inc()
                     reply = Immediate.from_error(render_error(RuntimeError(), request_id=request_id), details="internal_error")
-                self.metrics.phase_seconds.labels(listener, kind).observe(time.perf_counter() - started)
+                self._phase(listener, kind).observe(time.perf_counter() - started)
                 yield _to_proto(kind or "request_headers", reply)
         finally:
             if processor is not None:
                 processor.finish()
+
+    def _phase(self, listener: str, kind: str) -> Any:
+        key = (listener, kind)
+        hist = self._phase_cache.get(key)
+        if hist is None:
+            hist = self._phase_cache[key] = self.metrics.phase_seconds.labels(listener, kind)
+        return hist
 
     def _pick(self, listener: str, headers: dict[str, str], request_id: str) -> Processor:
         path = headers.get(":path", "")
