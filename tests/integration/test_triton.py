@@ -1,0 +1,271 @@
+"""A real ``tritonserver`` (from the nvidia-pytriton wheel) serving triton_models/prompt_embed on CPU,
+driven through :class:`ext_proc.triton_client.TritonClient`.
+
+Needs the model dependencies (``pip install -r requirements-models.txt``); skipped without them.
+One server per module on free 127.0.0.1 ports; teardown checks that the process is gone and
+that no /dev/shm region of it is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tritonclient.grpc.aio", reason="model dependencies not installed (requirements-models.txt)")
+pytest.importorskip("pytriton", reason="nvidia-pytriton (tritonserver) not installed (requirements-models.txt)")
+pytest.importorskip("sentence_transformers", reason="model dependencies not installed (requirements-models.txt)")
+
+import numpy as np
+
+from ext_proc.errors import ModelServerError
+from ext_proc.triton_client import TritonClient
+from ext_proc.triton_server import (
+    health_url,
+    remove_shm,
+    shm_prefix,
+    shm_regions,
+    triton_command,
+    wait_ready,
+)
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2] / "triton_models"
+MODEL = "prompt_embed"
+
+
+@dataclass
+class Triton:
+    process: subprocess.Popen[bytes]
+    http_port: int
+    grpc_port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"grpc://127.0.0.1:{self.grpc_port}"
+
+    def stubs(self) -> list[int]:
+        """pids of the python backend stubs this server started."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue
+            name, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+            if name.startswith("triton_python") and int(rest[1]) == self.process.pid and rest[0] != "Z":
+                pids.append(int(stat.parent.name))
+        return pids
+
+
+def stubs_of(prefix: str) -> list[int]:
+    """Live python stubs of the server with this shm prefix (a stub's argv names its region)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"triton_python_backend_stub") and any(a.startswith(prefix.encode()) for a in argv):
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
+    tmp = tmp_path_factory.mktemp("triton")
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    prefix = shm_prefix(http_port)
+    shm_before = set(os.listdir("/dev/shm"))
+    argv, env = triton_command(REPO, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                               models=[MODEL], backend_dir=tmp / "backends", exit_timeout_s=2)
+    log = tmp / "tritonserver.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Triton(process=process, http_port=http_port, grpc_port=grpc_port, log=log)
+    try:
+        wait_ready(http_port, models=[MODEL], process=process, timeout_s=90)
+        yield server
+    except (RuntimeError, TimeoutError) as exc:
+        pytest.fail(f"{exc}\n{log.read_text()[-4000:]}")
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        deadline = time.monotonic() + 10  # stubs notice their server is gone and exit
+        while stubs_of(prefix) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert stubs_of(prefix) == [], "python stubs outlived tritonserver"
+        # a server whose stub died exits on its exit timeout and leaves its regions behind
+        remove_shm(prefix)
+        assert shm_regions(prefix) == []
+        leftover = {n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith(prefix)}
+        assert not leftover, f"tritonserver left {leftover} in /dev/shm"
+
+
+@pytest.fixture
+async def client(triton: Triton) -> AsyncIterator[TritonClient]:
+    async with TritonClient(triton.url) as c:
+        yield c
+
+
+def cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# -- the command ----------------------------------------------------------------------------------
+def test_command_selects_gpu_configs(tmp_path: Path) -> None:
+    argv, env = triton_command(REPO, http_port=1, grpc_port=2, metrics_port=3, models=[MODEL],
+                               config_name="gpu", backend_dir=tmp_path)
+    assert "--model-config-name=gpu" in argv and f"--load-model={MODEL}" in argv
+    assert (tmp_path / "python" / "triton_python_backend_stub").stat().st_mode & 0o111
+    assert env["PATH"].split(":")[0].endswith("/bin") and "nvidia_pytriton.libs" in env["LD_LIBRARY_PATH"]
+    cpu_argv, _ = triton_command(REPO, http_port=1, grpc_port=2, metrics_port=3, models=[MODEL], backend_dir=tmp_path)
+    assert not any(a.startswith("--model-config-name") for a in cpu_argv)
+
+
+def test_gpu_flag_reads_configs_gpu_pbtxt(tmp_path: Path) -> None:
+    """Without a GPU, configs/gpu.pbtxt (KIND_GPU) cannot load: proof that the flag picks that file."""
+    if Path("/dev/nvidia0").exists():
+        pytest.skip("a GPU is present: configs/gpu.pbtxt would load")
+    port = free_port()
+    argv, env = triton_command(REPO, http_port=port, grpc_port=free_port(), metrics_port=free_port(),
+                               models=[MODEL], config_name="gpu", backend_dir=tmp_path)
+    run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode != 0 and "has kind KIND_GPU but no GPUs are available" in run.stdout + run.stderr
+    assert shm_regions(shm_prefix(port)) == []
+
+
+@pytest.mark.slow
+def test_weights_with_a_wrong_sha256_are_refused(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / MODEL, repo / MODEL, ignore=shutil.ignore_patterns("__pycache__"))
+    listing = repo / MODEL / "1" / "weights.sha256"
+    listing.write_text(re.sub(r"^[0-9a-f]{64}(?=  model\.safetensors)", "0" * 64, listing.read_text(), flags=re.MULTILINE))
+    port = free_port()
+    argv, env = triton_command(repo, http_port=port, grpc_port=free_port(), metrics_port=free_port(),
+                               models=[MODEL], backend_dir=tmp_path / "backends")
+    run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90, check=False)
+    assert run.returncode != 0
+    assert "model.safetensors has sha256" in run.stdout + run.stderr
+    assert "expected " + "0" * 64 in run.stdout + run.stderr
+    remove_shm(shm_prefix(port))
+
+
+# -- a served model -------------------------------------------------------------------------------
+async def test_ready(triton: Triton, client: TritonClient) -> None:
+    assert await client.ready(models=[MODEL])
+    assert not await client.ready(models=["no_such_model"])
+    assert health_url(triton.http_port).endswith("/v2/health/ready")
+    assert health_url(triton.http_port, model=MODEL).endswith(f"/v2/models/{MODEL}/ready")
+    assert stubs_of(shm_prefix(triton.http_port)) == triton.stubs() != []  # what teardown checks is seen
+
+
+async def test_shape_and_unit_norm(client: TritonClient) -> None:
+    vectors = await client.embed(["What is the weather in Paris?", "hello"], timeout_s=5)
+    assert vectors.shape == (2, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert (await client.embed([], timeout_s=5)).shape == (0, 384)
+
+
+async def test_similar_sentences_are_closer(client: TritonClient) -> None:
+    weather, rain, money = await client.embed(
+        ["What is the weather like in Seattle today?", "Will it rain in Seattle this afternoon?",
+         "Convert 100 US dollars to euros."], timeout_s=5)
+    assert cos(weather, rain) > cos(weather, money) + 0.2
+
+
+async def test_batch_equals_single_calls(client: TritonClient) -> None:
+    texts = ["book a table for two", "how tall is Mont Blanc", "cancel my order 1234",
+             "a much longer sentence about the quarterly sales report of the northern region"]
+    batch = await client.embed(texts, timeout_s=5)
+    singles = np.concatenate([await client.embed([t], timeout_s=5) for t in texts])
+    np.testing.assert_allclose(batch, singles, atol=1e-5)
+    # concurrent single requests, merged by the dynamic batcher, come back in their own order
+    merged = await asyncio.gather(*(client.embed([t], timeout_s=5) for t in texts))
+    np.testing.assert_allclose(np.concatenate(merged), singles, atol=1e-5)
+
+
+async def test_more_texts_than_max_batch(client: TritonClient) -> None:
+    texts = [f"prompt number {i}" for i in range(70)]
+    vectors = await client.embed(texts, timeout_s=10)
+    assert vectors.shape == (70, 384)
+    np.testing.assert_allclose(vectors[65], (await client.embed([texts[65]], timeout_s=5))[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(("text", "words"), [("", "is empty"), ("   ", "is empty"),
+                                             (b"caf\xe9", "not valid UTF-8"), ("lone \ud800", "not valid UTF-8")])
+async def test_bad_text_is_a_clear_error(client: TritonClient, text: str | bytes, words: str) -> None:
+    with pytest.raises(ModelServerError) as info:
+        await client.embed(["a fine prompt", text], timeout_s=5)
+    assert info.value.status == 400 and info.value.code == "model_input_invalid"
+    assert words in info.value.message and "row 1" in info.value.message
+    assert (await client.embed(["the model still serves"], timeout_s=5)).shape == (1, 384)
+
+
+async def test_100kb_text_is_truncated_within_deadline(client: TritonClient) -> None:
+    long_text = "The quick brown fox jumps over the lazy dog. " * 2300  # ~100 kB
+    assert len(long_text.encode()) > 100_000
+    start = time.monotonic()
+    vector = await client.embed([long_text], timeout_s=2)
+    assert time.monotonic() - start < 2
+    # only the first 256 word pieces count: the first 5 kB give the same vector
+    np.testing.assert_allclose(vector, await client.embed([long_text[:5000]], timeout_s=2), atol=1e-5)
+
+
+async def test_deadline_is_enforced(client: TritonClient) -> None:
+    with pytest.raises(ModelServerError) as info:
+        await client.embed(["x " * 200], timeout_s=0.0005)
+    assert info.value.code == "model_server_timeout"
+
+
+async def test_triton_down_fails_fast() -> None:
+    async with TritonClient(f"grpc://127.0.0.1:{free_port()}") as down:
+        start = time.monotonic()
+        with pytest.raises(ModelServerError) as info:
+            await down.embed(["hello"], timeout_s=5)
+        assert time.monotonic() - start < 2
+        assert info.value.status == 503 and isinstance(info.value.__cause__, Exception)
+        assert not await down.ready(models=[MODEL], timeout_s=0.5)
+
+
+# -- a crashed python stub ------------------------------------------------------------------------
+@pytest.mark.slow
+async def test_killed_stub_is_detected_and_reloaded(triton: Triton, client: TritonClient) -> None:
+    before = await client.embed(["reload me"], timeout_s=5)
+    (stub,) = triton.stubs()
+    os.kill(stub, signal.SIGKILL)
+    await asyncio.sleep(0.2)
+
+    with pytest.raises(ModelServerError) as info:  # the model still says READY, the request fails
+        await client.embed(["reload me"], timeout_s=5)
+    assert info.value.code == "model_server_unhealthy" and "not healthy" in info.value.message
+    assert MODEL in client.unhealthy
+    assert not await client.ready(models=[MODEL])
+
+    deadline = time.monotonic() + 60
+    while True:  # the client reloads the model in the background
+        try:
+            after = await client.embed(["reload me"], timeout_s=5)
+            break
+        except ModelServerError:
+            assert time.monotonic() < deadline, "the model was not reloaded within 60 s"
+            await asyncio.sleep(0.25)
+    np.testing.assert_allclose(after, before, atol=1e-5)
+    assert MODEL not in client.unhealthy and await client.ready(models=[MODEL])
+    assert triton.stubs() and stub not in triton.stubs()

