@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -69,13 +70,25 @@ def render(config: str | None, out_dir: str) -> None:
 
 @main.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--model-server", "model_server", default=None, help="Triton gRPC address grpc://HOST:PORT, or none (default: from CONFIG)")
 @click.option("--log-level", default="INFO", show_default=True)
-def serve(config: str | None, log_level: str) -> None:
+def serve(config: str | None, model_server: str | None, log_level: str) -> None:
     """Run the ext_proc gRPC service (and its /healthz, /metrics HTTP port) in the foreground."""
     from .service import run
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    run(_load(config))
+    cfg = _load(config)
+    if model_server is not None:
+        cfg = _with_model_server(cfg, "none" if model_server == "none" else "remote", model_server)
+    run(cfg)
+
+
+def _with_model_server(cfg: Config, mode: str, endpoint: str | None = None) -> Config:
+    if endpoint is not None and mode == "remote" and not endpoint.startswith("grpc://"):
+        err_console.print(f"[red]--model-server[/red] expects grpc://HOST:PORT, got {endpoint!r}")
+        raise SystemExit(2)
+    ms = dataclasses.replace(cfg.model_server, mode=mode, endpoint_url=endpoint if mode == "remote" else None)
+    return dataclasses.replace(cfg, model_server=ms)
 
 
 @main.command()
@@ -83,13 +96,25 @@ def serve(config: str | None, log_level: str) -> None:
 @click.option("--demo", is_flag=True, help="also start the demo app (deploy/demo/app.py) on 127.0.0.1:18083")
 @click.option("--demo-port", default=18083, show_default=True, help="port of the demo app")
 @click.option("-d", "--detach", is_flag=True, help="return once everything is healthy; stop with `sidegate down`")
+@click.option("--local-cpu", "mode", flag_value="local-cpu", help="start Triton here, models on the CPU (config.pbtxt)")
+@click.option("--local-gpu", "mode", flag_value="local-gpu", help="start Triton here, models on the GPU (configs/gpu.pbtxt)")
+@click.option("--model-server", "model_server", default=None, metavar="URL", help="use the Triton at grpc://HOST:PORT; start none")
 @click.option("--supervise", is_flag=True, hidden=True)
-def up(config: str | None, demo: bool, demo_port: int, detach: bool, supervise: bool) -> None:
+def up(
+    config: str | None, demo: bool, demo_port: int, detach: bool, mode: str | None, model_server: str | None, supervise: bool
+) -> None:
     """Validate CONFIG, render Envoy's bootstrap, start every process and wait until each is healthy."""
     from . import supervisor as sv
     from .render import write_bootstrap
 
+    if mode and model_server:
+        err_console.print("[red]choose one of --local-cpu, --local-gpu and --model-server[/red]")
+        raise SystemExit(2)
     cfg = _load(config)
+    if model_server:
+        cfg = _with_model_server(cfg, "remote", model_server)
+    elif mode:
+        cfg = _with_model_server(cfg, mode)
     config_path = str(Path(config).resolve()) if config else str(DEFAULT_CONFIG)
     state = sv.read_state()
     if state and sv.pid_alive(state["supervisor_pid"]) and not supervise:
@@ -102,7 +127,8 @@ def up(config: str | None, demo: bool, demo_port: int, detach: bool, supervise: 
             raise SystemExit(1)
     sv.home().mkdir(parents=True, exist_ok=True)
     if detach and not supervise:
-        _detach(config_path, demo, demo_port)
+        extra = ["--model-server", model_server] if model_server else ([f"--{mode}"] if mode else [])
+        _detach(config_path, demo, demo_port, extra)
         return
     bootstrap = write_bootstrap(cfg, sv.home() / "run")
     services = sv.services_for(cfg, config_path, demo=demo, bootstrap=bootstrap, demo_port=demo_port)
@@ -122,14 +148,14 @@ def up(config: str | None, demo: bool, demo_port: int, detach: bool, supervise: 
     raise SystemExit(code)
 
 
-def _detach(config_path: str, demo: bool, demo_port: int) -> None:
+def _detach(config_path: str, demo: bool, demo_port: int, extra: list[str]) -> None:
     """Start a supervisor in its own session, show its progress, return when it is ready."""
     from . import supervisor as sv
 
     logs = sv.home() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "ext_proc", "up", config_path, "--supervise", "--demo-port", str(demo_port)]
-    argv += ["--demo"] if demo else []
+    argv += (["--demo"] if demo else []) + extra
     with open(logs / "supervisor.log", "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     shown: dict[str, str] = {}

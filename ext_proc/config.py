@@ -36,6 +36,8 @@ __all__ = [
     "ConfigError",
     "Endpoint",
     "Jailbreak",
+    "ModelServer",
+    "ModelSettings",
     "Listener",
     "LlmProvider",
     "Parameter",
@@ -191,6 +193,42 @@ class RateLimit:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ModelSettings:
+    """``model_server.models.<name>``: what the rendered Triton config of one model changes."""
+
+    instances: int | None = None
+    max_batch_size: int | None = None
+    max_queue_delay_microseconds: int | None = None
+    weights: str | None = None  # the user's own weights (a GGUF file or a model folder)
+    threads: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelServer:
+    """``model_server``: a local Triton started by ``sidegate up`` (CPU or GPU) or a remote one."""
+
+    mode: str  # local-cpu | local-gpu | remote | none
+    address: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    timeout_s: float  # deadline of one model call
+    endpoint_url: str | None = None  # remote mode: grpc://host:port
+    models: dict[str, ModelSettings] = field(default_factory=dict)
+
+    @property
+    def local(self) -> bool:
+        return self.mode in ("local-cpu", "local-gpu")
+
+    @property
+    def endpoint(self) -> str | None:
+        """The Triton gRPC address the ext_proc service dials (None: no model server)."""
+        if self.mode == "none":
+            return None
+        return self.endpoint_url or f"grpc://{self.address}:{self.grpc_port}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Jailbreak:
     """``prompt_guards.input_guards.jailbreak``."""
 
@@ -227,6 +265,9 @@ class Config:
     tracing_sampling: float  # percent of requests traced, 0-100 (Arch's random_sampling)
     otlp_endpoint: str | None
     ratelimits: tuple[RateLimit, ...] = ()
+    model_server: ModelServer = field(
+        default_factory=lambda: ModelServer(mode="none", address="127.0.0.1", http_port=8000, grpc_port=8001, metrics_port=8002, timeout_s=10.0)
+    )
 
     @property
     def jailbreak_message(self) -> str | None:
@@ -631,4 +672,23 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         tracing_sampling=float(tracing.get("random_sampling", 0)),
         otlp_endpoint=tracing.get("otlp_endpoint"),
         ratelimits=tuple(ratelimits),
+        model_server=_model_server(model_server, source),
+    )
+
+
+def _model_server(ms: dict[str, Any], source: str) -> ModelServer:
+    mode = ms.get("mode") or ("remote" if ms.get("endpoint") else "local-cpu")
+    if mode == "remote" and not ms.get("endpoint"):
+        raise ConfigError(source, "model_server.endpoint", "mode remote needs endpoint: grpc://HOST:PORT of your Triton")
+    if mode != "remote" and ms.get("endpoint"):
+        raise ConfigError(source, "model_server.endpoint", f"endpoint is only used with mode: remote (mode is {mode})")
+    return ModelServer(
+        mode=mode,
+        address="127.0.0.1",
+        http_port=ms.get("http_port", 8000),
+        grpc_port=ms.get("grpc_port", 8001),
+        metrics_port=ms.get("metrics_port", 8002),
+        timeout_s=parse_duration(ms.get("timeout", "10s")),
+        endpoint_url=ms.get("endpoint"),
+        models={name: ModelSettings(**settings) for name, settings in (ms.get("models") or {}).items()},
     )

@@ -16,6 +16,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .config import Config
+from .errors import ModelServerError
+from .pipeline import Models
 from .metrics import Metrics
 from .routes import Services
 from .server import create_server
@@ -45,9 +47,33 @@ async def start_http(cfg: Config, metrics: Metrics, state: dict[str, bool], port
     return runner, bound
 
 
+def _models(cfg: Config) -> Models | None:
+    endpoint = cfg.model_server.endpoint
+    if endpoint is None:
+        return None
+    from .triton_client import TritonClient, TritonModels  # tritonclient is only needed with a model server
+
+    log.info("model server: %s (%s)", endpoint, cfg.model_server.mode)
+    return TritonModels(TritonClient(endpoint), timeout_s=cfg.model_server.timeout_s)
+
+
+async def _warm(services: Services) -> None:
+    """Embed the prompt-target descriptions now rather than on the first request; retry while Triton starts."""
+    for attempt in range(30):
+        try:
+            await services.ingress.warm()
+            return
+        except ModelServerError as exc:
+            if attempt == 0:
+                log.warning("cannot embed prompt targets yet (%s); retrying", exc.message)
+            await asyncio.sleep(2)
+    log.error("prompt targets are not embedded: intent matching will retry on the first request")
+
+
 async def serve(cfg: Config, *, grace: float = 5.0) -> None:
-    services = Services.create(cfg)
+    services = Services.create(cfg, models=_models(cfg))
     metrics = services.metrics
+    warming = asyncio.get_running_loop().create_task(_warm(services))
     state = {"serving": False}
     server, port = await create_server(services, f"{cfg.ext_proc.address}:{cfg.ext_proc.port}")
     await server.start()
@@ -62,6 +88,7 @@ async def serve(cfg: Config, *, grace: float = 5.0) -> None:
     await stop.wait()
     log.info("ext_proc stopping: draining for up to %.0fs", grace)
     state["serving"] = False
+    warming.cancel()
     await server.stop(grace)
     await runner.cleanup()
     await services.close()

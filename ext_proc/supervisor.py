@@ -28,7 +28,9 @@ from typing import Callable
 
 from .config import REPO_ROOT, Config
 from ._envoy_bin import envoy_binary
-from .render import write_bootstrap
+from .model_repo import needed_models, render_model_repository
+from .triton_server import health_url as triton_health_url
+from .triton_server import remove_shm, shm_prefix, triton_command
 
 __all__ = ["Service", "Supervisor", "home", "read_state", "services_for"]
 
@@ -88,6 +90,7 @@ class Service:
     health_expect: str | None = None
     env: dict[str, str] = field(default_factory=dict, repr=False)
     start_timeout: float = 60.0
+    cleanup_shm: str | None = None  # /dev/shm prefix to sweep after the process exits (Triton)
     pid: int | None = None
     status: str = "pending"
     restarts: int = 0
@@ -112,6 +115,33 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, 
     py = sys.executable
     env = {**os.environ, **cfg.secret_env(), "PYTHONUNBUFFERED": "1"}
     out: list[Service] = []
+    models = needed_models(cfg)
+    ms = cfg.model_server
+    if ms.local and models:
+        repo = render_model_repository(cfg, home() / "run" / "models")
+        argv, triton_env = triton_command(
+            repo,
+            http_port=ms.http_port,
+            grpc_port=ms.grpc_port,
+            metrics_port=ms.metrics_port,
+            models=models,
+            config_name="gpu" if ms.mode == "local-gpu" else None,
+            address=ms.address,
+            env=env,
+        )
+        out.append(
+            Service(
+                name="triton",
+                argv=argv,
+                health_url=triton_health_url(ms.http_port, ms.address),
+                listens=f"grpc://{ms.address}:{ms.grpc_port}, http://{ms.address}:{ms.http_port}, "
+                f"metrics :{ms.metrics_port} ({ms.mode}: {', '.join(models)})",
+                env=triton_env,
+                start_timeout=300.0,
+                cleanup_shm=shm_prefix(ms.http_port),
+            )
+        )
+    model_server = ms.endpoint if models else None
     if demo:
         out.append(
             Service(
@@ -126,7 +156,7 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, 
     out.append(
         Service(
             name="ext_proc",
-            argv=[py, "-m", "ext_proc", "serve", config_path],
+            argv=[py, "-m", "ext_proc", "serve", config_path, "--model-server", model_server or "none"],
             health_url=f"http://{e.address}:{e.http_port}/healthz",
             listens=f"grpc://{e.address}:{e.port}, http://{e.address}:{e.http_port}/metrics",
             env=env,
@@ -160,6 +190,10 @@ def check_ports(cfg: Config, demo: bool, demo_port: int = DEMO_PORT) -> list[str
     ]
     if demo:
         wanted.append(("demo app", "127.0.0.1", demo_port))
+    ms = cfg.model_server
+    if ms.local and needed_models(cfg):
+        for key in ("http_port", "grpc_port", "metrics_port"):
+            wanted.append((f"model_server.{key}", ms.address, getattr(ms, key)))
     return [f"{host}:{port} ({key}) is already in use" for key, host, port in wanted if not _free(host, port)]
 
 
@@ -252,6 +286,8 @@ class Supervisor:
                     self.procs.pop(svc.name)
                     continue
                 svc.restarts += 1
+                if svc.cleanup_shm:
+                    remove_shm(svc.cleanup_shm)
                 self._event(svc, f"restarting (exited {code})")
                 self._spawn(svc)
                 self._event(svc, "healthy" if self._wait_healthy(svc) else "unhealthy")
@@ -270,6 +306,8 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(5)
+            if svc.cleanup_shm:
+                remove_shm(svc.cleanup_shm)
             self._event(svc, "stopped")
         with contextlib.suppress(OSError):
             state_path().unlink()

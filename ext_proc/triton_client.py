@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from typing import Any
 from typing import Self
 
 import grpc
@@ -34,6 +35,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
 from .errors import ModelServerError
+from .pipeline import GuardVerdict, ToolCall
 from .triton_server import reload_unhealthy
 
 __all__ = ["EMBEDDING_DIM", "EMBED_MODEL", "TritonClient"]
@@ -191,3 +193,28 @@ class TritonClient:
             log.error("Triton model %s could not be reloaded: %s", model, exc.message)
             return False
 
+
+
+class TritonModels:
+    """Implements :class:`ext_proc.pipeline.Models` over one :class:`TritonClient`.
+
+    Every call carries the model server's deadline (``model_server.timeout``).
+    """
+
+    def __init__(self, client: TritonClient, *, timeout_s: float) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+
+    async def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        return await self.client.embed(texts, timeout_s=self.timeout_s)
+
+    async def guard(self, text: str) -> GuardVerdict:
+        prob, flagged = await self.client.guard(text, timeout_s=self.timeout_s)
+        return GuardVerdict(probability=prob, flagged=flagged)
+
+    async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any]) -> ToolCall:
+        out = await self.client.function_call(messages, [tool], timeout_s=self.timeout_s)
+        return ToolCall(arguments=out.get("arguments") or {}, missing=list(out.get("missing") or []))
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,74 @@
+"""Which Triton models a config needs, and the model repository ``sidegate up`` serves them from.
+
+The repository in ``triton_models/`` holds each model's ``config.pbtxt`` (CPU) and
+``configs/gpu.pbtxt`` as written by hand. ``render_model_repository`` writes a copy of the two
+configs per needed model under ``$SIDEGATE_HOME/run/models/`` with the config's
+``model_server.models.<name>`` settings applied (instances, batching, threads, weights), and
+links the model's code folder ``1/`` back to the repository, so nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from .config import REPO_ROOT, Config, ModelSettings
+
+__all__ = ["MODELS_DIR", "needed_models", "render_model_repository"]
+
+MODELS_DIR = REPO_ROOT / "triton_models"
+
+# the `parameters` key each model reads its thread count from
+_THREADS_KEY = {"prompt_embed": "torch_threads", "prompt_guard": "torch_threads", "function_call": "n_threads"}
+
+
+def needed_models(cfg: Config) -> list[str]:
+    """The models this config's pipeline calls, in load order (embeddings first)."""
+    need: list[str] = []
+    intent = any(not t.default for t in cfg.prompt_targets)
+    if cfg.jailbreak is not None or intent:
+        need.append("prompt_embed")
+    if cfg.jailbreak is not None:
+        need.append("prompt_guard")
+    if any(t.parameters for t in cfg.prompt_targets):
+        need.append("function_call")
+    return need
+
+
+def _apply(config_text: str, settings: ModelSettings, name: str) -> str:
+    from tritonclient.grpc import model_config_pb2  # type: ignore[import-untyped]
+
+    msg = text_format.Parse(config_text, model_config_pb2.ModelConfig())
+    if settings.instances is not None:
+        for group in msg.instance_group:
+            group.count = settings.instances
+    if settings.max_batch_size is not None:
+        msg.max_batch_size = settings.max_batch_size
+    if settings.max_queue_delay_microseconds is not None:
+        msg.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_microseconds
+    params = {"weights": settings.weights, _THREADS_KEY.get(name, "threads"): settings.threads}
+    for key, value in params.items():
+        if value is not None:
+            msg.parameters[key].string_value = str(value)
+    header = f"# rendered by sidegate from {MODELS_DIR / name} with model_server.models.{name} applied\n"
+    return header + text_format.MessageToString(msg)
+
+
+def render_model_repository(cfg: Config, dest: Path) -> Path:
+    """Write the repository Triton serves for ``cfg`` into ``dest`` and return it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for stale in dest.iterdir():
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)
+    for name in needed_models(cfg):
+        src = MODELS_DIR / name
+        out = dest / name
+        (out / "configs").mkdir(parents=True)
+        os.symlink(src / "1", out / "1")
+        settings = cfg.model_server.models.get(name, ModelSettings())
+        for rel in ("config.pbtxt", "configs/gpu.pbtxt"):
+            (out / rel).write_text(_apply((src / rel).read_text(), settings, name))
+    return dest
