@@ -42,6 +42,7 @@ GUARD_HEADER = "x-sidegate-guard"
 class GuardVerdict:
     probability: float
     flagged: bool  # by the model's own calibrated threshold
+    embedding: npt.NDArray[np.float32] | None = None  # the guard's own embedding of the text, reused for intent
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +72,7 @@ class IngressPipeline:
         self.metrics = metrics
         self.targets = {t.name: t for t in cfg.prompt_targets}
         self.default_target = next((t for t in cfg.prompt_targets if t.default), None)
+        self._intent_targets = [t for t in cfg.prompt_targets if not t.default]
         self._index: npt.NDArray[np.float32] | None = None
         self._index_names: list[str] = []
         self._index_lock = asyncio.Lock()
@@ -78,7 +80,7 @@ class IngressPipeline:
     # -- start-up ---------------------------------------------------------------------------
     async def warm(self) -> None:
         """Embed the target descriptions once (at start and on reload), not per request."""
-        intent_targets = [t for t in self.cfg.prompt_targets if not t.default]
+        intent_targets = self._intent_targets
         if self.models is None or not intent_targets:
             return
         async with self._index_lock:
@@ -90,22 +92,23 @@ class IngressPipeline:
     # -- the router ---------------------------------------------------------------------------
     async def __call__(self, cfg: Config, headers: dict[str, str], req: ChatRequest) -> Decision:
         text = req.last_user_text
-        if cfg.jailbreak_message is not None:
-            blocked = await self._guard(text)
+        embedding = None
+        if cfg.jailbreak is not None and text.strip():
+            blocked, embedding = await self._guard(text)
             if blocked:
-                return synthesized(req, cfg.jailbreak_message, model=GUARD_MODEL, headers={GUARD_HEADER: "blocked"})
+                return synthesized(req, cfg.jailbreak.message, model=GUARD_MODEL, headers={GUARD_HEADER: "blocked"})
         if not self.targets:
             return self._to_llm(req, system_prompt=cfg.system_prompt)
         pending = PendingState.decode(req.body.get("metadata"))
         target = self.targets.get(pending.target) if pending else None
         if target is None:
-            target = await self._intent(text)
+            target = await self._intent(text, embedding)
         if target is None:
             return self._to_llm(req, system_prompt=cfg.system_prompt)
         self.metrics.intent_matches.labels(target.name).inc()
         return await self._run_target(target, pending, headers, req)
 
-    async def _guard(self, text: str) -> bool:
+    async def _guard(self, text: str) -> tuple[bool, npt.NDArray[np.float32] | None]:
         assert self.cfg.jailbreak is not None
         if self.models is None:
             raise ModelServerError("the jailbreak guard is configured but no model server is: set model_server in the config")
@@ -115,19 +118,19 @@ class IngressPipeline:
             if self.cfg.jailbreak.fail_open:
                 self.metrics.guard_verdicts.labels("unavailable_allowed").inc()
                 log.warning("guard unavailable: letting the prompt through (fail_open: true)")
-                return False
+                return False, None
             self.metrics.guard_verdicts.labels("unavailable_refused").inc()
             raise
         threshold = self.cfg.jailbreak.threshold
         blocked = verdict.flagged if threshold is None else verdict.probability >= threshold
         self.metrics.guard_verdicts.labels("blocked" if blocked else "allowed").inc()
-        return blocked
+        return blocked, verdict.embedding
 
-    async def _intent(self, text: str) -> PromptTarget | None:
-        if self.models is not None and self._index_names:
+    async def _intent(self, text: str, embedding: npt.NDArray[np.float32] | None) -> PromptTarget | None:
+        if self.models is not None and self._intent_targets and text.strip():
             try:
                 await self.warm()
-                (vec,) = await self.models.embed([text])
+                (vec,) = [embedding] if embedding is not None else await self.models.embed([text])
             except ModelServerError:
                 if not self._fail_open():
                     raise
@@ -138,7 +141,7 @@ class IngressPipeline:
             best = int(np.argmax(scores))
             if float(scores[best]) >= self.cfg.intent_threshold:
                 return self.targets[self._index_names[best]]
-        elif self.models is None and len(self.targets) > (1 if self.default_target else 0):
+        elif self.models is None and self._intent_targets:
             raise ModelServerError("prompt targets need the intent model, and no model server is configured")
         return self.default_target
 

