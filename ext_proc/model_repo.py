@@ -22,7 +22,7 @@ __all__ = ["MODELS_DIR", "needed_models", "render_model_repository"]
 MODELS_DIR = REPO_ROOT / "triton_models"
 
 # the `parameters` key each model reads its thread count from
-_THREADS_KEY = {"prompt_embed": "torch_threads", "prompt_guard": "torch_threads", "function_call": "n_threads"}
+_THREADS_KEY = {"prompt_embed": "torch_threads", "prompt_guard": "torch_threads", "function_call": "n_threads", "chat_llm": "n_threads"}
 
 
 def needed_models(cfg: Config) -> list[str]:
@@ -35,6 +35,8 @@ def needed_models(cfg: Config) -> list[str]:
         need.append("prompt_guard")
     if any(t.parameters for t in cfg.prompt_targets):
         need.append("function_call")
+    if any(p.interface == "sidegate" for p in cfg.llm_providers):
+        need.append("chat_llm")
     return need
 
 

@@ -15,6 +15,7 @@ import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from . import local_llm
 from .config import Config
 from .errors import ModelServerError
 from .pipeline import Models
@@ -27,7 +28,9 @@ __all__ = ["run", "serve", "start_http"]
 log = logging.getLogger("sidegate.ext_proc")
 
 
-async def start_http(cfg: Config, metrics: Metrics, state: dict[str, bool], port: int | None = None) -> tuple[web.AppRunner, int]:
+async def start_http(
+    cfg: Config, metrics: Metrics, state: dict[str, bool], port: int | None = None, models: Models | None = None
+) -> tuple[web.AppRunner, int]:
     async def healthz(_: web.Request) -> web.Response:
         if state.get("serving"):
             return web.json_response({"status": "ok", "config": cfg.source})
@@ -39,6 +42,7 @@ async def start_http(cfg: Config, metrics: Metrics, state: dict[str, bool], port
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
+    local_llm.add_routes(app, getattr(models, "client", None), timeout_s=max(cfg.model_server.timeout_s, 120.0))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, cfg.ext_proc.address, cfg.ext_proc.http_port if port is None else port)
@@ -77,7 +81,7 @@ async def serve(cfg: Config, *, grace: float = 5.0) -> None:
     state = {"serving": False}
     server, port = await create_server(services, f"{cfg.ext_proc.address}:{cfg.ext_proc.port}")
     await server.start()
-    runner, http_port = await start_http(cfg, metrics, state)
+    runner, http_port = await start_http(cfg, metrics, state, models=services.models)
     state["serving"] = True
     log.info("ext_proc listening: gRPC %s:%d, HTTP %s:%d (config %s)", cfg.ext_proc.address, port, cfg.ext_proc.address, http_port, cfg.source)
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 from typing import Self
 
@@ -45,6 +47,17 @@ log = logging.getLogger(__name__)
 EMBED_MODEL = "prompt_embed"
 GUARD_MODEL = "prompt_guard"
 FUNCTION_CALL_MODEL = "function_call"
+CHAT_MODEL = "chat_llm"
+
+
+def _json_inputs(**documents: Any) -> list[InferInput]:
+    """One BYTES [1] input per keyword, holding the value as a JSON document."""
+    out = []
+    for name, value in documents.items():
+        inp = InferInput(name, [1], "BYTES")
+        inp.set_data_from_numpy(np.array([json.dumps(value).encode()], dtype=np.object_))
+        out.append(inp)
+    return out
 EMBEDDING_DIM = 384
 EMBED_MAX_BATCH = 64  # max_batch_size in triton_models/prompt_embed/config.pbtxt
 _STUB_DEAD = "is not healthy"  # python backend's words for a request that hit a dead stub
@@ -135,6 +148,60 @@ class TritonClient:
             raise ModelServerError(f"Triton model {GUARD_MODEL} returned an unexpected answer")
         return float(prob.reshape(-1)[0]), label.reshape(-1)[0] == b"jailbreak", np.asarray(embedding[0], dtype=np.float32)
 
+    async def function_call(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, timeout_s: float, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """``function_call`` (decoupled): ``{"name", "arguments": {...}, "missing": [...]}`` of the first tool call."""
+        inputs = _json_inputs(MESSAGES=messages, TOOLS=tools)
+        answer = None
+        async for out in self._stream(FUNCTION_CALL_MODEL, inputs, "TOOL_CALLS", timeout_s, headers):
+            answer = out
+        try:
+            call = answer["tool_calls"][0]  # type: ignore[index]
+            return {
+                "name": call["function"]["name"],
+                "arguments": json.loads(call["function"]["arguments"]),
+                "missing": list(call.get("missing") or []),
+            }
+        except (TypeError, KeyError, IndexError, ValueError) as exc:
+            raise ModelServerError(f"Triton model {FUNCTION_CALL_MODEL} returned an unexpected answer: {answer!r:.200}") from exc
+
+    async def chat(
+        self, messages: list[dict[str, Any]], params: dict[str, Any], *, timeout_s: float, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """``chat_llm`` (decoupled): OpenAI ``chat.completion.chunk`` dicts as they are generated."""
+        async for chunk in self._stream(CHAT_MODEL, _json_inputs(MESSAGES=messages, PARAMS=params), "CHUNK", timeout_s, headers):
+            yield chunk
+
+    async def _stream(
+        self, model: str, inputs: list[InferInput], output: str, timeout_s: float, headers: dict[str, str] | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """One request to a decoupled model; yields each response's ``output`` JSON until the final flag."""
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield {
+                "model_name": model,
+                "inputs": inputs,
+                "outputs": [InferRequestedOutput(output)],
+                "request_id": uuid.uuid4().hex,
+                "enable_empty_final_response": True,
+            }
+
+        with self._model_server_errors("stream", model, timeout_s):
+            async with asyncio.timeout(timeout_s):
+                responses = self._client.stream_infer(requests(), stream_timeout=timeout_s, headers=headers)
+                async for result, error in responses:
+                    if error is not None:
+                        raise error
+                    response = result.get_response()
+                    data = result.as_numpy(output)
+                    if data is not None and data.size:
+                        raw = data.reshape(-1)[0]
+                        yield json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+                    final = response.parameters.get("triton_final_response")
+                    if final is not None and final.bool_param:
+                        return
+
     # -- health and model control -------------------------------------------------------------
     async def ready(self, *, models: Sequence[str] = (), timeout_s: float = 1.0) -> bool:
         """Whether the server and each of ``models`` are ready (never raises; for health checks).
@@ -192,7 +259,9 @@ class TritonClient:
             if status == "StatusCode.UNAVAILABLE":
                 raise ModelServerError(f"Triton at {self.url} is unreachable: {message}") from exc
             raise ModelServerError(f"Triton {operation} ({model}) failed: [{status}] {message}") from exc
-        except (grpc.RpcError, OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            raise ModelServerError(f"Triton {operation} ({model}) took longer than {timeout_s:g} s", code="model_server_timeout") from exc
+        except (grpc.RpcError, OSError) as exc:
             raise ModelServerError(f"Triton {operation} ({model}) at {self.url} failed: {exc!r}") from exc
 
     def _mark_unhealthy(self, model: str) -> None:

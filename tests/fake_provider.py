@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -139,8 +139,12 @@ class FakeProvider:
         *,
         models: tuple[str, ...] = ("gpt-4o-mini",),
         defaults: Behaviour | None = None,
+        routes: dict[str, Callable[[RecordedRequest], tuple[int, Any]]] | None = None,
     ) -> None:
         self.name = name
+        # app endpoints a prompt target calls: path prefix -> handler(request) -> (status, JSON);
+        # they obey fail_next / x-fake-status / x-fake-delay-ms like chat requests
+        self.routes = routes or {}
         self.host = host
         self.port = port
         self.models = models
@@ -269,6 +273,15 @@ class FakeProvider:
             if request.method != "POST":
                 return _error(405, f"method {request.method} not allowed on {request.path}", code="method_not_allowed")
             resp = await self._chat(request, parsed)
+        elif (route := next((fn for prefix, fn in self.routes.items() if request.path.startswith(prefix)), None)) is not None:
+            b = self._behaviour(request)
+            if b.delay_ms:
+                await asyncio.sleep(b.delay_ms / 1000)
+            if b.status is not None and b.status >= 400:
+                resp = _error(b.status, f"{self.name} failed on purpose with {b.status}")
+            else:
+                status, payload = route(record)
+                resp = web.json_response(payload, status=status)
         elif path.endswith("/models") and request.method == "GET":
             data = [{"id": m, "object": "model", "created": 0, "owned_by": self.name} for m in self.models]
             resp = web.json_response({"object": "list", "data": data})
