@@ -12,9 +12,12 @@ through Envoy's internal listener (:class:`~ext_proc.endpoints.EndpointClient`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -123,7 +126,8 @@ class IngressPipeline:
         if self.models is None:
             raise ModelServerError("the jailbreak guard is configured but no model server is: set model_server in the config")
         try:
-            verdict = await self.models.guard(text)
+            with self._stage("guard"):
+                verdict = await self.models.guard(text)
         except ModelServerError:
             if self.cfg.jailbreak.fail_open:
                 self.metrics.guard_verdicts.labels("unavailable_allowed").inc()
@@ -140,7 +144,8 @@ class IngressPipeline:
         if self.models is not None and self._intent_targets and text.strip():
             try:
                 await self.warm()
-                (vec,) = [embedding] if embedding is not None else await self.models.embed([text])
+                with self._stage("intent"):
+                    (vec,) = [embedding] if embedding is not None else await self.models.embed([text])
             except ModelServerError:
                 if not self._fail_open():
                     raise
@@ -155,6 +160,18 @@ class IngressPipeline:
             raise ModelServerError("prompt targets need the intent model, and no model server is configured")
         return self.default_target
 
+    @contextlib.contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        """Time one stage into ``sidegate_stage_seconds``; count model-server failures by stage."""
+        started = time.perf_counter()
+        try:
+            yield
+        except ModelServerError:
+            self.metrics.model_errors.labels(name).inc()
+            raise
+        finally:
+            self.metrics.stage_seconds.labels(name).observe(time.perf_counter() - started)
+
     def _fail_open(self) -> bool:
         return bool(self.cfg.jailbreak and self.cfg.jailbreak.fail_open)
 
@@ -164,7 +181,8 @@ class IngressPipeline:
         if target.parameters:
             if self.models is None:
                 raise ModelServerError(f"prompt target {target.name!r} needs the function-calling model, and no model server is configured")
-            call = await self.models.function_call(_conversation(req), tool_schema(target))
+            with self._stage("function_call"):
+                call = await self.models.function_call(_conversation(req), tool_schema(target))
             found = {k: v for k, v in call.arguments.items() if v is not None and k not in call.missing}
             args, missing, problems = finalize_arguments(target, {**gathered, **found})
             if missing:
@@ -177,7 +195,8 @@ class IngressPipeline:
                 )
         if target.endpoint is None:
             return self._to_llm(req, system_prompt=target.system_prompt or self.cfg.system_prompt)
-        reply = await self.endpoints.call(target, endpoint_request(target, args), headers)
+        with self._stage("endpoint"):
+            reply = await self.endpoints.call(target, endpoint_request(target, args), headers)
         if not target.auto_llm_dispatch_on_response:
             return synthesized(req, reply.text, model=target.name)
         tool_messages = _tool_messages(target, args, reply.text)
