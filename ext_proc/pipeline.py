@@ -29,7 +29,7 @@ from .config import Config, PromptTarget
 from .endpoints import EndpointClient
 from .errors import MalformedRequest, ModelServerError
 from .metrics import Metrics
-from .openai_wire import ChatRequest
+from .openai_wire import ChatRequest, content_text
 from .targets import PendingState, clarifying_question, endpoint_request, finalize_arguments, tool_schema
 
 __all__ = ["FUNCTION_CALL_MODEL", "GUARD_MODEL", "GuardVerdict", "IngressPipeline", "Models", "ToolCall"]
@@ -115,7 +115,7 @@ class IngressPipeline:
         pending = PendingState.decode(req.body.get("metadata"))
         target = self.targets.get(pending.target) if pending else None
         if target is None:
-            target = await self._intent(text, embedding)
+            target = await self._intent(text, embedding, req)
         if target is None:
             return self._to_llm(req, system_prompt=cfg.system_prompt)
         self.metrics.intent_matches.labels(target.name).inc()
@@ -140,25 +140,42 @@ class IngressPipeline:
         self.metrics.guard_verdicts.labels("blocked" if blocked else "allowed").inc()
         return blocked, verdict.embedding
 
-    async def _intent(self, text: str, embedding: npt.NDArray[np.float32] | None) -> PromptTarget | None:
-        if self.models is not None and self._intent_targets and text.strip():
-            try:
-                await self.warm()
-                with self._stage("intent"):
-                    (vec,) = [embedding] if embedding is not None else await self.models.embed([text])
-            except ModelServerError:
-                if not self._fail_open():
-                    raise
-                log.warning("intent model unavailable: sending the prompt to the LLM")
-                return None
-            assert self._index is not None
-            scores = self._index @ vec
-            best = int(np.argmax(scores))
-            if float(scores[best]) >= self.cfg.intent_threshold:
-                return self.targets[self._index_names[best]]
-        elif self.models is None and self._intent_targets:
-            raise ModelServerError("prompt targets need the intent model, and no model server is configured")
-        return self.default_target
+    async def _intent(
+        self, text: str, embedding: npt.NDArray[np.float32] | None, req: ChatRequest
+    ) -> PromptTarget | None:
+        """The target the last user turn asks for; failing that, the one the recent user turns do.
+
+        The second look covers clients that keep only role/content history: after a clarifying
+        question, "3 days please" alone matches nothing, but with the turn before it
+        ("what's the weather like in boston") it matches the weather target again.
+        """
+        if self.models is None:
+            if self._intent_targets:
+                raise ModelServerError("prompt targets need the intent model, and no model server is configured")
+            return self.default_target
+        if not self._intent_targets or not text.strip():
+            return self.default_target
+        earlier = [t for t in (content_text(m.get("content")) for m in req.messages[:-1] if m.get("role") == "user") if t.strip()]
+        try:
+            await self.warm()
+            with self._stage("intent"):
+                (vec,) = [embedding] if embedding is not None else await self.models.embed([text])
+                target = self._best(vec)
+                if target is None and earlier:
+                    (vec,) = await self.models.embed(["\n".join([*earlier[-2:], text])])
+                    target = self._best(vec)
+        except ModelServerError:
+            if not self._fail_open():
+                raise
+            log.warning("intent model unavailable: sending the prompt to the LLM")
+            return None
+        return target or self.default_target
+
+    def _best(self, vec: npt.NDArray[np.float32]) -> PromptTarget | None:
+        assert self._index is not None
+        scores = self._index @ vec
+        best = int(np.argmax(scores))
+        return self.targets[self._index_names[best]] if float(scores[best]) >= self.cfg.intent_threshold else None
 
     @contextlib.contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -224,8 +241,6 @@ class IngressPipeline:
 
 def _conversation(req: ChatRequest) -> list[dict[str, Any]]:
     """What the function-calling model sees: user and assistant turns as plain text."""
-    from .openai_wire import content_text
-
     return [
         {"role": m["role"], "content": content_text(m.get("content"))}
         for m in req.messages
