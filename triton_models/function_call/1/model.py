@@ -1,0 +1,173 @@
+"""Triton python backend for ``function_call``: a thin, decoupled wrapper over ``engine.py``.
+
+Tensors (``config.pbtxt``; ``max_batch_size: 0``, one JSON document per request):
+
+* ``MESSAGES`` BYTES [1] — the conversation, OpenAI shape: ``[{"role", "content"}, ...]``
+* ``TOOLS`` BYTES [1] — an OpenAI tool list (``[{"type": "function", "function": {...}}]``),
+  or one tool object; with several tools the model first picks one by a constrained name
+* ``TOOL_CALLS`` BYTES [1] — one JSON object::
+
+    {"model": "qwen2.5-coder-0.5b-instruct-q4_k_m",
+     "tool_calls": [{"id": "call_…", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\\"location\\": \\"Paris\\"}"},
+                     "missing": ["days"]}],
+     "usage": {...}}
+
+  ``arguments`` is a JSON string, as in OpenAI responses; it validates against the tool's
+  schema once the parameters in ``missing`` (required, not found in the conversation) are given.
+
+Decoupled: ``execute`` hands each request to a worker thread and returns at once; the worker
+sends exactly one response and the FINAL flag. Bad input (not JSON, wrong shape, a schema the
+grammar cannot express) is a per-request ``INVALID_ARG`` error; the batch never fails whole.
+
+Parameters (``config.pbtxt`` ``parameters``; all strings): ``weights`` (a packaged model name
+from ``weights.py`` or a GGUF path), ``weights_dir`` (cache for assembled weights; default
+``$SIDEGATE_HOME/models``), ``n_threads`` (0 = the cores that are free at load), ``n_ctx``,
+``n_gpu_layers``, ``ground`` (``all``/``optional``/``none``), ``decode`` (``values``/``object``),
+``warmup`` (``true``/``false``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # engine.py beside us, weights.py one level up
+
+import weights  # noqa: E402
+from engine import FunctionCaller, UnsupportedSchema  # noqa: E402
+
+_INPUTS = {"MESSAGES": "TYPE_STRING", "TOOLS": "TYPE_STRING"}
+_OUTPUTS = {"TOOL_CALLS": "TYPE_STRING"}
+
+
+class BadRequest(ValueError):
+    """A request this model refuses (answered with INVALID_ARG)."""
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(config):
+            raise pb_utils.TritonModelException("function_call must be decoupled (model_transaction_policy)")
+        for section, want in (("input", _INPUTS), ("output", _OUTPUTS)):
+            got = {t["name"]: t["data_type"] for t in config.get(section, [])}
+            if got != want:
+                raise pb_utils.TritonModelException(f"function_call {section}s must be {want}, config has {got}")
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+        spec = os.environ.get("SIDEGATE_FC_WEIGHTS") or params.get("weights") or weights.DEFAULT_MODEL
+        weights_dir = params.get("weights_dir") or None
+        path = weights.resolve(spec, dest_dir=Path(weights_dir) if weights_dir else None)
+        self.engine = FunctionCaller(
+            model_path=str(path),
+            n_threads=int(params.get("n_threads") or 0),
+            n_ctx=int(params.get("n_ctx") or 4096),
+            n_gpu_layers=_gpu_layers(params.get("n_gpu_layers"), args.get("model_instance_kind", "CPU")),
+            ground=params.get("ground") or "all",
+            values_only=(params.get("decode") or "values") != "object",
+            warmup=(params.get("warmup") or "true").lower() != "false",
+            model_name=spec if spec in weights.MODELS else None,
+        )
+        self.model_name = self.engine.model_name
+        # one worker: the engine serializes calls anyway (one llama.cpp slot, one cached prefix)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="function_call")
+        self._inflight = 0
+        self._idle = threading.Condition()
+        pb_utils.Logger.log_info(
+            f"function_call: {path} loaded in {self.engine.load_s:.1f}s, warm-up {self.engine.warmup_s:.1f}s, "
+            f"{self.engine.n_threads} threads")
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            with self._idle:
+                self._inflight += 1
+            self._pool.submit(self._respond, request)
+        return None
+
+    def finalize(self) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._inflight == 0, timeout=60)
+        self._pool.shutdown(wait=True)
+        self.engine.close()
+
+    # ---- one request
+
+    def _respond(self, request) -> None:
+        try:
+            request.get_response_sender().send(self._response(request),
+                                               flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
+    def _response(self, request):
+        if request.is_cancelled():
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError("cancelled", pb_utils.TritonError.CANCELLED))
+        try:
+            body = self._tool_calls(_json_input(request, "MESSAGES"), _json_input(request, "TOOLS"))
+        except (BadRequest, UnsupportedSchema) as exc:
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(f"function_call: {exc}", pb_utils.TritonError.INVALID_ARG))
+        except Exception as exc:  # noqa: BLE001 - reported to the client, the model keeps serving
+            pb_utils.Logger.log_error(f"function_call: {type(exc).__name__}: {exc}")
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                f"function_call: internal error: {type(exc).__name__}", pb_utils.TritonError.INTERNAL))
+        data = np.array([json.dumps(body, ensure_ascii=False).encode()], dtype=np.object_)
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("TOOL_CALLS", data)])
+
+    def _tool_calls(self, messages: object, tools: object) -> dict:
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise BadRequest("MESSAGES must be a JSON list of {role, content} objects")
+        if isinstance(tools, dict):
+            tools = [tools]
+        if not isinstance(tools, list) or not tools or not all(isinstance(t, dict) for t in tools):
+            raise BadRequest("TOOLS must be a non-empty JSON list of tools")
+        try:
+            tool = tools[self.engine.choose(messages, tools)]
+            result = self.engine.call(messages, tool)
+        except ValueError as exc:  # no user turn, bad schema (UnsupportedSchema is a ValueError)
+            raise BadRequest(str(exc)) from exc
+        return {
+            "model": self.model_name,
+            "tool_calls": [{
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {"name": result["name"],
+                             "arguments": json.dumps(result["arguments"], ensure_ascii=False)},
+                "missing": result["missing"],
+            }],
+            "usage": result.get("usage", {}),
+        }
+
+
+def _gpu_layers(setting: str | None, instance_kind: str) -> int:
+    """``n_gpu_layers`` applies to KIND_GPU instances only (so both configs share it); -1 = all."""
+    if instance_kind != "GPU":
+        return 0
+    n = int(setting or -1)
+    return 999 if n < 0 else n
+
+
+def _json_input(request, name: str) -> object:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise BadRequest(f"input {name} is missing")
+    arr = tensor.as_numpy()
+    if arr.size != 1:
+        raise BadRequest(f"{name} must hold exactly one JSON document, got {arr.size}")
+    raw = arr.reshape(-1)[0]
+    try:
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"{name} is not JSON: {exc}") from exc
