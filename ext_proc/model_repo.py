@@ -29,7 +29,7 @@ def needed_models(cfg: Config) -> list[str]:
     """The models this config's pipeline calls, in load order (embeddings first)."""
     need: list[str] = []
     intent = any(not t.default for t in cfg.prompt_targets)
-    if cfg.jailbreak is not None or intent:
+    if intent:
         need.append("prompt_embed")
     if cfg.jailbreak is not None:
         need.append("prompt_guard")

@@ -45,7 +45,6 @@ GUARD_HEADER = "x-sidegate-guard"
 class GuardVerdict:
     probability: float
     flagged: bool  # by the model's own calibrated threshold
-    embedding: npt.NDArray[np.float32] | None = None  # the guard's own embedding of the text, reused for intent
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,23 +104,21 @@ class IngressPipeline:
     # -- the router ---------------------------------------------------------------------------
     async def __call__(self, cfg: Config, headers: dict[str, str], req: ChatRequest) -> Decision:
         text = req.last_user_text
-        embedding = None
         if cfg.jailbreak is not None and text.strip():
-            blocked, embedding = await self._guard(text)
-            if blocked:
+            if await self._guard(text):
                 return synthesized(req, cfg.jailbreak.message, model=GUARD_MODEL, headers={GUARD_HEADER: "blocked"})
         if not self.targets:
             return self._to_llm(req, system_prompt=cfg.system_prompt)
         pending = PendingState.decode(req.body.get("metadata"))
         target = self.targets.get(pending.target) if pending else None
         if target is None:
-            target = await self._intent(text, embedding, req)
+            target = await self._intent(text, req)
         if target is None:
             return self._to_llm(req, system_prompt=cfg.system_prompt)
         self.metrics.intent_matches.labels(target.name).inc()
         return await self._run_target(target, pending, headers, req)
 
-    async def _guard(self, text: str) -> tuple[bool, npt.NDArray[np.float32] | None]:
+    async def _guard(self, text: str) -> bool:
         assert self.cfg.jailbreak is not None
         if self.models is None:
             raise ModelServerError("the jailbreak guard is configured but no model server is: set model_server in the config")
@@ -132,17 +129,15 @@ class IngressPipeline:
             if self.cfg.jailbreak.fail_open:
                 self.metrics.guard_verdicts.labels("unavailable_allowed").inc()
                 log.warning("guard unavailable: letting the prompt through (fail_open: true)")
-                return False, None
+                return False
             self.metrics.guard_verdicts.labels("unavailable_refused").inc()
             raise
         threshold = self.cfg.jailbreak.threshold
         blocked = verdict.flagged if threshold is None else verdict.probability >= threshold
         self.metrics.guard_verdicts.labels("blocked" if blocked else "allowed").inc()
-        return blocked, verdict.embedding
+        return blocked
 
-    async def _intent(
-        self, text: str, embedding: npt.NDArray[np.float32] | None, req: ChatRequest
-    ) -> PromptTarget | None:
+    async def _intent(self, text: str, req: ChatRequest) -> PromptTarget | None:
         """The target the last user turn asks for; failing that, the one the recent user turns do.
 
         The second look covers clients that keep only role/content history: after a clarifying
@@ -159,7 +154,7 @@ class IngressPipeline:
         try:
             await self.warm()
             with self._stage("intent"):
-                (vec,) = [embedding] if embedding is not None else await self.models.embed([text])
+                (vec,) = await self.models.embed([text])
                 target = self._best(vec)
                 if target is None and earlier:
                     (vec,) = await self.models.embed(["\n".join([*earlier[-2:], text])])

@@ -135,18 +135,18 @@ class TritonClient:
 
     async def guard(
         self, text: str, *, timeout_s: float, headers: dict[str, str] | None = None
-    ) -> tuple[float, bool, npt.NDArray[np.float32]]:
-        """``prompt_guard`` on one text: (probability, flagged by the model's threshold, its embedding)."""
+    ) -> tuple[float, bool]:
+        """``prompt_guard`` on one text: (probability, flagged by the model's own threshold)."""
         row = text.encode("utf-8", "surrogatepass")
         inp = InferInput("TEXT", [1, 1], "BYTES")
         inp.set_data_from_numpy(np.array([[row]], dtype=np.object_))
-        outputs = [InferRequestedOutput(name) for name in ("PROB", "LABEL", "EMBEDDING")]
+        outputs = [InferRequestedOutput(name) for name in ("PROB", "LABEL")]
         with self._model_server_errors("guard", GUARD_MODEL, timeout_s):
             result = await self._client.infer(GUARD_MODEL, [inp], outputs=outputs, client_timeout=timeout_s, headers=headers)
-        prob, label, embedding = (result.as_numpy(n) for n in ("PROB", "LABEL", "EMBEDDING"))
-        if prob is None or label is None or embedding is None or embedding.shape != (1, EMBEDDING_DIM):
+        prob, label = result.as_numpy("PROB"), result.as_numpy("LABEL")
+        if prob is None or label is None or prob.size != 1 or label.size != 1:
             raise ModelServerError(f"Triton model {GUARD_MODEL} returned an unexpected answer")
-        return float(prob.reshape(-1)[0]), label.reshape(-1)[0] == b"jailbreak", np.asarray(embedding[0], dtype=np.float32)
+        return float(prob.reshape(-1)[0]), label.reshape(-1)[0] == b"jailbreak"
 
     async def function_call(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, timeout_s: float, headers: dict[str, str] | None = None
@@ -295,8 +295,8 @@ class TritonModels:
         return await self.client.embed(texts, timeout_s=self.timeout_s)
 
     async def guard(self, text: str) -> GuardVerdict:
-        prob, flagged, embedding = await self.client.guard(text, timeout_s=self.timeout_s)
-        return GuardVerdict(probability=prob, flagged=flagged, embedding=embedding)
+        prob, flagged = await self.client.guard(text, timeout_s=self.timeout_s)
+        return GuardVerdict(probability=prob, flagged=flagged)
 
     async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any]) -> ToolCall:
         out = await self.client.function_call(messages, [tool], timeout_s=self.timeout_s)

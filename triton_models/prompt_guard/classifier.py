@@ -342,14 +342,8 @@ class Guard:
 
     def score(self, texts: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         """(PROB float32 [n], LABEL per text); ValueError on an empty text."""
-        probs, labels, _ = self.score_and_embed(texts)
-        return probs, labels
-
-    def score_and_embed(self, texts: Sequence[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """``score`` plus the [n, 384] embeddings it computed (ext_proc reuses them for intent)."""
         for n, text in enumerate(texts):
             if not text.strip():
                 raise ValueError(f"TEXT row {n} is empty: there is nothing to check")
-        embeddings = self.embedder.encode(texts)
-        probs = self.head.predict_proba(embeddings, texts)
-        return probs, self.head.labels(probs, self.threshold), embeddings
+        probs = self.head.predict_proba(self.embedder.encode(texts), texts)
+        return probs, self.head.labels(probs, self.threshold)

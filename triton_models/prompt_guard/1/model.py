@@ -1,8 +1,5 @@
 """prompt_guard: TEXT (UTF-8 prompts) -> PROB (P(jailbreak / prompt injection), FP32) and LABEL ("jailbreak" | "benign").
 
-It also returns EMBEDDING (FP32 [384], the all-MiniLM-L6-v2 vector it scored): the ext_proc
-service matches intent with it instead of asking ``prompt_embed`` for the same pass again.
-
 Triton python backend model, a thin shell over ``../classifier.py`` (which the unit tests and
 ``bench/guard_eval.py`` run without Triton). ``initialize`` parses the config once, checks the
 tensors, reads ``parameters`` (``threshold``, ``torch_threads``, ``weights``), loads the
@@ -26,7 +23,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 EXPECTED_INPUTS = {"TEXT": "TYPE_STRING"}
-EXPECTED_OUTPUTS = {"PROB": "TYPE_FP32", "LABEL": "TYPE_STRING", "EMBEDDING": "TYPE_FP32"}
+EXPECTED_OUTPUTS = {"PROB": "TYPE_FP32", "LABEL": "TYPE_STRING"}
 VERSION_DIR = Path(__file__).resolve().parent  # holds the artefact
 CLASSIFIER_PY = VERSION_DIR.parent / "classifier.py"
 
@@ -93,14 +90,13 @@ class TritonPythonModel:
             texts.extend(decoded)
 
         if texts:
-            probs, labels, embeddings = self.guard.score_and_embed(texts)  # one forward pass for the whole batch
+            probs, labels = self.guard.score(texts)  # one forward pass for the whole batch
             labels = np.array([label.encode() for label in labels], dtype=np.object_)
             for i, start, end in spans:
                 responses[i] = pb_utils.InferenceResponse(
                     output_tensors=[
                         pb_utils.Tensor("PROB", probs[start:end].reshape(-1, 1).astype(np.float32)),
                         pb_utils.Tensor("LABEL", labels[start:end].reshape(-1, 1)),
-                        pb_utils.Tensor("EMBEDDING", embeddings[start:end]),
                     ]
                 )
         return responses
