@@ -668,7 +668,8 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         )
         if jb is not None
         else None,
-        intent_threshold=float((raw.get("overrides") or {}).get("prompt_target_intent_matching_threshold", 0.5)),
+        # 0.45: picked on the dev halves of BFCL multiple/live_multiple/irrelevance (bench/intent_eval.py)
+        intent_threshold=float((raw.get("overrides") or {}).get("prompt_target_intent_matching_threshold", 0.45)),
         tracing_sampling=float(tracing.get("random_sampling", 0)),
         otlp_endpoint=tracing.get("otlp_endpoint"),
         ratelimits=tuple(ratelimits),
