@@ -116,7 +116,8 @@ def test_weather_demo() -> None:
     assert default[0].endpoint.path == "/default"
     assert cfg.endpoints["demo_app"].upstream.port == 18083
     assert cfg.jailbreak_message
-    assert len(cfg.llm_providers) == 2 and cfg.default_provider.name == "demo-llm"
+    assert len(cfg.llm_providers) == 3 and cfg.default_provider.name == "local"
+    assert cfg.default_provider.interface == "sidegate" and cfg.intent_threshold == 0.35
 
 
 # --------------------------------------------------------------------------------------------
