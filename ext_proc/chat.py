@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from . import telemetry
 from .config import Config, LlmProvider
 from .errors import MethodNotAllowed, MalformedRequest, SidegateError, render_error
 from .metrics import Metrics
@@ -77,6 +78,8 @@ class ChatProcessor(PassThrough):
         self.first_chunk_seen = False
         self.sse_tail = b""
         self.streaming = False
+        self.span: Any = None  # this request's span (tracing on only), child of Envoy's
+        self.llm_span: Any = None  # the provider call: from forwarding to the end of the response
 
     def _error(self, exc: SidegateError) -> Immediate:
         self.outcome = f"error_{exc.status}"
@@ -86,6 +89,14 @@ class ChatProcessor(PassThrough):
 
     async def request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Reply:
         self.headers = headers
+        if telemetry.enabled():
+            self.span = telemetry.start_span(
+                f"sidegate.{self.listener}",
+                telemetry.extract(headers),
+                kind="SERVER",
+                attributes={"http.request.method": headers.get(":method", ""), "url.path": headers.get(":path", ""),
+                            "sidegate.listener": self.listener, "sidegate.request_id": headers.get("x-request-id", "")},
+            )
         if headers.get(":method", "").upper() != "POST":
             return self._error(MethodNotAllowed(f"{headers.get(':method')} is not allowed on {headers.get(':path')}: use POST"))
         if end_of_stream:
@@ -95,7 +106,8 @@ class ChatProcessor(PassThrough):
     async def request_body(self, body: bytes, end_of_stream: bool) -> Reply:
         try:
             req = parse_chat_request(body)
-            decision = await self.router(self.cfg, self.headers, req)
+            with telemetry.use(self.span):
+                decision = await self.router(self.cfg, self.headers, req)
         except SidegateError as exc:
             return self._error(exc)
         if isinstance(decision, Immediate):
@@ -104,6 +116,16 @@ class ChatProcessor(PassThrough):
         self.provider, self.response_metadata = decision.provider, decision.response_metadata
         self.outcome = "forwarded"
         self.forwarded_at = time.perf_counter()
+        if self.span is not None:
+            self.llm_span = telemetry.start_span("llm", telemetry.child_context(self.span), kind="CLIENT", attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.system": self.provider.interface,
+                "gen_ai.provider.name": self.provider.interface,
+                "gen_ai.request.model": self.provider.model or req.model or "",
+                "gen_ai.request.stream": req.stream,
+                "sidegate.provider": self.provider.name,
+                "sidegate.request_body_size": len(decision.body if decision.body is not None else body),
+            })
         self.log.debug("to provider %s (cluster %s)", self.provider.name, self.provider.cluster)
         headers = {UPSTREAM_HEADER: self.provider.cluster}
         if decision.body is not None:  # Envoy refuses a replaced body whose content-length is stale
@@ -117,6 +139,9 @@ class ChatProcessor(PassThrough):
         self.metrics.upstream_status.labels(self.provider.name, status[:1] + "xx" if status else "none").inc()
         self.outcome = f"upstream_{status}"
         self.streaming = "text/event-stream" in headers.get("content-type", "")
+        telemetry.set_attributes(self.llm_span, {"http.response.status_code": int(status) if status.isdigit() else 0})
+        if end_of_stream:
+            self._end_llm_span()
         return Continue(
             set_headers={PROVIDER_HEADER: self.provider.name},
             response_body_mode="STREAMED" if self.streaming else ("NONE" if end_of_stream else "BUFFERED"),
@@ -128,12 +153,16 @@ class ChatProcessor(PassThrough):
         if self.streaming:
             if not self.first_chunk_seen and body:
                 self.first_chunk_seen = True
-                self.metrics.ttft_seconds.labels(self.provider.name).observe(time.perf_counter() - self.forwarded_at)
+                ttft = time.perf_counter() - self.forwarded_at
+                self.metrics.ttft_seconds.labels(self.provider.name).observe(ttft)
+                telemetry.set_attributes(self.llm_span, {"sidegate.time_to_first_token_ms": ttft * 1000.0})
             usage, self.sse_tail = usage_from_sse(self.sse_tail + body)
         else:
             usage = usage_from_body(body)
         if usage:
             self._count_tokens(usage)
+        if end_of_stream:
+            self._end_llm_span()
         if self.response_metadata and self.ok:
             return self._with_metadata(body)
         return CONTINUE
@@ -167,6 +196,18 @@ class ChatProcessor(PassThrough):
             value = usage.get(key)
             if isinstance(value, int) and value >= 0:
                 self.metrics.tokens.labels(self.provider.name, direction).inc(value)
+                telemetry.set_attributes(self.llm_span, {f"gen_ai.usage.{direction}_tokens": value})
+
+    def _end_llm_span(self) -> None:
+        if self.llm_span is not None:
+            self.llm_span.set_attribute("sidegate.latency_ms", (time.perf_counter() - self.forwarded_at) * 1000.0)
+            self.llm_span.end()
+            self.llm_span = None
 
     def finish(self) -> None:
         self.metrics.requests.labels(self.listener, "chat_completions", self.outcome).inc()
+        if self.span is not None:
+            self._end_llm_span()
+            self.span.set_attribute("sidegate.outcome", self.outcome)
+            self.span.end()
+            self.span = None

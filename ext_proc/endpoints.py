@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from . import telemetry
 from .config import Config, PromptTarget
 from .errors import UpstreamError
 from .targets import EndpointCall
@@ -58,6 +59,7 @@ class EndpointClient:
         endpoint = self.cfg.endpoints[target.endpoint.name]
         headers = {**call.headers, "x-sidegate-upstream": endpoint.cluster}
         headers.update({h: incoming[h] for h in FORWARDED_HEADERS if h in incoming})
+        telemetry.inject(headers)  # tracing on: the current span (the `endpoint` stage) is the app's parent
         where = f"prompt target {target.name!r} endpoint {endpoint.name!r} ({call.method} {call.path})"
         timeout = aiohttp.ClientTimeout(total=endpoint.timeout_s + 2.0)  # Envoy's route timeout fires first
         try:

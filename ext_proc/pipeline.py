@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from . import telemetry
 from .chat import Decision, Forward, synthesized
 from .config import Config, PromptTarget
 from .endpoints import EndpointClient
@@ -123,8 +124,13 @@ class IngressPipeline:
         if self.models is None:
             raise ModelServerError("the jailbreak guard is configured but no model server is: set model_server in the config")
         try:
-            with self._stage("guard"):
+            with self._stage("guard") as span:
                 verdict = await self.models.guard(text)
+                threshold = self.cfg.jailbreak.threshold
+                blocked = verdict.flagged if threshold is None else verdict.probability >= threshold
+                span.set_attributes({"sidegate.guard.score": float(verdict.probability), "sidegate.guard.verdict": "blocked" if blocked else "allowed"})
+                if telemetry.include_prompts():
+                    span.set_attribute("sidegate.prompt", text)
         except ModelServerError:
             if self.cfg.jailbreak.fail_open:
                 self.metrics.guard_verdicts.labels("unavailable_allowed").inc()
@@ -132,8 +138,6 @@ class IngressPipeline:
                 return False
             self.metrics.guard_verdicts.labels("unavailable_refused").inc()
             raise
-        threshold = self.cfg.jailbreak.threshold
-        blocked = verdict.flagged if threshold is None else verdict.probability >= threshold
         self.metrics.guard_verdicts.labels("blocked" if blocked else "allowed").inc()
         return blocked
 
@@ -153,12 +157,13 @@ class IngressPipeline:
         earlier = [t for t in (content_text(m.get("content")) for m in req.messages[:-1] if m.get("role") == "user") if t.strip()]
         try:
             await self.warm()
-            with self._stage("intent"):
+            with self._stage("intent") as span:
                 (vec,) = await self.models.embed([text])
-                target = self._best(vec)
+                target = self._best(vec, span)
                 if target is None and earlier:
                     (vec,) = await self.models.embed(["\n".join([*earlier[-2:], text])])
-                    target = self._best(vec)
+                    target = self._best(vec, span)
+                span.set_attribute("sidegate.intent.target", target.name if target else "")
         except ModelServerError:
             if not self._fail_open():
                 raise
@@ -166,23 +171,28 @@ class IngressPipeline:
             return None
         return target or self.default_target
 
-    def _best(self, vec: npt.NDArray[np.float32]) -> PromptTarget | None:
+    def _best(self, vec: npt.NDArray[np.float32], span: Any = telemetry.NO_SPAN) -> PromptTarget | None:
         assert self._index is not None
         scores = self._index @ vec
         best = int(np.argmax(scores))
+        span.set_attribute("sidegate.intent.score", float(scores[best]))
         return self.targets[self._index_names[best]] if float(scores[best]) >= self.cfg.intent_threshold else None
 
     @contextlib.contextmanager
-    def _stage(self, name: str) -> Iterator[None]:
-        """Time one stage into ``sidegate_stage_seconds``; count model-server failures by stage."""
+    def _stage(self, name: str) -> Iterator[Any]:
+        """Time one stage into ``sidegate_stage_seconds`` and a span named ``name`` (yielded, for
+        attributes; a no-op one while tracing is off); count model-server failures by stage."""
         started = time.perf_counter()
-        try:
-            yield
-        except ModelServerError:
-            self.metrics.model_errors.labels(name).inc()
-            raise
-        finally:
-            self.metrics.stage_seconds.labels(name).observe(time.perf_counter() - started)
+        with telemetry.span(name) as span:
+            try:
+                yield span
+            except ModelServerError:
+                self.metrics.model_errors.labels(name).inc()
+                raise
+            finally:
+                elapsed = time.perf_counter() - started
+                self.metrics.stage_seconds.labels(name).observe(elapsed)
+                span.set_attribute("sidegate.latency_ms", elapsed * 1000.0)
 
     def _fail_open(self) -> bool:
         return bool(self.cfg.jailbreak and self.cfg.jailbreak.fail_open)
@@ -193,8 +203,13 @@ class IngressPipeline:
         if target.parameters:
             if self.models is None:
                 raise ModelServerError(f"prompt target {target.name!r} needs the function-calling model, and no model server is configured")
-            with self._stage("function_call"):
+            with self._stage("function_call") as span:
                 call = await self.models.function_call(_conversation(req), tool_schema(target))
+                span.set_attributes({
+                    "sidegate.target": target.name,
+                    "sidegate.function_call.arguments_size": len(json.dumps(call.arguments, default=str)),
+                    "sidegate.function_call.missing": ",".join(call.missing),
+                })
             found = {k: v for k, v in call.arguments.items() if v is not None and k not in call.missing}
             args, missing, problems = finalize_arguments(target, {**gathered, **found})
             if missing:
@@ -207,8 +222,10 @@ class IngressPipeline:
                 )
         if target.endpoint is None:
             return self._to_llm(req, system_prompt=target.system_prompt or self.cfg.system_prompt)
-        with self._stage("endpoint"):
+        with self._stage("endpoint") as span:
+            span.set_attributes({"sidegate.target": target.name, "sidegate.endpoint": target.endpoint.name})
             reply = await self.endpoints.call(target, endpoint_request(target, args), headers)
+            span.set_attributes({"http.response.status_code": reply.status, "sidegate.endpoint.reply_size": len(reply.body)})
         if not target.auto_llm_dispatch_on_response:
             return synthesized(req, reply.text, model=target.name)
         tool_messages = _tool_messages(target, args, reply.text)

@@ -40,6 +40,7 @@ import json
 import os
 import ssl
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any as _AnyType
 
 import betterproto2
@@ -58,6 +59,8 @@ from envoy_data_plane.envoy.config.core.v3 import (
     GrpcService,
     GrpcServiceEnvoyGrpc,
     HeaderValue,
+    HttpService,
+    HttpUri,
     HeaderValueOption,
     HeaderValueOptionHeaderAppendAction,
     Http2ProtocolOptions,
@@ -70,6 +73,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
 )
 from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.config.trace.v3 import OpenTelemetryConfig, TracingHttp
 from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
     HeaderMatcher,
@@ -97,6 +101,7 @@ from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
     HttpConnectionManagerCodecType,
+    HttpConnectionManagerTracing,
     HttpFilter,
     LocalReplyConfig,
     ResponseMapper,
@@ -112,6 +117,7 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions,
     HttpProtocolOptionsExplicitHttpConfig,
 )
+from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.envoy.type.matcher.v3 import RegexMatchAndSubstitute, RegexMatcher, StringMatcher
 from envoy_data_plane.google.protobuf import Any, Struct
 
@@ -120,6 +126,7 @@ from .config import Config, Endpoint as EndpointCfg, Listener as ListenerCfg, Ll
 __all__ = [
     "ACCESS_LOG_FIELDS",
     "EXT_PROC_CLUSTER",
+    "OTLP_CLUSTER",
     "LISTENER_HEADER",
     "REMOVED_CLIENT_HEADERS",
     "UPSTREAM_HEADER",
@@ -132,6 +139,9 @@ __all__ = [
 ]
 
 EXT_PROC_CLUSTER = "sidegate_ext_proc"
+OTLP_CLUSTER = "sidegate_otlp"  # the OpenTelemetry collector (tracing.otlp_endpoint)
+ENVOY_SERVICE_NAME = "sidegate-envoy"
+OTEL_TRACER = "envoy.tracers.opentelemetry"
 UPSTREAM_HEADER = "x-sidegate-upstream"  # the cluster the ext_proc service chose
 LISTENER_HEADER = "x-sidegate-listener"  # gRPC initial metadata: which listener a stream serves
 # the client's own credentials and sidegate's routing headers never reach an upstream
@@ -335,7 +345,48 @@ def _clusters(cfg: Config) -> list[Cluster]:
     for e in cfg.endpoints.values():
         u = e.upstream
         clusters.append(_cluster(e.cluster, u.host, u.port, connect_timeout_s=u.connect_timeout_s, tls=u.tls))
+    if cfg.otlp_endpoint:
+        scheme, host, port, _ = _otlp_target(cfg.otlp_endpoint)
+        clusters.append(_cluster(OTLP_CLUSTER, host, port, connect_timeout_s=1.0, tls=scheme == "https", http2=scheme == "grpc"))
     return clusters
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+def _otlp_target(url: str) -> tuple[str, str, int, str]:
+    """``grpc://host:port`` / ``http(s)://host:port[/path]`` → (scheme, host, port, OTLP/HTTP path)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("grpc", "http", "https") or not parts.hostname:
+        raise RenderError(f"tracing.otlp_endpoint: expected grpc://host:port or http(s)://host:port, got {url!r}")
+    port = parts.port or {"grpc": 4317, "http": 4318, "https": 443}[parts.scheme]
+    path = parts.path.rstrip("/")
+    if not path.endswith("/v1/traces"):
+        path += "/v1/traces"
+    return parts.scheme, parts.hostname, port, path
+
+
+def _tracing(cfg: Config) -> HttpConnectionManagerTracing | None:
+    """Envoy's OpenTelemetry tracer, exporting to ``tracing.otlp_endpoint`` (None: no tracing at all)."""
+    if not cfg.otlp_endpoint:
+        return None
+    scheme, host, port, path = _otlp_target(cfg.otlp_endpoint)
+    if scheme == "grpc":
+        otel = OpenTelemetryConfig(
+            grpc_service=GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=OTLP_CLUSTER), timeout=_seconds(5.0)),
+            service_name=ENVOY_SERVICE_NAME,
+        )
+    else:
+        otel = OpenTelemetryConfig(
+            http_service=HttpService(
+                http_uri=HttpUri(uri=f"{scheme}://{host}:{port}{path}", cluster=OTLP_CLUSTER, timeout=_seconds(5.0))
+            ),
+            service_name=ENVOY_SERVICE_NAME,
+        )
+    return HttpConnectionManagerTracing(
+        random_sampling=Percent(value=min(max(cfg.tracing_sampling, 0.0), 100.0)),
+        provider=TracingHttp(name=OTEL_TRACER, typed_config=Any.pack(otel)),
+    )
 
 
 # --------------------------------------------------------------------------- routes
@@ -583,11 +634,18 @@ def _router_filter() -> HttpFilter:
     return HttpFilter(name=ROUTER_FILTER, typed_config=Any.pack(Router()))
 
 
-def _listener(name: str, listener: ListenerCfg, routes: list[Route], *, ext_proc_filter: HttpFilter | None) -> Listener:
+def _listener(
+    name: str, listener: ListenerCfg, routes: list[Route], *, ext_proc_filter: HttpFilter | None, tracing: HttpConnectionManagerTracing | None = None
+) -> Listener:
     # internal: no ext_proc; the caller (the ext_proc service itself) names the upstream
     http_filters = [ext_proc_filter, _router_filter()] if ext_proc_filter else [_router_filter()]
     early = [_strip_client_routing()] if ext_proc_filter else []
+    if tracing is not None:  # only with tracing.otlp_endpoint: without it Envoy traces nothing
+        extra_hcm: dict[str, _AnyType] = {"tracing": tracing}
+    else:
+        extra_hcm = {}
     hcm = HttpConnectionManager(
+        **extra_hcm,
         stat_prefix=name,
         codec_type=HttpConnectionManagerCodecType.AUTO,
         generate_request_id=True,
@@ -611,12 +669,13 @@ def _listener(name: str, listener: ListenerCfg, routes: list[Route], *, ext_proc
 def build_bootstrap(cfg: Config) -> Bootstrap:
     """The typed Envoy bootstrap for ``cfg`` (raises :class:`RenderError` on what Envoy cannot do)."""
     listeners = []
+    tracing = _tracing(cfg)
     for name, lcfg in (("ingress", cfg.ingress), ("egress", cfg.egress)):
         routes = [_provider_route(p, lcfg) for p in cfg.llm_providers]
-        listeners.append(_listener(name, lcfg, routes, ext_proc_filter=_ext_proc_filter(cfg, lcfg, name)))
+        listeners.append(_listener(name, lcfg, routes, ext_proc_filter=_ext_proc_filter(cfg, lcfg, name), tracing=tracing))
     internal_routes = [_endpoint_route(e) for e in cfg.endpoints.values()]
     internal_routes += [_provider_route(p, cfg.internal) for p in cfg.llm_providers]
-    listeners.append(_listener("internal", cfg.internal, internal_routes, ext_proc_filter=None))
+    listeners.append(_listener("internal", cfg.internal, internal_routes, ext_proc_filter=None, tracing=tracing))
 
     admin_host = "127.0.0.1" if cfg.admin_address == "localhost" else cfg.admin_address
     if not _is_ip(admin_host):

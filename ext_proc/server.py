@@ -24,7 +24,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 
-from . import routes
+from . import routes, telemetry
 from .config import Config
 from .errors import NotFound, render_error
 from .processor import CONTINUE, Continue, Immediate, PassThrough, Processor, Reply
@@ -125,7 +125,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     async def Process(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        listener = dict(context.invocation_metadata() or ()).get(LISTENER_METADATA, "egress")
+        metadata = dict(context.invocation_metadata() or ())
+        listener = metadata.get(LISTENER_METADATA, "egress")
+        telemetry.stream_context(metadata)  # Envoy's span for this stream (traceparent in the gRPC metadata)
         processor: Processor | None = None
         request_id = ""
         try:

@@ -15,7 +15,7 @@ import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import local_llm
+from . import local_llm, telemetry
 from .config import Config
 from .errors import ModelServerError
 from .pipeline import Models
@@ -75,6 +75,7 @@ async def _warm(services: Services) -> None:
 
 
 async def serve(cfg: Config, *, grace: float = 5.0) -> None:
+    telemetry.setup(cfg)  # no tracing.otlp_endpoint: nothing at all
     services = Services.create(cfg, models=_models(cfg))
     metrics = services.metrics
     warming = asyncio.get_running_loop().create_task(_warm(services))
@@ -96,6 +97,7 @@ async def serve(cfg: Config, *, grace: float = 5.0) -> None:
     await server.stop(grace)
     await runner.cleanup()
     await services.close()
+    await asyncio.get_running_loop().run_in_executor(None, telemetry.shutdown)  # flush, bounded by the export timeout
     log.info("ext_proc stopped")
 
 

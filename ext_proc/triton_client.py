@@ -36,6 +36,7 @@ import tritonclient.grpc.aio as triton_aio  # type: ignore[import-untyped]
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
+from . import telemetry
 from .errors import ModelServerError
 from .pipeline import GuardVerdict, ToolCall
 from .triton_server import reload_unhealthy
@@ -292,14 +293,14 @@ class TritonModels:
         self.timeout_s = timeout_s
 
     async def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        return await self.client.embed(texts, timeout_s=self.timeout_s)
+        return await self.client.embed(texts, timeout_s=self.timeout_s, headers=telemetry.inject() or None)
 
     async def guard(self, text: str) -> GuardVerdict:
-        prob, flagged = await self.client.guard(text, timeout_s=self.timeout_s)
+        prob, flagged = await self.client.guard(text, timeout_s=self.timeout_s, headers=telemetry.inject() or None)
         return GuardVerdict(probability=prob, flagged=flagged)
 
     async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any]) -> ToolCall:
-        out = await self.client.function_call(messages, [tool], timeout_s=self.timeout_s)
+        out = await self.client.function_call(messages, [tool], timeout_s=self.timeout_s, headers=telemetry.inject() or None)
         return ToolCall(arguments=out.get("arguments") or {}, missing=list(out.get("missing") or []))
 
     async def close(self) -> None:
