@@ -6,9 +6,11 @@
      ├── MalformedRequest      400     not JSON, missing `messages`, wrong types, unknown provider hint
      ├── NotFound              404     a path sidegate does not serve
      ├── MethodNotAllowed      405
-     ├── PayloadTooLarge       413     body over `max_body_bytes` (Envoy usually answers this itself)
      ├── UpstreamError         status of the upstream (endpoint 4xx/5xx), 502 bad gateway, 504 timeout
      └── ModelServerError      503     Triton unreachable or failing, when the stage fails closed
+
+Bodies over ``max_body_bytes`` never reach Python: Envoy answers 413 itself, and the rendered
+bootstrap's local-reply mapper writes the same JSON shape (``request_too_large``).
 
 Anything else raised while handling a request is a bug: it becomes a generic 500 that names the
 request id (see :func:`render_error`), and the traceback goes to the log, never to the client.
@@ -24,7 +26,6 @@ __all__ = [
     "MethodNotAllowed",
     "ModelServerError",
     "NotFound",
-    "PayloadTooLarge",
     "RenderedError",
     "SidegateError",
     "UpstreamError",
@@ -63,12 +64,6 @@ class MethodNotAllowed(SidegateError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
-
-
-class PayloadTooLarge(SidegateError):
-    status = 413
-    type = "invalid_request_error"
-    code = "request_too_large"
 
 
 class UpstreamError(SidegateError):

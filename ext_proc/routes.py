@@ -18,9 +18,7 @@ from .metrics import Metrics
 from .pipeline import IngressPipeline, Models
 from .processor import Processor
 
-__all__ = ["LISTENERS", "Services", "pick", "served_paths"]
-
-LISTENERS = ("ingress", "egress")
+__all__ = ["Services", "pick", "served_paths"]
 
 
 @dataclass(kw_only=True)
