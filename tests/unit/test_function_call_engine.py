@@ -85,6 +85,8 @@ def test_grounding() -> None:
     assert engine.grounded(3, text) and engine.grounded(2500, text) and not engine.grounded(7, text)
     assert engine.grounded("Paris", text) and not engine.grounded("celsius", text)
     assert engine.grounded("24h", text)
+    assert engine.grounded(-3, "a=1, b=-3") and not engine.grounded(3, "a=1, b=-3")  # the sign counts
+    assert engine.grounded(440, "notes of 440Hz and 880Hz")
     assert engine.grounded("USD", "convert 5 US dollars", loose=True)  # required strings: kept
     assert not engine.grounded(7, text, loose=True)  # required numbers: still checked
 
