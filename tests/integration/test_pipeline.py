@@ -245,11 +245,13 @@ def second_stack(pipe: Pipeline, tmp_path, monkeypatch):  # type: ignore[no-unty
     """Another Envoy + ext_proc on other ports, using `model_server` as given (no Triton of its own)."""
     started = []
 
-    def start(*, with_default: bool, model_server: dict[str, Any], fail_open: bool = False) -> Pipeline:
+    def start(*, with_default: bool, model_server: dict[str, Any], fail_open: bool = False, tracing: dict[str, Any] | None = None) -> Pipeline:
         monkeypatch.setenv("SIDEGATE_HOME", str(tmp_path / f"home{len(started)}"))
         cfg, path = make_config(tmp_path, pipe.llm, pipe.app, with_default=with_default, fail_open=fail_open)
         raw = yaml.safe_load(path.read_text())
         raw["model_server"] = model_server
+        if tracing:
+            raw["tracing"] = tracing
         path.write_text(yaml.safe_dump(raw))
         cfg = load_config(path)
         started.append(start_stack(cfg, path))
@@ -284,3 +286,34 @@ def test_model_server_down_fails_closed_or_open_as_configured(pipe: Pipeline, se
         assert err.value.status_code == 503
         assert err.value.response.json()["error"]["code"] in ("model_server_unavailable", "model_server_timeout")
         assert pipe.llm.requests == []
+
+
+def test_one_trace_holds_every_stage_of_a_prompt_target_request(pipe: Pipeline, second_stack) -> None:
+    """guard, intent, function_call, endpoint and llm spans, under Envoy's, in one trace."""
+    from .test_tracing import Receiver
+
+    receiver = Receiver()
+    receiver.server.start()
+    try:
+        other = second_stack(
+            with_default=True,
+            model_server={"mode": "remote", "endpoint": f"grpc://127.0.0.1:{pipe.cfg.model_server.grpc_port}"},
+            tracing={"random_sampling": 100, "otlp_endpoint": f"grpc://127.0.0.1:{receiver.port}"},
+        )
+        pipe.app.clear()
+        ask(other, [{"role": "user", "content": "how is the weather in rome for the next 4 days"}], stream=False)
+        stages = {"guard", "intent", "function_call", "endpoint", "llm"}
+        # Envoy exports on its own flush interval (5 s): wait for its spans too
+        spans = receiver.wait_for(lambda got: stages <= {s.name for s in got} and any(s.service == "sidegate-envoy" for s in got))
+    finally:
+        receiver.server.stop(0)
+    by_name = {s.name: s for s in spans}
+    assert stages <= set(by_name), sorted(by_name)
+    trace_ids = {by_name[n].trace_id for n in stages}
+    assert len(trace_ids) == 1
+    (trace_id,) = trace_ids
+    envoy = [s for s in spans if s.service == "sidegate-envoy" and s.trace_id == trace_id]
+    assert envoy, "Envoy's spans are in the same trace"
+    assert by_name["function_call"].attributes.get("sidegate.target") == "get_current_weather"
+    (call,) = pipe.calls("/weather")
+    assert call.headers["traceparent"].split("-")[1] == trace_id  # the app's own spans can join
