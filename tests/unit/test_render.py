@@ -447,7 +447,7 @@ class LiveEnvoy:
         path = write_bootstrap(cfg, out)
         self.log = open(out / "envoy.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [str(envoy_binary()), "-c", str(path), "--base-id", str(free_port()), "-l", "warning"],
+            [str(envoy_binary()), "-c", str(path), "--disable-hot-restart", "-l", "warning"],  # no /dev/shm region left behind
             stdout=subprocess.DEVNULL, stderr=self.log, env={**os.environ, **env},
         )
         deadline = time.monotonic() + 20
