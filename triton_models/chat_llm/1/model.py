@@ -30,6 +30,7 @@ _REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(_REPO / "function_call"), str(_REPO / "function_call" / "1")]
 
 import weights  # noqa: E402
+from backend import BadRequest, check_config, gpu_layers, json_input  # noqa: E402
 from engine import auto_threads  # noqa: E402
 
 _INPUTS = {"MESSAGES": "TYPE_STRING", "PARAMS": "TYPE_STRING"}
@@ -37,22 +38,11 @@ _OUTPUTS = {"CHUNK": "TYPE_STRING"}
 _ALLOWED_PARAMS = {"max_tokens", "temperature", "top_p", "stop", "seed"}
 
 
-class BadRequest(ValueError):
-    """A request this model refuses (answered with INVALID_ARG)."""
-
-
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         import xllamacpp
 
-        config = json.loads(args["model_config"])
-        if not pb_utils.using_decoupled_model_transaction_policy(config):
-            raise pb_utils.TritonModelException("chat_llm must be decoupled (model_transaction_policy)")
-        for section, want in (("input", _INPUTS), ("output", _OUTPUTS)):
-            got = {t["name"]: t["data_type"] for t in config.get(section, [])}
-            if got != want:
-                raise pb_utils.TritonModelException(f"chat_llm {section}s must be {want}, config has {got}")
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        params = check_config(json.loads(args["model_config"]), "chat_llm", _INPUTS, _OUTPUTS)
 
         spec = params.get("weights") or weights.DEFAULT_MODEL
         path = weights.resolve(spec)
@@ -66,7 +56,7 @@ class TritonPythonModel:
         threads = int(params.get("n_threads") or 0) or auto_threads()
         p.cpuparams.n_threads = threads
         p.cpuparams_batch.n_threads = threads
-        p.n_gpu_layers = 999 if args.get("model_instance_kind") == "GPU" and int(params.get("n_gpu_layers") or -1) < 0 else 0
+        p.n_gpu_layers = gpu_layers(params.get("n_gpu_layers"), args.get("model_instance_kind", "CPU"))
         p.verbosity = -1
         p.api_keys = [secrets.token_hex(32)]  # xllamacpp's own HTTP listener: nobody may use it
         p.ui = False
@@ -97,8 +87,8 @@ class TritonPythonModel:
         sender = request.get_response_sender()
         final = None
         try:
-            messages = _json_input(request, "MESSAGES", required=True)
-            options = _json_input(request, "PARAMS", required=False) or {}
+            messages = json_input(request, "MESSAGES")
+            options = json_input(request, "PARAMS", required=False) or {}
             if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
                 raise BadRequest("MESSAGES must be a non-empty JSON list of {role, content} objects")
             if not isinstance(options, dict) or set(options) - _ALLOWED_PARAMS:
@@ -150,18 +140,3 @@ class TritonPythonModel:
         if errors:
             raise BadRequest(f"llama.cpp refused the request: {errors[0]}")
 
-
-def _json_input(request, name: str, *, required: bool) -> object:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        if required:
-            raise BadRequest(f"input {name} is missing")
-        return None
-    arr = tensor.as_numpy()
-    if arr.size != 1:
-        raise BadRequest(f"{name} must hold exactly one JSON document, got {arr.size}")
-    raw = arr.reshape(-1)[0]
-    try:
-        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"{name} is not JSON: {exc}") from exc

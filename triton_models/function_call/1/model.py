@@ -44,26 +44,16 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # engine.py beside us, weights.py one level up
 
 import weights  # noqa: E402
+from backend import BadRequest, check_config, gpu_layers, json_input  # noqa: E402
 from engine import FunctionCaller, UnsupportedSchema  # noqa: E402
 
 _INPUTS = {"MESSAGES": "TYPE_STRING", "TOOLS": "TYPE_STRING"}
 _OUTPUTS = {"TOOL_CALLS": "TYPE_STRING"}
 
 
-class BadRequest(ValueError):
-    """A request this model refuses (answered with INVALID_ARG)."""
-
-
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        config = json.loads(args["model_config"])
-        if not pb_utils.using_decoupled_model_transaction_policy(config):
-            raise pb_utils.TritonModelException("function_call must be decoupled (model_transaction_policy)")
-        for section, want in (("input", _INPUTS), ("output", _OUTPUTS)):
-            got = {t["name"]: t["data_type"] for t in config.get(section, [])}
-            if got != want:
-                raise pb_utils.TritonModelException(f"function_call {section}s must be {want}, config has {got}")
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        params = check_config(json.loads(args["model_config"]), "function_call", _INPUTS, _OUTPUTS)
 
         spec = os.environ.get("SIDEGATE_FC_WEIGHTS") or params.get("weights") or weights.DEFAULT_MODEL
         weights_dir = params.get("weights_dir") or None
@@ -72,7 +62,7 @@ class TritonPythonModel:
             model_path=str(path),
             n_threads=int(params.get("n_threads") or 0),
             n_ctx=int(params.get("n_ctx") or 4096),
-            n_gpu_layers=_gpu_layers(params.get("n_gpu_layers"), args.get("model_instance_kind", "CPU")),
+            n_gpu_layers=gpu_layers(params.get("n_gpu_layers"), args.get("model_instance_kind", "CPU")),
             ground=params.get("ground") or "all",
             values_only=(params.get("decode") or "values") != "object",
             warmup=(params.get("warmup") or "true").lower() != "false",
@@ -115,7 +105,7 @@ class TritonPythonModel:
         if request.is_cancelled():
             return pb_utils.InferenceResponse(error=pb_utils.TritonError("cancelled", pb_utils.TritonError.CANCELLED))
         try:
-            body = self._tool_calls(_json_input(request, "MESSAGES"), _json_input(request, "TOOLS"))
+            body = self._tool_calls(json_input(request, "MESSAGES"), json_input(request, "TOOLS"))
         except (BadRequest, UnsupportedSchema) as exc:
             return pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(f"function_call: {exc}", pb_utils.TritonError.INVALID_ARG))
@@ -150,24 +140,3 @@ class TritonPythonModel:
             "usage": result.get("usage", {}),
         }
 
-
-def _gpu_layers(setting: str | None, instance_kind: str) -> int:
-    """``n_gpu_layers`` applies to KIND_GPU instances only (so both configs share it); -1 = all."""
-    if instance_kind != "GPU":
-        return 0
-    n = int(setting or -1)
-    return 999 if n < 0 else n
-
-
-def _json_input(request, name: str) -> object:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        raise BadRequest(f"input {name} is missing")
-    arr = tensor.as_numpy()
-    if arr.size != 1:
-        raise BadRequest(f"{name} must hold exactly one JSON document, got {arr.size}")
-    raw = arr.reshape(-1)[0]
-    try:
-        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"{name} is not JSON: {exc}") from exc
