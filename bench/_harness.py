@@ -18,6 +18,7 @@ Every process is bound to 127.0.0.1 on a free port and stopped on exit (children
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import ctypes
@@ -37,7 +38,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -811,3 +812,15 @@ def wrk_run(
         mean_ms=r["mean_us"] / 1000,
         error_detail=errors,
     )
+
+
+def csv_list(kind: type, allowed: Any = None) -> Callable[[str], list[Any]]:
+    """An argparse ``type=`` for comma-separated values of ``kind``, optionally among ``allowed``."""
+
+    def parse(text: str) -> list[Any]:
+        items = [kind(x.strip()) for x in text.split(",") if x.strip()]
+        if allowed is not None and (bad := [x for x in items if x not in allowed]):
+            raise argparse.ArgumentTypeError(f"{bad} not in {sorted(allowed)}")
+        return items
+
+    return parse

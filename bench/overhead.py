@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._harness import (
+    csv_list,
     FakeProviderProcess,
     LoadResult,
     PlainEnvoy,
@@ -414,13 +415,6 @@ def print_tables(res: dict[str, Any], summary: list[dict[str, Any]], comparison:
 # --------------------------------------------------------------------------- CLI
 
 
-def _csv(kind: type, allowed: Any = None) -> Any:
-    def parse(text: str) -> list[Any]:
-        items = [kind(x.strip()) for x in text.split(",") if x.strip()]
-        if allowed is not None and (bad := [x for x in items if x not in allowed]):
-            raise argparse.ArgumentTypeError(f"{bad} not in {sorted(allowed)}")
-        return items
-    return parse
 
 
 def _bool(text: str) -> bool:
@@ -433,9 +427,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--budget", type=float, default=270, help="seconds: start no repeat that would end after this (default 270)")
     ap.add_argument("--duration", type=float, default=1.0, help="seconds per run (default 1; wrk rounds to whole seconds)")
     ap.add_argument("--ttfb-duration", type=float, default=0.5, help="seconds of the asyncio TTFB probe after a wrk stream run")
-    ap.add_argument("--concurrency", type=_csv(int), default=[1, 32], help="comma-separated (default 1,32)")
-    ap.add_argument("--bodies", type=_csv(str, set(BODY_SIZES)), default=list(BODY_SIZES), help="comma-separated of 1kB,100kB")
-    ap.add_argument("--streams", type=_csv(_bool), default=[False, True], help="comma-separated of false,true")
+    ap.add_argument("--concurrency", type=csv_list(int), default=[1, 32], help="comma-separated (default 1,32)")
+    ap.add_argument("--bodies", type=csv_list(str, set(BODY_SIZES)), default=list(BODY_SIZES), help="comma-separated of 1kB,100kB")
+    ap.add_argument("--streams", type=csv_list(_bool), default=[False, True], help="comma-separated of false,true")
     ap.add_argument("--client", choices=("auto", "wrk", "asyncio"), default="auto", help="load generator (auto: wrk if installed)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 repeat, 1 s runs, 1 kB only")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default bench/results)")

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._harness import (
+    csv_list,
     REPO_ROOT,
     free_port,
     load_caption,
@@ -776,13 +777,6 @@ def targets_summary(single: list[dict[str, Any]], stack: dict[str, Any] | None) 
 # --------------------------------------------------------------------------- CLI
 
 
-def _csv(kind: type, allowed: Any = None) -> Callable[[str], list[Any]]:
-    def parse(text: str) -> list[Any]:
-        items = [kind(x.strip()) for x in text.split(",") if x.strip()]
-        if allowed is not None and (bad := [x for x in items if x not in allowed]):
-            raise argparse.ArgumentTypeError(f"{bad} not in {sorted(allowed)}")
-        return items
-    return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -792,8 +786,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--single", type=int, default=50, help="sequential guard and embed calls in all (default 50)")
     ap.add_argument("--fc-calls", type=int, default=15, help="sequential function calls in all (default 15)")
     ap.add_argument("--fc-switch", type=int, default=2, help="function calls per round right after a call for another tool (default 2)")
-    ap.add_argument("--concurrency", type=_csv(int), default=[16, 64], help="comma-separated (default 16,64)")
-    ap.add_argument("--batching", type=_csv(str, set(BATCHING)), default=list(BATCHING), help=f"comma-separated of {','.join(BATCHING)}")
+    ap.add_argument("--concurrency", type=csv_list(int), default=[16, 64], help="comma-separated (default 16,64)")
+    ap.add_argument("--batching", type=csv_list(str, set(BATCHING)), default=list(BATCHING), help=f"comma-separated of {','.join(BATCHING)}")
     ap.add_argument("--budget", type=float, default=330, help="seconds for the whole part: no round starts that would end after "
                                                               "it, less the time kept for the full stack (default 330)")
     ap.add_argument("--stack-reserve", type=float, default=100, help="seconds kept for the full-stack memory run (default 100)")
