@@ -317,3 +317,38 @@ def test_one_trace_holds_every_stage_of_a_prompt_target_request(pipe: Pipeline, 
     assert by_name["function_call"].attributes.get("sidegate.target") == "get_current_weather"
     (call,) = pipe.calls("/weather")
     assert call.headers["traceparent"].split("-")[1] == trace_id  # the app's own spans can join
+
+
+def test_a_changed_config_is_picked_up_by_an_up_restart_and_the_targets_are_embedded_again(pipe: Pipeline, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue #4 item 10, as a user does it: `sidegate up -d`, edit the YAML, `down`, `up -d` again."""
+    from .test_cli import sidegate
+
+    home = tmp_path / "home"
+    _, path = make_config(tmp_path, pipe.llm, pipe.app, with_default=True)
+    raw = yaml.safe_load(path.read_text())
+    raw["model_server"] = {"mode": "remote", "endpoint": f"grpc://127.0.0.1:{pipe.cfg.model_server.grpc_port}"}
+    exchange_target = next(t for t in raw["prompt_targets"] if t["name"] == "get_exchange_rate")
+    raw["prompt_targets"].remove(exchange_target)
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    prompt = [{"role": "user", "content": "what is the exchange rate for gbp"}]
+    other = Pipeline(cfg=cfg, llm=pipe.llm, app=pipe.app)
+    try:
+        up = sidegate("up", str(path), "-d", home=home)
+        assert up.returncode == 0, up.stdout + up.stderr
+        pipe.app.clear()
+        text, _, _ = ask(other, prompt, stream=False)
+        assert json.loads(text) == DEFAULT_REPLY and pipe.calls("/exchange/") == []  # no such target yet
+
+        raw["prompt_targets"].insert(1, exchange_target)
+        path.write_text(yaml.safe_dump(raw))
+        down = sidegate("down", home=home)
+        assert down.returncode == 0, down.stdout + down.stderr
+        up = sidegate("up", str(path), "-d", home=home)
+        assert up.returncode == 0, up.stdout + up.stderr
+        pipe.app.clear()
+        ask(other, prompt, stream=False)
+        (call,) = pipe.calls("/exchange/")  # the new target's description was embedded at start
+        assert call.path == "/exchange/GBP" and pipe.calls("/default") == []
+    finally:
+        sidegate("down", home=home)
