@@ -21,6 +21,7 @@ from .metrics import Metrics
 from .openai_wire import ChatRequest, chat_completion, parse_chat_request, sse_frames, usage_from_body, usage_from_sse
 from .processor import CONTINUE, Continue, Immediate, PassThrough, Reply
 from .providers import choose_provider
+from .ratelimit import Charge, RateLimiter
 
 __all__ = ["ChatProcessor", "Decision", "Forward", "Router", "UPSTREAM_HEADER", "egress_router", "synthesized"]
 
@@ -64,8 +65,13 @@ def synthesized(
 class ChatProcessor(PassThrough):
     """Implements :class:`~ext_proc.processor.Processor` for chat completions."""
 
-    def __init__(self, *, cfg: Config, listener: str, router: Router, metrics: Metrics, log: logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
+    def __init__(
+        self, *, cfg: Config, listener: str, router: Router, metrics: Metrics, log: logging.LoggerAdapter,  # type: ignore[type-arg]
+        ratelimits: RateLimiter | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.ratelimits = ratelimits
+        self.charge: Charge | None = None
         self.listener = listener
         self.router = router
         self.metrics = metrics
@@ -108,11 +114,14 @@ class ChatProcessor(PassThrough):
             req = parse_chat_request(body)
             with telemetry.use(self.span):
                 decision = await self.router(self.cfg, self.headers, req)
+            if isinstance(decision, Immediate):
+                self.outcome = "answered"
+                return decision
+            if self.ratelimits:
+                sent = req if decision.body is None else parse_chat_request(decision.body)
+                self.charge = self.ratelimits.admit(decision.provider, self.headers, sent.messages)
         except SidegateError as exc:
             return self._error(exc)
-        if isinstance(decision, Immediate):
-            self.outcome = "answered"
-            return decision
         self.provider, self.response_metadata = decision.provider, decision.response_metadata
         self.outcome = "forwarded"
         self.forwarded_at = time.perf_counter()
@@ -161,6 +170,10 @@ class ChatProcessor(PassThrough):
             usage = usage_from_body(body)
         if usage:
             self._count_tokens(usage)
+            if self.charge is not None and isinstance(usage.get("total_tokens"), int):
+                assert self.ratelimits is not None
+                self.ratelimits.settle(self.charge, usage["total_tokens"])
+                self.charge = None
         if end_of_stream:
             self._end_llm_span()
         if self.response_metadata and self.ok:

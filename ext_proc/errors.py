@@ -6,6 +6,7 @@
      ├── MalformedRequest      400     not JSON, missing `messages`, wrong types, unknown provider hint
      ├── NotFound              404     a path sidegate does not serve
      ├── MethodNotAllowed      405
+     ├── RateLimited           429     over a `ratelimits` token budget (with `retry-after`)
      ├── UpstreamError         status of the upstream (endpoint 4xx/5xx), 502 bad gateway, 504 timeout
      └── ModelServerError      503     Triton unreachable or failing, when the stage fails closed
 
@@ -26,6 +27,7 @@ __all__ = [
     "MethodNotAllowed",
     "ModelServerError",
     "NotFound",
+    "RateLimited",
     "RenderedError",
     "SidegateError",
     "UpstreamError",
@@ -66,6 +68,16 @@ class MethodNotAllowed(SidegateError):
     code = "method_not_allowed"
 
 
+class RateLimited(SidegateError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int | None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class UpstreamError(SidegateError):
     status = 502
     type = "upstream_error"
@@ -96,4 +108,7 @@ def render_error(exc: BaseException, *, request_id: str = "") -> RenderedError:
     headers = {"content-type": "application/json", "x-sidegate-error": code}
     if request_id:
         headers["x-request-id"] = request_id
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        headers["retry-after"] = str(retry_after)
     return RenderedError(status=status, body=json.dumps(body).encode(), headers=headers)

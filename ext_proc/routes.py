@@ -17,6 +17,7 @@ from .endpoints import EndpointClient
 from .metrics import Metrics
 from .pipeline import IngressPipeline, Models
 from .processor import Processor
+from .ratelimit import RateLimiter
 
 __all__ = ["Services", "pick", "served_paths"]
 
@@ -30,13 +31,15 @@ class Services:
     models: Models | None
     endpoints: EndpointClient
     ingress: IngressPipeline
+    ratelimits: RateLimiter
 
     @classmethod
     def create(cls, cfg: Config, *, metrics: Metrics | None = None, models: Models | None = None) -> Services:
         metrics = metrics or Metrics()
         endpoints = EndpointClient(cfg)
         pipeline = IngressPipeline(cfg=cfg, models=models, endpoints=endpoints, metrics=metrics)
-        return cls(cfg=cfg, metrics=metrics, models=models, endpoints=endpoints, ingress=pipeline)
+        return cls(cfg=cfg, metrics=metrics, models=models, endpoints=endpoints, ingress=pipeline,
+                   ratelimits=RateLimiter(cfg.ratelimits))
 
     async def close(self) -> None:
         await self.endpoints.close()
@@ -49,10 +52,10 @@ Factory = Callable[[Services, logging.LoggerAdapter], Processor]  # type: ignore
 
 _ROUTES: dict[tuple[str, str], Factory] = {
     ("ingress", "/v1/chat/completions"): lambda s, log: ChatProcessor(
-        cfg=s.cfg, listener="ingress", router=s.ingress, metrics=s.metrics, log=log
+        cfg=s.cfg, listener="ingress", router=s.ingress, metrics=s.metrics, log=log, ratelimits=s.ratelimits
     ),
     ("egress", "/v1/chat/completions"): lambda s, log: ChatProcessor(
-        cfg=s.cfg, listener="egress", router=egress_router, metrics=s.metrics, log=log
+        cfg=s.cfg, listener="egress", router=egress_router, metrics=s.metrics, log=log, ratelimits=s.ratelimits
     ),
 }
 

@@ -18,6 +18,7 @@ from tests.conftest import free_port, gateway_config
 from tests.fake_provider import FakeProvider
 
 PROVIDER_KEY_A = "sk-configured-key-for-alpha"
+RATE_LIMIT_TOKENS = 150  # per minute and x-user, for provider gamma (model-limited)
 
 
 @dataclass
@@ -66,11 +67,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             {"name": "beta", "provider_interface": "openai", "endpoint": f"127.0.0.1:{beta.port}", "model": "model-b",
              "access_key": "sk-literal-beta", "retries": 2},
             {"name": "dead", "provider_interface": "openai", "endpoint": f"http://127.0.0.1:{dead_port}/v1", "model": "model-dead"},
+            {"name": "gamma", "provider_interface": "openai", "endpoint": f"127.0.0.1:{beta.port}", "model": "model-limited"},
         ]
         raw = gateway_config(
             providers,
             listeners={"egress_traffic": {"timeout": "1s", "max_body_bytes": 64 * 1024},
                        "ingress_traffic": {"timeout": "1s", "max_body_bytes": 64 * 1024}},
+            ratelimits=[{"model": "model-limited", "selector": {"key": "x-user"}, "limit": {"tokens": RATE_LIMIT_TOKENS, "unit": "minute"}}],
         )
         config_path = home / "sidegate.yaml"
         config_path.write_text(yaml.safe_dump(raw))

@@ -10,7 +10,7 @@ import urllib.request
 import openai
 import pytest
 
-from .conftest import PROVIDER_KEY_A, Stack
+from .conftest import PROVIDER_KEY_A, RATE_LIMIT_TOKENS, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -131,6 +131,31 @@ def test_provider_errors_pass_through_with_their_status(stack: Stack) -> None:
     failing = client(stack.egress, default_headers={"x-fake-status": "429"})
     with pytest.raises(openai.RateLimitError):
         failing.chat.completions.create(model="model-a", messages=USER)
+
+
+def test_token_rate_limit_answers_429_per_selector_value_and_forwards_nothing(stack: Stack) -> None:
+    base, listener = stack.egress, "egress"
+    prompt = [{"role": "user", "content": " ".join(["token"] * 60)}]  # ~94 tokens estimated, 122 reported
+    user = f"{listener}-alice"
+    limited = client(base, default_headers={"x-user": user})
+    stack.beta.clear()
+    limited.chat.completions.create(model="model-limited", messages=prompt)
+    assert len(stack.beta.requests) == 1
+    with pytest.raises(openai.RateLimitError) as err:
+        limited.chat.completions.create(model="model-limited", messages=prompt)
+    assert len(stack.beta.requests) == 1  # nothing forwarded
+    body = err.value.response.json()["error"]
+    assert body["code"] == "rate_limit_exceeded" and "model-limited" in body["message"] and user in body["message"]
+    assert 0 < int(err.value.response.headers["retry-after"]) <= 60
+    # another user has a budget of their own; requests without the selector header are not limited
+    client(base, default_headers={"x-user": f"{listener}-bob"}).chat.completions.create(model="model-limited", messages=prompt)
+    client(base).chat.completions.create(model="model-limited", messages=prompt)
+    assert len(stack.beta.requests) == 3
+    huge = [{"role": "user", "content": "y" * (4 * RATE_LIMIT_TOKENS + 4)}]
+    with pytest.raises(openai.RateLimitError) as err:
+        client(base, default_headers={"x-user": f"{listener}-carol"}).chat.completions.create(model="model-limited", messages=huge)
+    assert "larger than the rate limit" in err.value.response.json()["error"]["message"]
+    assert "retry-after" not in err.value.response.headers  # waiting would not help
 
 
 def test_unknown_path_is_404(stack: Stack) -> None:
