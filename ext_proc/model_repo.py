@@ -29,7 +29,8 @@ def needed_models(cfg: Config) -> list[str]:
     """The models this config's pipeline calls, in load order (embeddings first)."""
     need: list[str] = []
     intent = any(not t.default for t in cfg.prompt_targets)
-    if intent:
+    # prompt_guard gets its embeddings from prompt_embed through BLS (it loads no embedder itself)
+    if intent or cfg.jailbreak is not None:
         need.append("prompt_embed")
     if cfg.jailbreak is not None:
         need.append("prompt_guard")
