@@ -27,6 +27,7 @@ __all__ = ["ChatProcessor", "Decision", "Forward", "Router", "UPSTREAM_HEADER", 
 
 UPSTREAM_HEADER = "x-sidegate-upstream"
 PROVIDER_HEADER = "x-sidegate-provider"
+ATTEMPT_HEADER = "x-envoy-attempt-count"  # on answers of providers with fallbacks: attempt n = chain member (n-1) % len
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,16 +136,26 @@ class ChatProcessor(PassThrough):
                 "sidegate.provider": self.provider.name,
                 "sidegate.request_body_size": len(decision.body if decision.body is not None else body),
             })
-        self.log.debug("to provider %s (cluster %s)", self.provider.name, self.provider.cluster)
+        self.log.debug("to provider %s (cluster %s)", self.provider.name, self.provider.route_cluster)
         headers = {UPSTREAM_HEADER: self.provider.cluster}
-        if decision.body is not None:  # Envoy refuses a replaced body whose content-length is stale
-            headers["content-length"] = str(len(decision.body))
-        return Continue(set_headers=headers, body=decision.body, clear_route_cache=True)
+        out = decision.body
+        if self.provider.fallbacks:  # Envoy's failover filter rewrites "model" per attempt: it must come first
+            sent = req.body if out is None else json.loads(out)
+            out = json.dumps({"model": sent.get("model") or self.provider.model or "", **sent}).encode()
+        if out is not None:  # Envoy refuses a replaced body whose content-length is stale
+            headers["content-length"] = str(len(out))
+        return Continue(set_headers=headers, body=out, clear_route_cache=True)
 
     async def response_headers(self, headers: dict[str, str], end_of_stream: bool) -> Reply:
         status = headers.get(":status", "")
         if self.provider is None:
             return CONTINUE
+        fallback = self._served_by(headers.get(ATTEMPT_HEADER, "")) if self.provider.fallbacks else None
+        if fallback is not None:
+            self.log.info("provider %s failed over to %s", self.provider.name, fallback.name)
+            self.metrics.failovers.labels(self.provider.name, fallback.name).inc()
+            telemetry.set_attributes(self.llm_span, {"sidegate.provider": fallback.name, "sidegate.failover_from": self.provider.name})
+            self.provider = fallback
         self.metrics.upstream_status.labels(self.provider.name, status[:1] + "xx" if status else "none").inc()
         self.outcome = f"upstream_{status}"
         self.streaming = "text/event-stream" in headers.get("content-type", "")
@@ -155,6 +166,15 @@ class ChatProcessor(PassThrough):
             set_headers={PROVIDER_HEADER: self.provider.name},
             response_body_mode="STREAMED" if self.streaming else ("NONE" if end_of_stream else "BUFFERED"),
         )
+
+    def _served_by(self, attempt: str) -> LlmProvider | None:
+        """The fallback that answered (None: the provider itself), as Envoy's failover chain assigns attempts."""
+        assert self.provider is not None
+        chain = [self.provider.name, *self.provider.fallbacks]
+        if not attempt.isdigit() or int(attempt) < 1:
+            return None
+        name = chain[(int(attempt) - 1) % len(chain)]
+        return None if name == self.provider.name else self.cfg.provider(name)
 
     async def response_body(self, body: bytes, end_of_stream: bool) -> Reply:
         if self.provider is None:

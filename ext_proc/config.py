@@ -139,10 +139,16 @@ class LlmProvider:
     access_key: str | None = field(default=None, repr=False)  # resolved; never logged
     retries: int = 0
     stream: bool | None = None
+    fallbacks: tuple[str, ...] = ()  # provider names tried in order when this one fails
 
     @property
     def cluster(self) -> str:
         return f"provider_{self.name}"
+
+    @property
+    def route_cluster(self) -> str:
+        """What Envoy routes this provider's requests to: its cluster, or its failover chain."""
+        return f"failover_{self.name}" if self.fallbacks else self.cluster
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -558,10 +564,17 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
                 access_key_env=key_env,
                 retries=pr.get("retries", 0),
                 stream=pr.get("stream"),
+                fallbacks=tuple(pr.get("fallbacks") or ()),
             )
         )
     if len(defaults) > 1:
         raise ConfigError(source, "llm_providers", f"more than one provider has default: true: {', '.join(defaults)}")
+    names = {p.name for p in providers}
+    for i, p in enumerate(providers):
+        for j, fb in enumerate(p.fallbacks):
+            if fb == p.name or fb not in names:
+                why = "is the provider itself" if fb == p.name else f"is not a provider (known: {', '.join(sorted(names))})"
+                raise ConfigError(source, f"llm_providers[{i}].fallbacks[{j}]", f"{fb!r} {why}")
 
     targets: list[PromptTarget] = []
     target_names: set[str] = set()

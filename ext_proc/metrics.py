@@ -44,4 +44,5 @@ class Metrics:
             "sidegate_stage_seconds", "Latency of each prompt-pipeline stage", ["stage"], buckets=_LATENCY_BUCKETS, registry=r
         )
         self.model_errors = Counter("sidegate_model_server_errors", "Failed calls to the model server", ["model"], registry=r)
+        self.failovers = Counter("sidegate_provider_failovers", "Requests a fallback provider answered", ["provider", "fallback"], registry=r)
         self.errors = Counter("sidegate_errors", "Errors answered to clients", ["listener", "code"], registry=r)

@@ -26,6 +26,15 @@ What it contains (the names are the contract in ``/work/shared/DESIGN.md``):
   ``503`` OpenAI-style error. Provider keys are injected per route as
   ``Authorization: Bearer %ENVIRONMENT(VAR)%`` after the client's own credentials are removed:
   the key itself never appears in the file, Envoy reads it from its environment;
+* failover (``llm_providers[].fallbacks``): the provider's route goes to an aggregate cluster
+  ``failover_<name>`` over its own cluster and its fallbacks' clusters, with a retry policy whose
+  ``previous_priorities`` sends attempt *n* to the *n*-th cluster of the chain. Envoy applies
+  the aggregate's upstream filters (not the member's) to every attempt, so a small Lua upstream
+  filter there rewrites each attempt for the provider it goes to, found from
+  ``x-envoy-attempt-count``: ``Authorization`` (Lua's ``os.getenv`` of the member's key
+  variable: the file names the variable, never the key), Host, path prefix and the body's ``model`` (the ext_proc service puts ``model`` first in the body it forwards);
+  Envoy adds ``x-envoy-attempt-count`` to the answer, from which the ext_proc service knows
+  which provider answered;
 * local replies that Envoy itself makes (upstream unreachable, upstream timeout, body over the
   limit, ext_proc service unreachable) are rewritten to OpenAI-style JSON errors; replies of the
   ext_proc service (immediate responses) keep their own body;
@@ -52,7 +61,13 @@ from envoy_data_plane.envoy.config.accesslog.v3 import (
     ResponseFlagFilter,
 )
 from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
-from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterDnsLookupFamily
+from envoy_data_plane.envoy.config.cluster.v3 import (
+    Cluster,
+    ClusterCustomClusterType,
+    ClusterDiscoveryType,
+    ClusterDnsLookupFamily,
+    ClusterLbPolicy,
+)
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
     DataSource,
@@ -63,6 +78,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     HttpUri,
     HeaderValueOption,
     HeaderValueOptionHeaderAppendAction,
+    Http1ProtocolOptions,
     Http2ProtocolOptions,
     Node,
     Pipe,
@@ -78,6 +94,7 @@ from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
     HeaderMatcher,
     RetryPolicy,
+    RetryPolicyRetryPriority,
     Route,
     RouteAction,
     RouteConfiguration,
@@ -97,7 +114,11 @@ from envoy_data_plane.envoy.config.common.mutation_rules.v3 import HeaderMutatio
 from envoy_data_plane.envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
     HeaderMutation as EarlyHeaderMutation,
 )
+from envoy_data_plane.envoy.extensions.clusters.aggregate.v3 import ClusterConfig as AggregateClusterConfig
+from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.http.upstream_codec.v3 import UpstreamCodec
+from envoy_data_plane.envoy.extensions.retry.priority.previous_priorities.v3 import PreviousPrioritiesConfig
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
     HttpConnectionManagerCodecType,
@@ -342,6 +363,7 @@ def _clusters(cfg: Config) -> list[Cluster]:
     for p in cfg.llm_providers:
         u = p.upstream
         clusters.append(_cluster(p.cluster, u.host, u.port, connect_timeout_s=u.connect_timeout_s, tls=u.tls))
+    clusters += [_failover_cluster(cfg, p) for p in cfg.llm_providers if p.fallbacks]
     for e in cfg.endpoints.values():
         u = e.upstream
         clusters.append(_cluster(e.cluster, u.host, u.port, connect_timeout_s=u.connect_timeout_s, tls=u.tls))
@@ -396,7 +418,104 @@ def _upstream_match(cluster: str) -> RouteMatch:
     return RouteMatch(prefix="/", headers=[HeaderMatcher(name=UPSTREAM_HEADER, string_match=StringMatcher(exact=cluster))])
 
 
-def _provider_route(p: LlmProvider, listener: ListenerCfg) -> Route:
+def _lua_str(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)  # a JSON string of printable text is a Lua string literal
+
+
+_FAILOVER_LUA = """\
+-- sidegate failover for provider {primary}: attempt n goes to chain[(n - 1) % #chain + 1]
+local chain = {{
+{members}
+}}
+
+function envoy_on_request(h)
+  local headers = h:headers()
+  local attempt = tonumber(headers:get("x-envoy-attempt-count") or "1") or 1
+  local i = (attempt - 1) % #chain + 1
+  local p = chain[i]
+  headers:remove("x-envoy-attempt-count")
+  local key = p.key_env and os.getenv(p.key_env)
+  if key then headers:replace("authorization", "Bearer " .. key) else headers:remove("authorization") end
+  headers:replace(":authority", p.authority)
+  if p.prefix ~= "/v1/" then
+    local path = headers:get(":path") or ""
+    if string.sub(path, 1, 4) == "/v1/" then headers:replace(":path", p.prefix .. string.sub(path, 5)) end
+  end
+  if p.model then
+    local body = h:body()
+    if body then
+      local raw = body:getBytes(0, body:length())
+      local s, e = string.find(raw, '^{{"model": "[^"]*"')
+      if s then
+        local out = '{{"model": ' .. p.model .. string.sub(raw, e + 1)
+        body:setBytes(out)
+        headers:replace("content-length", tostring(#out))
+      end
+    end
+  end
+end
+"""
+
+
+def _failover_chain(cfg: Config, p: LlmProvider) -> list[LlmProvider]:
+    return [p, *(q for name in p.fallbacks if (q := cfg.provider(name)) is not None)]
+
+
+def _failover_lua(cfg: Config, p: LlmProvider) -> str:
+    members = []
+    for m in _failover_chain(cfg, p):
+        prefix = (m.upstream.base_path.rstrip("/") or "/v1") + "/"
+        model = _lua_str(_lua_str(m.model)) if m.model else "nil"  # the JSON text of the model name, as a Lua string
+        key_env = _lua_str(m.access_key_env) if m.access_key_env else "nil"  # the variable's name, never the key
+        members.append(f"  {{name = {_lua_str(m.name)}, authority = {_lua_str(_host_header(m.upstream))}, "
+                       f"prefix = {_lua_str(prefix)}, model = {model}, key_env = {key_env}}},")
+    return _FAILOVER_LUA.format(primary=p.name, members="\n".join(members))
+
+
+def _failover_cluster(cfg: Config, p: LlmProvider) -> Cluster:
+    lua = Lua(default_source_code=DataSource(inline_string=_failover_lua(cfg, p)))
+    options = HttpProtocolOptions(
+        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(http_protocol_options=Http1ProtocolOptions()),
+        http_filters=[
+            HttpFilter(name="envoy.filters.http.lua", typed_config=Any.pack(lua)),
+            HttpFilter(name="envoy.filters.http.upstream_codec", typed_config=Any.pack(UpstreamCodec())),
+        ],
+    )
+    aggregate = AggregateClusterConfig(clusters=[m.cluster for m in _failover_chain(cfg, p)])
+    return Cluster(
+        name=p.route_cluster,
+        connect_timeout=_seconds(max(m.upstream.connect_timeout_s for m in _failover_chain(cfg, p))),
+        lb_policy=ClusterLbPolicy.CLUSTER_PROVIDED,
+        cluster_type=ClusterCustomClusterType(name="envoy.clusters.aggregate", typed_config=Any.pack(aggregate)),
+        typed_extension_protocol_options={HTTP_PROTOCOL_OPTIONS: Any.pack(options)},
+    )
+
+
+def _failover_route(cfg: Config, p: LlmProvider, listener: ListenerCfg) -> Route:
+    """``p`` with fallbacks: everything per provider happens per attempt, in the Lua filter."""
+    chain = _failover_chain(cfg, p)
+    priority = PreviousPrioritiesConfig(update_frequency=1)
+    return Route(
+        name=p.cluster,
+        match=_upstream_match(p.cluster),
+        route=RouteAction(
+            cluster=p.route_cluster,
+            timeout=_seconds(0),
+            idle_timeout=_seconds(listener.timeout_s),
+            retry_policy=RetryPolicy(
+                retry_on=RETRY_ON,
+                num_retries=max(p.retries, len(chain) - 1),
+                retriable_status_codes=[429],
+                retry_priority=RetryPolicyRetryPriority(name="envoy.retry_priorities.previous_priorities", typed_config=Any.pack(priority)),
+            ),
+        ),
+        request_headers_to_remove=list(REMOVED_CLIENT_HEADERS),
+    )
+
+
+def _provider_route(p: LlmProvider, listener: ListenerCfg, cfg: Config | None = None) -> Route:
+    if p.fallbacks and cfg is not None:
+        return _failover_route(cfg, p, listener)
     u = p.upstream
     action: dict[str, _AnyType] = {}
     if u.base_path and u.base_path != "/v1":  # e.g. groq: /v1/chat/completions -> /openai/v1/chat/completions
@@ -467,9 +586,13 @@ def _no_upstream_route() -> Route:
 
 
 def _route_config(name: str, routes: list[Route]) -> RouteConfiguration:
+    # failover's Lua filter tells the attempts apart by x-envoy-attempt-count (and removes it)
+    failover = any(r.route is not None and r.route.retry_policy is not None and r.route.retry_policy.retry_priority is not None
+                   for r in routes)
     return RouteConfiguration(
         name=name,
-        virtual_hosts=[VirtualHost(name=name, domains=["*"], routes=[*routes, _no_upstream_route()])],
+        virtual_hosts=[VirtualHost(name=name, domains=["*"], routes=[*routes, _no_upstream_route()],
+                                   include_request_attempt_count=failover, include_attempt_count_in_response=failover)],
     )
 
 
@@ -671,10 +794,10 @@ def build_bootstrap(cfg: Config) -> Bootstrap:
     listeners = []
     tracing = _tracing(cfg)
     for name, lcfg in (("ingress", cfg.ingress), ("egress", cfg.egress)):
-        routes = [_provider_route(p, lcfg) for p in cfg.llm_providers]
+        routes = [_provider_route(p, lcfg, cfg) for p in cfg.llm_providers]
         listeners.append(_listener(name, lcfg, routes, ext_proc_filter=_ext_proc_filter(cfg, lcfg, name), tracing=tracing))
     internal_routes = [_endpoint_route(e) for e in cfg.endpoints.values()]
-    internal_routes += [_provider_route(p, cfg.internal) for p in cfg.llm_providers]
+    internal_routes += [_provider_route(p, cfg.internal, cfg) for p in cfg.llm_providers]
     listeners.append(_listener("internal", cfg.internal, internal_routes, ext_proc_filter=None, tracing=tracing))
 
     admin_host = "127.0.0.1" if cfg.admin_address == "localhost" else cfg.admin_address

@@ -18,6 +18,7 @@ from tests.conftest import free_port, gateway_config
 from tests.fake_provider import FakeProvider
 
 PROVIDER_KEY_A = "sk-configured-key-for-alpha"
+BACKUP_KEY = "sk-literal-backup"
 RATE_LIMIT_TOKENS = 150  # per minute and x-user, for provider gamma (model-limited)
 
 
@@ -68,6 +69,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
              "access_key": "sk-literal-beta", "retries": 2},
             {"name": "dead", "provider_interface": "openai", "endpoint": f"http://127.0.0.1:{dead_port}/v1", "model": "model-dead"},
             {"name": "gamma", "provider_interface": "openai", "endpoint": f"127.0.0.1:{beta.port}", "model": "model-limited"},
+            # failover: flaky (alpha's server) -> dead -> backup (beta's server), each with its own key and model
+            {"name": "flaky", "provider_interface": "openai", "endpoint": alpha.base_url, "model": "model-flaky",
+             "access_key": "$ALPHA_KEY", "fallbacks": ["backup"]},
+            {"name": "shaky", "provider_interface": "openai", "endpoint": f"http://127.0.0.1:{dead_port}/v1", "model": "model-shaky",
+             "fallbacks": ["backup"]},
+            {"name": "backup", "provider_interface": "openai", "endpoint": f"127.0.0.1:{beta.port}", "model": "model-backup",
+             "access_key": BACKUP_KEY},
         ]
         raw = gateway_config(
             providers,

@@ -10,7 +10,7 @@ import urllib.request
 import openai
 import pytest
 
-from .conftest import PROVIDER_KEY_A, RATE_LIMIT_TOKENS, Stack
+from .conftest import BACKUP_KEY, PROVIDER_KEY_A, RATE_LIMIT_TOKENS, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -187,6 +187,48 @@ def test_configured_retries_hide_transient_provider_failures(stack: Stack) -> No
     out = client(stack.egress).chat.completions.create(model="model-b", messages=USER)
     assert out.choices[0].message.content.startswith("fake-beta says")
     assert len(stack.beta.requests) == 3  # two failures retried by Envoy, then the answer
+
+
+@pytest.mark.parametrize("status", [503, 429])
+@pytest.mark.parametrize("stream", [False, True])
+def test_failover_to_the_next_provider_with_its_own_key_host_and_model(stack: Stack, status: int, stream: bool) -> None:
+    stack.alpha.clear(), stack.beta.clear()
+    stack.alpha.fail_next(status=status)
+    raw = client(stack.egress).chat.completions.with_raw_response.create(model="model-flaky", messages=USER, stream=stream)
+    out = raw.parse()
+    text = "".join(c.choices[0].delta.content or "" for c in out if c.choices) if stream else out.choices[0].message.content
+    assert text.startswith("fake-beta says")
+    assert raw.headers["x-sidegate-provider"] == "backup" and raw.headers["x-envoy-attempt-count"] == "2"
+    (first,) = stack.alpha.requests
+    assert first.json["model"] == "model-flaky" and first.headers["authorization"] == f"Bearer {PROVIDER_KEY_A}"
+    (second,) = stack.beta.requests
+    assert second.json["model"] == "model-backup" and second.headers["authorization"] == f"Bearer {BACKUP_KEY}"
+    assert second.headers["host"] == f"127.0.0.1:{stack.beta.port}"
+    assert second.json["messages"] == USER and second.json.get("stream", False) == stream
+    for req in (first, second):  # sidegate's per-attempt bookkeeping never reaches a provider
+        assert not [h for h in req.headers if h.startswith(("x-sidegate", "x-envoy-attempt"))], req.headers
+
+
+def test_failover_skips_a_provider_that_refuses_connections_and_counts_it(stack: Stack) -> None:
+    stack.beta.clear()
+    out = client(stack.egress).chat.completions.create(model="model-shaky", messages=USER)
+    assert out.choices[0].message.content.startswith("fake-beta says")
+    (req,) = stack.beta.requests
+    assert req.json["model"] == "model-backup"
+    body = urllib.request.urlopen(stack.metrics_url, timeout=5).read().decode()  # noqa: S310
+    assert 'sidegate_provider_failovers_total{fallback="backup",provider="shaky"}' in body
+
+
+def test_without_failure_the_primary_answers_and_when_all_fail_the_last_error_is_returned(stack: Stack) -> None:
+    stack.alpha.clear(), stack.beta.clear()
+    raw = client(stack.egress).chat.completions.with_raw_response.create(model="model-flaky", messages=USER)
+    assert raw.parse().choices[0].message.content.startswith("fake-alpha says")
+    assert raw.headers["x-sidegate-provider"] == "flaky" and stack.beta.requests == []
+    stack.alpha.fail_next(status=503)
+    stack.beta.fail_next(status=500)
+    with pytest.raises(openai.InternalServerError) as err:
+        client(stack.egress).chat.completions.create(model="model-flaky", messages=USER)
+    assert err.value.status_code == 500
 
 
 def test_ext_proc_down_is_a_clear_503_then_service_resumes(stack: Stack) -> None:

@@ -719,3 +719,10 @@ def test_sidegate_interface_defaults_to_local_facade(tmp_path: Path) -> None:
     cfg = {"version": "v0.1", "ext_proc": {"http_port": 8090}, "llm_providers": [{"name": "local", "provider_interface": "sidegate"}]}
     (p,) = load_config(write(tmp_path, cfg), env={}).llm_providers
     assert (p.upstream.host, p.upstream.port, p.upstream.tls, p.upstream.base_path) == ("127.0.0.1", 8090, False, "/v1")
+
+
+def test_fallbacks_must_name_other_providers(tmp_path: Path) -> None:
+    refused(vary(tmp_path, **{"llm_providers[0].fallbacks": ["nope"]}), "llm_providers[0].fallbacks[0]", "'nope'", "not a provider")
+    name = yaml.safe_load(vary(tmp_path).read_text())["llm_providers"][0]["name"]
+    refused(vary(tmp_path, **{"llm_providers[0].fallbacks": [name]}), "llm_providers[0].fallbacks[0]", "the provider itself")
+    refused(vary(tmp_path, **{"llm_providers[0].fallbacks": "x"}), "llm_providers[0].fallbacks", "expected a list")

@@ -163,6 +163,7 @@ def test_a_config_using_every_feature_passes_envoy_validate(tmp_path: Path) -> N
     raw = raw_config()
     raw["ext_proc"]["address"] = "localhost"  # a host name: STRICT_DNS
     raw["ext_proc"]["failure_mode_allow"] = True
+    raw["llm_providers"][0]["fallbacks"] = ["groq", "literal"]
     validate(write_bootstrap(cfg_from(raw), tmp_path))
 
 
@@ -321,6 +322,30 @@ def test_retries_only_when_configured() -> None:
     assert set(retry["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset", "5xx", "retriable-status-codes"}
     for name in ("provider_groq", "provider_local", "provider_literal"):
         assert "retry_policy" not in route(d, "egress", name)["route"]
+
+
+def test_fallbacks_route_to_an_aggregate_cluster_whose_lua_rewrites_each_attempt_without_any_key() -> None:
+    raw = raw_config()
+    raw["llm_providers"][0]["fallbacks"] = ["groq", "literal"]
+    d = bootstrap_dict(cfg_from(raw))
+    action = route(d, "egress", "provider_openai")["route"]
+    assert action["cluster"] == "failover_openai"
+    assert action["retry_policy"]["num_retries"] == 2  # one attempt per chain member
+    assert action["retry_policy"]["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
+    assert "host_rewrite_literal" not in action  # per attempt, in Lua
+    (agg,) = [c for c in d["static_resources"]["clusters"] if c["name"] == "failover_openai"]
+    assert agg["cluster_type"]["typed_config"]["clusters"] == ["provider_openai", "provider_groq", "provider_literal"]
+    filters = agg["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]
+    assert [f["name"] for f in filters] == ["envoy.filters.http.lua", "envoy.filters.http.upstream_codec"]
+    lua = filters[0]["typed_config"]["default_source_code"]["inline_string"]
+    for expected in ('authority = "api.openai.com"', 'model = "\\"gpt-4o-mini\\""', 'key_env = "OPENAI_API_KEY"',
+                     'prefix = "/openai/v1/"', 'key_env = "SIDEGATE_KEY_LITERAL"', 'authority = "localhost:9999"'):
+        assert expected in lua, expected
+    assert SECRET not in yaml.safe_dump(d)
+    vhost = hcm(d, "egress")["route_config"]["virtual_hosts"][0]
+    assert vhost["include_request_attempt_count"] and vhost["include_attempt_count_in_response"]
+    # providers without fallbacks keep their plain routes
+    assert route(d, "egress", "provider_groq")["route"]["cluster"] == "provider_groq"
 
 
 def test_internal_listener_routes_endpoints_and_providers() -> None:
