@@ -160,6 +160,8 @@ class ChatProcessor(PassThrough):
         self.outcome = f"upstream_{status}"
         self.streaming = "text/event-stream" in headers.get("content-type", "")
         telemetry.set_attributes(self.llm_span, {"http.response.status_code": int(status) if status.isdigit() else 0})
+        if not status.startswith("2"):
+            telemetry.set_error(self.llm_span, f"{self.provider.name} answered {status}")
         if end_of_stream:
             self._end_llm_span()
         return Continue(
@@ -242,5 +244,7 @@ class ChatProcessor(PassThrough):
         if self.span is not None:
             self._end_llm_span()
             self.span.set_attribute("sidegate.outcome", self.outcome)
+            if self.outcome.startswith(("error_5", "upstream_5")):  # 4xx are the client's doing, not a server error
+                telemetry.set_error(self.span, self.outcome)
             self.span.end()
             self.span = None

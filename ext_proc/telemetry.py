@@ -231,6 +231,14 @@ def set_attributes(span: Any, attributes: Mapping[str, Any]) -> None:
         span.set_attributes(_clean(attributes))
 
 
+def set_error(span: Any, description: str) -> None:
+    """Mark ``span`` failed (OTel status ERROR), as tracing UIs expect for 5xx servers and 4xx/5xx clients."""
+    if span is not None and span.is_recording():
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_status(Status(StatusCode.ERROR, description))
+
+
 def inject(carrier: dict[str, str] | None = None) -> dict[str, str]:
     """``traceparent`` (and ``tracestate``) of the current span, into ``carrier``; ``{}`` while tracing is off."""
     out = carrier if carrier is not None else {}

@@ -155,6 +155,27 @@ def test_chat_processor_spans_a_request_and_its_llm_call(spans: InMemorySpanExpo
         assert SECRET not in repr(dict(s.attributes or {}))
 
 
+@pytest.mark.parametrize(("status", "request_error"), [("503", True), ("429", False)])
+def test_a_failed_provider_call_marks_the_spans_as_errors(spans: InMemorySpanExporter, status: str, request_error: bool) -> None:
+    import logging
+
+    from opentelemetry.trace import StatusCode
+
+    proc = ChatProcessor(cfg=cfg_with({"random_sampling": 100}), listener="egress", router=egress_router, metrics=Metrics(),
+                         log=logging.LoggerAdapter(logging.getLogger("t")))
+
+    async def run() -> None:
+        await proc.request_headers({":method": "POST", ":path": "/v1/chat/completions"}, False)
+        await proc.request_body(b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}', True)
+        await proc.response_headers({":status": status, "content-type": "application/json"}, True)
+        proc.finish()
+
+    asyncio.run(run())
+    by_name = {s.name: s for s in finished(spans)}
+    assert by_name["llm"].status.status_code == StatusCode.ERROR  # a client span: any 4xx/5xx
+    assert (by_name["sidegate.egress"].status.status_code == StatusCode.ERROR) == request_error  # a server span: 5xx only
+
+
 def test_pipeline_stages_are_child_spans_with_their_verdicts(spans: InMemorySpanExporter) -> None:
     from ext_proc.endpoints import EndpointClient
     from ext_proc.openai_wire import parse_chat_request
