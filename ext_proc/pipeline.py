@@ -29,6 +29,7 @@ from .chat import Decision, Forward, synthesized
 from .config import Config, PromptTarget
 from .endpoints import EndpointClient
 from .errors import MalformedRequest, ModelServerError
+from .intent import IntentIndex, choose, retry_query
 from .metrics import Metrics
 from .openai_wire import ChatRequest, content_text
 from .targets import PendingState, clarifying_question, endpoint_request, finalize_arguments, tool_schema
@@ -76,31 +77,25 @@ class IngressPipeline:
         self.targets = {t.name: t for t in cfg.prompt_targets}
         self.default_target = next((t for t in cfg.prompt_targets if t.default), None)
         self._intent_targets = [t for t in cfg.prompt_targets if not t.default]
-        self._index: npt.NDArray[np.float32] | None = None
-        self._index_names: list[str] = []
+        self._index: IntentIndex | None = None
         self._index_lock = asyncio.Lock()
 
     # -- start-up ---------------------------------------------------------------------------
     async def warm(self) -> None:
         """Embed the target views once (at start and on reload), not per request.
 
-        Each target is seen two ways, its name as words ("get current weather") and its
-        description; a prompt's score for a target is its best cosine over the two. Short user
-        prompts match a name-like phrase better than a long description (MiniLM, measured on
-        the weather/currency demo: "how is the weather in seattle" 0.43 vs 0.29).
+        Each target is seen in a few views built from its config (``ext_proc.intent``: name as
+        words, description, both, name with its parameter names). Short user prompts match a
+        name-like phrase better than a long description (MiniLM, weather/currency demo: "how is
+        the weather in seattle" 0.43 vs 0.29); long ones the description.
         """
         if self.models is None or not self._intent_targets:
             return
         async with self._index_lock:
             if self._index is None:
-                views, owners = [], []
-                for t in self._intent_targets:
-                    for view in (t.name.replace("_", " ").replace("-", " "), t.description):
-                        views.append(view)
-                        owners.append(t.name)
-                self._index = await self.models.embed(views)
-                self._index_names = owners
-                log.info("embedded %d prompt targets (%d views)", len(self._intent_targets), len(views))
+                names, views, owners = IntentIndex.layout(self._intent_targets)
+                self._index = IntentIndex.build(names, views, owners, await self.models.embed(views))
+                log.info("embedded %d prompt targets (%d views)", len(names), len(views))
 
     # -- the router ---------------------------------------------------------------------------
     async def __call__(self, cfg: Config, headers: dict[str, str], req: ChatRequest) -> Decision:
@@ -154,14 +149,15 @@ class IngressPipeline:
             return self.default_target
         if not self._intent_targets or not text.strip():
             return self.default_target
-        earlier = [t for t in (content_text(m.get("content")) for m in req.messages[:-1] if m.get("role") == "user") if t.strip()]
+        earlier = [content_text(m.get("content")) for m in req.messages[:-1] if m.get("role") == "user"]
         try:
             await self.warm()
             with self._stage("intent") as span:
                 (vec,) = await self.models.embed([text])
                 target = self._best(vec, span)
-                if target is None and earlier:
-                    (vec,) = await self.models.embed(["\n".join([*earlier[-2:], text])])
+                retry = retry_query(text, earlier) if target is None else None
+                if retry is not None:
+                    (vec,) = await self.models.embed([retry])
                     target = self._best(vec, span)
                 span.set_attribute("sidegate.intent.target", target.name if target else "")
         except ModelServerError:
@@ -173,10 +169,11 @@ class IngressPipeline:
 
     def _best(self, vec: npt.NDArray[np.float32], span: Any = telemetry.NO_SPAN) -> PromptTarget | None:
         assert self._index is not None
-        scores = self._index @ vec
+        scores = self._index.scores(vec)
         best = int(np.argmax(scores))
         span.set_attribute("sidegate.intent.score", float(scores[best]))
-        return self.targets[self._index_names[best]] if float(scores[best]) >= self.cfg.intent_threshold else None
+        chosen = choose(scores, self.cfg.intent_threshold)
+        return None if chosen is None else self.targets[self._index.names[chosen]]
 
     @contextlib.contextmanager
     def _stage(self, name: str) -> Iterator[Any]:

@@ -16,12 +16,24 @@ import numpy as np
 import pytest
 
 from bench import intent_eval as ie
+from ext_proc import intent
+from ext_proc.config import Parameter, PromptTarget
+from ext_proc.metrics import Metrics
+from ext_proc.openai_wire import ChatRequest
 from ext_proc.pipeline import IngressPipeline
 
+def _target(name: str, description: str, *params: tuple[str, str]) -> PromptTarget:
+    return PromptTarget(name=name, description=description, default=False, endpoint=None, system_prompt=None,
+                        auto_llm_dispatch_on_response=False,
+                        parameters=tuple(Parameter(name=n, type="string", description=d) for n, d in params))
+
+
 TARGETS = [
-    ("get_current_weather", "Get the current weather and the forecast for a city"),
-    ("currency_exchange", "Convert an amount of money from one currency to another at today's rate"),
-    ("book-restaurant", "Reserve a table at a restaurant for a number of people at a given date and time"),
+    _target("get_current_weather", "Get the current weather and the forecast for a city",
+            ("location", "The city"), ("days", "How many days to forecast")),
+    _target("currency_exchange", "Convert an amount of money from one currency to another at today's rate"),
+    _target("book-restaurant", "Reserve a table at a restaurant for a number of people at a given date and time",
+            ("partySize", "")),
 ]
 IN_SCOPE = [
     ("how is the weather in seattle", 0),
@@ -55,37 +67,65 @@ def _unit(rng: np.random.Generator, n: int = 8) -> np.ndarray:
 
 
 def _pipeline(models: _RecordingModels, threshold: float) -> IngressPipeline:
-    targets = [SimpleNamespace(name=n, description=d, default=False) for n, d in TARGETS]
-    cfg = SimpleNamespace(prompt_targets=targets, intent_threshold=threshold)
-    return IngressPipeline(cfg=cfg, models=models, endpoints=None, metrics=None)  # type: ignore[arg-type]
+    cfg = SimpleNamespace(prompt_targets=TARGETS, intent_threshold=threshold, jailbreak=None)
+    return IngressPipeline(cfg=cfg, models=models, endpoints=None, metrics=Metrics())  # type: ignore[arg-type]
 
 
 def test_views_and_decisions_match_the_pipeline() -> None:
     rng = np.random.default_rng(7)
-    views = [v for n, d in TARGETS for v in ie.target_views(n, d)]
+    views = [v for t in TARGETS for v in intent.target_views(t)]
     vectors = {v: _unit(rng) for v in views}
     models = _RecordingModels(vectors)
     pipe = _pipeline(models, threshold=0.3)
     asyncio.run(pipe.warm())
-    assert models.calls == [views]  # same texts, same order: name as words, then description
-    assert views[:2] == ["get current weather", TARGETS[0][1]] and views[4] == "book restaurant"
+    assert models.calls == [views]  # the pipeline embeds the bench's texts, in the same order, once
+    asyncio.run(pipe.warm())
+    assert len(models.calls) == 1
+    assert views[:3] == ["get current weather", TARGETS[0].description, f"get current weather: {TARGETS[0].description}"]
+    assert "book restaurant (party size)" in views
 
-    index = np.stack([vectors[v] for v in views])
-    owners = [i for i, (n, d) in enumerate(TARGETS) for _ in ie.target_views(n, d)]
+    (item,) = [_item(0, "q", 0)]
     for _ in range(200):
         q = _unit(rng)
-        scores = ie.target_scores(index, owners, len(TARGETS), q)
+        (scored,) = ie.score_items([item], {**vectors, "q": q})
         for t in (-1.0, 0.0, 0.3, 0.6):
             pipe.cfg.intent_threshold = t
             chosen = pipe._best(q)
-            mine = ie.decide([scores], t)
-            assert (chosen.name if chosen else None) == (TARGETS[mine][0] if mine is not None else None)
+            mine = ie.decide(scored.rows, t)
+            assert (chosen.name if chosen else None) == (TARGETS[mine].name if mine is not None else None)
 
 
-def test_target_scores_take_the_best_view() -> None:
+def test_the_pipeline_embeds_the_bench_queries() -> None:
+    """``_intent`` embeds the last user turn, then (nothing matched) ``ie.queries``' second text."""
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "user", "content": "what's the weather like in boston"},
+        {"role": "assistant", "content": "for how many days?"},
+        {"role": "user", "content": "3 days please"},
+    ]
+    rng = np.random.default_rng(3)
+    texts = [*(v for t in TARGETS for v in intent.target_views(t)), *ie.queries(messages)]
+    models = _RecordingModels({t: _unit(rng) for t in texts})
+    pipe = _pipeline(models, threshold=2.0)  # nothing can match: both looks happen
+    req = ChatRequest(body={"messages": messages}, model=None, stream=False, messages=messages)
+    assert asyncio.run(pipe._intent(req.last_user_text, req)) is None
+    assert models.calls[1:] == [[q] for q in ie.queries(messages)]
+
+
+def test_the_before_mode_is_the_old_pipeline() -> None:
+    assert ie.old_views(TARGETS[2]) == ["book restaurant", TARGETS[2].description]
     index = np.array([[1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)  # target 0: rows 0 and 1; target 1: row 2
-    s = ie.target_scores(index, [0, 0, 1], 2, np.array([0, 1], dtype=np.float32))
+    s = ie.max_scores(index, np.array([0, 0, 1]), 2, np.array([0, 1], dtype=np.float32))
     assert s.tolist() == pytest.approx([1.0, 0.8])
+
+
+def test_bfcl_functions_become_prompt_targets() -> None:
+    t = ie.bfcl_target({"name": "math.sum", "description": "Add numbers.", "parameters": {
+        "type": "dict", "required": ["numbers"], "properties": {"numbers": {"type": "array", "description": "The numbers"},
+                                                                "round": {"type": "boolean"}}}})
+    assert t.name == "math_sum" and t.description == "Add numbers."
+    assert [(p.name, p.description, p.required) for p in t.parameters] == [("numbers", "The numbers", True), ("round", "", False)]
+    assert intent.target_views(t)[-1] == "math sum: Add numbers. Parameters: numbers: The numbers; round"
 
 
 def test_decide_threshold_and_earlier_turns() -> None:
@@ -113,7 +153,7 @@ def test_queries_join_the_last_two_earlier_user_turns() -> None:
 
 def test_bfcl_names_become_valid_target_names() -> None:
     assert ie.target_name("triangle_properties.get") == "triangle_properties_get"
-    assert ie.name_view(ie.target_name("math.sum")) == "math sum"
+    assert intent.name_words(ie.target_name("math.sum")) == "math sum"
     assert ie.target_name("Movies_3-Find") == "Movies_3-Find"
 
 
@@ -153,10 +193,11 @@ def test_hand_set_with_the_real_model() -> None:
     scored = ie.score_items(items, vectors)
     assert ie.accuracy(scored)["accuracy"] == 1.0
     assert ie.accuracy(ie.score_items(items, vectors, "description"))["accuracy"] == 1.0
+    assert ie.accuracy(ie.score_items(items, vectors, "before"))["accuracy"] == 1.0
     off = ie.score_items(unrelated, vectors)
     assert max(s.best for s in off) < min(s.best for s in scored)  # a threshold separates them
     assert all(s.routed(0.3) is None for s in off)
-    # the name view lifts a short prompt (the reason the pipeline has it)
+    # the name views lift a short prompt (the reason the pipeline has them)
     (weather,) = ie.score_items(items[:1], vectors)
     (weather_desc,) = ie.score_items(items[:1], vectors, "description")
     assert weather.best > weather_desc.best
