@@ -99,6 +99,14 @@ def test_transcript_keeps_the_conversation_last() -> None:
     assert "be nice" not in convo and words == "Weather in Paris?\n3"
 
 
+def test_slots_follow_tools_least_recently_used_first() -> None:
+    fc = engine.FunctionCaller.__new__(engine.FunctionCaller)  # routing only: no model loaded
+    fc.n_slots, fc._slots = 2, engine.OrderedDict()
+    assert [fc._slot(t) for t in ("A", "B", "A", "A", "B")] == [0, 1, 0, 0, 1]
+    assert fc._slot("C") == 0  # A was used least recently: its slot is reused
+    assert fc._slot("B") == 1 and fc._slot("A") == 0
+
+
 def test_weights_table_is_pinned() -> None:
     m = weights.MODELS[weights.DEFAULT_MODEL]
     assert len(m.sha256) == 64 and len(m.parts) == 6
@@ -167,6 +175,18 @@ def test_output_validates_even_when_the_model_breaks_a_bound(fc: Any) -> None:
     assert "days" not in r["arguments"] and r["missing"] == ["days"]
     assert "days" in r.get("dropped", {})
     assert_valid(r, tool)
+
+
+def test_a_call_for_another_tool_keeps_this_tools_prompt_cached(fc: Any) -> None:
+    other = {"name": "get_exchange_rate", "description": "Exchange rate from US dollars.", "parameters": {
+        "type": "object", "properties": {"currency": {"type": "string", "enum": ["GBP", "EUR"]}},
+        "required": ["currency"]}}
+    fc.call(user("Weather in Oslo for 2 days?"), WEATHER)
+    assert fc.call(user("How many euros for a dollar?"), other)["arguments"] == {"currency": "EUR"}
+    r = fc.call(user("Weather in Madrid for 4 days?"), WEATHER)
+    assert r["arguments"] == {"location": "Madrid", "days": 4}
+    # only the conversation is evaluated: instructions and the tool's description were cached
+    assert r["usage"]["cache_n"] > 10 * r["usage"]["prompt_n"]
 
 
 def test_unsupported_schema_raises_from_call(fc: Any) -> None:

@@ -7,7 +7,7 @@ Usage::
 
     from engine import FunctionCaller, UnsupportedSchema
 
-    fc = FunctionCaller(model_path="/path/model.gguf", n_threads=2, n_ctx=2048)  # loads + warms up
+    fc = FunctionCaller(model_path="/path/model.gguf", n_threads=2, n_ctx=2048, n_slots=4)  # loads + warms up
     out = fc.call([{"role": "user", "content": "Weather in Paris for 3 days?"}], weather_tool)
     # {"name": "get_weather", "arguments": {"location": "Paris", "days": 3}, "missing": []}
     fc.close()
@@ -49,6 +49,7 @@ import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -541,12 +542,14 @@ class FunctionCaller:
         fc.choose(messages, [tool_a, tool_b])      # -> index of the tool the user wants
         fc.close()
 
-    Calls are serialized (one llama.cpp slot keeps one cached prefix). Thread-safe.
+    Calls are serialized; ``n_slots`` llama.cpp slots each keep one tool's prompt cached, so
+    calls for up to ``n_slots`` different tools do not evict each other. Thread-safe.
     """
 
-    def __init__(self, *, model_path: str, n_threads: int = 0, n_ctx: int = 4096, n_gpu_layers: int = 0,
-                 values_only: bool = True, ground: str = "all", max_value_tokens: int = 96,
-                 warmup: bool = True, model_name: str | None = None, verbosity: int = -1) -> None:
+    def __init__(self, *, model_path: str, n_threads: int = 0, n_ctx: int = 2048, n_slots: int = 4,
+                 n_gpu_layers: int = 0, values_only: bool = True, ground: str = "all", max_value_tokens: int = 96,
+                 warmup: bool = True, model_name: str | None = None, verbosity: int = -1,
+                 llama_params: dict[str, JSON] | None = None) -> None:
         import secrets
 
         import xllamacpp
@@ -560,11 +563,24 @@ class FunctionCaller:
         self.ground = ground
         self.max_value_tokens = max_value_tokens
         self._lock = threading.Lock()
+        if n_slots < 1 or n_ctx < 256:
+            raise ValueError("n_slots must be >= 1 and n_ctx >= 256")
+        self.n_slots = n_slots
+        self.n_ctx = n_ctx
+        # tool prompt -> slot, least recently used first (see _slot)
+        self._slots: OrderedDict[str, int] = OrderedDict()
         p = xllamacpp.CommonParams()
         p.model.path = self.model_path
-        p.n_ctx = n_ctx
-        p.n_parallel = 1
+        # one llama.cpp slot per recently used tool, each with its own KV cache of n_ctx tokens
+        # (the runtime splits n_ctx evenly between slots, hence the product)
+        p.n_parallel = n_slots
+        p.n_ctx = n_ctx * n_slots
+        p.kv_unified = False
         p.cache_prompt = True
+        # requests name their slot (id_slot); the runtime's own choice and its host-memory prompt
+        # cache (up to 8 GiB by default) are not needed
+        p.slot_prompt_similarity = 0.0
+        p.cache_ram_mib = 0
         p.cpuparams.n_threads = self.n_threads
         p.cpuparams_batch.n_threads = self.n_threads
         p.n_gpu_layers = n_gpu_layers
@@ -574,6 +590,8 @@ class FunctionCaller:
         # nobody knows so only this process (in-process calls bypass HTTP) can use the model
         p.api_keys = [secrets.token_hex(32)]
         p.ui = False
+        for key, value in (llama_params or {}).items():  # experiments: any other CommonParams field
+            setattr(p, key, value)
         t0 = time.perf_counter()
         try:
             self._server = xllamacpp.Server(p)
@@ -649,6 +667,20 @@ class FunctionCaller:
     def _system(self, tool: Tool) -> str:
         return _INSTRUCTIONS + describe_tool(tool)
 
+    def _slot(self, system: str) -> int:
+        """The llama.cpp slot for a system prompt (one per tool): the slot that last served it,
+        else the least recently used one. Each slot keeps the prompt it last evaluated, so a
+        tool that comes back finds its instructions and description still cached, however many
+        calls for other tools came in between (up to ``n_slots`` tools)."""
+        slot = self._slots.pop(system, None)
+        if slot is None:
+            if len(self._slots) < self.n_slots:
+                slot = len(self._slots)
+            else:
+                _, slot = self._slots.popitem(last=False)
+        self._slots[system] = slot
+        return slot
+
     def _complete(self, system: str, user: str, prefill: str, grammar: str, stop: list[str] | None,
                   stats: dict[str, int], max_tokens: int | None = None) -> str:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
@@ -657,6 +689,7 @@ class FunctionCaller:
         req: dict[str, JSON] = {
             "messages": messages, "grammar": grammar, "temperature": 0.0, "top_k": 1,
             "max_tokens": max_tokens or self.max_value_tokens, "cache_prompt": True,
+            "id_slot": self._slot(system),
         }
         if stop:
             req["stop"] = stop

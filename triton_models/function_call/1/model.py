@@ -22,7 +22,8 @@ grammar cannot express) is a per-request ``INVALID_ARG`` error; the batch never 
 
 Parameters (``config.pbtxt`` ``parameters``; all strings): ``weights`` (a packaged model name
 from ``weights.py`` or a GGUF path), ``weights_dir`` (cache for assembled weights; default
-``$SIDEGATE_HOME/models``), ``n_threads`` (0 = the cores that are free at load), ``n_ctx``,
+``$SIDEGATE_HOME/models``), ``n_threads`` (0 = the cores that are free at load), ``n_ctx`` (per
+slot), ``n_slots`` (tools whose prompts stay cached),
 ``n_gpu_layers``, ``ground`` (``all``/``optional``/``none``), ``decode`` (``values``/``object``),
 ``warmup`` (``true``/``false``).
 """
@@ -61,7 +62,8 @@ class TritonPythonModel:
         self.engine = FunctionCaller(
             model_path=str(path),
             n_threads=int(params.get("n_threads") or 0),
-            n_ctx=int(params.get("n_ctx") or 4096),
+            n_ctx=int(params.get("n_ctx") or 2048),
+            n_slots=int(params.get("n_slots") or 4),
             n_gpu_layers=gpu_layers(params.get("n_gpu_layers"), args.get("model_instance_kind", "CPU")),
             ground=params.get("ground") or "all",
             values_only=(params.get("decode") or "values") != "object",
@@ -69,7 +71,8 @@ class TritonPythonModel:
             model_name=spec if spec in weights.MODELS else None,
         )
         self.model_name = self.engine.model_name
-        # one worker: the engine serializes calls anyway (one llama.cpp slot, one cached prefix)
+        # one worker: the engine serializes calls anyway (the threads are the cores; a slot per
+        # tool only keeps prompts cached, it does not add compute)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="function_call")
         self._inflight = 0
         self._idle = threading.Condition()
