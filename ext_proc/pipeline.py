@@ -29,7 +29,7 @@ from .chat import Decision, Forward, synthesized
 from .config import Config, PromptTarget
 from .endpoints import EndpointClient
 from .errors import MalformedRequest, ModelServerError
-from .intent import IntentIndex, choose, retry_query
+from .intent import IntentIndex, retry_query
 from .metrics import Metrics
 from .openai_wire import ChatRequest, content_text
 from .targets import PendingState, clarifying_question, endpoint_request, finalize_arguments, tool_schema
@@ -87,15 +87,16 @@ class IngressPipeline:
         Each target is seen in a few views built from its config (``ext_proc.intent``: name as
         words, description, both, name with its parameter names). Short user prompts match a
         name-like phrase better than a long description (MiniLM, weather/currency demo: "how is
-        the weather in seattle" 0.43 vs 0.29); long ones the description.
+        the weather in seattle" 0.43 vs 0.29); long ones the description. The lexical index
+        (BM25 over the targets' words, ``ext_proc.intent.LexicalIndex``) is built here too.
         """
         if self.models is None or not self._intent_targets:
             return
         async with self._index_lock:
             if self._index is None:
-                names, views, owners = IntentIndex.layout(self._intent_targets)
-                self._index = IntentIndex.build(names, views, owners, await self.models.embed(views))
-                log.info("embedded %d prompt targets (%d views)", len(names), len(views))
+                _, views, _ = IntentIndex.layout(self._intent_targets)
+                self._index = IntentIndex.for_targets(self._intent_targets, await self.models.embed(views))
+                log.info("embedded %d prompt targets (%d views)", len(self._index.names), len(views))
 
     # -- the router ---------------------------------------------------------------------------
     async def __call__(self, cfg: Config, headers: dict[str, str], req: ChatRequest) -> Decision:
@@ -154,11 +155,11 @@ class IngressPipeline:
             await self.warm()
             with self._stage("intent") as span:
                 (vec,) = await self.models.embed([text])
-                target = self._best(vec, span)
+                target = self._best(vec, text, span)
                 retry = retry_query(text, earlier) if target is None else None
                 if retry is not None:
                     (vec,) = await self.models.embed([retry])
-                    target = self._best(vec, span)
+                    target = self._best(vec, retry, span)
                 span.set_attribute("sidegate.intent.target", target.name if target else "")
         except ModelServerError:
             if not self._fail_open():
@@ -167,12 +168,12 @@ class IngressPipeline:
             return None
         return target or self.default_target
 
-    def _best(self, vec: npt.NDArray[np.float32], span: Any = telemetry.NO_SPAN) -> PromptTarget | None:
+    def _best(self, vec: npt.NDArray[np.float32], text: str, span: Any = telemetry.NO_SPAN) -> PromptTarget | None:
+        """The target for ``text`` (embedded as ``vec``): ranked by embedding + lexical score, kept
+        when the best embedding score reaches the threshold (``ext_proc.intent``)."""
         assert self._index is not None
-        scores = self._index.scores(vec)
-        best = int(np.argmax(scores))
-        span.set_attribute("sidegate.intent.score", float(scores[best]))
-        chosen = choose(scores, self.cfg.intent_threshold)
+        chosen, best = self._index.choose(vec, text, self.cfg.intent_threshold)
+        span.set_attribute("sidegate.intent.score", best)
         return None if chosen is None else self.targets[self._index.names[chosen]]
 
     @contextlib.contextmanager

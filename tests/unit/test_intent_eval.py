@@ -84,15 +84,20 @@ def test_views_and_decisions_match_the_pipeline() -> None:
     assert views[:3] == ["get current weather", TARGETS[0].description, f"get current weather: {TARGETS[0].description}"]
     assert "book restaurant (party size)" in views
 
-    (item,) = [_item(0, "q", 0)]
-    for _ in range(200):
+    prompts = ["q", "convert the weather forecast for a city to euros", "book a table, party size 4, in seattle"]
+    disagreed = 0  # prompts where the lexical term changed the ranking: the test must see some
+    for i in range(300):
+        text = prompts[i % len(prompts)]
         q = _unit(rng)
-        (scored,) = ie.score_items([item], {**vectors, "q": q})
+        (item,) = [_item(0, text, 0)]
+        (scored,) = ie.score_items([item], {**vectors, text: q})
+        disagreed += int(np.argmax(scored.rows[0]) != np.argmax(scored.ranks[0]))
         for t in (-1.0, 0.0, 0.3, 0.6):
             pipe.cfg.intent_threshold = t
-            chosen = pipe._best(q)
-            mine = ie.decide(scored.rows, t)
+            chosen = pipe._best(q, text)
+            mine = ie.decide(scored.rows, t, scored.ranks)
             assert (chosen.name if chosen else None) == (TARGETS[mine].name if mine is not None else None)
+    assert disagreed > 0
 
 
 def test_the_pipeline_embeds_the_bench_queries() -> None:
@@ -135,6 +140,10 @@ def test_decide_threshold_and_earlier_turns() -> None:
     assert ie.decide([last, joined], 0.5) == 0  # the last turn matched nothing: earlier turns decide
     assert ie.decide([last, joined], 0.3) == 1  # the last turn matched: earlier turns are not looked at
     assert ie.decide([], 0.0) is None
+    # a ranking picks which target, the scores whether any: the best score reaches the threshold
+    assert ie.decide([last], 0.4, [np.array([0.9, 0.5])]) == 0
+    assert ie.decide([last], 0.41, [np.array([0.9, 0.5])]) is None
+    assert ie.decide([last, joined], 0.5, [np.array([0.9, 0.5]), np.array([0.0, 1.0])]) == 1
 
 
 def test_queries_join_the_last_two_earlier_user_turns() -> None:
@@ -192,10 +201,13 @@ def test_hand_set_with_the_real_model() -> None:
 
     scored = ie.score_items(items, vectors)
     assert ie.accuracy(scored)["accuracy"] == 1.0
+    assert ie.accuracy(ie.score_items(items, vectors, ie.EMBEDDING))["accuracy"] == 1.0
     assert ie.accuracy(ie.score_items(items, vectors, "description"))["accuracy"] == 1.0
     assert ie.accuracy(ie.score_items(items, vectors, "before"))["accuracy"] == 1.0
     off = ie.score_items(unrelated, vectors)
     assert max(s.best for s in off) < min(s.best for s in scored)  # a threshold separates them
+    # the threshold reads the embedding score: the lexical term changes no rejection
+    assert [s.best for s in off] == [s.best for s in ie.score_items(unrelated, vectors, ie.EMBEDDING)]
     assert all(s.routed(0.3) is None for s in off)
     # the name views lift a short prompt (the reason the pipeline has them)
     (weather,) = ie.score_items(items[:1], vectors)
