@@ -1,21 +1,28 @@
 """prompt_guard inference without Triton: the numpy head and the MiniLM embedder it sits on.
 
 Importable with numpy alone (the embedder imports torch, transformers and tokenizers lazily), so
-unit tests, ``bench/guard_eval.py`` and ``train.py`` use exactly the code that ``1/model.py``
-runs inside Triton.
+unit tests, ``bench/guard_eval.py`` and ``train.py`` score with exactly the head that
+``1/model.py`` runs inside Triton. There the embeddings come from the ``prompt_embed`` model
+(BLS) instead of :class:`MiniLMEmbedder`: the same weights, pooling and normalisation.
 
 The head (trained by ``train.py``, stored as ``1/guard_head.npz`` + ``1/guard_head.json``) is a
-stack of three base scorers whose logits a logistic regression combines:
+stack of three base scorers whose logits, with two length features, a small gradient-boosted
+tree ensemble combines:
 
 * ``word``: TF-IDF over lower-cased word 1–2-grams -> logistic regression;
 * ``char``: TF-IDF over lower-cased character 2–5-grams -> logistic regression;
-* ``mlp``: one hidden layer (ReLU) over the L2-normalised all-MiniLM-L6-v2 embedding.
+* ``mlp``: one hidden layer (ReLU) over the L2-normalised all-MiniLM-L6-v2 embedding (several
+  seeds averaged, stored as one wider layer: the mean of their logits is exactly that);
+* ``log_chars``, ``log_words``: log(1 + characters), log(1 + whitespace-separated words).
 
-``PROB = sigmoid(meta · [word, char, mlp] + b)``; a prompt is flagged when ``PROB >= threshold``
-(picked on the validation splits for <= 1 % false positives on benign prompts). The TF-IDF
-featurisation re-implements scikit-learn's ``TfidfVectorizer`` (``analyzer`` "word" / "char",
-``lowercase``, ``sublinear_tf``, smooth idf, L2 norm) exactly; ``train.py`` checks that the two
-agree before it writes the artefact. No pickle anywhere: the artefact is plain arrays and JSON.
+``PROB = sigmoid(baseline + sum of the trees' leaf values)``; a prompt is flagged when
+``PROB >= threshold`` (picked on the validation splits for <= 1 % false positives on benign
+prompts). The trees are scikit-learn's ``HistGradientBoostingClassifier`` predictors exported as
+flat node arrays (go left when ``x[feature] <= threshold``). The TF-IDF featurisation
+re-implements scikit-learn's ``TfidfVectorizer`` (``analyzer`` "word" / "char", ``lowercase``,
+``sublinear_tf``, smooth idf, L2 norm) exactly; ``train.py`` checks that the numpy head and
+scikit-learn agree before it writes the artefact. No pickle anywhere: the artefact is plain
+arrays and JSON.
 """
 
 from __future__ import annotations
@@ -34,11 +41,12 @@ import numpy as np
 
 ARTEFACT_NPZ = "guard_head.npz"
 ARTEFACT_JSON = "guard_head.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LABEL_JAILBREAK = "jailbreak"
 LABEL_BENIGN = "benign"
 EMBEDDING_DIM = 384
 BASES = ("word", "char", "mlp")
+META_INPUTS = (*BASES, "log_chars", "log_words")  # the trees' feature columns, in order
 
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token_pattern
 _WHITE_SPACES = re.compile(r"\s\s+")  # scikit-learn collapses runs of 2+ whitespace before char n-grams
@@ -133,6 +141,45 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # stable for any z
 
 
+def length_features(texts: Sequence[str]) -> np.ndarray:
+    """[n, 2]: log(1 + characters), log(1 + whitespace-separated words) of each (clipped) text."""
+    return np.array([[math.log1p(len(t)), math.log1p(len(t.split()))] for t in texts], dtype=np.float64).reshape(-1, 2)
+
+
+class Trees:
+    """A boosted tree ensemble as flat node arrays: raw score = baseline + sum of one leaf per tree."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.feature = arrays["gbm_feature"].astype(np.int64)
+        self.threshold = arrays["gbm_threshold"].astype(np.float64)
+        self.left = arrays["gbm_left"].astype(np.int64)
+        self.right = arrays["gbm_right"].astype(np.int64)
+        self.leaf = arrays["gbm_leaf"].astype(bool)
+        self.value = arrays["gbm_value"].astype(np.float64)
+        self.roots = arrays["gbm_roots"].astype(np.int64)
+        self.baseline = float(arrays["gbm_baseline"][0])
+        n = len(self.feature)
+        if not all(len(a) == n for a in (self.threshold, self.left, self.right, self.leaf, self.value)):
+            raise ArtefactError("gbm: node arrays of different lengths")
+        inner = ~self.leaf
+        if len(self.roots) == 0 or self.roots.max() >= n or (inner.any() and max(self.left[inner].max(), self.right[inner].max()) >= n):
+            raise ArtefactError("gbm: a node index points outside the node arrays")
+        self.n_features = int(self.feature[inner].max()) + 1 if inner.any() else 0
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        """baseline + sum of leaf values, float64 [n], for features x [n, f]."""
+        x = np.asarray(x, dtype=np.float64)
+        rows = np.arange(x.shape[0])[:, None]
+        node = np.broadcast_to(self.roots, (x.shape[0], len(self.roots))).copy()
+        for _ in range(len(self.feature)):  # at most one level per step; trees are shallow
+            inner = ~self.leaf[node]
+            if not inner.any():
+                break
+            go_left = x[rows, self.feature[node]] <= self.threshold[node]
+            node = np.where(inner, np.where(go_left, self.left[node], self.right[node]), node)
+        return self.baseline + self.value[node].sum(axis=1)
+
+
 class GuardHead:
     """The trained head: ``predict_proba(embeddings, texts)`` -> P(jailbreak / injection)."""
 
@@ -162,8 +209,9 @@ class GuardHead:
         self.b2 = float(arrays["mlp_b2"][0])
         if self.w1.shape[0] != EMBEDDING_DIM:
             raise ArtefactError(f"mlp expects {self.w1.shape[0]}-float embeddings, not {EMBEDDING_DIM}")
-        self.meta_coef = arrays["meta_coef"].astype(np.float64)
-        self.meta_intercept = float(arrays["meta_intercept"][0])
+        self.trees = Trees(arrays)
+        if self.trees.n_features > len(META_INPUTS):
+            raise ArtefactError(f"gbm uses {self.trees.n_features} features, the head computes {len(META_INPUTS)}")
 
     @classmethod
     def load(cls, directory: str | os.PathLike, verify: bool = True) -> GuardHead:
@@ -192,6 +240,10 @@ class GuardHead:
 
     def base_logits(self, embeddings: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """[n, 3] logits of the base scorers, columns in ``BASES`` order."""
+        return self.meta_features(embeddings, texts)[:, : len(BASES)]
+
+    def meta_features(self, embeddings: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """[n, 5]: the base scorers' logits and the length features, columns in ``META_INPUTS`` order."""
         embeddings = np.asarray(embeddings, dtype=np.float32).reshape(-1, EMBEDDING_DIM)
         if len(texts) != embeddings.shape[0]:
             raise ValueError(f"{len(texts)} texts but {embeddings.shape[0]} embeddings")
@@ -199,19 +251,24 @@ class GuardHead:
         # einsum, not @: these products are tiny, and BLAS would start its own thread pool, which
         # fights torch's threads for the same cores (measured: head 0.1 ms alone, 1.7 ms after a forward pass)
         hidden = np.maximum(np.einsum("nd,dh->nh", embeddings, self.w1) + self.b1, 0.0)
-        return np.stack(
+        return np.concatenate(
             [
-                self.tfidf["word"].decision(clipped),
-                self.tfidf["char"].decision(clipped),
-                np.einsum("nh,h->n", hidden, self.w2).astype(np.float64) + self.b2,
+                np.stack(
+                    [
+                        self.tfidf["word"].decision(clipped),
+                        self.tfidf["char"].decision(clipped),
+                        np.einsum("nh,h->n", hidden, self.w2).astype(np.float64) + self.b2,
+                    ],
+                    axis=1,
+                ),
+                length_features(clipped),
             ],
             axis=1,
         )
 
     def predict_proba(self, embeddings: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """P(jailbreak / prompt injection) per text, float32 [n]."""
-        z = np.einsum("nb,b->n", self.base_logits(embeddings, texts), self.meta_coef) + self.meta_intercept
-        return _sigmoid(z).astype(np.float32)
+        return _sigmoid(self.trees.raw(self.meta_features(embeddings, texts))).astype(np.float32)
 
     def labels(self, probs: np.ndarray, threshold: float | None = None) -> list[str]:
         t = self.threshold if threshold is None else threshold
@@ -310,7 +367,8 @@ class MiniLMEmbedder:
 
 
 class Guard:
-    """Embedder + head: what ``1/model.py`` serves. ``score(texts)`` -> (probs, labels)."""
+    """Local embedder + head: what ``1/model.py`` serves, with the embeddings computed in process
+    instead of by ``prompt_embed`` (tests, bench, train.py). ``score(texts)`` -> (probs, labels)."""
 
     def __init__(self, head: GuardHead, embedder: MiniLMEmbedder, threshold: float | None = None):
         self.head = head

@@ -13,11 +13,14 @@ characters is an attack, so a head trained on them alone flagged "hello" and "3 
 Every source has train / validation / test parts. The VALIDATION parts pick the threshold; the
 TEST parts are never read here (see ``bench/guard_eval.py``).
 
-Model (see classifier.py): three base scorers, each a logistic regression or a small MLP,
-stacked by a logistic regression trained on their 5-fold out-of-fold logits:
+Model (see classifier.py): three base scorers, each a logistic regression or small MLPs,
+stacked by gradient-boosted trees trained on their 5-fold out-of-fold logits plus two length
+features (log characters, log words; the trees use them to tell short single-sentence prompts
+from long ones, whose scores need different cut-offs):
   word  TF-IDF word 1-2-grams (30k terms) -> LR
   char  TF-IDF char 2-5-grams (50k terms) -> LR
-  mlp   all-MiniLM-L6-v2 embedding (384) -> 256 ReLU -> 1
+  mlp   all-MiniLM-L6-v2 embedding (384) -> 256 ReLU -> 1, three seeds, logits averaged
+  meta  HistGradientBoostingClassifier (early stopping on a seeded 10 % of the training rows)
 The chat turns carry a larger sample weight (FEATURES["sample_weight"]) in every fit: there are
 few of them against ~200 short attacks.
 Threshold: the lowest that keeps false positives <= 1 % on the benign validation rows of each
@@ -69,8 +72,12 @@ FEATURES = {
     "max_chars": 4096,  # TF-IDF sees the first 4 kB (the embedder sees ~1 kB: 256 word pieces)
     "word": {"analyzer": "word", "ngram_range": [1, 2], "max_features": 30000, "lowercase": True, "sublinear_tf": True, "C": 10.0},
     "char": {"analyzer": "char", "ngram_range": [2, 5], "max_features": 50000, "lowercase": True, "sublinear_tf": True, "C": 10.0},
-    "mlp": {"input": "all-MiniLM-L6-v2 embedding, L2-normalised", "hidden": 256, "activation": "relu", "alpha": 1e-3, "early_stopping": True},
-    "meta": {"inputs": list(C.BASES), "model": "logistic regression on 5-fold out-of-fold logits", "C": 1.0},
+    "mlp": {"input": "all-MiniLM-L6-v2 embedding, L2-normalised", "hidden": 256, "activation": "relu", "alpha": 1e-3, "early_stopping": True, "seeds": [0, 1, 2]},
+    "meta": {
+        "inputs": list(C.META_INPUTS),
+        "model": "HistGradientBoostingClassifier on 5-fold out-of-fold logits + length features",
+        "max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 40, "early_stopping": "auto",
+    },
     "sample_weight": {"s-labs": 1.0, "neuralchemy": 1.0, "chat-turns": 10.0, "bfcl": 1.0},
 }
 EMBEDDER = {
@@ -299,6 +306,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from scipy import sparse  # noqa: F401  (scikit-learn's own dependency)
     from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
     from sklearn.neural_network import MLPClassifier
@@ -345,16 +353,33 @@ def main(argv=None) -> int:
     X = {name: vectorizers[name].fit_transform(tr_clipped) for name in ("word", "char")}
     X["mlp"] = tr_emb
 
+    class Seeds:
+        """MLPs of several seeds whose logits are averaged (exported as one wider hidden layer)."""
+
+        def __init__(self):
+            s = FEATURES["mlp"]
+            self.models = [
+                MLPClassifier((s["hidden"],), activation="relu", alpha=s["alpha"], max_iter=200, early_stopping=True, random_state=seed)
+                for seed in s["seeds"]
+            ]
+
+        def fit(self, x, y, sample_weight=None):
+            for m in self.models:
+                m.fit(x, y, sample_weight=sample_weight)
+            return self
+
     def make(name):
         if name == "mlp":
-            s = FEATURES["mlp"]
-            return MLPClassifier((s["hidden"],), activation="relu", alpha=s["alpha"], max_iter=200, early_stopping=True, random_state=SEED)
+            return Seeds()
         return LogisticRegression(C=FEATURES[name]["C"], max_iter=5000)
 
     def logit(model, x):
-        if isinstance(model, MLPClassifier):  # the output unit's pre-activation
-            h = np.maximum(x @ model.coefs_[0] + model.intercepts_[0], 0.0)
-            return (h @ model.coefs_[1] + model.intercepts_[1]).ravel()
+        if isinstance(model, Seeds):  # the output units' pre-activations, averaged
+            out = 0.0
+            for m in model.models:
+                h = np.maximum(x @ m.coefs_[0] + m.intercepts_[0], 0.0)
+                out = out + (h @ m.coefs_[1] + m.intercepts_[1]).ravel()
+            return out / len(model.models)
         return model.decision_function(x)
 
     # out-of-fold logits for the stacker
@@ -365,8 +390,12 @@ def main(argv=None) -> int:
             oof[b, j] = logit(make(name).fit(X[name][a], tr_y[a], sample_weight=tr_w[a]), X[name][b])
     print(f"5-fold out-of-fold logits: {time.time() - t0:.0f} s", flush=True)
     base = {name: make(name).fit(X[name], tr_y, sample_weight=tr_w) for name in C.BASES}
-    meta = LogisticRegression(C=FEATURES["meta"]["C"]).fit(oof, tr_y, sample_weight=tr_w)
-    print("stacker weights", dict(zip(C.BASES, np.round(meta.coef_[0], 3))), "bias", round(float(meta.intercept_[0]), 3))
+    m_spec = FEATURES["meta"]
+    meta = HistGradientBoostingClassifier(
+        max_iter=m_spec["max_iter"], learning_rate=m_spec["learning_rate"], max_leaf_nodes=m_spec["max_leaf_nodes"],
+        min_samples_leaf=m_spec["min_samples_leaf"], early_stopping=m_spec["early_stopping"], random_state=SEED,
+    ).fit(np.hstack([oof, C.length_features(tr_clipped)]), tr_y, sample_weight=tr_w)
+    print(f"stacker: {meta.n_iter_} trees", flush=True)
 
     # ---- export (plain arrays; float32 keeps it small)
     arrays = {}
@@ -377,13 +406,12 @@ def main(argv=None) -> int:
         arrays[f"{name}_idf"] = v.idf_.astype(np.float32)
         arrays[f"{name}_coef"] = m.coef_[0].astype(np.float32)
         arrays[f"{name}_intercept"] = m.intercept_.astype(np.float32)
-    mlp = base["mlp"]
-    arrays["mlp_w1"] = mlp.coefs_[0].astype(np.float32)
-    arrays["mlp_b1"] = mlp.intercepts_[0].astype(np.float32)
-    arrays["mlp_w2"] = mlp.coefs_[1].ravel().astype(np.float32)
-    arrays["mlp_b2"] = mlp.intercepts_[1].astype(np.float32)
-    arrays["meta_coef"] = meta.coef_[0].astype(np.float32)
-    arrays["meta_intercept"] = meta.intercept_.astype(np.float32)
+    mlps = base["mlp"].models  # mean of k logits = one hidden layer of k*256 units with w2 / k
+    arrays["mlp_w1"] = np.hstack([m.coefs_[0] for m in mlps]).astype(np.float32)
+    arrays["mlp_b1"] = np.concatenate([m.intercepts_[0] for m in mlps]).astype(np.float32)
+    arrays["mlp_w2"] = (np.concatenate([m.coefs_[1].ravel() for m in mlps]) / len(mlps)).astype(np.float32)
+    arrays["mlp_b2"] = np.array([np.mean([m.intercepts_[1][0] for m in mlps])], dtype=np.float32)
+    arrays.update(export_trees(meta))
 
     args.out.mkdir(parents=True, exist_ok=True)
     npz_path = args.out / C.ARTEFACT_NPZ
@@ -393,7 +421,7 @@ def main(argv=None) -> int:
 
     meta_json = {
         "format": C.FORMAT_VERSION,
-        "model": "prompt_guard head: stacked TF-IDF word/char LR + MLP on all-MiniLM-L6-v2 embeddings",
+        "model": "prompt_guard head: TF-IDF word/char LR + MLPs on all-MiniLM-L6-v2 embeddings, stacked with length features by boosted trees",
         "labels": {"1": C.LABEL_JAILBREAK, "0": C.LABEL_BENIGN},
         "threshold": None,
         "threshold_rule": f"lowest threshold (flag when PROB >= threshold) with <= {TARGET_FPR:.0%} false positives on the benign validation rows of each group: S-Labs + neuralchemy pooled, chat-turns, bfcl",
@@ -413,7 +441,7 @@ def main(argv=None) -> int:
         texts = val[src][0]
         clipped = [t[:clip] for t in texts]
         z = np.stack([logit(base[n], vectorizers[n].transform(clipped) if n != "mlp" else val_emb[src]) for n in C.BASES], 1)
-        ref = meta.predict_proba(z)[:, 1]
+        ref = meta.predict_proba(np.hstack([z, C.length_features(clipped)]))[:, 1]
         val_probs[src] = head.predict_proba(val_emb[src], texts)
         worst = max(worst, float(np.abs(ref - val_probs[src]).max()))
     print(f"numpy head vs scikit-learn on validation: max |dp| = {worst:.2e}")
@@ -446,6 +474,34 @@ def main(argv=None) -> int:
             print(f"{s + ' ' + name:28s} {m['precision']:9.4f} {m['recall']:7.4f} {m['f1']:6.4f} {m['fpr'] * 100:6.2f}%")
     print(f"wrote {npz_path} ({npz_path.stat().st_size / 1e6:.2f} MB) and {args.out / C.ARTEFACT_JSON}")
     return 0
+
+
+def export_trees(model) -> dict[str, np.ndarray]:
+    """A fitted binary HistGradientBoostingClassifier as flat node arrays (see classifier.Trees)."""
+    if model.n_trees_per_iteration_ != 1:
+        raise SystemExit("expected a binary classifier (one tree per iteration)")
+    feature, threshold, left, right, leaf, value, roots = [], [], [], [], [], [], []
+    for (predictor,) in model._predictors:
+        nodes, off = predictor.nodes, len(feature)
+        if nodes["is_categorical"].any():
+            raise SystemExit("categorical splits are not exported")
+        roots.append(off)
+        feature += nodes["feature_idx"].tolist()
+        threshold += nodes["num_threshold"].tolist()
+        leaf += nodes["is_leaf"].astype(bool).tolist()
+        left += [int(v) + off for v in nodes["left"]]
+        right += [int(v) + off for v in nodes["right"]]
+        value += nodes["value"].tolist()
+    return {
+        "gbm_feature": np.array(feature, dtype=np.int16),
+        "gbm_threshold": np.array(threshold, dtype=np.float64),
+        "gbm_left": np.array(left, dtype=np.int32),
+        "gbm_right": np.array(right, dtype=np.int32),
+        "gbm_leaf": np.array(leaf, dtype=np.uint8),
+        "gbm_value": np.array(value, dtype=np.float64),
+        "gbm_roots": np.array(roots, dtype=np.int32),
+        "gbm_baseline": np.array([float(np.ravel(model._baseline_prediction)[0])], dtype=np.float64),
+    }
 
 
 def _normalise_zip(path: Path) -> None:
