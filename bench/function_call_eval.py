@@ -2,14 +2,20 @@
 
 Measures, with the real GGUF:
 
-* **exact-argument accuracy** on BFCL v4 ``simple_python`` (package ``bfcl-eval``, read as
-  data only, never imported): a case is right when every parameter the model returns is in the
-  case's list of allowed values (AST-style: strings compared case- and punctuation-
-  insensitively, ints accepted for floats, lists element by element) and every parameter
+* **exact-argument accuracy** on BFCL v4 ``simple_python`` (package ``bfcl-eval``): a case is
+  right when every required parameter is present, every parameter the model returns is in the
+  case's list of allowed values (AST-style: types checked, ints accepted for floats, strings
+  compared case- and punctuation-insensitively, lists whole and in order) and every parameter
   without ``""`` among its allowed values is present;
 * the rate of outputs that parse and validate against the tool's schema (must be 100 %);
 * latency p50/p90 of one-sentence prompts against the 3-parameter weather schema, after
-  warm-up, with the schema prefix cached (the serving situation).
+  warm-up, with the schema prefix cached (the serving situation), and p50/p90 of the same
+  prompts each right after a call for another tool (a gateway with several targets);
+* the process's resident memory at the end (engine + model + KV cache of every slot).
+
+Accuracy is decided by BFCL's own checker (``ast_checker.simple_function_checker``, imported
+with a stub for its provider table); the local ``case_ok`` is the fallback when it cannot be
+imported.
 
 Cases 300..399 are the dev slice used for prompt iteration; the reported sample is taken from
 0..299 (``--start/--n``), so nothing reported was tuned on.
@@ -112,6 +118,44 @@ def _same(got: Any, want: Any) -> bool:
     return False
 
 
+def _bfcl_checker() -> Any:
+    """BFCL's own ``simple_function_checker``, or None when it cannot be imported.
+
+    Its module imports ``bfcl_eval.constants.model_config``, which pulls in every provider SDK
+    (not installed: ``--no-deps``); the checker only reads that table for function names with a
+    dot (``underscore_to_dot``, off for a model that writes the names as given), so a stub
+    stands in for it.
+    """
+    import types
+
+    stub = types.ModuleType("bfcl_eval.constants.model_config")
+
+    class _Cfg:
+        underscore_to_dot = False
+
+    class _Table(dict):  # type: ignore[type-arg]
+        def __missing__(self, key: str) -> _Cfg:
+            return _Cfg()
+
+    stub.MODEL_CONFIG_MAPPING = _Table()  # type: ignore[attr-defined]
+    saved = sys.modules.get(stub.__name__)
+    sys.modules[stub.__name__] = stub
+    try:
+        from bfcl_eval.constants.enums import Language
+        from bfcl_eval.eval_checker.ast_eval.ast_checker import simple_function_checker
+    except Exception:  # noqa: BLE001 - fall back to case_ok
+        return None
+    finally:
+        if saved is not None:
+            sys.modules[stub.__name__] = saved
+
+    def check(tool: dict[str, Any], result: dict[str, Any], answer: dict[str, Any]) -> tuple[bool, str]:
+        out = simple_function_checker(tool, {result["name"]: result["arguments"]}, answer, Language.PYTHON, "sidegate")
+        return bool(out["valid"]), "; ".join(out.get("error") or [])
+
+    return check
+
+
 def case_ok(result: dict[str, Any], answer: dict[str, Any]) -> tuple[bool, str]:
     (fname, params), = answer.items()
     if result["name"] != fname:
@@ -144,8 +188,21 @@ WEATHER_PROMPTS = [
 ]
 
 
+# another target, as in a gateway with several: a weather call right after one of these must not
+# evaluate the weather prompt again (bench/stages.py measures the same through Triton)
+OTHER_TOOL: dict[str, Any] = {"type": "function", "function": {
+    "name": "get_exchange_rate", "description": "Get the currency exchange rate from US dollars to another currency.",
+    "parameters": {"type": "object", "properties": {"currency_symbol": {
+        "type": "string", "enum": ["GBP", "EUR", "JPY", "CHF"], "description": "The three-letter currency code, e.g. GBP"}},
+        "required": ["currency_symbol"]}}}
+OTHER_PROMPTS = ["How many euros for a dollar?", "Exchange rate to British pounds?", "USD to yen today?"]
+
+
 def run_latency(fc: Any, repeats: int) -> dict[str, Any]:
+    """Weather calls after a weather call (same tool), then each right after a call for another
+    tool (switch)."""
     fc.call([{"role": "user", "content": "Weather in Oslo for 2 days?"}], engine.WEATHER_TOOL)  # prefix cached
+    fc.call([{"role": "user", "content": OTHER_PROMPTS[0]}], OTHER_TOOL)
     times, ok, tokens = [], 0, []
     for _ in range(repeats):
         for p in WEATHER_PROMPTS:
@@ -154,13 +211,31 @@ def run_latency(fc: Any, repeats: int) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
             tokens.append(r["usage"]["predicted_n"])
             ok += not r["missing"]
+    switch = []
+    for i, p in enumerate(WEATHER_PROMPTS):
+        fc.call([{"role": "user", "content": OTHER_PROMPTS[i % len(OTHER_PROMPTS)]}], OTHER_TOOL)
+        t0 = time.perf_counter()
+        fc.call([{"role": "user", "content": p}], engine.WEATHER_TOOL)
+        switch.append(time.perf_counter() - t0)
     return {"n": len(times), "p50_s": round(percentile(times, 50), 3), "p90_s": round(percentile(times, 90), 3),
             "mean_s": round(statistics.mean(times), 3), "generated_tokens_mean": round(statistics.mean(tokens), 1),
-            "complete_rate": round(ok / len(times), 3)}
+            "complete_rate": round(ok / len(times), 3),
+            "after_switch": {"n": len(switch), "p50_s": round(percentile(switch, 50), 3),
+                             "p90_s": round(percentile(switch, 90), 3)}}
+
+
+def rss_mb() -> float:
+    """This process's resident memory (engine + model), as the Triton python stub would hold."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
 
 def run_bfcl(fc: Any, cases: list[dict[str, Any]], verbose: bool) -> dict[str, Any]:
-    right = valid = unsupported = 0
+    checker = _bfcl_checker()
+    right = valid = unsupported = disagree = 0
     errors: list[dict[str, Any]] = []
     times = []
     for i, c in enumerate(cases):
@@ -185,15 +260,22 @@ def run_bfcl(fc: Any, cases: list[dict[str, Any]], verbose: bool) -> dict[str, A
         except Exception as exc:  # noqa: BLE001 - counted, reported
             errors.append({"id": c["id"], "why": f"invalid output: {exc}"[:300]})
         good, why = case_ok(r, c["answer"])
+        if checker is not None:  # BFCL's own verdict is the one reported
+            local = good
+            good, bfcl_why = checker(tool, r, c["answer"])
+            why = bfcl_why if not good else ""
+            disagree += local != good
         right += good
         if not good:
             errors.append({"id": c["id"], "why": why, "args": r["arguments"], "dropped": r.get("dropped", {}),
                            "missing": r["missing"]})
         if verbose:
-            print(f"{i:4d} {c['id']:>20} {'ok ' if good else 'BAD'} {time.perf_counter() - t0:5.2f}s {why} "
-                  f"{json.dumps(r['arguments'])[:120]}", flush=True)
+            print(f"{i:4d} {c['id']:>20} {'ok ' if good else 'BAD'} {time.perf_counter() - t0:5.2f}s {why[:150]} "
+                  f"{json.dumps(r['arguments'])[:120]} {json.dumps(r.get('dropped', {}))[:100]}", flush=True)
     n = len(cases)
     return {"n": n, "accuracy": round(right / n, 4), "right": right,
+            "checker": "bfcl_eval ast_checker.simple_function_checker" if checker else "local (bfcl checker not importable)",
+            "local_checker_disagreements": disagree if checker else None,
             "valid_rate": round(valid / max(1, n - unsupported), 4), "unsupported": unsupported,
             "p50_s": round(percentile(times, 50), 3) if times else None, "errors": errors}
 
@@ -209,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-bfcl", action="store_true")
     ap.add_argument("--ground", default="all", choices=["optional", "all", "none"])
+    ap.add_argument("--slots", type=int, default=4, help="llama.cpp slots, one cached tool prompt each (1 = the old single slot)")
+    ap.add_argument("--ctx", type=int, default=2048, help="context tokens per slot")
     ap.add_argument("--object-mode", action="store_true", help="one grammar for the whole object (default: values only)")
     ap.add_argument("--verbose", "-v", action="store_true")
     ap.add_argument("--no-write", action="store_true")
@@ -224,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     load_avg = os.getloadavg()
     t0 = time.perf_counter()
+    rss_before = rss_mb()
     fc = engine.FunctionCaller(model_path=str(path), n_threads=args.threads, ground=args.ground,
-                               values_only=not args.object_mode, warmup=False)
+                               values_only=not args.object_mode, warmup=False, n_slots=args.slots, n_ctx=args.ctx)
     load_s = time.perf_counter() - t0
     warm_s = fc.warm_up()
     print(f"model {args.model}: load {load_s:.1f}s, warm-up {warm_s:.1f}s, {fc.n_threads} threads, "
@@ -234,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"model": args.model, "gguf": os.path.basename(path), "threads": fc.n_threads,
                            "ground": args.ground, "values_only": not args.object_mode,
                            "load_s": round(load_s, 2), "warmup_s": round(warm_s, 2),
-                           "loadavg_start": round(load_avg[0], 2)}
+                           "loadavg_start": round(load_avg[0], 2), "n_slots": args.slots, "n_ctx_per_slot": args.ctx}
     if not args.skip_latency:
         out["latency"] = run_latency(fc, args.latency_repeats)
     if not args.skip_bfcl:
@@ -245,17 +330,25 @@ def main(argv: list[str] | None = None) -> int:
         out["bfcl"] = {"split": "dev" if args.dev else "report", "range": [lo, hi],
                        **run_bfcl(fc, cases[lo:hi], args.verbose)}
     out["loadavg_end"] = round(os.getloadavg()[0], 2)
+    out["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    out["rss_mb"] = {"before_load": rss_before, "end": rss_mb()}
     fc.close()
 
     key = f"{args.model}{'/dev' if args.dev else ''}/{fc.n_threads}t"
     runs = _previous_runs()
+    earlier = runs.get(key, {})
+    for part in ("latency", "bfcl"):  # a run that skipped a part keeps the last measured one
+        if part not in out and part in earlier:
+            out[part] = {**earlier[part], "from_earlier_run": earlier[part].get("from_earlier_run") or earlier.get("when")}
     runs[key] = out
     b, lat = out.get("bfcl", {}), out.get("latency", {})
     print_table(
         "function_call: BFCL simple_python exact arguments, weather latency (3 params)",
-        ["model", "threads", "BFCL acc", "n", "split", "parse+validate", "p50 s", "p90 s", "load avg"],
-        [[args.model, fc.n_threads, b.get("accuracy"), b.get("n"), b.get("split"), b.get("valid_rate"),
-          lat.get("p50_s"), lat.get("p90_s"), f"{out['loadavg_start']}->{out['loadavg_end']}"]],
+        ["model", "threads", "slots", "BFCL acc", "n", "split", "parse+validate", "p50 s", "p90 s", "p50 after switch s",
+         "RSS MB", "load avg"],
+        [[args.model, fc.n_threads, args.slots, b.get("accuracy"), b.get("n"), b.get("split"), b.get("valid_rate"),
+          lat.get("p50_s"), lat.get("p90_s"), lat.get("after_switch", {}).get("p50_s"), out["rss_mb"]["end"],
+          f"{out['loadavg_start']}->{out['loadavg_end']}"]],
         caption=load_caption(f"load {load_s:.1f}s, warm-up {warm_s:.1f}s"), digits=3)
     if not args.no_write:
         path_out = write_results(PART, {"runs": runs})
