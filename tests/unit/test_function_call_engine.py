@@ -91,6 +91,27 @@ def test_grounding() -> None:
     assert not engine.grounded(7, text, loose=True)  # required numbers: still checked
 
 
+def test_described_default() -> None:
+    d = engine.described_default
+    assert d({"type": "integer", "description": "The size of the deck. Default is 52."}) == 52
+    assert d({"type": "string", "description": "Defaults to 'Texas Holdem'."}) == "Texas Holdem"
+    assert d({"type": "boolean", "description": "Include stats. Default is false"}) is False
+    assert d({"type": "number", "description": "Fee in percent. Default is 0%"}) == 0
+    assert d({"type": "string", "description": "Default is all if not specified"}) is None  # not a literal
+    assert d({"type": "integer", "description": "Default is 'x'"}) is None  # not of the type
+    assert d({"type": "integer", "description": "Number of days"}) is None
+
+
+def test_split_off_gives_each_word_to_one_argument() -> None:
+    f = engine.split_off
+    assert f({"league": "La Liga 2020-2021", "season": "2020-2021"})["league"] == "La Liga"
+    assert f({"league": "2021 La Liga", "season": "2021"})["league"] == "La Liga"
+    assert f({"league": "NBA 2021", "year": 2021})["league"] == "NBA"
+    assert f({"a": "Paris", "b": "Paris"}) == {"a": "Paris", "b": "Paris"}  # never cut to nothing
+    assert f({"city": "Boston", "code": "Bo"})["city"] == "Boston"  # whole words only
+    assert f({"team": "Germany's men team", "gender": "men"})["team"] == "Germany's men team"  # edges only
+
+
 def test_transcript_keeps_the_conversation_last() -> None:
     convo, words = engine.transcript([
         {"role": "system", "content": "be nice"}, {"role": "user", "content": "Weather in Paris?"},

@@ -781,6 +781,7 @@ class FunctionCaller:
         args: dict[str, JSON] = {}
         missing: list[str] = []
         dropped: dict[str, str] = {}
+        raw = split_off(raw)
         for k, s in tool.properties.items():
             v = raw.get(k)
             required = k in tool.required
@@ -806,8 +807,9 @@ class FunctionCaller:
                 missing.append(k)
         for k in list(missing):  # a required parameter with a declared default is not asked for
             s = tool.properties[k]
-            if "default" in s and not list(_validator(s).iter_errors(s["default"])):
-                args[k] = s["default"]
+            default = s["default"] if "default" in s else described_default(s)
+            if default is not None and not list(_validator(s).iter_errors(default)):
+                args[k] = default
                 missing.remove(k)
         # final guarantee: what we return validates against the schema minus the missing keys
         relaxed = {**tool.parameters, "required": [r for r in tool.required if r not in missing]}
@@ -822,6 +824,64 @@ class FunctionCaller:
 
 
 _NOT_GIVEN = {"", "null", "none", "n/a", "unknown", "not given", "not specified"}
+_EDGE = " ,;:-/'\"()"
+_LINKS = {"in", "of", "for", "the", "at", "on", "from"}
+
+
+def split_off(raw: dict[str, JSON]) -> dict[str, JSON]:
+    """Each of the user's words belongs to one argument: a string value that begins or ends
+    with another argument's value loses that part (``tournament: "La Liga 2020-2021"`` beside
+    ``season: "2020-2021"`` becomes ``"La Liga"``). A small model copies the whole phrase
+    into the first parameter it fills. Only text at the edges is cut, never everything."""
+    others = {k: str(v) for k, v in raw.items()
+              if (isinstance(v, str) and len(v.strip()) >= 2) or (isinstance(v, int) and not isinstance(v, bool) and v >= 1000)}
+    out = dict(raw)
+    for k, v in raw.items():
+        if not isinstance(v, str):
+            continue
+        text = v.strip()
+        for j, w in others.items():
+            w = w.strip()
+            if j == k or not w or w.lower() == text.lower():
+                continue
+            low, wl = text.lower(), w.lower()
+            if low.endswith(wl) and (len(low) == len(wl) or not low[-len(wl) - 1].isalnum()):
+                rest = text[: -len(wl)]
+            elif low.startswith(wl) and not low[len(wl)].isalnum():
+                rest = text[len(wl):]
+            else:
+                continue
+            words = rest.strip(_EDGE).split()
+            while words and words[0].lower().strip(_EDGE) in _LINKS:
+                words.pop(0)
+            while words and words[-1].lower().strip(_EDGE) in _LINKS:
+                words.pop()
+            cut = " ".join(words).strip(_EDGE)
+            if any(ch.isalnum() for ch in cut):
+                text = cut
+        if text != v.strip():
+            out[k] = text
+    return out
+_DEFAULT_RE = re.compile(r"\bdefaults?(?: value)?(?: is| to|:|=)\s*(?P<v>'[^']*'|\"[^\"]*\"|[-+]?\d+(?:\.\d+)?|true|false)",
+                         re.IGNORECASE)
+
+
+def described_default(schema: dict[str, JSON]) -> JSON:
+    """The default a parameter's description states in words ("Default is 52", "defaults to
+    'roast'"), when the schema has no ``default`` keyword: a quoted string, a number or a
+    boolean, read as the parameter's type; None when there is none or it does not parse."""
+    m = _DEFAULT_RE.search(str(schema.get("description") or ""))
+    if m is None:
+        return None
+    raw, kinds = m.group("v"), _kinds(schema)
+    if raw[0] in "'\"":
+        return raw[1:-1] if "string" in kinds and raw[1:-1] else None
+    if raw.lower() in ("true", "false"):
+        return (raw.lower() == "true") if "boolean" in kinds else None
+    number = float(raw)
+    if "integer" in kinds and number.is_integer():
+        return int(number)
+    return number if "number" in kinds else None
 _VALIDATORS: dict[str, Any] = {}
 
 
