@@ -1,5 +1,6 @@
 """A real ``tritonserver`` (from the nvidia-pytriton wheel) serving triton_models/prompt_embed on CPU,
-driven through :class:`ext_proc.triton_client.TritonClient`.
+driven through :class:`ext_proc.triton_client.TritonClient`; and one serving function_call (its
+own smoke client), skipped without xllamacpp or its weights.
 
 Needs the model dependencies (``pip install -r requirements-models.txt``); skipped without them.
 One server per module on free 127.0.0.1 ports; teardown checks that the process is gone and
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -338,3 +340,62 @@ async def test_guard_without_prompt_embed_is_a_clear_error(guard_triton: Triton)
             await c.load_model(MODEL, timeout_s=90)
         _, flagged = await c.guard(ATTACKS[0], timeout_s=5)
         assert flagged
+
+
+# ------------------------------------------------------------------ function_call on real Triton
+
+def _fc_client_module():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sidegate_fc_client", REPO / "function_call" / "client.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def fc_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
+    pytest.importorskip("xllamacpp", reason="function_call needs xllamacpp (triton_models/function_call/requirements.txt)")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sidegate_fc_weights", REPO / "function_call" / "weights.py")
+    assert spec and spec.loader
+    weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(weights)
+    try:
+        weights.resolve(weights.DEFAULT_MODEL)
+    except weights.WeightsError as exc:
+        pytest.skip(f"function_call weights not installed: {exc}")
+    with serve(tmp_path_factory.mktemp("triton_fc"), ["function_call"]) as server:
+        yield server
+
+
+def test_function_call_keeps_each_tools_prompt_cached(fc_triton: Triton) -> None:
+    import tritonclient.grpc as grpcclient
+
+    fc = _fc_client_module()
+    other = {"type": "function", "function": {
+        "name": "get_exchange_rate", "description": "Exchange rate from US dollars to another currency.",
+        "parameters": {"type": "object", "properties": {"currency": {"type": "string", "enum": ["GBP", "EUR"]}},
+                       "required": ["currency"]}}}
+    client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{fc_triton.grpc_port}")
+    try:
+        def ask(text: str, tool: dict) -> dict:
+            return fc.ask(client, [{"role": "user", "content": text}], [tool], timeout=120)
+
+        ask("Weather in Oslo for 2 days?", fc.WEATHER)
+        assert json.loads(ask("How many euros for a dollar?", other)["tool_calls"][0]["function"]["arguments"]) == \
+            {"currency": "EUR"}
+        out = ask("What's the weather in Madrid for the next 4 days?", fc.WEATHER)
+        call = out["tool_calls"][0]
+        assert json.loads(call["function"]["arguments"]) == {"location": "Madrid", "days": 4} and call["missing"] == []
+        # the other tool's call went to another llama.cpp slot: only the conversation was evaluated
+        assert out["usage"]["cache_n"] > 10 * out["usage"]["prompt_n"], out["usage"]
+        with pytest.raises(RuntimeError, match="INVALID_ARG|not JSON"):
+            fc.ask(client, b"not json", [fc.WEATHER], timeout=30)
+    finally:
+        client.close()
+    rss_mb = [int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
+              for pid in fc_triton.stubs()]
+    assert rss_mb and max(rss_mb) < 1500, rss_mb  # 0.5B model + 4 slots' KV cache: ~0.8 GB
