@@ -114,8 +114,8 @@ class TritonPythonModel:
             if pb_utils.is_model_ready(model_name=EMBED_MODEL):
                 self._embed(["warm up"])
                 warmed = "head and BLS to prompt_embed"
-        except Exception as exc:  # noqa: BLE001 - a warm-up failure must not stop the model loading
-            warmed = f"head only (BLS warm-up failed: {exc})"
+        except Exception as exc:  # noqa: BLE001 - e.g. "Server not ready" while Triton starts: not an error
+            warmed = f"head only (prompt_embed not reachable yet: {exc})"
         meta = self.head.meta
         pb_utils.Logger.log_info(
             f"prompt_guard: head {meta['artefact']['sha256'][:12]}, threshold {self.threshold:.4f}, "
