@@ -62,6 +62,9 @@ def _json_inputs(**documents: Any) -> list[InferInput]:
 EMBEDDING_DIM = 384
 EMBED_MAX_BATCH = 64  # max_batch_size in triton_models/prompt_embed/config.pbtxt
 _STUB_DEAD = "is not healthy"  # python backend's words for a request that hit a dead stub
+# prompt_guard embeds through BLS: its answer when prompt_embed's stub is the dead one
+_DEPENDENCY_DEAD = "is down (its stub died)"
+_DEPENDS_ON = {"prompt_guard": "prompt_embed"}
 
 
 def _target(url: str) -> str:
@@ -253,6 +256,11 @@ class TritonClient:
             if status == "StatusCode.INVALID_ARGUMENT":
                 raise ModelServerError(f"Triton model {model} rejected the input: {message}",
                                        code="model_input_invalid", status=400) from exc
+            dependency = _DEPENDS_ON.get(model)
+            if dependency and (_DEPENDENCY_DEAD in message or dependency in self.unhealthy):
+                self._mark_unhealthy(dependency)
+                raise ModelServerError(f"Triton model {dependency} (which {model} calls) crashed and is being reloaded: {message}",
+                                       code="model_server_unhealthy") from exc
             if _STUB_DEAD in message or model in self.unhealthy:  # dead stub, or a reload that failed
                 self._mark_unhealthy(model)
                 raise ModelServerError(f"Triton model {model} crashed and is being reloaded: {message}",

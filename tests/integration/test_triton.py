@@ -54,6 +54,7 @@ class Triton:
     http_port: int
     grpc_port: int
     log: Path
+    metrics_port: int = 0
 
     @property
     def url(self) -> str:
@@ -97,7 +98,7 @@ def serve(tmp: Path, models: list[str]) -> Iterator[Triton]:
     log = tmp / "tritonserver.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Triton(process=process, http_port=http_port, grpc_port=grpc_port, log=log)
+    server = Triton(process=process, http_port=http_port, grpc_port=grpc_port, log=log, metrics_port=metrics_port)
     try:
         wait_ready(http_port, models=models, process=process, timeout_s=90)
         yield server
@@ -203,11 +204,32 @@ async def test_batch_equals_single_calls(client: TritonClient) -> None:
     texts = ["book a table for two", "how tall is Mont Blanc", "cancel my order 1234",
              "a much longer sentence about the quarterly sales report of the northern region"]
     batch = await client.embed(texts, timeout_s=5)
-    singles = np.concatenate([await client.embed([t], timeout_s=5) for t in texts])
+    # trailing spaces: the same word pieces, but texts the model's cache has not seen
+    singles = np.concatenate([await client.embed([t + " "], timeout_s=5) for t in texts])
     np.testing.assert_allclose(batch, singles, atol=1e-5)
     # concurrent single requests, merged by the dynamic batcher, come back in their own order
-    merged = await asyncio.gather(*(client.embed([t], timeout_s=5) for t in texts))
+    merged = await asyncio.gather(*(client.embed([t + "  "], timeout_s=5) for t in texts))
     np.testing.assert_allclose(np.concatenate(merged), singles, atol=1e-5)
+
+
+def cache_counts(server: Triton) -> dict[str, float]:
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()  # noqa: S310
+    found = re.findall(r'^sidegate_embed_cache_total\{[^}]*result="(hit|miss)"[^}]*\} (\S+)$', body, re.MULTILINE)
+    return {result: float(value) for result, value in found}
+
+
+async def test_a_text_embedded_again_comes_from_the_cache_with_the_same_vector(triton: Triton, client: TritonClient) -> None:
+    text = "what is the exchange rate for gbp, asked twice"
+    first = await client.embed([text], timeout_s=5)
+    before = cache_counts(triton)
+    again = await client.embed([text, "a text not seen before by this server", text], timeout_s=5)
+    after = cache_counts(triton)
+    assert after["hit"] - before["hit"] == 2 and after["miss"] - before["miss"] == 1
+    np.testing.assert_array_equal(again[0], first[0])
+    np.testing.assert_array_equal(again[2], first[0])
+    np.testing.assert_allclose(again[1], (await client.embed(["a text not seen before by this server "], timeout_s=5))[0], atol=1e-5)
 
 
 async def test_more_texts_than_max_batch(client: TritonClient) -> None:
@@ -340,6 +362,30 @@ async def test_guard_without_prompt_embed_is_a_clear_error(guard_triton: Triton)
             await c.load_model(MODEL, timeout_s=90)
         _, flagged = await c.guard(ATTACKS[0], timeout_s=5)
         assert flagged
+
+
+@pytest.mark.slow
+async def test_a_dead_prompt_embed_stub_under_the_guard_is_reloaded(guard_triton: Triton) -> None:
+    """The guard's embeddings come through BLS: when prompt_embed's stub dies, the guard's error
+    names prompt_embed and the client reloads prompt_embed (not the healthy guard)."""
+    async with TritonClient(guard_triton.url) as c:
+        embed_stub = stub_of(guard_triton, MODEL)
+        os.kill(embed_stub, signal.SIGKILL)
+        await asyncio.sleep(0.2)
+        with pytest.raises(ModelServerError) as info:
+            await c.guard("a prompt the guard must embed", timeout_s=5)
+        assert info.value.code == "model_server_unhealthy" and MODEL in info.value.message
+        assert MODEL in c.unhealthy and GUARD not in c.unhealthy
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                _, flagged = await c.guard(ATTACKS[1], timeout_s=5)
+                break
+            except ModelServerError:
+                assert time.monotonic() < deadline, "prompt_embed was not reloaded within 90 s"
+                await asyncio.sleep(0.25)
+        assert flagged and MODEL not in c.unhealthy
+        assert stub_of(guard_triton, MODEL) != embed_stub
 
 
 # ------------------------------------------------------------------ function_call on real Triton

@@ -19,12 +19,12 @@ def _calls(values: list[float], **extra: object) -> list[dict[str, object]]:
 
 def test_single_summary_has_percentiles_and_targets() -> None:
     rows = stages.summarize_single({
-        "guard": _calls([10.0, 12.0, 14.0]),
+        "guard_embed": _calls([10.0, 12.0, 14.0]),
         "embed": _calls([5.0]) + [{"ms": None, "error": True, "round": 0, "load1": 1.0}],
         "function_call": _calls([900.0, 1100.0, 1300.0], correct=True),
     })
     by = {r["stage"]: r for r in rows}
-    assert by["guard"]["p50_ms"] == 12.0 and by["guard"]["meets_target"] is True
+    assert by["guard_embed"]["p50_ms"] == 12.0 and by["guard_embed"]["meets_target"] is True
     assert by["embed"]["calls"] == 1 and by["embed"]["errors"] == 1 and by["embed"]["meets_target"] is None
     assert by["function_call"]["p50_ms"] == 1100.0 and by["function_call"]["meets_target"] is False
     assert by["function_call"]["correct"] == 3
@@ -54,7 +54,7 @@ def _mem(rss: int) -> dict[str, int]:
 
 
 def test_tables_print_and_results_are_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    single = stages.summarize_single({"guard": _calls([10.0]), "function_call": _calls([800.0], correct=True)})
+    single = stages.summarize_single({"guard_embed": _calls([10.0]), "function_call": _calls([800.0], correct=True)})
     cells = stages.summarize_cells([{"stage": "embed", "batching": "dynamic", "concurrency": 64, "requests": 5, "errors": 0,
                                      "rps": 100.0, "p50_ms": 1.0, "p99_ms": 2.0, "mean_ms": 1.0, "mean_batch": math.nan,
                                      "loadavg_1m": 1.0}])

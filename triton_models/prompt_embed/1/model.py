@@ -7,6 +7,11 @@ dynamic batch, runs all their texts in ONE forward pass and returns one response
 in order; a request with an empty or non-UTF-8 text gets its own INVALID_ARG error and the
 others in the batch are still answered.
 
+Cache: the last ``cache_size`` distinct texts (default 256) keep their vectors, so the same prompt
+embedded twice in a row — by the guard (``prompt_guard`` calls this model through BLS) and then
+by the gateway's intent stage — costs one forward pass, not two. Only the misses of a batch go
+through the model. Triton's metrics page counts them: ``sidegate_embed_cache_total{result="hit"|"miss"}``.
+
 Long text: each text is cut to ``max_chars`` characters, then to ``max_tokens`` word pieces
 (default 256, the model's ``max_seq_length``; all-MiniLM-L6-v2 was trained on 128). Only the
 start of a long prompt shapes its embedding.
@@ -20,6 +25,7 @@ file is checked before loading, since the package carries no checksum of its own
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 # before transformers / huggingface_hub are imported: never reach for a model hub
@@ -81,6 +87,15 @@ class TritonPythonModel:
         threads = int(params.get("torch_threads") or 1)
         torch.set_num_threads(threads)
         self.max_chars = int(params.get("max_chars") or 16384)
+        self.cache_size = int(params.get("cache_size") or 0)
+        self.cache = OrderedDict()  # text -> its embedding, least recently used first
+        self.cache_family = family = pb_utils.MetricFamily(  # kept: its Metrics die with it
+            name="sidegate_embed_cache_total",
+            description="prompt_embed texts answered from its cache of recent vectors (hit) or by the model (miss)",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.cache_hits = family.Metric(labels={"model": args["model_name"], "result": "hit"})
+        self.cache_misses = family.Metric(labels={"model": args["model_name"], "result": "miss"})
 
         if args["model_instance_kind"] == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
@@ -116,7 +131,7 @@ class TritonPythonModel:
             texts.extend(decoded)
 
         if texts:
-            embeddings = self._encode(texts)  # one forward pass for the whole batch
+            embeddings = self._cached_encode(texts)  # one forward pass for the batch's cache misses
             for i, start, end in spans:
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("EMBEDDING", embeddings[start:end])])
         return responses
@@ -131,6 +146,29 @@ class TritonPythonModel:
             raise ValueError(f"TEXT row {n} is empty: there is nothing to embed")
         return text[: self.max_chars]
 
+    def _cached_encode(self, texts):
+        if self.cache_size <= 0:
+            return self._encode(texts)
+        out = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
+        missing = {}  # text -> rows of `out` that need it
+        for row, text in enumerate(texts):
+            hit = self.cache.get(text)
+            if hit is None:
+                missing.setdefault(text, []).append(row)
+            else:
+                self.cache.move_to_end(text)
+                out[row] = hit
+        self.cache_hits.increment(len(texts) - sum(len(rows) for rows in missing.values()))
+        if missing:
+            self.cache_misses.increment(sum(len(rows) for rows in missing.values()))
+            fresh = self._encode(list(missing))
+            for (text, rows), vec in zip(missing.items(), fresh):
+                out[rows] = vec
+                self.cache[text] = vec
+            while len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        return out
+
     def _encode(self, texts):
         embeddings = self.model.encode(
             texts,
@@ -143,3 +181,5 @@ class TritonPythonModel:
 
     def finalize(self):
         self.model = None
+        self.cache_hits = self.cache_misses = None  # metrics before their family, as Triton requires
+        self.cache_family = None
