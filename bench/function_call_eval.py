@@ -336,11 +336,11 @@ def main(argv: list[str] | None = None) -> int:
 
     key = f"{args.model}{'/dev' if args.dev else ''}/{fc.n_threads}t"
     runs = _previous_runs()
-    earlier = runs.get(key, {})
+    earlier, record = runs.get(key, {}), dict(out)
     for part in ("latency", "bfcl"):  # a run that skipped a part keeps the last measured one
         if part not in out and part in earlier:
-            out[part] = {**earlier[part], "from_earlier_run": earlier[part].get("from_earlier_run") or earlier.get("when")}
-    runs[key] = out
+            record[part] = {**earlier[part], "from_earlier_run": earlier[part].get("from_earlier_run") or earlier.get("when")}
+    runs[key] = record
     b, lat = out.get("bfcl", {}), out.get("latency", {})
     print_table(
         "function_call: BFCL simple_python exact arguments, weather latency (3 params)",
