@@ -124,14 +124,19 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
 
     async def Process(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ProcessingResponse]:
+    ) -> None:
+        # read()/write() on the context instead of iterating and yielding: grpc.aio then runs no
+        # extra consumer task per stream (measured: less CPU per message on the hot path)
         metadata = dict(context.invocation_metadata() or ())
         listener = metadata.get(LISTENER_METADATA, "egress")
         telemetry.stream_context(metadata)  # Envoy's span for this stream (traceparent in the gRPC metadata)
         processor: Processor | None = None
         request_id = ""
         try:
-            async for request in request_iterator:
+            while True:
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    break
                 kind = request.WhichOneof("request")
                 started = time.perf_counter()
                 try:
@@ -157,7 +162,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     self.metrics.errors.labels(listener, "internal_error").inc()
                     reply = Immediate.from_error(render_error(RuntimeError(), request_id=request_id), details="internal_error")
                 self._phase(listener, kind).observe(time.perf_counter() - started)
-                yield _to_proto(kind or "request_headers", reply)
+                await context.write(_to_proto(kind or "request_headers", reply))
         finally:
             if processor is not None:
                 processor.finish()
