@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ground", default="all", choices=["optional", "all", "none"])
     ap.add_argument("--slots", type=int, default=4, help="llama.cpp slots, one cached tool prompt each (1 = the old single slot)")
     ap.add_argument("--ctx", type=int, default=2048, help="context tokens per slot")
+    ap.add_argument("--no-repack", action="store_true",
+                    help="keep the weights as mapped from the GGUF (llama.cpp no_extra_bufts): less memory, slower?")
     ap.add_argument("--object-mode", action="store_true", help="one grammar for the whole object (default: values only)")
     ap.add_argument("--verbose", "-v", action="store_true")
     ap.add_argument("--no-write", action="store_true")
@@ -310,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rss_before = rss_mb()
     fc = engine.FunctionCaller(model_path=str(path), n_threads=args.threads, ground=args.ground,
-                               values_only=not args.object_mode, warmup=False, n_slots=args.slots, n_ctx=args.ctx)
+                               values_only=not args.object_mode, warmup=False, n_slots=args.slots, n_ctx=args.ctx,
+                               llama_params={"no_extra_bufts": True} if args.no_repack else None)
     load_s = time.perf_counter() - t0
     warm_s = fc.warm_up()
     print(f"model {args.model}: load {load_s:.1f}s, warm-up {warm_s:.1f}s, {fc.n_threads} threads, "

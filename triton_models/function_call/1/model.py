@@ -25,7 +25,7 @@ from ``weights.py`` or a GGUF path), ``weights_dir`` (cache for assembled weight
 ``$SIDEGATE_HOME/models``), ``n_threads`` (0 = the cores that are free at load), ``n_ctx`` (per
 slot), ``n_slots`` (tools whose prompts stay cached),
 ``n_gpu_layers``, ``ground`` (``all``/``optional``/``none``), ``decode`` (``values``/``object``),
-``warmup`` (``true``/``false``).
+``warmup`` (``true``/``false``), ``mmap`` (``true`` maps the GGUF instead of reading it).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class TritonPythonModel:
             ground=params.get("ground") or "all",
             values_only=(params.get("decode") or "values") != "object",
             warmup=(params.get("warmup") or "true").lower() != "false",
+            mmap=(params.get("mmap") or "false").lower() == "true",
             model_name=spec if spec in weights.MODELS else None,
         )
         self.model_name = self.engine.model_name
