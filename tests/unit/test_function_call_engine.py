@@ -102,6 +102,13 @@ def test_described_default() -> None:
     assert d({"type": "integer", "description": "Number of days"}) is None
 
 
+def test_listed_form() -> None:
+    suit = {"type": "string", "description": "The card suit. Valid values include: 'spades', 'hearts'."}
+    assert engine.listed_form("heart", suit) == "hearts" and engine.listed_form("Hearts", suit) == "hearts"
+    assert engine.listed_form("joker", suit) == "joker"  # not listed: left alone (validation decides)
+    assert engine.listed_form("24 h", {"type": "string", "description": "'12h' or '24h'"}) == "24h"
+
+
 def test_split_off_gives_each_word_to_one_argument() -> None:
     f = engine.split_off
     assert f({"league": "La Liga 2020-2021", "season": "2020-2021"})["league"] == "La Liga"

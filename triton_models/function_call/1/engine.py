@@ -791,6 +791,7 @@ class FunctionCaller:
             v = raw.get(k)
             required = k in tool.required
             if isinstance(v, str):
+                v = listed_form(v, s)
                 if v.strip().lower() in _NOT_GIVEN:
                     v = None  # the model wrote "null" as a string
                 elif v != v.strip() and not list(_validator(s).iter_errors(v.strip())):
@@ -869,6 +870,26 @@ def split_off(raw: dict[str, JSON]) -> dict[str, JSON]:
     return out
 _DEFAULT_RE = re.compile(r"\bdefaults?(?: value)?(?: is| to|:|=)\s*(?P<v>'[^']*'|\"[^\"]*\"|[-+]?\d+(?:\.\d+)?|true|false)",
                          re.IGNORECASE)
+
+
+_QUOTED_RE = re.compile(r"'([^'\n]{1,40})'|\"([^\"\n]{1,40})\"")
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", text.lower()).removesuffix("s")
+
+
+def listed_form(value: str, schema: dict[str, JSON]) -> str:
+    """The value as the parameter's description spells it, when the description quotes the
+    values it takes ("Valid values include: 'spades', 'hearts'") and the model wrote one of
+    them in another form (case, spacing, punctuation, singular/plural: "heart" → "hearts")."""
+    if "enum" in schema or "const" in schema or not value.strip():
+        return value
+    listed = [a or b for a, b in _QUOTED_RE.findall(str(schema.get("description") or ""))]
+    if value in listed:
+        return value
+    matches = {lit for lit in listed if _key(lit) == _key(value) and _key(lit)}
+    return matches.pop() if len(matches) == 1 else value
 
 
 def described_default(schema: dict[str, JSON]) -> JSON:
