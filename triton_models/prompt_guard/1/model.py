@@ -109,17 +109,13 @@ class TritonPythonModel:
         # the numpy head's first calls build its lookup paths: pay now, not on the first request
         warm = np.zeros((2, self.embedding_dim), dtype=np.float32)
         self.head.predict_proba(warm, ["warm up", "warm up " * 300])
-        warmed = "head only (prompt_embed not ready yet)"
-        try:
-            if pb_utils.is_model_ready(model_name=EMBED_MODEL):
-                self._embed(["warm up"])
-                warmed = "head and BLS to prompt_embed"
-        except Exception as exc:  # noqa: BLE001 - e.g. "Server not ready" while Triton starts: not an error
-            warmed = f"head only (prompt_embed not reachable yet: {exc})"
+        # No BLS call here: while Triton starts, a stub-to-server call (even is_model_ready) raced the
+        # loading of prompt_embed and aborted tritonserver (boost::interprocess::lock_exception, seen
+        # in about 1 start in 4). The first request pays for the first BLS call instead (a few ms).
         meta = self.head.meta
         pb_utils.Logger.log_info(
             f"prompt_guard: head {meta['artefact']['sha256'][:12]}, threshold {self.threshold:.4f}, "
-            f"embeddings from {EMBED_MODEL} via BLS; warmed up {warmed}"
+            f"embeddings from {EMBED_MODEL} via BLS (first call on the first request)"
         )
 
     def _embed(self, texts):
