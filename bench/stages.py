@@ -8,9 +8,9 @@ through the real async client, :class:`ext_proc.triton_client.TritonClient`, the
 * ``guard`` — ``prompt_guard`` on one prompt (its head; the embedding comes from
   ``prompt_embed`` through BLS);
 * ``embed`` — ``prompt_embed`` on one prompt (what intent matching costs without the guard);
-* ``guard_embed`` — what the pipeline does for one prompt: ``prompt_guard``, then ``prompt_embed``
-  on the same text for intent (``prompt_embed`` keeps recent vectors, so the second call finds
-  the one the guard's BLS call made). Every call of every series sends a text not sent before
+* ``guard_embed`` — what the pipeline does for one prompt: ``prompt_guard`` and, side by side,
+  ``prompt_embed`` on the same text for intent (``prompt_embed`` keeps recent vectors, so whichever
+  of the two embeds comes second finds the first one's vector). Every call of every series sends a text not sent before
   (a counter is appended), so no series is helped by that cache except this one, as in real use;
 * ``function_call`` — a one-sentence weather question against the 3-parameter weather tool
   (``location`` and ``days`` required, ``units`` an optional enum), built by ext_proc's own
@@ -90,7 +90,7 @@ BATCHING = {
 STAGE_LABELS = {
     "guard": "prompt_guard (one prompt; embeds through BLS)",
     "embed": "prompt_embed (one prompt)",
-    "guard_embed": "prompt_guard then prompt_embed, same prompt (the pipeline's guard + intent)",
+    "guard_embed": "prompt_guard and prompt_embed side by side, same prompt (the pipeline's guard + intent)",
     "function_call": "function_call (weather tool, 3 params; same tool as the call before)",
     "function_call_switch": "function_call (weather tool, right after a currency-tool call)",
 }
@@ -442,10 +442,10 @@ async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Pa
             def embed(i: int) -> Awaitable[Any]:
                 return client.embed([fresh(i)], timeout_s=timeout)
 
-            async def guard_embed(i: int) -> Any:
+            async def guard_embed(i: int) -> Any:  # as the pipeline does: side by side, one text
                 text = fresh(i)
-                await client.guard(text, timeout_s=timeout)
-                return await client.embed([text], timeout_s=timeout)
+                _, vectors = await asyncio.gather(client.guard(text, timeout_s=timeout), client.embed([text], timeout_s=timeout))
+                return vectors
 
             def function_call(i: int) -> Awaitable[Any]:
                 return client.function_call(messages, [tool], timeout_s=max(timeout, 60))
@@ -740,8 +740,8 @@ def print_tables(res: dict[str, Any], single: list[dict[str, Any]], cells: list[
     print_table("Model stages through Triton: one request at a time (TritonClient, gRPC)",
                 ["stage", "calls", "errors", "p50 ms", "p99 ms", "mean ms", "target p50 ms", "meets", "quality", "load 1m"],
                 rows, caption=f"sequential calls interleaved across {len(tri.get('rounds', []))} round(s); function_call runs "
-                               f"{tri.get('function_call_threads') or '?'} llama.cpp thread(s) (picked from the free cores at load); guard = guard + embed "
-                               f"(prompt_guard returns the embedding intent reuses); function call: \"{FC_PROMPT}\"; {load_caption()}")
+                               f"{tri.get('function_call_threads') or '?'} llama.cpp thread(s) (picked from the free cores at load) "
+                               f"(prompt_guard embeds through BLS; guard_embed = guard and intent's embed side by side); function call: \"{FC_PROMPT}\"; {load_caption()}")
     rows = []
     last = None
     for c in cells:

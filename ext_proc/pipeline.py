@@ -101,15 +101,30 @@ class IngressPipeline:
     # -- the router ---------------------------------------------------------------------------
     async def __call__(self, cfg: Config, headers: dict[str, str], req: ChatRequest) -> Decision:
         text = req.last_user_text
-        if cfg.jailbreak is not None and text.strip():
-            if await self._guard(text):
-                return synthesized(req, cfg.jailbreak.message, model=GUARD_MODEL, headers={GUARD_HEADER: "blocked"})
+        pending = PendingState.decode(req.body.get("metadata")) if self.targets else None
+        target = self.targets.get(pending.target) if pending else None
+        # Intent runs beside the guard, not after it: both embed the same text, and prompt_embed
+        # computes it once (the second request finds the first one's vector in its cache), so
+        # guard + intent cost about one embedding. A blocked prompt's intent is dropped.
+        intent: asyncio.Future[PromptTarget | None] | None = None
+        if self.targets and target is None:
+            intent = asyncio.ensure_future(self._intent(text, req))
+            intent.add_done_callback(lambda f: f.cancelled() or f.exception())  # dropped when blocked: not an unretrieved error
+        try:
+            blocked = cfg.jailbreak is not None and bool(text.strip()) and await self._guard(text)
+        except BaseException:
+            if intent is not None:
+                intent.cancel()
+            raise
+        if blocked:
+            if intent is not None:
+                intent.cancel()
+            assert cfg.jailbreak is not None
+            return synthesized(req, cfg.jailbreak.message, model=GUARD_MODEL, headers={GUARD_HEADER: "blocked"})
         if not self.targets:
             return self._to_llm(req, system_prompt=cfg.system_prompt)
-        pending = PendingState.decode(req.body.get("metadata"))
-        target = self.targets.get(pending.target) if pending else None
-        if target is None:
-            target = await self._intent(text, req)
+        if intent is not None:
+            target = await intent
         if target is None:
             return self._to_llm(req, system_prompt=cfg.system_prompt)
         self.metrics.intent_matches.labels(target.name).inc()
