@@ -399,8 +399,10 @@ def print_tables(summary: list[dict[str, Any]], *, notes: list[str], rounds: int
                      st.get("guard"), st.get("intent"), st.get("function_call"), st.get("endpoint"), st.get("rest"),
                      f"≤ {r['target_p50_ms']:g}" if r["target_p50_ms"] is not None else "-", _yes(r["meets_target"]), r["loadavg_1m"]])
     caption = (f"one request at a time, stream false, {rounds} interleaved round(s); stage columns: p50 of the per-request "
-               "difference of ext_proc's sidegate_stage_seconds (guard includes the embedding intent reuses, so intent is "
-               "the cosine match only); rest = end to end − stages (Envoy, ext_proc's gRPC exchange and handling, the fake "
+               "difference of ext_proc's sidegate_stage_seconds (guard and intent run side by side, so they overlap and rest can "
+               "be negative; each scenario repeats one prompt, so prompt_embed answers it from its cache of recent vectors: a "
+               "new prompt adds one embedding, ~12 ms, see `stages`); rest = end to end − stages (Envoy, ext_proc's gRPC "
+               "exchange and handling, the fake "
                f"LLM call); stack started in {startup_s:.0f}s; " + "; ".join(notes) + ("; " if notes else "") + load_caption())
     print_table("Prompt-target flow through sidegate (Envoy + ext_proc + Triton on CPU), latency ms",
                 ["scenario", "ok", "failed", "p50", "p99", "guard", "intent", "function call", "endpoint", "rest",
