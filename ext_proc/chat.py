@@ -118,8 +118,10 @@ class ChatProcessor(PassThrough):
             if isinstance(decision, Immediate):
                 self.outcome = "answered"
                 return decision
+            sent = req  # what goes upstream: the router's body, parsed once when something here reads it
+            if decision.body is not None and (self.ratelimits or decision.provider.fallbacks):
+                sent = parse_chat_request(decision.body)
             if self.ratelimits:
-                sent = req if decision.body is None else parse_chat_request(decision.body)
                 self.charge = self.ratelimits.admit(decision.provider, self.headers, sent.messages)
         except SidegateError as exc:
             return self._error(exc)
@@ -140,8 +142,7 @@ class ChatProcessor(PassThrough):
         headers = {UPSTREAM_HEADER: self.provider.cluster}
         out = decision.body
         if self.provider.fallbacks:  # Envoy's failover filter rewrites "model" per attempt: it must come first
-            sent = req.body if out is None else json.loads(out)
-            out = json.dumps({"model": sent.get("model") or self.provider.model or "", **sent}).encode()
+            out = json.dumps({"model": sent.model or self.provider.model or "", **sent.body}).encode()
         if out is not None:  # Envoy refuses a replaced body whose content-length is stale
             headers["content-length"] = str(len(out))
         return Continue(set_headers=headers, body=out, clear_route_cache=True)
@@ -172,7 +173,7 @@ class ChatProcessor(PassThrough):
     def _served_by(self, attempt: str) -> LlmProvider | None:
         """The fallback that answered (None: the provider itself), as Envoy's failover chain assigns attempts."""
         assert self.provider is not None
-        chain = [self.provider.name, *self.provider.fallbacks]
+        chain = self.provider.chain
         if not attempt.isdigit() or int(attempt) < 1:
             return None
         name = chain[(int(attempt) - 1) % len(chain)]

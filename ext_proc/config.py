@@ -146,6 +146,11 @@ class LlmProvider:
         return f"provider_{self.name}"
 
     @property
+    def chain(self) -> tuple[str, ...]:
+        """Provider names in failover order: attempt n of a request goes to ``chain[(n - 1) % len(chain)]``."""
+        return (self.name, *self.fallbacks)
+
+    @property
     def route_cluster(self) -> str:
         """What Envoy routes this provider's requests to: its cluster, or its failover chain."""
         return f"failover_{self.name}" if self.fallbacks else self.cluster

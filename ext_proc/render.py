@@ -458,7 +458,7 @@ end
 
 
 def _failover_chain(cfg: Config, p: LlmProvider) -> list[LlmProvider]:
-    return [p, *(q for name in p.fallbacks if (q := cfg.provider(name)) is not None)]
+    return [q for name in p.chain if (q := cfg.provider(name)) is not None]
 
 
 def _failover_lua(cfg: Config, p: LlmProvider) -> str:
@@ -513,8 +513,8 @@ def _failover_route(cfg: Config, p: LlmProvider, listener: ListenerCfg) -> Route
     )
 
 
-def _provider_route(p: LlmProvider, listener: ListenerCfg, cfg: Config | None = None) -> Route:
-    if p.fallbacks and cfg is not None:
+def _provider_route(p: LlmProvider, listener: ListenerCfg, cfg: Config) -> Route:
+    if p.fallbacks:
         return _failover_route(cfg, p, listener)
     u = p.upstream
     action: dict[str, _AnyType] = {}
