@@ -491,52 +491,39 @@ def _failover_cluster(cfg: Config, p: LlmProvider) -> Cluster:
     )
 
 
-def _failover_route(cfg: Config, p: LlmProvider, listener: ListenerCfg) -> Route:
-    """``p`` with fallbacks: everything per provider happens per attempt, in the Lua filter."""
-    chain = _failover_chain(cfg, p)
-    priority = PreviousPrioritiesConfig(update_frequency=1)
+def _provider_route(p: LlmProvider, listener: ListenerCfg) -> Route:
+    action: dict[str, _AnyType] = {}
+    headers_to_add = []
+    if p.fallbacks:
+        # key, Host, path prefix and model are set per attempt by the failover cluster's Lua filter;
+        # previous_priorities sends attempt n to the n-th cluster of the chain
+        priority = PreviousPrioritiesConfig(update_frequency=1)
+        action["retry_policy"] = RetryPolicy(
+            retry_on=RETRY_ON,
+            num_retries=max(p.retries, len(p.chain) - 1),
+            retriable_status_codes=[429],
+            retry_priority=RetryPolicyRetryPriority(name="envoy.retry_priorities.previous_priorities", typed_config=Any.pack(priority)),
+        )
+    else:
+        u = p.upstream
+        action["host_rewrite_literal"] = _host_header(u)
+        if u.base_path and u.base_path != "/v1":  # e.g. groq: /v1/chat/completions -> /openai/v1/chat/completions
+            action["regex_rewrite"] = RegexMatchAndSubstitute(
+                pattern=RegexMatcher(regex="^/v1/"), substitution=u.base_path.rstrip("/") + "/"
+            )
+        if p.retries > 0:
+            action["retry_policy"] = RetryPolicy(retry_on=RETRY_ON, num_retries=p.retries, retriable_status_codes=[429])
+        if p.access_key_env:
+            # Envoy fills this in from its own environment when the request goes out: the file never
+            # holds the key. Envoy removes request_headers_to_remove first, then adds these.
+            headers_to_add.append(_header("authorization", f"Bearer %ENVIRONMENT({p.access_key_env})%"))
     return Route(
         name=p.cluster,
         match=_upstream_match(p.cluster),
         route=RouteAction(
             cluster=p.route_cluster,
-            timeout=_seconds(0),
-            idle_timeout=_seconds(listener.timeout_s),
-            retry_policy=RetryPolicy(
-                retry_on=RETRY_ON,
-                num_retries=max(p.retries, len(chain) - 1),
-                retriable_status_codes=[429],
-                retry_priority=RetryPolicyRetryPriority(name="envoy.retry_priorities.previous_priorities", typed_config=Any.pack(priority)),
-            ),
-        ),
-        request_headers_to_remove=list(REMOVED_CLIENT_HEADERS),
-    )
-
-
-def _provider_route(p: LlmProvider, listener: ListenerCfg, cfg: Config) -> Route:
-    if p.fallbacks:
-        return _failover_route(cfg, p, listener)
-    u = p.upstream
-    action: dict[str, _AnyType] = {}
-    if u.base_path and u.base_path != "/v1":  # e.g. groq: /v1/chat/completions -> /openai/v1/chat/completions
-        action["regex_rewrite"] = RegexMatchAndSubstitute(
-            pattern=RegexMatcher(regex="^/v1/"), substitution=u.base_path.rstrip("/") + "/"
-        )
-    if p.retries > 0:
-        action["retry_policy"] = RetryPolicy(retry_on=RETRY_ON, num_retries=p.retries, retriable_status_codes=[429])
-    headers_to_add = []
-    if p.access_key_env:
-        # Envoy fills this in from its own environment when the request goes out: the file never
-        # holds the key. Envoy removes request_headers_to_remove first, then adds these.
-        headers_to_add.append(_header("authorization", f"Bearer %ENVIRONMENT({p.access_key_env})%"))
-    return Route(
-        name=p.cluster,
-        match=_upstream_match(p.cluster),
-        route=RouteAction(
-            cluster=p.cluster,
             timeout=_seconds(0),  # no overall limit: an LLM stream may run for minutes...
             idle_timeout=_seconds(listener.timeout_s),  # ...but the upstream may not go silent longer
-            host_rewrite_literal=_host_header(u),
             **action,
         ),
         request_headers_to_remove=list(REMOVED_CLIENT_HEADERS),
@@ -794,10 +781,10 @@ def build_bootstrap(cfg: Config) -> Bootstrap:
     listeners = []
     tracing = _tracing(cfg)
     for name, lcfg in (("ingress", cfg.ingress), ("egress", cfg.egress)):
-        routes = [_provider_route(p, lcfg, cfg) for p in cfg.llm_providers]
+        routes = [_provider_route(p, lcfg) for p in cfg.llm_providers]
         listeners.append(_listener(name, lcfg, routes, ext_proc_filter=_ext_proc_filter(cfg, lcfg, name), tracing=tracing))
     internal_routes = [_endpoint_route(e) for e in cfg.endpoints.values()]
-    internal_routes += [_provider_route(p, cfg.internal, cfg) for p in cfg.llm_providers]
+    internal_routes += [_provider_route(p, cfg.internal) for p in cfg.llm_providers]
     listeners.append(_listener("internal", cfg.internal, internal_routes, ext_proc_filter=None, tracing=tracing))
 
     admin_host = "127.0.0.1" if cfg.admin_address == "localhost" else cfg.admin_address
