@@ -68,12 +68,16 @@ _CAMEL_ACRONYM = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _SEPARATORS = re.compile(r"[\s_.\-]+")
 
 
+def _split_camel(text: str) -> str:
+    """``getServerLogs`` -> ``get Server Logs``, ``HTTPServer`` -> ``HTTP Server``."""
+    return _CAMEL_ACRONYM.sub(r"\1 \2", _CAMEL_LOWER_UPPER.sub(r"\1 \2", text))
+
+
 def name_words(name: str) -> str:
     """An identifier as words: ``get_current_weather``, ``getCurrentWeather`` and
     ``Weather_1-GetCurrentWeather`` read "get current weather" (and "weather get current
     weather"): split on ``_ - .``, spaces and camelCase, numbers alone dropped, lower case."""
-    spaced = _CAMEL_ACRONYM.sub(r"\1 \2", _CAMEL_LOWER_UPPER.sub(r"\1 \2", name))
-    words = [w for w in _SEPARATORS.split(spaced) if w and not w.isdigit()]
+    words = [w for w in _SEPARATORS.split(_split_camel(name)) if w and not w.isdigit()]
     return " ".join(words).lower() or name
 
 
@@ -121,8 +125,7 @@ def _stem(word: str) -> str:
 def lexical_words(text: str) -> list[str]:
     """The words the lexical score compares: camelCase and snake_case split, lower case, numbers,
     one-letter words and stop words dropped, plurals stripped (``getServerLogs`` -> get server log)."""
-    spaced = _CAMEL_ACRONYM.sub(r"\1 \2", _CAMEL_LOWER_UPPER.sub(r"\1 \2", text))
-    return [_stem(w) for w in _WORD.findall(spaced.lower()) if len(w) > 1 and not w.isdigit() and w not in _STOP_WORDS]
+    return [_stem(w) for w in _WORD.findall(_split_camel(text).lower()) if len(w) > 1 and not w.isdigit() and w not in _STOP_WORDS]
 
 
 def target_text(target: _Target) -> str:
