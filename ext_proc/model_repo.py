@@ -22,7 +22,7 @@ __all__ = ["MODELS_DIR", "needed_models", "render_model_repository"]
 MODELS_DIR = REPO_ROOT / "triton_models"
 
 # the `parameters` key each model reads its thread count from
-_THREADS_KEY = {"prompt_embed": "torch_threads", "prompt_guard": "torch_threads", "function_call": "n_threads", "chat_llm": "n_threads"}
+_THREADS_KEY = {"prompt_embed": "threads", "prompt_guard": "torch_threads", "function_call": "n_threads", "chat_llm": "n_threads"}
 
 
 def needed_models(cfg: Config) -> list[str]:

@@ -74,4 +74,4 @@ def test_prompt_embed_contract() -> None:
     assert [(t.name, t.data_type, list(t.dims)) for t in cfg.input] == [("TEXT", dt.TYPE_STRING, [1])]
     assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [("EMBEDDING", dt.TYPE_FP32, [384])]
     assert cfg.max_batch_size > 0 and cfg.HasField("dynamic_batching")
-    assert {"torch_threads", "weights", "max_tokens", "max_chars"} <= set(cfg.parameters)
+    assert {"threads", "weights", "max_tokens", "max_chars"} <= set(cfg.parameters)

