@@ -136,11 +136,12 @@ def test_slots_follow_tools_least_recently_used_first() -> None:
 
 
 def test_weights_table_is_pinned() -> None:
-    m = weights.MODELS[weights.DEFAULT_MODEL]
-    assert len(m.sha256) == 64 and len(m.parts) == 6
     req = (MODEL_DIR / "requirements.txt").read_text()
-    for part in m.parts:  # the install step checks the same hashes as the table
-        assert f"{part.package}=={part.version}" in req and f"sha256:{part.wheel_sha256}" in req
+    for name, parts in ((weights.DEFAULT_MODEL, 22), (weights.CHAT_MODEL, 6)):  # function_call, chat_llm
+        m = weights.MODELS[name]
+        assert len(m.sha256) == 64 and len(m.parts) == parts
+        for part in m.parts:  # the install step checks the same hashes as the table
+            assert f"{part.package}=={part.version}" in req and f"sha256:{part.wheel_sha256}" in req
 
 
 def test_user_gguf_path_is_checked(tmp_path: Path) -> None:

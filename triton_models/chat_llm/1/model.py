@@ -44,7 +44,7 @@ class TritonPythonModel:
 
         params = check_config(json.loads(args["model_config"]), "chat_llm", _INPUTS, _OUTPUTS)
 
-        spec = params.get("weights") or weights.DEFAULT_MODEL
+        spec = params.get("weights") or weights.CHAT_MODEL
         path = weights.resolve(spec)
         self.model_name = spec if spec in weights.MODELS else Path(path).stem
         self.max_tokens = int(params.get("max_tokens") or 512)
