@@ -96,7 +96,9 @@ def test_artefact_records_its_data_and_threshold(head) -> None:
     assert meta["embedder"]["sha256"]["model.safetensors"] == (
         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # = prompt_embed's weights.sha256
     )
-    assert meta["metrics_validation"]["at_threshold"]["pooled"]["fpr"] <= 0.01
+    # <= 1 % false positives on the benign validation rows of every source on its own, so also pooled
+    for source in [*sources, "pooled"]:
+        assert meta["metrics_validation"]["at_threshold"][source]["fpr"] <= 0.01, source
     assert head.threshold == max(meta["threshold_per_group"].values())
 
 
