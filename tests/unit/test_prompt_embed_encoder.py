@@ -55,8 +55,9 @@ def test_vectors_equal_sentence_transformers(encoder, folder) -> None:
     one_by_one = np.stack([enc.encode([t])[0] for t in TEXTS])
 
     assert together.dtype == np.float32 and together.shape == (len(TEXTS), 384)
-    np.testing.assert_allclose(together, expected, atol=2e-5)
-    np.testing.assert_allclose(one_by_one, expected, atol=2e-5)  # padding changes nothing
+    # the word-piece table is float16 (cosine to the reference 1.0000; see encoder.py)
+    np.testing.assert_allclose(together, expected, atol=5e-5)
+    np.testing.assert_allclose(one_by_one, together, atol=2e-6)  # padding changes nothing
     np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
 
 

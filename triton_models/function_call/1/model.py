@@ -25,7 +25,8 @@ from ``weights.py`` or a GGUF path), ``weights_dir`` (cache for assembled weight
 ``$SIDEGATE_HOME/models``), ``n_threads`` (0 = the cores that are free at load), ``n_ctx`` (per
 slot), ``n_slots`` (tools whose prompts stay cached),
 ``n_gpu_layers``, ``ground`` (``all``/``optional``/``none``), ``decode`` (``values``/``object``),
-``warmup`` (``true``/``false``), ``mmap`` (``true`` maps the GGUF instead of reading it).
+``warmup`` (``true``/``false``), ``mmap`` (``true`` maps the GGUF instead of reading it),
+``kv_cache`` (``q8_0``/``f16``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class TritonPythonModel:
             values_only=(params.get("decode") or "values") != "object",
             warmup=(params.get("warmup") or "true").lower() != "false",
             mmap=(params.get("mmap") or "false").lower() == "true",
+            kv_cache=params.get("kv_cache") or "q8_0",
             model_name=spec if spec in weights.MODELS else None,
         )
         self.model_name = self.engine.model_name

@@ -17,7 +17,7 @@ Long text: each text is cut to ``max_chars`` characters, then to ``max_tokens`` 
 start of a long prompt shapes its embedding.
 
 Engine: on a KIND_CPU instance a BERT model that is mean-pooled and normalised (all-MiniLM-L6-v2
-is) runs in numpy (``encoder.py`` beside this file): same vectors to ~1e-7, no torch in the stub
+is) runs in numpy (``encoder.py`` beside this file): same vectors to 3e-5, no torch in the stub
 (~400 MB less memory). Anything else, and every KIND_GPU instance, goes through
 sentence-transformers on torch, imported only then.
 
