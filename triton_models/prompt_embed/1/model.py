@@ -76,6 +76,14 @@ def _verify_sha256(folder: Path, listing: Path) -> None:
             )
 
 
+def _free_cores():
+    """Cores no other process is using at load (1-minute load average), at least 1. With both
+    cores free, 2 BLAS threads embed a 20-token prompt in 7 ms instead of 12; with one core busy
+    they are slower than 1 (p90 53 vs 14 ms), hence the look before choosing."""
+    cores = len(os.sched_getaffinity(0))
+    return max(1, min(cores, round(cores - os.getloadavg()[0] + 0.49)))
+
+
 def _check_tensors(config, section, expected):
     found = {t["name"]: t["data_type"] for t in config[section]}
     if found != expected:
@@ -92,7 +100,7 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"prompt_embed: EMBEDDING dims must be [{EMBEDDING_DIM}]")
 
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        threads = int(params.get("threads") or 1)
+        threads = int(params.get("threads") or 0) or _free_cores()
         self.max_chars = int(params.get("max_chars") or 16384)
         max_tokens = int(params.get("max_tokens") or 256)
         self.cache_size = int(params.get("cache_size") or 0)
