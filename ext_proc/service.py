@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 import uvloop
 from aiohttp import web
@@ -62,16 +63,22 @@ def _models(cfg: Config) -> Models | None:
 
 
 async def _warm(services: Services) -> None:
-    """Embed the prompt-target descriptions now rather than on the first request; retry while Triton starts."""
+    """Embed the prompt-target descriptions now rather than on the first request (retry while
+    Triton starts), then fill function_call's cached prompt prefix of each target."""
     for attempt in range(30):
         try:
             await services.ingress.warm()
-            return
+            break
         except ModelServerError as exc:
             if attempt == 0:
                 log.warning("cannot embed prompt targets yet (%s); retrying", exc.message)
             await asyncio.sleep(2)
-    log.error("prompt targets are not embedded: intent matching will retry on the first request")
+    else:
+        log.error("prompt targets are not embedded: intent matching will retry on the first request")
+        return
+    started = time.perf_counter()
+    if filled := await services.ingress.prefill_function_call():
+        log.info("function_call prompt prefixes of %d target(s) cached in %.1fs", filled, time.perf_counter() - started)
 
 
 async def serve(cfg: Config, *, grace: float = 5.0) -> None:

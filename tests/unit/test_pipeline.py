@@ -1,0 +1,52 @@
+"""IngressPipeline pieces that need no model server (end to end: tests/integration/test_pipeline.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ext_proc.config import build_config
+from ext_proc.endpoints import EndpointClient
+from ext_proc.errors import ModelServerError
+from ext_proc.metrics import Metrics
+from ext_proc.pipeline import IngressPipeline, ToolCall
+from tests.unit.test_render import ENV, raw_config
+
+
+def _target(name: str, params: bool) -> dict[str, Any]:
+    target: dict[str, Any] = {"name": name, "description": f"the {name} target",
+                              "endpoint": {"name": "app", "path": f"/{name}"}}
+    if params:
+        target["parameters"] = [{"name": "city", "type": "str", "required": True, "description": "a city"}]
+    return target
+
+
+class Models:
+    def __init__(self, fail: set[str] | None = None) -> None:
+        self.calls: list[str] = []
+        self.fail = fail or set()
+
+    async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any]) -> ToolCall:
+        name = tool["function"]["name"]
+        self.calls.append(name)
+        if name in self.fail:
+            raise ModelServerError("function_call is loading")
+        return ToolCall(arguments={}, missing=["city"])
+
+
+def pipeline(models: Models, n_targets: int) -> IngressPipeline:
+    targets = [_target("no_params", False)] + [_target(f"t{i}", True) for i in range(n_targets)]
+    cfg = build_config(raw_config(prompt_targets=targets), env=ENV)
+    return IngressPipeline(cfg=cfg, models=models, endpoints=EndpointClient(cfg), metrics=Metrics())  # type: ignore[arg-type]
+
+
+def test_prefill_calls_function_call_once_per_target_with_parameters() -> None:
+    models = Models()
+    assert asyncio.run(pipeline(models, 2).prefill_function_call()) == 2
+    assert models.calls == ["t0", "t1"]  # the target without parameters never calls the model
+
+
+def test_prefill_stops_at_the_slot_count_and_survives_a_failing_call() -> None:
+    models = Models(fail={"t1"})
+    assert asyncio.run(pipeline(models, 6).prefill_function_call(limit=4)) == 3
+    assert models.calls == ["t0", "t1", "t2", "t3"]
