@@ -117,8 +117,20 @@ CURRENCY_TARGET: dict[str, Any] = {
     ],
     "endpoint": {"name": "app", "path": "/exchange/{currency_symbol}", "http_method": "GET"},
 }
-FC_PROMPT = "What will the weather be like in Paris for the next 3 days?"
-FC_EXPECT = {"location": "paris", "days": 3}
+# one-sentence weather prompts with the arguments they must give; every function call takes the
+# next one, so no call finds its own prompt text already in llama.cpp's cache (a repeated prompt
+# evaluates ~5 new tokens instead of ~25 and took half the time: 0.47 vs ~1.0 s for the 1.5B)
+FC_PROMPTS = (
+    ("What will the weather be like in Paris for the next 3 days?", "paris", 3),
+    ("Give me the forecast for Tokyo over the next 5 days.", "tokyo", 5),
+    ("How is the weather in Berlin for 2 days?", "berlin", 2),
+    ("Weather for Madrid, 7 days please.", "madrid", 7),
+    ("I need the 4-day forecast for Chicago.", "chicago", 4),
+    ("What's the weather in Sydney for the coming 6 days?", "sydney", 6),
+    ("Tell me the weather in Lisbon for the next 2 days.", "lisbon", 2),
+    ("Forecast for Seoul over 3 days, please.", "seoul", 3),
+)
+FC_PROMPT = FC_PROMPTS[0][0]
 # benign one-sentence prompts of the lengths users type (rotated, so no single length decides)
 PROMPTS = (
     "how is the weather in seattle for the next 10 days",
@@ -399,9 +411,10 @@ def function_call_threads(log: Path) -> int | None:
     return int(m[-1]) if m else None
 
 
-def fc_correct(answer: dict[str, Any]) -> bool:
+def fc_correct(answer: dict[str, Any], expect: tuple[str, str, int]) -> bool:
+    _, city, days = expect
     args = answer.get("arguments") or {}
-    return FC_EXPECT["location"] in str(args.get("location", "")).lower() and args.get("days") == FC_EXPECT["days"] and not answer.get("missing")
+    return city in str(args.get("location", "")).lower() and args.get("days") == days and not answer.get("missing")
 
 
 async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Path) -> dict[str, Any]:
@@ -411,7 +424,6 @@ async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Pa
     variants = render_repository(repo, args.batching)
     tools = target_tools()
     tool, other_tool = tools[WEATHER_TARGET["name"]], tools[CURRENCY_TARGET["name"]]
-    messages = [{"role": "user", "content": FC_PROMPT}]
     other_messages = [{"role": "user", "content": "what is the exchange rate for gbp"}]
     out: dict[str, Any] = {"variants": variants,
                            "single": {"guard": [], "embed": [], "guard_embed": [], "function_call": [], "function_call_switch": []},
@@ -447,7 +459,12 @@ async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Pa
                 _, vectors = await asyncio.gather(client.guard(text, timeout_s=timeout), client.embed([text], timeout_s=timeout))
                 return vectors
 
+            fc_turn = itertools.count()
+            fc_expect: list[tuple[str, str, int]] = []  # the prompt of the latest function call
+
             def function_call(i: int) -> Awaitable[Any]:
+                fc_expect[:] = [FC_PROMPTS[next(fc_turn) % len(FC_PROMPTS)]]
+                messages = [{"role": "user", "content": fc_expect[0][0]}]
                 return client.function_call(messages, [tool], timeout_s=max(timeout, 60))
 
             def other_function_call(i: int) -> Awaitable[Any]:
@@ -492,7 +509,8 @@ async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Pa
                     lat, err, answers = await sequential(function_call, 1)
                     out["single"][name].append({
                         "ms": lat[0] if lat else None, "error": bool(err), "round": rnd, "load1": loadavg()[0],
-                        "correct": bool(answers) and fc_correct(answers[0]), "answer": answers[0] if answers else None,
+                        "correct": bool(answers) and fc_correct(answers[0], fc_expect[0]), "answer": answers[0] if answers else None,
+                        "prompt": fc_expect[0][0],
                     })
                 # the concurrency cells, in an order that rotates between rounds
                 shift = (rnd * 5) % len(cells)
@@ -741,7 +759,7 @@ def print_tables(res: dict[str, Any], single: list[dict[str, Any]], cells: list[
                 ["stage", "calls", "errors", "p50 ms", "p99 ms", "mean ms", "target p50 ms", "meets", "quality", "load 1m"],
                 rows, caption=f"sequential calls interleaved across {len(tri.get('rounds', []))} round(s); function_call runs "
                                f"{tri.get('function_call_threads') or '?'} llama.cpp thread(s) (picked from the free cores at load) "
-                               f"(prompt_guard embeds through BLS; guard_embed = guard and intent's embed side by side); function call: \"{FC_PROMPT}\"; {load_caption()}")
+                               f"(prompt_guard embeds through BLS; guard_embed = guard and intent's embed side by side); function calls: {len(FC_PROMPTS)} one-sentence weather prompts in turn, a new one each call (\"{FC_PROMPT}\", ...); {load_caption()}")
     rows = []
     last = None
     for c in cells:
