@@ -9,7 +9,8 @@ enum; POST /weather), the currency target (GET /exchange/{currency_symbol}) and 
 (POST /default, its reply returned as is). Requests, ``stream: false``, one at a time on a
 keep-alive connection to the ingress listener:
 
-* ``full_flow`` — "how is the weather in seattle for the next 10 days": guard → intent →
+* ``full_flow`` — six weather prompts in turn ("how is the weather in seattle for the next 10
+  days", ...), a new one each request: guard → intent →
   function call → POST /weather (through Envoy's internal listener) → the fake LLM answers with
   the endpoint's reply as context;
 * ``currency_flow`` — "what is the exchange rate for gbp": the same with a one-parameter tool
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import math
 import os
@@ -72,6 +74,17 @@ class Scenario:
 
 
 WEATHER_PROMPT = "how is the weather in seattle for the next 10 days"
+# full_flow requests take these in turn (prompt, city, days): a prompt sent again right after
+# itself would find its own text in llama.cpp's cache and embed from prompt_embed's cache
+WEATHER_PROMPTS = (
+    (WEATHER_PROMPT, "seattle", 10),
+    ("what will the weather be like in denver for the next 4 days", "denver", 4),
+    ("give me the forecast for boston over the next 3 days", "boston", 3),
+    ("weather in austin for 5 days please", "austin", 5),
+    ("how hot will it be in phoenix over the next 2 days", "phoenix", 2),
+    ("i need the 6 day forecast for portland", "portland", 6),
+)
+_weather_turn = itertools.count()
 CURRENCY_PROMPT = "what is the exchange rate for gbp"
 
 
@@ -293,7 +306,8 @@ class Client:
             self.conn = None
 
 
-def check(name: str, status: int, headers: dict[str, str], data: bytes, app_calls: list[Any], llm_calls: list[Any]) -> str | None:
+def check(name: str, status: int, headers: dict[str, str], data: bytes, app_calls: list[Any], llm_calls: list[Any],
+          expect: tuple[str, str, int] = WEATHER_PROMPTS[0]) -> str | None:
     """None when the answer is what the scenario must produce, else what is wrong."""
     if status != 200:
         return f"status {status}: {data[:200]!r}"
@@ -308,7 +322,8 @@ def check(name: str, status: int, headers: dict[str, str], data: bytes, app_call
         return "blocked by the guard"
     if name == "full_flow":
         calls = [c for c in app_calls if c.path == "/weather"]
-        if len(calls) != 1 or "seattle" not in str(calls[0].json.get("location", "")).lower() or calls[0].json.get("days") != 10:
+        _, city, days = expect
+        if len(calls) != 1 or city not in str(calls[0].json.get("location", "")).lower() or calls[0].json.get("days") != days:
             return f"weather endpoint calls: {[c.json for c in calls]} (content {content[:120]!r})"
         return None if len(llm_calls) == 1 and content.startswith("fake-llm says:") else f"LLM not called once: {content[:120]!r}"
     if name == "currency_flow":
@@ -333,11 +348,12 @@ def _json_or_none(text: str) -> Any:
 def one_request(stack: FlowStack, client: Client, sc: Scenario) -> dict[str, Any]:
     stack.app.clear()
     stack.llm.clear()
+    expect = WEATHER_PROMPTS[next(_weather_turn) % len(WEATHER_PROMPTS)] if sc.kind == "full_flow" else (sc.prompt, "", 0)
     before = scrape(stack.metrics_url)
-    status, elapsed, headers, data = client.post(sc.prompt)
+    status, elapsed, headers, data = client.post(expect[0])
     after = scrape(stack.metrics_url)
-    problem = check(sc.kind, status, headers, data, stack.app.requests, stack.llm.requests)
-    return {"scenario": sc.name, "kind": sc.kind, "ms": elapsed * 1000, "ok": problem is None, "problem": problem,
+    problem = check(sc.kind, status, headers, data, stack.app.requests, stack.llm.requests, expect)
+    return {"scenario": sc.name, "kind": sc.kind, "prompt": expect[0], "ms": elapsed * 1000, "ok": problem is None, "problem": problem,
             "stages_ms": stage_breakdown(before, after) if before and after else {}, "loadavg_1m": loadavg()[0]}
 
 
@@ -400,8 +416,9 @@ def print_tables(summary: list[dict[str, Any]], *, notes: list[str], rounds: int
                      f"≤ {r['target_p50_ms']:g}" if r["target_p50_ms"] is not None else "-", _yes(r["meets_target"]), r["loadavg_1m"]])
     caption = (f"one request at a time, stream false, {rounds} interleaved round(s); stage columns: p50 of the per-request "
                "difference of ext_proc's sidegate_stage_seconds (guard and intent run side by side, so they overlap and rest can "
-               "be negative; each scenario repeats one prompt, so prompt_embed answers it from its cache of recent vectors: a "
-               "new prompt adds one embedding, ~12 ms, see `stages`); rest = end to end − stages (Envoy, ext_proc's gRPC "
+               "be negative; full_flow requests take six weather prompts in turn, a new one each time; the other scenarios repeat "
+               "one prompt, so prompt_embed answers it from its cache of recent vectors: a new prompt adds one embedding, "
+               "~12 ms, see `stages`); rest = end to end − stages (Envoy, ext_proc's gRPC "
                "exchange and handling, the fake "
                f"LLM call); stack started in {startup_s:.0f}s; " + "; ".join(notes) + ("; " if notes else "") + load_caption())
     print_table("Prompt-target flow through sidegate (Envoy + ext_proc + Triton on CPU), latency ms",

@@ -206,6 +206,9 @@ def triton_command(
         "--disable-auto-complete-config",
         "--model-control-mode=explicit",
         *(f"--load-model={m}" for m in models),
+        # one model at a time: each model picks its threads from the cores free while it loads,
+        # and a neighbour's load or warm-up would leave the llama.cpp models one thread of two
+        "--model-load-thread-count=1",
         "--strict-readiness=false",
         "--pinned-memory-pool-byte-size=0",
         "--allow-gpu-metrics=false",

