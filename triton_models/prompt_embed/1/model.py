@@ -30,6 +30,7 @@ file is checked before loading, since the package carries no checksum of its own
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -39,8 +40,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-import sys
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -135,9 +134,9 @@ class TritonPythonModel:
         why_not_numpy = "a KIND_GPU instance" if args["model_instance_kind"] == "GPU" else encoder.supported(weights)
         if why_not_numpy is None:
             self._limit_blas(threads)
-            self.numpy = encoder.BertEncoder(weights, max_tokens)
-            self._encode = self.numpy.encode
-            engine = f"numpy, {threads} BLAS thread(s), max {self.numpy.max_tokens} tokens"
+            bert = encoder.BertEncoder(weights, max_tokens)
+            self._encode = bert.encode
+            engine = f"numpy, {threads} BLAS thread(s), max {bert.max_tokens} tokens"
         else:
             self._encode, engine = self._torch_encoder(args, weights, threads, max_tokens)
             engine += f" (not numpy: {why_not_numpy})"
@@ -225,6 +224,6 @@ class TritonPythonModel:
         return out
 
     def finalize(self):
-        self._encode = self.numpy = None
+        self._encode = None
         self.cache_hits = self.cache_misses = None  # metrics before their family, as Triton requires
         self.cache_family = None
