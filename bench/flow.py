@@ -9,7 +9,7 @@ enum; POST /weather), the currency target (GET /exchange/{currency_symbol}) and 
 (POST /default, its reply returned as is). Requests, ``stream: false``, one at a time on a
 keep-alive connection to the ingress listener:
 
-* ``full_flow`` — six weather prompts in turn ("how is the weather in seattle for the next 10
+* ``full_flow`` — nine weather prompts in turn ("how is the weather in seattle for the next 10
   days", ...), a new one each request: guard → intent →
   function call → POST /weather (through Envoy's internal listener) → the fake LLM answers with
   the endpoint's reply as context;
@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._harness import REPO_ROOT, free_port, load_caption, loadavg, median, percentile, print_table, write_results
-from bench.stages import CURRENCY_TARGET, JAILBREAK_PROMPT, WEATHER_TARGET
+from bench.stages import CURRENCY_TARGET, JAILBREAK_PROMPT, WEATHER_PROMPTS, WEATHER_TARGET, weather_args_ok
 
 PART = "flow"
 
@@ -73,17 +73,9 @@ class Scenario:
     target_ms: float | None
 
 
-WEATHER_PROMPT = "how is the weather in seattle for the next 10 days"
-# full_flow requests take these in turn (prompt, city, days): a prompt sent again right after
-# itself would find its own text in llama.cpp's cache and embed from prompt_embed's cache
-WEATHER_PROMPTS = (
-    (WEATHER_PROMPT, "seattle", 10),
-    ("what will the weather be like in denver for the next 4 days", "denver", 4),
-    ("give me the forecast for boston over the next 3 days", "boston", 3),
-    ("weather in austin for 5 days please", "austin", 5),
-    ("how hot will it be in phoenix over the next 2 days", "phoenix", 2),
-    ("i need the 6 day forecast for portland", "portland", 6),
-)
+WEATHER_PROMPT = WEATHER_PROMPTS[0][0]
+# full_flow requests take bench/stages.py's weather prompts in turn: a prompt sent again right
+# after itself would find its own text in llama.cpp's cache and embed from prompt_embed's cache
 _weather_turn = itertools.count()
 CURRENCY_PROMPT = "what is the exchange rate for gbp"
 
@@ -322,8 +314,7 @@ def check(name: str, status: int, headers: dict[str, str], data: bytes, app_call
         return "blocked by the guard"
     if name == "full_flow":
         calls = [c for c in app_calls if c.path == "/weather"]
-        _, city, days = expect
-        if len(calls) != 1 or city not in str(calls[0].json.get("location", "")).lower() or calls[0].json.get("days") != days:
+        if len(calls) != 1 or not weather_args_ok(calls[0].json, expect):
             return f"weather endpoint calls: {[c.json for c in calls]} (content {content[:120]!r})"
         return None if len(llm_calls) == 1 and content.startswith("fake-llm says:") else f"LLM not called once: {content[:120]!r}"
     if name == "currency_flow":
@@ -416,7 +407,7 @@ def print_tables(summary: list[dict[str, Any]], *, notes: list[str], rounds: int
                      f"≤ {r['target_p50_ms']:g}" if r["target_p50_ms"] is not None else "-", _yes(r["meets_target"]), r["loadavg_1m"]])
     caption = (f"one request at a time, stream false, {rounds} interleaved round(s); stage columns: p50 of the per-request "
                "difference of ext_proc's sidegate_stage_seconds (guard and intent run side by side, so they overlap and rest can "
-               "be negative; full_flow requests take six weather prompts in turn, a new one each time; the other scenarios repeat "
+               f"be negative; full_flow requests take {len(WEATHER_PROMPTS)} weather prompts in turn, a new one each time; the other scenarios repeat "
                "one prompt, so prompt_embed answers it from its cache of recent vectors: a new prompt adds one embedding, "
                "~12 ms, see `stages`); rest = end to end − stages (Envoy, ext_proc's gRPC "
                "exchange and handling, the fake "

@@ -117,10 +117,12 @@ CURRENCY_TARGET: dict[str, Any] = {
     ],
     "endpoint": {"name": "app", "path": "/exchange/{currency_symbol}", "http_method": "GET"},
 }
-# one-sentence weather prompts with the arguments they must give; every function call takes the
-# next one, so no call finds its own prompt text already in llama.cpp's cache (a repeated prompt
-# evaluates ~5 new tokens instead of ~25 and took half the time: 0.47 vs ~1.0 s for the 1.5B)
-FC_PROMPTS = (
+# one-sentence weather prompts with the arguments they must give (here and in bench/flow.py);
+# every function call takes the next one, so no call finds its own prompt text already in
+# llama.cpp's cache (a repeated prompt evaluates ~5 new tokens instead of ~25 and took half the
+# time: 0.47 vs ~1.0 s for the 1.5B)
+WEATHER_PROMPTS = (
+    ("how is the weather in seattle for the next 10 days", "seattle", 10),
     ("What will the weather be like in Paris for the next 3 days?", "paris", 3),
     ("Give me the forecast for Tokyo over the next 5 days.", "tokyo", 5),
     ("How is the weather in Berlin for 2 days?", "berlin", 2),
@@ -130,7 +132,6 @@ FC_PROMPTS = (
     ("Tell me the weather in Lisbon for the next 2 days.", "lisbon", 2),
     ("Forecast for Seoul over 3 days, please.", "seoul", 3),
 )
-FC_PROMPT = FC_PROMPTS[0][0]
 # benign one-sentence prompts of the lengths users type (rotated, so no single length decides)
 PROMPTS = (
     "how is the weather in seattle for the next 10 days",
@@ -411,10 +412,14 @@ def function_call_threads(log: Path) -> int | None:
     return int(m[-1]) if m else None
 
 
-def fc_correct(answer: dict[str, Any], expect: tuple[str, str, int]) -> bool:
+def weather_args_ok(args: dict[str, Any], expect: tuple[str, str, int]) -> bool:
+    """The weather arguments name the city and the days of ``expect`` (a WEATHER_PROMPTS row)."""
     _, city, days = expect
-    args = answer.get("arguments") or {}
-    return city in str(args.get("location", "")).lower() and args.get("days") == days and not answer.get("missing")
+    return city in str(args.get("location", "")).lower() and args.get("days") == days
+
+
+def fc_correct(answer: dict[str, Any], expect: tuple[str, str, int]) -> bool:
+    return weather_args_ok(answer.get("arguments") or {}, expect) and not answer.get("missing")
 
 
 async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Path) -> dict[str, Any]:
@@ -463,7 +468,7 @@ async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Pa
             fc_expect: list[tuple[str, str, int]] = []  # the prompt of the latest function call
 
             def function_call(i: int) -> Awaitable[Any]:
-                fc_expect[:] = [FC_PROMPTS[next(fc_turn) % len(FC_PROMPTS)]]
+                fc_expect[:] = [WEATHER_PROMPTS[next(fc_turn) % len(WEATHER_PROMPTS)]]
                 messages = [{"role": "user", "content": fc_expect[0][0]}]
                 return client.function_call(messages, [tool], timeout_s=max(timeout, 60))
 
@@ -759,7 +764,7 @@ def print_tables(res: dict[str, Any], single: list[dict[str, Any]], cells: list[
                 ["stage", "calls", "errors", "p50 ms", "p99 ms", "mean ms", "target p50 ms", "meets", "quality", "load 1m"],
                 rows, caption=f"sequential calls interleaved across {len(tri.get('rounds', []))} round(s); function_call runs "
                                f"{tri.get('function_call_threads') or '?'} llama.cpp thread(s) (picked from the free cores at load) "
-                               f"(prompt_guard embeds through BLS; guard_embed = guard and intent's embed side by side); function calls: {len(FC_PROMPTS)} one-sentence weather prompts in turn, a new one each call (\"{FC_PROMPT}\", ...); {load_caption()}")
+                               f"(prompt_guard embeds through BLS; guard_embed = guard and intent's embed side by side); function calls: {len(WEATHER_PROMPTS)} one-sentence weather prompts in turn, a new one each call (\"{WEATHER_PROMPTS[0][0]}\", ...); {load_caption()}")
     rows = []
     last = None
     for c in cells:
