@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make the bench package importable
     sys.path.insert(0, str(ROOT))
 
-from bench._harness import RESULTS_DIR, load_caption, percentile, print_table, write_results  # noqa: E402
+from bench._harness import RESULTS_DIR, load_caption, memory_kib, percentile, print_table, write_results  # noqa: E402
 
 MODEL_DIR = ROOT / "triton_models" / "function_call"
 PART = "function_call"  # bench/results/function_call.json
@@ -226,11 +226,8 @@ def run_latency(fc: Any, repeats: int) -> dict[str, Any]:
 
 def rss_mb() -> float:
     """This process's resident memory (engine + model), as the Triton python stub would hold."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
+    kib = memory_kib(os.getpid())["rss"]
+    return round(kib / 1024, 1) if kib is not None else float("nan")
 
 
 def run_bfcl(fc: Any, cases: list[dict[str, Any]], verbose: bool) -> dict[str, Any]:
