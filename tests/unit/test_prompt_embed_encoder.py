@@ -86,3 +86,25 @@ def test_supported_only_for_mean_pooled_bert(encoder, folder, tmp_path) -> None:
     assert "BERT" in encoder.supported(other)
 
     assert "not a sentence-transformers folder" in encoder.supported(tmp_path / "missing")
+
+
+def test_torch_engine_gives_the_numpy_engines_vectors(encoder, folder, monkeypatch) -> None:
+    """prompt_embed's other engine (sentence-transformers: GPU instances, other weights) agrees."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("sentence_transformers")
+    import types
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    spec = importlib.util.spec_from_file_location("sidegate_prompt_embed_model", ENCODER.with_name("model.py"))
+    model_py = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model_py)
+
+    threads = torch.get_num_threads()
+    try:
+        encode, engine = model_py.TritonPythonModel._torch_encoder({"model_instance_kind": "CPU"}, folder, 1, 256)
+    finally:
+        torch.set_num_threads(threads)
+    assert engine.startswith("sentence-transformers on cpu, 1 torch thread(s), max 256 tokens")
+    vectors = encode(TEXTS)
+    assert vectors.shape == (len(TEXTS), 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors, encoder.BertEncoder(folder, max_tokens=256).encode(TEXTS), atol=5e-5)

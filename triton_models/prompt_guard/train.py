@@ -30,7 +30,9 @@ Usage (requirements-models.txt, then the pins in requirements-train.txt beside t
   pip install --require-hashes --no-deps -r triton_models/prompt_guard/requirements-train.txt
   python triton_models/prompt_guard/train.py [--cache-dir /tmp/sidegate-guard-cache]
 Embedding ~20k prompts takes ~3 min on 2 CPU cores once; they are cached by text under
---cache-dir. Everything is seeded: a rerun writes the same head.
+--cache-dir. Everything is seeded and every fit runs TRAIN_THREADS BLAS threads (sums split
+differently give other last bits): a rerun writes the same head, byte for byte (checked:
+the committed guard_head.npz, sha256 00bf8570...).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ SEED = 0
 OUT_DIR = HERE / "1"
 DEFAULT_CACHE = Path(os.environ.get("SIDEGATE_GUARD_CACHE", "/tmp/sidegate-guard-cache"))
 TARGET_FPR = 0.01
+TRAIN_THREADS = 2  # BLAS threads for every fit: the MLPs' sums differ in the last bits between thread counts
 FEATURES = {
     "max_chars": 4096,  # TF-IDF sees the first 4 kB (the embedder sees ~1 kB: 256 word pieces)
     "word": {"analyzer": "word", "ngram_range": [1, 2], "max_features": 30000, "lowercase": True, "sublinear_tf": True, "C": 10.0},
@@ -311,6 +314,9 @@ def main(argv=None) -> int:
     from sklearn.model_selection import StratifiedKFold
     from sklearn.neural_network import MLPClassifier
 
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=TRAIN_THREADS, user_api="blas")  # the same splits of every sum on any machine
     np.random.seed(SEED)
     weights_dir = C.default_weights_dir()
     weights_sha = {name: C.sha256_file(weights_dir / name) for name in WEIGHT_FILES}
