@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import ctypes
 import datetime as _dt
+import importlib.util
 import json
 import math
 import os
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import urllib.error
 import urllib.request
 import zlib
@@ -56,6 +58,7 @@ __all__ = [
     "free_port",
     "git_commit",
     "load_caption",
+    "load_module",
     "loadavg",
     "machine_info",
     "median",
@@ -264,6 +267,23 @@ def cpu_seconds(pid: int) -> float:
         return math.nan
     fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime: fields 14 and 15 of stat
+
+
+def load_module(name: str, path: Path | str) -> types.ModuleType:
+    """The python file ``path`` as module ``name``, once: the model folders' files (engine.py,
+    classifier.py, train.py, ...) are not importable packages. Registered in ``sys.modules``
+    (dataclasses look their module up there), so a second call returns the same module."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec and spec.loader, path
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
 def memory_kib(pid: int) -> dict[str, int | None]:

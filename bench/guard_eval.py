@@ -35,23 +35,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/guard_eval.py` as well as `python -m bench guard`
-from bench._harness import load_caption, print_table, write_results
+from bench._harness import load_caption, load_module, print_table, write_results
 
 GUARD_DIR = ROOT / "triton_models" / "prompt_guard"
 PART = "guard"  # bench/results/guard.json
 
 
-def _load(name: str, path: Path):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 # train.py: data loaders, metrics and the embedding cache (scikit-learn is imported only to train)
-T = _load("sidegate_prompt_guard_train", GUARD_DIR / "train.py")
+T = load_module("sidegate_prompt_guard_train", GUARD_DIR / "train.py")
 C = T.C
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from bench._harness import load_module
+
 pytest.importorskip("tritonclient.grpc.aio", reason="model dependencies not installed (requirements-models.txt)")
 pytest.importorskip("pytriton", reason="nvidia-pytriton (tritonserver) not installed (requirements-models.txt)")
 pytest.importorskip("sentence_transformers", reason="model dependencies not installed (requirements-models.txt)")
@@ -401,22 +403,10 @@ async def test_a_dead_prompt_embed_stub_under_the_guard_is_reloaded(guard_triton
 
 # ------------------------------------------------------------------ function_call on real Triton
 
-def _fc_module(name: str, path: Path):  # type: ignore[no-untyped-def]
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def fc_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
     pytest.importorskip("xllamacpp", reason="function_call needs xllamacpp (triton_models/function_call/requirements.txt)")
-    weights = _fc_module("sidegate_fc_weights", REPO / "function_call" / "weights.py")
+    weights = load_module("sidegate_fc_weights", REPO / "function_call" / "weights.py")
     try:
         weights.resolve(weights.DEFAULT_MODEL)
     except weights.WeightsError as exc:
@@ -428,7 +418,7 @@ def fc_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
 def test_function_call_keeps_each_tools_prompt_cached(fc_triton: Triton) -> None:
     import tritonclient.grpc as grpcclient
 
-    fc = _fc_module("sidegate_fc_client", REPO / "function_call" / "client.py")
+    fc = load_module("sidegate_fc_client", REPO / "function_call" / "client.py")
     other = {"type": "function", "function": {
         "name": "get_exchange_rate", "description": "Exchange rate from US dollars to another currency.",
         "parameters": {"type": "object", "properties": {"currency": {"type": "string", "enum": ["GBP", "EUR"]}},

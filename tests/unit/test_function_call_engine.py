@@ -11,28 +11,19 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jsonschema
 import pytest
 
+from bench._harness import load_module
+
 MODEL_DIR = Path(__file__).resolve().parents[2] / "triton_models" / "function_call"
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-engine = _load("sidegate_fc_engine", MODEL_DIR / "1" / "engine.py")
-weights = _load("sidegate_fc_weights", MODEL_DIR / "weights.py")
+engine = load_module("sidegate_fc_engine", MODEL_DIR / "1" / "engine.py")
+weights = load_module("sidegate_fc_weights", MODEL_DIR / "weights.py")
 
 WEATHER: dict[str, Any] = engine.WEATHER_TOOL
 

