@@ -138,7 +138,7 @@ def up(
             _print_ready(services)
             console.print("Ctrl-C stops everything." if not supervise else "")
         else:
-            colour = {"healthy": "green", "starting": "yellow", "stopped": "dim"}.get(status.split(" ")[0], "red")
+            colour = {"healthy": "green", "starting": "yellow", "warming:": "yellow", "stopped": "dim"}.get(status.split(" ")[0], "red")
             console.print(f"  {svc.name:<9} [{colour}]{status}[/{colour}]")
 
     console.print(f"sidegate up: {config_path}")
@@ -159,7 +159,8 @@ def _detach(config_path: str, demo: bool, demo_port: int, extra: list[str]) -> N
     with open(logs / "supervisor.log", "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     shown: dict[str, str] = {}
-    deadline = time.monotonic() + 180
+    # Triton may take its 300 s start timeout, ext_proc its 180 s warm-up; a failure ends sooner
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         state = sv.read_state()
         if state and state.get("supervisor_pid") == proc.pid:

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -81,21 +81,27 @@ class IngressPipeline:
         self._index_lock = asyncio.Lock()
 
     # -- start-up ---------------------------------------------------------------------------
-    async def prefill_function_call(self, limit: int = 4) -> int:
+    async def prefill_function_call(self, limit: int = 4, progress: Callable[[int, int], None] | None = None) -> int:
         """Call ``function_call`` once per target that has parameters (at most ``limit``, the
         model's default number of llama.cpp slots), so each target's prompt prefix is in the KV
         cache before its first real request: the first call for a target evaluates ~350 prompt
         tokens (~7 s for the 1.5B on 2 cores), later ones ~20. Returns how many were filled;
-        a failure only means the first real request pays for it."""
+        a failure only means the first real request pays for it. ``progress(done, total)`` is
+        called before each call and at the end."""
         if self.models is None:
             return 0
         filled = 0
-        for target in [t for t in self.cfg.prompt_targets if t.parameters][:limit]:
+        targets = [t for t in self.cfg.prompt_targets if t.parameters][:limit]
+        for done, target in enumerate(targets):
+            if progress is not None:
+                progress(done, len(targets))
             try:
                 await self.models.function_call([{"role": "user", "content": "hello"}], tool_schema(target))
                 filled += 1
             except ModelServerError as exc:
                 log.info("function_call prefix of %s not pre-filled: %s", target.name, exc.message)
+        if progress is not None and targets:
+            progress(len(targets), len(targets))
         return filled
 
     async def warm(self) -> None:

@@ -3,6 +3,12 @@
 Lifecycle: both servers start on one uvloop event loop; SIGTERM or SIGINT flips /healthz to 503
 (so the supervisor and load balancers stop sending), lets in-flight streams finish for up to
 ``grace`` seconds, then stops.
+
+Warming: with a model server, the service embeds the prompt targets and pre-fills function_call's
+prompt prefix of each target in the background after it starts. /healthz answers 200 throughout
+and says how far that got in ``warm`` ("embedding prompt targets", "pre-filling function_call
+prompts (1/2)", then "done" or "done: ..." with what was left out); ``sidegate up`` waits for
+"done" so that its first request does not queue behind a ~7 s pre-fill.
 """
 
 from __future__ import annotations
@@ -30,11 +36,11 @@ log = logging.getLogger("sidegate.ext_proc")
 
 
 async def start_http(
-    cfg: Config, metrics: Metrics, state: dict[str, bool], port: int | None = None, models: Models | None = None
+    cfg: Config, metrics: Metrics, state: dict[str, bool | str], port: int | None = None, models: Models | None = None
 ) -> tuple[web.AppRunner, int]:
     async def healthz(_: web.Request) -> web.Response:
         if state.get("serving"):
-            return web.json_response({"status": "ok", "config": cfg.source})
+            return web.json_response({"status": "ok", "config": cfg.source, "warm": state.get("warm", "done")})
         return web.json_response({"status": "draining"}, status=503)
 
     async def metrics_handler(_: web.Request) -> web.Response:
@@ -62,9 +68,14 @@ def _models(cfg: Config) -> Models | None:
     return TritonModels(TritonClient(endpoint), timeout_s=cfg.model_server.timeout_s)
 
 
-async def _warm(services: Services) -> None:
+async def _warm(services: Services, state: dict[str, bool | str]) -> None:
     """Embed the prompt-target descriptions now rather than on the first request (retry while
-    Triton starts), then fill function_call's cached prompt prefix of each target."""
+    Triton starts), then fill function_call's cached prompt prefix of each target; ``state["warm"]``
+    (shown by /healthz) says which step is running."""
+    if services.models is None:
+        state["warm"] = "done"
+        return
+    state["warm"] = "embedding prompt targets"
     for attempt in range(30):
         try:
             await services.ingress.warm()
@@ -72,21 +83,30 @@ async def _warm(services: Services) -> None:
         except ModelServerError as exc:
             if attempt == 0:
                 log.warning("cannot embed prompt targets yet (%s); retrying", exc.message)
+                # nothing to wait for (`sidegate up` starts a local Triton before this service, so
+                # this is a remote one that is down): requests answer 503 until it is back
+                state["warm"] = "done: the model server does not answer yet, retrying in the background"
             await asyncio.sleep(2)
     else:
         log.error("prompt targets are not embedded: intent matching will retry on the first request")
+        state["warm"] = "done: prompt targets not embedded (model server unreachable)"
         return
     started = time.perf_counter()
-    if filled := await services.ingress.prefill_function_call():
+
+    def progress(done: int, total: int) -> None:
+        state["warm"] = f"pre-filling function_call prompts ({done}/{total})"
+
+    if filled := await services.ingress.prefill_function_call(progress=progress):
         log.info("function_call prompt prefixes of %d target(s) cached in %.1fs", filled, time.perf_counter() - started)
+    state["warm"] = "done"
 
 
 async def serve(cfg: Config, *, grace: float = 5.0) -> None:
     telemetry.setup(cfg)  # no tracing.otlp_endpoint: nothing at all
     services = Services.create(cfg, models=_models(cfg))
     metrics = services.metrics
-    warming = asyncio.get_running_loop().create_task(_warm(services))
-    state = {"serving": False}
+    state: dict[str, bool | str] = {"serving": False, "warm": "starting"}
+    warming = asyncio.get_running_loop().create_task(_warm(services, state))
     server, port = await create_server(services, f"{cfg.ext_proc.address}:{cfg.ext_proc.port}")
     await server.start()
     runner, http_port = await start_http(cfg, metrics, state, models=services.models)

@@ -75,6 +75,16 @@ def http_ok(url: str, expect: str | None = None, timeout: float = 1.0) -> bool:
         return False
 
 
+def health_json(url: str, timeout: float = 1.0) -> dict:  # type: ignore[type-arg]
+    """The JSON body of a 200 health answer, {} for anything else."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback health URL)
+            body = json.loads(r.read()) if r.status == 200 else {}
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def _die_with_parent() -> None:
     """preexec: SIGTERM this child when the supervisor dies, whatever kills it."""
     with contextlib.suppress(OSError, AttributeError):
@@ -90,6 +100,9 @@ class Service:
     health_expect: str | None = None
     env: dict[str, str] = field(default_factory=dict, repr=False)
     start_timeout: float = 60.0
+    # > 0: once healthy, wait up to this long for the "warm" field of its health JSON to say "done"
+    # (ext_proc: prompt targets embedded, function_call prompts pre-filled), showing each step
+    warm_timeout: float = 0.0
     cleanup_shm: str | None = None  # /dev/shm prefix to sweep after the process exits (Triton)
     pid: int | None = None
     status: str = "pending"
@@ -159,6 +172,8 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, 
             argv=[py, "-m", "ext_proc", "serve", config_path, "--model-server", model_server or "none"],
             health_url=f"http://{e.address}:{e.http_port}/healthz",
             listens=f"grpc://{e.address}:{e.port}, http://{e.address}:{e.http_port}/metrics",
+            # embedding retries while Triton starts (<= 60 s), then <= 4 pre-fills of ~7 s each
+            warm_timeout=180.0 if model_server else 0.0,
             env=env,
         )
     )
@@ -256,6 +271,20 @@ class Supervisor:
             time.sleep(0.1)
         return False
 
+    def _wait_warm(self, svc: Service) -> None:
+        """Until ``svc``'s health JSON says ``warm: done...`` (or warm_timeout): each step as an event.
+        Not an error when it times out or the field is missing: the service is serving already."""
+        deadline = time.monotonic() + svc.warm_timeout
+        shown = None
+        while time.monotonic() < deadline and not self.stopping and self.procs[svc.name].poll() is None:
+            phase = str(health_json(svc.health_url).get("warm", "done"))
+            if phase.startswith("done"):
+                return
+            if phase != shown:
+                self._event(svc, f"warming: {phase}")
+                shown = phase
+            time.sleep(0.2)
+
     def start_all(self) -> bool:
         for svc in self.services:
             self._event(svc, "starting")
@@ -264,6 +293,8 @@ class Supervisor:
                 code = self.procs[svc.name].poll()
                 self._event(svc, f"failed (exit code {code})" if code is not None else "failed (health check timed out)")
                 return False
+            if svc.warm_timeout > 0:
+                self._wait_warm(svc)
             self._event(svc, "healthy")
         return True
 

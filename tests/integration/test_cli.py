@@ -97,6 +97,7 @@ def test_up_detached_status_logs_restart_and_down(tmp_path: Path) -> None:
             assert _wait(restarted), sv_state(home)
             health = urllib.request.urlopen(f"http://127.0.0.1:{raw['ext_proc']['http_port']}/healthz", timeout=5)  # noqa: S310
             assert health.status == 200
+            assert json.loads(health.read())["warm"] == "done"  # no model server: nothing to warm
 
             logs = sidegate("logs", "ext_proc", home=home)
             assert logs.returncode == 0 and "ext_proc listening" in logs.stdout

@@ -4,6 +4,7 @@ function calling on CPU), a fake LLM provider, and a fake app that records the e
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +134,19 @@ def ask(p: Pipeline, messages: list[dict[str, Any]], *, stream: bool, **kw: Any)
     raw = c.chat.completions.with_raw_response.create(model="any", messages=messages)
     completion = raw.parse()
     return completion.choices[0].message.content or "", dict(completion.metadata or {}), dict(raw.headers)
+
+
+def test_the_stack_is_up_only_once_targets_are_embedded_and_prompts_pre_filled(pipe: Pipeline) -> None:
+    """start_all returned (what `sidegate up` waits for): ext_proc says it is warm, and the
+    function_call prompt of each target with parameters is already in llama.cpp's cache."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{pipe.cfg.ext_proc.http_port}/healthz", timeout=5) as r:  # noqa: S310
+        assert json.loads(r.read())["warm"] == "done"
+    with urllib.request.urlopen(f"http://127.0.0.1:{pipe.cfg.model_server.metrics_port}/metrics", timeout=5) as r:  # noqa: S310
+        metrics = r.read().decode()
+    calls = re.search(r'^nv_inference_request_success\{model="function_call",version="1"\} (\S+)$', metrics, re.MULTILINE)
+    assert calls and float(calls.group(1)) >= sum(1 for t in pipe.cfg.prompt_targets if t.parameters)
 
 
 @pytest.mark.parametrize("stream", [False, True])

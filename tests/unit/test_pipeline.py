@@ -50,3 +50,9 @@ def test_prefill_stops_at_the_slot_count_and_survives_a_failing_call() -> None:
     models = Models(fail={"t1"})
     assert asyncio.run(pipeline(models, 6).prefill_function_call(limit=4)) == 3
     assert models.calls == ["t0", "t1", "t2", "t3"]
+
+
+def test_prefill_reports_its_progress() -> None:
+    seen: list[tuple[int, int]] = []
+    assert asyncio.run(pipeline(Models(), 2).prefill_function_call(progress=lambda done, total: seen.append((done, total)))) == 2
+    assert seen == [(0, 2), (1, 2), (2, 2)]

@@ -1,0 +1,77 @@
+"""ext_proc.supervisor pieces that need no stack (the whole `sidegate up`: tests/integration/test_cli.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from ext_proc import supervisor as sv
+
+
+class _Health:
+    """A /healthz that answers each phase of ``phases`` in turn (the last one for ever)."""
+
+    def __init__(self, phases: list[dict[str, str]]) -> None:
+        self.phases = phases
+        self.calls = 0
+        health = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                body = json.dumps(health.phases[min(health.calls, len(health.phases) - 1)]).encode()
+                health.calls += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/healthz"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def running() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _supervise(url: str, proc: subprocess.Popen[bytes], warm_timeout: float) -> list[str]:
+    events: list[str] = []
+    svc = sv.Service(name="ext_proc", argv=[], health_url=url, listens="", warm_timeout=warm_timeout)
+    sup = sv.Supervisor([svc], config_path="x.yaml", on_event=lambda s, status: events.append(status))
+    sup.write_state = lambda: None  # type: ignore[method-assign]  # no state file for this test
+    sup.procs[svc.name] = proc
+    sup._wait_warm(svc)
+    return events
+
+
+def test_warming_steps_are_shown_until_done(running: subprocess.Popen[bytes]) -> None:
+    health = _Health([{"status": "ok", "warm": "embedding prompt targets"}] * 2
+                     + [{"status": "ok", "warm": "pre-filling function_call prompts (0/2)"},
+                        {"status": "ok", "warm": "pre-filling function_call prompts (1/2)"},
+                        {"status": "ok", "warm": "done"}])
+    events = _supervise(health.url, running, warm_timeout=30)
+    assert events == ["warming: embedding prompt targets", "warming: pre-filling function_call prompts (0/2)",
+                      "warming: pre-filling function_call prompts (1/2)"]
+    assert health.calls == 5  # it stopped asking once it read "done"
+
+
+def test_a_service_without_the_field_or_one_that_never_warms_is_not_waited_for_long(running: subprocess.Popen[bytes]) -> None:
+    assert _supervise(_Health([{"status": "ok"}]).url, running, warm_timeout=30) == []  # an older ext_proc: ready
+    assert _supervise(_Health([{"status": "ok", "warm": "done: the model server does not answer yet"}]).url,
+                      running, warm_timeout=30) == []
+    stuck = _supervise(_Health([{"status": "ok", "warm": "embedding prompt targets"}]).url, running, warm_timeout=0.5)
+    assert stuck == ["warming: embedding prompt targets"]  # then start_all marks it healthy anyway
