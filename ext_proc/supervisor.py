@@ -67,20 +67,25 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def http_ok(url: str, expect: str | None = None, timeout: float = 1.0) -> bool:
+def _health_body(url: str, timeout: float) -> bytes | None:
+    """The body of a 200 answer from a (loopback) health URL; None for anything else."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback health URL)
-            return r.status == 200 and (expect is None or expect.encode() in r.read())
+            return r.read() if r.status == 200 else None
     except (urllib.error.URLError, OSError, ValueError):
-        return False
+        return None
+
+
+def http_ok(url: str, expect: str | None = None, timeout: float = 1.0) -> bool:
+    body = _health_body(url, timeout)
+    return body is not None and (expect is None or expect.encode() in body)
 
 
 def health_json(url: str, timeout: float = 1.0) -> dict:  # type: ignore[type-arg]
     """The JSON body of a 200 health answer, {} for anything else."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback health URL)
-            body = json.loads(r.read()) if r.status == 200 else {}
-    except (urllib.error.URLError, OSError, ValueError):
+        body = json.loads(_health_body(url, timeout) or b"{}")
+    except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
 
