@@ -56,7 +56,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,16 +171,16 @@ def model_dir_name(name: str) -> str:
     return next((m for m in MODELS if name == m or name.startswith(m + "_")), name)
 
 
-def render_repository(dest: Path, batchings: list[str]) -> dict[str, list[str]]:
-    """The three models as written, plus a copy of each batched model per non-default batching;
-    returns ``{batching: [model names]}``."""
+def render_repository(dest: Path, batchings: list[str], models: Sequence[str] = MODELS, config: str = "config.pbtxt") -> dict[str, list[str]]:
+    """``models`` as written (``config``: ``config.pbtxt``, or ``configs/gpu.pbtxt`` for KIND_GPU),
+    plus a copy of each batched model per non-default batching; returns ``{batching: [model names]}``."""
     src_root = REPO_ROOT / "triton_models"
     dest.mkdir(parents=True, exist_ok=True)
     out: dict[str, list[str]] = {}
-    for model in MODELS:
+    for model in models:
         (dest / model).mkdir()
         os.symlink(src_root / model / "1", dest / model / "1")
-        (dest / model / "config.pbtxt").write_text((src_root / model / "config.pbtxt").read_text())
+        (dest / model / "config.pbtxt").write_text((src_root / model / config).read_text())
     for batching in batchings:
         out[batching] = [variant_name(m, batching) for m in BATCHED]
         if batching == "dynamic":
@@ -189,7 +189,7 @@ def render_repository(dest: Path, batchings: list[str]) -> dict[str, list[str]]:
             name = variant_name(model, batching)
             (dest / name).mkdir()
             os.symlink(src_root / model / "1", dest / name / "1")
-            (dest / name / "config.pbtxt").write_text(variant_config((src_root / model / "config.pbtxt").read_text(), name, batching))
+            (dest / name / "config.pbtxt").write_text(variant_config((src_root / model / config).read_text(), name, batching))
     return out
 
 
@@ -247,6 +247,15 @@ def triton_memory(server_pid: int) -> dict[str, dict[str, int | None]]:
         if model is not None:
             out[f"stub:{model}"] = process_memory(pid)
     return out
+
+
+def gpu_memory(server_pid: int) -> dict[str, int]:
+    """``{"tritonserver" | "stub:<model>": MiB}`` of GPU memory, from nvidia-smi's compute apps."""
+    run = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, timeout=30, check=False)
+    used = {int(pid): int(mib) for pid, mib in (line.split(",") for line in run.stdout.splitlines() if line.strip())}
+    names = {server_pid: "tritonserver"} | {pid: f"stub:{stub_model(pid)}" for pid in children(server_pid)}
+    return {names[pid]: mib for pid, mib in used.items() if pid in names}
 
 
 def _die_with_parent() -> None:
@@ -426,7 +435,8 @@ async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Pa
     from ext_proc.triton_client import TritonClient
 
     repo = workdir / "models"
-    variants = render_repository(repo, args.batching)
+    models = [m for m in MODELS if m != "function_call" or not args.no_function_call]
+    variants = render_repository(repo, args.batching, models, "configs/gpu.pbtxt" if args.gpu else "config.pbtxt")
     tools = target_tools()
     tool, other_tool = tools[WEATHER_TARGET["name"]], tools[CURRENCY_TARGET["name"]]
     other_messages = [{"role": "user", "content": "what is the exchange rate for gbp"}]
@@ -434,10 +444,10 @@ async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Pa
                            "single": {"guard": [], "embed": [], "guard_embed": [], "function_call": [], "function_call_switch": []},
                            "cells": [],
                            "rounds": []}
-    with TritonProcess(repo, list(MODELS), workdir) as triton:
+    with TritonProcess(repo, models, workdir) as triton:
         out["triton_startup_s"] = triton.startup_s
         out["memory_rest"] = triton_memory(triton.pid)
-        print(f"[stages] Triton ready in {triton.startup_s:.0f}s (prompt_embed, prompt_guard, function_call); "
+        print(f"[stages] Triton ready in {triton.startup_s:.0f}s ({', '.join(models)}{' on the GPU' if args.gpu else ''}); "
               f"{load_caption()}", flush=True)
         client = TritonClient(triton.url, auto_reload=False)
         try:
@@ -483,9 +493,10 @@ async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Pa
                     await sequential(embed, 5)
                     await closed_loop(guard, 16, 0.3)
                     await closed_loop(embed, 16, 0.3)
-            await sequential(other_function_call, 1)
-            await sequential(function_call, 1)
-            out["function_call_threads"] = function_call_threads(triton.log)
+            if "function_call" in models:
+                await sequential(other_function_call, 1)
+                await sequential(function_call, 1)
+                out["function_call_threads"] = function_call_threads(triton.log)
             print(f"[stages] {len(extra)} batching variants loaded in {out['variants_load_s']:.0f}s, warm; {load_caption()}", flush=True)
 
             per_round_single = math.ceil(args.single / args.rounds)
@@ -540,6 +551,8 @@ async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Pa
                 out["rounds"].append({"round": rnd, "seconds": round_s[-1], "loadavg_1m": loadavg()[0]})
                 print(f"[stages] round {rnd + 1}/{args.rounds} done in {round_s[-1]:.0f}s; {load_caption()}", flush=True)
             out["memory_after"] = triton_memory(triton.pid)
+            if args.gpu:
+                out["gpu_memory_mib"] = gpu_memory(triton.pid)
         finally:
             await client.close()
     return out
@@ -682,6 +695,8 @@ def summarize_single(single: dict[str, list[dict[str, Any]]]) -> list[dict[str, 
     """One row per stage: calls, errors, p50/p99/mean (ms) over every call, median load."""
     rows = []
     for stage, calls in single.items():
+        if not calls:  # function_call left out (--no-function-call, --gpu)
+            continue
         lat = [c["ms"] for c in calls if c.get("ms") is not None]
         row: dict[str, Any] = {
             "stage": stage,
@@ -783,6 +798,9 @@ def print_tables(res: dict[str, Any], single: list[dict[str, Any]], cells: list[
         print_table("Triton memory (MiB): the three models", ["process", "RSS at rest", "RSS after load", "peak RSS (VmHWM)", "PSS after load"],
                     rows, caption="batching variants are extra stubs loaded after the at-rest reading (not in the sum); "
                                   + load_caption(), digits=1)
+    if tri.get("gpu_memory_mib"):
+        print_table("GPU memory (MiB): nvidia-smi's compute apps, after the load", ["process", "GPU MiB"],
+                    [[name, mib] for name, mib in sorted(tri["gpu_memory_mib"].items())], caption=load_caption(), digits=0)
     stack = res.get("stack")
     if stack and stack.get("rest"):
         rows, sums = memory_rows(stack["rest"], stack.get("after", {}), lambda n: True)
@@ -834,6 +852,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                               "it, less the time kept for the full stack (default 330)")
     ap.add_argument("--stack-reserve", type=float, default=100, help="seconds kept for the full-stack memory run (default 100)")
     ap.add_argument("--no-stack", action="store_true", help="skip the full-stack memory run")
+    ap.add_argument("--no-function-call", action="store_true", help="leave function_call out (guard and embed only)")
+    ap.add_argument("--gpu", action="store_true", help="serve prompt_embed and prompt_guard from configs/gpu.pbtxt (KIND_GPU); "
+                    "implies --no-function-call (the PyPI llama.cpp wheel is CPU only) and --no-stack")
     ap.add_argument("--call-timeout", type=float, default=30, help="deadline of each guard/embed call in seconds (default 30)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 round, 1 s runs, 10 calls, 3 function calls, no full stack")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default bench/results)")
@@ -841,6 +862,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.single, args.fc_calls, args.fc_switch, args.no_stack = 1, 1.0, 10, 3, 1, True
+    if args.gpu:
+        args.no_function_call = args.no_stack = True
+    if args.no_function_call:
+        args.fc_calls = args.fc_switch = 0
     if "dynamic" not in args.batching:
         args.batching.insert(0, "dynamic")
     return args
