@@ -5,7 +5,7 @@
     sidegate up [CONFIG] [--demo] [-d]     validate, render, start Envoy + ext_proc (+ demo app)
     sidegate down                          stop what `up -d` started
     sidegate status                        each process: pid, health, where it listens
-    sidegate logs [-f] [SERVICE]           envoy, ext_proc, demo, supervisor
+    sidegate logs [-f] [SERVICE]           envoy, ext_proc, triton, demo, supervisor
     sidegate validate CONFIG               check a config; exit 2 with file/key/expectation if bad
     sidegate render CONFIG [--out DIR]     write the Envoy bootstrap it would run
     sidegate serve CONFIG                  run the ext_proc service alone (what `up` starts)
@@ -29,7 +29,7 @@ from .config import DEFAULT_CONFIG, Config, ConfigError, load_config
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-SERVICES = ("envoy", "ext_proc", "demo", "supervisor")
+SERVICES = ("envoy", "ext_proc", "triton", "demo", "supervisor")
 
 
 def _load(path: str | None) -> Config:

@@ -44,7 +44,7 @@ from ext_proc.triton_server import (
     triton_command,
     wait_ready,
 )
-from tests.conftest import free_port
+from tests.conftest import free_port, gpus
 
 pytestmark = pytest.mark.integration
 
@@ -136,14 +136,6 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
 async def client(triton: Triton) -> AsyncIterator[TritonClient]:
     async with TritonClient(triton.url) as c:
         yield c
-
-
-def gpus() -> list[str]:
-    """The NVIDIA GPUs ``nvidia-smi -L`` lists here (none on a machine without the driver)."""
-    if shutil.which("nvidia-smi") is None:
-        return []
-    run = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
-    return [line for line in run.stdout.splitlines() if line.startswith("GPU ")] if run.returncode == 0 else []
 
 
 def cos(a: np.ndarray, b: np.ndarray) -> float:
