@@ -92,12 +92,12 @@ def stubs_of(prefix: str) -> list[int]:
 
 
 @contextlib.contextmanager
-def serve(tmp: Path, models: list[str], config_name: str | None = None) -> Iterator[Triton]:
-    """tritonserver on REPO with ``models`` loaded; teardown checks stubs and /dev/shm are gone."""
+def serve(tmp: Path, models: list[str], config_name: str | None = None, repo: Path = REPO) -> Iterator[Triton]:
+    """tritonserver on ``repo`` with ``models`` loaded; teardown checks stubs and /dev/shm are gone."""
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     prefix = shm_prefix(http_port)
     shm_before = set(os.listdir("/dev/shm"))
-    argv, env = triton_command(REPO, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+    argv, env = triton_command(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                                models=models, config_name=config_name, backend_dir=tmp / "backends", exit_timeout_s=2)
     log = tmp / "tritonserver.log"
     with open(log, "wb") as out:
@@ -377,6 +377,43 @@ async def test_guard_without_prompt_embed_is_a_clear_error(guard_triton: Triton)
             await c.load_model(MODEL, timeout_s=90)
         _, flagged = await c.guard(ATTACKS[0], timeout_s=5)
         assert flagged
+
+
+def repo_with_guard_head(tmp: Path, head: Path) -> Path:
+    """A copy of the guard and the embedder whose guard config names ``head`` (its `weights`)."""
+    repo = tmp / "repo"
+    for model in (GUARD, MODEL):
+        shutil.copytree(REPO / model, repo / model, ignore=shutil.ignore_patterns("__pycache__"))
+    config = repo / GUARD / "config.pbtxt"
+    default = 'key: "weights"\n    value: { string_value: "" }'
+    assert default in config.read_text()
+    config.write_text(config.read_text().replace(default, f'key: "weights"\n    value: {{ string_value: "{head}" }}'))
+    return repo
+
+
+@pytest.mark.slow
+async def test_a_guard_head_of_your_own_comes_from_the_weights_parameter(tmp_path: Path) -> None:
+    """`model_server.models.prompt_guard.weights`: a folder as `train.py --out DIR` writes it."""
+    head = tmp_path / "my-head"
+    head.mkdir()
+    empty = repo_with_guard_head(tmp_path / "empty", head)
+    port = free_port()
+    argv, env = triton_command(empty, http_port=port, grpc_port=free_port(), metrics_port=free_port(),
+                               models=[GUARD, MODEL], backend_dir=tmp_path / "backends")
+    run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90, check=False)
+    assert run.returncode != 0 and f"no prompt_guard artefact in {head}" in run.stdout + run.stderr
+    remove_shm(shm_prefix(port))
+
+    # the shipped head with a threshold of its own: every prompt is flagged
+    shutil.copy(REPO / GUARD / "1" / "guard_head.npz", head)
+    meta = json.loads((REPO / GUARD / "1" / "guard_head.json").read_text())
+    (head / "guard_head.json").write_text(json.dumps({**meta, "threshold": 0.0}))
+    with serve(tmp_path / "mine", [GUARD, MODEL], repo=repo_with_guard_head(tmp_path / "mine", head)) as server:
+        async with TritonClient(server.url) as c:
+            prob, flagged = await c.guard("hello", timeout_s=10)
+        assert f"head from {head}" in server.log.read_text()
+    encoder, shipped = cpu_engines()
+    assert flagged and prob == pytest.approx(float(shipped.predict_proba(encoder.encode(["hello"]), ["hello"])[0]), abs=1e-4)
 
 
 @pytest.mark.slow

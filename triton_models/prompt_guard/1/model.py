@@ -4,7 +4,7 @@ Triton python backend model, a thin shell over ``../classifier.py`` (which the u
 ``bench/guard_eval.py`` and ``train.py`` run without Triton, embedding locally). Inside Triton
 the all-MiniLM-L6-v2 embeddings come from the ``prompt_embed`` model through BLS (business logic
 scripting): this stub loads only numpy and the trained head (``guard_head.npz`` +
-``guard_head.json`` beside this file), never torch or a second copy of the weights, so the two
+``guard_head.json`` beside this file, or in the folder the ``weights`` parameter names), never torch or a second copy of the weights, so the two
 models share one embedder process. ``prompt_embed`` must therefore be loaded whenever this model
 is (``ext_proc.model_repo.needed_models`` adds it).
 
@@ -91,18 +91,22 @@ class TritonPythonModel:
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise pb_utils.TritonModelException(f"prompt_guard: threshold must be in [0, 1], got {threshold}")
 
-        ignored = sorted(k for k in ("torch_threads", "weights") if params.get(k))
-        if ignored:  # settings of the embedder that this stub no longer has
-            pb_utils.Logger.log_warn(f"prompt_guard: parameters {ignored} are ignored: set them on {EMBED_MODEL}, which embeds for the guard")
+        if params.get("torch_threads"):  # a setting of the embedder, which this stub no longer has
+            pb_utils.Logger.log_warn(f"prompt_guard: torch_threads is ignored: set threads on {EMBED_MODEL}, which embeds for the guard")
+        head_dir = Path(params["weights"]) if params.get("weights") else VERSION_DIR
 
         classifier = _load_classifier()
         self.decode_text = classifier.decode_text  # ValueError for empty / non-UTF-8 rows
         self.embedding_dim = classifier.EMBEDDING_DIM
         try:
-            self.head = classifier.GuardHead.load(VERSION_DIR)
+            self.head = classifier.GuardHead.load(head_dir)
         except classifier.ArtefactError as exc:
             raise pb_utils.TritonModelException(f"prompt_guard: {exc}") from exc
-        _check_embed_weights(self.head.meta)
+        if head_dir == VERSION_DIR:
+            _check_embed_weights(self.head.meta)
+        else:  # prompt_embed may serve other weights too: it is up to the user to pair them
+            trained_on = self.head.meta["embedder"]["sha256"].get("model.safetensors", "?")
+            pb_utils.Logger.log_info(f"prompt_guard: head from {head_dir}, trained on embedder weights with sha256 {trained_on}")
         self.threshold = self.head.threshold if threshold is None else threshold
         self.max_chars = int(self.head.meta["embedder"]["max_chars"])  # prompt_embed cuts there too: send no more
 
