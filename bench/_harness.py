@@ -134,6 +134,15 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def gpu_memory_mib() -> dict[int, int]:
+    """pid -> MiB of GPU memory of every process using a GPU (nvidia-smi's compute apps; {} without one)."""
+    if shutil.which("nvidia-smi") is None:
+        return {}
+    run = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, timeout=30, check=False)
+    return {int(pid): int(mib) for pid, mib in (line.split(",") for line in run.stdout.splitlines() if line.strip())}
+
+
 def load_caption(extra: str = "") -> str:
     one, five, fifteen = loadavg()
     text = f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"

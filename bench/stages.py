@@ -64,6 +64,7 @@ from bench._harness import (
     csv_list,
     REPO_ROOT,
     free_port,
+    gpu_memory_mib,
     load_caption,
     loadavg,
     median,
@@ -251,11 +252,8 @@ def triton_memory(server_pid: int) -> dict[str, dict[str, int | None]]:
 
 def gpu_memory(server_pid: int) -> dict[str, int]:
     """``{"tritonserver" | "stub:<model>": MiB}`` of GPU memory, from nvidia-smi's compute apps."""
-    run = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, timeout=30, check=False)
-    used = {int(pid): int(mib) for pid, mib in (line.split(",") for line in run.stdout.splitlines() if line.strip())}
     names = {server_pid: "tritonserver"} | {pid: f"stub:{stub_model(pid)}" for pid in children(server_pid)}
-    return {names[pid]: mib for pid, mib in used.items() if pid in names}
+    return {names[pid]: mib for pid, mib in gpu_memory_mib().items() if pid in names}
 
 
 def _die_with_parent() -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from bench._harness import load_module
+from bench._harness import gpu_memory_mib, load_module
 
 pytest.importorskip("tritonclient.grpc.aio", reason="model dependencies not installed (requirements-models.txt)")
 if importlib.util.find_spec("pytriton") is None:  # found, not imported: its client pulls in gevent and zmq
@@ -456,13 +456,6 @@ def gpu_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
         yield server
 
 
-def gpu_pids() -> dict[int, int]:
-    """pid -> MiB of GPU memory, for every process using a GPU (nvidia-smi's compute apps)."""
-    run = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, timeout=30, check=True)
-    return {int(pid): int(mib) for pid, mib in (line.split(",") for line in run.stdout.splitlines() if line.strip())}
-
-
 def cpu_engines() -> tuple[object, object]:
     """prompt_embed's numpy encoder and the guard's head, in this process: the CPU reference."""
     embed_model = load_module("sidegate_embed_model_ref", REPO / MODEL / "1" / "encoder.py")
@@ -481,7 +474,7 @@ async def test_gpu_configs_put_prompt_embed_on_the_gpu(gpu_triton: Triton) -> No
         assert await c.ready(models=[MODEL, GUARD])
         await c.embed(["warm"], timeout_s=30)
     embed_stub = stub_of(gpu_triton, MODEL)
-    using = gpu_pids()
+    using = gpu_memory_mib()
     assert using.get(embed_stub, 0) > 0, f"prompt_embed's stub {embed_stub} holds no GPU memory: {using}"
     assert stub_of(gpu_triton, GUARD) not in using  # the head is numpy: only the embedder needs the GPU
 

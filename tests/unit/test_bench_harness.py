@@ -78,6 +78,15 @@ def test_proc_readers_on_this_process() -> None:
     assert math.isnan(h.cpu_seconds(2**22 + 12345))  # no such pid
 
 
+def test_gpu_memory_reads_nvidia_smis_compute_apps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert h.gpu_memory_mib() == {}  # no nvidia-smi: no GPU
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho '4242, 862'\necho '17, 586'\n")
+    fake.chmod(0o755)
+    assert h.gpu_memory_mib() == {4242: 862, 17: 586}
+
+
 @pytest.mark.parametrize("label", list(BODY_SIZES))
 @pytest.mark.parametrize("stream", [False, True])
 def test_chat_body_has_the_exact_size(label: str, stream: bool) -> None:
