@@ -83,6 +83,12 @@ def serve(config: str | None, model_server: str | None, log_level: str) -> None:
     run(cfg)
 
 
+def _needs_models(cfg: Config) -> bool:
+    from .model_repo import needed_models
+
+    return bool(needed_models(cfg))
+
+
 def _with_model_server(cfg: Config, mode: str, endpoint: str | None = None) -> Config:
     if endpoint is not None and mode == "remote" and not endpoint.startswith("grpc://"):
         err_console.print(f"[red]--model-server[/red] expects grpc://HOST:PORT, got {endpoint!r}")
@@ -97,7 +103,8 @@ def _with_model_server(cfg: Config, mode: str, endpoint: str | None = None) -> C
 @click.option("--demo-port", default=18083, show_default=True, help="port of the demo app")
 @click.option("-d", "--detach", is_flag=True, help="return once everything is healthy; stop with `sidegate down`")
 @click.option("--local-cpu", "mode", flag_value="local-cpu", help="start Triton here, models on the CPU (config.pbtxt)")
-@click.option("--local-gpu", "mode", flag_value="local-gpu", help="start Triton here, models on the GPU (configs/gpu.pbtxt)")
+@click.option("--local-gpu", "mode", flag_value="local-gpu",
+              help="start Triton here, models on the GPU (configs/gpu.pbtxt); the default where a GPU and a CUDA build of torch are found")
 @click.option("--model-server", "model_server", default=None, metavar="URL", help="use the Triton at grpc://HOST:PORT; start none")
 @click.option("--supervise", is_flag=True, hidden=True)
 def up(
@@ -114,6 +121,13 @@ def up(
     if model_server:
         cfg = _with_model_server(cfg, "remote", model_server)
     elif mode:
+        cfg = _with_model_server(cfg, mode)
+    elif cfg.model_server.auto_mode and _needs_models(cfg):
+        from .triton_server import default_local_mode
+
+        mode, why = default_local_mode()
+        if why:
+            console.print(why)
         cfg = _with_model_server(cfg, mode)
     config_path = str(Path(config).resolve()) if config else str(DEFAULT_CONFIG)
     state = sv.read_state()

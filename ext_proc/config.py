@@ -226,6 +226,8 @@ class ModelServer:
     timeout_s: float  # deadline of one model call
     endpoint_url: str | None = None  # remote mode: grpc://host:port
     models: dict[str, ModelSettings] = field(default_factory=dict)
+    # neither mode nor endpoint in the config: `sidegate up` may pick local-gpu (a usable GPU) over local-cpu
+    auto_mode: bool = False
 
     @property
     def local(self) -> bool:
@@ -710,4 +712,5 @@ def _model_server(ms: dict[str, Any], source: str) -> ModelServer:
         timeout_s=parse_duration(ms.get("timeout", "10s")),
         endpoint_url=ms.get("endpoint"),
         models={name: ModelSettings(**settings) for name, settings in (ms.get("models") or {}).items()},
+        auto_mode=not ms.get("mode") and not ms.get("endpoint"),
     )

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -53,6 +54,8 @@ __all__ = [
     "TritonNotFound",
     "assemble_backend_dir",
     "default_backend_dir",
+    "default_local_mode",
+    "gpu_names",
     "health_url",
     "pytriton_root",
     "reload_unhealthy",
@@ -123,6 +126,35 @@ def assemble_backend_dir(dest: Path | None = None, *, python_version: str | None
     _install(stub, python_dir / "triton_python_backend_stub")
     (python_dir / "triton_python_backend_stub").chmod(0o755)
     return dest
+
+
+def gpu_names() -> list[str]:
+    """The NVIDIA GPUs ``nvidia-smi -L`` lists (none where the driver is not installed)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        run = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line for line in run.stdout.splitlines() if line.startswith("GPU ")] if run.returncode == 0 else []
+
+
+def default_local_mode() -> tuple[str, str | None]:
+    """``local-gpu`` where a GPU is listed and this environment's torch is a CUDA build (the
+    GPU configs run prompt_embed on torch), else ``local-cpu``; plus a line saying why when a
+    GPU is there. Checks torch's version tag, not ``torch.cuda``: importing torch takes seconds."""
+    gpus = gpu_names()
+    if not gpus:
+        return "local-cpu", None
+    found = gpus[0].split(" (UUID")[0]
+    try:
+        torch = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "local-cpu", f"{found} found, but torch is not installed: models on the CPU"
+    if "+cpu" in torch:
+        return "local-cpu", (f"{found} found, but torch {torch} is the CPU build: models on the CPU "
+                             "(install a CUDA build of torch to use the GPU)")
+    return "local-gpu", f"{found} found: models on the GPU (--local-cpu keeps them on the CPU)"
 
 
 def shm_prefix(http_port: int) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,14 +18,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def gpus() -> list[str]:
-    """The NVIDIA GPUs ``nvidia-smi -L`` lists here (none on a machine without the driver, as in CI)."""
-    if shutil.which("nvidia-smi") is None:
-        return []
-    run = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
-    return [line for line in run.stdout.splitlines() if line.startswith("GPU ")] if run.returncode == 0 else []
 
 
 def gateway_config(providers: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:

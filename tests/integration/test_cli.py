@@ -16,15 +16,18 @@ import pytest
 import yaml
 
 from ext_proc import supervisor as sv
-from tests.conftest import free_port, gateway_config, gpus
+from ext_proc.triton_server import gpu_names
+from tests.conftest import free_port, gateway_config
 from tests.fake_provider import FakeProvider
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def sidegate(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def sidegate(*args: str, home: Path, timeout: float = 120, path: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SIDEGATE_HOME": str(home), "COLUMNS": "200"}
+    if path is not None:
+        env["PATH"] = path
     return subprocess.run(
         [sys.executable, "-m", "ext_proc", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT
     )
@@ -123,7 +126,35 @@ def test_up_refuses_a_bad_config_before_starting_anything(tmp_path: Path) -> Non
     assert not (tmp_path / "h" / "state.json").exists()
 
 
-@pytest.mark.skipif(not gpus(), reason="no NVIDIA GPU here (nvidia-smi -L lists none)")
+def test_up_without_a_mode_keeps_the_models_on_the_cpu_when_torch_cannot_use_the_gpu(tmp_path: Path) -> None:
+    """A GPU host whose .venv has the CPU build of torch (what `make install` puts there): `up`
+    says why it does not use the GPU and starts Triton from config.pbtxt."""
+    from importlib.metadata import version
+
+    if "+cpu" not in version("torch"):
+        pytest.skip("this environment's torch is a CUDA build")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    home = tmp_path / "home"
+    with FakeProvider(name="fake-llm") as llm:
+        raw = gateway_config([{"name": "p", "provider_interface": "openai", "endpoint": llm.base_url, "model": "m", "default": True}])
+        raw.update(prompt_guards={"input_guards": {"jailbreak": {"on_exception": {"message": "Not here."}}}},
+                   model_server={"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()})
+        cfg_path = tmp_path / "sidegate.yaml"
+        cfg_path.write_text(yaml.safe_dump(raw))
+        up = sidegate("up", str(cfg_path), "-d", home=home, timeout=300, path=f"{fake}:{os.environ['PATH']}")
+        try:
+            assert up.returncode == 0, up.stdout + up.stderr
+            assert "NVIDIA H100 80GB HBM3 found, but torch" in up.stdout and "models on the CPU" in up.stdout
+            assert "local-cpu: prompt_embed, prompt_guard" in sidegate("status", home=home).stdout.replace("\n", " ")
+        finally:
+            down = sidegate("down", home=home)
+        assert down.returncode == 0, down.stderr
+
+
+@pytest.mark.skipif(not gpu_names(), reason="no NVIDIA GPU here (nvidia-smi -L lists none)")
 def test_up_local_gpu_guards_and_routes_with_the_models_on_the_gpu(tmp_path: Path) -> None:
     """`sidegate up --local-gpu` as a user on a GPU host runs it: Triton from configs/gpu.pbtxt,
     the guard and intent matching answered through Envoy, then `down`."""

@@ -726,3 +726,11 @@ def test_fallbacks_must_name_other_providers(tmp_path: Path) -> None:
     name = yaml.safe_load(vary(tmp_path).read_text())["llm_providers"][0]["name"]
     refused(vary(tmp_path, **{"llm_providers[0].fallbacks": [name]}), "llm_providers[0].fallbacks[0]", "the provider itself")
     refused(vary(tmp_path, **{"llm_providers[0].fallbacks": "x"}), "llm_providers[0].fallbacks", "expected a list")
+
+
+def test_model_server_mode_is_left_to_sidegate_up_only_when_the_config_names_none(tmp_path: Path) -> None:
+    assert load_config(vary(tmp_path, model_server={}), env=ENV).model_server.auto_mode
+    named = load_config(vary(tmp_path, model_server={"mode": "local-cpu"}), env=ENV).model_server
+    assert named.mode == "local-cpu" and not named.auto_mode
+    remote = load_config(vary(tmp_path, model_server={"endpoint": "grpc://10.0.0.5:8001"}), env=ENV).model_server
+    assert remote.mode == "remote" and not remote.auto_mode

@@ -1,0 +1,54 @@
+"""ext_proc/triton_server.py without starting Triton: which local mode `sidegate up` picks."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+
+from ext_proc.triton_server import default_local_mode, gpu_names
+
+H100 = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-b6d9cb47-abc7-641a-ac3c-6338315cec3f)"
+
+
+def fake_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output: str, code: int = 0) -> None:
+    (tmp_path / "nvidia-smi").write_text(f"#!/bin/sh\ncat <<'EOF'\n{output}\nEOF\nexit {code}\n")
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+
+
+def torch_version(monkeypatch: pytest.MonkeyPatch, version: str | None) -> None:
+    real = importlib.metadata.version
+
+    def version_of(name: str) -> str:
+        if name != "torch":
+            return real(name)
+        if version is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return version
+
+    monkeypatch.setattr(importlib.metadata, "version", version_of)
+
+
+def test_no_driver_means_cpu_and_nothing_to_say(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi at all
+    assert gpu_names() == [] and default_local_mode() == ("local-cpu", None)
+    fake_nvidia_smi(tmp_path, monkeypatch, "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.", code=9)
+    assert gpu_names() == [] and default_local_mode() == ("local-cpu", None)
+
+
+@pytest.mark.parametrize(("torch", "mode", "words"), [
+    ("2.13.0", "local-gpu", "models on the GPU"),
+    ("2.13.0+cu128", "local-gpu", "--local-cpu keeps them on the CPU"),
+    ("2.13.0+cpu", "local-cpu", "torch 2.13.0+cpu is the CPU build"),
+    (None, "local-cpu", "torch is not installed"),
+])
+def test_a_gpu_is_used_only_with_a_cuda_build_of_torch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                        torch: str | None, mode: str, words: str) -> None:
+    fake_nvidia_smi(tmp_path, monkeypatch, H100)
+    torch_version(monkeypatch, torch)
+    assert gpu_names() == [H100]
+    chosen, why = default_local_mode()
+    assert chosen == mode and why is not None
+    assert why.startswith("GPU 0: NVIDIA H100 80GB HBM3 found") and words in why
