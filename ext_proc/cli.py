@@ -129,6 +129,14 @@ def up(
         if why:
             console.print(why)
         cfg = _with_model_server(cfg, mode)
+    if cfg.model_server.mode == "local-gpu" and _needs_models(cfg):
+        from .triton_server import gpu_check
+
+        found, problem = gpu_check()
+        if problem:
+            where = f" ({found})" if found else ""
+            err_console.print(f"[red]cannot start the models on the GPU[/red]: {problem}{where}. Use --local-cpu.")
+            raise SystemExit(2)
     config_path = str(Path(config).resolve()) if config else str(DEFAULT_CONFIG)
     state = sv.read_state()
     if state and sv.pid_alive(state["supervisor_pid"]) and not supervise:

@@ -55,6 +55,7 @@ __all__ = [
     "assemble_backend_dir",
     "default_backend_dir",
     "default_local_mode",
+    "gpu_check",
     "gpu_names",
     "health_url",
     "pytriton_root",
@@ -139,21 +140,31 @@ def gpu_names() -> list[str]:
     return [line for line in run.stdout.splitlines() if line.startswith("GPU ")] if run.returncode == 0 else []
 
 
-def default_local_mode() -> tuple[str, str | None]:
-    """``local-gpu`` where a GPU is listed and this environment's torch is a CUDA build (the
-    GPU configs run prompt_embed on torch), else ``local-cpu``; plus a line saying why when a
-    GPU is there. Checks torch's version tag, not ``torch.cuda``: importing torch takes seconds."""
+def gpu_check() -> tuple[str | None, str | None]:
+    """(the first GPU ``nvidia-smi -L`` lists, or None; why the GPU configs cannot run here, or
+    None). They run prompt_embed on torch, so torch must be a CUDA build: its version tag tells,
+    without importing torch (seconds)."""
     gpus = gpu_names()
     if not gpus:
-        return "local-cpu", None
+        return None, "no GPU found (nvidia-smi -L lists none)"
     found = gpus[0].split(" (UUID")[0]
     try:
         torch = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
-        return "local-cpu", f"{found} found, but torch is not installed: models on the CPU"
+        return found, "torch is not installed"
     if "+cpu" in torch:
-        return "local-cpu", (f"{found} found, but torch {torch} is the CPU build: models on the CPU "
-                             "(install a CUDA build of torch to use the GPU)")
+        return found, f"torch {torch} is the CPU build (install a CUDA build of torch to use the GPU)"
+    return found, None
+
+
+def default_local_mode() -> tuple[str, str | None]:
+    """``local-gpu`` where :func:`gpu_check` finds a usable GPU, else ``local-cpu``; plus a
+    line saying why when a GPU is there."""
+    found, problem = gpu_check()
+    if found is None:
+        return "local-cpu", None
+    if problem:
+        return "local-cpu", f"{found} found, but {problem}: models on the CPU"
     return "local-gpu", f"{found} found: models on the GPU (--local-cpu keeps them on the CPU)"
 
 

@@ -154,6 +154,26 @@ def test_up_without_a_mode_keeps_the_models_on_the_cpu_when_torch_cannot_use_the
         assert down.returncode == 0, down.stderr
 
 
+def test_up_local_gpu_without_a_usable_gpu_says_why_and_starts_nothing(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    if "+cpu" not in version("torch"):
+        pytest.skip("this environment's torch is a CUDA build")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    raw = gateway_config([{"name": "p", "provider_interface": "openai", "endpoint": "http://127.0.0.1:1/v1", "model": "m", "default": True}])
+    raw["prompt_guards"] = {"input_guards": {"jailbreak": {"on_exception": {"message": "Not here."}}}}
+    cfg_path = tmp_path / "sidegate.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    home = tmp_path / "home"
+    up = sidegate("up", str(cfg_path), "--local-gpu", "-d", home=home, path=f"{fake}:{os.environ['PATH']}")
+    assert up.returncode == 2, up.stdout + up.stderr
+    assert "torch" in up.stderr and "is the CPU build" in up.stderr and "NVIDIA H100 80GB HBM3" in up.stderr and "--local-cpu" in up.stderr
+    assert sidegate("status", home=home).returncode == 3  # nothing was started
+
+
 @pytest.mark.skipif(not gpu_names(), reason="no NVIDIA GPU here (nvidia-smi -L lists none)")
 def test_up_local_gpu_guards_and_routes_with_the_models_on_the_gpu(tmp_path: Path) -> None:
     """`sidegate up --local-gpu` as a user on a GPU host runs it: Triton from configs/gpu.pbtxt,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ext_proc.triton_server import default_local_mode, gpu_names
+from ext_proc.triton_server import default_local_mode, gpu_check, gpu_names
 
 H100 = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-b6d9cb47-abc7-641a-ac3c-6338315cec3f)"
 
@@ -52,3 +52,11 @@ def test_a_gpu_is_used_only_with_a_cuda_build_of_torch(monkeypatch: pytest.Monke
     chosen, why = default_local_mode()
     assert chosen == mode and why is not None
     assert why.startswith("GPU 0: NVIDIA H100 80GB HBM3 found") and words in why
+
+
+def test_gpu_check_names_what_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert gpu_check() == (None, "no GPU found (nvidia-smi -L lists none)")
+    fake_nvidia_smi(tmp_path, monkeypatch, H100)
+    torch_version(monkeypatch, "2.13.0")
+    assert gpu_check() == ("GPU 0: NVIDIA H100 80GB HBM3", None)
