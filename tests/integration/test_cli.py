@@ -126,9 +126,9 @@ def test_up_refuses_a_bad_config_before_starting_anything(tmp_path: Path) -> Non
     assert not (tmp_path / "h" / "state.json").exists()
 
 
-def test_up_without_a_mode_keeps_the_models_on_the_cpu_when_torch_cannot_use_the_gpu(tmp_path: Path) -> None:
-    """A GPU host whose .venv has the CPU build of torch (what `make install` puts there): `up`
-    says why it does not use the GPU and starts Triton from config.pbtxt."""
+def path_with_a_fake_gpu(tmp_path: Path) -> str:
+    """A PATH whose nvidia-smi lists an H100, for a test of what `up` does with the CPU torch
+    that `make install` puts in .venv (skipped where torch is a CUDA build)."""
     from importlib.metadata import version
 
     if "+cpu" not in version("torch"):
@@ -137,6 +137,13 @@ def test_up_without_a_mode_keeps_the_models_on_the_cpu_when_torch_cannot_use_the
     fake.mkdir()
     (fake / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'\n")
     (fake / "nvidia-smi").chmod(0o755)
+    return f"{fake}:{os.environ['PATH']}"
+
+
+def test_up_without_a_mode_keeps_the_models_on_the_cpu_when_torch_cannot_use_the_gpu(tmp_path: Path) -> None:
+    """A GPU host whose .venv has the CPU build of torch (what `make install` puts there): `up`
+    says why it does not use the GPU and starts Triton from config.pbtxt."""
+    path = path_with_a_fake_gpu(tmp_path)
     home = tmp_path / "home"
     with FakeProvider(name="fake-llm") as llm:
         raw = gateway_config([{"name": "p", "provider_interface": "openai", "endpoint": llm.base_url, "model": "m", "default": True}])
@@ -144,7 +151,7 @@ def test_up_without_a_mode_keeps_the_models_on_the_cpu_when_torch_cannot_use_the
                    model_server={"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()})
         cfg_path = tmp_path / "sidegate.yaml"
         cfg_path.write_text(yaml.safe_dump(raw))
-        up = sidegate("up", str(cfg_path), "-d", home=home, timeout=300, path=f"{fake}:{os.environ['PATH']}")
+        up = sidegate("up", str(cfg_path), "-d", home=home, timeout=300, path=path)
         try:
             assert up.returncode == 0, up.stdout + up.stderr
             assert "NVIDIA H100 80GB HBM3 found, but torch" in up.stdout and "models on the CPU" in up.stdout
@@ -155,20 +162,13 @@ def test_up_without_a_mode_keeps_the_models_on_the_cpu_when_torch_cannot_use_the
 
 
 def test_up_local_gpu_without_a_usable_gpu_says_why_and_starts_nothing(tmp_path: Path) -> None:
-    from importlib.metadata import version
-
-    if "+cpu" not in version("torch"):
-        pytest.skip("this environment's torch is a CUDA build")
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'\n")
-    (fake / "nvidia-smi").chmod(0o755)
+    path = path_with_a_fake_gpu(tmp_path)
     raw = gateway_config([{"name": "p", "provider_interface": "openai", "endpoint": "http://127.0.0.1:1/v1", "model": "m", "default": True}])
     raw["prompt_guards"] = {"input_guards": {"jailbreak": {"on_exception": {"message": "Not here."}}}}
     cfg_path = tmp_path / "sidegate.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
     home = tmp_path / "home"
-    up = sidegate("up", str(cfg_path), "--local-gpu", "-d", home=home, path=f"{fake}:{os.environ['PATH']}")
+    up = sidegate("up", str(cfg_path), "--local-gpu", "-d", home=home, path=path)
     assert up.returncode == 2, up.stdout + up.stderr
     assert "torch" in up.stderr and "is the CPU build" in up.stderr and "NVIDIA H100 80GB HBM3" in up.stderr and "--local-cpu" in up.stderr
     assert sidegate("status", home=home).returncode == 3  # nothing was started
