@@ -552,3 +552,23 @@ def test_function_call_keeps_each_tools_prompt_cached(fc_triton: Triton) -> None
               for pid in fc_triton.stubs()]
     print(f"function_call stub RSS: {rss_mb} MB")
     assert rss_mb and max(rss_mb) < 1500, rss_mb  # 0.5B model + 4 slots' KV cache: ~0.7 GB
+
+
+def test_function_call_reads_the_recent_part_of_a_100kb_conversation(fc_triton: Triton) -> None:
+    """100 kB would be ~25k tokens for a 2,048-token window: the model reads the last
+    `max_chars` (2,000) characters, where the request is, and answers within its deadline."""
+    import tritonclient.grpc as grpcclient
+
+    fc = load_module("sidegate_fc_client", REPO / "function_call" / "client.py")
+    text = "Lorem ipsum dolor sit amet. " * 3600 + "So: what's the weather in Oslo for the next 3 days?"
+    assert len(text.encode()) > 100_000
+    client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{fc_triton.grpc_port}")
+    try:
+        start = time.monotonic()
+        out = fc.ask(client, [{"role": "user", "content": text}], [fc.WEATHER], timeout=60)
+        assert time.monotonic() - start < 60
+    finally:
+        client.close()
+    call = out["tool_calls"][0]
+    assert json.loads(call["function"]["arguments"]) == {"location": "Oslo", "days": 3} and call["missing"] == []
+    assert out["usage"]["cut_chars"] > 100_000 - 2_000 and out["usage"]["prompt_n"] < 1000

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,18 @@ def test_transcript_keeps_the_conversation_last() -> None:
         {"role": "assistant", "content": "For how many days?"}, {"role": "user", "content": "3"}])
     assert convo.endswith("User: Weather in Paris?\nAssistant: For how many days?\nUser: 3\nAnswer:")
     assert "be nice" not in convo and words == "Weather in Paris?\n3"
+
+
+def test_shorten_drops_the_oldest_turns_then_keeps_both_ends_of_the_last() -> None:
+    convo, _ = engine.transcript([{"role": "user", "content": "an old question " * 20},
+                                  {"role": "assistant", "content": "an old answer that went on and on"},
+                                  {"role": "user", "content": "Weather in Oslo for 3 days, please."}])
+    assert engine.shorten(convo, len(convo)) == convo
+    short = engine.shorten(convo, 100)  # 80 characters for the turns: only the last fits
+    assert short == "Conversation:\nUser: Weather in Oslo for 3 days, please.\nAnswer:"
+    long_turn, _ = engine.transcript(user("Weather in Oslo for 3 days. " + "filler " * 5000 + "Thanks!"))
+    cut = engine.shorten(long_turn, 400)
+    assert len(cut) <= 420 and "Weather in Oslo for 3 days." in cut and cut.endswith("Thanks!\nAnswer:") and " [...] " in cut
 
 
 def test_slots_follow_tools_least_recently_used_first() -> None:
@@ -231,3 +244,13 @@ def test_cpu_jiffies_reads_proc_stat() -> None:
     cores = sorted(os.sched_getaffinity(0))
     busy_total = engine._cpu_jiffies(cores)
     assert len(busy_total) == len(cores) and all(0 <= b <= t for b, t in busy_total)
+
+
+def test_a_100kb_conversation_is_cut_to_its_recent_part_and_still_answered(fc: Any) -> None:
+    history = [{"role": "user", "content": f"Unrelated question number {i}: " + "tell me a story " * 30} for i in range(40)]
+    huge = history + user("Weather in Oslo for 3 days. " + "Lorem ipsum dolor sit amet. " * 3600)
+    assert len(json.dumps(huge)) > 100_000
+    r = fc.call(huge, WEATHER)
+    assert r["arguments"] == {"location": "Oslo", "days": 3} and r["missing"] == []
+    assert r["usage"]["cut_chars"] > 100_000 - fc.max_chars
+    assert r["usage"]["prompt_n"] < 1000  # what was evaluated: the capped conversation, not 25k tokens

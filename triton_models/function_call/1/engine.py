@@ -511,6 +511,33 @@ def transcript(messages: list[dict[str, JSON]]) -> tuple[str, str]:
     return "Conversation:\n" + "\n".join(lines) + "\nAnswer:", "\n".join(user_words)
 
 
+CONTEXT_ATTEMPTS = 4  # a conversation over the window is cut and tried again, at most this many times in all
+
+
+class ContextTooLong(RuntimeError):
+    """llama.cpp refused a prompt longer than a slot's window (``n_ctx`` tokens)."""
+
+    def __init__(self, n_prompt: int, n_ctx: int) -> None:
+        super().__init__(f"the prompt is {n_prompt} tokens, a slot holds {n_ctx}")
+        self.n_prompt, self.n_ctx = n_prompt, n_ctx
+
+
+def shorten(convo: str, max_chars: int) -> str:
+    """``convo`` (a :func:`transcript`) cut to about ``max_chars`` characters: the oldest turns
+    go first; a last turn still too long keeps its start and its end (where a request is
+    usually stated) around a "[...]" mark."""
+    if len(convo) <= max_chars:
+        return convo
+    head, *lines, tail = convo.split("\n")
+    budget = max(max_chars - len(head) - len(tail), 80)
+    while len(lines) > 1 and sum(len(x) + 1 for x in lines) > budget:
+        lines.pop(0)
+    if len(lines[0]) > budget:
+        half = budget // 2
+        lines[0] = lines[0][:half] + " [...] " + lines[0][-half:]
+    return "\n".join([head, *lines, tail])
+
+
 # --------------------------------------------------------------------------- engine
 
 def auto_threads(sample_s: float = 0.3) -> int:
@@ -604,7 +631,8 @@ class FunctionCaller:
     def __init__(self, *, model_path: str, n_threads: int = 0, n_ctx: int = 2048, n_slots: int = 4,
                  n_gpu_layers: int = 0, values_only: bool = True, ground: str = "all", max_value_tokens: int = 96,
                  warmup: bool = True, model_name: str | None = None, verbosity: int = -1, mmap: bool = False,
-                 kv_cache: str = "q8_0", n_ubatch: int = 128, llama_params: dict[str, JSON] | None = None) -> None:
+                 kv_cache: str = "q8_0", n_ubatch: int = 128, max_chars: int = 2000,
+                 llama_params: dict[str, JSON] | None = None) -> None:
         import secrets
 
         import xllamacpp
@@ -617,6 +645,9 @@ class FunctionCaller:
         self.values_only = values_only
         self.ground = ground
         self.max_value_tokens = max_value_tokens
+        if max_chars < 200:
+            raise ValueError("max_chars must be >= 200")
+        self.max_chars = max_chars
         self._lock = threading.Lock()
         if n_slots < 1 or n_ctx < 256:
             raise ValueError("n_slots must be >= 1 and n_ctx >= 256")
@@ -685,15 +716,23 @@ class FunctionCaller:
         convo, user_text = transcript(messages)
         raw: dict[str, JSON] = {}
         stats = {"prompt_n": 0, "cache_n": 0, "predicted_n": 0, "calls": 0}
+        convo = self._capped(convo, stats)
         t0 = time.perf_counter()
         if t.properties:
             with self._lock:
-                if self.values_only:
-                    for name, value in self._decode_values(t, convo, user_text, stats):
-                        raw[name] = value
-                        yield {"type": "argument", "name": name, "value": value}
-                else:
-                    raw = self._decode_object(t, convo, stats)
+                for attempt in range(CONTEXT_ATTEMPTS):
+                    try:
+                        if self.values_only:
+                            for name, value in self._decode_values(t, convo, user_text, stats):
+                                raw[name] = value
+                                yield {"type": "argument", "name": name, "value": value}
+                        else:
+                            raw = self._decode_object(t, convo, stats)
+                        break
+                    except ContextTooLong as exc:
+                        if raw or attempt + 1 == CONTEXT_ATTEMPTS:  # values already sent: cannot start over
+                            raise
+                        convo = self._cut(convo, exc, reserve=48 + 24 * len(t.properties), stats=stats)
         result = self._finish(t, raw, user_text)
         result["usage"] = {**stats, "seconds": round(time.perf_counter() - t0, 4)}
         yield {"type": "result", "result": result}
@@ -704,12 +743,21 @@ class FunctionCaller:
         if len(norm) == 1:
             return 0
         convo, _ = transcript(messages)
+        stats: dict[str, int] = {}
+        convo = self._capped(convo, stats)
         listing = "\n".join(f"- {x.name}: {' '.join(x.description.split())}" for x in norm)
         system = ("Pick the function that serves the user's last request.\nFunctions:\n" + listing
                   + "\nAnswer with the function name only.")
         grammar = "root ::= " + " | ".join(gbnf_literal(x.name) for x in norm) + "\n"
         with self._lock:
-            text = self._complete(system, convo, "", grammar, stop=None, stats={})
+            for attempt in range(CONTEXT_ATTEMPTS):
+                try:
+                    text = self._complete(system, convo, "", grammar, stop=None, stats=stats)
+                    break
+                except ContextTooLong as exc:
+                    if attempt + 1 == CONTEXT_ATTEMPTS:
+                        raise
+                    convo = self._cut(convo, exc, reserve=16, stats=stats)
         names = [x.name for x in norm]
         return names.index(text) if text in names else 0
 
@@ -717,6 +765,26 @@ class FunctionCaller:
         self._server = None
 
     # ---- decoding
+
+    def _capped(self, convo: str, stats: dict[str, int]) -> str:
+        """At most ``max_chars`` of the conversation, the most recent: every prompt character
+        costs prefill time (a 100 kB prompt would hold the model, and every request queued
+        behind it, for minutes), and the arguments are in the last turns."""
+        shorter = shorten(convo, self.max_chars)
+        if len(shorter) < len(convo):
+            stats["cut_chars"] = len(convo) - len(shorter)
+        return shorter
+
+    @staticmethod
+    def _cut(convo: str, exc: ContextTooLong, *, reserve: int, stats: dict[str, int]) -> str:
+        """A conversation too long for a slot, cut to fit with ``reserve`` tokens to spare (for
+        the keys and values written after it). The tool's prompt is part of the count but cannot
+        shrink, so a first cut can still be too long: the callers try again, on the new count."""
+        shorter = shorten(convo, int(len(convo) * 0.9 * (exc.n_ctx - reserve) / max(exc.n_prompt, 1)))
+        log.warning("function_call: %s; conversation cut from %d to %d characters, oldest turns first",
+                    exc, len(convo), len(shorter))
+        stats["cut_chars"] = stats.get("cut_chars", 0) + len(convo) - len(shorter)
+        return shorter
 
     def _system(self, tool: Tool) -> str:
         return _INSTRUCTIONS + describe_tool(tool)
@@ -748,6 +816,9 @@ class FunctionCaller:
         if stop:
             req["stop"] = stop
         res = self._server.handle_chat_completions(req)
+        error = res.get("error") if isinstance(res, dict) else None
+        if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":
+            raise ContextTooLong(int(error.get("n_prompt_tokens", 0)), int(error.get("n_ctx", 0)))
         if not isinstance(res, dict) or "choices" not in res:
             raise RuntimeError(f"llama.cpp error: {res!r}"[:500])
         timings = res.get("timings") or {}

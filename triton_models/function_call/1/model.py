@@ -26,7 +26,8 @@ from ``weights.py`` or a GGUF path), ``weights_dir`` (cache for assembled weight
 slot), ``n_slots`` (tools whose prompts stay cached),
 ``n_gpu_layers``, ``ground`` (``all``/``optional``/``none``), ``decode`` (``values``/``object``),
 ``warmup`` (``true``/``false``), ``mmap`` (``true`` maps the GGUF instead of reading it),
-``kv_cache`` (``q8_0``/``f16``).
+``kv_cache`` (``q8_0``/``f16``), ``max_chars`` (the conversation's most recent characters the
+model reads; the oldest turns are cut first).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # engine.py beside us, weights.p
 
 import weights  # noqa: E402
 from backend import BadRequest, check_config, gpu_layers, json_input  # noqa: E402
-from engine import FunctionCaller, UnsupportedSchema  # noqa: E402
+from engine import ContextTooLong, FunctionCaller, UnsupportedSchema  # noqa: E402
 
 _INPUTS = {"MESSAGES": "TYPE_STRING", "TOOLS": "TYPE_STRING"}
 _OUTPUTS = {"TOOL_CALLS": "TYPE_STRING"}
@@ -71,6 +72,7 @@ class TritonPythonModel:
             warmup=(params.get("warmup") or "true").lower() != "false",
             mmap=(params.get("mmap") or "false").lower() == "true",
             kv_cache=params.get("kv_cache") or "q8_0",
+            max_chars=int(params.get("max_chars") or 2000),
             model_name=spec if spec in weights.MODELS else None,
         )
         self.model_name = self.engine.model_name
@@ -134,6 +136,8 @@ class TritonPythonModel:
             result = self.engine.call(messages, tool)
         except ValueError as exc:  # no user turn, bad schema (UnsupportedSchema is a ValueError)
             raise BadRequest(str(exc)) from exc
+        except ContextTooLong as exc:  # still too long after cutting (text of many tokens per character)
+            raise BadRequest(f"the conversation does not fit the model's window: {exc}") from exc
         return {
             "model": self.model_name,
             "tool_calls": [{
