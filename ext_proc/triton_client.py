@@ -62,6 +62,9 @@ def _json_inputs(**documents: Any) -> list[InferInput]:
 EMBEDDING_DIM = 384
 EMBED_MAX_BATCH = 64  # max_batch_size in triton_models/prompt_embed/config.pbtxt
 _STUB_DEAD = "is not healthy"  # python backend's words for a request that hit a dead stub
+# a gRPC stream carries an error's message without its code: the decoupled models mark input
+# they refuse (triton_models/function_call/backend.py, INVALID_INPUT)
+_STREAM_INVALID_INPUT = ": invalid input: "
 # prompt_guard embeds through BLS: its answer when prompt_embed's stub is the dead one
 _DEPENDENCY_DEAD = "is down (its stub died)"
 _DEPENDS_ON = {"prompt_guard": "prompt_embed"}
@@ -253,7 +256,7 @@ class TritonClient:
                 raise ModelServerError(
                     f"Triton {operation} ({model}) took longer than {timeout_s:g} s", code="model_server_timeout"
                 ) from exc
-            if status == "StatusCode.INVALID_ARGUMENT":
+            if status == "StatusCode.INVALID_ARGUMENT" or (not status and _STREAM_INVALID_INPUT in message):
                 raise ModelServerError(f"Triton model {model} rejected the input: {message}",
                                        code="model_input_invalid", status=400) from exc
             dependency = _DEPENDS_ON.get(model)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import openai
+import time
+
 import pytest
 import yaml
 
@@ -65,3 +67,13 @@ def test_local_model_streams_tokens(local: Config) -> None:
 def test_bad_request_to_the_local_model_is_a_clear_400(local: Config) -> None:
     with pytest.raises(openai.BadRequestError):
         client(local).chat.completions.create(model="anything", messages=[{"role": "nobody", "content": "x"}])
+
+
+def test_a_conversation_longer_than_the_window_is_a_clear_400(local: Config) -> None:
+    """As OpenAI answers a prompt over the context length: 400 naming both sizes, at once."""
+    text = "Lorem ipsum dolor sit amet. " * 3600  # ~100 kB, ~25k tokens for a 4,096-token window
+    start = time.monotonic()
+    with pytest.raises(openai.BadRequestError) as info:
+        client(local).chat.completions.create(model="anything", messages=[{"role": "user", "content": text}])
+    assert time.monotonic() - start < 10
+    assert "exceeds the available context size" in str(info.value) and "4096" in str(info.value)

@@ -16,6 +16,16 @@ class BadRequest(ValueError):
     """A request the model refuses (answered with INVALID_ARG)."""
 
 
+# A gRPC stream (both models are decoupled) carries an error's message but not its code, so
+# refused input is also marked in the message; ext_proc's TritonClient reads it as a 400.
+INVALID_INPUT = "invalid input"
+
+
+def invalid_input(model: str, detail: object) -> pb_utils.TritonError:
+    """The error for input ``model`` refuses: INVALID_ARG, marked for streams."""
+    return pb_utils.TritonError(f"{model}: {INVALID_INPUT}: {detail}", pb_utils.TritonError.INVALID_ARG)
+
+
 def check_config(config: dict, model: str, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, str]:
     """Decoupled, with exactly these tensors; returns the ``parameters`` as strings."""
     if not pb_utils.using_decoupled_model_transaction_policy(config):

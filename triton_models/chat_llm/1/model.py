@@ -31,7 +31,7 @@ _REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(_REPO / "function_call"), str(_REPO / "function_call" / "1")]
 
 import weights  # noqa: E402
-from backend import BadRequest, check_config, gpu_layers, json_input  # noqa: E402
+from backend import BadRequest, check_config, gpu_layers, invalid_input, json_input  # noqa: E402
 from engine import auto_threads, memory_params  # noqa: E402
 
 _INPUTS = {"MESSAGES": "TYPE_STRING", "PARAMS": "TYPE_STRING"}
@@ -102,7 +102,7 @@ class TritonPythonModel:
 
             self._generate(messages, options, send)
         except BadRequest as exc:
-            final = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"chat_llm: {exc}", pb_utils.TritonError.INVALID_ARG))
+            final = pb_utils.InferenceResponse(error=invalid_input("chat_llm", exc))
         except Exception as exc:  # noqa: BLE001 - reported to the client, the model keeps serving
             pb_utils.Logger.log_error(f"chat_llm: {type(exc).__name__}: {exc}")
             final = pb_utils.InferenceResponse(

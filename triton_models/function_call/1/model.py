@@ -47,7 +47,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # engine.py beside us, weights.py one level up
 
 import weights  # noqa: E402
-from backend import BadRequest, check_config, gpu_layers, json_input  # noqa: E402
+from backend import BadRequest, check_config, gpu_layers, invalid_input, json_input  # noqa: E402
 from engine import ContextTooLong, FunctionCaller, UnsupportedSchema  # noqa: E402
 
 _INPUTS = {"MESSAGES": "TYPE_STRING", "TOOLS": "TYPE_STRING"}
@@ -115,8 +115,7 @@ class TritonPythonModel:
         try:
             body = self._tool_calls(json_input(request, "MESSAGES"), json_input(request, "TOOLS"))
         except (BadRequest, UnsupportedSchema) as exc:
-            return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(f"function_call: {exc}", pb_utils.TritonError.INVALID_ARG))
+            return pb_utils.InferenceResponse(error=invalid_input("function_call", exc))
         except Exception as exc:  # noqa: BLE001 - reported to the client, the model keeps serving
             pb_utils.Logger.log_error(f"function_call: {type(exc).__name__}: {exc}")
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(
