@@ -76,4 +76,5 @@ def test_a_conversation_longer_than_the_window_is_a_clear_400(local: Config) -> 
     with pytest.raises(openai.BadRequestError) as info:
         client(local).chat.completions.create(model="anything", messages=[{"role": "user", "content": text}])
     assert time.monotonic() - start < 10
+    assert info.value.code == "model_input_invalid"
     assert "exceeds the available context size" in str(info.value) and "4096" in str(info.value)
