@@ -530,8 +530,11 @@ def shorten(convo: str, max_chars: int) -> str:
         return convo
     head, *lines, tail = convo.split("\n")
     budget = max(max_chars - len(head) - len(tail), 80)
-    while len(lines) > 1 and sum(len(x) + 1 for x in lines) > budget:
-        lines.pop(0)
+    size, first = sum(len(x) + 1 for x in lines), 0
+    while first < len(lines) - 1 and size > budget:
+        size -= len(lines[first]) + 1
+        first += 1
+    lines = lines[first:]
     if len(lines[0]) > budget:
         half = budget // 2
         lines[0] = lines[0][:half] + " [...] " + lines[0][-half:]
