@@ -262,10 +262,20 @@ def write_results(part: str, payload: dict[str, Any], *, results_dir: Path | Non
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free 127.0.0.1 port, never one this process was given before: the socket is closed
+    before the caller binds, so two calls in a row could otherwise get the same port (a config
+    with ext_proc.port == ext_proc.http_port failed a CI run that way)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def cpu_seconds(pid: int) -> float:

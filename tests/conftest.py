@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `from tests.fake_provider import FakeProvider`
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from bench._harness import free_port  # noqa: E402  (one helper for tests and benchmarks)
 
 
 def gateway_config(providers: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:

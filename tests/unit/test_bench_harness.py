@@ -163,3 +163,24 @@ def test_bench_passes_arguments_to_the_part() -> None:
     out = _bench("overhead", "--help")
     assert out.returncode == 0, out.stderr
     assert "--repeats" in out.stdout and "python -m bench overhead" in out.stdout
+
+
+def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel = iter([40001, 40001, 40001, 40002])  # the kernel may offer a just-closed port again
+
+    class Socket:
+        def __enter__(self) -> Socket:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def bind(self, address: tuple[str, int]) -> None:
+            self.port = next(kernel)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(h.socket, "socket", Socket)
+    monkeypatch.setattr(h, "_PORTS_GIVEN", set())
+    assert [h.free_port(), h.free_port()] == [40001, 40002]
