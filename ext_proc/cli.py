@@ -89,6 +89,26 @@ def _needs_models(cfg: Config) -> bool:
     return bool(needed_models(cfg))
 
 
+def _local_mode(cfg: Config, *, chosen: bool) -> Config:
+    """``cfg`` with its local mode settled: one left open is local-gpu where a usable GPU is
+    found (DESIGN.md: --local-cpu is the default when none is); local-gpu asked for (flag or
+    config) without a usable GPU stops here, before anything starts."""
+    from .triton_server import default_local_mode, gpu_check
+
+    if cfg.model_server.auto_mode and not chosen:
+        mode, why = default_local_mode()
+        if why:
+            console.print(why)
+        return _with_model_server(cfg, mode)
+    if cfg.model_server.mode == "local-gpu":
+        found, problem = gpu_check()
+        if problem:
+            where = f" ({found})" if found else ""
+            err_console.print(f"[red]cannot start the models on the GPU[/red]: {problem}{where}. Use --local-cpu.")
+            raise SystemExit(2)
+    return cfg
+
+
 def _with_model_server(cfg: Config, mode: str, endpoint: str | None = None) -> Config:
     if endpoint is not None and mode == "remote" and not endpoint.startswith("grpc://"):
         err_console.print(f"[red]--model-server[/red] expects grpc://HOST:PORT, got {endpoint!r}")
@@ -122,21 +142,9 @@ def up(
         cfg = _with_model_server(cfg, "remote", model_server)
     elif mode:
         cfg = _with_model_server(cfg, mode)
-    elif cfg.model_server.auto_mode and _needs_models(cfg):
-        from .triton_server import default_local_mode
-
-        mode, why = default_local_mode()
-        if why:
-            console.print(why)
-        cfg = _with_model_server(cfg, mode)
-    if cfg.model_server.mode == "local-gpu" and _needs_models(cfg):
-        from .triton_server import gpu_check
-
-        found, problem = gpu_check()
-        if problem:
-            where = f" ({found})" if found else ""
-            err_console.print(f"[red]cannot start the models on the GPU[/red]: {problem}{where}. Use --local-cpu.")
-            raise SystemExit(2)
+    if cfg.model_server.local and _needs_models(cfg):
+        cfg = _local_mode(cfg, chosen=bool(mode))
+        mode = cfg.model_server.mode  # the supervisor started by -d runs the same
     config_path = str(Path(config).resolve()) if config else str(DEFAULT_CONFIG)
     state = sv.read_state()
     if state and sv.pid_alive(state["supervisor_pid"]) and not supervise:
