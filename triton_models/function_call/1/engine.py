@@ -541,6 +541,14 @@ def shorten(convo: str, max_chars: int) -> str:
     return "\n".join([head, *lines, tail])
 
 
+def _shortened(convo: str, max_chars: int, stats: dict[str, int]) -> str:
+    """:func:`shorten`, counting the characters cut in ``stats["cut_chars"]``."""
+    shorter = shorten(convo, max_chars)
+    if len(shorter) < len(convo):
+        stats["cut_chars"] = stats.get("cut_chars", 0) + len(convo) - len(shorter)
+    return shorter
+
+
 # --------------------------------------------------------------------------- engine
 
 def auto_threads(sample_s: float = 0.3) -> int:
@@ -773,20 +781,16 @@ class FunctionCaller:
         """At most ``max_chars`` of the conversation, the most recent: every prompt character
         costs prefill time (a 100 kB prompt would hold the model, and every request queued
         behind it, for minutes), and the arguments are in the last turns."""
-        shorter = shorten(convo, self.max_chars)
-        if len(shorter) < len(convo):
-            stats["cut_chars"] = len(convo) - len(shorter)
-        return shorter
+        return _shortened(convo, self.max_chars, stats)
 
     @staticmethod
     def _cut(convo: str, exc: ContextTooLong, *, reserve: int, stats: dict[str, int]) -> str:
         """A conversation too long for a slot, cut to fit with ``reserve`` tokens to spare (for
         the keys and values written after it). The tool's prompt is part of the count but cannot
         shrink, so a first cut can still be too long: the callers try again, on the new count."""
-        shorter = shorten(convo, int(len(convo) * 0.9 * (exc.n_ctx - reserve) / max(exc.n_prompt, 1)))
+        shorter = _shortened(convo, int(len(convo) * 0.9 * (exc.n_ctx - reserve) / max(exc.n_prompt, 1)), stats)
         log.warning("function_call: %s; conversation cut from %d to %d characters, oldest turns first",
                     exc, len(convo), len(shorter))
-        stats["cut_chars"] = stats.get("cut_chars", 0) + len(convo) - len(shorter)
         return shorter
 
     def _system(self, tool: Tool) -> str:
