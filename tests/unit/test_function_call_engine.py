@@ -254,3 +254,19 @@ def test_a_100kb_conversation_is_cut_to_its_recent_part_and_still_answered(fc: A
     assert r["arguments"] == {"location": "Oslo", "days": 3} and r["missing"] == []
     assert r["usage"]["cut_chars"] > 100_000 - fc.max_chars
     assert r["usage"]["prompt_n"] < 1000  # what was evaluated: the capped conversation, not 25k tokens
+
+
+def test_a_tool_too_big_for_the_window_is_refused_at_once_naming_what_to_change(fc: Any, caplog: pytest.LogCaptureFixture) -> None:
+    blurb = "a very long description of this parameter " * 8
+    big = {"type": "function", "function": {
+        "name": "configure", "description": "a tool with many long parameters",
+        "parameters": {"type": "object", "required": ["param_0"],
+                       "properties": {f"param_{i}": {"type": "string", "description": blurb} for i in range(40)}}}}
+    with caplog.at_level("WARNING", logger="sidegate.function_call"):
+        with pytest.raises(engine.ToolTooLong, match=r"slot holds 2048 with the conversation cut to \d+ characters: "
+                                                      r"the tool descriptions and parameter schemas fill the window"):
+            fc.call(user("set param_0 to hello"), big)
+    # the short conversation could not get shorter: no rounds of pointless cutting first
+    assert not [r for r in caplog.records if "conversation cut from" in r.getMessage()]
+    # the engine still serves ordinary tools afterwards
+    assert fc.call(user("Weather in Oslo for 3 days"), WEATHER)["arguments"] == {"location": "Oslo", "days": 3}

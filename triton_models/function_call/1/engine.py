@@ -53,7 +53,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["FunctionCaller", "UnsupportedSchema", "Tool", "normalize_tool", "Grammar", "grounded",
+__all__ = ["FunctionCaller", "UnsupportedSchema", "ContextTooLong", "ToolTooLong", "Tool", "normalize_tool", "Grammar", "grounded",
            "auto_threads"]
 
 log = logging.getLogger("sidegate.function_call")
@@ -517,9 +517,19 @@ CONTEXT_ATTEMPTS = 4  # a conversation over the window is cut and tried again, a
 class ContextTooLong(RuntimeError):
     """llama.cpp refused a prompt longer than a slot's window (``n_ctx`` tokens)."""
 
-    def __init__(self, n_prompt: int, n_ctx: int) -> None:
-        super().__init__(f"the prompt is {n_prompt} tokens, a slot holds {n_ctx}")
+    def __init__(self, n_prompt: int, n_ctx: int, why: str = "") -> None:
+        super().__init__(f"the prompt is {n_prompt} tokens, a slot holds {n_ctx}{why}")
         self.n_prompt, self.n_ctx = n_prompt, n_ctx
+
+
+class ToolTooLong(ContextTooLong):
+    """The prompt is over the window with the conversation already cut as short as it goes: the
+    tool's description and parameters (or, when choosing, the list of tools) take the room."""
+
+    def __init__(self, exc: ContextTooLong, convo_chars: int) -> None:
+        super().__init__(exc.n_prompt, exc.n_ctx,
+                         f" with the conversation cut to {convo_chars} characters: the tool descriptions and "
+                         "parameter schemas fill the window (shorten them, or raise function_call's n_ctx)")
 
 
 def shorten(convo: str, max_chars: int) -> str:
@@ -787,8 +797,11 @@ class FunctionCaller:
     def _cut(convo: str, exc: ContextTooLong, *, reserve: int, stats: dict[str, int]) -> str:
         """A conversation too long for a slot, cut to fit with ``reserve`` tokens to spare (for
         the keys and values written after it). The tool's prompt is part of the count but cannot
-        shrink, so a first cut can still be too long: the callers try again, on the new count."""
+        shrink, so a first cut can still be too long: the callers try again, on the new count.
+        :class:`ToolTooLong` when the conversation cannot get shorter."""
         shorter = _shortened(convo, int(len(convo) * 0.9 * (exc.n_ctx - reserve) / max(exc.n_prompt, 1)), stats)
+        if len(shorter) >= len(convo):  # nothing left to cut: trying again would fail the same way
+            raise ToolTooLong(exc, len(convo)) from exc
         log.warning("function_call: %s; conversation cut from %d to %d characters, oldest turns first",
                     exc, len(convo), len(shorter))
         return shorter

@@ -135,8 +135,8 @@ class TritonPythonModel:
             result = self.engine.call(messages, tool)
         except ValueError as exc:  # no user turn, bad schema (UnsupportedSchema is a ValueError)
             raise BadRequest(str(exc)) from exc
-        except ContextTooLong as exc:  # still too long after cutting (text of many tokens per character)
-            raise BadRequest(f"the conversation does not fit the model's window: {exc}") from exc
+        except ContextTooLong as exc:  # still too long after cutting (many tokens per character, or a huge tool)
+            raise BadRequest(f"the prompt does not fit the model's window: {exc}") from exc
         return {
             "model": self.model_name,
             "tool_calls": [{
