@@ -572,3 +572,22 @@ def test_function_call_reads_the_recent_part_of_a_100kb_conversation(fc_triton: 
     call = out["tool_calls"][0]
     assert json.loads(call["function"]["arguments"]) == {"location": "Oslo", "days": 3} and call["missing"] == []
     assert out["usage"]["cut_chars"] > 100_000 - 2_000 and out["usage"]["prompt_n"] < 1000
+
+
+def test_function_call_refuses_a_tool_whose_schema_alone_overflows_the_window(fc_triton: Triton) -> None:
+    import tritonclient.grpc as grpcclient
+
+    fc = load_module("sidegate_fc_client", REPO / "function_call" / "client.py")
+    blurb = "a very long description of this parameter " * 8
+    big = {"type": "function", "function": {
+        "name": "configure", "description": "a tool with many long parameters",
+        "parameters": {"type": "object", "required": ["param_0"],
+                       "properties": {f"param_{i}": {"type": "string", "description": blurb} for i in range(40)}}}}
+    client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{fc_triton.grpc_port}")
+    try:
+        with pytest.raises(RuntimeError, match="invalid input: .*fill the window .*raise function_call's n_ctx"):
+            fc.ask(client, [{"role": "user", "content": "set param_0 to hello"}], [big], timeout=60)
+        out = fc.ask(client, [{"role": "user", "content": "Weather in Oslo for 3 days?"}], [fc.WEATHER], timeout=60)
+        assert json.loads(out["tool_calls"][0]["function"]["arguments"]) == {"location": "Oslo", "days": 3}
+    finally:
+        client.close()
