@@ -86,7 +86,9 @@ class IngressPipeline:
         model's default number of llama.cpp slots), so each target's prompt prefix is in the KV
         cache before its first real request: the first call for a target evaluates ~350 prompt
         tokens (~7 s for the 1.5B on 2 cores), later ones ~20. Returns how many were filled;
-        a failure only means the first real request pays for it. ``progress(done, total)`` is
+        a failure only means the first real request pays for it, except a refusal (400: the
+        target's description and schema do not fit the model's window), which is logged as a
+        warning at start, not found at the first user request. ``progress(done, total)`` is
         called before each call and at the end."""
         if self.models is None:
             return 0
@@ -99,7 +101,10 @@ class IngressPipeline:
                 await self.models.function_call([{"role": "user", "content": "hello"}], tool_schema(target))
                 filled += 1
             except ModelServerError as exc:
-                log.info("function_call prefix of %s not pre-filled: %s", target.name, exc.message)
+                if exc.status == 400:  # the model refuses this target (e.g. its schema overflows the window): every request would fail
+                    log.warning("prompt target %s: function_call refuses it, so its requests will get 400: %s", target.name, exc.message)
+                else:
+                    log.info("function_call prefix of %s not pre-filled: %s", target.name, exc.message)
         if progress is not None and targets:
             progress(len(targets), len(targets))
         return filled

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
+
+import pytest
 
 from ext_proc.config import build_config
 from ext_proc.endpoints import EndpointClient
@@ -22,15 +25,19 @@ def _target(name: str, params: bool) -> dict[str, Any]:
 
 
 class Models:
-    def __init__(self, fail: set[str] | None = None) -> None:
+    def __init__(self, fail: set[str] | None = None, refuse: set[str] | None = None) -> None:
         self.calls: list[str] = []
         self.fail = fail or set()
+        self.refuse = refuse or set()
 
     async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any]) -> ToolCall:
         name = tool["function"]["name"]
         self.calls.append(name)
         if name in self.fail:
             raise ModelServerError("function_call is loading")
+        if name in self.refuse:
+            raise ModelServerError("function_call: invalid input: the tool descriptions and parameter schemas fill the window",
+                                   code="model_input_invalid", status=400)
         return ToolCall(arguments={}, missing=["city"])
 
 
@@ -56,3 +63,11 @@ def test_prefill_reports_its_progress() -> None:
     seen: list[tuple[int, int]] = []
     assert asyncio.run(pipeline(Models(), 2).prefill_function_call(progress=lambda done, total: seen.append((done, total)))) == 2
     assert seen == [(0, 2), (1, 2), (2, 2)]
+
+
+def test_prefill_warns_at_start_about_a_target_the_model_refuses(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="sidegate"):
+        assert asyncio.run(pipeline(Models(fail={"t0"}, refuse={"t1"}), 2).prefill_function_call()) == 0
+    levels = {r.getMessage().split(":")[0]: r.levelno for r in caplog.records if "t0" in r.getMessage() or "t1" in r.getMessage()}
+    assert levels == {"function_call prefix of t0 not pre-filled": logging.INFO,
+                      "prompt target t1": logging.WARNING}, levels
