@@ -212,6 +212,7 @@ class ModelSettings:
     max_queue_delay_microseconds: int | None = None
     weights: str | None = None  # the user's own weights (a GGUF file or a model folder)
     threads: int | None = None
+    parameters: dict[str, str] = field(default_factory=dict)  # other keys of the model's config.pbtxt parameters
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -697,6 +698,28 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
     )
 
 
+MODELS_DIR = REPO_ROOT / "triton_models"
+_SETTINGS_KEYS = {"weights", "threads", "n_threads", "torch_threads"}  # parameters that have their own model_settings key
+_PARAMETER_KEY = re.compile(r'^\s*key:\s*"([^"]+)"', re.MULTILINE)
+
+
+def _model_settings(name: str, settings: dict[str, Any], source: str) -> ModelSettings:
+    """``model_server.models.<name>``; each ``parameters`` key must be one the model reads (a
+    key of its ``config.pbtxt`` parameters, where each is documented): a typo would otherwise be
+    rendered into the config and silently ignored."""
+    raw = settings.get("parameters") or {}
+    known = sorted(set(_PARAMETER_KEY.findall((MODELS_DIR / name / "config.pbtxt").read_text())) - _SETTINGS_KEYS)
+    for key in raw:
+        at = f"model_server.models.{name}.parameters.{key}"
+        if key in _SETTINGS_KEYS:
+            raise ConfigError(source, at, f"set it as model_server.models.{name}.{'threads' if 'threads' in key else key}")
+        if key not in known:
+            raise ConfigError(source, at, f"{name} has no parameter {key!r} (its parameters: {', '.join(known)}; "
+                                          f"each is described in triton_models/{name}/config.pbtxt)")
+    parameters = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}
+    return ModelSettings(**{**settings, "parameters": parameters})
+
+
 def _model_server(ms: dict[str, Any], source: str) -> ModelServer:
     mode = ms.get("mode") or ("remote" if ms.get("endpoint") else "local-cpu")
     if mode == "remote" and not ms.get("endpoint"):
@@ -711,6 +734,6 @@ def _model_server(ms: dict[str, Any], source: str) -> ModelServer:
         metrics_port=ms.get("metrics_port", 8002),
         timeout_s=parse_duration(ms.get("timeout", "10s")),
         endpoint_url=ms.get("endpoint"),
-        models={name: ModelSettings(**settings) for name, settings in (ms.get("models") or {}).items()},
+        models={name: _model_settings(name, settings, source) for name, settings in (ms.get("models") or {}).items()},
         auto_mode=not ms.get("mode") and not ms.get("endpoint"),
     )

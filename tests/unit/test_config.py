@@ -509,6 +509,21 @@ def test_unknown_model_in_model_server(tmp_path: Path) -> None:
     refused(path, "model_server.models.embedder", "unknown key", "prompt_embed, prompt_guard", "function_call")
 
 
+def test_model_parameters_must_be_ones_the_model_reads(tmp_path: Path) -> None:
+    path = vary(tmp_path, model_server={"models": {"function_call": {"parameters": {"n_cxt": 4096}}}})
+    refused(path, "model_server.models.function_call.parameters.n_cxt", "no parameter 'n_cxt'", "n_ctx", "max_chars",
+            "triton_models/function_call/config.pbtxt")
+    path = vary(tmp_path, model_server={"models": {"chat_llm": {"parameters": {"n_threads": 2}}}})
+    refused(path, "model_server.models.chat_llm.parameters.n_threads", "model_server.models.chat_llm.threads")
+    path = vary(tmp_path, model_server={"models": {"prompt_guard": {"parameters": {"threshold": [0.5]}}}})
+    refused(path, "model_server.models.prompt_guard.parameters.threshold")
+    path = vary(tmp_path, model_server={"models": {"function_call": {"parameters": {"n_ctx": 4096, "mmap": False}},
+                                                   "prompt_guard": {"parameters": {"threshold": 0.9}}}})
+    models = load_config(path, env=ENV).model_server.models
+    assert models["function_call"].parameters == {"n_ctx": "4096", "mmap": "false"}  # as Triton reads them: strings
+    assert models["prompt_guard"].parameters == {"threshold": "0.9"}
+
+
 def test_yaml_booleans_in_string_enum(tmp_path: Path) -> None:
     # Arch's own reference config writes `enum: [yes, no]`: YAML 1.1 reads those as booleans
     path = write(tmp_path, """\

@@ -54,7 +54,7 @@ def test_rendered_configs_carry_the_model_server_settings_in_both_variants(tmp_p
     cfg = config(tmp_path, [LOCAL], prompt_guards=GUARD, model_server={"models": {
         "prompt_embed": {"instances": 2, "max_batch_size": 16, "max_queue_delay_microseconds": 500, "threads": 1},
         "prompt_guard": {"weights": str(head)},
-        "chat_llm": {"weights": "/models/mine.gguf", "threads": 3},
+        "chat_llm": {"weights": "/models/mine.gguf", "threads": 3, "parameters": {"n_ctx": 8192, "max_tokens": 256}},
     }})
     out = render_model_repository(cfg, tmp_path / "repo")
     assert sorted(p.name for p in out.iterdir()) == ["chat_llm", "prompt_embed", "prompt_guard"]
@@ -73,6 +73,7 @@ def test_rendered_configs_carry_the_model_server_settings_in_both_variants(tmp_p
     assert parsed(out / "prompt_guard" / "config.pbtxt").parameters["weights"].string_value == str(head)
     llm = parsed(out / "chat_llm" / "config.pbtxt")
     assert llm.parameters["weights"].string_value == "/models/mine.gguf" and llm.parameters["n_threads"].string_value == "3"
+    assert llm.parameters["n_ctx"].string_value == "8192" and llm.parameters["max_tokens"].string_value == "256"
     # settings not given keep the repository's values
     assert parsed(out / "prompt_guard" / "config.pbtxt").parameters["threshold"] == parsed(MODELS_DIR / "prompt_guard" / "config.pbtxt").parameters["threshold"]
 
