@@ -699,7 +699,8 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
 
 
 MODELS_DIR = REPO_ROOT / "triton_models"
-_SETTINGS_KEYS = {"weights", "threads", "n_threads", "torch_threads"}  # parameters that have their own model_settings key
+# the `parameters` key each model reads its thread count from (model_server.models.<name>.threads)
+THREADS_KEY = {"prompt_embed": "threads", "prompt_guard": "torch_threads", "function_call": "n_threads", "chat_llm": "n_threads"}
 _PARAMETER_KEY = re.compile(r'^\s*key:\s*"([^"]+)"', re.MULTILINE)
 
 
@@ -708,11 +709,12 @@ def _model_settings(name: str, settings: dict[str, Any], source: str) -> ModelSe
     key of its ``config.pbtxt`` parameters, where each is documented): a typo would otherwise be
     rendered into the config and silently ignored."""
     raw = settings.get("parameters") or {}
-    known = sorted(set(_PARAMETER_KEY.findall((MODELS_DIR / name / "config.pbtxt").read_text())) - _SETTINGS_KEYS)
+    own = {"weights": "weights", THREADS_KEY[name]: "threads"}  # parameters that have a setting of their own
+    known = sorted(set(_PARAMETER_KEY.findall((MODELS_DIR / name / "config.pbtxt").read_text())) - set(own))
     for key in raw:
         at = f"model_server.models.{name}.parameters.{key}"
-        if key in _SETTINGS_KEYS:
-            raise ConfigError(source, at, f"set it as model_server.models.{name}.{'threads' if 'threads' in key else key}")
+        if key in own:
+            raise ConfigError(source, at, f"set it as model_server.models.{name}.{own[key]}")
         if key not in known:
             raise ConfigError(source, at, f"{name} has no parameter {key!r} (its parameters: {', '.join(known)}; "
                                           f"each is described in triton_models/{name}/config.pbtxt)")

@@ -15,13 +15,9 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from .config import MODELS_DIR, Config, ModelSettings
+from .config import MODELS_DIR, THREADS_KEY, Config, ModelSettings
 
 __all__ = ["MODELS_DIR", "needed_models", "render_model_repository"]
-
-
-# the `parameters` key each model reads its thread count from
-_THREADS_KEY = {"prompt_embed": "threads", "prompt_guard": "torch_threads", "function_call": "n_threads", "chat_llm": "n_threads"}
 
 
 def needed_models(cfg: Config) -> list[str]:
@@ -51,7 +47,7 @@ def _apply(config_text: str, settings: ModelSettings, name: str) -> str:
         msg.max_batch_size = settings.max_batch_size
     if settings.max_queue_delay_microseconds is not None:
         msg.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_microseconds
-    params = {**settings.parameters, "weights": settings.weights, _THREADS_KEY.get(name, "threads"): settings.threads}
+    params = {**settings.parameters, "weights": settings.weights, THREADS_KEY.get(name, "threads"): settings.threads}
     for key, value in params.items():
         if value is not None:
             msg.parameters[key].string_value = str(value)
