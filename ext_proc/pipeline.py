@@ -79,6 +79,7 @@ class IngressPipeline:
         self._intent_targets = [t for t in cfg.prompt_targets if not t.default]
         self._index: IntentIndex | None = None
         self._index_lock = asyncio.Lock()
+        self.refused: dict[str, str] = {}  # target -> why function_call refused its pre-fill call (400)
 
     # -- start-up ---------------------------------------------------------------------------
     async def prefill_function_call(self, limit: int = 4, progress: Callable[[int, int], None] | None = None) -> int:
@@ -93,6 +94,7 @@ class IngressPipeline:
         if self.models is None:
             return 0
         filled = 0
+        self.refused = {}
         targets = [t for t in self.cfg.prompt_targets if t.parameters][:limit]
         for done, target in enumerate(targets):
             if progress is not None:
@@ -102,6 +104,7 @@ class IngressPipeline:
                 filled += 1
             except ModelServerError as exc:
                 if exc.status == 400:  # the model refuses this target (e.g. its schema overflows the window): every request would fail
+                    self.refused[target.name] = exc.message
                     log.warning("prompt target %s: function_call refuses it, so its requests will get 400: %s", target.name, exc.message)
                 else:
                     log.info("function_call prefix of %s not pre-filled: %s", target.name, exc.message)

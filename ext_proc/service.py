@@ -98,7 +98,9 @@ async def _warm(services: Services, state: dict[str, bool | str]) -> None:
 
     if filled := await services.ingress.prefill_function_call(progress=progress):
         log.info("function_call prompt prefixes of %d target(s) cached in %.1fs", filled, time.perf_counter() - started)
-    state["warm"] = "done"
+    refused = services.ingress.refused
+    state["warm"] = (f"done: function_call refuses prompt target(s) {', '.join(refused)}, whose requests will get 400: "
+                     f"{next(iter(refused.values()))}" if refused else "done")
 
 
 async def serve(cfg: Config, *, grace: float = 5.0) -> None:

@@ -277,13 +277,16 @@ class Supervisor:
         return False
 
     def _wait_warm(self, svc: Service) -> None:
-        """Until ``svc``'s health JSON says ``warm: done...`` (or warm_timeout): each step as an event.
+        """Until ``svc``'s health JSON says ``warm: done...`` (or warm_timeout): each step as an
+        event, and what follows ``done: `` (a problem found while warming) as a last one.
         Not an error when it times out or the field is missing: the service is serving already."""
         deadline = time.monotonic() + svc.warm_timeout
         shown = None
         while time.monotonic() < deadline and not self.stopping and self.procs[svc.name].poll() is None:
             phase = str(health_json(svc.health_url).get("warm", "done"))
             if phase.startswith("done"):
+                if phase.startswith("done: "):  # warm, with something the user should know
+                    self._event(svc, f"warm, but {phase.removeprefix('done: ')}")
                 return
             if phase != shown:
                 self._event(svc, f"warming: {phase}")

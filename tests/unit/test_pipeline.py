@@ -66,8 +66,10 @@ def test_prefill_reports_its_progress() -> None:
 
 
 def test_prefill_warns_at_start_about_a_target_the_model_refuses(caplog: pytest.LogCaptureFixture) -> None:
+    pipe = pipeline(Models(fail={"t0"}, refuse={"t1"}), 2)
     with caplog.at_level(logging.INFO, logger="sidegate"):
-        assert asyncio.run(pipeline(Models(fail={"t0"}, refuse={"t1"}), 2).prefill_function_call()) == 0
+        assert asyncio.run(pipe.prefill_function_call()) == 0
+    assert list(pipe.refused) == ["t1"] and "fill the window" in pipe.refused["t1"]  # what `sidegate up` shows
     levels = {r.getMessage().split(":")[0]: r.levelno for r in caplog.records if "t0" in r.getMessage() or "t1" in r.getMessage()}
     assert levels == {"function_call prefix of t0 not pre-filled": logging.INFO,
                       "prompt target t1": logging.WARNING}, levels

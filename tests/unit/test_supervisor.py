@@ -72,6 +72,6 @@ def test_warming_steps_are_shown_until_done(running: subprocess.Popen[bytes]) ->
 def test_a_service_without_the_field_or_one_that_never_warms_is_not_waited_for_long(running: subprocess.Popen[bytes]) -> None:
     assert _supervise(_Health([{"status": "ok"}]).url, running, warm_timeout=30) == []  # an older ext_proc: ready
     assert _supervise(_Health([{"status": "ok", "warm": "done: the model server does not answer yet"}]).url,
-                      running, warm_timeout=30) == []
+                      running, warm_timeout=30) == ["warm, but the model server does not answer yet"]
     stuck = _supervise(_Health([{"status": "ok", "warm": "embedding prompt targets"}]).url, running, warm_timeout=0.5)
     assert stuck == ["warming: embedding prompt targets"]  # then start_all marks it healthy anyway
