@@ -217,6 +217,9 @@ def _print_table(services: list[dict]) -> None:  # type: ignore[type-arg]
     for s in services:
         table.add_row(s["name"], str(s.get("pid") or "-"), s["status"], s["listens"])
     console.print(table)
+    for s in services:
+        if s.get("warning"):
+            console.print(f"[red]{s['name']}[/red]: {s['warning']}")
 
 
 def _print_ready(services: list) -> None:  # type: ignore[type-arg]

@@ -112,6 +112,7 @@ class Service:
     pid: int | None = None
     status: str = "pending"
     restarts: int = 0
+    warning: str = ""  # a problem found while it warmed, which `up` and `status` print under the table
 
     def public(self) -> dict:  # type: ignore[type-arg]
         d = asdict(self)
@@ -278,15 +279,15 @@ class Supervisor:
 
     def _wait_warm(self, svc: Service) -> None:
         """Until ``svc``'s health JSON says ``warm: done...`` (or warm_timeout): each step as an
-        event, and what follows ``done: `` (a problem found while warming) as a last one.
+        event; what follows ``done: `` (a problem found while warming) is kept as ``svc.warning``.
         Not an error when it times out or the field is missing: the service is serving already."""
         deadline = time.monotonic() + svc.warm_timeout
         shown = None
         while time.monotonic() < deadline and not self.stopping and self.procs[svc.name].poll() is None:
             phase = str(health_json(svc.health_url).get("warm", "done"))
             if phase.startswith("done"):
-                if phase.startswith("done: "):  # warm, with something the user should know
-                    self._event(svc, f"warm, but {phase.removeprefix('done: ')}")
+                svc.warning = phase.removeprefix("done").removeprefix(": ")  # what the user should know, if anything
+                self.write_state()
                 return
             if phase != shown:
                 self._event(svc, f"warming: {phase}")

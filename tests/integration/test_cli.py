@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -217,6 +218,45 @@ def test_up_local_gpu_guards_and_routes_with_the_models_on_the_gpu(tmp_path: Pat
             assert json.loads(ask("I forgot my password, please reset it")[0]) == {"reset": True}
             assert json.loads(ask("hello")[0]) == {"reply": "default"}
             assert [r.path for r in app.requests] == ["/reset", "/default"] and llm.requests == []
+        finally:
+            down = sidegate("down", home=home)
+        assert down.returncode == 0, down.stderr
+
+
+def test_up_names_a_target_function_call_refuses_and_its_requests_get_a_400_saying_what_to_change(tmp_path: Path) -> None:
+    """A prompt target whose parameter schema alone overflows function_call's 2,048-token window:
+    `up` says so when it has warmed, and a request for it gets a 400 naming the fix; nothing is
+    forwarded to the app or the LLM."""
+    home = tmp_path / "home"
+    blurb = "a very long description of this router setting " * 7
+    params = [{"name": f"setting_{i}", "type": "str", "description": blurb, "required": i == 0} for i in range(40)]
+    with FakeProvider(name="fake-llm") as llm, FakeProvider(name="app", routes={"/configure": lambda req: (200, {"ok": True})}) as app:
+        raw = gateway_config([{"name": "p", "provider_interface": "openai", "endpoint": llm.base_url, "model": "m", "default": True}],
+                             listeners={"ingress_traffic": {"timeout": "60s"}}, ext_proc={"message_timeout": "60s"})
+        raw.update(
+            endpoints={"app": {"endpoint": f"127.0.0.1:{app.port}", "timeout": "5s"}},
+            prompt_targets=[{"name": "configure_router", "description": "Change the settings of the home wifi router.",
+                             "parameters": params, "endpoint": {"name": "app", "path": "/configure", "http_method": "POST"}}],
+            model_server={"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port(), "timeout": "60s"},
+        )
+        cfg_path = tmp_path / "sidegate.yaml"
+        cfg_path.write_text(yaml.safe_dump(raw))
+        up = sidegate("up", str(cfg_path), "-d", home=home, timeout=400)
+        try:
+            assert up.returncode == 0, up.stdout + up.stderr
+            shown = " ".join(up.stdout.split())  # under the table, as `status` shows it too
+            assert "ext_proc: function_call refuses prompt target(s) configure_router, whose requests will get 400" in shown, up.stdout
+            assert "fill the window" in " ".join(sidegate("status", home=home).stdout.split())
+            port = raw["listeners"]["ingress_traffic"]["port"]
+            body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Change my wifi router settings: set setting_0 to fast"}]})
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body.encode(),
+                                             headers={"content-type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(request, timeout=60)  # noqa: S310
+            error = json.loads(info.value.read())["error"]
+            assert info.value.code == 400 and error["code"] == "model_input_invalid", error
+            assert "fill the window" in error["message"] and "n_ctx" in error["message"], error
+            assert app.requests == [] == llm.requests
         finally:
             down = sidegate("down", home=home)
         assert down.returncode == 0, down.stderr

@@ -72,6 +72,21 @@ def test_warming_steps_are_shown_until_done(running: subprocess.Popen[bytes]) ->
 def test_a_service_without_the_field_or_one_that_never_warms_is_not_waited_for_long(running: subprocess.Popen[bytes]) -> None:
     assert _supervise(_Health([{"status": "ok"}]).url, running, warm_timeout=30) == []  # an older ext_proc: ready
     assert _supervise(_Health([{"status": "ok", "warm": "done: the model server does not answer yet"}]).url,
-                      running, warm_timeout=30) == ["warm, but the model server does not answer yet"]
+                      running, warm_timeout=30) == []
     stuck = _supervise(_Health([{"status": "ok", "warm": "embedding prompt targets"}]).url, running, warm_timeout=0.5)
     assert stuck == ["warming: embedding prompt targets"]  # then start_all marks it healthy anyway
+
+
+def test_a_problem_found_while_warming_is_kept_for_up_and_status_to_print(running: subprocess.Popen[bytes]) -> None:
+    def warning_after(warm: str) -> str:
+        svc = sv.Service(name="ext_proc", argv=[], health_url=_Health([{"status": "ok", "warm": warm}]).url, listens="", warm_timeout=30)
+        sup = sv.Supervisor([svc], config_path="x.yaml", on_event=lambda s, status: None)
+        sup.write_state = lambda: None  # type: ignore[method-assign]
+        sup.procs[svc.name] = running
+        sup._wait_warm(svc)
+        return svc.warning
+
+    assert warning_after("done: function_call refuses prompt target(s) big, whose requests will get 400: too long") == \
+        "function_call refuses prompt target(s) big, whose requests will get 400: too long"
+    assert warning_after("done") == ""
+    assert "warning" in sv.Service(name="x", argv=[], health_url="", listens="").public()  # in the state file `status` reads
