@@ -251,7 +251,10 @@ def status() -> None:
         alive = bool(s.get("pid")) and sv.pid_alive(s["pid"])
         ok = alive and sv.http_ok(s["health_url"], s.get("health_expect"))
         healthy &= ok
-        rows.append({**s, "status": "healthy" if ok else ("running, unhealthy" if alive else "down")})
+        row = {**s, "status": "healthy" if ok else ("running, unhealthy" if alive else "down")}
+        if ok and s.get("warm_timeout"):  # as it is now: a model server down at `up` may have come back since
+            row["warning"] = sv.warm_warning(str(sv.health_json(s["health_url"]).get("warm", "done")))
+        rows.append(row)
     console.print(f"config: {state['config']}  supervisor pid {state['supervisor_pid']}")
     _print_table(rows)
     raise SystemExit(0 if healthy else 1)

@@ -90,6 +90,12 @@ def health_json(url: str, timeout: float = 1.0) -> dict:  # type: ignore[type-ar
     return body if isinstance(body, dict) else {}
 
 
+def warm_warning(phase: str) -> str:
+    """What ext_proc's ``warm`` phase has for the user: the problem after ``done: `` (a target the
+    model refuses, a model server that does not answer), else nothing."""
+    return phase.removeprefix("done").removeprefix(": ") if phase.startswith("done") else ""
+
+
 def _die_with_parent() -> None:
     """preexec: SIGTERM this child when the supervisor dies, whatever kills it."""
     with contextlib.suppress(OSError, AttributeError):
@@ -286,7 +292,7 @@ class Supervisor:
         while time.monotonic() < deadline and not self.stopping and self.procs[svc.name].poll() is None:
             phase = str(health_json(svc.health_url).get("warm", "done"))
             if phase.startswith("done"):
-                svc.warning = phase.removeprefix("done").removeprefix(": ")  # what the user should know, if anything
+                svc.warning = warm_warning(phase)
                 self.write_state()
                 return
             if phase != shown:
