@@ -48,14 +48,19 @@ def running() -> Iterator[subprocess.Popen[bytes]]:
     proc.wait()
 
 
-def _supervise(url: str, proc: subprocess.Popen[bytes], warm_timeout: float) -> list[str]:
+def _warmed(url: str, proc: subprocess.Popen[bytes], warm_timeout: float) -> tuple[list[str], sv.Service]:
+    """The events `_wait_warm` showed for a service whose health answers from ``url``, and the service after."""
     events: list[str] = []
     svc = sv.Service(name="ext_proc", argv=[], health_url=url, listens="", warm_timeout=warm_timeout)
     sup = sv.Supervisor([svc], config_path="x.yaml", on_event=lambda s, status: events.append(status))
     sup.write_state = lambda: None  # type: ignore[method-assign]  # no state file for this test
     sup.procs[svc.name] = proc
     sup._wait_warm(svc)
-    return events
+    return events, svc
+
+
+def _supervise(url: str, proc: subprocess.Popen[bytes], warm_timeout: float) -> list[str]:
+    return _warmed(url, proc, warm_timeout)[0]
 
 
 def test_warming_steps_are_shown_until_done(running: subprocess.Popen[bytes]) -> None:
@@ -79,12 +84,7 @@ def test_a_service_without_the_field_or_one_that_never_warms_is_not_waited_for_l
 
 def test_a_problem_found_while_warming_is_kept_for_up_and_status_to_print(running: subprocess.Popen[bytes]) -> None:
     def warning_after(warm: str) -> str:
-        svc = sv.Service(name="ext_proc", argv=[], health_url=_Health([{"status": "ok", "warm": warm}]).url, listens="", warm_timeout=30)
-        sup = sv.Supervisor([svc], config_path="x.yaml", on_event=lambda s, status: None)
-        sup.write_state = lambda: None  # type: ignore[method-assign]
-        sup.procs[svc.name] = running
-        sup._wait_warm(svc)
-        return svc.warning
+        return _warmed(_Health([{"status": "ok", "warm": warm}]).url, running, warm_timeout=30)[1].warning
 
     assert warning_after("done: function_call refuses prompt target(s) big, whose requests will get 400: too long") == \
         "function_call refuses prompt target(s) big, whose requests will get 400: too long"
