@@ -4,9 +4,10 @@ Triton python backend model, a thin shell over ``../classifier.py`` (which the u
 ``bench/guard_eval.py`` and ``train.py`` run without Triton, embedding locally). Inside Triton
 the all-MiniLM-L6-v2 embeddings come from the ``prompt_embed`` model through BLS (business logic
 scripting): this stub loads only numpy and the trained head (``guard_head.npz`` +
-``guard_head.json`` beside this file, or in the folder the ``weights`` parameter names),
-never torch or a second copy of the weights, so the two models share one embedder process. ``prompt_embed`` must therefore be loaded whenever this model
-is (``ext_proc.model_repo.needed_models`` adds it).
+``guard_head.json`` beside this file, or in the folder the ``weights`` parameter names), never
+torch or a second copy of the weights, so the two models share one embedder process.
+``prompt_embed`` must therefore be loaded whenever this model is
+(``ext_proc.model_repo.needed_models`` adds it).
 
 ``initialize`` parses the config once, checks the tensors, reads ``threshold`` from
 ``parameters``, loads the head and warms the numpy part up; if ``prompt_embed`` is already
