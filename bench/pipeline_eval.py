@@ -54,6 +54,7 @@ import math
 import os
 import random
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -96,7 +97,7 @@ NOT_EXPRESSIBLE_TYPES = ("any",)  # the config has no untyped parameter
 _PY = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-OUTCOMES = ("target", "default", "llm", "clarified", "blocked", "http_error", "other")
+OUTCOMES = ("target", "default", "llm", "clarified", "blocked", "http_error", "other", "not_started")  # not_started: its config did not start
 
 
 class NotExpressible(ValueError):
@@ -473,13 +474,13 @@ def summarize_set(records: Sequence[dict[str, Any]], in_scope: bool) -> dict[str
     kinds = Counter(r["outcome"] for r in records)
     routed = [r for r in records if r["routed_right"]]
     exact = sum(bool(r.get("args_exact")) for r in routed)
-    statuses = Counter(r["status"] for r in records if r["status"] != 200)
+    statuses = Counter(r["status"] for r in records if r["status"] != 200 and r["outcome"] != "not_started")
     lat: dict[str, dict[str, Any]] = {}
     for kind in OUTCOMES:
-        values = [r["latency_ms"] for r in records if r["outcome"] == kind]
+        values = [r["latency_ms"] for r in records if r["outcome"] == kind and kind != "not_started"]
         if values:
             lat[kind] = {"n": len(values), "p50_ms": round(percentile(values, 50), 1), "p99_ms": round(percentile(values, 99), 1)}
-    every = [r["latency_ms"] for r in records]
+    every = [r["latency_ms"] for r in records if r["outcome"] != "not_started"]
     out = {
         "n": n,
         "routing_accuracy": _rate(len(routed), n),
@@ -605,13 +606,14 @@ def _print_tables(summary: dict[str, Any], meta: dict[str, Any]) -> None:
         rows.append([name, scope, s["half_items"], s["skipped_not_expressible"], s["n"], s["configs"], s["routing_accuracy"],
                      s["args_exact_given_routed"], s["clarification_rate"], s["default_or_llm_rate"], s["foreign_target_rate"],
                      s["outcomes"].get("blocked", 0), s["status_5xx"], sum(s["non_200"].values()) - s["status_5xx"],
+                     s["outcomes"].get("not_started", 0),
                      s["latency_ms"].get("all", {}).get("p50_ms"), s["latency_ms"].get("all", {}).get("p99_ms")])
     print_table(
         f"pipeline_eval: BFCL v4 through Envoy + ext_proc + Triton, {meta['half']} half"
         + (f", limit {meta['limit']} per set" if meta["limit"] else ""),
         ["set", "scope", "items in half", "skipped (not expressible)", "n run", "configs", "routing acc",
          "args exact | routed", "clarified", "default/LLM", "foreign target", "blocked", "5xx", "other non-200",
-         "p50 ms", "p99 ms"],
+         "config not started", "p50 ms", "p99 ms"],
         rows, caption=load_caption(f"routing acc: right target (in scope) or default/LLM (out of scope); "
                                    f"args: {meta['checker']}"), digits=3,
     )
@@ -674,7 +676,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = home / f"{g.key.replace('#', '_')}.yaml"
             path.write_text(yaml.safe_dump(raw, sort_keys=False))
             load_config(path)
-            print(f"{g.key}: {len(g.items)} items, {len(g.targets)} targets: valid ({path})")
+            print(f"{g.key}: {len(g.items)} items, {len(g.targets)} targets: valid")
+        shutil.rmtree(home, ignore_errors=True)
         return 0
 
     from tests.fake_provider import FakeProvider
@@ -695,7 +698,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             for gi, g in enumerate(groups):
                 raw = group_config(g, app_port=app.port, ports=Ports.free(), model_server=stack.model_server(),
                                    guard=not args.no_guard, threshold=args.threshold, timeout_s=args.timeout)
-                cfg, sup, up_s = stack.start_group(raw, g.key.replace("#", "_"))
+                try:
+                    cfg, sup, up_s = stack.start_group(raw, g.key.replace("#", "_"))
+                except RuntimeError as exc:  # counted, not fatal: the other configs still run
+                    print(f"[{gi + 1}/{len(groups)}] {g.key}: did not start: {str(exc)[:2000]}", flush=True)
+                    for it in g.items:
+                        records.append({"id": it.id, "set": it.set, "config": g.key, "expected": it.answer_target or "default/llm",
+                                        "outcome": "not_started", "target": None, "status": 0, "latency_ms": math.nan,
+                                        **score(it, Outcome("not_started", 0), checker), "arguments": None,
+                                        "detail": "its config did not start"})
+                    group_info.append({"config": g.key, "items": len(g.items), "targets": len(g.targets), "error": str(exc)[:3000]})
+                    continue
                 warning = next((s.warning for s in sup.services if s.name == "ext_proc"), "")
                 print(f"[{gi + 1}/{len(groups)}] {g.key}: {len(g.items)} items, {len(g.targets)} targets, up in {up_s:.0f}s"
                       + (f" ({warning})" if warning else ""), flush=True)
@@ -751,6 +764,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     path = write_results(PART, results, results_dir=args.out)
     print(f"{len(records)} requests in {time.perf_counter() - t_start:.0f}s; wrote {path}")
+    if not any("error" in g for g in group_info):
+        shutil.rmtree(home, ignore_errors=True)  # configs and logs; kept when a config did not start
+    else:
+        print(f"configs and logs kept in {home}")
     return 0
 
 

@@ -197,6 +197,10 @@ def test_summarize_set() -> None:
     assert s["status_5xx"] == 1 and s["non_200"] == {"504": 1}
     assert s["latency_ms"]["target"] == {"n": 1, "p50_ms": 100.0, "p99_ms": 100.0}
     assert pe.summarize_set(recs, in_scope=False)["args_exact_given_routed"] is None
+    lost = pe.summarize_set([*recs, {"outcome": "not_started", "routed_right": False, "args_exact": None, "foreign": False,
+                                     "status": 0, "latency_ms": float("nan")}], in_scope=True)
+    assert lost["n"] == 5 and lost["routing_accuracy"] == 0.4 and lost["outcomes"]["not_started"] == 1
+    assert lost["non_200"] == {"504": 1} and lost["latency_ms"]["all"] == s["latency_ms"]["all"]
 
 
 def test_bfcl_checker_accepts_a_right_call_when_installed() -> None:
@@ -224,3 +228,14 @@ def test_every_bfcl_item_converts_to_a_valid_config_when_installed(tmp_path: Pat
             path = tmp_path / f"{g.set}.yaml"
             path.write_text(yaml.safe_dump(raw))
             load_config(path)
+
+
+def test_tables_print(capsys: pytest.CaptureFixture[str]) -> None:
+    recs = [{"outcome": "target", "routed_right": True, "args_exact": True, "foreign": False, "status": 200, "latency_ms": 100.0},
+            {"outcome": "not_started", "routed_right": False, "args_exact": None, "foreign": False, "status": 0,
+             "latency_ms": float("nan")}]
+    summary = {"multiple": {"half_items": 100, "skipped_not_expressible": 1, "configs": 1, **pe.summarize_set(recs, True)},
+               "irrelevance": {"half_items": 100, "skipped_not_expressible": 0, "configs": 1, **pe.summarize_set(recs[1:], False)}}
+    pe._print_tables(summary, {"half": "test", "limit": 5, "checker": "x"})
+    out = capsys.readouterr().out
+    assert "multiple" in out and "irrelevance" in out and "latency per outcome" in out
