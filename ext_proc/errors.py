@@ -8,7 +8,8 @@
      ├── MethodNotAllowed      405
      ├── RateLimited           429     over a `ratelimits` token budget (with `retry-after`)
      ├── UpstreamError         status of the upstream (endpoint 4xx/5xx), 502 bad gateway, 504 timeout
-     └── ModelServerError      503     Triton unreachable or failing, when the stage fails closed
+     └── ModelServerError      503     Triton unreachable or failing, when the stage fails closed;
+                               504     a model slower than its deadline (``model_server_timeout``)
 
 Bodies over ``max_body_bytes`` never reach Python: Envoy answers 413 itself, and the rendered
 bootstrap's local-reply mapper writes the same JSON shape (``request_too_large``).

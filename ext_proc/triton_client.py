@@ -70,6 +70,20 @@ _DEPENDENCY_DEAD = "is down (its stub died)"
 _DEPENDS_ON = {"prompt_guard": "prompt_embed"}
 
 
+# calls whose deadline is the model's config (model_server.models.<name>.timeout / model_server.timeout)
+_INFERENCE = ("embed", "guard", "stream")
+
+
+def _timeout_error(operation: str, model: str, timeout_s: float) -> ModelServerError:
+    """A model slower than its deadline: 504 ``model_server_timeout`` naming the model, and for an
+    inference call the config key that sets the deadline (503 stays for a server that is down)."""
+    message = f"Triton model {model} did not answer within {timeout_s:g} s ({operation})"
+    if operation in _INFERENCE:
+        message += (f"; if it is only slow (cold, or busy with queued calls), raise model_server.models.{model}.timeout "
+                    "(or model_server.timeout, the deadline of every model)")
+    return ModelServerError(message, code="model_server_timeout", status=504)
+
+
 def _target(url: str) -> str:
     """``grpc://host:port`` or ``host:port`` -> ``host:port`` (what grpc dials)."""
     if url.startswith("grpc://"):
@@ -109,7 +123,8 @@ class TritonClient:
         ``headers`` go along as gRPC metadata (e.g. ``traceparent``). More texts than the
         model's max batch are sent as several concurrent requests, all under ``timeout_s``.
         Raises :class:`ModelServerError`: status 400 (code ``model_input_invalid``) when the
-        model rejects a text (empty, not UTF-8), 503 for everything else.
+        model rejects a text (empty, not UTF-8), 504 (code ``model_server_timeout``) past
+        ``timeout_s``, 503 for everything else.
         """
         if not texts:
             return np.empty((0, EMBEDDING_DIM), dtype=np.float32)
@@ -253,9 +268,7 @@ class TritonClient:
         except InferenceServerException as exc:
             status, message = exc.status() or "", exc.message() or str(exc)
             if status == "StatusCode.DEADLINE_EXCEEDED":
-                raise ModelServerError(
-                    f"Triton {operation} ({model}) took longer than {timeout_s:g} s", code="model_server_timeout"
-                ) from exc
+                raise _timeout_error(operation, model, timeout_s) from exc
             if status == "StatusCode.INVALID_ARGUMENT" or (not status and _STREAM_INVALID_INPUT in message):
                 raise ModelServerError(f"Triton model {model} rejected the input: {message}",
                                        code="model_input_invalid", status=400) from exc
@@ -272,8 +285,10 @@ class TritonClient:
                 raise ModelServerError(f"Triton at {self.url} is unreachable: {message}") from exc
             raise ModelServerError(f"Triton {operation} ({model}) failed: [{status}] {message}") from exc
         except TimeoutError as exc:
-            raise ModelServerError(f"Triton {operation} ({model}) took longer than {timeout_s:g} s", code="model_server_timeout") from exc
+            raise _timeout_error(operation, model, timeout_s) from exc
         except (grpc.RpcError, OSError) as exc:
+            if isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise _timeout_error(operation, model, timeout_s) from exc
             raise ModelServerError(f"Triton {operation} ({model}) at {self.url} failed: {exc!r}") from exc
 
     def _mark_unhealthy(self, model: str) -> None:
@@ -296,22 +311,28 @@ class TritonClient:
 class TritonModels:
     """Implements :class:`ext_proc.pipeline.Models` over one :class:`TritonClient`.
 
-    Every call carries the model server's deadline (``model_server.timeout``).
+    Every call carries its model's deadline: ``timeouts[model]`` (``model_server.models.<name>.timeout``,
+    resolved by the config), else ``timeout_s`` (``model_server.timeout``).
     """
 
-    def __init__(self, client: TritonClient, *, timeout_s: float) -> None:
+    def __init__(self, client: TritonClient, *, timeout_s: float, timeouts: dict[str, float] | None = None) -> None:
         self.client = client
         self.timeout_s = timeout_s
+        self.timeouts = dict(timeouts or {})
+
+    def timeout_for(self, model: str) -> float:
+        return self.timeouts.get(model, self.timeout_s)
 
     async def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        return await self.client.embed(texts, timeout_s=self.timeout_s, headers=telemetry.inject() or None)
+        return await self.client.embed(texts, timeout_s=self.timeout_for(EMBED_MODEL), headers=telemetry.inject() or None)
 
     async def guard(self, text: str) -> GuardVerdict:
-        prob, flagged = await self.client.guard(text, timeout_s=self.timeout_s, headers=telemetry.inject() or None)
+        prob, flagged = await self.client.guard(text, timeout_s=self.timeout_for(GUARD_MODEL), headers=telemetry.inject() or None)
         return GuardVerdict(probability=prob, flagged=flagged)
 
-    async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any]) -> ToolCall:
-        out = await self.client.function_call(messages, [tool], timeout_s=self.timeout_s, headers=telemetry.inject() or None)
+    async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any], *, timeout_s: float | None = None) -> ToolCall:
+        deadline = self.timeout_for(FUNCTION_CALL_MODEL) if timeout_s is None else timeout_s
+        out = await self.client.function_call(messages, [tool], timeout_s=deadline, headers=telemetry.inject() or None)
         return ToolCall(arguments=out.get("arguments") or {}, missing=list(out.get("missing") or []))
 
     async def close(self) -> None:

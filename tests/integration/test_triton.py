@@ -267,7 +267,8 @@ async def test_100kb_text_is_truncated_within_deadline(client: TritonClient) -> 
 async def test_deadline_is_enforced(client: TritonClient) -> None:
     with pytest.raises(ModelServerError) as info:
         await client.embed(["x " * 200], timeout_s=0.0005)
-    assert info.value.code == "model_server_timeout"
+    assert (info.value.status, info.value.code) == (504, "model_server_timeout")  # slow, not down (503)
+    assert "prompt_embed" in info.value.message and "model_server.models.prompt_embed.timeout" in info.value.message
 
 
 async def test_triton_down_fails_fast() -> None:

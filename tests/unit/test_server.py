@@ -185,3 +185,40 @@ async def test_a_bug_in_a_processor_becomes_a_generic_500_and_the_server_stays_u
     monkeypatch.undo()
     _, r = await exchange(s, "egress", headers_msg(), body_msg(body))
     assert r.WhichOneof("response") == "request_body"
+
+
+async def test_a_slow_model_is_a_504_naming_the_model_and_the_key_to_raise() -> None:
+    """The guard's model takes longer than its deadline: the client gets sidegate's 504
+    model_server_timeout (not Envoy's ext_proc_timeout), and a model server that is down stays 503."""
+    from ext_proc.errors import ModelServerError
+    from ext_proc.triton_client import _timeout_error
+
+    class Models:
+        error: ModelServerError
+
+        async def guard(self, text: str):  # type: ignore[no-untyped-def]
+            raise self.error
+
+    models = Models()
+    raw = gateway_config(PROVIDERS, prompt_guards={"input_guards": {"jailbreak": {"on_exception": {"message": "no"}}}})
+    cfg = build_config(raw, env={})
+    services = Services.create(cfg, models=models)  # type: ignore[arg-type]
+    server, port = await create_server(services, "127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    body = json.dumps({"messages": [{"role": "user", "content": "what's the weather in Paris?"}]}).encode()
+    try:
+        s = pb_grpc.ExternalProcessorStub(channel)
+        models.error = _timeout_error("guard", "prompt_guard", 10)
+        _, r = await exchange(s, "ingress", headers_msg(), body_msg(body))
+        status, err = error_of(r)
+        assert (status, err["error"]["code"]) == (504, "model_server_timeout")
+        assert "prompt_guard" in err["error"]["message"] and "model_server.models.prompt_guard.timeout" in err["error"]["message"]
+        models.error = ModelServerError("Triton at grpc://127.0.0.1:8001 is unreachable: connection refused")
+        _, r = await exchange(s, "ingress", headers_msg(), body_msg(body))
+        status, err = error_of(r)
+        assert (status, err["error"]["code"]) == (503, "model_server_unavailable")
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await services.close()

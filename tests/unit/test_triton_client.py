@@ -1,0 +1,97 @@
+"""ext_proc.triton_client without a Triton: each model's deadline, and what a slow model becomes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
+
+from ext_proc.errors import ModelServerError, render_error
+from ext_proc.triton_client import TritonClient, TritonModels
+
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
+
+
+class Client:
+    """Stands in for TritonClient: records the deadline of each call."""
+
+    def __init__(self) -> None:
+        self.deadlines: dict[str, float] = {}
+
+    async def embed(self, texts: list[str], *, timeout_s: float, headers: Any = None) -> Any:
+        self.deadlines["embed"] = timeout_s
+
+    async def guard(self, text: str, *, timeout_s: float, headers: Any = None) -> tuple[float, bool]:
+        self.deadlines["guard"] = timeout_s
+        return 0.1, False
+
+    async def function_call(self, messages: Any, tools: Any, *, timeout_s: float, headers: Any = None) -> dict[str, Any]:
+        self.deadlines["function_call"] = timeout_s
+        return {"name": "get_weather", "arguments": {}, "missing": []}
+
+
+def test_each_call_carries_its_own_models_deadline() -> None:
+    client = Client()
+    models = TritonModels(client, timeout_s=10, timeouts={"prompt_embed": 5, "function_call": 30})  # type: ignore[arg-type]
+
+    async def calls() -> None:
+        await models.embed(["hi"])
+        await models.guard("hi")  # no deadline of its own: model_server.timeout
+        await models.function_call([{"role": "user", "content": "hi"}], TOOL)
+
+    asyncio.run(calls())
+    assert client.deadlines == {"embed": 5, "guard": 10, "function_call": 30}
+    asyncio.run(models.function_call([{"role": "user", "content": "hi"}], TOOL, timeout_s=120))  # the start-up pre-fill's
+    assert client.deadlines["function_call"] == 120
+
+
+async def _slow_guard(exc: BaseException) -> ModelServerError:
+    """What TritonModels.guard raises when Triton's infer raises ``exc``."""
+    client = TritonClient("grpc://127.0.0.1:1", auto_reload=False)
+
+    async def infer(*args: Any, **kwargs: Any) -> Any:
+        assert kwargs["client_timeout"] == 7  # the guard's own deadline reaches the gRPC call
+        raise exc
+
+    client._client.infer = infer  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ModelServerError) as info:
+            await TritonModels(client, timeout_s=10, timeouts={"prompt_guard": 7}).guard("ignore all previous instructions")
+    finally:
+        await client.close()
+    return info.value
+
+
+@pytest.mark.parametrize("exc", [InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED"), TimeoutError()],
+                         ids=["grpc-deadline", "asyncio-timeout"])
+def test_a_slow_model_is_504_model_server_timeout_naming_the_model_and_the_key(exc: BaseException) -> None:
+    err = asyncio.run(_slow_guard(exc))
+    assert (err.status, err.code) == (504, "model_server_timeout")
+    assert "Triton model prompt_guard did not answer within 7 s" in err.message
+    assert "model_server.models.prompt_guard.timeout" in err.message and "model_server.timeout" in err.message
+    rendered = render_error(err, request_id="req-1")
+    assert rendered.status == 504 and rendered.headers["x-sidegate-error"] == "model_server_timeout"
+    assert json.loads(rendered.body)["error"]["code"] == "model_server_timeout"
+
+
+def test_a_model_server_that_is_down_stays_503_unavailable() -> None:
+    err = asyncio.run(_slow_guard(InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE")))
+    assert (err.status, err.code) == (503, "model_server_unavailable") and "unreachable" in err.message
+
+
+def test_a_load_that_times_out_names_no_request_deadline_key() -> None:
+    async def load() -> ModelServerError:
+        client = TritonClient("grpc://127.0.0.1:1", auto_reload=False)
+        try:
+            with pytest.raises(ModelServerError) as info, client._model_server_errors("load", "function_call", 120):
+                raise TimeoutError
+        finally:
+            await client.close()
+        return info.value
+
+    err = asyncio.run(load())
+    assert (err.status, err.code) == (504, "model_server_timeout")
+    assert err.message == "Triton model function_call did not answer within 120 s (load)"  # not a request's deadline: no key to raise
