@@ -34,10 +34,13 @@ SERVICES = ("envoy", "ext_proc", "triton", "demo", "supervisor")
 
 def _load(path: str | None) -> Config:
     try:
-        return load_config(path)
+        cfg = load_config(path)
     except ConfigError as exc:
         err_console.print(f"[red]config error[/red] {exc}")
         raise SystemExit(2) from exc
+    for warning in cfg.warnings:  # every command that loads the config says it (validate, up, serve, ...)
+        err_console.print(f"[yellow]config warning[/yellow] {cfg.source}: {warning}")
+    return cfg
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

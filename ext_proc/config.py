@@ -16,6 +16,7 @@ file, the key path and what was expected. Nothing starts on a config that fails 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -72,6 +73,18 @@ _SIDEGATE_FACADE = "http://127.0.0.1:{port}/v1"
 # What a configured jailbreak guard answers when the config gives no on_exception.message.
 DEFAULT_GUARD_MESSAGE = "Sorry, I can't help with that request."
 _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+# Each model's deadline when neither model_server.models.<name>.timeout nor model_server.timeout is
+# set. prompt_embed and prompt_guard answer in tens of milliseconds once loaded; function_call takes
+# 1-6 s per call on 2 cores (the 1.5B) and a call queued behind others waits for them; chat_llm
+# streams a whole answer (model_server.timeout raises it, never lowers it below 120 s).
+DEFAULT_MODEL_TIMEOUTS = {"prompt_embed": 10.0, "prompt_guard": 10.0, "function_call": 30.0, "chat_llm": 120.0}
+# the start-up pre-fill of function_call: max(120 s, 4 x function_call's deadline) per call
+PREFILL_MIN_TIMEOUT_S = 120.0
+PREFILL_TIMEOUT_FACTOR = 4.0
+# ext_proc.message_timeout when nothing slower is configured (no guard, no prompt targets), and
+# what is added to the derived one for ext_proc's own work around the model and endpoint calls
+DEFAULT_MESSAGE_TIMEOUT_S = 10.0
+MESSAGE_TIMEOUT_MARGIN_S = 2.0
 
 
 class ConfigError(Exception):
@@ -213,6 +226,7 @@ class ModelSettings:
     weights: str | None = None  # the user's own weights (a GGUF file or a model folder)
     threads: int | None = None
     parameters: dict[str, str] = field(default_factory=dict)  # other keys of the model's config.pbtxt parameters
+    timeout_s: float | None = None  # the deadline of one call to this model (None: model_server.timeout or its default)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,11 +238,31 @@ class ModelServer:
     http_port: int
     grpc_port: int
     metrics_port: int
-    timeout_s: float  # deadline of one model call
+    timeout_s: float  # model_server.timeout: the deadline of a model call with no timeout of its own
     endpoint_url: str | None = None  # remote mode: grpc://host:port
     models: dict[str, ModelSettings] = field(default_factory=dict)
     # neither mode nor endpoint in the config: `sidegate up` may pick local-gpu (a usable GPU) over local-cpu
     auto_mode: bool = False
+    timeout_explicit: bool = False  # model_server.timeout is in the config (else each model has its default)
+    timeouts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MODEL_TIMEOUTS))  # the deadline of each model
+
+    def timeout_for(self, model: str) -> float:
+        """The deadline of one call to ``model`` (``model_server.models.<model>.timeout``, else
+        ``model_server.timeout``, else the model's default in :data:`DEFAULT_MODEL_TIMEOUTS`)."""
+        return self.timeouts.get(model, self.timeout_s)
+
+    def timeout_key(self, model: str) -> str:
+        """The config key that sets ``model``'s deadline (the one to change)."""
+        own = self.models.get(model)
+        if self.timeout_explicit and (own is None or own.timeout_s is None):
+            return "model_server.timeout"
+        return f"model_server.models.{model}.timeout"
+
+    @property
+    def prefill_timeout_s(self) -> float:
+        """The deadline of a start-up pre-fill call to function_call: on a cold model the first
+        call loads the weights and evaluates a whole prompt, far longer than a warm call."""
+        return max(PREFILL_MIN_TIMEOUT_S, PREFILL_TIMEOUT_FACTOR * self.timeout_for("function_call"))
 
     @property
     def local(self) -> bool:
@@ -256,8 +290,9 @@ class ExtProcSettings:
     address: str
     port: int
     http_port: int
-    message_timeout_s: float
+    message_timeout_s: float  # ext_proc.message_timeout, else derived from the deadlines (see _ingress_deadline)
     failure_mode_allow: bool
+    message_timeout_explicit: bool = False  # ext_proc.message_timeout is in the config
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -282,6 +317,8 @@ class Config:
     model_server: ModelServer = field(
         default_factory=lambda: ModelServer(mode="none", address="127.0.0.1", http_port=8000, grpc_port=8001, metrics_port=8002, timeout_s=10.0)
     )
+    # what may work but probably not as meant, as "<key.path>: <why>" (printed by every command that loads the config)
+    warnings: tuple[str, ...] = ()
 
     @property
     def jailbreak_message(self) -> str | None:
@@ -504,8 +541,9 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         address=ep.get("address", "127.0.0.1"),
         port=ep.get("port", 50051),
         http_port=ep.get("http_port", 8080),
-        message_timeout_s=parse_duration(ep.get("message_timeout", "10s")),
+        message_timeout_s=parse_duration(ep.get("message_timeout", DEFAULT_MESSAGE_TIMEOUT_S)),  # derived below when not set
         failure_mode_allow=bool(ep.get("failure_mode_allow", False)),
+        message_timeout_explicit="message_timeout" in ep,
     )
     # every port sidegate listens on, as (key path, port, written in the file rather than defaulted)
     model_server = raw.get("model_server") or {}
@@ -669,6 +707,18 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
 
     jb = ((raw.get("prompt_guards") or {}).get("input_guards") or {}).get("jailbreak")
     tracing = raw.get("tracing") or {}
+    ms = _model_server(model_server, source)
+    warnings: list[str] = []
+    needed, parts = _ingress_deadline(ms, targets, endpoints, guard=jb is not None)
+    if not ext_proc.message_timeout_explicit:
+        ext_proc = dataclasses.replace(ext_proc, message_timeout_s=max(DEFAULT_MESSAGE_TIMEOUT_S, needed))
+    elif ext_proc.message_timeout_s < needed:
+        warnings.append(
+            f"ext_proc.message_timeout: {ext_proc.message_timeout_s:g} s is shorter than an ingress request may keep ext_proc "
+            f"busy ({parts} = {needed:g} s), so a slow model or endpoint gets Envoy's 504 ext_proc_timeout instead of sidegate's "
+            f"504 model_server_timeout / endpoint_timeout naming it: raise ext_proc.message_timeout to at least {needed:g}s, "
+            "or remove it to have it derived from those deadlines"
+        )
     return Config(
         source=source,
         raw=raw,
@@ -694,8 +744,41 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         tracing_sampling=float(tracing.get("random_sampling", 0)),
         otlp_endpoint=tracing.get("otlp_endpoint"),
         ratelimits=tuple(ratelimits),
-        model_server=_model_server(model_server, source),
+        model_server=ms,
+        warnings=tuple(warnings),
     )
+
+
+def _ingress_deadline(ms: ModelServer, targets: list[PromptTarget], endpoints: dict[str, Endpoint], *, guard: bool) -> tuple[float, str]:
+    """The longest one ingress request body may keep the ext_proc service busy, and what it is
+    made of (each part named by its config key): the guard beside intent matching (one embedding,
+    and a second one of the earlier user turns when the last alone matches nothing), then
+    function_call, then the slowest endpoint a prompt target calls, plus a margin for ext_proc's
+    own work. ``ext_proc.message_timeout`` must be longer, so that a slow model is answered with
+    sidegate's 504 ``model_server_timeout`` naming it, not with Envoy's ``ext_proc_timeout``."""
+    # counted whatever model_server.mode says: `sidegate up --model-server URL` may give a config
+    # with mode none a model server, and without one those calls fail at once anyway
+    parts: list[tuple[float, str]] = []
+    first: list[tuple[float, str]] = []
+    if guard:
+        g = ms.timeout_for("prompt_guard")
+        first.append((g, f"prompt_guard {g:g} s ({ms.timeout_key('prompt_guard')})"))
+    if any(not t.default for t in targets):
+        embed = ms.timeout_for("prompt_embed")
+        first.append((2 * embed, f"2 x prompt_embed {embed:g} s ({ms.timeout_key('prompt_embed')})"))
+    if first:
+        parts.append(max(first))
+    if any(t.parameters for t in targets):
+        fc = ms.timeout_for("function_call")
+        parts.append((fc, f"function_call {fc:g} s ({ms.timeout_key('function_call')})"))
+    called = [endpoints[t.endpoint.name] for t in targets if t.endpoint is not None and t.endpoint.name in endpoints]
+    if called:
+        slowest = max(called, key=lambda e: e.timeout_s)
+        parts.append((slowest.timeout_s, f"endpoint {slowest.name} {slowest.timeout_s:g} s (endpoints.{slowest.name}.timeout)"))
+    if not parts:
+        return 0.0, "no model or endpoint call"
+    parts.append((MESSAGE_TIMEOUT_MARGIN_S, f"{MESSAGE_TIMEOUT_MARGIN_S:g} s margin"))
+    return sum(seconds for seconds, _ in parts), " + ".join(text for _, text in parts)
 
 
 MODELS_DIR = REPO_ROOT / "triton_models"
@@ -719,7 +802,9 @@ def _model_settings(name: str, settings: dict[str, Any], source: str) -> ModelSe
             raise ConfigError(source, at, f"{name} has no parameter {key!r} (its parameters: {', '.join(known)}; "
                                           f"each is described in triton_models/{name}/config.pbtxt)")
     parameters = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}
-    return ModelSettings(**{**settings, "parameters": parameters})
+    own_settings = {k: v for k, v in settings.items() if k != "timeout"}
+    timeout = parse_duration(settings["timeout"]) if "timeout" in settings else None
+    return ModelSettings(**{**own_settings, "parameters": parameters, "timeout_s": timeout})
 
 
 def _model_server(ms: dict[str, Any], source: str) -> ModelServer:
@@ -728,14 +813,27 @@ def _model_server(ms: dict[str, Any], source: str) -> ModelServer:
         raise ConfigError(source, "model_server.endpoint", "mode remote needs endpoint: grpc://HOST:PORT of your Triton")
     if mode != "remote" and ms.get("endpoint"):
         raise ConfigError(source, "model_server.endpoint", f"endpoint is only used with mode: remote (mode is {mode})")
+    models = {name: _model_settings(name, settings, source) for name, settings in (ms.get("models") or {}).items()}
+    common = parse_duration(ms["timeout"]) if "timeout" in ms else None
+    timeouts: dict[str, float] = {}
+    for name, default in DEFAULT_MODEL_TIMEOUTS.items():
+        own = models[name].timeout_s if name in models else None
+        if own is not None:
+            timeouts[name] = own
+        elif common is None:
+            timeouts[name] = default
+        else:  # chat_llm streams a whole answer: the one-number form of the decision models does not cut it short
+            timeouts[name] = max(common, default) if name == "chat_llm" else common
     return ModelServer(
         mode=mode,
         address="127.0.0.1",
         http_port=ms.get("http_port", 8000),
         grpc_port=ms.get("grpc_port", 8001),
         metrics_port=ms.get("metrics_port", 8002),
-        timeout_s=parse_duration(ms.get("timeout", "10s")),
+        timeout_s=DEFAULT_MODEL_TIMEOUTS["prompt_embed"] if common is None else common,
         endpoint_url=ms.get("endpoint"),
-        models={name: _model_settings(name, settings, source) for name, settings in (ms.get("models") or {}).items()},
+        models=models,
         auto_mode=not ms.get("mode") and not ms.get("endpoint"),
+        timeout_explicit=common is not None,
+        timeouts=timeouts,
     )

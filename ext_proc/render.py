@@ -701,6 +701,8 @@ def _local_reply_config(listener: ListenerCfg, *, ext_proc: bool) -> LocalReplyC
 
 
 def _ext_proc_filter(cfg: Config, listener: ListenerCfg, stat_prefix: str) -> HttpFilter:
+    # ext_proc.message_timeout, or when not set derived from the model and endpoint deadlines
+    # (config._ingress_deadline), so a slow model is our 504 model_server_timeout, not ext_proc_timeout
     timeout = _seconds(cfg.ext_proc.message_timeout_s)
     ext_proc = ExternalProcessor(
         grpc_service=GrpcService(

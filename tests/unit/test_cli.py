@@ -1,10 +1,15 @@
-"""`sidegate logs`: every service's log, Triton's included, read from $SIDEGATE_HOME/logs."""
+"""`sidegate logs`: every service's log, Triton's included, read from $SIDEGATE_HOME/logs; what
+`sidegate validate` prints for a config that loads with a warning."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import pytest
+import yaml
 from click.testing import CliRunner
+from rich.console import Console
 
 from ext_proc.cli import SERVICES, main
 
@@ -28,3 +33,20 @@ def test_logs_names_the_services_it_knows(sidegate_home: Path) -> None:
     assert out.exit_code == 2
     for name in SERVICES:
         assert name in out.output
+
+
+def test_validate_prints_a_config_warning_and_still_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ext_proc import cli
+
+    monkeypatch.setattr(cli, "err_console", Console(file=io.StringIO(), width=400))  # rich wraps at the terminal's width otherwise
+    config = tmp_path / "sidegate.yaml"
+    config.write_text(yaml.safe_dump({
+        "version": "v0.1",
+        "ext_proc": {"message_timeout": "5s"},
+        "prompt_guards": {"input_guards": {"jailbreak": {"on_exception": {"message": "no"}}}},
+    }))
+    out = CliRunner().invoke(main, ["validate", str(config)])
+    assert out.exit_code == 0, out.output
+    warned = cli.err_console.file.getvalue()
+    assert f"config warning {config}: ext_proc.message_timeout: 5 s is shorter than" in warned
+    assert "prompt_guard 10 s (model_server.models.prompt_guard.timeout)" in warned and "= 12 s" in warned

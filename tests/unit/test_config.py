@@ -94,6 +94,7 @@ def test_every_shipped_config_loads(path: Path) -> None:
     cfg = load_config(path, env={v: f"value-of-{v}" for v in variables})
     assert cfg.source == str(path)
     assert len(cfg.llm_providers) <= 1 or cfg.default_provider is not None
+    assert cfg.warnings == ()  # e.g. no ext_proc.message_timeout shorter than the model deadlines
 
 
 def test_openai_example_reads_keys_from_env() -> None:
@@ -749,3 +750,59 @@ def test_model_server_mode_is_left_to_sidegate_up_only_when_the_config_names_non
     assert named.mode == "local-cpu" and not named.auto_mode
     remote = load_config(vary(tmp_path, model_server={"endpoint": "grpc://10.0.0.5:8001"}), env=ENV).model_server
     assert remote.mode == "remote" and not remote.auto_mode
+
+
+# --------------------------------------------------------------------------------------------
+# model deadlines and the ext_proc.message_timeout derived from them
+
+
+def test_each_model_has_its_own_deadline_function_call_the_longest(tmp_path: Path) -> None:
+    ms = load_config(vary(tmp_path), env=ENV).model_server
+    assert {m: ms.timeout_for(m) for m in ("prompt_embed", "prompt_guard", "function_call", "chat_llm")} == \
+        {"prompt_embed": 10.0, "prompt_guard": 10.0, "function_call": 30.0, "chat_llm": 120.0}
+    assert ms.timeout_key("function_call") == "model_server.models.function_call.timeout"
+    assert ms.prefill_timeout_s == 120.0  # the start-up pre-fill: a cold model loads on its first call
+
+
+def test_model_server_timeout_is_the_one_number_form_and_a_model_timeout_overrides_it(tmp_path: Path) -> None:
+    path = vary(tmp_path, model_server={"timeout": "4s", "models": {"function_call": {"timeout": "45s", "threads": 2}}})
+    ms = load_config(path, env=ENV).model_server
+    assert (ms.timeout_s, ms.timeout_for("prompt_embed"), ms.timeout_for("prompt_guard"), ms.timeout_for("function_call")) == (4, 4, 4, 45)
+    assert ms.timeout_for("chat_llm") == 120.0  # a whole streamed answer: the one-number form never shortens it
+    assert ms.models["function_call"].timeout_s == 45 and ms.models["function_call"].threads == 2
+    assert ms.timeout_key("prompt_embed") == "model_server.timeout"
+    assert ms.timeout_key("function_call") == "model_server.models.function_call.timeout"
+    assert ms.prefill_timeout_s == 180.0  # 4 x function_call's deadline once that is over 30 s
+    assert load_config(vary(tmp_path, model_server={"timeout": "300s"}), env=ENV).model_server.timeout_for("chat_llm") == 300
+
+
+def test_a_model_timeout_must_be_a_duration(tmp_path: Path) -> None:
+    refused(vary(tmp_path, model_server={"models": {"function_call": {"timeout": "soon"}}}), "model_server.models.function_call.timeout")
+    refused(vary(tmp_path, model_server={"models": {"prompt_embed": {"timeout": 0}}}), "model_server.models.prompt_embed.timeout")
+
+
+def test_message_timeout_is_derived_from_the_model_and_endpoint_deadlines(tmp_path: Path) -> None:
+    jailbreak = {"input_guards": {"jailbreak": {"on_exception": {"message": "no"}}}}
+    cfg = load_config(vary(tmp_path, prompt_guards=jailbreak), env=ENV)
+    # max(guard 10 s, 2 x embed 10 s) + function_call 30 s + endpoint app 30 s (its default) + 2 s
+    assert cfg.ext_proc.message_timeout_s == 20 + 30 + 30 + 2 and not cfg.ext_proc.message_timeout_explicit
+    assert cfg.warnings == ()
+    cfg = load_config(vary(tmp_path, **{"endpoints.app.timeout": "5s"},
+                           model_server={"models": {"function_call": {"timeout": "60s"}, "prompt_embed": {"timeout": "2s"}}}), env=ENV)
+    assert cfg.ext_proc.message_timeout_s == 4 + 60 + 5 + 2
+    cfg = load_config(vary(tmp_path, model_server={"mode": "none"}), env=ENV)
+    assert cfg.ext_proc.message_timeout_s == 20 + 30 + 30 + 2  # `up --model-server URL` may still give it one
+    minimal = load_config(write(tmp_path, "version: v0.1\n"), env={})
+    assert minimal.ext_proc.message_timeout_s == 10.0  # nothing slower configured: the old default
+
+
+def test_an_explicit_message_timeout_shorter_than_the_deadlines_is_a_warning_naming_both_keys(tmp_path: Path) -> None:
+    cfg = load_config(vary(tmp_path, ext_proc={"message_timeout": "20s"}, model_server={"timeout": "5s"}), env=ENV)
+    assert cfg.ext_proc.message_timeout_s == 20 and cfg.ext_proc.message_timeout_explicit  # kept as written: a warning, not a refusal
+    (warning,) = cfg.warnings
+    assert warning.startswith("ext_proc.message_timeout: 20 s is shorter than ")
+    for fragment in ("2 x prompt_embed 5 s (model_server.timeout)", "function_call 5 s (model_server.timeout)",
+                     "endpoint app 30 s (endpoints.app.timeout)", "= 47 s", "ext_proc_timeout", "model_server_timeout",
+                     "raise ext_proc.message_timeout to at least 47s"):
+        assert fragment in warning, warning
+    assert load_config(vary(tmp_path, ext_proc={"message_timeout": "47s"}, model_server={"timeout": "5s"}), env=ENV).warnings == ()

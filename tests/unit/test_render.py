@@ -267,6 +267,25 @@ def test_ext_proc_filter_follows_the_config() -> None:
     assert ext_proc(bootstrap_dict(cfg_from(raw)), "egress")["failure_mode_allow"] is True
 
 
+def test_message_timeout_not_set_is_derived_so_a_slow_model_answers_before_envoy_gives_up() -> None:
+    targets = [{"name": "get_weather", "description": "the weather in a city", "parameters": [{"name": "city", "type": "str"}],
+                "endpoint": {"name": "app", "path": "/weather"}}]
+    raw = raw_config(prompt_targets=targets, prompt_guards={"input_guards": {"jailbreak": {}}},
+                     model_server={"models": {"function_call": {"timeout": "40s"}}})
+    del raw["ext_proc"]["message_timeout"]
+    cfg = cfg_from(raw)
+    # max(prompt_guard 10 s, 2 x prompt_embed 10 s) + function_call 40 s + endpoints.app.timeout 12 s + 2 s
+    assert cfg.ext_proc.message_timeout_s == 20 + 40 + 12 + 2 and cfg.warnings == ()
+    d = bootstrap_dict(cfg)
+    for name in ("ingress", "egress"):
+        f = ext_proc(d, name)
+        assert seconds(f["message_timeout"]) == seconds(f["max_message_timeout"]) == 74
+    raw["ext_proc"]["message_timeout"] = "30s"  # written by the user: rendered as written, and warned about
+    cfg = cfg_from(raw)
+    assert seconds(ext_proc(bootstrap_dict(cfg), "ingress")["message_timeout"]) == 30
+    assert len(cfg.warnings) == 1 and "model_server.models.function_call.timeout" in cfg.warnings[0]
+
+
 def test_listeners_buffer_limit_is_max_body_bytes() -> None:
     cfg = cfg_from()
     d = bootstrap_dict(cfg)
