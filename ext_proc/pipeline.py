@@ -62,8 +62,9 @@ class Models(Protocol):
     async def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """Unit-norm embeddings, one row per text."""
 
-    async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any]) -> ToolCall:
-        """Arguments for ``tool`` found in the conversation, and the required ones it could not find."""
+    async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any], *, timeout_s: float | None = None) -> ToolCall:
+        """Arguments for ``tool`` found in the conversation, and the required ones it could not find.
+        ``timeout_s``: the deadline of this call (None: the model's own, ``model_server.models.function_call.timeout``)."""
 
 
 class IngressPipeline:
@@ -80,34 +81,45 @@ class IngressPipeline:
         self._index: IntentIndex | None = None
         self._index_lock = asyncio.Lock()
         self.refused: dict[str, str] = {}  # target -> why function_call refused its pre-fill call (400)
+        self.unfilled: dict[str, str] = {}  # target -> why its pre-fill failed otherwise (timed out, model server down)
 
     # -- start-up ---------------------------------------------------------------------------
     async def prefill_function_call(self, limit: int = 4, progress: Callable[[int, int], None] | None = None) -> int:
         """Call ``function_call`` once per target that has parameters (at most ``limit``, the
         model's default number of llama.cpp slots), so each target's prompt prefix is in the KV
         cache before its first real request: the first call for a target evaluates ~350 prompt
-        tokens (~7 s for the 1.5B on 2 cores), later ones ~20. Returns how many were filled;
-        a failure only means the first real request pays for it, except a refusal (400: the
-        target's description and schema do not fit the model's window), which is logged as a
-        warning at start, not found at the first user request. ``progress(done, total)`` is
-        called before each call and at the end."""
+        tokens (~7 s for the 1.5B on 2 cores), later ones ~20. Each call has the pre-fill's own
+        deadline (``model_server.prefill_timeout_s``, far longer than a request's: the first
+        call on a cold model loads it). Returns how many were filled. A refusal (400: the
+        target's description and schema do not fit the model's window) is kept in
+        :attr:`refused`, any other failure in :attr:`unfilled` (its first real requests pay for
+        the pre-fill and may time out); both are logged as warnings and shown by ``sidegate up``.
+        After a pre-fill timed out the others are not tried (they would queue behind it).
+        ``progress(done, total)`` is called before each call and at the end."""
         if self.models is None:
             return 0
         filled = 0
-        self.refused = {}
+        self.refused, self.unfilled = {}, {}
+        deadline = self.cfg.model_server.prefill_timeout_s
         targets = [t for t in self.cfg.prompt_targets if t.parameters][:limit]
         for done, target in enumerate(targets):
             if progress is not None:
                 progress(done, len(targets))
             try:
-                await self.models.function_call([{"role": "user", "content": "hello"}], tool_schema(target))
+                await self.models.function_call([{"role": "user", "content": "hello"}], tool_schema(target), timeout_s=deadline)
                 filled += 1
             except ModelServerError as exc:
                 if exc.status == 400:  # the model refuses this target (e.g. its schema overflows the window): every request would fail
                     self.refused[target.name] = exc.message
                     log.warning("prompt target %s: function_call refuses it, so its requests will get 400: %s", target.name, exc.message)
-                else:
-                    log.info("function_call prefix of %s not pre-filled: %s", target.name, exc.message)
+                    continue
+                self.unfilled[target.name] = exc.message
+                log.warning("function_call prefix of %s not pre-filled, its first requests may be slow or time out: %s",
+                            target.name, exc.message)
+                if exc.code == "model_server_timeout":
+                    for rest in targets[done + 1:]:
+                        self.unfilled[rest.name] = f"not tried: the pre-fill of {target.name} timed out"
+                    break
         if progress is not None and targets:
             progress(len(targets), len(targets))
         return filled

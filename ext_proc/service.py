@@ -7,8 +7,9 @@ Lifecycle: both servers start on one uvloop event loop; SIGTERM or SIGINT flips 
 Warming: with a model server, the service embeds the prompt targets and pre-fills function_call's
 prompt prefix of each target in the background after it starts. /healthz answers 200 throughout
 and says how far that got in ``warm`` ("embedding prompt targets", "pre-filling function_call
-prompts (1/2)", then "done" or "done: ..." with what was left out); ``sidegate up`` waits for
-"done" so that its first request does not queue behind a ~7 s pre-fill.
+prompts (1/2)", then "done" or "done: ..." with what was left out: a target function_call refuses,
+a pre-fill that failed or timed out); ``sidegate up`` waits for "done" so that its first request
+does not queue behind a ~7 s pre-fill, and prints what follows "done: " as a warning.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ async def start_http(
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
-    local_llm.add_routes(app, getattr(models, "client", None), timeout_s=max(cfg.model_server.timeout_s, 120.0))
+    local_llm.add_routes(app, getattr(models, "client", None), timeout_s=cfg.model_server.timeout_for("chat_llm"))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, cfg.ext_proc.address, cfg.ext_proc.http_port if port is None else port)
@@ -65,7 +66,8 @@ def _models(cfg: Config) -> Models | None:
     from .triton_client import TritonClient, TritonModels  # tritonclient is only needed with a model server
 
     log.info("model server: %s (%s)", endpoint, cfg.model_server.mode)
-    return TritonModels(TritonClient(endpoint), timeout_s=cfg.model_server.timeout_s)
+    ms = cfg.model_server
+    return TritonModels(TritonClient(endpoint), timeout_s=ms.timeout_s, timeouts=dict(ms.timeouts))
 
 
 async def _warm(services: Services, state: dict[str, bool | str]) -> None:
@@ -98,9 +100,15 @@ async def _warm(services: Services, state: dict[str, bool | str]) -> None:
 
     if filled := await services.ingress.prefill_function_call(progress=progress):
         log.info("function_call prompt prefixes of %d target(s) cached in %.1fs", filled, time.perf_counter() - started)
-    refused = services.ingress.refused
-    state["warm"] = (f"done: function_call refuses prompt target(s) {', '.join(refused)}, whose requests will get 400: "
-                     f"{next(iter(refused.values()))}" if refused else "done")
+    refused, unfilled = services.ingress.refused, services.ingress.unfilled
+    problems = []
+    if refused:
+        problems.append(f"function_call refuses prompt target(s) {', '.join(refused)}, whose requests will get 400: "
+                        f"{next(iter(refused.values()))}")
+    if unfilled:
+        problems.append(f"function_call prompt of target(s) {', '.join(unfilled)} not pre-filled, so their first requests "
+                        f"may be slow or time out: {next(iter(unfilled.values()))}")
+    state["warm"] = "done: " + "; ".join(problems) if problems else "done"
 
 
 async def serve(cfg: Config, *, grace: float = 5.0) -> None:

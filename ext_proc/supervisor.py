@@ -184,8 +184,9 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, 
             argv=[py, "-m", "ext_proc", "serve", config_path, "--model-server", model_server or "none"],
             health_url=f"http://{e.address}:{e.http_port}/healthz",
             listens=f"grpc://{e.address}:{e.port}, http://{e.address}:{e.http_port}/metrics",
-            # embedding retries while Triton starts (<= 60 s), then <= 4 pre-fills of ~7 s each
-            warm_timeout=180.0 if model_server else 0.0,
+            # embedding retries while Triton starts (<= 60 s), then <= 4 pre-fills of ~7 s each (a
+            # cold first one may take up to its deadline; one that times out ends the pre-fills)
+            warm_timeout=max(180.0, 60.0 + ms.prefill_timeout_s) if model_server else 0.0,
             env=env,
         )
     )
@@ -285,8 +286,9 @@ class Supervisor:
 
     def _wait_warm(self, svc: Service) -> None:
         """Until ``svc``'s health JSON says ``warm: done...`` (or warm_timeout): each step as an
-        event; what follows ``done: `` (a problem found while warming) is kept as ``svc.warning``.
-        Not an error when it times out or the field is missing: the service is serving already."""
+        event; what follows ``done: `` (a problem found while warming) is kept as ``svc.warning``,
+        and so is a warm-up still running at warm_timeout. Not an error when it times out or the
+        field is missing: the service is serving already."""
         deadline = time.monotonic() + svc.warm_timeout
         shown = None
         while time.monotonic() < deadline and not self.stopping and self.procs[svc.name].poll() is None:
@@ -299,6 +301,9 @@ class Supervisor:
                 self._event(svc, f"warming: {phase}")
                 shown = phase
             time.sleep(0.2)
+        if shown is not None and not self.stopping and self.procs[svc.name].poll() is None:
+            svc.warning = f"still {shown} after {svc.warm_timeout:g} s: the first requests may be slow or time out"
+            self.write_state()
 
     def start_all(self) -> bool:
         for svc in self.services:

@@ -90,3 +90,22 @@ def test_a_problem_found_while_warming_is_kept_for_up_and_status_to_print(runnin
         "function_call refuses prompt target(s) big, whose requests will get 400: too long"
     assert warning_after("done") == ""
     assert "warning" in sv.Service(name="x", argv=[], health_url="", listens="").public()  # in the state file `status` reads
+
+
+def test_a_warm_up_still_running_at_warm_timeout_is_a_warning(running: subprocess.Popen[bytes]) -> None:
+    _, svc = _warmed(_Health([{"status": "ok", "warm": "pre-filling function_call prompts (0/2)"}]).url, running, warm_timeout=0.5)
+    assert svc.warning == "still pre-filling function_call prompts (0/2) after 0.5 s: the first requests may be slow or time out"
+
+
+def test_ext_proc_waits_for_a_pre_fill_as_long_as_its_deadline(sidegate_home: object) -> None:
+    from ext_proc.config import build_config
+    from tests.conftest import gateway_config
+
+    target = {"name": "weather", "description": "the weather in a city", "auto_llm_dispatch_on_response": False,
+              "parameters": [{"name": "city", "type": "str", "required": True}], "endpoint": {"name": "app", "path": "/w"}}
+    raw = gateway_config([], endpoints={"app": {"endpoint": "127.0.0.1:1"}}, prompt_targets=[target],
+                         model_server={"mode": "remote", "endpoint": "grpc://127.0.0.1:1", "models": {"function_call": {"timeout": "60s"}}})
+    cfg = build_config(raw, env={})
+    assert cfg.model_server.prefill_timeout_s == 240
+    (svc,) = [s for s in sv.services_for(cfg, "x.yaml", demo=False, bootstrap=sv.home() / "envoy.yaml") if s.name == "ext_proc"]
+    assert svc.warm_timeout == 300  # 60 s for the model server to answer, then a cold first pre-fill
