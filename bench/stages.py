@@ -1,12 +1,13 @@
 """Model stages through Triton: guard, embed and function-call latency, dynamic batching, memory (issue 6 part 2, issue 3 targets).
 
 One ``tritonserver`` (the nvidia-pytriton wheel, CPU, free 127.0.0.1 ports) serves
-``prompt_embed``, ``prompt_guard`` and ``function_call`` from a copy of ``triton_models/`` rendered
-into a temporary directory (each model's ``1/`` is a link back to the repository). Every call goes
-through the real async client, :class:`ext_proc.triton_client.TritonClient`, the one ext_proc uses:
+``prompt_embed``, ``prompt_guard_head``, ``prompt_guard`` (an ensemble of the two) and
+``function_call`` from a copy of ``triton_models/`` rendered into a temporary directory (each
+model's ``1/`` is a link back to the repository). Every call goes through the real async client,
+:class:`ext_proc.triton_client.TritonClient`, the one ext_proc uses:
 
-* ``guard`` — ``prompt_guard`` on one prompt (its head; the embedding comes from
-  ``prompt_embed`` through BLS);
+* ``guard`` — ``prompt_guard`` on one prompt: Triton's ensemble scheduler runs ``prompt_embed`` on
+  the text, then the numpy head ``prompt_guard_head`` on the text and its vector;
 * ``embed`` — ``prompt_embed`` on one prompt (what intent matching costs without the guard);
 * ``guard_embed`` — what the pipeline does for one prompt: ``prompt_guard`` and, side by side,
   ``prompt_embed`` on the same text for intent (``prompt_embed`` keeps recent vectors, so whichever
@@ -20,10 +21,13 @@ Sequential latency (one call at a time): p50/p99 of >= 50 guard and embed calls 
 function calls. Concurrency: a closed loop of 16 and 64 in-flight requests for guard and embed,
 for each batching configuration of the model (``dynamic``: the config as written, dynamic
 batching with ``max_queue_delay_microseconds: 0``; ``off``: ``dynamic_batching`` removed, so
-Triton runs requests one by one; ``delay2ms``: dynamic batching with a 2 ms queue delay). The
-variants are extra copies of the two models under other names (``prompt_guard_off``, …) loaded
-into the same server through the repository API after the at-rest memory reading; the client
-is pointed at them by name. Triton's own metrics give the mean batch size per run.
+Triton runs requests one by one; ``delay2ms``: dynamic batching with a 2 ms queue delay). A
+variant is a copy of ``prompt_embed`` and of ``prompt_guard_head`` with the batching changed
+(``prompt_embed_off``, ``prompt_guard_head_off``, …) and a copy of the ensemble
+(``prompt_guard_off``) whose steps name those copies (an ensemble has no batcher of its own),
+loaded into the same server through the repository API after the at-rest memory reading; the
+client is pointed at the guard and embed copies by name. Triton's own metrics give the mean batch
+size per run (for ``guard``, that of its head's copy).
 
 Interleaved: each round runs every single-call series and every concurrency cell, in an order
 that rotates between rounds; tables show medians over the rounds (latency percentiles of the
@@ -31,9 +35,10 @@ sequential series are over all calls of all rounds). The 1-minute load average i
 every measurement: the machine is shared, so compare runs only at similar load.
 
 Memory: RSS (and PSS, which splits pages shared between processes, e.g. the same GGUF mapped
-twice) of ``tritonserver`` and of each python backend stub (its children, found in /proc) at
+twice) of ``tritonserver`` and of each python backend stub (its children, found in /proc:
+``prompt_embed``, ``prompt_guard_head``, ``function_call``; the ensemble runs inside the server) at
 rest and after the load. Then, once, the whole stack as ``sidegate up`` starts it (Envoy +
-ext_proc + Triton with the three models and ``chat_llm`` as the local LLM provider, started by
+ext_proc + Triton with the models above and ``chat_llm`` as the local LLM provider, started by
 sidegate's supervisor), at rest and after a few requests (a full prompt-target flow answered by
 ``chat_llm``, a guard-blocked prompt).
 
@@ -77,19 +82,27 @@ from bench._harness import (
 PART = "stages"
 
 # the issue's targets
-GUARD_EMBED_P50_TARGET_MS = 15.0  # guard + embed of one prompt (prompt_guard, then prompt_embed)
+GUARD_EMBED_P50_TARGET_MS = 15.0  # guard + embed of one prompt (prompt_guard beside prompt_embed)
 FUNCTION_CALL_P50_TARGET_S = 1.0
 STACK_RSS_TARGET_BYTES = 2.5e9  # whole stack (Envoy + ext_proc + Triton and its stubs)
 
-MODELS = ("prompt_embed", "prompt_guard", "function_call")
-BATCHED = ("prompt_guard", "prompt_embed")  # the models with dynamic batching in their config
+# load order: an ensemble's steps before it (triton_models/prompt_guard/config.pbtxt)
+MODELS = ("prompt_embed", "prompt_guard_head", "prompt_guard", "function_call")
+# prompt_guard is an ensemble: prompt_embed, then the numpy head prompt_guard_head; it runs in the
+# server's ensemble scheduler, with no stub process and no batcher of its own
+ENSEMBLES = {"prompt_guard": ("prompt_embed", "prompt_guard_head")}
+STUB_MODELS = tuple(m for m in MODELS if m not in ENSEMBLES)  # the python backend's, one stub each
+BATCHED = ("prompt_embed", "prompt_guard_head")  # the models with dynamic batching in their config
+# what a batching variant copies, in load order (the steps, then the ensemble naming them)
+VARIANT_MODELS = (*BATCHED, "prompt_guard")
+GUARD_HEAD = ENSEMBLES["prompt_guard"][-1]  # whose batch counters a guard cell reads
 BATCHING = {
     "dynamic": "dynamic batching, max_queue_delay 0 (the config as written)",
     "off": "dynamic_batching removed: one request per execution",
     "delay2ms": "dynamic batching, max_queue_delay 2000 µs",
 }
 STAGE_LABELS = {
-    "guard": "prompt_guard (one prompt; embeds through BLS)",
+    "guard": "prompt_guard (one prompt; ensemble: prompt_embed, then the numpy head)",
     "embed": "prompt_embed (one prompt)",
     "guard_embed": "prompt_guard and prompt_embed side by side, same prompt (the pipeline's guard + intent)",
     "function_call": "function_call (weather tool, 3 params; same tool as the call before)",
@@ -153,44 +166,62 @@ def variant_name(model: str, batching: str) -> str:
 
 
 def variant_config(text: str, name: str, batching: str) -> str:
-    """``config.pbtxt`` of ``name``: the model's config with its batching changed."""
+    """``config.pbtxt`` of ``name``: the model's config with its batching changed; for an
+    ensemble (no batcher of its own), with its steps pointed at their copies of this batching."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2  # type: ignore[import-untyped]
 
     msg = text_format.Parse(text, model_config_pb2.ModelConfig())
     msg.name = name
-    if batching == "off":
+    if batching not in BATCHING:
+        raise ValueError(f"unknown batching {batching!r}")
+    if msg.platform == "ensemble":
+        for step in msg.ensemble_scheduling.step:
+            step.model_name = variant_name(step.model_name, batching)
+    elif batching == "off":
         msg.ClearField("dynamic_batching")  # max_batch_size stays: same tensor shapes, no batcher
     elif batching == "delay2ms":
         msg.dynamic_batching.max_queue_delay_microseconds = 2000
-    elif batching != "dynamic":
-        raise ValueError(f"unknown batching {batching!r}")
     return f"# rendered by bench/stages.py: {name} = {model_dir_name(name)} with batching {batching!r}\n" + text_format.MessageToString(msg)
 
 
 def model_dir_name(name: str) -> str:
-    return next((m for m in MODELS if name == m or name.startswith(m + "_")), name)
+    """The model folder a (variant) name copies; the longest match, so that ``prompt_guard_head_off``
+    is ``prompt_guard_head`` and not ``prompt_guard``."""
+    return max((m for m in MODELS if name == m or name.startswith(m + "_")), key=len, default=name)
 
 
-def render_repository(dest: Path, batchings: list[str], models: Sequence[str] = MODELS, config: str = "config.pbtxt") -> dict[str, list[str]]:
-    """``models`` as written (``config``: ``config.pbtxt``, or ``configs/gpu.pbtxt`` for KIND_GPU),
-    plus a copy of each batched model per non-default batching; returns ``{batching: [model names]}``."""
+def _source_config(src: Path, config: str) -> str:
+    """``config`` of the model folder ``src``; ``config.pbtxt`` where it has no such file (the
+    ensemble and its numpy head have no ``configs/gpu.pbtxt``: Triton falls back the same way)."""
+    path = src / config
+    return (path if path.is_file() else src / "config.pbtxt").read_text()
+
+
+def variant_models(batching: str) -> list[str]:
+    """The copies a non-default batching loads, in load order (steps before their ensemble)."""
+    return [] if batching == "dynamic" else [variant_name(m, batching) for m in VARIANT_MODELS]
+
+
+def render_repository(dest: Path, batchings: list[str], models: Sequence[str] = MODELS, config: str = "config.pbtxt") -> dict[str, tuple[str, str]]:
+    """``models`` as written (``config``: ``config.pbtxt``, or ``configs/gpu.pbtxt`` for KIND_GPU,
+    falling back to ``config.pbtxt``), plus per non-default batching the copies of
+    :func:`variant_models`; returns ``{batching: (guard model, embed model)}``, the names the
+    client is pointed at."""
     src_root = REPO_ROOT / "triton_models"
     dest.mkdir(parents=True, exist_ok=True)
-    out: dict[str, list[str]] = {}
+    out: dict[str, tuple[str, str]] = {}
     for model in models:
         (dest / model).mkdir()
-        os.symlink(src_root / model / "1", dest / model / "1")
-        (dest / model / "config.pbtxt").write_text((src_root / model / config).read_text())
+        os.symlink(src_root / model / "1", dest / model / "1")  # an ensemble's version folder must exist too
+        (dest / model / "config.pbtxt").write_text(_source_config(src_root / model, config))
     for batching in batchings:
-        out[batching] = [variant_name(m, batching) for m in BATCHED]
-        if batching == "dynamic":
-            continue
-        for model in BATCHED:
-            name = variant_name(model, batching)
+        out[batching] = (variant_name("prompt_guard", batching), variant_name("prompt_embed", batching))
+        for name in variant_models(batching):
+            model = model_dir_name(name)
             (dest / name).mkdir()
             os.symlink(src_root / model / "1", dest / name / "1")
-            (dest / name / "config.pbtxt").write_text(variant_config((src_root / model / config).read_text(), name, batching))
+            (dest / name / "config.pbtxt").write_text(variant_config(_source_config(src_root / model, config), name, batching))
     return out
 
 
@@ -449,7 +480,7 @@ async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Pa
               f"{load_caption()}", flush=True)
         client = TritonClient(triton.url, auto_reload=False)
         try:
-            extra = [n for b, names in variants.items() if b != "dynamic" for n in names]
+            extra = [n for b in variants for n in variant_models(b)]  # each ensemble after its steps
             t0 = time.monotonic()
             for name in extra:
                 await client.load_model(name, timeout_s=300)
@@ -495,7 +526,7 @@ async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Pa
                 await sequential(other_function_call, 1)
                 await sequential(function_call, 1)
                 out["function_call_threads"] = function_call_threads(triton.log)
-            print(f"[stages] {len(extra)} batching variants loaded in {out['variants_load_s']:.0f}s, warm; {load_caption()}", flush=True)
+            print(f"[stages] {len(variants) - 1} batching variant(s) ({len(extra)} model copies) loaded in {out['variants_load_s']:.0f}s, warm; {load_caption()}", flush=True)
 
             per_round_single = math.ceil(args.single / args.rounds)
             per_round_fc = math.ceil(args.fc_calls / args.rounds)
@@ -530,7 +561,8 @@ async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Pa
                 shift = (rnd * 5) % len(cells)
                 for batching, stage, conc in cells[shift:] + cells[:shift]:
                     g_name, e_name = variants[batching]
-                    model = g_name if stage == "guard" else e_name
+                    # the ensemble's own counters count requests, not batches: read its head's
+                    model = variant_name(GUARD_HEAD, batching) if stage == "guard" else e_name
                     before = triton.batch_counters().get(model)
                     with client_models(g_name, e_name):
                         res = await closed_loop(calls[stage], conc, args.duration)
@@ -777,7 +809,7 @@ def print_tables(res: dict[str, Any], single: list[dict[str, Any]], cells: list[
                 ["stage", "calls", "errors", "p50 ms", "p99 ms", "mean ms", "target p50 ms", "meets", "quality", "load 1m"],
                 rows, caption=f"sequential calls interleaved across {len(tri.get('rounds', []))} round(s); function_call runs "
                                f"{tri.get('function_call_threads') or '?'} llama.cpp thread(s) (picked from the free cores at load) "
-                               f"(prompt_guard embeds through BLS; guard_embed = guard and intent's embed side by side); function calls: {len(WEATHER_PROMPTS)} one-sentence weather prompts in turn, a new one each call (\"{WEATHER_PROMPTS[0][0]}\", ...); {load_caption()}")
+                               f"(prompt_guard: an ensemble, prompt_embed then the numpy head prompt_guard_head; guard_embed = guard and intent's embed side by side); function calls: {len(WEATHER_PROMPTS)} one-sentence weather prompts in turn, a new one each call (\"{WEATHER_PROMPTS[0][0]}\", ...); {load_caption()}")
     rows = []
     last = None
     for c in cells:
@@ -791,11 +823,12 @@ def print_tables(res: dict[str, Any], single: list[dict[str, Any]], cells: list[
                 rows, caption="medians over the rounds; " + "; ".join(f"{k}: {v}" for k, v in BATCHING.items())
                 + f"; client and server share the CPUs; {load_caption()}", digits=1)
     if tri.get("memory_rest"):
-        default = {f"stub:{m}" for m in MODELS} | {"tritonserver"}
+        default = {f"stub:{m}" for m in STUB_MODELS} | {"tritonserver"}
         rows, sums = memory_rows(tri["memory_rest"], tri.get("memory_after", {}), lambda n: n in default)
-        print_table("Triton memory (MiB): the three models", ["process", "RSS at rest", "RSS after load", "peak RSS (VmHWM)", "PSS after load"],
-                    rows, caption="batching variants are extra stubs loaded after the at-rest reading (not in the sum); "
-                                  + load_caption(), digits=1)
+        print_table("Triton memory (MiB): the models (one stub each for prompt_embed, prompt_guard_head, function_call)",
+                    ["process", "RSS at rest", "RSS after load", "peak RSS (VmHWM)", "PSS after load"],
+                    rows, caption="the prompt_guard ensemble runs in tritonserver (no stub); batching variants are extra stubs "
+                                  "loaded after the at-rest reading (not in the sum); " + load_caption(), digits=1)
     if tri.get("gpu_memory_mib"):
         print_table("GPU memory (MiB): nvidia-smi's compute apps, after the load", ["process", "GPU MiB"],
                     [[name, mib] for name, mib in sorted(tri["gpu_memory_mib"].items())], caption=load_caption(), digits=0)
@@ -809,7 +842,7 @@ def print_tables(res: dict[str, Any], single: list[dict[str, Any]], cells: list[
         rows.append([f"whole stack, target ≤ 2.5 GB ({target_mib:,.0f} MiB)", (sums["rss_rest"] + (sup.get("rss") or 0) * 1024) / 2**20,
                      total / 2**20, None, None])
         reqs = "; ".join(f"{r['kind']}: {r['status']} in {r['seconds']:.2f}s" for r in stack.get("requests", []))
-        print_table("Whole stack memory (MiB): Envoy + ext_proc + Triton (prompt_embed, prompt_guard, function_call, chat_llm)",
+        print_table("Whole stack memory (MiB): Envoy + ext_proc + Triton (prompt_embed, prompt_guard = ensemble + prompt_guard_head, function_call, chat_llm)",
                     ["process", "RSS at rest", "RSS after requests", "peak RSS (VmHWM)", "PSS after requests"], rows,
                     caption=f"started by sidegate's supervisor in {stack.get('startup_s', math.nan):.0f}s; requests: {reqs}; "
                             f"meets target: {_yes(total <= STACK_RSS_TARGET_BYTES)}; {load_caption()}", digits=1)
@@ -851,7 +884,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--stack-reserve", type=float, default=100, help="seconds kept for the full-stack memory run (default 100)")
     ap.add_argument("--no-stack", action="store_true", help="skip the full-stack memory run")
     ap.add_argument("--no-function-call", action="store_true", help="leave function_call out (guard and embed only)")
-    ap.add_argument("--gpu", action="store_true", help="serve prompt_embed and prompt_guard from configs/gpu.pbtxt (KIND_GPU); "
+    ap.add_argument("--gpu", action="store_true", help="serve the models from configs/gpu.pbtxt (KIND_GPU; the ensemble and its numpy head have none: config.pbtxt); "
                     "implies --no-function-call (the PyPI llama.cpp wheel is CPU only) and --no-stack")
     ap.add_argument("--call-timeout", type=float, default=30, help="deadline of each guard/embed call in seconds (default 30)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 round, 1 s runs, 10 calls, 3 function calls, no full stack")

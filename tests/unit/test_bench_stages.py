@@ -41,12 +41,49 @@ def test_concurrency_cells_are_medians_over_rounds() -> None:
 
 def test_variant_config_changes_only_name_and_batching() -> None:
     pytest.importorskip("tritonclient.grpc")
-    text = (h.REPO_ROOT / "triton_models" / "prompt_guard" / "config.pbtxt").read_text()
-    off = stages.variant_config(text, "prompt_guard_off", "off")
-    assert 'name: "prompt_guard_off"' in off and "dynamic_batching" not in off and "max_batch_size: 64" in off
-    delayed = stages.variant_config(text, "prompt_guard_delay2ms", "delay2ms")
+    text = (h.REPO_ROOT / "triton_models" / "prompt_guard_head" / "config.pbtxt").read_text()
+    off = stages.variant_config(text, "prompt_guard_head_off", "off")
+    assert 'name: "prompt_guard_head_off"' in off and "dynamic_batching" not in off and "max_batch_size: 64" in off
+    delayed = stages.variant_config(text, "prompt_guard_head_delay2ms", "delay2ms")
     assert "max_queue_delay_microseconds: 2000" in delayed
+    assert stages.model_dir_name("prompt_guard_head_delay2ms") == "prompt_guard_head"
     assert stages.model_dir_name("prompt_guard_delay2ms") == "prompt_guard"
+    assert stages.model_dir_name("prompt_embed_off") == "prompt_embed"
+
+
+def test_ensemble_variant_points_its_steps_at_the_variant_copies() -> None:
+    pytest.importorskip("tritonclient.grpc")
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2  # type: ignore[import-untyped]
+
+    text = (h.REPO_ROOT / "triton_models" / "prompt_guard" / "config.pbtxt").read_text()
+    for batching in ("off", "delay2ms"):
+        out = stages.variant_config(text, f"prompt_guard_{batching}", batching)
+        msg = text_format.Parse(out, model_config_pb2.ModelConfig())
+        assert msg.name == f"prompt_guard_{batching}" and msg.platform == "ensemble"
+        assert [s.model_name for s in msg.ensemble_scheduling.step] == [f"prompt_embed_{batching}", f"prompt_guard_head_{batching}"]
+        assert not msg.HasField("dynamic_batching") and msg.max_batch_size == 64
+    # the default keeps the steps as written
+    msg = text_format.Parse(stages.variant_config(text, "prompt_guard", "dynamic"), model_config_pb2.ModelConfig())
+    assert [s.model_name for s in msg.ensemble_scheduling.step] == ["prompt_embed", "prompt_guard_head"]
+
+
+def test_render_repository_copies_steps_and_ensemble_per_variant(tmp_path: Path) -> None:
+    pytest.importorskip("tritonclient.grpc")
+    models = [m for m in stages.MODELS if m != "function_call"]
+    variants = stages.render_repository(tmp_path, ["dynamic", "off"], models, "configs/gpu.pbtxt")
+    assert variants == {"dynamic": ("prompt_guard", "prompt_embed"), "off": ("prompt_guard_off", "prompt_embed_off")}
+    assert stages.variant_models("dynamic") == []
+    assert stages.variant_models("off") == ["prompt_embed_off", "prompt_guard_head_off", "prompt_guard_off"]  # steps first
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {*models, "prompt_embed_off", "prompt_guard_head_off", "prompt_guard_off"}
+    for name in names:
+        assert (tmp_path / name / "1").is_dir() and (tmp_path / name / "config.pbtxt").is_file()
+    # no configs/gpu.pbtxt for the ensemble and its head: their config.pbtxt
+    assert 'platform: "ensemble"' in (tmp_path / "prompt_guard" / "config.pbtxt").read_text()
+    assert "KIND_CPU" in (tmp_path / "prompt_guard_head_off" / "config.pbtxt").read_text()
+    assert (tmp_path / "prompt_guard_head_off" / "1").resolve() == (h.REPO_ROOT / "triton_models" / "prompt_guard_head" / "1").resolve()
+    assert 'model_name: "prompt_guard_head_off"' in (tmp_path / "prompt_guard_off" / "config.pbtxt").read_text()
 
 
 def _mem(rss: int) -> dict[str, int]:
@@ -58,16 +95,19 @@ def test_tables_print_and_results_are_json(tmp_path: Path, capsys: pytest.Captur
     cells = stages.summarize_cells([{"stage": "embed", "batching": "dynamic", "concurrency": 64, "requests": 5, "errors": 0,
                                      "rps": 100.0, "p50_ms": 1.0, "p99_ms": 2.0, "mean_ms": 1.0, "mean_batch": math.nan,
                                      "loadavg_1m": 1.0}])
-    rest = {"tritonserver": _mem(40_000), "stub:prompt_guard": _mem(400_000)}
+    rest = {"tritonserver": _mem(40_000), "stub:prompt_embed": _mem(300_000), "stub:prompt_guard_head": _mem(100_000)}
     stack = {"rest": {"envoy": _mem(50_000), "triton:tritonserver": _mem(40_000)},
              "after": {"envoy": _mem(60_000), "triton:tritonserver": _mem(50_000)},
              "supervisor_stand_in": _mem(30_000), "requests": [{"kind": "x", "status": 200, "seconds": 1.0}], "startup_s": 9.0}
-    res = {"triton": {"rounds": [{}], "memory_rest": rest, "memory_after": {**rest, "stub:prompt_guard_off": _mem(1)}}, "stack": stack}
+    res = {"triton": {"rounds": [{}], "memory_rest": rest, "memory_after": {**rest, "stub:prompt_guard_head_off": _mem(1)}}, "stack": stack}
     stages.print_tables(res, single, cells)
     out = capsys.readouterr().out
     for title in ("one request at a time", "Under concurrency", "Triton memory", "Whole stack memory"):
         assert title in out
-    assert "prompt_guard_off (not in the sum)" in out
+    assert "stub:prompt_guard_head_off (not in the sum)" in out
+    assert "stub:prompt_guard_head (not in the sum)" not in out and "stub:prompt_embed (not in the sum)" not in out
+    # the sum row at rest: tritonserver + both stubs
+    assert f"{(40_000 + 300_000 + 100_000) / 1024:,.1f}" in out
     targets = stages.targets_summary(single, stack)
     assert [t["meets"] for t in targets] == [True, True, True]
     assert targets[-1]["value"] == pytest.approx((60_000 + 50_000 + 30_000) * 1024 / 1e9)
