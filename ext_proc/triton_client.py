@@ -14,19 +14,28 @@ Usage::
 
 A python-backend stub that crashes leaves its model READY while every request fails with
 "... is not healthy". The client notices that error, marks the model in :attr:`unhealthy` and
-reloads it in the background (:func:`ext_proc.triton_server.reload_unhealthy`, one reload at a
-time per model); requests fail fast with ``ModelServerError`` until the fresh stub serves.
+reloads it in the background (:meth:`TritonClient.reload_unhealthy`, one reload at a time per
+model); requests fail fast with ``ModelServerError`` until the fresh stub serves.
+
+A caller that gives up (its task is cancelled: the guard blocked a prompt whose intent lookup was
+still running, Envoy closed the stream) never cancels the RPC itself: the call runs to its end in
+the background (it is already bounded by its deadline) and its answer is dropped. Triton 2.51's
+gRPC frontend crashes (SIGSEGV in ``ModelInferHandler::Process``, a use-after-free fixed upstream
+in triton-inference-server/server#7840) when a client cancels a call while the server completes
+it: 8 concurrent guard-blocked ingress requests, each dropping its intent embedding, brought
+tritonserver down in about 20 s, every time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import json
+import logging
+import re
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
 from typing import Self
 
 import grpc
@@ -39,7 +48,6 @@ from tritonclient.utils import InferenceServerException  # type: ignore[import-u
 from . import telemetry
 from .errors import ModelServerError
 from .pipeline import GuardVerdict, ToolCall
-from .triton_server import reload_unhealthy
 
 __all__ = ["EMBEDDING_DIM", "EMBED_MODEL", "TritonClient"]
 
@@ -62,12 +70,15 @@ def _json_inputs(**documents: Any) -> list[InferInput]:
 EMBEDDING_DIM = 384
 EMBED_MAX_BATCH = 64  # max_batch_size in triton_models/prompt_embed/config.pbtxt
 _STUB_DEAD = "is not healthy"  # python backend's words for a request that hit a dead stub
+# ... naming the stub's model instance, "<model>_<group>_<instance>"; through an ensemble the
+# instance is that of the step whose stub died
+_DEAD_INSTANCE = re.compile(r"Stub process '(?P<instance>[^']+)' is not healthy")
 # a gRPC stream carries an error's message without its code: the decoupled models mark input
 # they refuse (triton_models/function_call/backend.py, INVALID_INPUT)
 _STREAM_INVALID_INPUT = ": invalid input: "
-# prompt_guard embeds through BLS: its answer when prompt_embed's stub is the dead one
-_DEPENDENCY_DEAD = "is down (its stub died)"
-_DEPENDS_ON = {"prompt_guard": "prompt_embed"}
+# the ensembles among the models and their steps (triton_models/<ensemble>/config.pbtxt): a step
+# whose stub died fails the ensemble's requests, and it is the step that is reloaded
+ENSEMBLE_STEPS = {"prompt_guard": ("prompt_embed", "prompt_guard_head")}
 
 
 # calls whose deadline is the model's config (model_server.models.<name>.timeout / model_server.timeout)
@@ -82,6 +93,21 @@ def _timeout_error(operation: str, model: str, timeout_s: float) -> ModelServerE
         message += (f"; if it is only slow (cold, or busy with queued calls), raise model_server.models.{model}.timeout "
                     "(or model_server.timeout, the deadline of every model)")
     return ModelServerError(message, code="model_server_timeout", status=504)
+
+
+T = TypeVar("T")
+
+
+def _drop_outcome(calls: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback that forgets a finished call and retrieves its outcome, so that an RPC
+    whose caller gave up does not log "exception was never retrieved"."""
+
+    def done(task: asyncio.Future[Any]) -> None:
+        calls.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    return done
 
 
 def _target(url: str) -> str:
@@ -106,6 +132,7 @@ class TritonClient:
         self._auto_reload = auto_reload
         self._reload_timeout_s = reload_timeout_s
         self._reloads: dict[str, asyncio.Task[bool]] = {}
+        self._calls: set[asyncio.Future[Any]] = set()  # RPCs running on after their caller gave up
         self._client = triton_aio.InferenceServerClient(url=_target(url))
 
     async def __aenter__(self) -> Self:
@@ -141,13 +168,13 @@ class TritonClient:
         text = InferInput("TEXT", [len(rows), 1], "BYTES")
         text.set_data_from_numpy(np.array(rows, dtype=np.object_).reshape(-1, 1))
         with self._model_server_errors("embed", EMBED_MODEL, timeout_s):
-            result = await self._client.infer(
+            result = await self._uncancelled(self._client.infer(
                 EMBED_MODEL,
                 [text],
                 outputs=[InferRequestedOutput("EMBEDDING")],
                 client_timeout=timeout_s,
                 headers=headers,
-            )
+            ))
         embeddings = result.as_numpy("EMBEDDING")
         if embeddings is None or embeddings.shape != (len(rows), EMBEDDING_DIM):
             shape = None if embeddings is None else embeddings.shape
@@ -164,7 +191,9 @@ class TritonClient:
         inp.set_data_from_numpy(np.array([[row]], dtype=np.object_))
         outputs = [InferRequestedOutput(name) for name in ("PROB", "LABEL")]
         with self._model_server_errors("guard", GUARD_MODEL, timeout_s):
-            result = await self._client.infer(GUARD_MODEL, [inp], outputs=outputs, client_timeout=timeout_s, headers=headers)
+            result = await self._uncancelled(
+                self._client.infer(GUARD_MODEL, [inp], outputs=outputs, client_timeout=timeout_s, headers=headers)
+            )
         prob, label = result.as_numpy("PROB"), result.as_numpy("LABEL")
         if prob is None or label is None or prob.size != 1 or label.size != 1:
             raise ModelServerError(f"Triton model {GUARD_MODEL} returned an unexpected answer")
@@ -175,9 +204,14 @@ class TritonClient:
     ) -> dict[str, Any]:
         """``function_call`` (decoupled): ``{"name", "arguments": {...}, "missing": [...]}`` of the first tool call."""
         inputs = _json_inputs(MESSAGES=messages, TOOLS=tools)
-        answer = None
-        async for out in self._stream(FUNCTION_CALL_MODEL, inputs, "TOOL_CALLS", timeout_s, headers):
-            answer = out
+
+        async def last() -> Any:
+            answer = None
+            async for out in self._stream(FUNCTION_CALL_MODEL, inputs, "TOOL_CALLS", timeout_s, headers):
+                answer = out
+            return answer
+
+        answer = await self._uncancelled(last())
         try:
             call = answer["tool_calls"][0]  # type: ignore[index]
             return {
@@ -252,12 +286,44 @@ class TritonClient:
         with self._model_server_errors("unload", model, timeout_s):
             await self._client.unload_model(model, client_timeout=timeout_s)
 
+    async def reload_unhealthy(self, model: str, *, timeout_s: float = 120.0) -> bool:
+        """Reload ``model`` if its stub was seen dead; returns whether a reload happened.
+
+        The python backend reports a crashed stub per request ("Stub process ... is not
+        healthy") while the model stays READY, so readiness cannot tell. This unloads the model
+        and loads it again through the repository API, which starts a fresh stub, clears the
+        mark, then loads again the ensembles it is a step of that were loaded (unloading a step
+        unloads them). (A plain load of an unchanged model is a no-op in Triton 2.51, and a load
+        with the same config override only updates the config: neither replaces the dead stub.)
+        The client calls this itself in the background, one reload at a time per model.
+        """
+        if model not in self.unhealthy:
+            return False
+        ensembles = [e for e, steps in ENSEMBLE_STEPS.items() if model in steps and await self.ready(models=[e], timeout_s=timeout_s)]
+        await self.unload_model(model, timeout_s=timeout_s)
+        await self.load_model(model, timeout_s=timeout_s)
+        self.unhealthy.discard(model)
+        for ensemble in ensembles:  # only those that were loaded: this server may serve the step alone
+            await self.load_model(ensemble, timeout_s=timeout_s)
+        return True
+
     async def close(self) -> None:
         for task in self._reloads.values():
             task.cancel()
         await asyncio.gather(*self._reloads.values(), return_exceptions=True)
         self._reloads.clear()
+        if self._calls:  # calls whose callers gave up: let them end (each has its deadline) before the channel goes
+            await asyncio.wait(self._calls, timeout=5.0)
         await self._client.close()
+
+    async def _uncancelled(self, call: Coroutine[Any, Any, T]) -> T:
+        """Await ``call`` (one RPC); if the caller is cancelled, the RPC still runs to its end
+        in the background and its outcome is dropped (see the module docstring: cancelling an
+        RPC in flight crashes Triton 2.51)."""
+        task = asyncio.ensure_future(call)
+        self._calls.add(task)
+        task.add_done_callback(_drop_outcome(self._calls))
+        return await asyncio.shield(task)
 
     # -- errors -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -272,15 +338,15 @@ class TritonClient:
             if status == "StatusCode.INVALID_ARGUMENT" or (not status and _STREAM_INVALID_INPUT in message):
                 raise ModelServerError(f"Triton model {model} rejected the input: {message}",
                                        code="model_input_invalid", status=400) from exc
-            dependency = _DEPENDS_ON.get(model)
-            if dependency and (_DEPENDENCY_DEAD in message or dependency in self.unhealthy):
-                self._mark_unhealthy(dependency)
-                raise ModelServerError(f"Triton model {dependency} (which {model} calls) crashed and is being reloaded: {message}",
+            dead = self._dead_model(model, message)
+            if dead is not None:  # a dead stub, or a reload still under way or that failed
+                self._mark_unhealthy(dead)
+                which = f"Triton model {dead}" + (f" (a step of {model})" if dead != model else "")
+                raise ModelServerError(f"{which} crashed and is being reloaded: {message}",
                                        code="model_server_unhealthy") from exc
-            if _STUB_DEAD in message or model in self.unhealthy:  # dead stub, or a reload that failed
-                self._mark_unhealthy(model)
-                raise ModelServerError(f"Triton model {model} crashed and is being reloaded: {message}",
-                                       code="model_server_unhealthy") from exc
+            if model in ENSEMBLE_STEPS and "unknown model" in message:  # a step was unloaded, and the ensemble with it
+                steps = " and ".join(ENSEMBLE_STEPS[model])
+                raise ModelServerError(f"Triton model {model} is not available: it needs {steps} loaded ({message})") from exc
             if status == "StatusCode.UNAVAILABLE":
                 raise ModelServerError(f"Triton at {self.url} is unreachable: {message}") from exc
             raise ModelServerError(f"Triton {operation} ({model}) failed: [{status}] {message}") from exc
@@ -290,6 +356,17 @@ class TritonClient:
             if isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise _timeout_error(operation, model, timeout_s) from exc
             raise ModelServerError(f"Triton {operation} ({model}) at {self.url} failed: {exc!r}") from exc
+
+    def _dead_model(self, model: str, message: str) -> str | None:
+        """The model whose stub this error says is dead (``model`` or, for an ensemble, one of
+        its steps), or one of them already marked dead (its reload is under way: unloading a
+        step makes the ensemble unknown meanwhile); None when the error is something else."""
+        found = _DEAD_INSTANCE.search(message)
+        if found:
+            return re.sub(r"_\d+_\d+$", "", found["instance"])
+        if _STUB_DEAD in message:
+            return model
+        return next((m for m in (model, *ENSEMBLE_STEPS.get(model, ())) if m in self.unhealthy), None)
 
     def _mark_unhealthy(self, model: str) -> None:
         self.unhealthy.add(model)
@@ -301,7 +378,7 @@ class TritonClient:
 
     async def _reload(self, model: str) -> bool:
         try:
-            return await reload_unhealthy(self, model, timeout_s=self._reload_timeout_s)
+            return await self.reload_unhealthy(model, timeout_s=self._reload_timeout_s)
         except ModelServerError as exc:
             log.error("Triton model %s could not be reloaded: %s", model, exc.message)
             return False

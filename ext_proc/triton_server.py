@@ -26,7 +26,8 @@ Why the pieces are needed (measured with nvidia-pytriton 0.7.0 = Triton 2.51):
 * The stub takes its ``site-packages`` from the first ``python3`` on ``PATH``, so this
   interpreter's ``bin`` goes first: the models import torch & co. from the same virtualenv.
 * A stub that crashes leaves its model READY but every request fails with "... is not
-  healthy"; :func:`reload_unhealthy` reloads the model through the repository API.
+  healthy"; the client (:meth:`ext_proc.triton_client.TritonClient.reload_unhealthy`) reloads
+  the model through the repository API.
 """
 
 from __future__ import annotations
@@ -45,11 +46,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .triton_client import TritonClient
-
 __all__ = [
     "TritonNotFound",
     "assemble_backend_dir",
@@ -59,7 +55,6 @@ __all__ = [
     "gpu_names",
     "health_url",
     "pytriton_root",
-    "reload_unhealthy",
     "remove_shm",
     "shm_prefix",
     "shm_regions",
@@ -301,22 +296,3 @@ def wait_ready(
             pending.pop(0)
         else:
             time.sleep(0.1)
-
-
-async def reload_unhealthy(client: TritonClient, model: str, *, timeout_s: float = 120.0) -> bool:
-    """Reload ``model`` if the client saw its stub die; returns whether a reload happened.
-
-    The python backend reports a crashed stub per request ("Stub process ... is not healthy")
-    while the model stays READY, so readiness cannot tell. :class:`TritonClient` records such
-    errors in ``client.unhealthy``; this unloads the model and loads it again through the
-    repository API, which starts a fresh stub, and clears the mark once it serves. (A plain
-    load of an unchanged model is a no-op in Triton 2.51, and a load with the same config
-    override only updates the config: neither replaces the dead stub.) The client calls this
-    itself in the background, one reload at a time per model; callers may also await it.
-    """
-    if model not in client.unhealthy:
-        return False
-    await client.unload_model(model, timeout_s=timeout_s)
-    await client.load_model(model, timeout_s=timeout_s)
-    client.unhealthy.discard(model)
-    return True

@@ -95,3 +95,69 @@ def test_a_load_that_times_out_names_no_request_deadline_key() -> None:
     err = asyncio.run(load())
     assert (err.status, err.code) == (504, "model_server_timeout")
     assert err.message == "Triton model function_call did not answer within 120 s (load)"  # not a request's deadline: no key to raise
+
+
+def test_a_caller_that_gives_up_does_not_cancel_the_call_in_flight() -> None:
+    """Cancelling an RPC while Triton completes it crashed tritonserver 2.51 (see the module
+    docstring): a caller's cancellation must leave the call running to its end, its answer dropped."""
+
+    async def scenario() -> tuple[bool, int, int]:
+        client = TritonClient("grpc://127.0.0.1:1", auto_reload=False)
+        release, finished = asyncio.Event(), []
+
+        async def infer(*args: Any, **kwargs: Any) -> Any:
+            await release.wait()
+            finished.append(kwargs["client_timeout"])
+            raise InferenceServerException("the answer nobody waits for", status="StatusCode.INTERNAL")
+
+        client._client.infer = infer  # type: ignore[method-assign]
+        caller = asyncio.ensure_future(client.guard("a prompt", timeout_s=3))
+        await asyncio.sleep(0.01)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        in_flight = len(client._calls)
+        release.set()
+        await client.close()  # waits for the dropped call, whose error is retrieved, not logged as lost
+        return bool(finished), in_flight, len(client._calls)
+
+    ran_to_end, in_flight, left = asyncio.run(scenario())
+    assert ran_to_end and in_flight == 1 and left == 0
+
+
+@pytest.mark.parametrize(("model", "message", "dead"), [
+    ("prompt_embed", "Failed to process the request(s) for model instance 'prompt_embed_0_0', message: Stub process "
+                     "'prompt_embed_0_0' is not healthy.", "prompt_embed"),
+    ("prompt_guard", "in ensemble 'prompt_guard', Stub process 'prompt_embed_0_0' is not healthy.", "prompt_embed"),
+    ("prompt_guard", "in ensemble 'prompt_guard', Stub process 'prompt_guard_head_0_1' is not healthy.", "prompt_guard_head"),
+    ("function_call", "Stub process is not healthy.", "function_call"),
+])
+def test_the_model_whose_stub_died_is_the_one_reloaded(model: str, message: str, dead: str) -> None:
+    async def seen() -> tuple[ModelServerError, set[str]]:
+        client = TritonClient("grpc://127.0.0.1:1", auto_reload=False)
+        try:
+            with pytest.raises(ModelServerError) as info, client._model_server_errors("infer", model, 5):
+                raise InferenceServerException(message, status="StatusCode.INTERNAL")
+        finally:
+            await client.close()
+        return info.value, client.unhealthy
+
+    err, unhealthy = asyncio.run(seen())
+    assert err.code == "model_server_unhealthy" and unhealthy == {dead}
+    assert err.message.startswith(f"Triton model {dead}" + (f" (a step of {model})" if dead != model else " crashed"))
+
+
+def test_an_ensemble_whose_step_was_unloaded_says_what_it_needs() -> None:
+    async def seen() -> ModelServerError:
+        client = TritonClient("grpc://127.0.0.1:1", auto_reload=False)
+        try:
+            with pytest.raises(ModelServerError) as info, client._model_server_errors("guard", "prompt_guard", 5):
+                raise InferenceServerException("Request for unknown model: 'prompt_guard' has no available versions",
+                                               status="StatusCode.NOT_FOUND")
+        finally:
+            await client.close()
+        return info.value
+
+    err = asyncio.run(seen())
+    assert (err.status, err.code) == (503, "model_server_unavailable")
+    assert "needs prompt_embed and prompt_guard_head loaded" in err.message
