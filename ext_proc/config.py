@@ -784,6 +784,9 @@ def _ingress_deadline(ms: ModelServer, targets: list[PromptTarget], endpoints: d
 MODELS_DIR = REPO_ROOT / "triton_models"
 # the `parameters` key each model reads its thread count from (model_server.models.<name>.threads)
 THREADS_KEY = {"prompt_embed": "threads", "prompt_guard": "torch_threads", "function_call": "n_threads", "chat_llm": "n_threads"}
+# ensembles whose settings (model_server.models.<ensemble>) are those of the step that does the work:
+# prompt_guard = prompt_embed, then prompt_guard_head (triton_models/prompt_guard/config.pbtxt)
+ENSEMBLE_HEADS = {"prompt_guard": "prompt_guard_head"}
 _PARAMETER_KEY = re.compile(r'^\s*key:\s*"([^"]+)"', re.MULTILINE)
 
 
@@ -793,14 +796,15 @@ def _model_settings(name: str, settings: dict[str, Any], source: str) -> ModelSe
     rendered into the config and silently ignored."""
     raw = settings.get("parameters") or {}
     own = {"weights": "weights", THREADS_KEY[name]: "threads"}  # parameters that have a setting of their own
-    known = sorted(set(_PARAMETER_KEY.findall((MODELS_DIR / name / "config.pbtxt").read_text())) - set(own))
+    folder = ENSEMBLE_HEADS.get(name, name)
+    known = sorted(set(_PARAMETER_KEY.findall((MODELS_DIR / folder / "config.pbtxt").read_text())) - set(own))
     for key in raw:
         at = f"model_server.models.{name}.parameters.{key}"
         if key in own:
             raise ConfigError(source, at, f"set it as model_server.models.{name}.{own[key]}")
         if key not in known:
             raise ConfigError(source, at, f"{name} has no parameter {key!r} (its parameters: {', '.join(known)}; "
-                                          f"each is described in triton_models/{name}/config.pbtxt)")
+                                          f"each is described in triton_models/{folder}/config.pbtxt)")
     parameters = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}
     own_settings = {k: v for k, v in settings.items() if k != "timeout"}
     timeout = parse_duration(settings["timeout"]) if "timeout" in settings else None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from .config import MODELS_DIR, THREADS_KEY, Config, ModelSettings
+from .config import ENSEMBLE_HEADS, MODELS_DIR, THREADS_KEY, Config, ModelSettings
 
 __all__ = ["MODELS_DIR", "needed_models", "render_model_repository"]
 
@@ -24,16 +24,31 @@ def needed_models(cfg: Config) -> list[str]:
     """The models this config's pipeline calls, in load order (embeddings first)."""
     need: list[str] = []
     intent = any(not t.default for t in cfg.prompt_targets)
-    # prompt_guard gets its embeddings from prompt_embed through BLS (it loads no embedder itself)
+    # prompt_guard is an ensemble: prompt_embed, then prompt_guard_head on the text and its vector
     if intent or cfg.jailbreak is not None:
         need.append("prompt_embed")
     if cfg.jailbreak is not None:
-        need.append("prompt_guard")
+        need += ["prompt_guard_head", "prompt_guard"]
     if any(t.parameters for t in cfg.prompt_targets):
         need.append("function_call")
     if any(p.interface == "sidegate" for p in cfg.llm_providers):
         need.append("chat_llm")
     return need
+
+
+def _owner(name: str) -> str:
+    """The ``model_server.models`` key that configures the model folder ``name``."""
+    return next((ensemble for ensemble, head in ENSEMBLE_HEADS.items() if head == name), name)
+
+
+def _settings_for(cfg: Config, name: str) -> ModelSettings:
+    """What ``model_server.models`` sets for the model folder ``name``: an ensemble takes only
+    its owner's batch size (it has no instances, batching or parameters of its own); its head
+    takes everything set under the ensemble's name."""
+    settings = cfg.model_server.models.get(_owner(name), ModelSettings())
+    if name in ENSEMBLE_HEADS:
+        return ModelSettings(max_batch_size=settings.max_batch_size)
+    return settings
 
 
 def _apply(config_text: str, settings: ModelSettings, name: str) -> str:
@@ -47,7 +62,7 @@ def _apply(config_text: str, settings: ModelSettings, name: str) -> str:
         msg.max_batch_size = settings.max_batch_size
     if settings.max_queue_delay_microseconds is not None:
         msg.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_microseconds
-    params = {**settings.parameters, "weights": settings.weights, THREADS_KEY.get(name, "threads"): settings.threads}
+    params = {**settings.parameters, "weights": settings.weights, THREADS_KEY.get(_owner(name), "threads"): settings.threads}
     for key, value in params.items():
         if value is not None:
             msg.parameters[key].string_value = str(value)
@@ -66,7 +81,10 @@ def render_model_repository(cfg: Config, dest: Path) -> Path:
         out = dest / name
         (out / "configs").mkdir(parents=True)
         os.symlink(src / "1", out / "1")
-        settings = cfg.model_server.models.get(name, ModelSettings())
+        settings = _settings_for(cfg, name)
+        # a model without configs/gpu.pbtxt (an ensemble, the numpy guard head) runs config.pbtxt
+        # under --model-config-name=gpu too, as Triton falls back to it
         for rel in ("config.pbtxt", "configs/gpu.pbtxt"):
-            (out / rel).write_text(_apply((src / rel).read_text(), settings, name))
+            if (src / rel).is_file():
+                (out / rel).write_text(_apply((src / rel).read_text(), settings, name))
     return dest

@@ -36,10 +36,10 @@ def config(tmp_path: Path, providers: list[dict[str, Any]], **extra: Any) -> Con
 @pytest.mark.parametrize(("providers", "extra", "models"), [
     ([OPENAI], {}, []),
     ([LOCAL], {}, ["chat_llm"]),
-    ([OPENAI], {"prompt_guards": GUARD}, ["prompt_embed", "prompt_guard"]),
+    ([OPENAI], {"prompt_guards": GUARD}, ["prompt_embed", "prompt_guard_head", "prompt_guard"]),
     ([OPENAI], {"prompt_targets": [PLAIN_TARGET]}, ["prompt_embed"]),
     ([LOCAL], {"prompt_guards": GUARD, "prompt_targets": [PLAIN_TARGET, PARAM_TARGET]},
-     ["prompt_embed", "prompt_guard", "function_call", "chat_llm"]),
+     ["prompt_embed", "prompt_guard_head", "prompt_guard", "function_call", "chat_llm"]),
 ])
 def test_needed_models_follow_the_config(tmp_path: Path, providers: list[dict[str, Any]], extra: dict[str, Any], models: list[str]) -> None:
     assert needed_models(config(tmp_path, providers, **extra)) == models
@@ -53,12 +53,15 @@ def test_rendered_configs_carry_the_model_server_settings_in_both_variants(tmp_p
     head = tmp_path / "my-head"
     cfg = config(tmp_path, [LOCAL], prompt_guards=GUARD, model_server={"models": {
         "prompt_embed": {"instances": 2, "max_batch_size": 16, "max_queue_delay_microseconds": 500, "threads": 1},
-        "prompt_guard": {"weights": str(head)},
+        "prompt_guard": {"weights": str(head), "instances": 2},
         "chat_llm": {"weights": "/models/mine.gguf", "threads": 3, "parameters": {"n_ctx": 8192, "max_tokens": 256}},
     }})
     out = render_model_repository(cfg, tmp_path / "repo")
-    assert sorted(p.name for p in out.iterdir()) == ["chat_llm", "prompt_embed", "prompt_guard"]
-    for name in ("chat_llm", "prompt_embed", "prompt_guard"):
+    assert sorted(p.name for p in out.iterdir()) == ["chat_llm", "prompt_embed", "prompt_guard", "prompt_guard_head"]
+    for name in ("prompt_guard", "prompt_guard_head"):  # the guard's ensemble and its numpy head run as written under --local-gpu
+        assert (out / name / "1").resolve() == (MODELS_DIR / name / "1").resolve()
+        assert not (out / name / "configs" / "gpu.pbtxt").exists()
+    for name in ("chat_llm", "prompt_embed"):
         assert (out / name / "1").is_symlink() and (out / name / "1").resolve() == (MODELS_DIR / name / "1").resolve()
         cpu, gpu = parsed(out / name / "config.pbtxt"), parsed(out / name / "configs" / "gpu.pbtxt")
         assert [g.kind for g in cpu.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
@@ -70,12 +73,15 @@ def test_rendered_configs_carry_the_model_server_settings_in_both_variants(tmp_p
     embed = parsed(out / "prompt_embed" / "config.pbtxt")
     assert [g.count for g in embed.instance_group] == [2] and embed.max_batch_size == 16
     assert embed.dynamic_batching.max_queue_delay_microseconds == 500 and embed.parameters["threads"].string_value == "1"
-    assert parsed(out / "prompt_guard" / "config.pbtxt").parameters["weights"].string_value == str(head)
+    # the guard's settings are its head's; the ensemble has none of its own but the batch size
+    head_cfg, ensemble = parsed(out / "prompt_guard_head" / "config.pbtxt"), parsed(out / "prompt_guard" / "config.pbtxt")
+    assert head_cfg.parameters["weights"].string_value == str(head) and [g.count for g in head_cfg.instance_group] == [2]
+    assert ensemble.platform == "ensemble" and ensemble == parsed(MODELS_DIR / "prompt_guard" / "config.pbtxt")
     llm = parsed(out / "chat_llm" / "config.pbtxt")
     assert llm.parameters["weights"].string_value == "/models/mine.gguf" and llm.parameters["n_threads"].string_value == "3"
     assert llm.parameters["n_ctx"].string_value == "8192" and llm.parameters["max_tokens"].string_value == "256"
     # settings not given keep the repository's values
-    assert parsed(out / "prompt_guard" / "config.pbtxt").parameters["threshold"] == parsed(MODELS_DIR / "prompt_guard" / "config.pbtxt").parameters["threshold"]
+    assert head_cfg.parameters["threshold"] == parsed(MODELS_DIR / "prompt_guard_head" / "config.pbtxt").parameters["threshold"]
 
 
 def test_rendering_again_drops_models_the_config_no_longer_needs(tmp_path: Path) -> None:

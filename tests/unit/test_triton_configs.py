@@ -1,5 +1,7 @@
-"""Every model folder under triton_models/ has a CPU config.pbtxt and a configs/gpu.pbtxt that differ
-only in instance_group kind, and both follow the repository's conventions (STYLE.md item 14)."""
+"""Every python model folder under triton_models/ has a CPU config.pbtxt and a configs/gpu.pbtxt that
+differ only in instance_group kind (except a model that is CPU work wherever it runs, which says
+so), and both follow the repository's conventions (STYLE.md item 14); every ensemble's steps are
+models of the repository whose tensors its maps name."""
 
 from __future__ import annotations
 
@@ -9,7 +11,14 @@ from pathlib import Path
 import pytest
 
 MODELS = Path(__file__).resolve().parents[2] / "triton_models"
-MODEL_DIRS = sorted(p for p in MODELS.iterdir() if (p / "config.pbtxt").exists())
+ALL_DIRS = sorted(p for p in MODELS.iterdir() if (p / "config.pbtxt").exists())
+ENSEMBLES = [p for p in ALL_DIRS if 'platform: "ensemble"' in (p / "config.pbtxt").read_text()]
+MODEL_DIRS = [p for p in ALL_DIRS if p not in ENSEMBLES]  # python backend models
+# numpy on the CPU under --local-gpu too: no configs/gpu.pbtxt (Triton falls back to config.pbtxt)
+CPU_ONLY = {"prompt_guard_head"}
+# steps of an ensemble, called by Triton only: no smoke client of their own
+INTERNAL = {"prompt_guard_head"}
+GPU_DIRS = [p for p in MODEL_DIRS if p.name not in CPU_ONLY]
 
 
 def _lines(path: Path) -> list[str]:
@@ -29,12 +38,41 @@ def test_there_are_models() -> None:
 
 @pytest.mark.parametrize("model", MODEL_DIRS, ids=lambda p: p.name)
 def test_layout(model: Path) -> None:
-    assert (model / "configs" / "gpu.pbtxt").is_file(), f"{model.name}: configs/gpu.pbtxt is missing"
+    if model.name in CPU_ONLY:
+        assert not (model / "configs" / "gpu.pbtxt").exists(), f"{model.name} is listed as CPU only"
+        assert "no configs/gpu.pbtxt" in (model / "config.pbtxt").read_text(), f"{model.name}: say why it runs on the CPU"
+    else:
+        assert (model / "configs" / "gpu.pbtxt").is_file(), f"{model.name}: configs/gpu.pbtxt is missing"
     assert (model / "1" / "model.py").is_file(), f"{model.name}: 1/model.py is missing"
-    assert (model / "client.py").is_file(), f"{model.name}: smoke client.py is missing"
+    assert model.name in INTERNAL or (model / "client.py").is_file(), f"{model.name}: smoke client.py is missing"
 
 
-@pytest.mark.parametrize("model", MODEL_DIRS, ids=lambda p: p.name)
+@pytest.mark.parametrize("ensemble", ENSEMBLES, ids=lambda p: p.name)
+def test_ensembles_chain_models_of_the_repository(ensemble: Path) -> None:
+    """Each step is a model folder here whose config has the tensors the maps name; the
+    ensemble's own inputs feed the first step and every ensemble output is some step's output."""
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    text_format = pytest.importorskip("google.protobuf.text_format")
+
+    def parse(path: Path):  # type: ignore[no-untyped-def]
+        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+    cfg = parse(ensemble / "config.pbtxt")
+    assert cfg.name == ensemble.name and cfg.platform == "ensemble"
+    assert (ensemble / "1").is_dir() and (ensemble / "client.py").is_file()
+    produced = {t.name for t in cfg.input}
+    for step in cfg.ensemble_scheduling.step:
+        assert (MODELS / step.model_name / "config.pbtxt").is_file(), step.model_name
+        model = parse(MODELS / step.model_name / "config.pbtxt")
+        assert set(step.input_map) == {t.name for t in model.input}, step.model_name
+        assert set(step.input_map.values()) <= produced, f"{step.model_name} reads a tensor no earlier step writes"
+        assert set(step.output_map) <= {t.name for t in model.output}, step.model_name
+        assert 0 < cfg.max_batch_size <= model.max_batch_size, step.model_name
+        produced |= set(step.output_map.values())
+    assert {t.name for t in cfg.output} <= produced
+
+
+@pytest.mark.parametrize("model", GPU_DIRS, ids=lambda p: p.name)
 def test_gpu_config_differs_only_in_kind(model: Path) -> None:
     cpu, gpu = _lines(model / "config.pbtxt"), _lines(model / "configs" / "gpu.pbtxt")
     assert len(cpu) == len(gpu), f"{model.name}: the two configs have different lines"
@@ -47,11 +85,13 @@ def test_configs_parse_as_model_config(model: Path) -> None:
     """Parsed with Triton's own ModelConfig message: a misspelt field fails here, not at load."""
     model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
     text_format = pytest.importorskip("google.protobuf.text_format")
+    gpu_path = model / "configs" / "gpu.pbtxt"
     cpu, gpu = (text_format.Parse(p.read_text(), model_config_pb2.ModelConfig())
-                for p in (model / "config.pbtxt", model / "configs" / "gpu.pbtxt"))
+                for p in (model / "config.pbtxt", gpu_path if gpu_path.exists() else model / "config.pbtxt"))
     kind = model_config_pb2.ModelInstanceGroup.Kind
     assert [g.kind for g in cpu.instance_group] == [kind.KIND_CPU] * len(cpu.instance_group)
-    assert [g.kind for g in gpu.instance_group] == [kind.KIND_GPU] * len(gpu.instance_group)
+    gpu_kind = kind.KIND_CPU if model.name in CPU_ONLY else kind.KIND_GPU
+    assert [g.kind for g in gpu.instance_group] == [gpu_kind] * len(gpu.instance_group)
     for group in gpu.instance_group:
         group.kind = kind.KIND_CPU
     assert cpu == gpu

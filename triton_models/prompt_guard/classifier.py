@@ -2,8 +2,9 @@
 
 Importable with numpy alone (the embedder imports torch, transformers and tokenizers lazily), so
 unit tests, ``bench/guard_eval.py`` and ``train.py`` score with exactly the head that
-``1/model.py`` runs inside Triton. There the embeddings come from the ``prompt_embed`` model
-(BLS) instead of :class:`MiniLMEmbedder`: the same weights, pooling and normalisation.
+``../prompt_guard_head/1/model.py`` runs inside Triton. There the embeddings come from the
+``prompt_embed`` model (the ensemble's first step) instead of :class:`MiniLMEmbedder`: the same
+weights, pooling and normalisation.
 
 The head (trained by ``train.py``, stored as ``1/guard_head.npz`` + ``1/guard_head.json``) is a
 stack of three base scorers whose logits, with two length features, a small gradient-boosted

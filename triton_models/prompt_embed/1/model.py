@@ -8,7 +8,7 @@ in order; a request with an empty or non-UTF-8 text gets its own INVALID_ARG err
 others in the batch are still answered.
 
 Cache: the last ``cache_size`` distinct texts (default 256) keep their vectors, so the same prompt
-embedded twice in a row — by the guard (``prompt_guard`` calls this model through BLS) and then
+embedded twice in a row — by the guard (the first step of the ``prompt_guard`` ensemble) and then
 by the gateway's intent stage — costs one forward pass, not two. Only the misses of a batch go
 through the model. Triton's metrics page counts them: ``sidegate_embed_cache_total{result="hit"|"miss"}``.
 
