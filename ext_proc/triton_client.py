@@ -96,6 +96,9 @@ def _timeout_error(operation: str, model: str, timeout_s: float) -> ModelServerE
 
 
 T = TypeVar("T")
+# the gRPC deadline of a call is its caller's deadline plus this: the caller stops waiting at its
+# own deadline (504), the call itself goes on, so that gRPC cancels only calls to a hung model
+RPC_GRACE_S = 30.0
 
 
 def _drop_outcome(calls: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
@@ -172,9 +175,9 @@ class TritonClient:
                 EMBED_MODEL,
                 [text],
                 outputs=[InferRequestedOutput("EMBEDDING")],
-                client_timeout=timeout_s,
+                client_timeout=timeout_s + RPC_GRACE_S,
                 headers=headers,
-            ))
+            ), timeout_s)
         embeddings = result.as_numpy("EMBEDDING")
         if embeddings is None or embeddings.shape != (len(rows), EMBEDDING_DIM):
             shape = None if embeddings is None else embeddings.shape
@@ -192,7 +195,8 @@ class TritonClient:
         outputs = [InferRequestedOutput(name) for name in ("PROB", "LABEL")]
         with self._model_server_errors("guard", GUARD_MODEL, timeout_s):
             result = await self._uncancelled(
-                self._client.infer(GUARD_MODEL, [inp], outputs=outputs, client_timeout=timeout_s, headers=headers)
+                self._client.infer(GUARD_MODEL, [inp], outputs=outputs, client_timeout=timeout_s + RPC_GRACE_S, headers=headers),
+                timeout_s,
             )
         prob, label = result.as_numpy("PROB"), result.as_numpy("LABEL")
         if prob is None or label is None or prob.size != 1 or label.size != 1:
@@ -207,11 +211,12 @@ class TritonClient:
 
         async def last() -> Any:
             answer = None
-            async for out in self._stream(FUNCTION_CALL_MODEL, inputs, "TOOL_CALLS", timeout_s, headers):
+            async for out in self._stream(FUNCTION_CALL_MODEL, inputs, "TOOL_CALLS", timeout_s + RPC_GRACE_S, headers):
                 answer = out
             return answer
 
-        answer = await self._uncancelled(last())
+        with self._model_server_errors("stream", FUNCTION_CALL_MODEL, timeout_s):
+            answer = await self._uncancelled(last(), timeout_s)
         try:
             call = answer["tool_calls"][0]  # type: ignore[index]
             return {
@@ -316,14 +321,17 @@ class TritonClient:
             await asyncio.wait(self._calls, timeout=5.0)
         await self._client.close()
 
-    async def _uncancelled(self, call: Coroutine[Any, Any, T]) -> T:
-        """Await ``call`` (one RPC); if the caller is cancelled, the RPC still runs to its end
-        in the background and its outcome is dropped (see the module docstring: cancelling an
-        RPC in flight crashes Triton 2.51)."""
+    async def _uncancelled(self, call: Coroutine[Any, Any, T], timeout_s: float) -> T:
+        """Await ``call`` (one RPC) for at most ``timeout_s`` (then ``TimeoutError``); if the
+        caller is cancelled or its time is up, the RPC still runs to its end in the background
+        and its outcome is dropped (see the module docstring: cancelling an RPC in flight crashes
+        Triton 2.51). The RPC's own gRPC deadline is ``RPC_GRACE_S`` later: only a model that
+        hangs is cut off by gRPC."""
         task = asyncio.ensure_future(call)
         self._calls.add(task)
         task.add_done_callback(_drop_outcome(self._calls))
-        return await asyncio.shield(task)
+        async with asyncio.timeout(timeout_s):
+            return await asyncio.shield(task)
 
     # -- errors -------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -10,7 +10,7 @@ import pytest
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
 from ext_proc.errors import ModelServerError, render_error
-from ext_proc.triton_client import TritonClient, TritonModels
+from ext_proc.triton_client import RPC_GRACE_S, TritonClient, TritonModels
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
 
@@ -53,7 +53,9 @@ async def _slow_guard(exc: BaseException) -> ModelServerError:
     client = TritonClient("grpc://127.0.0.1:1", auto_reload=False)
 
     async def infer(*args: Any, **kwargs: Any) -> Any:
-        assert kwargs["client_timeout"] == 7  # the guard's own deadline reaches the gRPC call
+        # the caller waits the guard's own deadline; the RPC's gRPC deadline is later, so that a
+        # slow answer is not cancelled in flight (only a hung model's call is)
+        assert kwargs["client_timeout"] == 7 + RPC_GRACE_S
         raise exc
 
     client._client.infer = infer  # type: ignore[method-assign]
@@ -161,3 +163,29 @@ def test_an_ensemble_whose_step_was_unloaded_says_what_it_needs() -> None:
     err = asyncio.run(seen())
     assert (err.status, err.code) == (503, "model_server_unavailable")
     assert "needs prompt_embed and prompt_guard_head loaded" in err.message
+
+
+def test_a_call_past_its_deadline_is_504_and_left_to_finish_not_cancelled() -> None:
+    async def scenario() -> tuple[ModelServerError, float, list[str]]:
+        client = TritonClient("grpc://127.0.0.1:1", auto_reload=False)
+        ended: list[str] = []
+
+        async def infer(*args: Any, **kwargs: Any) -> Any:
+            try:
+                await asyncio.sleep(0.3)
+                ended.append("finished")
+            except asyncio.CancelledError:
+                ended.append("cancelled")
+                raise
+
+        client._client.infer = infer  # type: ignore[method-assign]
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ModelServerError) as info:
+            await client.embed(["slow"], timeout_s=0.05)
+        waited = asyncio.get_running_loop().time() - started
+        await client.close()
+        return info.value, waited, ended
+
+    err, waited, ended = asyncio.run(scenario())
+    assert (err.status, err.code) == (504, "model_server_timeout") and waited < 0.25
+    assert ended == ["finished"]
