@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -115,6 +116,10 @@ class Service:
     # (ext_proc: prompt targets embedded, function_call prompts pre-filled), showing each step
     warm_timeout: float = 0.0
     cleanup_shm: str | None = None  # /dev/shm prefix to sweep after the process exits (Triton)
+    # Triton: models loaded through its repository API once it serves (``models_api``), so that
+    # a restarted Triton answers the guard and intent in seconds while the LLMs still load
+    later_models: list[str] = field(default_factory=list)
+    models_api: str = ""
     pid: int | None = None
     status: str = "pending"
     restarts: int = 0
@@ -136,6 +141,28 @@ def _free(host: str, port: int) -> bool:
     return True
 
 
+# Triton loads these after it serves: llama.cpp models take 10-60 s to load and warm up on 2 cores,
+# and tritonserver serves nothing until its --load-model models are loaded, so after a crash the
+# guard and intent (milliseconds to load) would wait for them
+LATER_MODELS = ("function_call", "chat_llm")
+
+
+def load_model(api: str, model: str, timeout: float) -> str | None:
+    """Load ``model`` through Triton's HTTP repository API at ``api``; None, or why it failed."""
+    req = urllib.request.Request(f"{api}/v2/repository/models/{model}/load", data=b"{}", method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:  # loopback; returns once loaded
+            return None if r.status == 200 else f"HTTP {r.status}"
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        with contextlib.suppress(ValueError, AttributeError):
+            detail = json.loads(detail).get("error", detail)
+        return f"HTTP {exc.code}: {detail}"
+    except (urllib.error.URLError, OSError) as exc:
+        return str(exc)
+
+
 def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, demo_port: int = DEMO_PORT) -> list[Service]:
     py = sys.executable
     env = {**os.environ, **cfg.secret_env(), "PYTHONUNBUFFERED": "1"}
@@ -144,12 +171,13 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, 
     ms = cfg.model_server
     if ms.local and models:
         repo = render_model_repository(cfg, home() / "run" / "models")
+        first = [m for m in models if m not in LATER_MODELS] or models
         argv, triton_env = triton_command(
             repo,
             http_port=ms.http_port,
             grpc_port=ms.grpc_port,
             metrics_port=ms.metrics_port,
-            models=models,
+            models=first,
             config_name="gpu" if ms.mode == "local-gpu" else None,
             address=ms.address,
             env=env,
@@ -164,6 +192,8 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, 
                 env=triton_env,
                 start_timeout=300.0,
                 cleanup_shm=shm_prefix(ms.http_port),
+                later_models=[m for m in models if m not in first],
+                models_api=f"http://{ms.address}:{ms.http_port}",
             )
         )
     model_server = ms.endpoint if models else None
@@ -237,6 +267,7 @@ class Supervisor:
         self.logs = home() / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self._restart_times: dict[str, list[float]] = {}
+        self._state_lock = threading.Lock()  # the watch loop and a restarted Triton's model loads both write it
 
     # -- state -------------------------------------------------------------------------------
     def write_state(self) -> None:
@@ -246,9 +277,10 @@ class Supervisor:
             "started": time.time(),
             "services": [s.public() for s in self.services],
         }
-        tmp = state_path().with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, state_path())
+        with self._state_lock:
+            tmp = state_path().with_suffix(".tmp")
+            tmp.write_text(json.dumps(state, indent=2))
+            os.replace(tmp, state_path())
 
     def _event(self, svc: Service, status: str) -> None:
         svc.status = status
@@ -305,6 +337,23 @@ class Supervisor:
             svc.warning = f"still {shown} after {svc.warm_timeout:g} s: the first requests may be slow or time out"
             self.write_state()
 
+    def _load_later(self, svc: Service, *, restart: bool = False) -> bool:
+        """Load ``svc.later_models`` into the Triton that now serves (one at a time, each shown);
+        at start-up a model that fails to load fails the start, as a --load-model one would."""
+        for model in svc.later_models:
+            if self.stopping or self.procs[svc.name].poll() is not None:
+                return False
+            self._event(svc, f"loading {model}")
+            problem = load_model(svc.models_api, model, svc.start_timeout)
+            if problem is not None:
+                if not restart:
+                    self._event(svc, f"failed ({model} did not load: {problem}; see `sidegate logs {svc.name}`)")
+                    return False
+                svc.warning = f"{model} did not load after a restart: {problem}"
+        if restart and svc.later_models:
+            self._event(svc, "healthy")
+        return True
+
     def start_all(self) -> bool:
         for svc in self.services:
             self._event(svc, "starting")
@@ -312,6 +361,8 @@ class Supervisor:
             if not self._wait_healthy(svc):
                 code = self.procs[svc.name].poll()
                 self._event(svc, f"failed (exit code {code})" if code is not None else "failed (health check timed out)")
+                return False
+            if svc.later_models and not self._load_later(svc):
                 return False
             if svc.warm_timeout > 0:
                 self._wait_warm(svc)
@@ -341,7 +392,10 @@ class Supervisor:
                     remove_shm(svc.cleanup_shm)
                 self._event(svc, f"restarting (exited {code})")
                 self._spawn(svc)
-                self._event(svc, "healthy" if self._wait_healthy(svc) else "unhealthy")
+                healthy = self._wait_healthy(svc)
+                self._event(svc, "healthy" if healthy else "unhealthy")
+                if healthy and svc.later_models:  # serving already: the LLMs load beside the watch loop
+                    threading.Thread(target=self._load_later, args=(svc,), kwargs={"restart": True}, daemon=True).start()
             time.sleep(0.2)
 
     def stop_all(self, timeout: float = 10.0) -> None:

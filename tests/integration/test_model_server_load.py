@@ -12,7 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,3 +91,64 @@ def test_guard_blocked_prompts_from_8_clients_never_crash_triton(gateway: tuple[
     assert triton.poll() is None, f"tritonserver exited with {triton.returncode}:\n{log[-3000:]}"
     assert set(outcomes) == {"blocked"}, outcomes
     assert outcomes["blocked"] > 1000  # it was load: about 500 requests/s here
+
+
+def _ready(api: str, model: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api}/v2/models/{model}/ready", timeout=1) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def test_a_killed_triton_answers_the_guard_again_before_the_llm_has_reloaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sidegate up -d`, then tritonserver is SIGKILLed: the supervisor restarts it with the
+    quick models (embedder, guard) and loads function_call through the repository API once it
+    serves, so guard-blocked prompts are answered again while function_call still loads (it
+    takes 10-60 s on 2 cores). The recovery time itself is measured by `python -m bench load --kill triton`."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("SIDEGATE_HOME", str(home))  # read_state() here, and the sidegate commands
+    env = {**os.environ, "SIDEGATE_HOME": str(home)}
+    with FakeProvider(name="fake-llm") as llm:
+        raw = gateway_config([{"name": "llm", "provider_interface": "openai", "endpoint": llm.base_url, "model": "m", "default": True}],
+                             listeners={"ingress_traffic": {"timeout": "30s"}})
+        raw["ext_proc"].pop("message_timeout")  # derived from the model deadlines
+        ms = {"mode": "local-cpu", "http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+        raw.update(
+            prompt_guards={"input_guards": {"jailbreak": {"on_exception": {"message": BLOCKED}}}},
+            prompt_targets=[{"name": "get_weather", "description": "Get the weather forecast for a city.",
+                             "parameters": [{"name": "city", "type": "str", "description": "the city", "required": True}]}],
+            model_server=ms,
+        )
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        up = subprocess.run([sys.executable, "-m", "ext_proc", "up", str(path), "-d"], env=env, capture_output=True, text=True, timeout=600)
+        try:
+            assert up.returncode == 0, up.stdout + up.stderr
+            api, url = f"http://127.0.0.1:{ms['http_port']}", f"http://127.0.0.1:{raw['listeners']['ingress_traffic']['port']}/v1/chat/completions"
+            body = json.dumps({"model": "m", "messages": [{"role": "user", "content": ATTACK}]}).encode()
+
+            def blocked() -> bool:
+                req = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as r:
+                        return r.status == 200 and r.headers.get("x-sidegate-guard") == "blocked"
+                except (urllib.error.URLError, OSError):
+                    return False
+
+            assert blocked() and _ready(api, "function_call")
+            (triton,) = [s for s in sv.read_state()["services"] if s["name"] == "triton"]  # type: ignore[index]
+            os.kill(triton["pid"], signal.SIGKILL)
+            deadline = time.monotonic() + 120
+            while not blocked():  # the fail-closed guard answers 503 until Triton is back
+                assert time.monotonic() < deadline, "the guard did not answer within 120 s of the kill"
+                time.sleep(0.1)
+            assert not _ready(api, "function_call"), "the guard waited for function_call to load"
+            while not _ready(api, "function_call"):
+                assert time.monotonic() < deadline, "function_call was not loaded again within 120 s of the kill"
+                time.sleep(0.5)
+            (triton,) = [s for s in sv.read_state()["services"] if s["name"] == "triton"]  # type: ignore[index]
+            assert triton["restarts"] == 1 and triton["warning"] == ""
+        finally:
+            down = subprocess.run([sys.executable, "-m", "ext_proc", "down"], env=env, capture_output=True, text=True, timeout=120)
+            assert down.returncode == 0, down.stderr

@@ -109,3 +109,77 @@ def test_ext_proc_waits_for_a_pre_fill_as_long_as_its_deadline(sidegate_home: ob
     assert cfg.model_server.prefill_timeout_s == 240
     (svc,) = [s for s in sv.services_for(cfg, "x.yaml", demo=False, bootstrap=sv.home() / "envoy.yaml") if s.name == "ext_proc"]
     assert svc.warm_timeout == 300  # 60 s for the model server to answer, then a cold first pre-fill
+
+
+class _ModelsApi:
+    """Triton's HTTP repository API for loads: POST /v2/repository/models/<name>/load, refusing ``bad``."""
+
+    def __init__(self, bad: set[str]) -> None:
+        self.loaded: list[str] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                name = self.path.split("/")[-2]
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                ok = name not in bad
+                body = b"" if ok else json.dumps({"error": f"failed to load '{name}'"}).encode()
+                if ok:
+                    api.loaded.append(name)
+                self.send_response(200 if ok else 400)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def _loaded_later(api: _ModelsApi, proc: subprocess.Popen[bytes], *, restart: bool) -> tuple[bool, list[str], sv.Service]:
+    events: list[str] = []
+    svc = sv.Service(name="triton", argv=[], health_url="", listens="", later_models=["function_call", "chat_llm"],
+                     models_api=api.url)
+    sup = sv.Supervisor([svc], config_path="x.yaml", on_event=lambda s, status: events.append(status))
+    sup.write_state = lambda: None  # type: ignore[method-assign]
+    sup.procs[svc.name] = proc
+    return sup._load_later(svc, restart=restart), events, svc
+
+
+def test_the_llms_load_after_triton_serves_each_step_shown(running: subprocess.Popen[bytes]) -> None:
+    api = _ModelsApi(bad=set())
+    ok, events, svc = _loaded_later(api, running, restart=False)
+    assert ok and api.loaded == ["function_call", "chat_llm"]
+    assert events == ["loading function_call", "loading chat_llm"] and svc.warning == ""
+
+
+def test_an_llm_that_does_not_load_fails_the_start_and_is_a_warning_after_a_restart(running: subprocess.Popen[bytes]) -> None:
+    ok, events, _ = _loaded_later(_ModelsApi(bad={"function_call"}), running, restart=False)
+    assert not ok and events[-1].startswith("failed (function_call did not load: HTTP 400: failed to load 'function_call'")
+    ok, events, svc = _loaded_later(_ModelsApi(bad={"function_call"}), running, restart=True)
+    assert ok and events[-1] == "healthy"  # serving the guard and intent meanwhile
+    assert svc.warning.startswith("function_call did not load after a restart: HTTP 400")
+
+
+def test_triton_starts_with_the_quick_models_and_loads_the_llms_later(sidegate_home: object, tmp_path: object) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from ext_proc.config import load_config
+    from tests.conftest import gateway_config
+
+    raw = gateway_config([{"name": "local", "provider_interface": "sidegate", "model": "m", "default": True}])
+    raw["prompt_guards"] = {"input_guards": {"jailbreak": {"on_exception": {"message": "no"}}}}
+    raw["prompt_targets"] = [{"name": "t", "description": "a target", "parameters": [{"name": "x", "type": "str", "description": "x"}]}]
+    path = Path(str(tmp_path)) / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    (triton,) = [s for s in sv.services_for(cfg, str(path), demo=False, bootstrap=path) if s.name == "triton"]
+    loaded_first = [a.split("=", 1)[1] for a in triton.argv if a.startswith("--load-model=")]
+    assert loaded_first == ["prompt_embed", "prompt_guard_head", "prompt_guard"]
+    assert triton.later_models == ["function_call", "chat_llm"]
+    assert triton.models_api == f"http://127.0.0.1:{cfg.model_server.http_port}"
