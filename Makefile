@@ -22,10 +22,11 @@ $(STAMP): requirements.txt requirements-models.txt requirements-bench.txt triton
 	$(BIN)/pip install -q --require-hashes --no-deps -r triton_models/function_call/requirements.txt $(QUIET)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e . $(QUIET)
 	$(BIN)/python -c "import ext_proc.config, envoy.service.ext_proc.v3, envoy_data_plane, tritonclient.grpc.aio, torch, opentelemetry.exporter.otlp.proto.grpc.trace_exporter"
-	$(BIN)/pip check
-	# held-out evaluation data for bench/, after pip check: read as data, and its checker imported with
-	# the leaderboard's own dependencies (provider SDKs) stubbed out, so they are not installed
+	# held-out evaluation data for bench/: read as data, and its checker imported with the
+	# leaderboard's own dependencies (provider SDKs) stubbed out, so they are not installed
 	$(BIN)/pip install -q --require-hashes --no-deps -r requirements-bench.txt $(QUIET)
+	# every requirement met, except those bfcl-eval (data) declares
+	{ $(BIN)/pip check || true; } | { grep -v -e '^bfcl-eval ' -e '^No broken requirements' || true; } | { ! grep .; }
 	# assemble the GGUF once (~/.sidegate/models), checked against its recorded sha256
 	$(BIN)/python triton_models/function_call/weights.py
 	touch $(STAMP)
