@@ -278,6 +278,26 @@ def free_port() -> int:
             return port
 
 
+def free_ports_spaced(count: int, step: int) -> int:
+    """A free 127.0.0.1 port ``p`` such that ``p + step * i`` is free for every i < count (the
+    ports of model_server.replicas: replica i on each base port + 10 i)."""
+    while True:
+        base = free_port()
+        ports = [base + step * i for i in range(count)]
+        if all(_bindable(p) for p in ports[1:]) and not _PORTS_GIVEN.intersection(ports[1:]):
+            _PORTS_GIVEN.update(ports)
+            return base
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` (all its threads, dead ones included) in seconds; NaN if gone."""
     try:

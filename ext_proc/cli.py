@@ -116,7 +116,8 @@ def _with_model_server(cfg: Config, mode: str, endpoint: str | None = None) -> C
     if endpoint is not None and mode == "remote" and not endpoint.startswith("grpc://"):
         err_console.print(f"[red]--model-server[/red] expects grpc://HOST:PORT, got {endpoint!r}")
         raise SystemExit(2)
-    ms = dataclasses.replace(cfg.model_server, mode=mode, endpoint_url=endpoint if mode == "remote" else None)
+    remote = endpoint if mode == "remote" else None
+    ms = dataclasses.replace(cfg.model_server, mode=mode, endpoint_url=remote, endpoint_urls=(remote,) if remote else ())
     return dataclasses.replace(cfg, model_server=ms)
 
 
@@ -266,12 +267,22 @@ def status() -> None:
 @main.command()
 @click.option("-f", "--follow", is_flag=True, help="keep printing new lines")
 @click.option("-n", "--lines", default=50, show_default=True, help="lines of each log to show first")
-@click.argument("service", required=False, type=click.Choice(SERVICES))
+@click.argument("service", required=False)
 def logs(follow: bool, lines: int, service: str | None) -> None:
-    """Print the logs of SERVICE (default: all of them)."""
+    """Print the logs of SERVICE (default: all of them): envoy, ext_proc, triton (every replica;
+    triton-2 for one of them), demo, supervisor."""
     from .supervisor import home
 
-    names = [service] if service else list(SERVICES)
+    found = sorted(p.stem for p in (home() / "logs").glob("*.log"))
+    if service is not None and service not in SERVICES and service not in found:
+        err_console.print(f"no service {service!r}: one of {', '.join(sorted(set(SERVICES) | set(found)))}")
+        raise SystemExit(2)
+    if service is None:
+        names = [n for n in found if n in SERVICES or n.startswith("triton-")] or list(SERVICES)
+    elif service == "triton":  # every replica's log
+        names = [n for n in found if n == "triton" or n.startswith("triton-")] or [service]
+    else:
+        names = [service]
     files = {n: home() / "logs" / f"{n}.log" for n in names}
     files = {n: p for n, p in files.items() if p.exists()}
     if not files:

@@ -77,6 +77,7 @@ _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 # set. prompt_embed and prompt_guard answer in tens of milliseconds once loaded; function_call takes
 # 1-6 s per call on 2 cores (the 1.5B) and a call queued behind others waits for them; chat_llm
 # streams a whole answer (model_server.timeout raises it, never lowers it below 120 s).
+REPLICA_PORT_STEP = 10  # model_server.replicas: replica i listens on http_port + 10 i, grpc_port + 10 i, ...
 DEFAULT_MODEL_TIMEOUTS = {"prompt_embed": 10.0, "prompt_guard": 10.0, "function_call": 30.0, "chat_llm": 120.0}
 # the start-up pre-fill of function_call: max(120 s, 4 x function_call's deadline) per call
 PREFILL_MIN_TIMEOUT_S = 120.0
@@ -245,6 +246,27 @@ class ModelServer:
     auto_mode: bool = False
     timeout_explicit: bool = False  # model_server.timeout is in the config (else each model has its default)
     timeouts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MODEL_TIMEOUTS))  # the deadline of each model
+    replicas: int = 1  # local modes: tritonserver processes, replica i on each port + REPLICA_PORT_STEP * i
+    endpoint_urls: tuple[str, ...] = ()  # remote mode: every Triton (model_server.endpoints, or the one endpoint)
+    balancer_port: int = 8009  # with several replicas: Envoy's listener ext_proc dials, balancing over them
+
+    def replica_ports(self, i: int) -> tuple[int, int, int]:
+        """(http, grpc, metrics) port of local replica ``i`` (0-based)."""
+        step = REPLICA_PORT_STEP * i
+        return self.http_port + step, self.grpc_port + step, self.metrics_port + step
+
+    @property
+    def replica_targets(self) -> list[tuple[str, int]]:
+        """(host, gRPC port) of every Triton this config uses."""
+        if self.mode == "remote":
+            return [_grpc_host_port(url) for url in self.endpoint_urls]
+        return [(self.address, self.replica_ports(i)[1]) for i in range(self.replicas)]
+
+    @property
+    def balanced(self) -> bool:
+        """Several Tritons: ext_proc reaches them through an Envoy cluster (least request, health
+        checks, outlier detection, retries on another replica)."""
+        return self.mode != "none" and len(self.replica_targets) > 1
 
     def timeout_for(self, model: str) -> float:
         """The deadline of one call to ``model`` (``model_server.models.<model>.timeout``, else
@@ -270,9 +292,12 @@ class ModelServer:
 
     @property
     def endpoint(self) -> str | None:
-        """The Triton gRPC address the ext_proc service dials (None: no model server)."""
+        """The Triton gRPC address the ext_proc service dials (None: no model server): with
+        several replicas, Envoy's balancer listener."""
         if self.mode == "none":
             return None
+        if self.balanced:
+            return f"grpc://127.0.0.1:{self.balancer_port}"
         return self.endpoint_url or f"grpc://{self.address}:{self.grpc_port}"
 
 
@@ -811,12 +836,33 @@ def _model_settings(name: str, settings: dict[str, Any], source: str) -> ModelSe
     return ModelSettings(**{**own_settings, "parameters": parameters, "timeout_s": timeout})
 
 
+def _grpc_host_port(url: str) -> tuple[str, int]:
+    """``grpc://host:port`` -> (host, port)."""
+    host, _, port = url.removeprefix("grpc://").rstrip("/").rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def _model_server(ms: dict[str, Any], source: str) -> ModelServer:
-    mode = ms.get("mode") or ("remote" if ms.get("endpoint") else "local-cpu")
-    if mode == "remote" and not ms.get("endpoint"):
-        raise ConfigError(source, "model_server.endpoint", "mode remote needs endpoint: grpc://HOST:PORT of your Triton")
-    if mode != "remote" and ms.get("endpoint"):
-        raise ConfigError(source, "model_server.endpoint", f"endpoint is only used with mode: remote (mode is {mode})")
+    if ms.get("endpoint") and ms.get("endpoints"):
+        raise ConfigError(source, "model_server.endpoints", "set endpoint (one Triton) or endpoints (several), not both")
+    urls = tuple(ms.get("endpoints") or ([ms["endpoint"]] if ms.get("endpoint") else []))
+    mode = ms.get("mode") or ("remote" if urls else "local-cpu")
+    if mode == "remote" and not urls:
+        raise ConfigError(source, "model_server.endpoint", "mode remote needs endpoint: grpc://HOST:PORT of your Triton (or endpoints: [...])")
+    if mode != "remote" and urls:
+        key = "endpoints" if ms.get("endpoints") else "endpoint"
+        raise ConfigError(source, f"model_server.{key}", f"{key} is only used with mode: remote (mode is {mode})")
+    if len(set(urls)) != len(urls):
+        raise ConfigError(source, "model_server.endpoints", "lists the same Triton twice")
+    replicas = int(ms.get("replicas", 1))
+    taken = {ms.get(k, d) + REPLICA_PORT_STEP * i for k, d in (("http_port", 8000), ("grpc_port", 8001), ("metrics_port", 8002))
+             for i in range(replicas)}
+    if replicas > 1 and ms.get("balancer_port", 8009) in taken:
+        raise ConfigError(source, "model_server.balancer_port", f"{ms.get('balancer_port', 8009)} is a port of a replica "
+                                                                "(each takes http_port, grpc_port, metrics_port + 10 i): pick another")
+    if replicas > 1 and mode not in ("local-cpu", "local-gpu"):
+        raise ConfigError(source, "model_server.replicas", f"replicas are tritonserver processes sidegate starts (mode local-cpu or local-gpu); "
+                                                           f"with mode {mode} list your Tritons in model_server.endpoints")
     models = {name: _model_settings(name, settings, source) for name, settings in (ms.get("models") or {}).items()}
     common = parse_duration(ms["timeout"]) if "timeout" in ms else None
     timeouts: dict[str, float] = {}
@@ -835,7 +881,10 @@ def _model_server(ms: dict[str, Any], source: str) -> ModelServer:
         grpc_port=ms.get("grpc_port", 8001),
         metrics_port=ms.get("metrics_port", 8002),
         timeout_s=DEFAULT_MODEL_TIMEOUTS["prompt_embed"] if common is None else common,
-        endpoint_url=ms.get("endpoint"),
+        endpoint_url=urls[0] if len(urls) == 1 else None,
+        endpoint_urls=urls,
+        replicas=replicas,
+        balancer_port=ms.get("balancer_port", 8009),
         models=models,
         auto_mode=not ms.get("mode") and not ms.get("endpoint"),
         timeout_explicit=common is not None,

@@ -67,6 +67,7 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
     ClusterDiscoveryType,
     ClusterDnsLookupFamily,
     ClusterLbPolicy,
+    OutlierDetection,
 )
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
@@ -78,6 +79,8 @@ from envoy_data_plane.envoy.config.core.v3 import (
     HttpUri,
     HeaderValueOption,
     HeaderValueOptionHeaderAppendAction,
+    HealthCheck,
+    HealthCheckGrpcHealthCheck,
     Http1ProtocolOptions,
     Http2ProtocolOptions,
     Node,
@@ -94,6 +97,7 @@ from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
     HeaderMatcher,
     RetryPolicy,
+    RetryPolicyRetryHostPredicate,
     RetryPolicyRetryPriority,
     Route,
     RouteAction,
@@ -118,6 +122,7 @@ from envoy_data_plane.envoy.extensions.clusters.aggregate.v3 import ClusterConfi
 from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.http.upstream_codec.v3 import UpstreamCodec
+from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
 from envoy_data_plane.envoy.extensions.retry.priority.previous_priorities.v3 import PreviousPrioritiesConfig
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -161,6 +166,10 @@ __all__ = [
 
 EXT_PROC_CLUSTER = "sidegate_ext_proc"
 OTLP_CLUSTER = "sidegate_otlp"  # the OpenTelemetry collector (tracing.otlp_endpoint)
+MODELS_CLUSTER = "sidegate_models"  # the Triton replicas (model_server.replicas / endpoints)
+# a model call is retried once on another replica when its own never answered (gRPC UNAVAILABLE
+# covers a Triton that is shutting down); an error a model returned is not retried
+MODELS_RETRY_ON = "connect-failure,refused-stream,reset,unavailable"
 ENVOY_SERVICE_NAME = "sidegate-envoy"
 OTEL_TRACER = "envoy.tracers.opentelemetry"
 UPSTREAM_HEADER = "x-sidegate-upstream"  # the cluster the ext_proc service chose
@@ -370,7 +379,86 @@ def _clusters(cfg: Config) -> list[Cluster]:
     if cfg.otlp_endpoint:
         scheme, host, port, _ = _otlp_target(cfg.otlp_endpoint)
         clusters.append(_cluster(OTLP_CLUSTER, host, port, connect_timeout_s=1.0, tls=scheme == "https", http2=scheme == "grpc"))
+    if _balanced_models(cfg):
+        clusters.append(_models_cluster(cfg))
     return clusters
+
+
+# --------------------------------------------------------------------------- Triton replicas
+
+
+def _balanced_models(cfg: Config) -> bool:
+    from .model_repo import needed_models
+
+    return cfg.model_server.balanced and bool(needed_models(cfg))
+
+
+def _models_cluster(cfg: Config) -> Cluster:
+    """The Triton replicas behind one cluster: HTTP/2 (gRPC), least request (a replica busy with
+    a function call gets the next embedding less often), active gRPC health checks (Triton
+    serves grpc.health.v1: a replica that is down or starting leaves the rotation within
+    seconds) and outlier detection (a replica whose model calls fail, e.g. a dead python stub
+    answering INTERNAL, is ejected for a while; never more than half of them)."""
+    targets = cfg.model_server.replica_targets
+    kind = ClusterDiscoveryType.STATIC if all(_is_ip(h) for h, _ in targets) else ClusterDiscoveryType.STRICT_DNS
+    extra: dict[str, _AnyType] = {} if kind == ClusterDiscoveryType.STATIC else {"dns_lookup_family": ClusterDnsLookupFamily.V4_PREFERRED}
+    h2 = HttpProtocolOptions(explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=Http2ProtocolOptions()))
+    return Cluster(
+        name=MODELS_CLUSTER,
+        type=kind,
+        connect_timeout=_seconds(1.0),
+        lb_policy=ClusterLbPolicy.LEAST_REQUEST,
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=MODELS_CLUSTER,
+            endpoints=[LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=_socket_address(h, p))) for h, p in targets])],
+        ),
+        typed_extension_protocol_options={HTTP_PROTOCOL_OPTIONS: Any.pack(h2)},
+        health_checks=[HealthCheck(
+            # every second, also while ext_proc sends nothing (Envoy's no_traffic_interval is 60 s)
+            timeout=_seconds(1.0), interval=_seconds(1.0), no_traffic_interval=_seconds(1.0), unhealthy_threshold=2, healthy_threshold=1,
+            grpc_health_check=HealthCheckGrpcHealthCheck(),
+        )],
+        # (not consecutive_5xx: betterproto2 writes that field as "consecutive_5_xx", which Envoy refuses)
+        outlier_detection=OutlierDetection(
+            consecutive_gateway_failure=3, enforcing_consecutive_gateway_failure=100,
+            failure_percentage_threshold=50, enforcing_failure_percentage=100, failure_percentage_minimum_hosts=2,
+            failure_percentage_request_volume=20, interval=_seconds(2.0), base_ejection_time=_seconds(10.0), max_ejection_percent=50,
+        ),
+        **extra,
+    )
+
+
+def _models_listener(cfg: Config) -> Listener:
+    """127.0.0.1:``model_server.balancer_port``: what the ext_proc service dials instead of one
+    Triton. No overall timeout (the client sets each call's deadline); a call whose replica
+    never answered is retried once on another one."""
+    route = Route(
+        name=MODELS_CLUSTER,
+        match=RouteMatch(prefix="/"),
+        route=RouteAction(
+            cluster=MODELS_CLUSTER,
+            timeout=_seconds(0),
+            retry_policy=RetryPolicy(
+                retry_on=MODELS_RETRY_ON,
+                num_retries=1,
+                retry_host_predicate=[RetryPolicyRetryHostPredicate(
+                    name="envoy.retry_host_predicates.previous_hosts", typed_config=Any.pack(PreviousHostsPredicate()))],
+                host_selection_retry_max_attempts=3,
+            ),
+        ),
+    )
+    hcm = HttpConnectionManager(
+        stat_prefix="models",
+        codec_type=HttpConnectionManagerCodecType.AUTO,
+        route_config=RouteConfiguration(name="models", virtual_hosts=[VirtualHost(name="models", domains=["*"], routes=[route])]),
+        http_filters=[_router_filter()],
+        stream_idle_timeout=_seconds(0),  # a function call may think for a while before its first byte
+    )
+    return Listener(
+        name="models",
+        address=_socket_address("127.0.0.1", cfg.model_server.balancer_port),
+        filter_chains=[FilterChain(filters=[Filter(name=HCM_NAME, typed_config=Any.pack(hcm))])],
+    )
 
 
 # --------------------------------------------------------------------------- tracing
@@ -788,6 +876,8 @@ def build_bootstrap(cfg: Config) -> Bootstrap:
     internal_routes = [_endpoint_route(e) for e in cfg.endpoints.values()]
     internal_routes += [_provider_route(p, cfg.internal) for p in cfg.llm_providers]
     listeners.append(_listener("internal", cfg.internal, internal_routes, ext_proc_filter=None, tracing=tracing))
+    if _balanced_models(cfg):
+        listeners.append(_models_listener(cfg))
 
     admin_host = "127.0.0.1" if cfg.admin_address == "localhost" else cfg.admin_address
     if not _is_ip(admin_host):

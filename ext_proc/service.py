@@ -67,7 +67,8 @@ def _models(cfg: Config) -> Models | None:
 
     log.info("model server: %s (%s)", endpoint, cfg.model_server.mode)
     ms = cfg.model_server
-    return TritonModels(TritonClient(endpoint), timeout_s=ms.timeout_s, timeouts=dict(ms.timeouts))
+    replicas = [f"grpc://{host}:{port}" for host, port in ms.replica_targets] if ms.balanced else []
+    return TritonModels(TritonClient(endpoint, replicas=replicas), timeout_s=ms.timeout_s, timeouts=dict(ms.timeouts))
 
 
 async def _warm(services: Services, state: dict[str, bool | str]) -> None:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import REPO_ROOT, Config
+from .config import REPLICA_PORT_STEP, REPO_ROOT, Config
 from ._envoy_bin import envoy_binary
 from .model_repo import needed_models, render_model_repository
 from .triton_server import health_url as triton_health_url
@@ -172,30 +172,32 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, 
     if ms.local and models:
         repo = render_model_repository(cfg, home() / "run" / "models")
         first = [m for m in models if m not in LATER_MODELS] or models
-        argv, triton_env = triton_command(
-            repo,
-            http_port=ms.http_port,
-            grpc_port=ms.grpc_port,
-            metrics_port=ms.metrics_port,
-            models=first,
-            config_name="gpu" if ms.mode == "local-gpu" else None,
-            address=ms.address,
-            env=env,
-        )
-        out.append(
-            Service(
-                name="triton",
-                argv=argv,
-                health_url=triton_health_url(ms.http_port, ms.address),
-                listens=f"grpc://{ms.address}:{ms.grpc_port}, http://{ms.address}:{ms.http_port}, "
-                f"metrics :{ms.metrics_port} ({ms.mode}: {', '.join(models)})",
-                env=triton_env,
-                start_timeout=300.0,
-                cleanup_shm=shm_prefix(ms.http_port),
-                later_models=[m for m in models if m not in first],
-                models_api=f"http://{ms.address}:{ms.http_port}",
+        for i in range(ms.replicas):  # one service per replica: "triton", or triton-1 .. triton-N
+            http_port, grpc_port, metrics_port = ms.replica_ports(i)
+            argv, triton_env = triton_command(
+                repo,
+                http_port=http_port,
+                grpc_port=grpc_port,
+                metrics_port=metrics_port,
+                models=first,
+                config_name="gpu" if ms.mode == "local-gpu" else None,
+                address=ms.address,
+                env=env,
             )
-        )
+            out.append(
+                Service(
+                    name="triton" if ms.replicas == 1 else f"triton-{i + 1}",
+                    argv=argv,
+                    health_url=triton_health_url(http_port, ms.address),
+                    listens=f"grpc://{ms.address}:{grpc_port}, http://{ms.address}:{http_port}, "
+                    f"metrics :{metrics_port} ({ms.mode}: {', '.join(models)})",
+                    env=triton_env,
+                    start_timeout=300.0,
+                    cleanup_shm=shm_prefix(http_port),
+                    later_models=[m for m in models if m not in first],
+                    models_api=f"http://{ms.address}:{http_port}",
+                )
+            )
     model_server = ms.endpoint if models else None
     if demo:
         out.append(
@@ -208,6 +210,7 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, 
             )
         )
     e = cfg.ext_proc
+    ext_proc_at = len(out)
     out.append(
         Service(
             name="ext_proc",
@@ -233,6 +236,10 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, 
             env=env,
         )
     )
+    if model_server and ms.balanced:
+        # ext_proc reaches the replicas through Envoy's balancer listener: Envoy first, so that
+        # ext_proc can warm up (its ingress answers 503 ext_proc_unavailable meanwhile)
+        out.insert(ext_proc_at, out.pop())
     return out
 
 
@@ -250,8 +257,11 @@ def check_ports(cfg: Config, demo: bool, demo_port: int = DEMO_PORT) -> list[str
         wanted.append(("demo app", "127.0.0.1", demo_port))
     ms = cfg.model_server
     if ms.local and needed_models(cfg):
-        for key in ("http_port", "grpc_port", "metrics_port"):
-            wanted.append((f"model_server.{key}", ms.address, getattr(ms, key)))
+        for i in range(ms.replicas):
+            for key, port in zip(("http_port", "grpc_port", "metrics_port"), ms.replica_ports(i), strict=True):
+                wanted.append((f"model_server.{key}" + (f" + {i * REPLICA_PORT_STEP} (replica {i + 1})" if i else ""), ms.address, port))
+    if needed_models(cfg) and ms.balanced:
+        wanted.append(("model_server.balancer_port", "127.0.0.1", ms.balancer_port))
     return [f"{host}:{port} ({key}) is already in use" for key, host, port in wanted if not _free(host, port)]
 
 

@@ -129,8 +129,13 @@ class TritonClient:
     shutdown. ``url`` is ``grpc://HOST:PORT`` (``model_server.endpoint``) or ``HOST:PORT``.
     """
 
-    def __init__(self, url: str, *, auto_reload: bool = True, reload_timeout_s: float = 120.0) -> None:
+    def __init__(self, url: str, *, auto_reload: bool = True, reload_timeout_s: float = 120.0,
+                 replicas: Sequence[str] = ()) -> None:
         self.url = url
+        # with several Tritons behind Envoy's balancer (``url``): each one's own address, where a
+        # dead stub is looked for and reloaded (a reload sent through the balancer would land on
+        # whichever replica it picked)
+        self.replicas = list(replicas)
         self.unhealthy: set[str] = set()  # models whose stub was seen dead, until reloaded
         self._auto_reload = auto_reload
         self._reload_timeout_s = reload_timeout_s
@@ -304,13 +309,55 @@ class TritonClient:
         """
         if model not in self.unhealthy:
             return False
+        if not self.replicas:
+            await self._reload_here(model, timeout_s)
+        else:  # one replica at a time, only those whose stub is dead: the others keep serving
+            for url in self.replicas:
+                async with TritonClient(url, auto_reload=False) as replica:
+                    if await replica.stub_dead(model, timeout_s=timeout_s):
+                        log.warning("Triton model %s: python stub on %s is dead, reloading it there", model, url)
+                        await replica._reload_here(model, timeout_s)
+        self.unhealthy.discard(model)
+        return True
+
+    async def _reload_here(self, model: str, timeout_s: float) -> None:
         ensembles = [e for e, steps in ENSEMBLE_STEPS.items() if model in steps and await self.ready(models=[e], timeout_s=timeout_s)]
         await self.unload_model(model, timeout_s=timeout_s)
         await self.load_model(model, timeout_s=timeout_s)
-        self.unhealthy.discard(model)
         for ensemble in ensembles:  # only those that were loaded: this server may serve the step alone
             await self.load_model(ensemble, timeout_s=timeout_s)
-        return True
+
+    async def stub_dead(self, model: str, *, timeout_s: float) -> bool:
+        """Whether ``model``'s python stub on this server is dead: a dead stub leaves the model
+        READY, so this sends it one request of empty inputs (built from its config) on the
+        streaming API, which decoupled models take too. A live stub refuses it (or answers);
+        a dead one is "not healthy"."""
+        try:
+            config = (await self._client.get_model_config(model, as_json=True, client_timeout=timeout_s))["config"]
+        except InferenceServerException:
+            return False  # not loaded here: nothing to reload
+        batched = int(config.get("max_batch_size", 0)) > 0
+        inputs = []
+        for spec in config.get("input", []):
+            dims = [1 if int(d) < 0 else int(d) for d in spec.get("dims", [])]
+            shape = ([1] if batched else []) + dims
+            dtype = spec["data_type"].removeprefix("TYPE_")
+            inp = InferInput(spec["name"], shape, "BYTES" if dtype == "STRING" else dtype)
+            np_type = np.object_ if dtype == "STRING" else getattr(np, dtype.lower().replace("fp", "float"))
+            inp.set_data_from_numpy(np.full(shape, b"" if dtype == "STRING" else 0, dtype=np_type))
+            inputs.append(inp)
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield {"model_name": model, "inputs": inputs, "request_id": uuid.uuid4().hex}
+
+        errors = []
+        try:
+            async with asyncio.timeout(timeout_s):  # read to the end: leaving the stream early would cancel it
+                async for _, error in self._client.stream_infer(requests(), stream_timeout=timeout_s):
+                    errors.append(str(error or ""))
+        except (InferenceServerException, grpc.RpcError, TimeoutError) as exc:
+            errors.append(str(exc))
+        return any(_STUB_DEAD in e for e in errors)
 
     async def close(self) -> None:
         for task in self._reloads.values():

@@ -152,3 +152,124 @@ def test_a_killed_triton_answers_the_guard_again_before_the_llm_has_reloaded(tmp
         finally:
             down = subprocess.run([sys.executable, "-m", "ext_proc", "down"], env=env, capture_output=True, text=True, timeout=120)
             assert down.returncode == 0, down.stderr
+
+
+# -------------------------------------------------------------------- replicas behind Envoy
+
+
+def _guard_config(tmp_path: Path, llm: FakeProvider, model_server: dict[str, object]) -> tuple[Path, dict[str, object]]:
+    raw = gateway_config([{"name": "llm", "provider_interface": "openai", "endpoint": llm.base_url, "model": "m", "default": True}],
+                         listeners={"ingress_traffic": {"timeout": "30s"}})
+    raw["ext_proc"].pop("message_timeout")  # type: ignore[union-attr]  # derived from the model deadlines
+    raw.update(prompt_guards={"input_guards": {"jailbreak": {"on_exception": {"message": BLOCKED}}}},
+               prompt_targets=[{"name": "store_hours", "description": "The opening hours of the store."}],
+               model_server=model_server)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path, raw
+
+
+def _post(url: str, text: str = ATTACK, timeout: float = 15) -> tuple[int, str]:
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}).encode()
+    req = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(exc)
+
+
+def _served(metrics_port: int) -> float:
+    """Successful prompt_guard requests this replica has served (Triton's own counter)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("nv_inference_request_success{") and 'model="prompt_guard"' in line)
+
+
+def test_two_replicas_share_the_load_and_one_killed_or_frozen_costs_at_most_the_calls_in_flight(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model_server.replicas: 2: two tritonserver processes behind Envoy's balancer. Both serve;
+    one SIGKILLed under load costs at most the requests in flight on it (Envoy retries a call
+    whose replica reset or refused it on the other one), then none; one frozen (SIGSTOP) leaves
+    the rotation on its failed health checks; both down is a clear 503."""
+    from tests.conftest import free_port
+    from bench._harness import free_ports_spaced
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("SIDEGATE_HOME", str(home))
+    env = {**os.environ, "SIDEGATE_HOME": str(home)}
+    ms = {"mode": "local-cpu", "replicas": 2, "http_port": free_ports_spaced(2, 10), "grpc_port": free_ports_spaced(2, 10),
+          "metrics_port": free_ports_spaced(2, 10), "balancer_port": free_port(), "timeout": "3s"}
+    with FakeProvider(name="fake-llm") as llm:
+        path, raw = _guard_config(tmp_path, llm, ms)
+        url = f"http://127.0.0.1:{raw['listeners']['ingress_traffic']['port']}/v1/chat/completions"  # type: ignore[index]
+        up = subprocess.run([sys.executable, "-m", "ext_proc", "up", str(path), "-d"], env=env, capture_output=True, text=True, timeout=600)
+        try:
+            assert up.returncode == 0, up.stdout + up.stderr
+            state = {s["name"]: s for s in sv.read_state()["services"]}  # type: ignore[index]
+            assert {"triton-1", "triton-2"} <= set(state) and all(state[n]["status"] == "healthy" for n in ("triton-1", "triton-2"))
+            status = subprocess.run([sys.executable, "-m", "ext_proc", "status"], env={**env, "COLUMNS": "200"}, capture_output=True, text=True)
+            assert "triton-1" in status.stdout and "triton-2" in status.stdout
+
+            outcomes = collections.Counter(_post(url)[0] for _ in range(60))
+            assert outcomes == {200: 60}
+            metrics = [ms["metrics_port"], ms["metrics_port"] + 10]  # type: ignore[operator]
+            assert all(_served(m) > 0 for m in metrics), "least request sends to both replicas"
+
+            # one replica killed while 4 clients send: at most the calls in flight fail, then none
+            results: list[tuple[float, int]] = []
+            stop = time.monotonic() + 12
+
+            def client() -> None:
+                while time.monotonic() < stop:
+                    results.append((time.monotonic(), _post(url)[0]))
+
+            import threading
+            threads = [threading.Thread(target=client) for _ in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(2)
+            killed_at = time.monotonic()
+            os.kill(state["triton-1"]["pid"], signal.SIGKILL)
+            for t in threads:
+                t.join()
+            failed = [(t, code) for t, code in results if code != 200]
+            assert len(failed) <= 4, failed  # no more than the requests in flight
+            assert not [f for f in failed if f[0] > killed_at + 2], failed  # and none 2 s after the kill
+            assert len(results) > 40
+
+            # one replica frozen: its health checks time out and it leaves the rotation
+            deadline = time.monotonic() + 60
+            while sv.read_state() and {s["name"]: s for s in sv.read_state()["services"]}["triton-1"]["status"] != "healthy":  # type: ignore[index]
+                assert time.monotonic() < deadline, "triton-1 was not restarted"
+                time.sleep(0.5)
+            frozen = {s["name"]: s for s in sv.read_state()["services"]}["triton-2"]["pid"]  # type: ignore[index]
+            os.kill(frozen, signal.SIGSTOP)
+            try:
+                admin = f"http://127.0.0.1:{raw['listeners']['admin']['port']}/clusters"  # type: ignore[index]
+                flag = f"sidegate_models::127.0.0.1:{ms['grpc_port'] + 10}::health_flags::/failed_active_hc"  # type: ignore[operator]
+                deadline = time.monotonic() + 30
+                while flag not in urllib.request.urlopen(admin, timeout=5).read().decode():  # two health checks time out
+                    assert time.monotonic() < deadline, "Envoy's health checks did not take the frozen replica out"
+                    time.sleep(0.25)
+                codes = collections.Counter(_post(url, timeout=10)[0] for _ in range(20))
+                assert codes == {200: 20}, codes
+            finally:
+                os.kill(frozen, signal.SIGCONT)
+
+            # every replica down: a clear 503, not a hang
+            for name in ("triton-1", "triton-2"):
+                os.kill({s["name"]: s for s in sv.read_state()["services"]}[name]["pid"], signal.SIGSTOP)  # type: ignore[index]
+            try:
+                code, body = _post(url, text="a new prompt " + str(time.time()), timeout=30)
+                assert code in (503, 504), (code, body)
+                assert "model_server" in body
+            finally:
+                for name in ("triton-1", "triton-2"):
+                    os.kill({s["name"]: s for s in sv.read_state()["services"]}[name]["pid"], signal.SIGCONT)  # type: ignore[index]
+        finally:
+            down = subprocess.run([sys.executable, "-m", "ext_proc", "down"], env=env, capture_output=True, text=True, timeout=120)
+            assert down.returncode == 0, down.stderr

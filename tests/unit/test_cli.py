@@ -50,3 +50,14 @@ def test_validate_prints_a_config_warning_and_still_succeeds(tmp_path: Path, mon
     warned = cli.err_console.file.getvalue()
     assert f"config warning {config}: ext_proc.message_timeout: 5 s is shorter than" in warned
     assert "prompt_guard 10 s (model_server.models.prompt_guard.timeout)" in warned and "= 12 s" in warned
+
+
+def test_logs_of_triton_replicas(sidegate_home: Path) -> None:
+    (sidegate_home / "logs").mkdir(parents=True)
+    for name in ("ext_proc", "triton-1", "triton-2"):
+        (sidegate_home / "logs" / f"{name}.log").write_text(f"{name} last\n")
+    every = CliRunner().invoke(main, ["logs", "triton", "-n", "1"])
+    assert every.exit_code == 0, every.output
+    assert every.output.splitlines() == ["triton-1 | triton-1 last", "triton-2 | triton-2 last"]
+    one = CliRunner().invoke(main, ["logs", "triton-2", "-n", "1"])
+    assert one.output.splitlines() == ["triton-2 last"]

@@ -806,3 +806,25 @@ def test_an_explicit_message_timeout_shorter_than_the_deadlines_is_a_warning_nam
                      "raise ext_proc.message_timeout to at least 47s"):
         assert fragment in warning, warning
     assert load_config(vary(tmp_path, ext_proc={"message_timeout": "47s"}, model_server={"timeout": "5s"}), env=ENV).warnings == ()
+
+
+def test_replicas_and_endpoints_are_checked(tmp_path: Path) -> None:
+    guard = {"input_guards": {"jailbreak": {"on_exception": {"message": "no"}}}}
+    refused(vary(tmp_path, prompt_guards=guard, model_server={"endpoint": "grpc://a:1", "endpoints": ["grpc://b:1"]}),
+            "model_server.endpoints", "not both")
+    refused(vary(tmp_path, prompt_guards=guard, model_server={"mode": "remote", "endpoint": "grpc://a:1", "replicas": 2}),
+            "model_server.replicas", "model_server.endpoints")
+    refused(vary(tmp_path, prompt_guards=guard, model_server={"endpoints": ["grpc://a:1", "grpc://a:1"]}),
+            "model_server.endpoints", "twice")
+    refused(vary(tmp_path, prompt_guards=guard, model_server={"mode": "local-cpu", "endpoints": ["grpc://a:1"]}),
+            "model_server.endpoints", "only used with mode: remote")
+    ms = load_config(vary(tmp_path, prompt_guards=guard, model_server={"replicas": 3, "http_port": 9000}), env=ENV).model_server
+    assert ms.balanced and [ms.replica_ports(i)[0] for i in range(3)] == [9000, 9010, 9020]
+    remote = load_config(vary(tmp_path, prompt_guards=guard, model_server={"endpoints": ["grpc://a:1", "grpc://[::1]:2"]}), env=ENV).model_server
+    assert remote.mode == "remote" and remote.replica_targets == [("a", 1), ("::1", 2)]
+
+
+def test_the_balancer_port_may_not_be_a_replicas(tmp_path: Path) -> None:
+    guard = {"input_guards": {"jailbreak": {"on_exception": {"message": "no"}}}}
+    refused(vary(tmp_path, prompt_guards=guard, model_server={"replicas": 2, "balancer_port": 8011}),
+            "model_server.balancer_port", "8011 is a port of a replica")

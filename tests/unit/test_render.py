@@ -617,3 +617,45 @@ def test_live_envoy_routes_on_the_ext_proc_choice_and_maps_its_own_errors(upstre
     finally:
         envoy.stop()
         server.stop(0)
+
+
+# --------------------------------------------------------------------------- Triton replicas
+
+
+def _with_replicas(**model_server: Any) -> dict[str, Any]:
+    raw = raw_config()
+    raw["prompt_guards"] = {"input_guards": {"jailbreak": {"on_exception": {"message": "no"}}}}
+    raw["model_server"] = model_server
+    return raw
+
+
+def test_several_tritons_get_a_balancer_listener_ext_proc_dials(tmp_path: Path) -> None:
+    cfg = cfg_from(_with_replicas(replicas=2, grpc_port=8001, balancer_port=8111))
+    assert cfg.model_server.endpoint == "grpc://127.0.0.1:8111"
+    d = bootstrap_dict(cfg)
+    models = clusters(d)["sidegate_models"]
+    hosts = [e["endpoint"]["address"]["socket_address"]["port_value"] for e in models["load_assignment"]["endpoints"][0]["lb_endpoints"]]
+    assert hosts == [8001, 8011]  # replica i on grpc_port + 10 i
+    assert models["lb_policy"] == "LEAST_REQUEST" and "http2_protocol_options" in json.dumps(models)
+    assert "grpc_health_check" in models["health_checks"][0]
+    assert models["outlier_detection"]["max_ejection_percent"] == 50
+    listen = listener(d, "models")["address"]["socket_address"]
+    assert (listen["address"], listen["port_value"]) == ("127.0.0.1", 8111)
+    (r,) = routes(d, "models")
+    assert r["route"]["cluster"] == "sidegate_models" and seconds(r["route"]["timeout"]) == 0
+    retry = r["route"]["retry_policy"]
+    assert "unavailable" in retry["retry_on"] and "reset" in retry["retry_on"] and retry["num_retries"] == 1
+    assert retry["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
+    validate(write_bootstrap(cfg, tmp_path))
+
+
+def test_remote_endpoints_are_balanced_the_same_way_and_one_triton_is_dialled_directly(tmp_path: Path) -> None:
+    cfg = cfg_from(_with_replicas(endpoints=["grpc://10.0.0.5:8001", "grpc://triton-b.internal:8001"]))
+    d = bootstrap_dict(cfg)
+    models = clusters(d)["sidegate_models"]
+    assert models["type"] == "STRICT_DNS"  # a host name among them
+    assert cfg.model_server.endpoint == "grpc://127.0.0.1:8009"
+    validate(write_bootstrap(cfg, tmp_path))
+    one = cfg_from(_with_replicas(endpoints=["grpc://10.0.0.5:8001"]))
+    assert one.model_server.endpoint == "grpc://10.0.0.5:8001" and "sidegate_models" not in clusters(bootstrap_dict(one))
+    assert "sidegate_models" not in clusters(bootstrap_dict(cfg_from(_with_replicas())))

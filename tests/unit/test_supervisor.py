@@ -183,3 +183,31 @@ def test_triton_starts_with_the_quick_models_and_loads_the_llms_later(sidegate_h
     assert loaded_first == ["prompt_embed", "prompt_guard_head", "prompt_guard"]
     assert triton.later_models == ["function_call", "chat_llm"]
     assert triton.models_api == f"http://127.0.0.1:{cfg.model_server.http_port}"
+
+
+def test_replicas_are_services_of_their_own_and_envoy_starts_before_ext_proc(sidegate_home: object, tmp_path: object) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from ext_proc.config import load_config
+    from tests.conftest import gateway_config
+
+    raw = gateway_config([{"name": "p", "provider_interface": "openai", "endpoint": "http://127.0.0.1:9/v1", "model": "m", "default": True}])
+    raw["prompt_guards"] = {"input_guards": {"jailbreak": {"on_exception": {"message": "no"}}}}
+    raw["model_server"] = {"replicas": 2, "http_port": 9100, "grpc_port": 9101, "metrics_port": 9102, "balancer_port": 9150}
+    path = Path(str(tmp_path)) / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    services = sv.services_for(cfg, str(path), demo=False, bootstrap=path)
+    assert [s.name for s in services] == ["triton-1", "triton-2", "envoy", "ext_proc"]
+    t1, t2 = services[0], services[1]
+    assert "--grpc-port=9101" in t1.argv and "--grpc-port=9111" in t2.argv and "--http-port=9110" in t2.argv
+    assert t1.cleanup_shm != t2.cleanup_shm  # each its own /dev/shm regions
+    assert services[3].argv[-1] == "grpc://127.0.0.1:9150"  # ext_proc dials Envoy's balancer
+    import socket
+
+    with socket.socket() as taken:  # replica 2's gRPC port is in use: `up` says which key it is
+        taken.bind(("127.0.0.1", 9111))
+        taken.listen()
+        assert "127.0.0.1:9111 (model_server.grpc_port + 10 (replica 2)) is already in use" in sv.check_ports(cfg, demo=False)
