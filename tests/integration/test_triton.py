@@ -281,6 +281,21 @@ async def test_triton_down_fails_fast() -> None:
         assert not await down.ready(models=[MODEL], timeout_s=0.5)
 
 
+async def test_an_endpoint_that_is_not_triton_is_a_clear_503() -> None:
+    """model_server.endpoint pointing at an HTTP server (here Triton's own HTTP port would do the
+    same): not a hang, not a 500."""
+    from tests.fake_provider import FakeProvider
+
+    with FakeProvider(name="not-triton") as http_only:
+        async with TritonClient(f"grpc://127.0.0.1:{http_only.port}") as wrong:
+            start = time.monotonic()
+            with pytest.raises(ModelServerError) as info:
+                await wrong.embed(["hello"], timeout_s=5)
+            assert time.monotonic() - start < 5
+            assert info.value.status == 503 and f"127.0.0.1:{http_only.port}" in info.value.message, info.value.message
+            assert not await wrong.ready(models=[MODEL], timeout_s=0.5)
+
+
 # -- a crashed python stub ------------------------------------------------------------------------
 @pytest.mark.slow
 async def test_killed_stub_is_detected_and_reloaded(triton: Triton, client: TritonClient) -> None:
