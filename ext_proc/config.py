@@ -344,6 +344,9 @@ class Config:
     )
     # what may work but probably not as meant, as "<key.path>: <why>" (printed by every command that loads the config)
     warnings: tuple[str, ...] = ()
+    # whether the config sets overrides.prompt_target_intent_matching_threshold: then, with the
+    # function-calling judge, it is the confident threshold (ext_proc/pipeline.py, _intent)
+    intent_threshold_set: bool = False
 
     @property
     def jailbreak_message(self) -> str | None:
@@ -766,6 +769,7 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         else None,
         # 0.45: picked on the dev halves of BFCL multiple/live_multiple/irrelevance (bench/intent_eval.py)
         intent_threshold=float((raw.get("overrides") or {}).get("prompt_target_intent_matching_threshold", 0.45)),
+        intent_threshold_set="prompt_target_intent_matching_threshold" in (raw.get("overrides") or {}),
         tracing_sampling=float(tracing.get("random_sampling", 0)),
         otlp_endpoint=tracing.get("otlp_endpoint"),
         ratelimits=tuple(ratelimits),

@@ -37,7 +37,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LEXICAL_WEIGHT", "MEAN_WEIGHT", "IntentIndex", "LexicalIndex", "choose", "lexical_words", "name_words",
+__all__ = ["CONFIDENT_THRESHOLD", "JUDGE_CANDIDATES", "LEXICAL_WEIGHT", "UNRELATED_THRESHOLD", "MEAN_WEIGHT", "IntentIndex", "LexicalIndex", "choose", "lexical_words", "name_words",
            "retry_query", "target_scores", "target_text", "target_views"]
 
 MEAN_WEIGHT = 0.2  # weight of the mean over a target's views; the rest goes to the best view
@@ -45,6 +45,16 @@ LEXICAL_WEIGHT = 0.55  # ranking = embedding score + this x lexical score (in [0
 BM25_K1 = 1.2  # BM25 term-frequency saturation
 BM25_B = 0.75  # BM25 length normalisation
 EARLIER_TURNS = 2  # user turns joined before the last one for the second look
+# The cascade (ext_proc/pipeline.py, _best): best embedding score >= CONFIDENT_THRESHOLD goes to the
+# top-ranked target; < UNRELATED_THRESHOLD to the default target (or the LLM) with no model call;
+# in between the function-calling model chooses among the JUDGE_CANDIDATES best ranked, or none.
+# Picked on the DEV halves of BFCL multiple + live_multiple (in scope) and irrelevance +
+# live_irrelevance (out of scope), per item: at 0.20 1.1 % of in-scope prompts are lost and 46 % of
+# out-of-scope ones need no model call; at 0.65 1 of 160 confident in-scope prompts is ranked wrong
+# and 3.4 % of out-of-scope prompts pass; the right target is in the top 3 for 99.4 %.
+CONFIDENT_THRESHOLD = 0.65
+UNRELATED_THRESHOLD = 0.20
+JUDGE_CANDIDATES = 3
 
 
 class _Param(Protocol):

@@ -29,12 +29,12 @@ from .chat import Decision, Forward, synthesized
 from .config import Config, PromptTarget
 from .endpoints import EndpointClient
 from .errors import MalformedRequest, ModelServerError
-from .intent import IntentIndex, retry_query
+from .intent import CONFIDENT_THRESHOLD, JUDGE_CANDIDATES, UNRELATED_THRESHOLD, IntentIndex, retry_query
 from .metrics import Metrics
 from .openai_wire import ChatRequest, content_text
 from .targets import PendingState, clarifying_question, endpoint_request, finalize_arguments, tool_schema
 
-__all__ = ["FUNCTION_CALL_MODEL", "GUARD_MODEL", "GuardVerdict", "IngressPipeline", "Models", "ToolCall"]
+__all__ = ["FUNCTION_CALL_MODEL", "GUARD_MODEL", "GuardVerdict", "IngressPipeline", "Models", "ToolCall", "Uncertain"]
 
 log = logging.getLogger("sidegate.pipeline")
 
@@ -55,6 +55,15 @@ class ToolCall:
     missing: list[str]
 
 
+@dataclass(frozen=True)
+class Uncertain:
+    """Intent's verdict when the embedding is neither confident nor clearly unrelated: the
+    function-calling model chooses among ``candidates`` (best ranked first) or none."""
+
+    candidates: tuple[str, ...]
+    score: float
+
+
 class Models(Protocol):
     async def guard(self, text: str) -> GuardVerdict:
         """How likely ``text`` is a jailbreak / prompt injection."""
@@ -65,6 +74,12 @@ class Models(Protocol):
     async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any], *, timeout_s: float | None = None) -> ToolCall:
         """Arguments for ``tool`` found in the conversation, and the required ones it could not find.
         ``timeout_s``: the deadline of this call (None: the model's own, ``model_server.models.function_call.timeout``)."""
+
+    async def choose_call(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], candidates: list[str], *,
+                          timeout_s: float | None = None) -> tuple[str, ToolCall] | None:
+        """One model call: which of ``candidates`` (names among ``tools``, all of which the model's
+        prompt lists, in this fixed order) the conversation asks for, and its arguments; None when
+        it asks for none of them. ``candidates == []``: only evaluates (caches) the listing."""
 
 
 class IngressPipeline:
@@ -78,10 +93,30 @@ class IngressPipeline:
         self.targets = {t.name: t for t in cfg.prompt_targets}
         self.default_target = next((t for t in cfg.prompt_targets if t.default), None)
         self._intent_targets = [t for t in cfg.prompt_targets if not t.default]
+        # every intent target as a tool, in config order: the chooser's prompt lists them all, so
+        # its bytes never change and llama.cpp keeps it cached (the candidates go in the grammar)
+        self._tools = [tool_schema(t) for t in self._intent_targets]
+        # the function-calling model judges uncertain matches where it is loaded at all (a target
+        # with parameters); otherwise the threshold alone decides, as before
+        self.judge = models is not None and any(t.parameters for t in cfg.prompt_targets)
         self._index: IntentIndex | None = None
         self._index_lock = asyncio.Lock()
         self.refused: dict[str, str] = {}  # target -> why function_call refused its pre-fill call (400)
         self.unfilled: dict[str, str] = {}  # target -> why its pre-fill failed otherwise (timed out, model server down)
+
+    @property
+    def confident(self) -> float:
+        """Best embedding score from which the top-ranked target is taken without asking the model.
+        With the judge: ``prompt_target_intent_matching_threshold`` where the config sets it, else
+        ``CONFIDENT_THRESHOLD``; without: the threshold (default 0.45) decides alone, as before."""
+        if not self.judge:
+            return self.cfg.intent_threshold
+        return self.cfg.intent_threshold if getattr(self.cfg, "intent_threshold_set", False) else CONFIDENT_THRESHOLD
+
+    @property
+    def unrelated(self) -> float:
+        """Best embedding score under which the prompt is taken as unrelated (no model call)."""
+        return min(UNRELATED_THRESHOLD, self.confident) if self.judge else self.cfg.intent_threshold
 
     # -- start-up ---------------------------------------------------------------------------
     async def prefill_function_call(self, limit: int = 4, progress: Callable[[int, int], None] | None = None) -> int:
@@ -101,6 +136,14 @@ class IngressPipeline:
         filled = 0
         self.refused, self.unfilled = {}, {}
         deadline = self.cfg.model_server.prefill_timeout_s
+        if self.judge and self._tools:  # the chooser's listing of every target: most uncertain prompts meet it
+            try:
+                await self.models.choose_call([{"role": "user", "content": "hello"}], self._tools, [], timeout_s=deadline)
+            except ModelServerError as exc:
+                self.unfilled["(chooser)"] = exc.message
+                log.warning("function_call chooser prompt not pre-filled, the first uncertain prompts may be slow: %s", exc.message)
+                if exc.code == "model_server_timeout":
+                    return 0
         targets = [t for t in self.cfg.prompt_targets if t.parameters][:limit]
         for done, target in enumerate(targets):
             if progress is not None:
@@ -166,12 +209,17 @@ class IngressPipeline:
             return synthesized(req, cfg.jailbreak.message, model=GUARD_MODEL, headers={GUARD_HEADER: "blocked"})
         if not self.targets:
             return self._to_llm(req, system_prompt=cfg.system_prompt)
+        call: ToolCall | None = None
         if intent is not None:
-            target = await intent
+            verdict = await intent
+            if isinstance(verdict, Uncertain):
+                target, call = await self._judge(verdict, req)
+            else:
+                target = verdict
         if target is None:
             return self._to_llm(req, system_prompt=cfg.system_prompt)
         self.metrics.intent_matches.labels(target.name).inc()
-        return await self._run_target(target, pending, headers, req)
+        return await self._run_target(target, pending, headers, req, call=call)
 
     async def _guard(self, text: str) -> bool:
         assert self.cfg.jailbreak is not None
@@ -195,8 +243,9 @@ class IngressPipeline:
         self.metrics.guard_verdicts.labels("blocked" if blocked else "allowed").inc()
         return blocked
 
-    async def _intent(self, text: str, req: ChatRequest) -> PromptTarget | None:
-        """The target the last user turn asks for; failing that, the one the recent user turns do.
+    async def _intent(self, text: str, req: ChatRequest) -> PromptTarget | Uncertain | None:
+        """The target the last user turn asks for; failing that, the one the recent user turns do;
+        :class:`Uncertain` when the function-calling model is to choose (``_judge``).
 
         The second look covers clients that keep only role/content history: after a clarifying
         question, "3 days please" alone matches nothing, but with the turn before it
@@ -214,11 +263,15 @@ class IngressPipeline:
             with self._stage("intent") as span:
                 (vec,) = await self.models.embed([text])
                 target = self._best(vec, text, span)
-                retry = retry_query(text, earlier) if target is None else None
+                retry = retry_query(text, earlier) if not isinstance(target, PromptTarget) else None
                 if retry is not None:
                     (vec,) = await self.models.embed([retry])
-                    target = self._best(vec, retry, span)
-                span.set_attribute("sidegate.intent.target", target.name if target else "")
+                    second = self._best(vec, retry, span)
+                    if isinstance(second, PromptTarget) or (isinstance(second, Uncertain) and (
+                            not isinstance(target, Uncertain) or second.score > target.score)):
+                        target = second
+                span.set_attribute("sidegate.intent.target", target.name if isinstance(target, PromptTarget) else
+                                   "(uncertain)" if target is not None else "")
         except ModelServerError:
             if not self._fail_open():
                 raise
@@ -226,13 +279,49 @@ class IngressPipeline:
             return None
         return target or self.default_target
 
-    def _best(self, vec: npt.NDArray[np.float32], text: str, span: Any = telemetry.NO_SPAN) -> PromptTarget | None:
-        """The target for ``text`` (embedded as ``vec``): ranked by embedding + lexical score, kept
-        when the best embedding score reaches the threshold (``ext_proc.intent``)."""
+    def _best(self, vec: npt.NDArray[np.float32], text: str, span: Any = telemetry.NO_SPAN) -> PromptTarget | Uncertain | None:
+        """The verdict for ``text`` (embedded as ``vec``), targets ranked by embedding + lexical
+        score (``ext_proc.intent``), decided on the best embedding score: at least
+        :attr:`confident`, the top-ranked target; under :attr:`unrelated`, None (the default
+        target or the LLM, no model call); in between, :class:`Uncertain` with the top
+        ``JUDGE_CANDIDATES`` for the function-calling model to choose from (or none)."""
         assert self._index is not None
-        chosen, best = self._index.choose(vec, text, self.cfg.intent_threshold)
+        scores = self._index.scores(vec)
+        best = float(np.max(scores)) if len(scores) else float("-inf")
         span.set_attribute("sidegate.intent.score", best)
-        return None if chosen is None else self.targets[self._index.names[chosen]]
+        if best < self.unrelated:
+            return None
+        ranking = self._index.ranking(scores, text)
+        if best >= self.confident:
+            return self.targets[self._index.names[int(np.argmax(ranking))]]
+        order = np.argsort(-ranking, kind="stable")[:JUDGE_CANDIDATES]
+        return Uncertain(tuple(self._index.names[int(i)] for i in order), best)
+
+    async def _judge(self, verdict: Uncertain, req: ChatRequest) -> tuple[PromptTarget | None, ToolCall | None]:
+        """The function-calling model chooses among ``verdict.candidates`` or none, and fills the
+        chosen target's arguments in the same call. None chosen: the default target, else the
+        LLM. A refusal (400: the listing of every target does not fit the model's window) falls
+        back to the threshold alone, as without a judge."""
+        assert self.models is not None
+        try:
+            with self._stage("function_call") as span:
+                out = await self.models.choose_call(_conversation(req), self._tools, list(verdict.candidates))
+                span.set_attributes({"sidegate.function_call.candidates": ",".join(verdict.candidates),
+                                     "sidegate.function_call.choice": out[0] if out else ""})
+        except ModelServerError as exc:
+            if exc.status != 400:
+                raise
+            log.warning("function_call refused to choose among the targets, deciding by the threshold alone: %s", exc.message)
+            if verdict.score >= self.cfg.intent_threshold:
+                return self.targets[verdict.candidates[0]], None
+            return self.default_target, None
+        if out is None:
+            return self.default_target, None
+        name, call = out
+        target = self.targets.get(name)
+        if target is None or target.default:  # not a name we sent: treat as none
+            return self.default_target, None
+        return target, call if target.parameters else None
 
     @contextlib.contextmanager
     def _stage(self, name: str) -> Iterator[Any]:
@@ -253,19 +342,22 @@ class IngressPipeline:
     def _fail_open(self) -> bool:
         return bool(self.cfg.jailbreak and self.cfg.jailbreak.fail_open)
 
-    async def _run_target(self, target: PromptTarget, pending: PendingState | None, headers: dict[str, str], req: ChatRequest) -> Decision:
+    async def _run_target(self, target: PromptTarget, pending: PendingState | None, headers: dict[str, str], req: ChatRequest,
+                          call: ToolCall | None = None) -> Decision:
+        """``call``: the arguments the chooser already filled (``_judge``), so no second model call."""
         gathered = dict(pending.arguments) if pending and pending.target == target.name else {}
         args: dict[str, Any] = {}
         if target.parameters:
             if self.models is None:
                 raise ModelServerError(f"prompt target {target.name!r} needs the function-calling model, and no model server is configured")
-            with self._stage("function_call") as span:
-                call = await self.models.function_call(_conversation(req), tool_schema(target))
-                span.set_attributes({
-                    "sidegate.target": target.name,
-                    "sidegate.function_call.arguments_size": len(json.dumps(call.arguments, default=str)),
-                    "sidegate.function_call.missing": ",".join(call.missing),
-                })
+            if call is None:
+                with self._stage("function_call") as span:
+                    call = await self.models.function_call(_conversation(req), tool_schema(target))
+                    span.set_attributes({
+                        "sidegate.target": target.name,
+                        "sidegate.function_call.arguments_size": len(json.dumps(call.arguments, default=str)),
+                        "sidegate.function_call.missing": ",".join(call.missing),
+                    })
             found = {k: v for k, v in call.arguments.items() if v is not None and k not in call.missing}
             args, missing, problems = finalize_arguments(target, {**gathered, **found})
             if missing:

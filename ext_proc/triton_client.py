@@ -232,6 +232,36 @@ class TritonClient:
         except (TypeError, KeyError, IndexError, ValueError) as exc:
             raise ModelServerError(f"Triton model {FUNCTION_CALL_MODEL} returned an unexpected answer: {answer!r:.200}") from exc
 
+    async def function_choose(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], candidates: list[str], *, timeout_s: float,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any] | None:
+        """``function_call`` as a chooser: one of ``candidates`` (names of ``tools``, which the
+        model's prompt lists in the order given) or none, and the chosen one's arguments, in one
+        request. ``{"name", "arguments", "missing"}``, or None when the model chose none."""
+        inputs = _json_inputs(MESSAGES=messages, TOOLS={"tools": tools, "candidates": candidates, "allow_none": True})
+
+        async def last() -> Any:
+            answer = None
+            async for out in self._stream(FUNCTION_CALL_MODEL, inputs, "TOOL_CALLS", timeout_s + RPC_GRACE_S, headers):
+                answer = out
+            return answer
+
+        with self._model_server_errors("stream", FUNCTION_CALL_MODEL, timeout_s):
+            answer = await self._uncancelled(last(), timeout_s)
+        try:
+            calls = answer["tool_calls"]  # type: ignore[index]
+            if not calls:
+                return None
+            call = calls[0]
+            return {
+                "name": call["function"]["name"],
+                "arguments": json.loads(call["function"]["arguments"]),
+                "missing": list(call.get("missing") or []),
+            }
+        except (TypeError, KeyError, IndexError, ValueError) as exc:
+            raise ModelServerError(f"Triton model {FUNCTION_CALL_MODEL} returned an unexpected answer: {answer!r:.200}") from exc
+
     async def chat(
         self, messages: list[dict[str, Any]], params: dict[str, Any], *, timeout_s: float, headers: dict[str, str] | None = None
     ) -> AsyncIterator[dict[str, Any]]:
@@ -466,6 +496,14 @@ class TritonModels:
         deadline = self.timeout_for(FUNCTION_CALL_MODEL) if timeout_s is None else timeout_s
         out = await self.client.function_call(messages, [tool], timeout_s=deadline, headers=telemetry.inject() or None)
         return ToolCall(arguments=out.get("arguments") or {}, missing=list(out.get("missing") or []))
+
+    async def choose_call(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], candidates: list[str], *,
+                          timeout_s: float | None = None) -> tuple[str, ToolCall] | None:
+        deadline = self.timeout_for(FUNCTION_CALL_MODEL) if timeout_s is None else timeout_s
+        out = await self.client.function_choose(messages, tools, candidates, timeout_s=deadline, headers=telemetry.inject() or None)
+        if out is None:
+            return None
+        return out["name"], ToolCall(arguments=out.get("arguments") or {}, missing=list(out.get("missing") or []))
 
     async def close(self) -> None:
         await self.client.close()

@@ -270,3 +270,90 @@ def test_a_tool_too_big_for_the_window_is_refused_at_once_naming_what_to_change(
     assert not [r for r in caplog.records if "conversation cut from" in r.getMessage()]
     # the engine still serves ordinary tools afterwards
     assert fc.call(user("Weather in Oslo for 3 days"), WEATHER)["arguments"] == {"location": "Oslo", "days": 3}
+
+
+# ------------------------------------------------------------------ choosing a tool, or none
+
+EXCHANGE = {"name": "get_exchange_rate", "description": "Exchange rate from US dollars to another currency.", "parameters": {
+    "type": "object", "properties": {"currency": {"type": "string", "description": "ISO code, e.g. EUR"}},
+    "required": ["currency"]}}
+PING = {"name": "ping", "description": "Check that the service is up.", "parameters": {"type": "object", "properties": {}}}
+TRAINS = {"name": "find_trains", "description": "Find trains between two cities on a date.", "parameters": {
+    "type": "object", "properties": {"origin": {"type": "string"}, "destination": {"type": "string"},
+                                     "date": {"type": "string", "description": "YYYY-MM-DD"}},
+    "required": ["origin", "destination"]}}
+TOOLS = [WEATHER, EXCHANGE, PING, TRAINS]
+
+
+def test_choice_prompt_lists_every_tool_in_order_with_the_same_bytes_and_a_none_that_is_no_tool() -> None:
+    norm = [engine.normalize_tool(t) for t in TOOLS]
+    system, none = engine.choice_prompt(norm)
+    assert engine.choice_prompt([engine.normalize_tool(t) for t in TOOLS]) == (system, none)  # cacheable
+    assert none == "none" and system.index("get_weather(") < system.index("get_exchange_rate(") < system.index("ping()")
+    clash = [*norm, engine.normalize_tool({"name": "none", "parameters": {"type": "object", "properties": {}}})]
+    assert engine.choice_prompt(clash)[1] == "no_function"
+    long = engine.normalize_tool({"name": "f", "description": "word " * 200})
+    line = engine.choice_prompt([long])[0].rsplit("\n", 1)[-1]
+    assert line.startswith("- f(): word") and len(line) < 220  # long descriptions are cut: the listing must fit a slot
+
+
+def test_choose_picks_among_the_candidates_or_none(fc: Any) -> None:
+    assert TOOLS[fc.choose(user("What's the weather in Paris for 3 days?"), TOOLS, ["get_weather", "find_trains"], True)] is WEATHER
+    assert TOOLS[fc.choose(user("A train from Lyon to Paris tomorrow"), TOOLS, None, True)] is TRAINS
+    assert fc.choose(user("Write me a poem about autumn leaves."), TOOLS, ["get_weather", "ping", "find_trains"], True) is None
+    # the grammar allows only the candidates: a currency question among weather and trains is none
+    assert fc.choose(user("How many euros is one US dollar?"), TOOLS, ["get_weather", "find_trains"], True) in (None, 0, 3)
+    assert fc.choose(user("hello"), TOOLS, [], True) is None  # the start-up pre-fill: the listing only
+
+
+def test_choose_and_call_fills_the_chosen_tool_and_keeps_the_listing_cached(fc: Any) -> None:
+    before = dict(fc._slots)
+    r = fc.choose_and_call(user("What's the exchange rate from US dollars to euros?"), TOOLS, ["get_exchange_rate", "get_weather"])
+    assert r["name"] == "get_exchange_rate" and r["arguments"] == {"currency": "EUR"}
+    r = fc.choose_and_call(user("Is the service up? ping it"), TOOLS, ["ping", "get_weather"])
+    assert r == {**r, "name": "ping", "arguments": {}, "missing": []}  # no parameters: nothing generated
+    assert fc.choose_and_call(user("Tell me a joke about cats."), TOOLS, ["ping", "get_weather", "find_trains"]) is None
+    # the chooser's own slot (the last) kept the listing: only the conversation was evaluated
+    fc.choose(user("Weather in Oslo for 2 days?"), TOOLS, ["get_weather"], True)
+    assert fc.last_choice_usage["cache_n"] > 5 * fc.last_choice_usage["prompt_n"]
+    assert all(slot < fc.n_slots for slot in fc._slots.values())  # tools never take the chooser's slot
+    assert set(before) <= set(fc._slots) or len(fc._slots) == fc.n_slots
+
+
+# ------------------------------------------------------------------ bad input (issue #14): a route or a question, never an error
+
+def _twelve() -> dict[str, Any]:
+    props = {f"field_{i}": {"type": "string", "description": f"detail number {i} of the booking"} for i in range(10)}
+    props["guests"] = {"type": "integer", "description": "number of guests"}
+    props["city"] = {"type": "string", "description": "city of the hotel"}
+    return {"name": "book_hotel", "description": "Book a hotel room.", "parameters": {
+        "type": "object", "properties": props, "required": ["city", "guests"]}}
+
+
+ODD_TOOLS = [
+    WEATHER,
+    EXCHANGE,
+    _twelve(),
+    {"name": "set_mode", "description": "Set the heating mode of the house.", "parameters": {"type": "object", "properties": {
+        "mode": {"type": "string", "enum": ["heizen", "kühlen", "aus"], "description": "Betriebsart"}}, "required": ["mode"]}},
+    {"name": "lookup", "description": "", "parameters": {"type": "object", "properties": {
+        "term": {"type": "string", "description": ""}}, "required": ["term"]}},
+]
+
+
+@pytest.mark.parametrize(("turns", "candidates"), [
+    (["What's the weather in Paris for 3 days, and how many euros is a dollar?"], ["get_weather", "get_exchange_rate"]),  # two at once
+    (["Book a hotel in Rome for 2 guests"], ["book_hotel", "get_weather"]),  # 12 parameters
+    (["Switch the heating to cooling please"], ["set_mode", "get_weather"]),  # enum values in German
+    (["look up the word serendipity"], ["lookup", "get_weather"]),  # empty descriptions
+    ([f"turn {i}: nothing much" for i in range(49)] + ["Weather in Oslo for 2 days?"], ["get_weather", "lookup"]),  # 50 turns
+])
+def test_odd_targets_and_conversations_get_a_route_with_valid_arguments(fc: Any, turns: list[str], candidates: list[str]) -> None:
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+    if messages[-1]["role"] != "user":
+        messages.append({"role": "user", "content": turns[-1]})
+    r = fc.choose_and_call(messages, ODD_TOOLS, candidates)
+    if r is not None:
+        tool = next(t for t in ODD_TOOLS if engine.normalize_tool(t).name == r["name"])
+        assert r["name"] in candidates
+        assert_valid(r, tool)

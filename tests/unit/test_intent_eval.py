@@ -68,7 +68,9 @@ def _unit(rng: np.random.Generator, n: int = 8) -> np.ndarray:
 
 def _pipeline(models: _RecordingModels, threshold: float) -> IngressPipeline:
     cfg = SimpleNamespace(prompt_targets=TARGETS, intent_threshold=threshold, jailbreak=None)
-    return IngressPipeline(cfg=cfg, models=models, endpoints=None, metrics=Metrics())  # type: ignore[arg-type]
+    pipe = IngressPipeline(cfg=cfg, models=models, endpoints=None, metrics=Metrics())  # type: ignore[arg-type]
+    pipe.judge = False  # the bench measures the embedding decision alone (the judge: tests/unit/test_pipeline.py)
+    return pipe
 
 
 def test_views_and_decisions_match_the_pipeline() -> None:

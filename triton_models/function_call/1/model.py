@@ -4,7 +4,13 @@ Tensors (``config.pbtxt``; ``max_batch_size: 0``, one JSON document per request)
 
 * ``MESSAGES`` BYTES [1] — the conversation, OpenAI shape: ``[{"role", "content"}, ...]``
 * ``TOOLS`` BYTES [1] — an OpenAI tool list (``[{"type": "function", "function": {...}}]``),
-  or one tool object; with several tools the model first picks one by a constrained name
+  or one tool object; with several tools the model first picks one by a constrained name. Or a
+  choice: ``{"tools": [...], "candidates": ["name", ...], "allow_none": true}``: the model picks
+  one of ``candidates`` (default: every tool) or, with ``allow_none``, none of them, and fills
+  the chosen one in the same request. Its prompt lists ALL ``tools`` in the order given (send
+  them in a fixed order: the listing then stays in llama.cpp's prompt cache); the candidates
+  restrict only the grammar. None chosen: ``"tool_calls": []``. ``candidates: []`` with
+  ``allow_none`` only evaluates (caches) the listing: the gateway's start-up pre-fill.
 * ``TOOL_CALLS`` BYTES [1] — one JSON object::
 
     {"model": "qwen2.5-coder-0.5b-instruct-q4_k_m",
@@ -27,7 +33,8 @@ slot), ``n_slots`` (tools whose prompts stay cached),
 ``n_gpu_layers``, ``ground`` (``all``/``optional``/``none``), ``decode`` (``values``/``object``),
 ``warmup`` (``true``/``false``), ``mmap`` (``true`` maps the GGUF instead of reading it),
 ``kv_cache`` (``q8_0``/``f16``), ``max_chars`` (the conversation's most recent characters the
-model reads; the oldest turns are cut first).
+model reads; the oldest turns are cut first), ``none_margin`` (how readily a choice answers
+none: engine.py ``NONE_MARGIN``).
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ class TritonPythonModel:
             mmap=(params.get("mmap") or "false").lower() == "true",
             kv_cache=params.get("kv_cache") or "q8_0",
             max_chars=int(params.get("max_chars") or 2000),
+            none_margin=float(params["none_margin"]) if params.get("none_margin") else None,
             model_name=spec if spec in weights.MODELS else None,
         )
         self.model_name = self.engine.model_name
@@ -126,17 +134,25 @@ class TritonPythonModel:
     def _tool_calls(self, messages: object, tools: object) -> dict:
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise BadRequest("MESSAGES must be a JSON list of {role, content} objects")
+        candidates, allow_none = parse_choice(tools)
+        if isinstance(tools, dict) and "tools" in tools:
+            tools = tools["tools"]
         if isinstance(tools, dict):
             tools = [tools]
         if not isinstance(tools, list) or not tools or not all(isinstance(t, dict) for t in tools):
             raise BadRequest("TOOLS must be a non-empty JSON list of tools")
         try:
-            tool = tools[self.engine.choose(messages, tools)]
-            result = self.engine.call(messages, tool)
+            if candidates is None and not allow_none:
+                tool = tools[self.engine.choose(messages, tools)]
+                result = self.engine.call(messages, tool)
+            else:
+                result = self.engine.choose_and_call(messages, tools, candidates, allow_none)
         except ValueError as exc:  # no user turn, bad schema (UnsupportedSchema is a ValueError)
             raise BadRequest(str(exc)) from exc
         except ContextTooLong as exc:  # still too long after cutting (many tokens per character, or a huge tool)
             raise BadRequest(f"the prompt does not fit the model's window: {exc}") from exc
+        if result is None:  # the chooser answered that no tool serves the request
+            return {"model": self.model_name, "tool_calls": [], "usage": dict(self.engine.last_choice_usage)}
         return {
             "model": self.model_name,
             "tool_calls": [{
@@ -149,3 +165,28 @@ class TritonPythonModel:
             "usage": result.get("usage", {}),
         }
 
+
+def parse_choice(tools: object) -> tuple[list[str] | None, bool]:
+    """(candidates, allow_none) of a ``TOOLS`` document: ``{"tools": [...], "candidates": [names],
+    "allow_none": true}`` chooses among ``candidates`` (default: all the tools) or none; a plain
+    list or one tool object is (None, False), as before. Wrong shapes are :class:`BadRequest`."""
+    if not (isinstance(tools, dict) and "tools" in tools):
+        return None, False
+    unknown = set(tools) - {"tools", "candidates", "allow_none"}
+    if unknown:
+        raise BadRequest(f"TOOLS: unknown keys {sorted(unknown)} (expected tools, candidates, allow_none)")
+    candidates = tools.get("candidates")
+    if candidates is not None and (not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates)):
+        raise BadRequest("TOOLS.candidates must be a list of tool names")
+    allow_none = tools.get("allow_none", False)
+    if not isinstance(allow_none, bool):
+        raise BadRequest("TOOLS.allow_none must be true or false")
+    listed = tools["tools"]
+    if isinstance(listed, list) and candidates is not None:
+        names = {((t.get("function") or t).get("name") if isinstance(t, dict) else None) for t in listed}
+        strangers = [c for c in candidates if c not in names]
+        if strangers:
+            raise BadRequest(f"TOOLS.candidates names tools that are not in TOOLS.tools: {strangers}")
+    if candidates == [] and not allow_none:
+        raise BadRequest("TOOLS.candidates is empty and allow_none is false: nothing to choose")
+    return candidates, allow_none

@@ -1,0 +1,119 @@
+"""triton_models/function_call/1/model.py: how the Triton model reads TOOLS (a tool, a list, or a
+choice among candidates with "none"), without Triton and without loading the LLM: a fake
+``triton_python_backend_utils`` and a fake engine stand in."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench._harness import load_module
+from tests.unit.test_prompt_guard import _fake_pb_utils
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "triton_models" / "function_call"
+
+
+def _tool(name: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "description": f"{name} things",
+                                             "parameters": {"type": "object", "properties": {}}}}
+
+
+TOOLS = [_tool("weather"), _tool("currency"), _tool("trains")]
+
+
+class FakeEngine:
+    def __init__(self, choice: int | None) -> None:
+        self.choice = choice
+        self.seen: list[tuple[str, Any, Any]] = []
+        self.last_choice_usage = {"prompt_n": 5, "cache_n": 200}
+
+    def choose(self, messages: Any, tools: list[dict[str, Any]]) -> int:
+        self.seen.append(("choose", None, None))
+        return 0
+
+    def call(self, messages: Any, tool: dict[str, Any]) -> dict[str, Any]:
+        self.seen.append(("call", tool["function"]["name"], None))
+        return {"name": tool["function"]["name"], "arguments": {"city": "Paris"}, "missing": [], "usage": {}}
+
+    def choose_and_call(self, messages: Any, tools: list[dict[str, Any]], candidates: Any, allow_none: bool) -> Any:
+        self.seen.append(("choose_and_call", candidates, allow_none))
+        if self.choice is None:
+            return None
+        return self.call(messages, tools[self.choice])
+
+
+@pytest.fixture(scope="module")
+def model_module() -> Any:
+    names = ("triton_python_backend_utils", "engine", "backend", "weights")
+    saved = {n: sys.modules.get(n) for n in names}
+    sys.modules["triton_python_backend_utils"] = _fake_pb_utils()
+    for n in names[1:]:
+        sys.modules.pop(n, None)
+    try:
+        yield load_module("sidegate_function_call_model", MODEL_DIR / "1" / "model.py")
+    finally:
+        for n, m in saved.items():
+            if m is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = m
+
+
+def _model(module: Any, choice: int | None) -> Any:
+    model = module.TritonPythonModel.__new__(module.TritonPythonModel)  # no initialize(): no LLM
+    model.engine, model.model_name = FakeEngine(choice), "fake"
+    return model
+
+
+USER = [{"role": "user", "content": "weather in Paris"}]
+
+
+def test_a_choice_among_candidates_is_filled_in_the_same_request(model_module: Any) -> None:
+    model = _model(model_module, choice=2)
+    out = model._tool_calls(USER, {"tools": TOOLS, "candidates": ["trains", "weather"], "allow_none": True})
+    assert out["tool_calls"][0]["function"]["name"] == "trains" and json.loads(out["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris"}
+    assert model.engine.seen[0] == ("choose_and_call", ["trains", "weather"], True)
+
+
+def test_none_chosen_is_an_empty_tool_call_list(model_module: Any) -> None:
+    model = _model(model_module, choice=None)
+    out = model._tool_calls(USER, {"tools": TOOLS, "candidates": ["weather"], "allow_none": True})
+    assert out["tool_calls"] == [] and out["model"] == "fake" and out["usage"]["cache_n"] == 200
+    assert model._tool_calls(USER, {"tools": TOOLS, "candidates": [], "allow_none": True})["tool_calls"] == []  # the pre-fill
+
+
+def test_the_old_shapes_still_work(model_module: Any) -> None:
+    model = _model(model_module, choice=None)
+    assert model._tool_calls(USER, TOOLS[1])["tool_calls"][0]["function"]["name"] == "currency"
+    assert model._tool_calls(USER, TOOLS)["tool_calls"][0]["function"]["name"] == "weather"
+    assert [s[0] for s in model.engine.seen] == ["choose", "call", "choose", "call"]
+
+
+@pytest.mark.parametrize(("tools", "why"), [
+    ({"tools": TOOLS, "candidates": ["nope"], "allow_none": True}, "not in TOOLS.tools"),
+    ({"tools": TOOLS, "candidates": "weather"}, "list of tool names"),
+    ({"tools": TOOLS, "allow_none": "yes"}, "true or false"),
+    ({"tools": TOOLS, "candidates": []}, "nothing to choose"),
+    ({"tools": TOOLS, "pick": 1}, "unknown keys"),
+    ({"tools": []}, "non-empty JSON list"),
+])
+def test_bad_choices_are_refused_as_bad_requests(model_module: Any, tools: Any, why: str) -> None:
+    model = _model(model_module, choice=0)
+    with pytest.raises(sys.modules["backend"].BadRequest, match=why):
+        model._tool_calls(USER, tools)
+
+
+def test_a_bad_choice_is_answered_invalid_arg_not_a_failed_batch(model_module: Any) -> None:
+    model = _model(model_module, choice=0)
+    doc = lambda v: types.SimpleNamespace(as_numpy=lambda: np.array([json.dumps(v).encode()], dtype=np.object_))  # noqa: E731
+    request = types.SimpleNamespace(is_cancelled=lambda: False)
+    inputs = {"MESSAGES": doc(USER), "TOOLS": doc({"tools": TOOLS, "candidates": ["nope"]})}
+    sys.modules["triton_python_backend_utils"].get_input_tensor_by_name = lambda req, name: inputs.get(name)
+    response = model._response(request)
+    assert response.error() is not None and "invalid input" in response.error().message()
