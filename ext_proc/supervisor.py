@@ -131,6 +131,14 @@ class Service:
         return d
 
 
+def _kill_group(pid: int) -> None:
+    """SIGKILL what is left of the process group ``pid`` led (each child starts its own session):
+    the python stubs of a tritonserver that was SIGKILLed keep running, ~200 MB, found orphaned
+    18 minutes after a kill by the load bench."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def _free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -183,6 +191,8 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, 
                 config_name="gpu" if ms.mode == "local-gpu" else None,
                 address=ms.address,
                 env=env,
+                # behind Envoy, a replica loading (or reloading) a model says so to its health checks
+                strict_readiness=ms.balanced,
             )
             out.append(
                 Service(
@@ -398,7 +408,8 @@ class Supervisor:
                     self.procs.pop(svc.name)
                     continue
                 svc.restarts += 1
-                if svc.cleanup_shm:
+                if svc.cleanup_shm:  # Triton: its python stubs may outlive a SIGKILLed server
+                    _kill_group(proc.pid)
                     remove_shm(svc.cleanup_shm)
                 self._event(svc, f"restarting (exited {code})")
                 self._spawn(svc)
@@ -422,6 +433,7 @@ class Supervisor:
                     proc.kill()
                     proc.wait(5)
             if svc.cleanup_shm:
+                _kill_group(proc.pid)
                 remove_shm(svc.cleanup_shm)
             self._event(svc, "stopped")
         with contextlib.suppress(OSError):

@@ -222,6 +222,7 @@ def triton_command(
     backend_dir: Path | None = None,
     exit_timeout_s: int = 5,
     log_verbose: int = 0,
+    strict_readiness: bool = False,
     env: dict[str, str] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment that start Triton on ``repo`` with ``models`` loaded.
@@ -229,7 +230,9 @@ def triton_command(
     ``config_name="gpu"`` adds ``--model-config-name=gpu``: Triton then reads
     ``<model>/configs/gpu.pbtxt`` instead of ``<model>/config.pbtxt`` (a model without that file
     falls back to ``config.pbtxt``). Models are loaded explicitly (the repository API can
-    reload them later); readiness is not strict, so the health URL answers as soon as the
+    reload them later); readiness is not strict unless ``strict_readiness`` (a replica behind
+    Envoy: its gRPC health check then says NOT_SERVING while a model loads or reloads, which takes
+    it out of the rotation meanwhile), so the health URL answers as soon as the
     server does and each model's readiness is checked on its own (:func:`wait_ready`).
     ``env`` is the base environment (default: this process's).
     """
@@ -247,7 +250,7 @@ def triton_command(
         # one model at a time: each model picks its threads from the cores free while it loads,
         # and a neighbour's load or warm-up would leave the llama.cpp models one thread of two
         "--model-load-thread-count=1",
-        "--strict-readiness=false",
+        f"--strict-readiness={'true' if strict_readiness else 'false'}",
         "--pinned-memory-pool-byte-size=0",
         "--allow-gpu-metrics=false",
         f"--http-address={address}",

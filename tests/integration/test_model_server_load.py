@@ -93,6 +93,18 @@ def test_guard_blocked_prompts_from_8_clients_never_crash_triton(gateway: tuple[
     assert outcomes["blocked"] > 1000  # it was load: about 500 requests/s here
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is left in process group ``pgid``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
 def _ready(api: str, model: str) -> bool:
     try:
         with urllib.request.urlopen(f"{api}/v2/models/{model}/ready", timeout=1) as r:
@@ -144,6 +156,10 @@ def test_a_killed_triton_answers_the_guard_again_before_the_llm_has_reloaded(tmp
                 assert time.monotonic() < deadline, "the guard did not answer within 120 s of the kill"
                 time.sleep(0.1)
             assert not _ready(api, "function_call"), "the guard waited for function_call to load"
+            gone = time.monotonic() + 10  # the killed server's python stubs go with it (reaped within seconds)
+            while _group_alive(triton["pid"]):
+                assert time.monotonic() < gone, f"processes of the killed tritonserver's group {triton['pid']} are left"
+                time.sleep(0.2)
             while not _ready(api, "function_call"):
                 assert time.monotonic() < deadline, "function_call was not loaded again within 120 s of the kill"
                 time.sleep(0.5)
