@@ -367,3 +367,54 @@ def test_a_changed_config_is_picked_up_by_an_up_restart_and_the_targets_are_embe
         assert call.path == "/exchange/GBP" and pipe.calls("/default") == []
     finally:
         sidegate("down", home=home)
+
+
+def odd_targets(app_name: str) -> list[dict[str, Any]]:
+    """Issue #14's bad input: 12 parameters, enum values in another language, a parameter whose
+    description is empty (beside the two usual targets, so a prompt can name two at once)."""
+    hotel = [{"name": f"note_{i}", "description": f"booking detail {i}", "type": "str"} for i in range(10)]
+    hotel += [{"name": "city", "description": "city of the hotel", "type": "str", "required": True},
+              {"name": "guests", "description": "number of guests", "type": "int", "required": True}]
+    return [
+        *targets(app_name, with_default=True),
+        {"name": "book_hotel", "description": "Book a hotel room in a city.", "parameters": hotel,
+         "endpoint": {"name": app_name, "path": "/default", "http_method": "POST"}, "auto_llm_dispatch_on_response": False},
+        {"name": "set_heating", "description": "Set the heating mode of the house.",
+         "parameters": [{"name": "modus", "description": "Betriebsart", "type": "str", "required": True, "enum": ["heizen", "kühlen", "aus"]}],
+         "endpoint": {"name": app_name, "path": "/default", "http_method": "POST"}, "auto_llm_dispatch_on_response": False},
+        {"name": "lookup_word", "description": "Look up a word in the dictionary.",
+         "parameters": [{"name": "term", "description": "", "type": "str", "required": True}],
+         "endpoint": {"name": app_name, "path": "/default", "http_method": "POST"}, "auto_llm_dispatch_on_response": False},
+    ]
+
+
+def test_bad_input_gets_a_route_or_a_clarifying_question_never_a_5xx(pipe: Pipeline, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A prompt naming two targets, a 12-parameter target, German enum values, an empty parameter
+    description, a 50-turn conversation: each answered 200 (a target's call, a clarifying
+    question, the default target or the LLM), through the default cascade and its judge."""
+    monkeypatch.setenv("SIDEGATE_HOME", str(tmp_path / "home"))
+    _, path = make_config(tmp_path, pipe.llm, pipe.app, with_default=True)
+    raw = yaml.safe_load(path.read_text())
+    raw["prompt_targets"] = odd_targets("app")
+    raw.pop("overrides", None)  # the default cascade: confident 0.65, the judge's band down to 0.20
+    raw["model_server"] = {"mode": "remote", "endpoint": f"grpc://127.0.0.1:{pipe.cfg.model_server.grpc_port}"}
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    supervisor = start_stack(cfg, path)
+    try:
+        odd = Pipeline(cfg=cfg, llm=pipe.llm, app=pipe.app)
+        chats = [
+            [{"role": "user", "content": "What's the weather in Paris for 2 days, and the dollar to GBP exchange rate?"}],
+            [{"role": "user", "content": "Book a hotel in Rome for 2 guests"}],
+            [{"role": "user", "content": "Switch the heating to cooling"}],
+            [{"role": "user", "content": "Look up the word serendipity in the dictionary"}],
+            [{"role": "user" if i % 2 == 0 else "assistant", "content": f"small talk {i}"} for i in range(49)]
+            + [{"role": "user", "content": "What's the weather in Oslo for 3 days?"}],
+        ]
+        for messages in chats:
+            raw_response = odd.client().chat.completions.with_raw_response.create(model="any", messages=messages)
+            assert raw_response.http_response.status_code == 200, messages[-1]
+            completion = raw_response.parse()
+            assert completion.choices[0].message.content, messages[-1]
+    finally:
+        supervisor.stop_all()
