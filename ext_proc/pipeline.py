@@ -300,8 +300,8 @@ class IngressPipeline:
     async def _judge(self, verdict: Uncertain, req: ChatRequest) -> tuple[PromptTarget | None, ToolCall | None]:
         """The function-calling model chooses among ``verdict.candidates`` or none, and fills the
         chosen target's arguments in the same call. None chosen: the default target, else the
-        LLM. A refusal (400: the listing of every target does not fit the model's window) falls
-        back to the threshold alone, as without a judge."""
+        LLM. A judge that cannot answer (refused, unavailable, slow) falls back to the threshold
+        alone, as without a judge."""
         assert self.models is not None
         try:
             with self._stage("function_call") as span:
@@ -309,9 +309,11 @@ class IngressPipeline:
                 span.set_attributes({"sidegate.function_call.candidates": ",".join(verdict.candidates),
                                      "sidegate.function_call.choice": out[0] if out else ""})
         except ModelServerError as exc:
-            if exc.status != 400:
-                raise
-            log.warning("function_call refused to choose among the targets, deciding by the threshold alone: %s", exc.message)
+            # refused (400: the listing of every target does not fit the model's window), or not
+            # there (503: loading again after a Triton restart, which takes 10-60 s), or slow (504):
+            # decide as without a judge rather than fail a prompt that may need no model at all
+            # (the load bench saw default-target prompts answer 503 for 28 s after a restart)
+            log.warning("function_call could not choose among the targets, deciding by the threshold alone: %s", exc.message)
             if verdict.score >= self.cfg.intent_threshold:
                 return self.targets[verdict.candidates[0]], None
             return self.default_target, None
