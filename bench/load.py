@@ -650,13 +650,9 @@ class Stack:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from ext_proc.supervisor import pid_alive
+
+    return pid_alive(pid)
 
 
 def _in_home(pid: int, home: Path) -> bool:

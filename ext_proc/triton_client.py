@@ -113,6 +113,23 @@ def _drop_outcome(calls: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[A
     return done
 
 
+def _first_tool_call(answer: Any) -> dict[str, Any] | None:
+    """``{"name", "arguments", "missing"}`` of a TOOL_CALLS document's first call; None when it
+    has none (the chooser's "none"); ModelServerError when it is not that shape."""
+    try:
+        calls = answer["tool_calls"]
+        if not calls:
+            return None
+        call = calls[0]
+        return {
+            "name": call["function"]["name"],
+            "arguments": json.loads(call["function"]["arguments"]),
+            "missing": list(call.get("missing") or []),
+        }
+    except (TypeError, KeyError, IndexError, ValueError) as exc:
+        raise ModelServerError(f"Triton model {FUNCTION_CALL_MODEL} returned an unexpected answer: {answer!r:.200}") from exc
+
+
 def _target(url: str) -> str:
     """``grpc://host:port`` or ``host:port`` -> ``host:port`` (what grpc dials)."""
     if url.startswith("grpc://"):
@@ -212,25 +229,11 @@ class TritonClient:
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, timeout_s: float, headers: dict[str, str] | None = None
     ) -> dict[str, Any]:
         """``function_call`` (decoupled): ``{"name", "arguments": {...}, "missing": [...]}`` of the first tool call."""
-        inputs = _json_inputs(MESSAGES=messages, TOOLS=tools)
-
-        async def last() -> Any:
-            answer = None
-            async for out in self._stream(FUNCTION_CALL_MODEL, inputs, "TOOL_CALLS", timeout_s + RPC_GRACE_S, headers):
-                answer = out
-            return answer
-
-        with self._model_server_errors("stream", FUNCTION_CALL_MODEL, timeout_s):
-            answer = await self._uncancelled(last(), timeout_s)
-        try:
-            call = answer["tool_calls"][0]  # type: ignore[index]
-            return {
-                "name": call["function"]["name"],
-                "arguments": json.loads(call["function"]["arguments"]),
-                "missing": list(call.get("missing") or []),
-            }
-        except (TypeError, KeyError, IndexError, ValueError) as exc:
-            raise ModelServerError(f"Triton model {FUNCTION_CALL_MODEL} returned an unexpected answer: {answer!r:.200}") from exc
+        answer = await self._function_call_answer(_json_inputs(MESSAGES=messages, TOOLS=tools), timeout_s, headers)
+        call = _first_tool_call(answer)
+        if call is None:
+            raise ModelServerError(f"Triton model {FUNCTION_CALL_MODEL} returned no tool call: {answer!r:.200}")
+        return call
 
     async def function_choose(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], candidates: list[str], *, timeout_s: float,
@@ -240,6 +243,11 @@ class TritonClient:
         model's prompt lists in the order given) or none, and the chosen one's arguments, in one
         request. ``{"name", "arguments", "missing"}``, or None when the model chose none."""
         inputs = _json_inputs(MESSAGES=messages, TOOLS={"tools": tools, "candidates": candidates, "allow_none": True})
+        return _first_tool_call(await self._function_call_answer(inputs, timeout_s, headers))
+
+    async def _function_call_answer(self, inputs: list[InferInput], timeout_s: float, headers: dict[str, str] | None) -> Any:
+        """The last TOOL_CALLS document of one ``function_call`` request, waited for at most
+        ``timeout_s``; the stream itself is never cancelled (see :meth:`_uncancelled`)."""
 
         async def last() -> Any:
             answer = None
@@ -248,19 +256,7 @@ class TritonClient:
             return answer
 
         with self._model_server_errors("stream", FUNCTION_CALL_MODEL, timeout_s):
-            answer = await self._uncancelled(last(), timeout_s)
-        try:
-            calls = answer["tool_calls"]  # type: ignore[index]
-            if not calls:
-                return None
-            call = calls[0]
-            return {
-                "name": call["function"]["name"],
-                "arguments": json.loads(call["function"]["arguments"]),
-                "missing": list(call.get("missing") or []),
-            }
-        except (TypeError, KeyError, IndexError, ValueError) as exc:
-            raise ModelServerError(f"Triton model {FUNCTION_CALL_MODEL} returned an unexpected answer: {answer!r:.200}") from exc
+            return await self._uncancelled(last(), timeout_s)
 
     async def chat(
         self, messages: list[dict[str, Any]], params: dict[str, Any], *, timeout_s: float, headers: dict[str, str] | None = None
