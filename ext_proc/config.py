@@ -181,6 +181,7 @@ class Parameter:
     has_default: bool = False
     in_path: bool = False
     format: str | None = None
+    items: dict[str, Any] | None = None  # an array's item schema as written (JSON Schema); None: strings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -683,6 +684,7 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
                     has_default="default" in prm,
                     in_path=bool(prm.get("in_path", False)),
                     format=prm.get("format"),
+                    items=prm.get("items"),
                 )
             )
         tep = None

@@ -42,8 +42,8 @@ def tool_schema(target: PromptTarget) -> dict[str, Any]:
             prop["enum"] = list(p.enum)
         if p.has_default:
             prop["default"] = p.default
-        if p.type == "array":
-            prop["items"] = {"type": "string"}
+        if p.type == "array":  # the item schema the config gives (e.g. integers), else strings
+            prop["items"] = dict(p.items) if p.items else {"type": "string"}
         props[p.name] = prop
     return {
         "type": "function",

@@ -60,6 +60,20 @@ def test_tool_schema_is_a_valid_openai_function_schema() -> None:
     jsonschema.validate({"location": "Seattle", "days": 3}, params)
 
 
+def test_an_array_keeps_the_item_schema_the_config_gives() -> None:
+    """BFCL-style targets whose lists hold numbers reached the model as lists of strings
+    (bench pipeline_eval: ["3", "2", "1"] where the function wants integers)."""
+    raw = json.loads(json.dumps(RAW))
+    raw["prompt_targets"][0]["parameters"] += [
+        {"name": "hours", "type": "list", "items": {"type": "integer"}, "description": "hours of the day"},
+        {"name": "tags", "type": "array"},
+    ]
+    props = tool_schema(build_config(raw, env={}).prompt_targets[0])["function"]["parameters"]["properties"]
+    assert props["hours"]["items"] == {"type": "integer"}
+    assert props["tags"]["items"] == {"type": "string"}  # none given: strings, as before
+    jsonschema.Draft202012Validator.check_schema({"type": "object", "properties": props})
+
+
 @pytest.mark.parametrize(
     ("value", "ptype", "expected"),
     [
