@@ -15,7 +15,6 @@ import importlib.metadata
 import json
 import os
 import re
-import socket
 import stat
 import subprocess
 import threading
@@ -31,18 +30,13 @@ import yaml
 
 from ext_proc import _envoy_bin
 from ext_proc._envoy_bin import EnvoyNotFound, envoy_binary
+from bench._harness import free_port  # never the same port twice in one process
 from ext_proc.config import Config, build_config, load_config
 from ext_proc.render import RenderError, bootstrap_dict, build_bootstrap, write_bootstrap
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 EXAMPLES = sorted(CONFIG_DIR.glob("*.yaml"))
 SECRET = "sk-test-SECRET-value-4711"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def raw_config(**over: Any) -> dict[str, Any]:
