@@ -304,6 +304,8 @@ async def test_killed_stub_is_detected_and_reloaded(triton: Triton, client: Trit
     os.kill(stub, signal.SIGKILL)
     await asyncio.sleep(0.2)
 
+    async with TritonClient(triton.url, auto_reload=False) as probe:  # what a replicated setup asks each replica
+        assert await probe.stub_dead(MODEL, timeout_s=5)
     with pytest.raises(ModelServerError) as info:  # the model still says READY, the request fails
         await client.embed(["reload me"], timeout_s=5)
     assert info.value.code == "model_server_unhealthy" and "not healthy" in info.value.message
@@ -320,6 +322,7 @@ async def test_killed_stub_is_detected_and_reloaded(triton: Triton, client: Trit
             await asyncio.sleep(0.25)
     np.testing.assert_allclose(after, before, atol=1e-5)
     assert MODEL not in client.unhealthy and await client.ready(models=[MODEL])
+    assert not await client.stub_dead(MODEL, timeout_s=5)
     assert triton.stubs() and stub not in triton.stubs()
 
 
@@ -612,3 +615,11 @@ def test_function_call_refuses_a_tool_whose_schema_alone_overflows_the_window(fc
         assert json.loads(out["tool_calls"][0]["function"]["arguments"]) == {"location": "Oslo", "days": 3}
     finally:
         client.close()
+
+
+async def test_a_live_decoupled_stub_is_not_taken_for_dead(fc_triton: Triton) -> None:
+    """The replicas' dead-stub probe (a request of empty inputs on the streaming API) on a
+    decoupled model whose stub is alive: it refuses the input, which is not a dead stub."""
+    async with TritonClient(fc_triton.url, auto_reload=False) as c:
+        assert not await c.stub_dead("function_call", timeout_s=60)
+        assert not await c.stub_dead("not_loaded_here", timeout_s=5)
