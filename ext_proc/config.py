@@ -815,9 +815,11 @@ def _ingress_deadline(ms: ModelServer, targets: list[PromptTarget], endpoints: d
 MODELS_DIR = REPO_ROOT / "triton_models"
 # the `parameters` key each model reads its thread count from (model_server.models.<name>.threads)
 THREADS_KEY = {"prompt_embed": "threads", "prompt_guard": "torch_threads", "function_call": "n_threads", "chat_llm": "n_threads"}
-# ensembles whose settings (model_server.models.<ensemble>) are those of the step that does the work:
-# prompt_guard = prompt_embed, then prompt_guard_head (triton_models/prompt_guard/config.pbtxt)
-ENSEMBLE_HEADS = {"prompt_guard": "prompt_guard_head"}
+# the ensembles among the models and their steps, in order (triton_models/<ensemble>/config.pbtxt):
+# prompt_guard = prompt_embed, then prompt_guard_head. Triton loads them (steps first), the client
+# reloads the step whose stub died, and model_server.models.<ensemble> configures its last step
+ENSEMBLE_STEPS = {"prompt_guard": ("prompt_embed", "prompt_guard_head")}
+ENSEMBLE_HEADS = {ensemble: steps[-1] for ensemble, steps in ENSEMBLE_STEPS.items()}
 _PARAMETER_KEY = re.compile(r'^\s*key:\s*"([^"]+)"', re.MULTILINE)
 
 

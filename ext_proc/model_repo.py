@@ -15,7 +15,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from .config import ENSEMBLE_HEADS, MODELS_DIR, THREADS_KEY, Config, ModelSettings
+from .config import ENSEMBLE_HEADS, ENSEMBLE_STEPS, MODELS_DIR, THREADS_KEY, Config, ModelSettings
 
 __all__ = ["MODELS_DIR", "needed_models", "render_model_repository"]
 
@@ -28,7 +28,7 @@ def needed_models(cfg: Config) -> list[str]:
     if intent or cfg.jailbreak is not None:
         need.append("prompt_embed")
     if cfg.jailbreak is not None:
-        need += ["prompt_guard_head", "prompt_guard"]
+        need += [*(s for s in ENSEMBLE_STEPS["prompt_guard"] if s not in need), "prompt_guard"]
     if any(t.parameters for t in cfg.prompt_targets):
         need.append("function_call")
     if any(p.interface == "sidegate" for p in cfg.llm_providers):

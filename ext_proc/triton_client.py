@@ -46,6 +46,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
 from . import telemetry
+from .config import ENSEMBLE_STEPS  # a step whose stub died fails its ensemble's requests; the step is reloaded
 from .errors import ModelServerError
 from .pipeline import GuardVerdict, ToolCall
 
@@ -76,9 +77,6 @@ _DEAD_INSTANCE = re.compile(r"Stub process '(?P<instance>[^']+)' is not healthy"
 # a gRPC stream carries an error's message without its code: the decoupled models mark input
 # they refuse (triton_models/function_call/backend.py, INVALID_INPUT)
 _STREAM_INVALID_INPUT = ": invalid input: "
-# the ensembles among the models and their steps (triton_models/<ensemble>/config.pbtxt): a step
-# whose stub died fails the ensemble's requests, and it is the step that is reloaded
-ENSEMBLE_STEPS = {"prompt_guard": ("prompt_embed", "prompt_guard_head")}
 
 
 # calls whose deadline is the model's config (model_server.models.<name>.timeout / model_server.timeout)
