@@ -43,7 +43,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 __all__ = [
     "BENCH_DIR",
@@ -446,10 +446,13 @@ class FakeProviderProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def __enter__(self) -> FakeProviderProcess:
-        argv = [sys.executable, "-c", "from bench._harness import fake_provider_main; fake_provider_main()",
+    def argv(self) -> list[str]:
+        """The command that serves the fake on ``self.port`` (a subclass may serve another one)."""
+        return [sys.executable, "-c", "from bench._harness import fake_provider_main; fake_provider_main()",
                 "--host", "127.0.0.1", "--port", str(self.port), "--name", self.name]
-        self.proc = _spawn(argv, self.log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def __enter__(self) -> Self:
+        self.proc = _spawn(self.argv(), self.log, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT)})
         try:
             _wait_http(f"{self.base_url}/models", self.proc, self.log, timeout=30)
         except BaseException:

@@ -83,9 +83,7 @@ from typing import Any
 
 from bench._harness import (
     REPO_ROOT,
-    _spawn,
-    _stop,
-    _wait_http,
+    FakeProviderProcess,
     free_port,
     http_request,
     load_caption,
@@ -435,33 +433,18 @@ def find_service(state: dict[str, Any] | None, name: str) -> dict[str, Any] | No
     return next((s for s in services if s["name"] == name), None) or next((s for s in services if s["name"].startswith(name)), None)
 
 
-class FakeServer:
+class FakeServer(FakeProviderProcess):
     """``tests/fake_provider.py``'s FakeProvider in its own process (its own GIL) with a bounded
     request history; ``app=True`` adds the prompt targets' endpoints."""
 
     def __init__(self, name: str, workdir: Path, *, app: bool = False) -> None:
-        self.name, self.app = name, app
-        self.port = free_port()
+        super().__init__(name, workdir)
+        self.app = app
         self.log = workdir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}/v1"
-
-    def __enter__(self) -> FakeServer:
-        argv = [sys.executable, "-c", "from bench.load import fake_server_main; fake_server_main()",
+    def argv(self) -> list[str]:
+        return [sys.executable, "-c", "from bench.load import fake_server_main; fake_server_main()",
                 "--port", str(self.port), "--name", self.name] + (["--app"] if self.app else [])
-        self.proc = _spawn(argv, self.log, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT)})
-        try:
-            _wait_http(f"{self.base_url}/models", self.proc, self.log, timeout=30)
-        except BaseException:
-            _stop(self.proc)
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _stop(self.proc)
 
 
 def _route_default(req: Any) -> tuple[int, Any]:
