@@ -14,6 +14,13 @@ import pytest
 from ext_proc import supervisor as sv
 
 
+def _serve(handler: type[BaseHTTPRequestHandler]) -> str:
+    """``handler`` on a free 127.0.0.1 port in a daemon thread; its base URL."""
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}"
+
+
 class _Health:
     """A /healthz that answers each phase of ``phases`` in turn (the last one for ever)."""
 
@@ -35,9 +42,7 @@ class _Health:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/healthz"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = _serve(Handler) + "/healthz"
 
 
 @pytest.fixture
@@ -134,9 +139,7 @@ class _ModelsApi:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = _serve(Handler)
 
 
 def _loaded_later(api: _ModelsApi, proc: subprocess.Popen[bytes], *, restart: bool) -> tuple[bool, list[str], sv.Service]:
