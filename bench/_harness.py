@@ -474,7 +474,7 @@ def plain_envoy_config(*, listen_port: int, admin_port: int, upstream_port: int,
     the provider key injected, idle timeout, JSON access log on stdout, the listener's buffer
     limit) and nothing else: no ext_proc filter, so comparing it with sidegate measures the
     ext_proc round trips."""
-    from ext_proc.render import ACCESS_LOG_FIELDS, REMOVED_CLIENT_HEADERS
+    from ext_proc.control.envoy_bootstrap import ACCESS_LOG_FIELDS, REMOVED_CLIENT_HEADERS
 
     sock = lambda port: {"socket_address": {"address": "127.0.0.1", "port_value": port}}  # noqa: E731
     hcm: dict[str, Any] = {
@@ -573,7 +573,7 @@ class PlainEnvoy:
     def __enter__(self) -> PlainEnvoy:
         import yaml
 
-        from ext_proc._envoy_bin import envoy_binary
+        from ext_proc.control.envoy_bin import envoy_binary
 
         cfg = plain_envoy_config(listen_port=self.port, admin_port=self.admin_port, upstream_port=self.upstream_port)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -632,9 +632,9 @@ class SidegateStack:
     def __enter__(self) -> SidegateStack:
         import yaml
 
-        from ext_proc import supervisor as sv
         from ext_proc.config import load_config
-        from ext_proc.render import write_bootstrap
+        from ext_proc.control import supervisor as sv
+        from ext_proc.control.envoy_bootstrap import write_bootstrap
 
         if str(REPO_ROOT) not in sys.path:
             sys.path.insert(0, str(REPO_ROOT))

@@ -167,9 +167,9 @@ class FlowStack:
     def __enter__(self) -> FlowStack:
         import yaml
 
-        from ext_proc import supervisor as sv
         from ext_proc.config import load_config
-        from ext_proc.render import write_bootstrap
+        from ext_proc.control import supervisor as sv
+        from ext_proc.control.envoy_bootstrap import write_bootstrap
 
         if str(REPO_ROOT) not in sys.path:
             sys.path.insert(0, str(REPO_ROOT))

@@ -72,7 +72,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/intent_eval.py` as well as `python -m bench intent_eval`
 from bench._harness import load_caption, print_table, write_results  # noqa: E402
-from ext_proc import intent  # noqa: E402
+from ext_proc.chat import intent  # noqa: E402
 from ext_proc.config import Parameter, PromptTarget  # noqa: E402
 
 PART = "intent"  # bench/results/intent.json
@@ -168,7 +168,7 @@ def decide(score_rows: Sequence[np.ndarray | None], threshold: float,
 
 def queries(messages: Sequence[dict[str, Any]]) -> list[str]:
     """What ``IngressPipeline._intent`` embeds: the last user turn, then (only if that matches
-    nothing) :func:`ext_proc.intent.retry_query`. [] if the last is blank."""
+    nothing) :func:`ext_proc.chat.intent.retry_query`. [] if the last is blank."""
     users = [m for m in messages if m.get("role") == "user"]
     if not users:
         return []
@@ -180,7 +180,7 @@ def queries(messages: Sequence[dict[str, Any]]) -> list[str]:
     return [last] + ([retry] if retry is not None else [])
 
 
-def _text(content: Any) -> str:  # ext_proc.openai_wire.content_text
+def _text(content: Any) -> str:  # ext_proc.wire.openai.content_text
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -367,7 +367,7 @@ class Scored:
 
 def score_items(items: Sequence[Item], vectors: dict[str, np.ndarray], mode: str = PIPELINE) -> list[Scored]:
     """Each item scored as ``IngressPipeline`` would with ``mode``'s views and score (the default:
-    the pipeline's own :class:`ext_proc.intent.IntentIndex`, built from the same embeddings)."""
+    the pipeline's own :class:`ext_proc.chat.intent.IntentIndex`, built from the same embeddings)."""
     m = MODES[mode]
     out = []
     for it in items:

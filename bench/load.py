@@ -633,7 +633,7 @@ class Stack:
 
 
 def _alive(pid: int) -> bool:
-    from ext_proc.supervisor import pid_alive
+    from ext_proc.control.supervisor import pid_alive
 
     return pid_alive(pid)
 

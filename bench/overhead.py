@@ -38,21 +38,21 @@ from pathlib import Path
 from typing import Any
 
 from bench._harness import (
-    csv_list,
     FakeProviderProcess,
     LoadResult,
     PlainEnvoy,
     SidegateStack,
     client_run,
     cpu_seconds,
+    csv_list,
     load_caption,
     loadavg,
     median,
     memory_kib,
     print_table,
+    write_results,
     wrk_available,
     wrk_run,
-    write_results,
 )
 
 PART = "overhead"

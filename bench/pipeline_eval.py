@@ -81,7 +81,7 @@ APP_ENDPOINT = "eval_app"
 LLM_NAME = "pipeline-eval-llm"
 LLM_MARKER = f"{LLM_NAME} says:"
 GUARD_MESSAGE = "pipeline_eval: blocked by the guard"
-FUNCTION_CALL_MODEL = "sidegate-function-call"  # ext_proc.pipeline.FUNCTION_CALL_MODEL
+FUNCTION_CALL_MODEL = "sidegate-function-call"  # ext_proc.chat.pipeline.FUNCTION_CALL_MODEL
 GUARD_HEADER = "x-sidegate-guard"
 
 # BFCL parameter type -> the config's (ext_proc/config.py _TYPE_ALIASES accepts the right-hand side)
@@ -529,9 +529,9 @@ class Stack:
     def _services(self, raw: dict[str, Any], name: str) -> tuple[Any, list[Any]]:
         import yaml
 
-        from ext_proc import supervisor as sv
         from ext_proc.config import load_config
-        from ext_proc.render import write_bootstrap
+        from ext_proc.control import supervisor as sv
+        from ext_proc.control.envoy_bootstrap import write_bootstrap
 
         path = self.home / f"{name}.yaml"
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -541,7 +541,7 @@ class Stack:
 
     def start_triton(self, raw: dict[str, Any]) -> None:
         """Triton with the models ``raw`` (a group config) needs, from the repository, on CPU."""
-        from ext_proc import supervisor as sv
+        from ext_proc.control import supervisor as sv
 
         self.grpc_port = free_port()
         local = {**raw, "model_server": {"mode": "local-cpu", "http_port": free_port(), "grpc_port": self.grpc_port,
@@ -556,7 +556,7 @@ class Stack:
         self.started_s = time.perf_counter() - t0
 
     def start_group(self, raw: dict[str, Any], name: str) -> tuple[Any, Any, float]:
-        from ext_proc import supervisor as sv
+        from ext_proc.control import supervisor as sv
 
         cfg, services = self._services(raw, name)
         services = [s for s in services if not s.name.startswith("triton")]
@@ -667,8 +667,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="sidegate-pipeline-eval-"))
     stack = Stack(home, timeout_s=args.timeout)
     if args.dry_run:
-        from ext_proc.config import load_config
         import yaml
+
+        from ext_proc.config import load_config
 
         for g in groups:
             raw = group_config(g, app_port=free_port(), ports=Ports.free(), guard=not args.no_guard, threshold=args.threshold,

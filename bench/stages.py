@@ -4,7 +4,7 @@ One ``tritonserver`` (the nvidia-pytriton wheel, CPU, free 127.0.0.1 ports) serv
 ``prompt_embed``, ``prompt_guard_head``, ``prompt_guard`` (an ensemble of the two) and
 ``function_call`` from a copy of ``triton_models/`` rendered into a temporary directory (each
 model's ``1/`` is a link back to the repository). Every call goes through the real async client,
-:class:`ext_proc.triton_client.TritonClient`, the one ext_proc uses:
+:class:`ext_proc.models.triton.TritonClient`, the one ext_proc uses:
 
 * ``guard`` — ``prompt_guard`` on one prompt: Triton's ensemble scheduler runs ``prompt_embed`` on
   the text, then the numpy head ``prompt_guard_head`` on the text and its vector;
@@ -66,8 +66,8 @@ from pathlib import Path
 from typing import Any
 
 from bench._harness import (
-    csv_list,
     REPO_ROOT,
+    csv_list,
     free_port,
     gpu_memory_mib,
     load_caption,
@@ -314,7 +314,7 @@ class TritonProcess:
         return self.proc.pid
 
     def __enter__(self) -> TritonProcess:
-        from ext_proc.triton_server import triton_command, wait_ready
+        from ext_proc.control.triton_server import triton_command, wait_ready
 
         argv, env = triton_command(self.repo, http_port=self.http_port, grpc_port=self.grpc_port, metrics_port=self.metrics_port,
                                    models=self.models, backend_dir=self.workdir / "backends", exit_timeout_s=3)
@@ -331,7 +331,7 @@ class TritonProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from ext_proc.triton_server import remove_shm, shm_prefix
+        from ext_proc.control.triton_server import remove_shm, shm_prefix
 
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -363,7 +363,7 @@ class TritonProcess:
 def client_models(guard: str, embed: str) -> Iterator[None]:
     """Point :class:`TritonClient`'s guard/embed calls at a batching variant (same client code,
     another model name). The names are module globals read at call time; cells run one at a time."""
-    from ext_proc import triton_client as tc
+    from ext_proc.models import triton as tc
 
     old = (tc.GUARD_MODEL, tc.EMBED_MODEL)
     tc.GUARD_MODEL, tc.EMBED_MODEL = guard, embed
@@ -376,8 +376,8 @@ def client_models(guard: str, embed: str) -> Iterator[None]:
 def target_tools() -> dict[str, dict[str, Any]]:
     """The weather and currency targets as the OpenAI tools ext_proc sends to ``function_call``
     (built by its own config loader and ``tool_schema``)."""
+    from ext_proc.chat.targets import tool_schema
     from ext_proc.config import build_config
-    from ext_proc.targets import tool_schema
 
     raw = {
         "version": "v0.1",
@@ -461,7 +461,7 @@ def fc_correct(answer: dict[str, Any], expect: tuple[str, str, int]) -> bool:
 
 
 async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Path) -> dict[str, Any]:
-    from ext_proc.triton_client import TritonClient
+    from ext_proc.models.triton import TritonClient
 
     repo = workdir / "models"
     models = [m for m in MODELS if m != "function_call" or not args.no_function_call]
@@ -594,7 +594,7 @@ async def run_triton_part(args: argparse.Namespace, deadline: float, workdir: Pa
 def _supervisor_stand_in() -> dict[str, int | None]:
     """RSS of a Python process with sidegate's CLI and supervisor imported: what ``sidegate up``
     adds as the parent of the three services (here the benchmark itself is the supervisor)."""
-    code = "import ext_proc.cli, ext_proc.supervisor, sys; sys.stdout.write('ok\\n'); sys.stdout.flush(); sys.stdin.read()"
+    code = "import ext_proc.control.cli, ext_proc.control.supervisor, sys; sys.stdout.write('ok\\n'); sys.stdout.flush(); sys.stdin.read()"
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO_ROOT)
     try:
         assert proc.stdout is not None
@@ -649,10 +649,10 @@ def run_full_stack(workdir: Path) -> dict[str, Any]:
     """Start Envoy + ext_proc + Triton (4 models) with sidegate's supervisor; RSS of every process."""
     import yaml
 
-    from ext_proc import supervisor as sv
     from ext_proc.config import load_config
-    from ext_proc.model_repo import needed_models
-    from ext_proc.render import write_bootstrap
+    from ext_proc.control import supervisor as sv
+    from ext_proc.control.envoy_bootstrap import write_bootstrap
+    from ext_proc.control.model_repo import needed_models
 
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))

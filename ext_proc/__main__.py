@@ -1,3 +1,3 @@
-from .cli import main
+from ext_proc.control.cli import main
 
 main()

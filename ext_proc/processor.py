@@ -1,6 +1,6 @@
 """The processor interface: one instance per ext_proc stream (that is, per HTTP request).
 
-The gRPC edge (:mod:`ext_proc.server`) turns Envoy's protobuf messages into plain values, calls
+The gRPC edge (:mod:`ext_proc.dataplane.server`) turns Envoy's protobuf messages into plain values, calls
 one of the four methods below, and turns the returned :data:`Reply` back into protobuf. Nothing
 here imports protobuf, so processors are tested with dicts and bytes.
 
@@ -11,7 +11,7 @@ Usage::
             return Continue(body=body.upper())
 
 Which processor serves a request is decided once, on the request-headers message, by
-:func:`ext_proc.routes.pick` from the listener (ingress / egress) and the exact ``:path``.
+:func:`ext_proc.dataplane.routes.pick` from the listener (ingress / egress) and the exact ``:path``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from .errors import RenderedError
+from ext_proc.errors import RenderedError
 
 __all__ = ["BodyMode", "Continue", "Immediate", "PassThrough", "Processor", "Reply"]
 

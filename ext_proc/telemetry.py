@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config import Config
+from ext_proc.config import Config
 
 __all__ = [
     "ENVOY_SERVICE_NAME",

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from ext_proc.errors import MalformedRequest
-from ext_proc.openai_wire import chat_completion, content_text, parse_chat_request, sse_frames
+from ext_proc.wire.openai import chat_completion, content_text, parse_chat_request, sse_frames
 
 log = logging.getLogger("sidegate.demo")
 

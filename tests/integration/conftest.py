@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from ext_proc import supervisor as sv
 from ext_proc.config import Config, load_config
-from ext_proc.render import write_bootstrap
+from ext_proc.control import supervisor as sv
+from ext_proc.control.envoy_bootstrap import write_bootstrap
 from tests.conftest import free_port, gateway_config
 from tests.fake_provider import FakeProvider
 

@@ -16,8 +16,8 @@ import openai
 import pytest
 import yaml
 
-from ext_proc import supervisor as sv
-from ext_proc.triton_server import gpu_names
+from ext_proc.control import supervisor as sv
+from ext_proc.control.triton_server import gpu_names
 from tests.conftest import free_port, gateway_config
 from tests.fake_provider import FakeProvider
 
@@ -47,7 +47,7 @@ def test_validate_accepts_good_and_names_file_key_and_expectation_for_bad(tmp_pa
 def test_render_writes_a_bootstrap_envoy_accepts(tmp_path: Path) -> None:
     out = sidegate("render", str(ROOT / "config" / "default.yaml"), "--out", str(tmp_path / "r"), home=tmp_path)
     assert out.returncode == 0, out.stderr
-    from ext_proc._envoy_bin import envoy_binary
+    from ext_proc.control.envoy_bin import envoy_binary
 
     check = subprocess.run(
         [str(envoy_binary()), "--mode", "validate", "-c", str(tmp_path / "r" / "envoy.yaml")], capture_output=True, text=True, timeout=60

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import openai
-import time
-
 import pytest
 import yaml
 

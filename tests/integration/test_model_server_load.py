@@ -27,8 +27,8 @@ import aiohttp
 import pytest
 import yaml
 
-from ext_proc import supervisor as sv
 from ext_proc.config import Config, load_config
+from ext_proc.control import supervisor as sv
 from tests.conftest import free_port, gateway_config
 from tests.fake_provider import FakeProvider
 
@@ -211,8 +211,8 @@ def test_two_replicas_share_the_load_and_one_killed_or_frozen_costs_at_most_the_
     one SIGKILLed under load costs at most the requests in flight on it (Envoy retries a call
     whose replica reset or refused it on the other one), then none; one frozen (SIGSTOP) leaves
     the rotation on its failed health checks; both down is a clear 503."""
-    from tests.conftest import free_port
     from bench._harness import free_ports_spaced
+    from tests.conftest import free_port
 
     home = tmp_path / "home"
     monkeypatch.setenv("SIDEGATE_HOME", str(home))

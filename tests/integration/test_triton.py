@@ -1,5 +1,5 @@
 """A real ``tritonserver`` (from the nvidia-pytriton wheel) serving triton_models/prompt_embed on CPU,
-driven through :class:`ext_proc.triton_client.TritonClient`; and one serving function_call (its
+driven through :class:`ext_proc.models.triton.TritonClient`; and one serving function_call (its
 own smoke client), skipped without xllamacpp or its weights.
 
 Needs the model dependencies (``pip install -r requirements-models.txt``); skipped without them.
@@ -34,9 +34,7 @@ pytest.importorskip("sentence_transformers", reason="model dependencies not inst
 
 import numpy as np
 
-from ext_proc.errors import ModelServerError
-from ext_proc.triton_client import TritonClient
-from ext_proc.triton_server import (
+from ext_proc.control.triton_server import (
     gpu_names,
     health_url,
     remove_shm,
@@ -45,6 +43,8 @@ from ext_proc.triton_server import (
     triton_command,
     wait_ready,
 )
+from ext_proc.errors import ModelServerError
+from ext_proc.models.triton import TritonClient
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

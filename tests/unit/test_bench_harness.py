@@ -126,7 +126,7 @@ def test_summaries_and_ratios() -> None:
 
 
 def test_plain_envoy_config_is_valid_for_envoy(tmp_path: Path) -> None:
-    from ext_proc._envoy_bin import envoy_binary
+    from ext_proc.control.envoy_bin import envoy_binary
 
     cfg = h.plain_envoy_config(listen_port=h.free_port(), admin_port=h.free_port(), upstream_port=h.free_port())
     assert [f["name"] for f in cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]] == [

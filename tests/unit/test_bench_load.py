@@ -12,7 +12,6 @@ import pytest
 from bench import load as bl
 from bench.load import Outcome
 
-
 # --------------------------------------------------------------------------- --mix, --kill
 
 

@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 from rich.console import Console
 
-from ext_proc.cli import SERVICES, main
+from ext_proc.control.cli import SERVICES, main
 
 
 def test_logs_shows_one_service_or_all_with_a_prefix(sidegate_home: Path) -> None:
@@ -36,7 +36,7 @@ def test_logs_names_the_services_it_knows(sidegate_home: Path) -> None:
 
 
 def test_validate_prints_a_config_warning_and_still_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ext_proc import cli
+    from ext_proc.control import cli
 
     monkeypatch.setattr(cli, "err_console", Console(file=io.StringIO(), width=400))  # rich wraps at the terminal's width otherwise
     config = tmp_path / "sidegate.yaml"

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ext_proc import intent
+from ext_proc.chat import intent
 
 
 def _target(name: str, description: str = "", params: tuple[tuple[str, str], ...] = ()) -> SimpleNamespace:

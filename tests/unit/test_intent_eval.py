@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from bench import intent_eval as ie
-from ext_proc import intent
+from ext_proc.chat import intent
+from ext_proc.chat.pipeline import IngressPipeline
 from ext_proc.config import Parameter, PromptTarget
 from ext_proc.metrics import Metrics
-from ext_proc.openai_wire import ChatRequest
-from ext_proc.pipeline import IngressPipeline
+from ext_proc.wire.openai import ChatRequest
+
 
 def _target(name: str, description: str, *params: tuple[str, str]) -> PromptTarget:
     return PromptTarget(name=name, description=description, default=False, endpoint=None, system_prompt=None,

@@ -12,8 +12,8 @@ import yaml
 
 from bench import pipeline_eval as pe
 from bench.intent_eval import split_of
+from ext_proc.chat.targets import tool_schema
 from ext_proc.config import load_config
-from ext_proc.targets import tool_schema
 
 WEATHER = {
     "name": "weather.get_forecast",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ext_proc.chat.ratelimit import RateLimiter, estimate_tokens
 from ext_proc.config import LlmProvider, RateLimit, Upstream
 from ext_proc.errors import RateLimited, render_error
-from ext_proc.ratelimit import RateLimiter, estimate_tokens
 
 
 class Clock:

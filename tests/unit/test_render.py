@@ -28,11 +28,11 @@ from typing import Any
 import pytest
 import yaml
 
-from ext_proc import _envoy_bin
-from ext_proc._envoy_bin import EnvoyNotFound, envoy_binary
 from bench._harness import free_port  # never the same port twice in one process
 from ext_proc.config import Config, build_config, load_config
-from ext_proc.render import RenderError, bootstrap_dict, build_bootstrap, write_bootstrap
+from ext_proc.control import envoy_bin as _envoy_bin
+from ext_proc.control.envoy_bin import EnvoyNotFound, envoy_binary
+from ext_proc.control.envoy_bootstrap import RenderError, bootstrap_dict, build_bootstrap, write_bootstrap
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 EXAMPLES = sorted(CONFIG_DIR.glob("*.yaml"))

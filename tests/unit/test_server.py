@@ -13,9 +13,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ext_proc.config import build_config
+from ext_proc.dataplane.routes import Services
+from ext_proc.dataplane.server import create_server
 from ext_proc.metrics import Metrics
-from ext_proc.routes import Services
-from ext_proc.server import create_server
 from tests.conftest import gateway_config
 
 PROVIDERS = [
@@ -172,7 +172,7 @@ async def test_response_body_mode_follows_content_type_and_usage_is_counted(stub
 
 async def test_a_bug_in_a_processor_becomes_a_generic_500_and_the_server_stays_up(stub, monkeypatch) -> None:
     s, _ = stub
-    from ext_proc import chat
+    from ext_proc.chat import completions as chat
 
     async def broken(*args, **kwargs):
         raise KeyError("boom")
@@ -191,7 +191,7 @@ async def test_a_slow_model_is_a_504_naming_the_model_and_the_key_to_raise() -> 
     """The guard's model takes longer than its deadline: the client gets sidegate's 504
     model_server_timeout (not Envoy's ext_proc_timeout), and a model server that is down stays 503."""
     from ext_proc.errors import ModelServerError
-    from ext_proc.triton_client import _timeout_error
+    from ext_proc.models.triton import _timeout_error
 
     class Models:
         error: ModelServerError

@@ -1,4 +1,4 @@
-"""ext_proc.service pieces that need no running server: the warm-up state /healthz reports."""
+"""ext_proc.dataplane.service pieces that need no running server: the warm-up state /healthz reports."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from ext_proc.service import _warm
-from ext_proc.supervisor import warm_warning
+from ext_proc.control.supervisor import warm_warning
+from ext_proc.dataplane.service import _warm
 
 
 class Ingress:

@@ -1,4 +1,4 @@
-"""ext_proc.supervisor pieces that need no stack (the whole `sidegate up`: tests/integration/test_cli.py)."""
+"""ext_proc.control.supervisor pieces that need no stack (the whole `sidegate up`: tests/integration/test_cli.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from ext_proc import supervisor as sv
+from ext_proc.control import supervisor as sv
 
 
 def _serve(handler: type[BaseHTTPRequestHandler]) -> str:

@@ -7,8 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from ext_proc.config import build_config
-from ext_proc.targets import (
+from ext_proc.chat.targets import (
     CoercionError,
     PendingState,
     clarifying_question,
@@ -17,6 +16,7 @@ from ext_proc.targets import (
     finalize_arguments,
     tool_schema,
 )
+from ext_proc.config import build_config
 
 RAW = {
     "version": "v0.1",

@@ -11,11 +11,11 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ext_proc import telemetry
-from ext_proc.chat import ChatProcessor, egress_router
+from ext_proc.chat.completions import ChatProcessor, egress_router
 from ext_proc.config import build_config
+from ext_proc.control.envoy_bootstrap import OTLP_CLUSTER, bootstrap_dict, write_bootstrap
 from ext_proc.metrics import Metrics
 from ext_proc.processor import Continue
-from ext_proc.render import OTLP_CLUSTER, bootstrap_dict, write_bootstrap
 from tests.unit.test_render import ENV, SECRET, hcm, raw_config, validate
 
 PARENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -177,9 +177,9 @@ def test_a_failed_provider_call_marks_the_spans_as_errors(spans: InMemorySpanExp
 
 
 def test_pipeline_stages_are_child_spans_with_their_verdicts(spans: InMemorySpanExporter) -> None:
-    from ext_proc.endpoints import EndpointClient
-    from ext_proc.openai_wire import parse_chat_request
-    from ext_proc.pipeline import GuardVerdict, IngressPipeline
+    from ext_proc.chat.endpoints import EndpointClient
+    from ext_proc.chat.pipeline import GuardVerdict, IngressPipeline
+    from ext_proc.wire.openai import parse_chat_request
 
     raw = raw_config()
     raw["tracing"] = {"random_sampling": 100, "include_prompts": False}

@@ -1,4 +1,4 @@
-"""ext_proc.triton_client without a Triton: each model's deadline, and what a slow model becomes."""
+"""ext_proc.models.triton without a Triton: each model's deadline, and what a slow model becomes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
 from ext_proc.errors import ModelServerError, render_error
-from ext_proc.triton_client import RPC_GRACE_S, TritonClient, TritonModels
+from ext_proc.models.triton import RPC_GRACE_S, TritonClient, TritonModels
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ext_proc.triton_server import default_local_mode, gpu_check, gpu_names
+from ext_proc.control.triton_server import default_local_mode, gpu_check, gpu_names
 
 H100 = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-b6d9cb47-abc7-641a-ac3c-6338315cec3f)"
 

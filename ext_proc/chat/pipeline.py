@@ -2,11 +2,11 @@
 
     guard → intent → function calling → clarification → endpoint → answer
 
-:class:`IngressPipeline` implements :data:`~ext_proc.chat.Router`: it takes the parsed chat request
+:class:`IngressPipeline` implements :data:`~ext_proc.chat.completions.Router`: it takes the parsed chat request
 and returns either an answer of its own (guard message, clarifying question, the endpoint's
-reply) or a :class:`~ext_proc.chat.Forward` to an LLM provider with the rewritten body. The
+reply) or a :class:`~ext_proc.chat.completions.Forward` to an LLM provider with the rewritten body. The
 three model decisions come from a :class:`Models` (Triton in production); endpoint calls go
-through Envoy's internal listener (:class:`~ext_proc.endpoints.EndpointClient`).
+through Envoy's internal listener (:class:`~ext_proc.chat.endpoints.EndpointClient`).
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from . import telemetry
-from .chat import Decision, Forward, synthesized
-from .config import Config, PromptTarget
-from .endpoints import EndpointClient
-from .errors import MalformedRequest, ModelServerError
-from .intent import CONFIDENT_THRESHOLD, JUDGE_CANDIDATES, UNRELATED_THRESHOLD, IntentIndex, retry_query
-from .metrics import Metrics
-from .openai_wire import ChatRequest, content_text
-from .targets import PendingState, clarifying_question, endpoint_request, finalize_arguments, tool_schema
+from ext_proc import telemetry
+from ext_proc.chat.completions import Decision, Forward, synthesized
+from ext_proc.chat.endpoints import EndpointClient
+from ext_proc.chat.intent import CONFIDENT_THRESHOLD, JUDGE_CANDIDATES, UNRELATED_THRESHOLD, IntentIndex, retry_query
+from ext_proc.chat.targets import PendingState, clarifying_question, endpoint_request, finalize_arguments, tool_schema
+from ext_proc.config import Config, PromptTarget
+from ext_proc.errors import MalformedRequest, ModelServerError
+from ext_proc.metrics import Metrics
+from ext_proc.wire.openai import ChatRequest, content_text
 
 __all__ = ["FUNCTION_CALL_MODEL", "GUARD_MODEL", "GuardVerdict", "IngressPipeline", "Models", "ToolCall", "Uncertain"]
 
@@ -83,7 +83,7 @@ class Models(Protocol):
 
 
 class IngressPipeline:
-    """Implements :data:`~ext_proc.chat.Router` for the ingress listener."""
+    """Implements :data:`~ext_proc.chat.completions.Router` for the ingress listener."""
 
     def __init__(self, *, cfg: Config, models: Models | None, endpoints: EndpointClient, metrics: Metrics) -> None:
         self.cfg = cfg
@@ -170,11 +170,11 @@ class IngressPipeline:
     async def warm(self) -> None:
         """Embed the target views once (at start and on reload), not per request.
 
-        Each target is seen in a few views built from its config (``ext_proc.intent``: name as
+        Each target is seen in a few views built from its config (``ext_proc.chat.intent``: name as
         words, description, both, name with its parameter names). Short user prompts match a
         name-like phrase better than a long description (MiniLM, weather/currency demo: "how is
         the weather in seattle" 0.43 vs 0.29); long ones the description. The lexical index
-        (BM25 over the targets' words, ``ext_proc.intent.LexicalIndex``) is built here too.
+        (BM25 over the targets' words, ``ext_proc.chat.intent.LexicalIndex``) is built here too.
         """
         if self.models is None or not self._intent_targets:
             return
@@ -281,7 +281,7 @@ class IngressPipeline:
 
     def _best(self, vec: npt.NDArray[np.float32], text: str, span: Any = telemetry.NO_SPAN) -> PromptTarget | Uncertain | None:
         """The verdict for ``text`` (embedded as ``vec``), targets ranked by embedding + lexical
-        score (``ext_proc.intent``), decided on the best embedding score: at least
+        score (``ext_proc.chat.intent``), decided on the best embedding score: at least
         :attr:`confident`, the top-ranked target; under :attr:`unrelated`, None (the default
         target or the LLM, no model call); in between, :class:`Uncertain` with the top
         ``JUDGE_CANDIDATES`` for the function-calling model to choose from (or none)."""

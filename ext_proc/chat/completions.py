@@ -14,14 +14,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from . import telemetry
-from .config import Config, LlmProvider
-from .errors import MethodNotAllowed, MalformedRequest, SidegateError, render_error
-from .metrics import Metrics
-from .openai_wire import ChatRequest, chat_completion, parse_chat_request, sse_frames, usage_from_body, usage_from_sse
-from .processor import CONTINUE, Continue, Immediate, PassThrough, Reply
-from .providers import choose_provider
-from .ratelimit import Charge, RateLimiter
+from ext_proc import telemetry
+from ext_proc.chat.providers import choose_provider
+from ext_proc.chat.ratelimit import Charge, RateLimiter
+from ext_proc.config import Config, LlmProvider
+from ext_proc.errors import MalformedRequest, MethodNotAllowed, SidegateError, render_error
+from ext_proc.metrics import Metrics
+from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Reply
+from ext_proc.wire.openai import ChatRequest, chat_completion, parse_chat_request, sse_frames, usage_from_body, usage_from_sse
 
 __all__ = ["ChatProcessor", "Decision", "Forward", "Router", "UPSTREAM_HEADER", "egress_router", "synthesized"]
 

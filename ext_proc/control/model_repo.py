@@ -15,7 +15,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from .config import ENSEMBLE_HEADS, ENSEMBLE_STEPS, MODELS_DIR, THREADS_KEY, Config, ModelSettings
+from ext_proc.config import ENSEMBLE_HEADS, ENSEMBLE_STEPS, MODELS_DIR, THREADS_KEY, Config, ModelSettings
 
 __all__ = ["MODELS_DIR", "needed_models", "render_model_repository"]
 

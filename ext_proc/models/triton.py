@@ -35,8 +35,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
-from typing import Any, TypeVar
-from typing import Self
+from typing import Any, Self, TypeVar
 
 import grpc
 import numpy as np
@@ -45,10 +44,10 @@ import tritonclient.grpc.aio as triton_aio  # type: ignore[import-untyped]
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
-from . import telemetry
-from .config import ENSEMBLE_STEPS  # a step whose stub died fails its ensemble's requests; the step is reloaded
-from .errors import ModelServerError
-from .pipeline import GuardVerdict, ToolCall
+from ext_proc import telemetry
+from ext_proc.chat.pipeline import GuardVerdict, ToolCall
+from ext_proc.config import ENSEMBLE_STEPS  # a step whose stub died fails its ensemble's requests; the step is reloaded
+from ext_proc.errors import ModelServerError
 
 __all__ = ["EMBEDDING_DIM", "EMBED_MODEL", "TritonClient"]
 
@@ -465,7 +464,7 @@ class TritonClient:
 
 
 class TritonModels:
-    """Implements :class:`ext_proc.pipeline.Models` over one :class:`TritonClient`.
+    """Implements :class:`ext_proc.chat.pipeline.Models` over one :class:`TritonClient`.
 
     Every call carries its model's deadline: ``timeouts[model]`` (``model_server.models.<name>.timeout``,
     resolved by the config), else ``timeout_s`` (``model_server.timeout``).

@@ -24,10 +24,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 
-from . import routes, telemetry
-from .config import Config
-from .errors import NotFound, render_error
-from .processor import CONTINUE, Continue, Immediate, PassThrough, Processor, Reply
+from ext_proc import telemetry
+from ext_proc.config import Config
+from ext_proc.dataplane import routes
+from ext_proc.errors import NotFound, render_error
+from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Processor, Reply
 
 __all__ = ["ExternalProcessor", "LISTENER_METADATA", "create_server"]
 

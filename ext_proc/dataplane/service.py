@@ -23,13 +23,14 @@ import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import local_llm, telemetry
-from .config import Config
-from .errors import ModelServerError
-from .pipeline import Models
-from .metrics import Metrics
-from .routes import Services
-from .server import create_server
+from ext_proc import telemetry
+from ext_proc.chat.pipeline import Models
+from ext_proc.config import Config
+from ext_proc.dataplane.routes import Services
+from ext_proc.dataplane.server import create_server
+from ext_proc.errors import ModelServerError
+from ext_proc.metrics import Metrics
+from ext_proc.models import local_llm
 
 __all__ = ["run", "serve", "start_http"]
 
@@ -63,7 +64,7 @@ def _models(cfg: Config) -> Models | None:
     endpoint = cfg.model_server.endpoint
     if endpoint is None:
         return None
-    from .triton_client import TritonClient, TritonModels  # tritonclient is only needed with a model server
+    from ext_proc.models.triton import TritonClient, TritonModels  # tritonclient is only needed with a model server
 
     log.info("model server: %s (%s)", endpoint, cfg.model_server.mode)
     ms = cfg.model_server

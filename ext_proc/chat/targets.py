@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from .config import Parameter, PromptTarget
+from ext_proc.config import Parameter, PromptTarget
 
 __all__ = [
     "EndpointCall",

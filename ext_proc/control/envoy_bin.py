@@ -6,7 +6,7 @@ the binary is located through the distribution's file list (package metadata) in
 
 Usage::
 
-    from ext_proc._envoy_bin import envoy_binary, EnvoyNotFound
+    from ext_proc.control.envoy_bin import envoy_binary, EnvoyNotFound
     subprocess.run([str(envoy_binary()), "--version"])
 """
 

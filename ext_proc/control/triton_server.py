@@ -26,7 +26,7 @@ Why the pieces are needed (measured with nvidia-pytriton 0.7.0 = Triton 2.51):
 * The stub takes its ``site-packages`` from the first ``python3`` on ``PATH``, so this
   interpreter's ``bin`` goes first: the models import torch & co. from the same virtualenv.
 * A stub that crashes leaves its model READY but every request fails with "... is not
-  healthy"; the client (:meth:`ext_proc.triton_client.TritonClient.reload_unhealthy`) reloads
+  healthy"; the client (:meth:`ext_proc.models.triton.TritonClient.reload_unhealthy`) reloads
   the model through the repository API.
 """
 
@@ -46,6 +46,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
 __all__ = [
     "TritonNotFound",
     "assemble_backend_dir",

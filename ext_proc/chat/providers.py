@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .config import Config, LlmProvider
-from .errors import MalformedRequest
-from .openai_wire import ChatRequest
+from ext_proc.config import Config, LlmProvider
+from ext_proc.errors import MalformedRequest
+from ext_proc.wire.openai import ChatRequest
 
 __all__ = ["HINT_HEADER", "ProviderChoice", "body_for", "choose_provider"]
 

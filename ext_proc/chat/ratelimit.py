@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import LlmProvider, RateLimit
-from .errors import RateLimited
-from .openai_wire import content_text
+from ext_proc.config import LlmProvider, RateLimit
+from ext_proc.errors import RateLimited
+from ext_proc.wire.openai import content_text
 
 __all__ = ["Charge", "RateLimiter", "estimate_tokens"]
 

@@ -8,7 +8,7 @@ written as YAML.
 Usage::
 
     from ext_proc.config import load_config
-    from ext_proc.render import build_bootstrap, bootstrap_dict, write_bootstrap
+    from ext_proc.control.envoy_bootstrap import build_bootstrap, bootstrap_dict, write_bootstrap
 
     cfg = load_config("config/default.yaml")
     path = write_bootstrap(cfg, Path("run"))      # run/envoy.yaml
@@ -49,8 +49,8 @@ import json
 import os
 import ssl
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any as _AnyType
+from urllib.parse import urlsplit
 
 import betterproto2
 import yaml
@@ -69,20 +69,21 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
     ClusterLbPolicy,
     OutlierDetection,
 )
+from envoy_data_plane.envoy.config.common.mutation_rules.v3 import HeaderMutation as HeaderMutationRule
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
     DataSource,
     GrpcService,
     GrpcServiceEnvoyGrpc,
     HeaderValue,
-    HttpService,
-    HttpUri,
     HeaderValueOption,
     HeaderValueOptionHeaderAppendAction,
     HealthCheck,
     HealthCheckGrpcHealthCheck,
     Http1ProtocolOptions,
     Http2ProtocolOptions,
+    HttpService,
+    HttpUri,
     Node,
     Pipe,
     SocketAddress,
@@ -92,7 +93,6 @@ from envoy_data_plane.envoy.config.core.v3 import (
 )
 from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
-from envoy_data_plane.envoy.config.trace.v3 import OpenTelemetryConfig, TracingHttp
 from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
     HeaderMatcher,
@@ -105,8 +105,10 @@ from envoy_data_plane.envoy.config.route.v3 import (
     RouteMatch,
     VirtualHost,
 )
+from envoy_data_plane.envoy.config.trace.v3 import OpenTelemetryConfig, TracingHttp
 from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
+from envoy_data_plane.envoy.extensions.clusters.aggregate.v3 import ClusterConfig as AggregateClusterConfig
 from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
     ExternalProcessor,
     ExternalProcessorRouteCacheAction,
@@ -114,16 +116,9 @@ from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
     ProcessingModeBodySendMode,
     ProcessingModeHeaderSendMode,
 )
-from envoy_data_plane.envoy.config.common.mutation_rules.v3 import HeaderMutation as HeaderMutationRule
-from envoy_data_plane.envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
-    HeaderMutation as EarlyHeaderMutation,
-)
-from envoy_data_plane.envoy.extensions.clusters.aggregate.v3 import ClusterConfig as AggregateClusterConfig
 from envoy_data_plane.envoy.extensions.filters.http.lua.v3 import Lua
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.http.upstream_codec.v3 import UpstreamCodec
-from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
-from envoy_data_plane.envoy.extensions.retry.priority.previous_priorities.v3 import PreviousPrioritiesConfig
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
     HttpConnectionManagerCodecType,
@@ -132,6 +127,11 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     LocalReplyConfig,
     ResponseMapper,
 )
+from envoy_data_plane.envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
+    HeaderMutation as EarlyHeaderMutation,
+)
+from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
+from envoy_data_plane.envoy.extensions.retry.priority.previous_priorities.v3 import PreviousPrioritiesConfig
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
     CertificateValidationContext,
     CommonTlsContext,
@@ -143,11 +143,13 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions,
     HttpProtocolOptionsExplicitHttpConfig,
 )
-from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.envoy.type.matcher.v3 import RegexMatchAndSubstitute, RegexMatcher, StringMatcher
+from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.google.protobuf import Any, Struct
 
-from .config import Config, Endpoint as EndpointCfg, Listener as ListenerCfg, LlmProvider, Upstream
+from ext_proc.config import Config, LlmProvider, Upstream
+from ext_proc.config import Endpoint as EndpointCfg
+from ext_proc.config import Listener as ListenerCfg
 
 __all__ = [
     "ACCESS_LOG_FIELDS",
@@ -388,7 +390,7 @@ def _clusters(cfg: Config) -> list[Cluster]:
 
 
 def _balanced_models(cfg: Config) -> bool:
-    from .model_repo import needed_models
+    from ext_proc.control.model_repo import needed_models
 
     return cfg.model_server.balanced and bool(needed_models(cfg))
 

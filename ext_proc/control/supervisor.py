@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import REPLICA_PORT_STEP, REPO_ROOT, Config
-from ._envoy_bin import envoy_binary
-from .model_repo import needed_models, render_model_repository
-from .triton_server import health_url as triton_health_url
-from .triton_server import remove_shm, shm_prefix, triton_command
+from ext_proc.config import REPLICA_PORT_STEP, REPO_ROOT, Config
+from ext_proc.control.envoy_bin import envoy_binary
+from ext_proc.control.model_repo import needed_models, render_model_repository
+from ext_proc.control.triton_server import health_url as triton_health_url
+from ext_proc.control.triton_server import remove_shm, shm_prefix, triton_command
 
 __all__ = ["Service", "Supervisor", "home", "read_state", "services_for"]
 

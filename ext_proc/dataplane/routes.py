@@ -11,13 +11,13 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from .chat import ChatProcessor, egress_router
-from .config import Config
-from .endpoints import EndpointClient
-from .metrics import Metrics
-from .pipeline import IngressPipeline, Models
-from .processor import Processor
-from .ratelimit import RateLimiter
+from ext_proc.chat.completions import ChatProcessor, egress_router
+from ext_proc.chat.endpoints import EndpointClient
+from ext_proc.chat.pipeline import IngressPipeline, Models
+from ext_proc.chat.ratelimit import RateLimiter
+from ext_proc.config import Config
+from ext_proc.metrics import Metrics
+from ext_proc.processor import Processor
 
 __all__ = ["Services", "pick", "served_paths"]
 

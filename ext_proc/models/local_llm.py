@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import ModelServerError, SidegateError, render_error
-from .openai_wire import chat_completion, content_text, parse_chat_request
+from ext_proc.errors import ModelServerError, SidegateError, render_error
+from ext_proc.wire.openai import chat_completion, content_text, parse_chat_request
 
 __all__ = ["add_routes"]
 
@@ -23,7 +23,7 @@ _PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed")
 
 
 def add_routes(app: web.Application, client: Any, *, timeout_s: float) -> None:
-    """Serve chat completions from ``client`` (a :class:`~ext_proc.triton_client.TritonClient`, or None)."""
+    """Serve chat completions from ``client`` (a :class:`~ext_proc.models.triton.TritonClient`, or None)."""
 
     async def chat_completions(request: web.Request) -> web.StreamResponse:
         try:

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import MalformedRequest
+from ext_proc.errors import MalformedRequest
 
 __all__ = ["ChatRequest", "chat_completion", "parse_chat_request", "sse_frames", "usage_from_body", "usage_from_sse"]
 

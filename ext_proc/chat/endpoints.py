@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from . import telemetry
-from .config import Config, PromptTarget
-from .errors import UpstreamError
-from .targets import EndpointCall
+from ext_proc import telemetry
+from ext_proc.chat.targets import EndpointCall
+from ext_proc.config import Config, PromptTarget
+from ext_proc.errors import UpstreamError
 
 __all__ = ["EndpointClient", "EndpointReply", "FORWARDED_HEADERS"]
 
