@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,27 +32,16 @@ from ext_proc.chat.targets import PendingState, clarifying_question, endpoint_re
 from ext_proc.config import Config, PromptTarget
 from ext_proc.errors import MalformedRequest, ModelServerError
 from ext_proc.metrics import Metrics
+from ext_proc.models.base import Models, ToolCall
 from ext_proc.wire.openai import ChatRequest, content_text
 
-__all__ = ["FUNCTION_CALL_MODEL", "GUARD_MODEL", "GuardVerdict", "IngressPipeline", "Models", "ToolCall", "Uncertain"]
+__all__ = ["FUNCTION_CALL_MODEL", "GUARD_MODEL", "IngressPipeline", "Uncertain"]
 
 log = logging.getLogger("sidegate.pipeline")
 
 GUARD_MODEL = "sidegate-guard"
 FUNCTION_CALL_MODEL = "sidegate-function-call"
 GUARD_HEADER = "x-sidegate-guard"
-
-
-@dataclass(frozen=True, kw_only=True)
-class GuardVerdict:
-    probability: float
-    flagged: bool  # by the model's own calibrated threshold
-
-
-@dataclass(frozen=True, kw_only=True)
-class ToolCall:
-    arguments: dict[str, Any]
-    missing: list[str]
 
 
 @dataclass(frozen=True)
@@ -62,24 +51,6 @@ class Uncertain:
 
     candidates: tuple[str, ...]
     score: float
-
-
-class Models(Protocol):
-    async def guard(self, text: str) -> GuardVerdict:
-        """How likely ``text`` is a jailbreak / prompt injection."""
-
-    async def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        """Unit-norm embeddings, one row per text."""
-
-    async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any], *, timeout_s: float | None = None) -> ToolCall:
-        """Arguments for ``tool`` found in the conversation, and the required ones it could not find.
-        ``timeout_s``: the deadline of this call (None: the model's own, ``model_server.models.function_call.timeout``)."""
-
-    async def choose_call(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], candidates: list[str], *,
-                          timeout_s: float | None = None) -> tuple[str, ToolCall] | None:
-        """One model call: which of ``candidates`` (names among ``tools``, all of which the model's
-        prompt lists, in this fixed order) the conversation asks for, and its arguments; None when
-        it asks for none of them. ``candidates == []``: only evaluates (caches) the listing."""
 
 
 class IngressPipeline:

@@ -13,10 +13,11 @@ from typing import Callable
 
 from ext_proc.chat.completions import ChatProcessor, egress_router
 from ext_proc.chat.endpoints import EndpointClient
-from ext_proc.chat.pipeline import IngressPipeline, Models
+from ext_proc.chat.pipeline import IngressPipeline
 from ext_proc.chat.ratelimit import RateLimiter
 from ext_proc.config import Config
 from ext_proc.metrics import Metrics
+from ext_proc.models.base import Models
 from ext_proc.processor import Processor
 
 __all__ = ["Services", "pick", "served_paths"]

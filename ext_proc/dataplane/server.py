@@ -28,7 +28,7 @@ from ext_proc import telemetry
 from ext_proc.config import Config
 from ext_proc.dataplane import routes
 from ext_proc.errors import NotFound, render_error
-from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Processor, Reply
+from ext_proc.processor import CONTINUE, Immediate, PassThrough, Processor, Reply
 
 __all__ = ["ExternalProcessor", "LISTENER_METADATA", "create_server"]
 

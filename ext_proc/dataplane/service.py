@@ -24,13 +24,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ext_proc import telemetry
-from ext_proc.chat.pipeline import Models
 from ext_proc.config import Config
 from ext_proc.dataplane.routes import Services
 from ext_proc.dataplane.server import create_server
 from ext_proc.errors import ModelServerError
 from ext_proc.metrics import Metrics
 from ext_proc.models import local_llm
+from ext_proc.models.base import Models
 
 __all__ = ["run", "serve", "start_http"]
 

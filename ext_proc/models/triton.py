@@ -45,9 +45,9 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
 from ext_proc import telemetry
-from ext_proc.chat.pipeline import GuardVerdict, ToolCall
 from ext_proc.config import ENSEMBLE_STEPS  # a step whose stub died fails its ensemble's requests; the step is reloaded
 from ext_proc.errors import ModelServerError
+from ext_proc.models.base import GuardVerdict, ToolCall
 
 __all__ = ["EMBEDDING_DIM", "EMBED_MODEL", "TritonClient"]
 

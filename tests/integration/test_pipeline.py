@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from ext_proc.config import Config, load_config
-from ext_proc.control import supervisor as sv
 from tests.conftest import free_port, gateway_config
 from tests.fake_provider import FakeProvider, RecordedRequest
 

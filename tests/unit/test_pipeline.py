@@ -13,10 +13,11 @@ import pytest
 
 from ext_proc.chat.endpoints import EndpointClient
 from ext_proc.chat.intent import CONFIDENT_THRESHOLD, JUDGE_CANDIDATES, UNRELATED_THRESHOLD
-from ext_proc.chat.pipeline import IngressPipeline, ToolCall, Uncertain
+from ext_proc.chat.pipeline import IngressPipeline, Uncertain
 from ext_proc.config import build_config
 from ext_proc.errors import ModelServerError
 from ext_proc.metrics import Metrics
+from ext_proc.models.base import ToolCall
 from ext_proc.wire.openai import parse_chat_request
 from tests.unit.test_render import ENV, raw_config
 

@@ -178,7 +178,8 @@ def test_a_failed_provider_call_marks_the_spans_as_errors(spans: InMemorySpanExp
 
 def test_pipeline_stages_are_child_spans_with_their_verdicts(spans: InMemorySpanExporter) -> None:
     from ext_proc.chat.endpoints import EndpointClient
-    from ext_proc.chat.pipeline import GuardVerdict, IngressPipeline
+    from ext_proc.chat.pipeline import IngressPipeline
+    from ext_proc.models.base import GuardVerdict
     from ext_proc.wire.openai import parse_chat_request
 
     raw = raw_config()

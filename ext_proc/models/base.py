@@ -1,0 +1,46 @@
+"""What the request path asks of a model server, and the answers it gets back.
+
+:class:`Models` is the protocol the prompt pipeline calls (guard, embed, function calling);
+:class:`ext_proc.models.triton.TritonModels` implements it over Triton, and the unit tests
+implement it with fakes. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["GuardVerdict", "Models", "ToolCall"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardVerdict:
+    probability: float
+    flagged: bool  # by the model's own calibrated threshold
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCall:
+    arguments: dict[str, Any]
+    missing: list[str]
+
+
+class Models(Protocol):
+    async def guard(self, text: str) -> GuardVerdict:
+        """How likely ``text`` is a jailbreak / prompt injection."""
+
+    async def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """Unit-norm embeddings, one row per text."""
+
+    async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any], *, timeout_s: float | None = None) -> ToolCall:
+        """Arguments for ``tool`` found in the conversation, and the required ones it could not find.
+        ``timeout_s``: the deadline of this call (None: the model's own, ``model_server.models.function_call.timeout``)."""
+
+    async def choose_call(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], candidates: list[str], *,
+                          timeout_s: float | None = None) -> tuple[str, ToolCall] | None:
+        """One model call: which of ``candidates`` (names among ``tools``, all of which the model's
+        prompt lists, in this fixed order) the conversation asks for, and its arguments; None when
+        it asks for none of them. ``candidates == []``: only evaluates (caches) the listing."""
