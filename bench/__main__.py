@@ -15,7 +15,6 @@ import shlex
 import sys
 import time
 import traceback
-from pathlib import Path
 
 from bench._harness import BENCH_DIR, set_command
 

@@ -70,6 +70,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/pipeline_eval.py` as well as `python -m bench pipeline_eval`
 from bench._harness import free_port, load_caption, percentile, print_table, write_results  # noqa: E402
 from bench.intent_eval import BFCL_PACKAGE, INSTALL, bfcl_dir, sha256_file, split_of, target_name  # noqa: E402
+from ext_proc.names import GUARD_HEADER  # noqa: E402  (the header a client sees on a blocked prompt)
 
 PART = "pipeline_eval"
 IN_SCOPE = ("live_multiple", "multiple", "live_simple")
@@ -82,7 +83,6 @@ LLM_NAME = "pipeline-eval-llm"
 LLM_MARKER = f"{LLM_NAME} says:"
 GUARD_MESSAGE = "pipeline_eval: blocked by the guard"
 FUNCTION_CALL_MODEL = "sidegate-function-call"  # ext_proc.chat.pipeline.FUNCTION_CALL_MODEL
-GUARD_HEADER = "x-sidegate-guard"
 
 # BFCL parameter type -> the config's (ext_proc/config.py _TYPE_ALIASES accepts the right-hand side)
 TYPE_MAP = {

@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ext_proc.names import ERROR_HEADER
+
 __all__ = [
     "MalformedRequest",
     "MethodNotAllowed",
@@ -106,7 +108,7 @@ def render_error(exc: BaseException, *, request_id: str = "") -> RenderedError:
         status, etype, code, param = 500, "server_error", "internal_error", None
         message = f"sidegate failed to process the request (request id {request_id or 'unknown'}); see `sidegate logs ext_proc`"
     body = {"error": {"message": message, "type": etype, "param": param, "code": code}}
-    headers = {"content-type": "application/json", "x-sidegate-error": code}
+    headers = {"content-type": "application/json", ERROR_HEADER: code}
     if request_id:
         headers["x-request-id"] = request_id
     retry_after = getattr(exc, "retry_after_s", None)

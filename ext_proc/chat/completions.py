@@ -20,14 +20,13 @@ from ext_proc.chat.ratelimit import Charge, RateLimiter
 from ext_proc.config import Config, LlmProvider
 from ext_proc.errors import MalformedRequest, MethodNotAllowed, SidegateError, render_error
 from ext_proc.metrics import Metrics
+from ext_proc.names import ATTEMPT_HEADER, PROVIDER_HEADER, UPSTREAM_HEADER
 from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Reply
 from ext_proc.wire.openai import ChatRequest, chat_completion, parse_chat_request, sse_frames, usage_from_body, usage_from_sse
 
-__all__ = ["ChatProcessor", "Decision", "Forward", "Router", "UPSTREAM_HEADER", "egress_router", "synthesized"]
+__all__ = ["ChatProcessor", "Decision", "Forward", "Router", "egress_router", "synthesized"]
 
-UPSTREAM_HEADER = "x-sidegate-upstream"
-PROVIDER_HEADER = "x-sidegate-provider"
-ATTEMPT_HEADER = "x-envoy-attempt-count"  # on answers of providers with fallbacks: attempt n = chain member (n-1) % len
+# ATTEMPT_HEADER on answers of providers with fallbacks: attempt n = chain member (n-1) % len
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,6 +23,7 @@ from ext_proc import telemetry
 from ext_proc.chat.targets import EndpointCall
 from ext_proc.config import Config, PromptTarget
 from ext_proc.errors import UpstreamError
+from ext_proc.names import UPSTREAM_HEADER
 
 __all__ = ["EndpointClient", "EndpointReply", "FORWARDED_HEADERS"]
 
@@ -57,7 +58,7 @@ class EndpointClient:
     async def call(self, target: PromptTarget, call: EndpointCall, incoming: dict[str, str]) -> EndpointReply:
         assert target.endpoint is not None
         endpoint = self.cfg.endpoints[target.endpoint.name]
-        headers = {**call.headers, "x-sidegate-upstream": endpoint.cluster}
+        headers = {**call.headers, UPSTREAM_HEADER: endpoint.cluster}
         headers.update({h: incoming[h] for h in FORWARDED_HEADERS if h in incoming})
         telemetry.inject(headers)  # tracing on: the current span (the `endpoint` stage) is the app's parent
         where = f"prompt target {target.name!r} endpoint {endpoint.name!r} ({call.method} {call.path})"

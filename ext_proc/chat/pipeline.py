@@ -33,6 +33,7 @@ from ext_proc.config import Config, PromptTarget
 from ext_proc.errors import MalformedRequest, ModelServerError
 from ext_proc.metrics import Metrics
 from ext_proc.models.base import Models, ToolCall
+from ext_proc.names import ARCH_STATE_KEY, GUARD_HEADER
 from ext_proc.wire.openai import ChatRequest, content_text
 
 __all__ = ["FUNCTION_CALL_MODEL", "GUARD_MODEL", "IngressPipeline", "Uncertain"]
@@ -41,7 +42,6 @@ log = logging.getLogger("sidegate.pipeline")
 
 GUARD_MODEL = "sidegate-guard"
 FUNCTION_CALL_MODEL = "sidegate-function-call"
-GUARD_HEADER = "x-sidegate-guard"
 
 
 @dataclass(frozen=True)
@@ -339,7 +339,7 @@ class IngressPipeline:
                     req,
                     clarifying_question(target, missing, problems),
                     model=FUNCTION_CALL_MODEL,
-                    metadata={"x-arch-state": state.encode()},
+                    metadata={ARCH_STATE_KEY: state.encode()},
                 )
         if target.endpoint is None:
             return self._to_llm(req, system_prompt=target.system_prompt or self.cfg.system_prompt)
@@ -352,7 +352,7 @@ class IngressPipeline:
         tool_messages = _tool_messages(target, args, reply.text)
         context = f"Result of {target.name}({json.dumps(args)}):\n{reply.text}"
         system = "\n\n".join(p for p in (target.system_prompt or self.cfg.system_prompt, context) if p)
-        return self._to_llm(req, system_prompt=system, metadata={"x-arch-state": json.dumps({"messages": tool_messages})})
+        return self._to_llm(req, system_prompt=system, metadata={ARCH_STATE_KEY: json.dumps({"messages": tool_messages})})
 
     def _to_llm(self, req: ChatRequest, *, system_prompt: str | None, metadata: dict[str, Any] | None = None) -> Forward:
         """To the default provider; ``system_prompt`` goes first, our ``metadata`` never goes upstream."""

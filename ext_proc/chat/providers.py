@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from ext_proc.config import Config, LlmProvider
 from ext_proc.errors import MalformedRequest
+from ext_proc.names import PROVIDER_HINT_HEADER
 from ext_proc.wire.openai import ChatRequest
 
-__all__ = ["HINT_HEADER", "ProviderChoice", "body_for", "choose_provider"]
+__all__ = ["ProviderChoice", "body_for", "choose_provider"]
 
-HINT_HEADER = "x-arch-llm-provider-hint"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,16 +26,16 @@ def choose_provider(cfg: Config, headers: dict[str, str], req: ChatRequest) -> P
     The request's ``model`` is rewritten to the chosen provider's model when they differ, so a
     provider configured for ``gpt-4o-mini`` is never asked for a model it was not configured for.
     """
-    hint = headers.get(HINT_HEADER)
+    hint = headers.get(PROVIDER_HINT_HEADER)
     provider: LlmProvider | None
     if hint:
         provider = cfg.provider(hint)
         if provider is None:
             known = ", ".join(p.name for p in cfg.llm_providers) or "none configured"
             raise MalformedRequest(
-                f"unknown LLM provider {hint!r} in {HINT_HEADER} (known providers: {known})",
+                f"unknown LLM provider {hint!r} in {PROVIDER_HINT_HEADER} (known providers: {known})",
                 code="unknown_provider",
-                param=HINT_HEADER,
+                param=PROVIDER_HINT_HEADER,
             )
     else:
         provider = next((p for p in cfg.llm_providers if req.model and p.model == req.model), None) or cfg.default_provider

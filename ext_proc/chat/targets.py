@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ext_proc.config import Parameter, PromptTarget
+from ext_proc.names import ARCH_STATE_KEY
 
 __all__ = [
     "EndpointCall",
@@ -249,7 +250,7 @@ class PendingState:
         """From a request's top-level ``metadata``; None when absent or not ours (never an error)."""
         if not isinstance(metadata, dict):
             return None
-        raw = metadata.get("x-arch-state")
+        raw = metadata.get(ARCH_STATE_KEY)
         if isinstance(raw, str):
             try:
                 raw = json.loads(raw)

@@ -150,14 +150,13 @@ from envoy_data_plane.google.protobuf import Any, Struct
 from ext_proc.config import Config, LlmProvider, Upstream
 from ext_proc.config import Endpoint as EndpointCfg
 from ext_proc.config import Listener as ListenerCfg
+from ext_proc.names import LISTENER_METADATA, PROVIDER_HINT_HEADER, UPSTREAM_HEADER
 
 __all__ = [
     "ACCESS_LOG_FIELDS",
     "EXT_PROC_CLUSTER",
     "OTLP_CLUSTER",
-    "LISTENER_HEADER",
     "REMOVED_CLIENT_HEADERS",
-    "UPSTREAM_HEADER",
     "RenderError",
     "bootstrap_dict",
     "bootstrap_yaml",
@@ -174,10 +173,8 @@ MODELS_CLUSTER = "sidegate_models"  # the Triton replicas (model_server.replicas
 MODELS_RETRY_ON = "connect-failure,refused-stream,reset,unavailable"
 ENVOY_SERVICE_NAME = "sidegate-envoy"
 OTEL_TRACER = "envoy.tracers.opentelemetry"
-UPSTREAM_HEADER = "x-sidegate-upstream"  # the cluster the ext_proc service chose
-LISTENER_HEADER = "x-sidegate-listener"  # gRPC initial metadata: which listener a stream serves
 # the client's own credentials and sidegate's routing headers never reach an upstream
-REMOVED_CLIENT_HEADERS = ("authorization", "x-api-key", "api-key", UPSTREAM_HEADER, "x-arch-llm-provider-hint")
+REMOVED_CLIENT_HEADERS = ("authorization", "x-api-key", "api-key", UPSTREAM_HEADER, PROVIDER_HINT_HEADER)
 RETRY_ON = "connect-failure,refused-stream,reset,5xx,retriable-status-codes"
 GRPC_SLACK_BYTES = 1024 * 1024  # room for the rest of a ProcessingRequest/Response around a body
 
@@ -801,7 +798,7 @@ def _ext_proc_filter(cfg: Config, listener: ListenerCfg, stat_prefix: str) -> Ht
                 max_receive_message_length=listener.max_body_bytes + GRPC_SLACK_BYTES,
             ),
             timeout=timeout,
-            initial_metadata=[HeaderValue(key=LISTENER_HEADER, value=stat_prefix)],
+            initial_metadata=[HeaderValue(key=LISTENER_METADATA, value=stat_prefix)],
         ),
         failure_mode_allow=cfg.ext_proc.failure_mode_allow,
         processing_mode=ProcessingMode(

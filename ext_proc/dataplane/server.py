@@ -28,12 +28,12 @@ from ext_proc import telemetry
 from ext_proc.config import Config
 from ext_proc.dataplane import routes
 from ext_proc.errors import NotFound, render_error
+from ext_proc.names import LISTENER_METADATA
 from ext_proc.processor import CONTINUE, Immediate, PassThrough, Processor, Reply
 
-__all__ = ["ExternalProcessor", "LISTENER_METADATA", "create_server"]
+__all__ = ["ExternalProcessor", "create_server"]
 
 log = logging.getLogger("sidegate.ext_proc")
-LISTENER_METADATA = "x-sidegate-listener"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _MODES = {
     "NONE": processing_mode_pb2.ProcessingMode.NONE,

@@ -48,6 +48,7 @@ from ext_proc import telemetry
 from ext_proc.config import ENSEMBLE_STEPS  # a step whose stub died fails its ensemble's requests; the step is reloaded
 from ext_proc.errors import ModelServerError
 from ext_proc.models.base import GuardVerdict, ToolCall
+from ext_proc.names import INVALID_INPUT_MARK, STUB_DEAD, STUB_DEAD_INSTANCE
 
 __all__ = ["EMBEDDING_DIM", "EMBED_MODEL", "TritonClient"]
 
@@ -69,13 +70,8 @@ def _json_inputs(**documents: Any) -> list[InferInput]:
     return out
 EMBEDDING_DIM = 384
 EMBED_MAX_BATCH = 64  # max_batch_size in triton_models/prompt_embed/config.pbtxt
-_STUB_DEAD = "is not healthy"  # python backend's words for a request that hit a dead stub
-# ... naming the stub's model instance, "<model>_<group>_<instance>"; through an ensemble the
-# instance is that of the step whose stub died
-_DEAD_INSTANCE = re.compile(r"Stub process '(?P<instance>[^']+)' is not healthy")
-# a gRPC stream carries an error's message without its code: the decoupled models mark input
-# they refuse (triton_models/function_call/backend.py, INVALID_INPUT)
-_STREAM_INVALID_INPUT = ": invalid input: "
+# STUB_DEAD_INSTANCE names the stub's model instance, "<model>_<group>_<instance>"; through an
+# ensemble the instance is that of the step whose stub died
 
 
 # calls whose deadline is the model's config (model_server.models.<name>.timeout / model_server.timeout)
@@ -380,7 +376,7 @@ class TritonClient:
                     errors.append(str(error or ""))
         except (InferenceServerException, grpc.RpcError, TimeoutError) as exc:
             errors.append(str(exc))
-        return any(_STUB_DEAD in e for e in errors)
+        return any(STUB_DEAD in e for e in errors)
 
     async def close(self) -> None:
         for task in self._reloads.values():
@@ -413,7 +409,7 @@ class TritonClient:
             status, message = exc.status() or "", exc.message() or str(exc)
             if status == "StatusCode.DEADLINE_EXCEEDED":
                 raise _timeout_error(operation, model, timeout_s) from exc
-            if status == "StatusCode.INVALID_ARGUMENT" or (not status and _STREAM_INVALID_INPUT in message):
+            if status == "StatusCode.INVALID_ARGUMENT" or (not status and f": {INVALID_INPUT_MARK}: " in message):
                 raise ModelServerError(f"Triton model {model} rejected the input: {message}",
                                        code="model_input_invalid", status=400) from exc
             dead = self._dead_model(model, message)
@@ -439,10 +435,10 @@ class TritonClient:
         """The model whose stub this error says is dead (``model`` or, for an ensemble, one of
         its steps), or one of them already marked dead (its reload is under way: unloading a
         step makes the ensemble unknown meanwhile); None when the error is something else."""
-        found = _DEAD_INSTANCE.search(message)
+        found = STUB_DEAD_INSTANCE.search(message)
         if found:
             return re.sub(r"_\d+_\d+$", "", found["instance"])
-        if _STUB_DEAD in message:
+        if STUB_DEAD in message:
             return model
         return next((m for m in (model, *ENSEMBLE_STEPS.get(model, ())) if m in self.unhealthy), None)
 

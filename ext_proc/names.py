@@ -1,0 +1,46 @@
+"""Names two processes must agree on, each defined once (tests/unit/test_names.py checks both sides).
+
+Envoy ↔ ext_proc: the rendered bootstrap (:mod:`ext_proc.control.envoy_bootstrap`) routes on
+headers that the request path (:mod:`ext_proc.chat`, :mod:`ext_proc.dataplane`) sets and reads.
+Triton ↔ ext_proc: the model client recognises errors by words that Triton's python backend, or our
+own models (``triton_models/function_call/backend.py``), put in their messages.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "ARCH_STATE_KEY",
+    "ATTEMPT_HEADER",
+    "ERROR_HEADER",
+    "GUARD_HEADER",
+    "INVALID_INPUT_MARK",
+    "LISTENER_METADATA",
+    "PROVIDER_HEADER",
+    "PROVIDER_HINT_HEADER",
+    "STUB_DEAD",
+    "STUB_DEAD_INSTANCE",
+    "UPSTREAM_HEADER",
+]
+
+# -- Envoy ↔ ext_proc ---------------------------------------------------------------------------
+UPSTREAM_HEADER = "x-sidegate-upstream"  # the cluster ext_proc chose; Envoy's routes match on it
+LISTENER_METADATA = "x-sidegate-listener"  # gRPC initial metadata of each listener's ext_proc filter
+ATTEMPT_HEADER = "x-envoy-attempt-count"  # Envoy's retry count on an answer: which fallback answered
+
+# -- what clients see or send -------------------------------------------------------------------
+PROVIDER_HEADER = "x-sidegate-provider"  # on answers: the provider that answered
+GUARD_HEADER = "x-sidegate-guard"  # "blocked" on the guard's own answer
+ERROR_HEADER = "x-sidegate-error"  # on sidegate's error answers: the error code
+PROVIDER_HINT_HEADER = "x-arch-llm-provider-hint"  # Arch's header: the provider a client asks for
+ARCH_STATE_KEY = "x-arch-state"  # Arch's key in `metadata`: a pending target and its arguments
+
+# -- Triton ↔ ext_proc --------------------------------------------------------------------------
+# Triton 2.51's python backend, for a request that reaches a crashed stub (its message, not ours)
+STUB_DEAD = "is not healthy"
+STUB_DEAD_INSTANCE = re.compile(r"Stub process '(?P<instance>[^']+)' is not healthy")
+# A decoupled model's gRPC stream carries an error's message but not its code, so the llama.cpp
+# models mark refused input in the message (triton_models/function_call/backend.py has the same
+# words: the model side cannot import this package in a Triton-only image)
+INVALID_INPUT_MARK = "invalid input"
