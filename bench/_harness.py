@@ -31,7 +31,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
+
+from testkit.ports import free_port, free_ports_spaced  # noqa: F401  (bench modules import them from here)
 
 __all__ = [
     "BENCH_DIR",
@@ -262,40 +263,7 @@ def write_results(part: str, payload: dict[str, Any], *, results_dir: Path | Non
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-_PORTS_GIVEN: set[int] = set()
 
-
-def free_port() -> int:
-    """A free 127.0.0.1 port, never one this process was given before: the socket is closed
-    before the caller binds, so two calls in a row could otherwise get the same port (a config
-    with ext_proc.port == ext_proc.http_port failed a CI run that way)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _PORTS_GIVEN:
-            _PORTS_GIVEN.add(port)
-            return port
-
-
-def free_ports_spaced(count: int, step: int) -> int:
-    """A free 127.0.0.1 port ``p`` such that ``p + step * i`` is free for every i < count (the
-    ports of model_server.replicas: replica i on each base port + 10 i)."""
-    while True:
-        base = free_port()
-        ports = [base + step * i for i in range(count)]
-        if all(_bindable(p) for p in ports[1:]) and not _PORTS_GIVEN.intersection(ports[1:]):
-            _PORTS_GIVEN.update(ports)
-            return base
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def cpu_seconds(pid: int) -> float:
@@ -396,39 +364,11 @@ def _tail(path: Path, n: int = 3000) -> str:
         return "(no log)"
 
 
-def fake_provider_main(argv: list[str] | None = None) -> None:
-    """``tests/fake_provider.py``'s ``main`` with a bounded request history.
-
-    The test fake records every request it receives, body included, forever: after a few
-    thousand 100 kB requests that is hundreds of MiB (and a growing heap to scan), which would
-    distort both its CPU and the memory table. Here it keeps the last 64."""
-    import argparse
-    import threading
-    from collections import deque
-
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    from tests.fake_provider import FakeProvider
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--name", default="fake-bench")
-    args = ap.parse_args(argv)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    fp = FakeProvider(args.name, args.host, args.port)
-    fp._requests = deque(maxlen=64)  # type: ignore[assignment]  # list API used: append, clear, iteration
-    with fp:
-        print(f"fake provider {fp.name} listening on {fp.base_url}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            while not stop.wait(0.5):
-                pass
-
-
 class FakeProviderProcess:
-    """The fake OpenAI provider of ``tests/fake_provider.py`` in its own process (its own GIL),
-    started as ``python -c 'fake_provider_main()' --port N`` (see :func:`fake_provider_main`)."""
+    """The fake OpenAI provider of ``testkit/fake_provider.py`` in its own process (its own GIL),
+    started as ``python -m testkit.fake_provider --port N --history 64``: the fake keeps only its
+    last 64 requests (kept forever, thousands of 100 kB bodies would distort both its CPU and the
+    memory table)."""
 
     def __init__(self, name: str = "fake-bench", workdir: Path | None = None) -> None:
         self.name = name
@@ -448,8 +388,8 @@ class FakeProviderProcess:
 
     def argv(self) -> list[str]:
         """The command that serves the fake on ``self.port`` (a subclass may serve another one)."""
-        return [sys.executable, "-c", "from bench._harness import fake_provider_main; fake_provider_main()",
-                "--host", "127.0.0.1", "--port", str(self.port), "--name", self.name]
+        return [sys.executable, "-m", "testkit.fake_provider", "--host", "127.0.0.1", "--port", str(self.port),
+                "--name", self.name, "--history", "64"]
 
     def __enter__(self) -> Self:
         self.proc = _spawn(self.argv(), self.log, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT)})
@@ -638,7 +578,7 @@ class SidegateStack:
 
         if str(REPO_ROOT) not in sys.path:
             sys.path.insert(0, str(REPO_ROOT))
-        from tests.conftest import gateway_config
+        from testkit import gateway_config
 
         self._old_home = os.environ.get("SIDEGATE_HOME")
         os.environ["SIDEGATE_HOME"] = str(self.home)

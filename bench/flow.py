@@ -3,7 +3,7 @@
 A whole sidegate stack (Envoy + ext_proc + Triton with prompt_embed, prompt_guard (an ensemble
 of prompt_embed and prompt_guard_head) and function_call on CPU, started by sidegate's
 supervisor on free 127.0.0.1 ports) in front of a fake LLM provider and a fake app (both
-``tests/fake_provider.py``; the app answers the targets' endpoints through ``routes=``),
+``testkit/fake_provider.py``; the app answers the targets' endpoints through ``routes=``),
 configured like ``tests/integration/test_pipeline.py``: the jailbreak guard, the weather target
 (``location``, ``days`` required, ``units`` an optional enum; POST /weather), the currency
 target (GET /exchange/{currency_symbol}) and a default target (POST /default, its reply returned
@@ -126,7 +126,7 @@ def flow_config(llm_url: str, app_port: int, *, with_targets: bool = True) -> di
     """The pipeline test's config: guard, weather (3 params), currency and default targets."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    from tests.conftest import gateway_config
+    from testkit import gateway_config
 
     raw = gateway_config(
         [{"name": "fake-llm", "provider_interface": "openai", "endpoint": llm_url, "model": "fake-model", "default": True}],
@@ -173,7 +173,7 @@ class FlowStack:
 
         if str(REPO_ROOT) not in sys.path:
             sys.path.insert(0, str(REPO_ROOT))
-        from tests.fake_provider import FakeProvider
+        from testkit.fake_provider import FakeProvider
 
         self.home.mkdir(parents=True, exist_ok=True)
         # the packaged GGUF is assembled once per $SIDEGATE_HOME: reuse the one already built

@@ -11,7 +11,7 @@ target wins when the best score is ``>= overrides.prompt_target_intent_matching_
 (config default 0.45), else the pipeline tries once more with ``intent.retry_query`` (the last two
 earlier user turns joined before the last one), else it sends the prompt to the default target or
 the LLM ("rejected" here: no config in this benchmark has a default target).
-``tests/unit/test_intent_eval.py`` checks that the pipeline embeds and decides the same. For
+``tests/unit/bench/test_intent_eval.py`` checks that the pipeline embeds and decides the same. For
 comparison the tables also show the same without the lexical term ("embedding only", the pipeline
 before it: its rejection is the same by construction, the threshold reads the same score), the
 scoring before ``intent.py`` (name with ``_``/``-`` as spaces and the description, best view) and

@@ -4,7 +4,7 @@ A whole sidegate stack (Envoy + ext_proc + Triton on CPU) is started the way a u
 ``sidegate up CONFIG -d`` (so the supervisor's watch loop runs and restarts what dies), with its
 own ``SIDEGATE_HOME`` and every port a free one on 127.0.0.1, and stopped with ``sidegate down``
 at the end whatever happens (error, Ctrl-C, SIGTERM). Two fake servers from
-``tests/fake_provider.py`` run in their own processes: the LLM provider ``fake-llm`` (the default
+``testkit/fake_provider.py`` run in their own processes: the LLM provider ``fake-llm`` (the default
 provider, for egress and for the ingress pipeline's LLM calls) and the app ``fake-app`` (the
 prompt targets' endpoints). The config has:
 
@@ -434,7 +434,7 @@ def find_service(state: dict[str, Any] | None, name: str) -> dict[str, Any] | No
 
 
 class FakeServer(FakeProviderProcess):
-    """``tests/fake_provider.py``'s FakeProvider in its own process (its own GIL) with a bounded
+    """``testkit/fake_provider.py``'s FakeProvider in its own process (its own GIL) with a bounded
     request history; ``app=True`` adds the prompt targets' endpoints."""
 
     def __init__(self, name: str, workdir: Path, *, app: bool = False) -> None:
@@ -443,8 +443,7 @@ class FakeServer(FakeProviderProcess):
         self.log = workdir / f"{name}.log"
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-c", "from bench.load import fake_server_main; fake_server_main()",
-                "--port", str(self.port), "--name", self.name] + (["--app"] if self.app else [])
+        return super().argv() + (["--routes", "bench.load:APP_ROUTES"] if self.app else [])
 
 
 def _route_default(req: Any) -> tuple[int, Any]:
@@ -464,34 +463,12 @@ def _route_weather(req: Any) -> tuple[int, Any]:
 APP_ROUTES = {"/default": _route_default, "/hours": _route_hours, "/weather": _route_weather}
 
 
-def fake_server_main(argv: list[str] | None = None) -> None:
-    """Entry of :class:`FakeServer`'s process."""
-    import threading
-
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    from tests.fake_provider import FakeProvider
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--name", default=LLM_NAME)
-    ap.add_argument("--app", action="store_true")
-    args = ap.parse_args(argv)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    fp = FakeProvider(args.name, HOST, args.port, routes=APP_ROUTES if args.app else None)
-    fp._requests = collections.deque(maxlen=64)  # type: ignore[assignment]  # the test fake keeps every request
-    with fp, contextlib.suppress(KeyboardInterrupt):
-        while not stop.wait(0.5):
-            pass
-
-
 def load_config(llm_url: str, app_port: int, *, with_function_call: bool, replicas: int = 1) -> dict[str, Any]:
     """The gateway config: guard, store_hours (no parameters), the default target (no parameters)
     and, optionally, the weather target (parameters: function_call)."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    from tests.conftest import gateway_config
+    from testkit import gateway_config
 
     raw = gateway_config(
         [{"name": LLM_NAME, "provider_interface": "openai", "endpoint": llm_url, "model": MODEL, "default": True,

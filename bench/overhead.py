@@ -3,7 +3,7 @@
 The same OpenAI chat-completion request (1 kB and 100 kB bodies, ``stream`` false and true; the
 fake provider streams 10 content chunks with no delay) is sent, at concurrency 1 and 32, to:
 
-* ``direct``  — the fake provider (``tests/fake_provider.py`` in its own process);
+* ``direct``  — the fake provider (``testkit/fake_provider.py`` in its own process);
 * ``envoy``   — a plain Envoy (same binary, hand-written minimal config: listener + router,
   same host rewrite / key injection / access log as sidegate's egress route, no ext_proc);
 * ``egress``  — sidegate's egress listener (ext_proc on, pass-through to the default provider);

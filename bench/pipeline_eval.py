@@ -12,7 +12,7 @@ stack (Envoy -> ext_proc -> Triton: guard, intent, function_call -> the target's
 * Out of scope: ``irrelevance``, ``live_irrelevance``: the item's (irrelevant) functions are
   targets too; right: no non-default target, i.e. the default target (or the LLM).
 * Observable routing: every non-default target's ``endpoint`` is a local fake app (aiohttp,
-  ``tests/fake_provider.py``'s server with routes, 127.0.0.1, a free port): ``POST /t/<target>``
+  ``testkit/fake_provider.py``'s server with routes, 127.0.0.1, a free port): ``POST /t/<target>``
   with the arguments as the JSON body; it answers 200 with ``{"sidegate_eval": {"target",
   "arguments"}}`` and ``auto_llm_dispatch_on_response: false`` returns that reply as the chat
   answer. The default target's endpoint is ``/__default__`` on the same app (no parameters: no
@@ -681,7 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(home, ignore_errors=True)
         return 0
 
-    from tests.fake_provider import FakeProvider
+    from testkit.fake_provider import FakeProvider
 
     checker, checker_name = load_checker()
     records: list[dict[str, Any]] = []

@@ -611,7 +611,7 @@ def stack_config(app_port: int) -> dict[str, Any]:
     """The full stack: guard, the weather and currency targets, and chat_llm as the local LLM."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    from tests.conftest import gateway_config
+    from testkit import gateway_config
 
     raw = gateway_config(
         [{"name": "local", "provider_interface": "sidegate", "model": "qwen-local", "default": True}],
@@ -656,7 +656,7 @@ def run_full_stack(workdir: Path) -> dict[str, Any]:
 
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    from tests.fake_provider import FakeProvider
+    from testkit.fake_provider import FakeProvider
 
     home = workdir / "sidegate-home"
     home.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ unrelated prompt is rejected exactly as before (:func:`choose`). Chosen on the s
 ``multiple`` 0.990 -> 0.995, ``live_multiple`` dev half 0.921 -> 0.934 (a plateau for weights 0.45-0.6; BM25, TF-IDF cosine and
 idf coverage all gained 0.5-1 point; bigrams and dropping the stop words or the plural stripping
 did not help).
-``bench/intent_eval.py`` and ``tests/unit/test_intent.py`` call these same functions.
+``bench/intent_eval.py`` and ``tests/unit/chat/test_intent.py`` call these same functions.
 """
 
 from __future__ import annotations

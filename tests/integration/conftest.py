@@ -14,8 +14,8 @@ import yaml
 from ext_proc.config import Config, load_config
 from ext_proc.control import supervisor as sv
 from ext_proc.control.envoy_bootstrap import write_bootstrap
-from tests.conftest import free_port, gateway_config
-from tests.fake_provider import FakeProvider
+from testkit import free_port, gateway_config
+from testkit.fake_provider import FakeProvider
 
 PROVIDER_KEY_A = "sk-configured-key-for-alpha"
 BACKUP_KEY = "sk-literal-backup"

@@ -18,8 +18,8 @@ import yaml
 
 from ext_proc.control import supervisor as sv
 from ext_proc.control.triton_server import gpu_names
-from tests.conftest import free_port, gateway_config
-from tests.fake_provider import FakeProvider
+from testkit import free_port, gateway_config
+from testkit.fake_provider import FakeProvider
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ext_proc.config import Config, load_config
-from tests.conftest import free_port, gateway_config
+from testkit import free_port, gateway_config
 
 from .conftest import start_stack
 

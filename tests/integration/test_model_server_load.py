@@ -29,8 +29,8 @@ import yaml
 
 from ext_proc.config import Config, load_config
 from ext_proc.control import supervisor as sv
-from tests.conftest import free_port, gateway_config
-from tests.fake_provider import FakeProvider
+from testkit import free_port, gateway_config
+from testkit.fake_provider import FakeProvider
 
 from .conftest import start_stack
 
@@ -211,8 +211,7 @@ def test_two_replicas_share_the_load_and_one_killed_or_frozen_costs_at_most_the_
     one SIGKILLed under load costs at most the requests in flight on it (Envoy retries a call
     whose replica reset or refused it on the other one), then none; one frozen (SIGSTOP) leaves
     the rotation on its failed health checks; both down is a clear 503."""
-    from bench._harness import free_ports_spaced
-    from tests.conftest import free_port
+    from testkit import free_port, free_ports_spaced
 
     home = tmp_path / "home"
     monkeypatch.setenv("SIDEGATE_HOME", str(home))

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from ext_proc.config import Config, load_config
-from tests.conftest import free_port, gateway_config
-from tests.fake_provider import FakeProvider, RecordedRequest
+from testkit import free_port, gateway_config
+from testkit.fake_provider import FakeProvider, RecordedRequest
 
 from .conftest import start_stack
 

@@ -19,8 +19,8 @@ import yaml
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from ext_proc.config import load_config
-from tests.conftest import free_port, gateway_config
-from tests.fake_provider import FakeProvider
+from testkit import free_port, gateway_config
+from testkit.fake_provider import FakeProvider
 
 from .conftest import PROVIDER_KEY_A, start_stack
 

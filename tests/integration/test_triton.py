@@ -45,7 +45,7 @@ from ext_proc.control.triton_server import (
 )
 from ext_proc.errors import ModelServerError
 from ext_proc.models.triton import TritonClient
-from tests.conftest import free_port
+from testkit import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -284,7 +284,7 @@ async def test_triton_down_fails_fast() -> None:
 async def test_an_endpoint_that_is_not_triton_is_a_clear_503() -> None:
     """model_server.endpoint pointing at an HTTP server (here Triton's own HTTP port would do the
     same): not a hang, not a 500."""
-    from tests.fake_provider import FakeProvider
+    from testkit.fake_provider import FakeProvider
 
     with FakeProvider(name="not-triton") as http_only:
         async with TritonClient(f"grpc://127.0.0.1:{http_only.port}") as wrong:

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `tests.` imports
-from tests.fake_provider import Behaviour, FakeProvider, chunk_content  # noqa: E402
+from testkit.fake_provider import Behaviour, FakeProvider, chunk_content  # noqa: E402
 
 USER = [{"role": "user", "content": "hello there"}]
 

@@ -19,8 +19,9 @@ from ext_proc import names
 from ext_proc.control.envoy_bootstrap import bootstrap_dict
 from ext_proc.errors import ModelServerError
 from ext_proc.models.triton import TritonClient
-from tests.unit.test_prompt_guard import _fake_pb_utils
-from tests.unit.test_render import cfg_from, ext_proc, routes
+from testkit.configs import cfg_from
+from testkit.envoy import ext_proc, routes
+from testkit.triton_stub import fake_pb_utils as _fake_pb_utils
 
 BACKEND = Path(__file__).resolve().parents[2] / "triton_models" / "function_call" / "backend.py"
 

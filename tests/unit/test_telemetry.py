@@ -16,7 +16,8 @@ from ext_proc.config import build_config
 from ext_proc.control.envoy_bootstrap import OTLP_CLUSTER, bootstrap_dict, write_bootstrap
 from ext_proc.metrics import Metrics
 from ext_proc.processor import Continue
-from tests.unit.test_render import ENV, SECRET, hcm, raw_config, validate
+from testkit.configs import ENV, SECRET, raw_config
+from testkit.envoy import hcm, validate
 
 PARENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT_SPAN = "b7ad6b7169203331"

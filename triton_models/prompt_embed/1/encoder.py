@@ -5,7 +5,7 @@ and a python stub that never imports torch is ~400 MB smaller (torch's libraries
 most of prompt_embed's resident memory). The maths is BERT's (``transformers.BertModel`` in
 eval mode), followed by sentence-transformers' mean pooling and L2 normalisation; the vectors
 equal SentenceTransformer's to 3e-5, the word-piece table being kept in float16
-(``tests/unit/test_prompt_embed_encoder.py`` checks).
+(``tests/unit/triton_models/test_prompt_embed_encoder.py`` checks).
 
 Inputs are the sentence-transformers folder's own files: ``config.json`` (BERT shape),
 ``tokenizer.json`` (the fast WordPiece tokenizer, run by the ``tokenizers`` library),

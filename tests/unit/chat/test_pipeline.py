@@ -19,7 +19,7 @@ from ext_proc.errors import ModelServerError
 from ext_proc.metrics import Metrics
 from ext_proc.models.base import ToolCall
 from ext_proc.wire.openai import parse_chat_request
-from tests.unit.test_render import ENV, raw_config
+from testkit.configs import ENV, raw_config
 
 
 def _target(name: str, params: bool) -> dict[str, Any]:

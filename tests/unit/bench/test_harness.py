@@ -14,9 +14,10 @@ import yaml
 
 from bench import _harness as h
 from bench.overhead import BODY_SIZES, chat_body, compare, summarize_runs
-from tests.fake_provider import FakeProvider
+from testkit import ports
+from testkit.fake_provider import FakeProvider
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_percentile_interpolates_like_numpy() -> None:
@@ -181,6 +182,6 @@ def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch)
         def getsockname(self) -> tuple[str, int]:
             return ("127.0.0.1", self.port)
 
-    monkeypatch.setattr(h.socket, "socket", Socket)
-    monkeypatch.setattr(h, "_PORTS_GIVEN", set())
-    assert [h.free_port(), h.free_port()] == [40001, 40002]
+    monkeypatch.setattr(ports.socket, "socket", Socket)
+    monkeypatch.setattr(ports, "_PORTS_GIVEN", set())
+    assert [ports.free_port(), ports.free_port()] == [40001, 40002]

@@ -70,7 +70,7 @@ def _unit(rng: np.random.Generator, n: int = 8) -> np.ndarray:
 def _pipeline(models: _RecordingModels, threshold: float) -> IngressPipeline:
     cfg = SimpleNamespace(prompt_targets=TARGETS, intent_threshold=threshold, jailbreak=None)
     pipe = IngressPipeline(cfg=cfg, models=models, endpoints=None, metrics=Metrics())  # type: ignore[arg-type]
-    pipe.judge = False  # the bench measures the embedding decision alone (the judge: tests/unit/test_pipeline.py)
+    pipe.judge = False  # the bench measures the embedding decision alone (the judge: tests/unit/chat/test_pipeline.py)
     return pipe
 
 

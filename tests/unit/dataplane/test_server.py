@@ -16,7 +16,7 @@ from ext_proc.config import build_config
 from ext_proc.dataplane.routes import Services
 from ext_proc.dataplane.server import create_server
 from ext_proc.metrics import Metrics
-from tests.conftest import gateway_config
+from testkit import gateway_config
 
 PROVIDERS = [
     {"name": "alpha", "provider_interface": "openai", "endpoint": "http://127.0.0.1:1/v1", "model": "model-a", "default": True},

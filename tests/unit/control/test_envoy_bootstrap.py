@@ -28,89 +28,16 @@ from typing import Any
 import pytest
 import yaml
 
-from bench._harness import free_port  # never the same port twice in one process
 from ext_proc.config import Config, build_config, load_config
 from ext_proc.control import envoy_bin as _envoy_bin
 from ext_proc.control.envoy_bin import EnvoyNotFound, envoy_binary
 from ext_proc.control.envoy_bootstrap import RenderError, bootstrap_dict, build_bootstrap, write_bootstrap
+from testkit import free_port  # never the same port twice in one process
+from testkit.configs import SECRET, cfg_from, raw_config
+from testkit.envoy import clusters, ext_proc, hcm, listener, route, routes, validate
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
 EXAMPLES = sorted(CONFIG_DIR.glob("*.yaml"))
-SECRET = "sk-test-SECRET-value-4711"
-
-
-def raw_config(**over: Any) -> dict[str, Any]:
-    """A config with every port free on 127.0.0.1; ``over`` replaces top-level keys."""
-    raw: dict[str, Any] = {
-        "version": "v0.1",
-        "listeners": {
-            "ingress_traffic": {"address": "127.0.0.1", "port": free_port(), "timeout": "30s"},
-            "egress_traffic": {"address": "127.0.0.1", "port": free_port(), "timeout": "45s", "max_body_bytes": 65536},
-            "internal_traffic": {"address": "127.0.0.1", "port": free_port(), "timeout": "20s"},
-            "admin": {"address": "127.0.0.1", "port": free_port()},
-        },
-        "ext_proc": {"address": "127.0.0.1", "port": free_port(), "http_port": free_port(), "message_timeout": "7s"},
-        "endpoints": {
-            "app": {"endpoint": "127.0.0.1:18083", "connect_timeout": "1s", "timeout": "12s", "http_host": "app.local"},
-            "tls_app": {"endpoint": "https://api.example.com/base/", "timeout": "5s"},
-        },
-        "llm_providers": [
-            {"name": "openai", "provider_interface": "openai", "access_key": "$OPENAI_API_KEY",
-             "model": "gpt-4o-mini", "default": True, "retries": 2},
-            {"name": "groq", "provider_interface": "groq", "access_key": "$GROQ_API_KEY", "model": "llama"},
-            {"name": "local", "provider_interface": "openai", "endpoint": "http://127.0.0.1:18083/v1", "model": "echo"},
-            {"name": "literal", "provider_interface": "openai", "endpoint": "http://localhost:9999",
-             "access_key": SECRET + "-literal", "model": "lit"},
-        ],
-    }
-    raw.update(over)
-    return raw
-
-
-ENV = {"OPENAI_API_KEY": SECRET, "GROQ_API_KEY": SECRET + "-groq"}
-
-
-def cfg_from(raw: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Config:
-    return build_config(raw or raw_config(), env=ENV if env is None else env)
-
-
-def validate(path: Path) -> None:
-    proc = subprocess.run(
-        [str(envoy_binary()), "--mode", "validate", "-c", str(path), "-l", "error"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert proc.returncode == 0, f"envoy --mode validate refused {path}:\n{proc.stderr[-4000:]}"
-
-
-# --------------------------------------------------------------------------- navigation helpers
-
-
-def listener(d: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(x for x in d["static_resources"]["listeners"] if x["name"] == name)
-
-
-def hcm(d: dict[str, Any], name: str) -> dict[str, Any]:
-    return listener(d, name)["filter_chains"][0]["filters"][0]["typed_config"]
-
-
-def routes(d: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    return hcm(d, name)["route_config"]["virtual_hosts"][0]["routes"]
-
-
-def route(d: dict[str, Any], name: str, cluster: str) -> dict[str, Any]:
-    return next(r for r in routes(d, name) if r["name"] == cluster)
-
-
-def clusters(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["name"]: c for c in d["static_resources"]["clusters"]}
-
-
-def ext_proc(d: dict[str, Any], name: str) -> dict[str, Any]:
-    f = hcm(d, name)["http_filters"][0]
-    assert f["name"] == "envoy.filters.http.ext_proc"
-    return f["typed_config"]
-
-
 def seconds(duration: str) -> float:
     assert duration.endswith("s"), duration
     return float(duration[:-1])

@@ -20,7 +20,7 @@ import pytest
 
 from bench._harness import load_module
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "triton_models" / "function_call"
+MODEL_DIR = Path(__file__).resolve().parents[3] / "triton_models" / "function_call"
 
 
 engine = load_module("sidegate_fc_engine", MODEL_DIR / "1" / "engine.py")

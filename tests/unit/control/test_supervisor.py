@@ -104,7 +104,7 @@ def test_a_warm_up_still_running_at_warm_timeout_is_a_warning(running: subproces
 
 def test_ext_proc_waits_for_a_pre_fill_as_long_as_its_deadline(sidegate_home: object) -> None:
     from ext_proc.config import build_config
-    from tests.conftest import gateway_config
+    from testkit import gateway_config
 
     target = {"name": "weather", "description": "the weather in a city", "auto_llm_dispatch_on_response": False,
               "parameters": [{"name": "city", "type": "str", "required": True}], "endpoint": {"name": "app", "path": "/w"}}
@@ -173,7 +173,7 @@ def test_triton_starts_with_the_quick_models_and_loads_the_llms_later(sidegate_h
     import yaml
 
     from ext_proc.config import load_config
-    from tests.conftest import gateway_config
+    from testkit import gateway_config
 
     raw = gateway_config([{"name": "local", "provider_interface": "sidegate", "model": "m", "default": True}])
     raw["prompt_guards"] = {"input_guards": {"jailbreak": {"on_exception": {"message": "no"}}}}
@@ -194,7 +194,7 @@ def test_replicas_are_services_of_their_own_and_envoy_starts_before_ext_proc(sid
     import yaml
 
     from ext_proc.config import load_config
-    from tests.conftest import gateway_config
+    from testkit import gateway_config
 
     raw = gateway_config([{"name": "p", "provider_interface": "openai", "endpoint": "http://127.0.0.1:9/v1", "model": "m", "default": True}])
     raw["prompt_guards"] = {"input_guards": {"jailbreak": {"on_exception": {"message": "no"}}}}

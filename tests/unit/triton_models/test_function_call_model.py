@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from bench._harness import load_module
-from tests.unit.test_prompt_guard import _fake_pb_utils
+from testkit.triton_stub import fake_pb_utils as _fake_pb_utils
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "triton_models" / "function_call"
+MODEL_DIR = Path(__file__).resolve().parents[3] / "triton_models" / "function_call"
 
 
 def _tool(name: str) -> dict[str, Any]:

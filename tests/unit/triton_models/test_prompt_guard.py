@@ -13,15 +13,17 @@ import importlib.util
 import json
 import re
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench._harness import load_module
+from testkit.triton_stub import Tensor as _Tensor
+from testkit.triton_stub import TritonError as _TritonError
+from testkit.triton_stub import fake_pb_utils as _fake_pb_utils
 
-GUARD = Path(__file__).resolve().parents[2] / "triton_models" / "prompt_guard"
+GUARD = Path(__file__).resolve().parents[3] / "triton_models" / "prompt_guard"
 ARTEFACT = GUARD / "1"
 HEAD_MODEL = GUARD.parent / "prompt_guard_head"
 
@@ -195,47 +197,6 @@ def test_empty_text_is_an_error(guard) -> None:
 # ---------------------------------------------------------------- prompt_guard_head/1/model.py with a stand-in for Triton
 # Inside Triton the guard is an ensemble: prompt_embed embeds the text, then this model scores the
 # text and its embedding. Here the embedding comes from the local MiniLM (the same weights).
-
-
-class _TritonError:
-    INVALID_ARG, UNAVAILABLE, INTERNAL = "INVALID_ARG", "UNAVAILABLE", "INTERNAL"
-
-    def __init__(self, msg: str, code: str = "INTERNAL") -> None:
-        self.msg, self._code = msg, code
-
-    def message(self) -> str:
-        return self.msg
-
-    def code(self) -> str:
-        return self._code
-
-
-class _Tensor:
-    def __init__(self, name: str, array: np.ndarray) -> None:
-        self.name, self.array = name, array
-
-    def as_numpy(self) -> np.ndarray:
-        return self.array
-
-
-class _Response:
-    def __init__(self, output_tensors=None, error=None) -> None:
-        self.outputs = {t.name: t.array for t in output_tensors or []}
-        self._error = error
-
-    def error(self) -> _TritonError | None:
-        return self._error
-
-
-def _fake_pb_utils() -> types.ModuleType:
-    pb = types.ModuleType("triton_python_backend_utils")
-    pb.TritonError = _TritonError
-    pb.TritonModelException = type("TritonModelException", (Exception,), {})
-    pb.Tensor = _Tensor
-    pb.InferenceResponse = _Response
-    pb.get_input_tensor_by_name = lambda request, name: request.get(name)
-    pb.Logger = types.SimpleNamespace(log_info=lambda msg: None, log_warn=lambda msg: None)
-    return pb
 
 
 def _model_config(threshold: str = "") -> str:

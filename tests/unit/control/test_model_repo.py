@@ -10,7 +10,7 @@ import yaml
 
 from ext_proc.config import Config, load_config
 from ext_proc.control.model_repo import MODELS_DIR, needed_models, render_model_repository
-from tests.conftest import gateway_config
+from testkit import gateway_config
 
 pytest.importorskip("tritonclient.grpc", reason="model dependencies not installed (requirements-models.txt)")
 from google.protobuf import text_format  # noqa: E402

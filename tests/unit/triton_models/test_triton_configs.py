@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-MODELS = Path(__file__).resolve().parents[2] / "triton_models"
+MODELS = Path(__file__).resolve().parents[3] / "triton_models"
 ALL_DIRS = sorted(p for p in MODELS.iterdir() if (p / "config.pbtxt").exists())
 ENSEMBLES = [p for p in ALL_DIRS if 'platform: "ensemble"' in (p / "config.pbtxt").read_text()]
 MODEL_DIRS = [p for p in ALL_DIRS if p not in ENSEMBLES]  # python backend models

@@ -27,13 +27,15 @@ the instance's :attr:`FakeProvider.defaults`, see :class:`Behaviour`):
 :meth:`FakeProvider.fail_next` makes the next K requests fail whatever their headers say (retry
 tests, where every attempt carries the same headers). Token counts in ``usage`` are word counts.
 
-Standalone: ``python tests/fake_provider.py --port 18090 --name fake-a``.
+Standalone: ``python testkit/fake_provider.py --port 18090 --name fake-a``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import importlib
 import json
 import re
 import signal
@@ -140,6 +142,7 @@ class FakeProvider:
         models: tuple[str, ...] = ("gpt-4o-mini",),
         defaults: Behaviour | None = None,
         routes: dict[str, Callable[[RecordedRequest], tuple[int, Any]]] | None = None,
+        history: int | None = None,
     ) -> None:
         self.name = name
         # app endpoints a prompt target calls: path prefix -> handler(request) -> (status, JSON);
@@ -149,7 +152,8 @@ class FakeProvider:
         self.port = port
         self.models = models
         self.defaults = defaults or Behaviour()  # replace it (atomic) to change the behaviour mid-test
-        self._requests: list[RecordedRequest] = []
+        # every request received, or the last ``history`` (a long benchmark would keep hundreds of MiB)
+        self._requests: collections.deque[RecordedRequest] = collections.deque(maxlen=history)
         self._lock = threading.Lock()
         self._fail_next: list[int] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -393,10 +397,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--name", default="fake-a")
+    ap.add_argument("--history", type=int, default=None, help="keep only the last N requests (default: all)")
+    ap.add_argument("--routes", metavar="MODULE:NAME", help="app endpoints to serve too: a dict path prefix -> handler")
     args = ap.parse_args(argv)
+    routes = None
+    if args.routes:
+        module, _, name = args.routes.partition(":")
+        routes = getattr(importlib.import_module(module), name)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with FakeProvider(args.name, args.host, args.port) as fp:
+    with FakeProvider(args.name, args.host, args.port, routes=routes, history=args.history) as fp:
         print(f"fake provider {fp.name} listening on {fp.base_url}", flush=True)
         try:
             while not stop.wait(0.5):
