@@ -230,7 +230,21 @@ def load_benign(source: str, split: str) -> tuple[list[str], np.ndarray, dict]:
 
 
 def load_any(source: str, split: str) -> tuple[list[str], np.ndarray, dict]:
+    refuse_report_only(source)
     return load_benign(source, split) if source in BENIGN_SOURCES else load_split(source, split)
+
+
+# Issue 17: the sources named in bench/guard_sources.py's REPORT_ONLY are kept for the final report
+# (never trained on, never used to pick the threshold). Every row train.py reads passes through
+# load_any, so a report-only source added to SOURCES / BENIGN_SOURCES stops the training here.
+def refuse_report_only(source: str) -> None:
+    name = "sidegate_guard_sources_report_only"  # bench/guard_sources.py, stdlib-only at import: loaded by path
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, HERE.parents[1] / "bench" / "guard_sources.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    if source in sys.modules[name].REPORT_ONLY:
+        raise ValueError(f"{source!r} is a report-only source (bench/guard_sources.py REPORT_ONLY): not for training or thresholds")
 
 
 ALL_SOURCES = (*SOURCES, *BENIGN_SOURCES)
