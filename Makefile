@@ -35,8 +35,9 @@ $(STAMP): requirements.txt requirements-models.txt requirements-bench.txt triton
 up: install
 	$(BIN)/sidegate up --demo
 
-## make test: install, then run every test (what .ci/run runs)
+## make test: install, then type-check the package (mypy --strict, pyproject's [tool.mypy]) and run every test (what .ci/run runs)
 test: install
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q -ra
 
 test-unit: install

@@ -380,7 +380,7 @@ def _validator() -> jsonschema.protocols.Validator:
     schema = json.loads(SCHEMA_PATH.read_text())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema)  # type: ignore[no-any-return]
+    return cls(schema)
 
 
 def _key_path(parts: Any) -> str:
@@ -403,7 +403,11 @@ def _show(value: Any) -> str:
 
 def _describe(error: jsonschema.ValidationError) -> tuple[list[Any], str]:
     """(key path, what was expected) for one schema error, worded for a person editing YAML."""
-    path, v, schema, value = list(error.absolute_path), error.validator, error.schema, error.instance
+    # the stubs type these as unions with jsonschema's Unset marker; on a reported error they are set
+    path, v = list(error.absolute_path), error.validator
+    schema: Any = error.schema
+    value: Any = error.instance
+    expected: Any = error.validator_value
     if v == "additionalProperties":
         extra = sorted((k for k in value if k not in schema.get("properties", {})), key=str)
         allowed = ", ".join(sorted(schema.get("properties", {}))) or "none"
@@ -411,24 +415,24 @@ def _describe(error: jsonschema.ValidationError) -> tuple[list[Any], str]:
             return path + extra, f"unknown key {extra[0]!r} (allowed: {allowed})"
         return path, f"unknown keys {', '.join(map(repr, extra))} (allowed: {allowed})"
     if v == "type":
-        types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        types = expected if isinstance(expected, list) else [expected]
         return path, f"expected {' or '.join(_TYPE_NAMES[t] for t in types)}, got {_show(value)}"
     if v == "required":
-        missing = [k for k in error.validator_value if k not in value]
+        missing = [k for k in expected if k not in value]
         return path, f"missing required key {missing[0]!r}"
     if v in ("oneOf", "anyOf") and error.context and all(e.validator == "required" for e in error.context):
-        missing = [k for e in error.context for k in e.validator_value if k not in value]
+        missing = [k for e in error.context for k in e.validator_value if k not in value]  # type: ignore[union-attr]  # set on a reported error
         return path, f"missing required key: one of {', '.join(map(repr, missing))}"
     if v in ("oneOf", "anyOf", "pattern") and "description" in schema:
         return path, f"expected {schema['description']}, got {_show(value)}"
     if v == "enum":
-        return path, f"expected one of {', '.join(map(repr, error.validator_value))}, got {_show(value)}"
+        return path, f"expected one of {', '.join(map(repr, expected))}, got {_show(value)}"
     if v == "const":
-        return path, f"expected {error.validator_value!r}, got {_show(value)}"
-    if v == "minLength" and error.validator_value == 1:
+        return path, f"expected {expected!r}, got {_show(value)}"
+    if v == "minLength" and expected == 1:
         return path, "expected a non-empty string"
     if v in ("minimum", "maximum"):
-        return path, f"expected {'at least' if v == 'minimum' else 'at most'} {error.validator_value}, got {value!r}"
+        return path, f"expected {'at least' if v == 'minimum' else 'at most'} {expected}, got {value!r}"
     return path, error.message
 
 
@@ -496,12 +500,12 @@ class _YamlLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if isinstance(key, Hashable):
                 if key in seen:
                     raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is written twice", key_node.start_mark)
                 seen.add(key)
-        return super().construct_mapping(node, deep)  # type: ignore[no-untyped-call,no-any-return]
+        return super().construct_mapping(node, deep)
 
 
 def _load_env(config_dir: Path) -> dict[str, str]:
@@ -617,9 +621,10 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
             spec = _SIDEGATE_FACADE.format(port=ext_proc.http_port)
         if spec is None:
             raise ConfigError(source, f"{at}.endpoint", f"provider_interface {interface!r} has no default address: set endpoint")
-        key, key_env = (None, None)
+        access_key: str | None = None
+        key_env: str | None = None
         if "access_key" in pr:
-            key, key_env = _resolve_env(pr["access_key"], env, source, f"{at}.access_key")
+            access_key, key_env = _resolve_env(pr["access_key"], env, source, f"{at}.access_key")
             if key_env is None:  # a literal key: hand it to Envoy through a variable of our own
                 key_env = base = "SIDEGATE_KEY_" + re.sub(r"[^A-Z0-9]", "_", pr["name"].upper())
                 taken, n = {p.access_key_env for p in providers}, 1
@@ -635,7 +640,7 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
                 model=pr.get("model"),
                 default=bool(pr.get("default", False)),
                 upstream=_upstream(spec, pr.get("protocol"), pr.get("connect_timeout"), source, f"{at}.endpoint"),
-                access_key=key,
+                access_key=access_key,
                 access_key_env=key_env,
                 retries=pr.get("retries", 0),
                 stream=pr.get("stream"),

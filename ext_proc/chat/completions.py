@@ -66,7 +66,7 @@ class ChatProcessor(PassThrough):
     """Implements :class:`~ext_proc.processor.Processor` for chat completions."""
 
     def __init__(
-        self, *, cfg: Config, listener: str, router: Router, metrics: Metrics, log: logging.LoggerAdapter,  # type: ignore[type-arg]
+        self, *, cfg: Config, listener: str, router: Router, metrics: Metrics, log: logging.LoggerAdapter[logging.Logger],
         ratelimits: RateLimiter | None = None,
     ) -> None:
         self.cfg = cfg

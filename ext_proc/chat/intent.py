@@ -188,7 +188,8 @@ class LexicalIndex:
         total = float(self.idf[ids].sum()) + (len(words) - len(ids)) * self.unknown_idf
         if not ids or total <= 0:
             return np.zeros(n)
-        return self.weights[ids].sum(axis=0) / total
+        out: npt.NDArray[np.float64] = self.weights[ids].sum(axis=0) / total
+        return out
 
 
 def target_scores(matrix: npt.NDArray[np.float32], owners: npt.NDArray[np.intp], n_targets: int,
@@ -200,7 +201,8 @@ def target_scores(matrix: npt.NDArray[np.float32], owners: npt.NDArray[np.intp],
     np.maximum.at(best, owners, sims)
     counts = np.bincount(owners, minlength=n_targets)
     mean = np.bincount(owners, weights=sims, minlength=n_targets) / np.maximum(counts, 1)
-    return (1.0 - MEAN_WEIGHT) * best + MEAN_WEIGHT * mean
+    scores: npt.NDArray[np.float64] = (1.0 - MEAN_WEIGHT) * best + MEAN_WEIGHT * mean
+    return scores
 
 
 def choose(scores: npt.NDArray[np.float64], threshold: float,

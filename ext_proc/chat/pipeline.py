@@ -163,7 +163,7 @@ class IngressPipeline:
         # Intent runs beside the guard, not after it: both embed the same text, and prompt_embed
         # computes it once (the second request finds the first one's vector in its cache), so
         # guard + intent cost about one embedding. A blocked prompt's intent is dropped.
-        intent: asyncio.Future[PromptTarget | None] | None = None
+        intent: asyncio.Future[PromptTarget | Uncertain | None] | None = None
         if self.targets and target is None:
             intent = asyncio.ensure_future(self._intent(text, req))
             intent.add_done_callback(lambda f: f.cancelled() or f.exception())  # dropped when blocked: not an unretrieved error

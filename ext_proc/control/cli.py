@@ -19,12 +19,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from ext_proc.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from ext_proc.control.supervisor import Service  # imported lazily at run time (process management is heavy)
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -214,7 +218,7 @@ def _detach(config_path: str, demo: bool, demo_port: int, extra: list[str]) -> N
     raise SystemExit(1)
 
 
-def _print_table(services: list[dict]) -> None:  # type: ignore[type-arg]
+def _print_table(services: list[dict[str, Any]]) -> None:
     table = Table(title="sidegate")
     for col in ("service", "pid", "status", "listens"):
         table.add_column(col)
@@ -226,7 +230,7 @@ def _print_table(services: list[dict]) -> None:  # type: ignore[type-arg]
             console.print(f"[red]{s['name']}[/red]: {s['warning']}")
 
 
-def _print_ready(services: list) -> None:  # type: ignore[type-arg]
+def _print_ready(services: list[Service]) -> None:
     _print_table([s.public() for s in services])
 
 

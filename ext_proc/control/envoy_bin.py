@@ -37,8 +37,8 @@ def envoy_binary() -> Path:
         ) from None
     candidates = [f for f in (dist.files or ()) if f.as_posix() == BINARY_IN_WHEEL]
     # the RECORD lists it under site-packages; fall back to the conventional spot next to it
-    paths = [Path(dist.locate_file(f)) for f in candidates]
-    paths.append(Path(dist.locate_file(BINARY_IN_WHEEL)))
+    paths = [Path(str(dist.locate_file(f))) for f in candidates]
+    paths.append(Path(str(dist.locate_file(BINARY_IN_WHEEL))))
     for path in paths:
         if path.is_file():
             if not os.access(path, os.X_OK):

@@ -52,7 +52,7 @@ def _settings_for(cfg: Config, name: str) -> ModelSettings:
 
 
 def _apply(config_text: str, settings: ModelSettings, name: str) -> str:
-    from tritonclient.grpc import model_config_pb2  # type: ignore[import-untyped]
+    from tritonclient.grpc import model_config_pb2
 
     msg = text_format.Parse(config_text, model_config_pb2.ModelConfig())
     if settings.instances is not None:

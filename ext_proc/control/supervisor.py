@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ext_proc.config import REPLICA_PORT_STEP, REPO_ROOT, Config
 from ext_proc.control.envoy_bin import envoy_binary
@@ -47,9 +47,10 @@ def state_path() -> Path:
     return home() / "state.json"
 
 
-def read_state() -> dict | None:  # type: ignore[type-arg]
+def read_state() -> dict[str, Any] | None:
     try:
-        return json.loads(state_path().read_text())  # type: ignore[no-any-return]
+        state: dict[str, Any] = json.loads(state_path().read_text())
+        return state
     except (OSError, ValueError):
         return None
 
@@ -82,7 +83,7 @@ def http_ok(url: str, expect: str | None = None, timeout: float = 1.0) -> bool:
     return body is not None and (expect is None or expect.encode() in body)
 
 
-def health_json(url: str, timeout: float = 1.0) -> dict:  # type: ignore[type-arg]
+def health_json(url: str, timeout: float = 1.0) -> dict[str, Any]:
     """The JSON body of a 200 health answer, {} for anything else."""
     try:
         body = json.loads(_health_body(url, timeout) or b"{}")
@@ -125,7 +126,7 @@ class Service:
     restarts: int = 0
     warning: str = ""  # a problem found while it warmed, which `up` and `status` print under the table
 
-    def public(self) -> dict:  # type: ignore[type-arg]
+    def public(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("env")
         return d

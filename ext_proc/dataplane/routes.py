@@ -49,7 +49,7 @@ class Services:
             await close()
 
 
-Factory = Callable[[Services, logging.LoggerAdapter], Processor]  # type: ignore[type-arg]
+Factory = Callable[[Services, logging.LoggerAdapter[logging.Logger]], Processor]
 
 _ROUTES: dict[tuple[str, str], Factory] = {
     ("ingress", "/v1/chat/completions"): lambda s, log: ChatProcessor(

@@ -42,9 +42,9 @@ _MODES = {
 }
 
 
-class _RequestLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _RequestLog(logging.LoggerAdapter[logging.Logger]):
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return f"[{self.extra['request_id']}] {msg}", kwargs  # type: ignore[index]
+        return f"[{(self.extra or {}).get('request_id', '')}] {msg}", kwargs
 
 
 def _headers(header_map: base_pb2.HeaderMap) -> dict[str, str]:
@@ -82,7 +82,7 @@ def _build(kind: str, reply: Reply) -> pb.ProcessingResponse:
     if isinstance(reply, Immediate):
         return pb.ProcessingResponse(
             immediate_response=pb.ImmediateResponse(
-                status=http_status_pb2.HttpStatus(code=reply.status),  # type: ignore[arg-type]
+                status=http_status_pb2.HttpStatus(code=reply.status),
                 headers=_mutation(reply.headers),
                 body=reply.body,
                 details=reply.details,
@@ -115,7 +115,7 @@ class _NotServed(PassThrough):
         return Immediate.from_error(render_error(err, request_id=headers.get("x-request-id", "")), details="not_found")
 
 
-class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
+class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]  # xds-protos ships no stubs: the base is Any
     """The ext_proc stream loop: picks a processor on the first headers, dispatches, replies."""
 
     def __init__(self, services: routes.Services) -> None:
@@ -124,11 +124,12 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         self._phase_cache: dict[tuple[str, str], Any] = {}
 
     async def Process(  # noqa: N802 (gRPC method name)
-        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse]
     ) -> None:
         # read()/write() on the context instead of iterating and yielding: grpc.aio then runs no
         # extra consumer task per stream (measured: less CPU per message on the hot path)
-        metadata = dict(context.invocation_metadata() or ())
+        # keys and values of text metadata are str (only "-bin" keys carry bytes)
+        metadata = {str(k): v if isinstance(v, str) else v.decode("latin-1") for k, v in context.invocation_metadata() or ()}
         listener = metadata.get(LISTENER_METADATA, "egress")
         telemetry.stream_context(metadata)  # Envoy's span for this stream (traceparent in the gRPC metadata)
         processor: Processor | None = None

@@ -56,7 +56,7 @@ async def start_http(
     await runner.setup()
     site = web.TCPSite(runner, cfg.ext_proc.address, cfg.ext_proc.http_port if port is None else port)
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    bound = runner.addresses[0][1]  # the port actually bound (port 0: the kernel's choice)
     return runner, bound
 
 

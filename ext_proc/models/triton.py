@@ -40,9 +40,9 @@ from typing import Any, Self, TypeVar
 import grpc
 import numpy as np
 import numpy.typing as npt
-import tritonclient.grpc.aio as triton_aio  # type: ignore[import-untyped]
+import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
-from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
+from tritonclient.utils import InferenceServerException
 
 from ext_proc import telemetry
 from ext_proc.config import ENSEMBLE_STEPS  # a step whose stub died fails its ensemble's requests; the step is reloaded
