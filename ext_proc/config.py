@@ -55,6 +55,26 @@ DEFAULT_CONFIG = REPO_ROOT / "config" / "default.yaml"
 SCHEMA_PATH = REPO_ROOT / "config" / "sidegate.schema.json"
 
 DEFAULT_BODY_LIMIT = 8 * 1024 * 1024
+# Every port sidegate listens on by default, by the config key that changes it: the one table the
+# section builders, the port-collision check and the model server's replicas read
+DEFAULT_PORTS: dict[str, int] = {
+    "listeners.ingress_traffic.port": 10000,
+    "listeners.egress_traffic.port": 12000,
+    "listeners.internal_traffic.port": 11000,
+    "listeners.admin.port": 9901,
+    "ext_proc.port": 50051,
+    "ext_proc.http_port": 8080,
+    "model_server.http_port": 8000,
+    "model_server.grpc_port": 8001,
+    "model_server.metrics_port": 8002,
+    "model_server.balancer_port": 8009,
+}
+
+
+def _port(section: dict[str, Any], key_path: str) -> int:
+    """The port at ``key_path`` as written in ``section`` (the mapping that holds its last key), else its default."""
+    port: int = section.get(key_path.rpartition(".")[2], DEFAULT_PORTS[key_path])
+    return port
 _ENV_REF = re.compile(r"^\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))$")
 _ENV_IN_TEXT = re.compile(r"\$(?:\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z_][A-Za-z0-9_]*)")
 
@@ -249,7 +269,7 @@ class ModelServer:
     timeouts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MODEL_TIMEOUTS))  # the deadline of each model
     replicas: int = 1  # local modes: tritonserver processes, replica i on each port + REPLICA_PORT_STEP * i
     endpoint_urls: tuple[str, ...] = ()  # remote mode: every Triton (model_server.endpoints, or the one endpoint)
-    balancer_port: int = 8009  # with several replicas: Envoy's listener ext_proc dials, balancing over them
+    balancer_port: int = DEFAULT_PORTS["model_server.balancer_port"]  # with several replicas: Envoy's listener ext_proc dials, balancing over them
 
     def replica_ports(self, i: int) -> tuple[int, int, int]:
         """(http, grpc, metrics) port of local replica ``i`` (0-based)."""
@@ -339,9 +359,12 @@ class Config:
     intent_threshold: float
     tracing_sampling: float  # percent of requests traced, 0-100 (Arch's random_sampling)
     otlp_endpoint: str | None
+    tracing_include_prompts: bool = False  # tracing.include_prompts: prompt text in spans
     ratelimits: tuple[RateLimit, ...] = ()
     model_server: ModelServer = field(
-        default_factory=lambda: ModelServer(mode="none", address="127.0.0.1", http_port=8000, grpc_port=8001, metrics_port=8002, timeout_s=10.0)
+        default_factory=lambda: ModelServer(mode="none", address="127.0.0.1", http_port=DEFAULT_PORTS["model_server.http_port"],
+                                            grpc_port=DEFAULT_PORTS["model_server.grpc_port"],
+                                            metrics_port=DEFAULT_PORTS["model_server.metrics_port"], timeout_s=10.0)
     )
     # what may work but probably not as meant, as "<key.path>: <why>" (printed by every command that loads the config)
     warnings: tuple[str, ...] = ()
@@ -527,13 +550,13 @@ def _ip_address(value: str, source: str, at: str) -> str:
     return value
 
 
-def _listener(raw: dict[str, Any], name: str, default_port: int, default_timeout: str, source: str) -> Listener:
+def _listener(raw: dict[str, Any], name: str, source: str) -> Listener:
     d = raw.get(name) or {}
     return Listener(
         name=name,
         address=_ip_address(d.get("address", "127.0.0.1"), source, f"listeners.{name}.address"),
-        port=d.get("port", default_port),
-        timeout_s=parse_duration(d.get("timeout", default_timeout)),
+        port=_port(d, f"listeners.{name}.port"),
+        timeout_s=parse_duration(d.get("timeout", "30s")),
         max_body_bytes=d.get("max_body_bytes", DEFAULT_BODY_LIMIT),
     )
 
@@ -559,45 +582,84 @@ def load_config(path: str | Path | None = None, *, env: dict[str, str] | None = 
 
 
 def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str, str] | None = None) -> Config:
-    """Check an already-parsed config mapping and build the typed :class:`Config`."""
+    """Check an already-parsed config mapping and build the typed :class:`Config`, one section at a time."""
     env = dict(os.environ) if env is None else env
     _schema_check(raw, source)
-
     listeners = raw.get("listeners") or {}
-    ingress = _listener(listeners, "ingress_traffic", 10000, "30s", source)
-    egress = _listener(listeners, "egress_traffic", 12000, "30s", source)
-    internal = _listener(listeners, "internal_traffic", 11000, "30s", source)
     admin = listeners.get("admin") or {}
-    admin_address = _ip_address(admin.get("address", "127.0.0.1"), source, "listeners.admin.address")
-    ep = raw.get("ext_proc") or {}
-    ext_proc = ExtProcSettings(
+    ext_proc = _ext_proc(raw.get("ext_proc") or {})
+    _check_ports(raw, source)
+    endpoints = _endpoints(raw, source)
+    providers = _providers(raw, env, ext_proc, source)
+    targets = _targets(raw, endpoints, env, source)
+    if targets and not providers and any(t.auto_llm_dispatch_on_response for t in targets):
+        raise ConfigError(source, "llm_providers", "prompt targets answer through an LLM: configure at least one llm_provider")
+    jb = ((raw.get("prompt_guards") or {}).get("input_guards") or {}).get("jailbreak")
+    tracing = raw.get("tracing") or {}
+    overrides = raw.get("overrides") or {}
+    ms = _model_server(raw.get("model_server") or {}, source)
+    ext_proc, warnings = _message_timeout(ext_proc, ms, targets, endpoints, guard=jb is not None)
+    return Config(
+        source=source,
+        raw=raw,
+        ingress=_listener(listeners, "ingress_traffic", source),
+        egress=_listener(listeners, "egress_traffic", source),
+        internal=_listener(listeners, "internal_traffic", source),
+        admin_address=_ip_address(admin.get("address", "127.0.0.1"), source, "listeners.admin.address"),
+        admin_port=_port(admin, "listeners.admin.port"),
+        ext_proc=ext_proc,
+        endpoints=endpoints,
+        llm_providers=providers,
+        system_prompt=raw.get("system_prompt"),
+        prompt_targets=targets,
+        jailbreak=_jailbreak(jb) if jb is not None else None,
+        # 0.45: picked on the dev halves of BFCL multiple/live_multiple/irrelevance (bench/intent_eval.py)
+        intent_threshold=float(overrides.get("prompt_target_intent_matching_threshold", 0.45)),
+        intent_threshold_set="prompt_target_intent_matching_threshold" in overrides,
+        tracing_sampling=float(tracing.get("random_sampling", 0)),
+        otlp_endpoint=tracing.get("otlp_endpoint"),
+        tracing_include_prompts=bool(tracing.get("include_prompts", False)),
+        ratelimits=_ratelimits(raw, providers, source),
+        model_server=ms,
+        warnings=tuple(warnings),
+    )
+
+
+def _ext_proc(ep: dict[str, Any]) -> ExtProcSettings:
+    """``ext_proc``; its message timeout is derived later (:func:`_message_timeout`) when not set."""
+    return ExtProcSettings(
         address=ep.get("address", "127.0.0.1"),
-        port=ep.get("port", 50051),
-        http_port=ep.get("http_port", 8080),
-        message_timeout_s=parse_duration(ep.get("message_timeout", DEFAULT_MESSAGE_TIMEOUT_S)),  # derived below when not set
+        port=_port(ep, "ext_proc.port"),
+        http_port=_port(ep, "ext_proc.http_port"),
+        message_timeout_s=parse_duration(ep.get("message_timeout", DEFAULT_MESSAGE_TIMEOUT_S)),
         failure_mode_allow=bool(ep.get("failure_mode_allow", False)),
         message_timeout_explicit="message_timeout" in ep,
     )
-    # every port sidegate listens on, as (key path, port, written in the file rather than defaulted)
+
+
+def _check_ports(raw: dict[str, Any], source: str) -> None:
+    """No two of the ports sidegate listens on are the same (a local Triton's included)."""
+    listeners = raw.get("listeners") or {}
     model_server = raw.get("model_server") or {}
-    sections = {
-        "listeners.ingress_traffic": (listeners.get("ingress_traffic") or {}, {"port": 10000}),
-        "listeners.egress_traffic": (listeners.get("egress_traffic") or {}, {"port": 12000}),
-        "listeners.internal_traffic": (listeners.get("internal_traffic") or {}, {"port": 11000}),
-        "listeners.admin": (admin, {"port": 9901}),
-        "ext_proc": (ep, {"port": 50051, "http_port": 8080}),
-    }
-    if model_server.get("mode") not in ("remote", "none"):  # a local Triton listens too
-        sections["model_server"] = (model_server, {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002})
-    ports = [(f"{at}.{key}", section.get(key, default), key in section)
-             for at, (section, defaults) in sections.items() for key, default in defaults.items()]
+    local_triton = model_server.get("mode") not in ("remote", "none")
+    # (key path, port, written in the file rather than defaulted)
+    ports: list[tuple[str, int, bool]] = []
+    for key_path in DEFAULT_PORTS:
+        section_path, _, key = key_path.rpartition(".")
+        if key_path == "model_server.balancer_port" or (section_path == "model_server" and not local_triton):
+            continue  # the balancer is checked against the replicas' ports (_model_server)
+        section = model_server if section_path == "model_server" else raw.get("ext_proc") or {} if section_path == "ext_proc" \
+            else listeners.get(section_path.removeprefix("listeners.")) or {}
+        ports.append((key_path, _port(section, key_path), key in section))
     seen: dict[int, tuple[str, bool]] = {}
-    for key, port, written in sorted(ports, key=lambda p: p[2]):  # defaults first: blame a key the user wrote
+    for key_path, port, written in sorted(ports, key=lambda p: p[2]):  # defaults first: blame a key the user wrote
         if port in seen:
             other, other_written = seen[port]
-            raise ConfigError(source, key, f"port {port} is already used by {other}{'' if other_written else ' (its default)'}")
-        seen[port] = (key, written)
+            raise ConfigError(source, key_path, f"port {port} is already used by {other}{'' if other_written else ' (its default)'}")
+        seen[port] = (key_path, written)
 
+
+def _endpoints(raw: dict[str, Any], source: str) -> dict[str, Endpoint]:
     endpoints: dict[str, Endpoint] = {}
     for name, e in (raw.get("endpoints") or {}).items():
         endpoints[name] = Endpoint(
@@ -606,7 +668,10 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
             timeout_s=parse_duration(e.get("timeout", "30s")),
             http_host=e.get("http_host"),
         )
+    return endpoints
 
+
+def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettings, source: str) -> tuple[LlmProvider, ...]:
     providers: list[LlmProvider] = []
     names: set[str] = set()
     defaults: list[str] = []
@@ -655,7 +720,12 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
             if fb == p.name or fb not in names:
                 why = "is the provider itself" if fb == p.name else f"is not a provider (known: {', '.join(sorted(names))})"
                 raise ConfigError(source, f"llm_providers[{i}].fallbacks[{j}]", f"{fb!r} {why}")
+    if len(providers) > 1 and not defaults:
+        raise ConfigError(source, "llm_providers", "several providers and none has default: true: mark one as the default")
+    return tuple(providers)
 
+
+def _targets(raw: dict[str, Any], endpoints: dict[str, Endpoint], env: dict[str, str], source: str) -> tuple[PromptTarget, ...]:
     targets: list[PromptTarget] = []
     target_names: set[str] = set()
     target_defaults: list[str] = []
@@ -724,12 +794,10 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         )
     if len(target_defaults) > 1:
         raise ConfigError(source, "prompt_targets", f"more than one prompt target has default: true: {', '.join(target_defaults)}")
+    return tuple(targets)
 
-    if targets and not providers and any(t.auto_llm_dispatch_on_response for t in targets):
-        raise ConfigError(source, "llm_providers", "prompt targets answer through an LLM: configure at least one llm_provider")
-    if len(providers) > 1 and not defaults:
-        raise ConfigError(source, "llm_providers", "several providers and none has default: true: mark one as the default")
 
+def _ratelimits(raw: dict[str, Any], providers: tuple[LlmProvider, ...], source: str) -> tuple[RateLimit, ...]:
     ratelimits: list[RateLimit] = []
     provider_models = {p.name for p in providers} | {p.model for p in providers if p.model}
     for i, rl in enumerate(raw.get("ratelimits") or []):
@@ -739,12 +807,23 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         selector = rl.get("selector") or {}
         ratelimits.append(RateLimit(model=rl["model"], tokens=rl["limit"]["tokens"], unit=rl["limit"]["unit"],
                                     selector_key=selector.get("key"), selector_value=selector.get("value") or None))
+    return tuple(ratelimits)
 
-    jb = ((raw.get("prompt_guards") or {}).get("input_guards") or {}).get("jailbreak")
-    tracing = raw.get("tracing") or {}
-    ms = _model_server(model_server, source)
+
+def _jailbreak(jb: dict[str, Any]) -> Jailbreak:
+    """``prompt_guards.input_guards.jailbreak``."""
+    return Jailbreak(
+        message=(jb.get("on_exception") or {}).get("message", DEFAULT_GUARD_MESSAGE),
+        threshold=jb.get("threshold"),
+        fail_open=bool(jb.get("fail_open", False)),
+    )
+
+
+def _message_timeout(ext_proc: ExtProcSettings, ms: ModelServer, targets: tuple[PromptTarget, ...], endpoints: dict[str, Endpoint],
+                     *, guard: bool) -> tuple[ExtProcSettings, list[str]]:
+    """``ext_proc.message_timeout`` derived from the deadlines when not set; a warning when set shorter than they need."""
     warnings: list[str] = []
-    needed, parts = _ingress_deadline(ms, targets, endpoints, guard=jb is not None)
+    needed, parts = _ingress_deadline(ms, list(targets), endpoints, guard=guard)
     if not ext_proc.message_timeout_explicit:
         ext_proc = dataclasses.replace(ext_proc, message_timeout_s=max(DEFAULT_MESSAGE_TIMEOUT_S, needed))
     elif ext_proc.message_timeout_s < needed:
@@ -754,35 +833,7 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
             f"504 model_server_timeout / endpoint_timeout naming it: raise ext_proc.message_timeout to at least {needed:g}s, "
             "or remove it to have it derived from those deadlines"
         )
-    return Config(
-        source=source,
-        raw=raw,
-        ingress=ingress,
-        egress=egress,
-        internal=internal,
-        admin_address=admin_address,
-        admin_port=admin.get("port", 9901),
-        ext_proc=ext_proc,
-        endpoints=endpoints,
-        llm_providers=tuple(providers),
-        system_prompt=raw.get("system_prompt"),
-        prompt_targets=tuple(targets),
-        jailbreak=Jailbreak(
-            message=(jb.get("on_exception") or {}).get("message", DEFAULT_GUARD_MESSAGE),
-            threshold=jb.get("threshold"),
-            fail_open=bool(jb.get("fail_open", False)),
-        )
-        if jb is not None
-        else None,
-        # 0.45: picked on the dev halves of BFCL multiple/live_multiple/irrelevance (bench/intent_eval.py)
-        intent_threshold=float((raw.get("overrides") or {}).get("prompt_target_intent_matching_threshold", 0.45)),
-        intent_threshold_set="prompt_target_intent_matching_threshold" in (raw.get("overrides") or {}),
-        tracing_sampling=float(tracing.get("random_sampling", 0)),
-        otlp_endpoint=tracing.get("otlp_endpoint"),
-        ratelimits=tuple(ratelimits),
-        model_server=ms,
-        warnings=tuple(warnings),
-    )
+    return ext_proc, warnings
 
 
 def _ingress_deadline(ms: ModelServer, targets: list[PromptTarget], endpoints: dict[str, Endpoint], *, guard: bool) -> tuple[float, str]:
@@ -868,10 +919,11 @@ def _model_server(ms: dict[str, Any], source: str) -> ModelServer:
     if len(set(urls)) != len(urls):
         raise ConfigError(source, "model_server.endpoints", "lists the same Triton twice")
     replicas = int(ms.get("replicas", 1))
-    taken = {ms.get(k, d) + REPLICA_PORT_STEP * i for k, d in (("http_port", 8000), ("grpc_port", 8001), ("metrics_port", 8002))
+    taken = {_port(ms, f"model_server.{k}") + REPLICA_PORT_STEP * i for k in ("http_port", "grpc_port", "metrics_port")
              for i in range(replicas)}
-    if replicas > 1 and ms.get("balancer_port", 8009) in taken:
-        raise ConfigError(source, "model_server.balancer_port", f"{ms.get('balancer_port', 8009)} is a port of a replica "
+    balancer_port = _port(ms, "model_server.balancer_port")
+    if replicas > 1 and balancer_port in taken:
+        raise ConfigError(source, "model_server.balancer_port", f"{balancer_port} is a port of a replica "
                                                                 "(each takes http_port, grpc_port, metrics_port + 10 i): pick another")
     if replicas > 1 and mode not in ("local-cpu", "local-gpu"):
         raise ConfigError(source, "model_server.replicas", f"replicas are tritonserver processes sidegate starts (mode local-cpu or local-gpu); "
@@ -890,14 +942,14 @@ def _model_server(ms: dict[str, Any], source: str) -> ModelServer:
     return ModelServer(
         mode=mode,
         address="127.0.0.1",
-        http_port=ms.get("http_port", 8000),
-        grpc_port=ms.get("grpc_port", 8001),
-        metrics_port=ms.get("metrics_port", 8002),
+        http_port=_port(ms, "model_server.http_port"),
+        grpc_port=_port(ms, "model_server.grpc_port"),
+        metrics_port=_port(ms, "model_server.metrics_port"),
         timeout_s=DEFAULT_MODEL_TIMEOUTS["prompt_embed"] if common is None else common,
         endpoint_url=urls[0] if len(urls) == 1 else None,
         endpoint_urls=urls,
         replicas=replicas,
-        balancer_port=ms.get("balancer_port", 8009),
+        balancer_port=balancer_port,
         models=models,
         auto_mode=not ms.get("mode") and not ms.get("endpoint"),
         timeout_explicit=common is not None,

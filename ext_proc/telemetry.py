@@ -130,7 +130,7 @@ def setup(cfg: Config, *, exporter: Any = None) -> bool:
     _provider = provider
     _tracer = provider.get_tracer("sidegate.ext_proc")
     _propagator = TraceContextTextMapPropagator()
-    _include_prompts = bool(((cfg.raw or {}).get("tracing") or {}).get("include_prompts", False))
+    _include_prompts = cfg.tracing_include_prompts
     log.info("tracing: %s, sampling %g%%", cfg.otlp_endpoint or "test exporter", ratio * 100)
     return True
 
