@@ -12,6 +12,7 @@ Usage (tests)::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +30,7 @@ from ext_proc.config import Config
 from ext_proc.dataplane import routes
 from ext_proc.errors import NotFound, render_error
 from ext_proc.names import LISTENER_METADATA
-from ext_proc.processor import CONTINUE, Immediate, PassThrough, Processor, Reply
+from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Processor, Reply
 
 __all__ = ["ExternalProcessor", "create_server"]
 
@@ -103,6 +104,19 @@ def _build(kind: str, reply: Reply) -> pb.ProcessingResponse:
     return out
 
 
+def _answered_last(request: pb.ProcessingRequest, kind: str | None, reply: Reply, response_body_mode: str) -> bool:
+    """Whether ``reply`` answers the last message Envoy sends on this stream: an immediate
+    response, the response body's end, or response headers with no body to follow (trailers are
+    never sent: envoy_bootstrap's processing_mode skips them)."""
+    if isinstance(reply, Immediate):
+        return True
+    if kind == "response_body":
+        return bool(request.response_body.end_of_stream)
+    if kind == "response_headers":
+        return bool(request.response_headers.end_of_stream) or response_body_mode == "NONE"
+    return False
+
+
 class _NotServed(PassThrough):
     """Implements Processor.request_headers for paths nobody serves: an immediate 404."""
 
@@ -134,6 +148,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         telemetry.stream_context(metadata)  # Envoy's span for this stream (traceparent in the gRPC metadata)
         processor: Processor | None = None
         request_id = ""
+        response_body_mode = "NONE"  # envoy_bootstrap._ext_proc_filter's processing_mode, until a reply overrides it
         try:
             while True:
                 request = await context.read()
@@ -164,7 +179,20 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     self.metrics.errors.labels(listener, "internal_error").inc()
                     reply = Immediate.from_error(render_error(RuntimeError(), request_id=request_id), details="internal_error")
                 self._phase(listener, kind).observe(time.perf_counter() - started)
-                await context.write(_to_proto(kind or "request_headers", reply))
+                if isinstance(reply, Continue) and reply.response_body_mode is not None:
+                    response_body_mode = reply.response_body_mode
+                if not _answered_last(request, kind, reply, response_body_mode):
+                    await context.write(_to_proto(kind or "request_headers", reply))
+                    continue
+                # The last message Envoy sends on this stream: answer it and end the RPC (Envoy's
+                # ext_proc filter takes the server's close as processing complete), instead of
+                # reading on until Envoy resets the stream. grpc.aio never frees the batch of a
+                # read or write cancelled by that reset (grpc/grpc#43360, grpcio 1.85: the
+                # grpc_op array and its message), so each such stream leaked ~0.1-1 kB of native
+                # heap; shielded, the write's batch completes and is freed even if the reset
+                # comes first.
+                await asyncio.shield(context.write(_to_proto(kind or "request_headers", reply)))
+                break
         finally:
             if processor is not None:
                 processor.finish()

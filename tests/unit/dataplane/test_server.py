@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -38,11 +39,12 @@ def body_msg(body: bytes) -> pb.ProcessingRequest:
     return pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True))
 
 
-def resp_headers_msg(content_type: str, status: str = "200") -> pb.ProcessingRequest:
+def resp_headers_msg(content_type: str, status: str = "200", eos: bool = False) -> pb.ProcessingRequest:
     hs = {":status": status, "content-type": content_type}
     return pb.ProcessingRequest(
         response_headers=pb.HttpHeaders(
-            headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in hs.items()])
+            headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in hs.items()]),
+            end_of_stream=eos,
         )
     )
 
@@ -222,3 +224,25 @@ async def test_a_slow_model_is_a_504_naming_the_model_and_the_key_to_raise() -> 
         await channel.close()
         await server.stop(0)
         await services.close()
+
+
+async def test_the_server_ends_the_stream_after_the_last_message_envoy_sends(stub) -> None:
+    # Envoy resets an ext_proc stream that is still open when its HTTP stream ends; a reset that
+    # cancels a read or write pending in grpc.aio leaks that batch's native memory
+    # (grpc/grpc#43360), so the server closes the stream itself as soon as nothing more can come.
+    s, _ = stub
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    reply = json.dumps({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+    streams = [
+        [headers_msg(path="/nowhere")],  # an immediate response (404)
+        [headers_msg(), body_msg(body), resp_headers_msg("application/json"),
+         pb.ProcessingRequest(response_body=pb.HttpBody(body=reply, end_of_stream=True))],
+        [headers_msg(), body_msg(body), resp_headers_msg("application/json", eos=True)],  # a response without a body
+    ]
+    for msgs in streams:
+        call = s.Process(metadata=(("x-sidegate-listener", "egress"),))
+        for m in msgs:
+            await call.write(m)  # and no done_writing(): Envoy does not half-close either
+            assert await asyncio.wait_for(call.read(), 5) is not grpc.aio.EOF
+        assert await asyncio.wait_for(call.read(), 5) is grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
