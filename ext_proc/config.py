@@ -87,7 +87,11 @@ _PROVIDER_HOSTS = {
     "together": "https://api.together.xyz/v1",
     "ollama": "http://127.0.0.1:11434/v1",
     "vllm": "http://127.0.0.1:8000/v1",
+    "anthropic": "https://api.anthropic.com/v1",
+    "claude": "https://api.anthropic.com/v1",
 }
+# provider families that speak Anthropic's Messages API (the others speak OpenAI chat completions)
+ANTHROPIC_INTERFACES = frozenset({"anthropic", "claude"})
 # `provider_interface: sidegate` with no endpoint: the ext_proc service's OpenAI-compatible façade.
 _SIDEGATE_FACADE = "http://127.0.0.1:{port}/v1"
 # What a configured jailbreak guard answers when the config gives no on_exception.message.
@@ -183,6 +187,11 @@ class LlmProvider:
     def chain(self) -> tuple[str, ...]:
         """Provider names in failover order: attempt n of a request goes to ``chain[(n - 1) % len(chain)]``."""
         return (self.name, *self.fallbacks)
+
+    @property
+    def wire(self) -> str:
+        """The API the provider speaks: ``anthropic`` (Messages) or ``openai`` (chat completions)."""
+        return "anthropic" if self.interface in ANTHROPIC_INTERFACES else "openai"
 
     @property
     def route_cluster(self) -> str:
@@ -720,6 +729,10 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
             if fb == p.name or fb not in names:
                 why = "is the provider itself" if fb == p.name else f"is not a provider (known: {', '.join(sorted(names))})"
                 raise ConfigError(source, f"llm_providers[{i}].fallbacks[{j}]", f"{fb!r} {why}")
+            other = next(q for q in providers if q.name == fb)
+            if other.wire != p.wire:  # Envoy's failover rewrites the key, host and path per attempt, not the body's API
+                raise ConfigError(source, f"llm_providers[{i}].fallbacks[{j}]",
+                                  f"{fb!r} speaks the {other.wire} API and {p.name!r} the {p.wire} API: a fallback must speak the same one")
     if len(providers) > 1 and not defaults:
         raise ConfigError(source, "llm_providers", "several providers and none has default: true: mark one as the default")
     return tuple(providers)

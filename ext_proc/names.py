@@ -11,12 +11,16 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "ANTHROPIC_VERSION",
+    "ANTHROPIC_VERSION_HEADER",
     "ARCH_STATE_KEY",
+    "CHAT_COMPLETIONS_PATH",
     "ATTEMPT_HEADER",
     "ERROR_HEADER",
     "GUARD_HEADER",
     "INVALID_INPUT_MARK",
     "LISTENER_METADATA",
+    "MESSAGES_PATH",
     "PROVIDER_HEADER",
     "PROVIDER_HINT_HEADER",
     "STUB_DEAD",
@@ -35,6 +39,12 @@ GUARD_HEADER = "x-sidegate-guard"  # "blocked" on the guard's own answer
 ERROR_HEADER = "x-sidegate-error"  # on sidegate's error answers: the error code
 PROVIDER_HINT_HEADER = "x-arch-llm-provider-hint"  # Arch's header: the provider a client asks for
 ARCH_STATE_KEY = "x-arch-state"  # Arch's key in `metadata`: a pending target and its arguments
+
+# -- provider APIs --------------------------------------------------------------------------------
+ANTHROPIC_VERSION_HEADER = "anthropic-version"  # required by the Messages API; Envoy adds it when the client did not
+ANTHROPIC_VERSION = "2023-06-01"
+CHAT_COMPLETIONS_PATH = "/v1/chat/completions"  # OpenAI's (and every OpenAI-compatible provider's)
+MESSAGES_PATH = "/v1/messages"  # Anthropic's
 
 # -- Triton ↔ ext_proc --------------------------------------------------------------------------
 # Triton 2.51's python backend, for a request that reaches a crashed stub (its message, not ours)

@@ -106,6 +106,11 @@ def _text(content: Any) -> str:
     return ""
 
 
+def _anthropic_error(status: int, message: str, kind: str) -> web.Response:
+    """An error as Anthropic's API writes it."""
+    return web.json_response({"type": "error", "error": {"type": kind, "message": message}}, status=status)
+
+
 def split_words(text: str) -> list[str]:
     """Split after each run of whitespace: ``"".join(split_words(t)) == t`` and no piece is empty."""
     return [w for w in re.split(r"(?<=\s)(?=\S)", text) if w]
@@ -277,6 +282,10 @@ class FakeProvider:
             if request.method != "POST":
                 return _error(405, f"method {request.method} not allowed on {request.path}", code="method_not_allowed")
             resp = await self._chat(request, parsed)
+        elif path.endswith("/messages"):  # Anthropic's Messages API
+            if request.method != "POST":
+                return _anthropic_error(405, f"method {request.method} not allowed on {request.path}", "invalid_request_error")
+            resp = await self._messages(request, parsed)
         elif (route := next((fn for prefix, fn in self.routes.items() if request.path.startswith(prefix)), None)) is not None:
             b = self._behaviour(request)
             if b.delay_ms:
@@ -315,6 +324,57 @@ class FakeProvider:
             chunks=b.chunks if chunks is None else chunks,
             reply=h.get("x-fake-reply", b.reply),
         )
+
+    async def _messages(self, request: web.Request, body: Any) -> web.StreamResponse:
+        """``POST /v1/messages`` as Anthropic answers it: a message, or its SSE event sequence.
+        Checks what Anthropic checks first: ``x-api-key``, ``anthropic-version``, ``max_tokens``."""
+        b = self._behaviour(request)
+        if b.delay_ms > 0:
+            await asyncio.sleep(b.delay_ms / 1000)
+        if b.status is not None and b.status >= 400:
+            kind = {429: "rate_limit_error", 529: "overloaded_error"}.get(b.status, "api_error")
+            return _anthropic_error(b.status, f"{self.name}: simulated error {b.status}", kind)
+        if not request.headers.get("x-api-key"):
+            return _anthropic_error(401, "x-api-key header is required", "authentication_error")
+        if not request.headers.get("anthropic-version"):
+            return _anthropic_error(400, "anthropic-version: header is required", "invalid_request_error")
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
+            return _anthropic_error(400, "messages: Field required", "invalid_request_error")
+        if not isinstance(body.get("max_tokens"), int):
+            return _anthropic_error(400, "max_tokens: Field required", "invalid_request_error")
+        model = str(body.get("model") or "")
+        last_user = next((_text(m.get("content")) for m in reversed(body["messages"]) if isinstance(m, dict) and m.get("role") == "user"), "")
+        pieces = chunk_content(b.reply if b.reply is not None else f"{self.name} says: {last_user}", b.chunks)
+        content = "".join(pieces)
+        usage = {"input_tokens": sum(len(_text(m.get("content")).split()) for m in body["messages"] if isinstance(m, dict)),
+                 "output_tokens": len(content.split())}
+        mid = f"msg_{uuid.uuid4().hex[:24]}"
+        headers = {"x-fake-provider": self.name, "request-id": f"req_{uuid.uuid4().hex[:16]}"}
+        message = {"id": mid, "type": "message", "role": "assistant", "model": model,
+                   "content": [{"type": "text", "text": content}], "stop_reason": "end_turn", "stop_sequence": None, "usage": usage}
+        if not body.get("stream"):
+            return web.json_response(message, headers=headers)
+
+        def event(kind: str, data: dict[str, Any]) -> bytes:
+            return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+
+        start = {**message, "content": [], "stop_reason": None, "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}
+        frames = [event("message_start", {"message": start}),
+                  event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+                  event("ping", {})]
+        frames += [event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": p}}) for p in pieces]
+        frames += [event("content_block_stop", {"index": 0}),
+                   event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                           "usage": {"output_tokens": usage["output_tokens"]}}),
+                   event("message_stop", {})]
+        resp = web.StreamResponse(headers={**headers, "content-type": "text/event-stream", "cache-control": "no-cache"})
+        await resp.prepare(request)
+        for i, f in enumerate(frames):
+            if i and b.chunk_delay_ms > 0:
+                await asyncio.sleep(b.chunk_delay_ms / 1000)
+            await resp.write(f)
+        await resp.write_eof()
+        return resp
 
     async def _chat(self, request: web.Request, body: Any) -> web.StreamResponse:
         b = self._behaviour(request)

@@ -17,12 +17,13 @@ from typing import Any, Awaitable, Callable
 from ext_proc import telemetry
 from ext_proc.chat.providers import choose_provider
 from ext_proc.chat.ratelimit import Charge, RateLimiter
+from ext_proc.chat.translate import Exchange
 from ext_proc.config import Config, LlmProvider
-from ext_proc.errors import MalformedRequest, MethodNotAllowed, SidegateError, render_error
+from ext_proc.errors import MalformedRequest, MethodNotAllowed, SidegateError
 from ext_proc.metrics import Metrics
 from ext_proc.names import ATTEMPT_HEADER, PROVIDER_HEADER, UPSTREAM_HEADER
 from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Reply
-from ext_proc.wire.openai import ChatRequest, chat_completion, parse_chat_request, sse_frames, usage_from_body, usage_from_sse
+from ext_proc.wire.openai import ChatRequest, chat_completion, parse_chat_request, sse_frames
 
 __all__ = ["ChatProcessor", "Decision", "Forward", "Router", "egress_router", "synthesized"]
 
@@ -67,9 +68,10 @@ class ChatProcessor(PassThrough):
 
     def __init__(
         self, *, cfg: Config, listener: str, router: Router, metrics: Metrics, log: logging.LoggerAdapter[logging.Logger],
-        ratelimits: RateLimiter | None = None,
+        ratelimits: RateLimiter | None = None, api: str = "openai",
     ) -> None:
         self.cfg = cfg
+        self.exchange = Exchange(api)  # the client's API (openai | anthropic) and the provider's
         self.ratelimits = ratelimits
         self.charge: Charge | None = None
         self.listener = listener
@@ -82,7 +84,6 @@ class ChatProcessor(PassThrough):
         self.outcome = "incomplete"
         self.forwarded_at = 0.0
         self.first_chunk_seen = False
-        self.sse_tail = b""
         self.streaming = False
         self.span: Any = None  # this request's span (tracing on only), child of Envoy's
         self.llm_span: Any = None  # the provider call: from forwarding to the end of the response
@@ -91,7 +92,7 @@ class ChatProcessor(PassThrough):
         self.outcome = f"error_{exc.status}"
         self.metrics.errors.labels(self.listener, exc.code).inc()
         self.log.info("answered %d %s: %s", exc.status, exc.code, exc.message)
-        return Immediate.from_error(render_error(exc, request_id=self.headers.get("x-request-id", "")), details=exc.code)
+        return Immediate.from_error(self.exchange.error(exc, request_id=self.headers.get("x-request-id", "")), details=exc.code)
 
     async def request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Reply:
         self.headers = headers
@@ -111,17 +112,18 @@ class ChatProcessor(PassThrough):
 
     async def request_body(self, body: bytes, end_of_stream: bool) -> Reply:
         try:
-            req = parse_chat_request(body)
+            req = self.exchange.parse(body)
             with telemetry.use(self.span):
                 decision = await self.router(self.cfg, self.headers, req)
             if isinstance(decision, Immediate):
                 self.outcome = "answered"
-                return decision
+                return self.exchange.answer(decision)
             sent = req  # what goes upstream: the router's body, parsed once when something here reads it
             if decision.body is not None and (self.ratelimits or decision.provider.fallbacks):
                 sent = parse_chat_request(decision.body)
             if self.ratelimits:
                 self.charge = self.ratelimits.admit(decision.provider, self.headers, sent.messages)
+            out, path = self.exchange.upstream_body(sent, decision.body, decision.provider)
         except SidegateError as exc:
             return self._error(exc)
         self.provider, self.response_metadata = decision.provider, decision.response_metadata
@@ -139,8 +141,9 @@ class ChatProcessor(PassThrough):
             })
         self.log.debug("to provider %s (cluster %s)", self.provider.name, self.provider.route_cluster)
         headers = {UPSTREAM_HEADER: self.provider.cluster}
-        out = decision.body
-        if self.provider.fallbacks:  # Envoy's failover filter rewrites "model" per attempt: it must come first
+        if path is not None:  # the provider speaks the other API
+            headers[":path"] = path
+        if self.provider.fallbacks and self.provider.wire == "openai":  # Envoy's failover rewrites "model" per attempt: it must come first
             out = json.dumps({"model": sent.model or self.provider.model or "", **sent.body}).encode()
         if out is not None:  # Envoy refuses a replaced body whose content-length is stale
             headers["content-length"] = str(len(out))
@@ -159,6 +162,7 @@ class ChatProcessor(PassThrough):
         self.metrics.upstream_status.labels(self.provider.name, status[:1] + "xx" if status else "none").inc()
         self.outcome = f"upstream_{status}"
         self.streaming = "text/event-stream" in headers.get("content-type", "")
+        self.exchange.start_response(status=status, streaming=self.streaming)
         telemetry.set_attributes(self.llm_span, {"http.response.status_code": int(status) if status.isdigit() else 0})
         if not status.startswith("2"):
             telemetry.set_error(self.llm_span, f"{self.provider.name} answered {status}")
@@ -166,6 +170,8 @@ class ChatProcessor(PassThrough):
             self._end_llm_span()
         return Continue(
             set_headers={PROVIDER_HEADER: self.provider.name},
+            # a translated body has another length: Envoy sends it chunked
+            remove_headers=("content-length",) if self.exchange.translating and not end_of_stream else (),
             response_body_mode="STREAMED" if self.streaming else ("NONE" if end_of_stream else "BUFFERED"),
         )
 
@@ -187,9 +193,7 @@ class ChatProcessor(PassThrough):
                 ttft = time.perf_counter() - self.forwarded_at
                 self.metrics.ttft_seconds.labels(self.provider.name).observe(ttft)
                 telemetry.set_attributes(self.llm_span, {"sidegate.time_to_first_token_ms": ttft * 1000.0})
-            usage, self.sse_tail = usage_from_sse(self.sse_tail + body)
-        else:
-            usage = usage_from_body(body)
+        usage = self.exchange.usage(body, streaming=self.streaming)
         if usage:
             self._count_tokens(usage)
             if self.charge is not None and isinstance(usage.get("total_tokens"), int):
@@ -198,9 +202,12 @@ class ChatProcessor(PassThrough):
                 self.charge = None
         if end_of_stream:
             self._end_llm_span()
-        if self.response_metadata and self.ok:
+        translated = self.exchange.response(body, streaming=self.streaming, end_of_stream=end_of_stream)
+        if translated is not None:
+            body = translated
+        if self.response_metadata and self.ok and self.exchange.client == "openai":
             return self._with_metadata(body)
-        return CONTINUE
+        return CONTINUE if translated is None else Continue(body=translated)
 
     @property
     def ok(self) -> bool:
@@ -240,7 +247,7 @@ class ChatProcessor(PassThrough):
             self.llm_span = None
 
     def finish(self) -> None:
-        self.metrics.requests.labels(self.listener, "chat_completions", self.outcome).inc()
+        self.metrics.requests.labels(self.listener, "messages" if self.exchange.client == "anthropic" else "chat_completions", self.outcome).inc()
         if self.span is not None:
             self._end_llm_span()
             self.span.set_attribute("sidegate.outcome", self.outcome)

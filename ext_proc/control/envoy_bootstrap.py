@@ -150,7 +150,7 @@ from envoy_data_plane.google.protobuf import Any, Struct
 from ext_proc.config import Config, LlmProvider, Upstream
 from ext_proc.config import Endpoint as EndpointCfg
 from ext_proc.config import Listener as ListenerCfg
-from ext_proc.names import LISTENER_METADATA, PROVIDER_HINT_HEADER, UPSTREAM_HEADER
+from ext_proc.names import ANTHROPIC_VERSION, ANTHROPIC_VERSION_HEADER, LISTENER_METADATA, PROVIDER_HINT_HEADER, UPSTREAM_HEADER
 
 __all__ = [
     "ACCESS_LOG_FIELDS",
@@ -603,7 +603,13 @@ def _provider_route(p: LlmProvider, listener: ListenerCfg) -> Route:
         if p.access_key_env:
             # Envoy fills this in from its own environment when the request goes out: the file never
             # holds the key. Envoy removes request_headers_to_remove first, then adds these.
-            headers_to_add.append(_header("authorization", f"Bearer %ENVIRONMENT({p.access_key_env})%"))
+            if p.wire == "anthropic":
+                headers_to_add.append(_header("x-api-key", f"%ENVIRONMENT({p.access_key_env})%"))
+            else:
+                headers_to_add.append(_header("authorization", f"Bearer %ENVIRONMENT({p.access_key_env})%"))
+        if p.wire == "anthropic":  # required by the Messages API; an Anthropic client's own value is kept
+            headers_to_add.append(HeaderValueOption(header=HeaderValue(key=ANTHROPIC_VERSION_HEADER, value=ANTHROPIC_VERSION),
+                                                    append_action=HeaderValueOptionHeaderAppendAction.ADD_IF_ABSENT))
     return Route(
         name=p.cluster,
         match=_upstream_match(p.cluster),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ext_proc.chat.completions import ChatProcessor, egress_router
+from ext_proc.chat.translate import API_PATHS
 from ext_proc.chat.endpoints import EndpointClient
 from ext_proc.chat.pipeline import IngressPipeline
 from ext_proc.chat.ratelimit import RateLimiter
@@ -51,13 +52,16 @@ class Services:
 
 Factory = Callable[[Services, logging.LoggerAdapter[logging.Logger]], Processor]
 
+def _chat(listener: str, api: str) -> Factory:
+    """Chat requests in ``api`` (openai: chat completions, anthropic: Messages) on ``listener``."""
+    def make(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Processor:
+        router = s.ingress if listener == "ingress" else egress_router
+        return ChatProcessor(cfg=s.cfg, listener=listener, router=router, metrics=s.metrics, log=log, ratelimits=s.ratelimits, api=api)
+    return make
+
+
 _ROUTES: dict[tuple[str, str], Factory] = {
-    ("ingress", "/v1/chat/completions"): lambda s, log: ChatProcessor(
-        cfg=s.cfg, listener="ingress", router=s.ingress, metrics=s.metrics, log=log, ratelimits=s.ratelimits
-    ),
-    ("egress", "/v1/chat/completions"): lambda s, log: ChatProcessor(
-        cfg=s.cfg, listener="egress", router=egress_router, metrics=s.metrics, log=log, ratelimits=s.ratelimits
-    ),
+    (listener, path): _chat(listener, api) for listener in ("ingress", "egress") for api, path in API_PATHS.items()
 }
 
 

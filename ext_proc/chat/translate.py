@@ -1,0 +1,138 @@
+"""Between the API a client speaks and the API its provider speaks: OpenAI chat completions or
+Anthropic Messages (DESIGN.md, "provider families", "Anthropic API on the listeners").
+
+Inside, a chat request is always OpenAI-shaped (:class:`~ext_proc.wire.openai.ChatRequest`): the
+router and the prompt pipeline see one shape. :class:`Exchange` does the rest for one request:
+
+* :meth:`Exchange.parse`: the client's body → a ChatRequest (an Anthropic body is translated);
+* :meth:`Exchange.upstream_body`: what goes to the provider, in the provider's API, and the path
+  it goes to (``None`` where the client's own bytes go unchanged);
+* :meth:`Exchange.usage` / :meth:`Exchange.response`: the provider's answer, JSON or SSE chunk by
+  chunk: its usage read in the provider's shape, its bytes turned into the client's API;
+* :meth:`Exchange.answer`: an answer sidegate writes itself (guard, clarifying question, an error),
+  built in OpenAI's shape, in the client's API.
+
+Usage::
+
+    ex = Exchange(client="anthropic")
+    req = ex.parse(body)                                   # MalformedRequest (400) on a bad body
+    body, path = ex.upstream_body(req, decision_body, provider)
+    ex.start_response(provider, status=200, streaming=True)
+    usage = ex.usage(chunk); out = ex.response(chunk, end_of_stream)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ext_proc.config import LlmProvider
+from ext_proc.errors import RenderedError, SidegateError, render_error
+from ext_proc.names import CHAT_COMPLETIONS_PATH, MESSAGES_PATH
+from ext_proc.processor import Immediate
+from ext_proc.wire import anthropic
+from ext_proc.wire.openai import ChatRequest, parse_chat_request, usage_from_body, usage_from_sse
+
+__all__ = ["API_PATHS", "Exchange"]
+
+API_PATHS = {"openai": CHAT_COMPLETIONS_PATH, "anthropic": MESSAGES_PATH}
+
+
+class Exchange:
+    """One request's translation between ``client`` (its API) and the provider the router chose."""
+
+    def __init__(self, client: str = "openai") -> None:
+        assert client in API_PATHS, client
+        self.client = client
+        self.upstream = client  # the provider's API, once chosen
+        self.model: str | None = None
+        self._status = 200
+        self._stream: anthropic.MessagesToChatStream | anthropic.ChatToMessagesStream | None = None
+        self._scanner: anthropic.MessagesUsageScanner | None = None
+        self._sse_tail = b""
+        self._chat_body: dict[str, Any] | None = None  # an Anthropic client's request, translated
+
+    @property
+    def translating(self) -> bool:
+        return self.upstream != self.client
+
+    # -- request ------------------------------------------------------------------------------
+    def parse(self, body: bytes) -> ChatRequest:
+        if self.client == "openai":
+            return parse_chat_request(body)
+        self._chat_body = anthropic.messages_request_to_chat(anthropic.parse_messages_request(body).body)
+        return parse_chat_request(json.dumps(self._chat_body).encode())
+
+    def upstream_body(self, req: ChatRequest, body: bytes | None, provider: LlmProvider) -> tuple[bytes | None, str | None]:
+        """(the body for ``provider`` or None: the client's bytes unchanged; the path or None: unchanged).
+
+        ``body``: the router's OpenAI-shaped body (None: the request as the client sent it)."""
+        self.upstream = provider.wire
+        self.model = provider.model or req.model
+        if not self.translating and (self.client == "openai" or body is None):
+            return body, None
+        chat: dict[str, Any] = json.loads(body) if body is not None else self._chat_body or dict(req.body)
+        if provider.model:
+            chat = {**chat, "model": provider.model}
+        out = anthropic.chat_request_to_messages(chat) if self.upstream == "anthropic" else chat
+        return json.dumps(out).encode(), API_PATHS[self.upstream] if self.translating else None
+
+    # -- response -----------------------------------------------------------------------------
+    @property
+    def _status_ok(self) -> bool:
+        return 200 <= self._status < 300
+
+    def start_response(self, *, status: str, streaming: bool) -> None:
+        self._status = int(status) if status.isdigit() else 502
+        if self.upstream == "anthropic" and streaming:
+            self._scanner = anthropic.MessagesUsageScanner()
+        if self.translating and streaming and self._status_ok:
+            if self.upstream == "anthropic":
+                self._stream = anthropic.MessagesToChatStream(model=self.model, include_usage=True)
+            else:
+                self._stream = anthropic.ChatToMessagesStream(model=self.model)
+
+    def usage(self, chunk: bytes, *, streaming: bool) -> dict[str, Any] | None:
+        """OpenAI-shaped usage found in the provider's bytes (a whole JSON body, or the next SSE chunk)."""
+        if self.upstream == "anthropic":
+            if streaming:
+                return self._scanner.feed(chunk) if self._scanner is not None else None
+            return anthropic.usage_from_message(chunk)
+        if streaming:
+            usage, self._sse_tail = usage_from_sse(self._sse_tail + chunk)
+            return usage
+        return usage_from_body(chunk)
+
+    def response(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes | None:
+        """The provider's bytes in the client's API (None: unchanged)."""
+        if not self.translating:
+            return None
+        if streaming and self._stream is not None:
+            return self._stream.feed(chunk) + (self._stream.close() if end_of_stream else b"")
+        if not self._status_ok:
+            if self.upstream == "anthropic":
+                return anthropic.error_body_to_chat(chunk, self._status)
+            return anthropic.error_body_to_messages(chunk, self._status)
+        if self.upstream == "anthropic":
+            return json.dumps(anthropic.message_to_chat_completion(chunk, model=self.model)).encode()
+        return json.dumps(anthropic.chat_completion_to_message(chunk, model=self.model)).encode()
+
+    # -- sidegate's own answers ---------------------------------------------------------------
+    def answer(self, reply: Immediate) -> Immediate:
+        """An answer sidegate wrote (OpenAI-shaped) in the client's API."""
+        if self.client == "openai":
+            return reply
+        ctype = reply.headers.get("content-type", "")
+        if reply.status != 200:
+            body = anthropic.error_body_to_messages(reply.body, reply.status)
+        elif "text/event-stream" in ctype:
+            stream = anthropic.ChatToMessagesStream()
+            body = stream.feed(reply.body) + stream.close()
+        else:
+            body = json.dumps(anthropic.chat_completion_to_message(reply.body)).encode()
+        return Immediate(status=reply.status, body=body, headers=reply.headers, details=reply.details)
+
+    def error(self, exc: SidegateError, *, request_id: str) -> RenderedError:
+        if self.client == "anthropic":
+            return anthropic.render_anthropic_error(exc, request_id=request_id)
+        return render_error(exc, request_id=request_id)

@@ -1,0 +1,161 @@
+"""The Anthropic family through real Envoy and the ext_proc service, with the real SDKs as clients:
+
+* an OpenAI client on egress whose request goes to an ``anthropic`` provider (translated to the
+  Messages API and back, JSON and SSE, with ``x-api-key`` and ``anthropic-version``);
+* an ``anthropic`` SDK client on ``POST /v1/messages`` (egress and ingress) whose request goes to an
+  OpenAI-compatible provider (translated both ways) or to an Anthropic one (passed through).
+
+The providers are ``testkit.fake_provider``'s fake, which speaks both APIs (its ``/v1/messages``
+checks ``x-api-key``, ``anthropic-version`` and ``max_tokens`` as Anthropic does).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+import yaml
+
+from ext_proc.config import Config, load_config
+from ext_proc.control import supervisor as sv
+from testkit import gateway_config
+from testkit.fake_provider import FakeProvider
+from tests.integration.conftest import start_stack
+
+pytestmark = pytest.mark.integration
+
+CLAUDE_KEY = "sk-ant-configured-key"
+USER = [{"role": "user", "content": "hello claude"}]
+
+
+@dataclass
+class Stack:
+    cfg: Config
+    claude: FakeProvider
+    oai: FakeProvider
+    supervisor: sv.Supervisor
+
+    def url(self, listener: str) -> str:
+        return f"http://127.0.0.1:{getattr(self.cfg, listener).port}"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("sidegate-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIDEGATE_HOME", str(home))
+    mp.setenv("CLAUDE_KEY", CLAUDE_KEY)
+    with FakeProvider(name="fake-claude") as claude, FakeProvider(name="fake-oai") as oai:
+        providers: list[dict[str, Any]] = [
+            {"name": "claude", "provider_interface": "anthropic", "endpoint": claude.base_url, "model": "claude-test",
+             "access_key": "$CLAUDE_KEY"},
+            {"name": "oai", "provider_interface": "openai", "endpoint": oai.base_url, "model": "gpt-test", "default": True,
+             "access_key": "sk-oai-key"},
+        ]
+        raw = gateway_config(providers)
+        config_path = home / "sidegate.yaml"
+        config_path.write_text(yaml.safe_dump(raw))
+        cfg = load_config(config_path)
+        supervisor = start_stack(cfg, config_path)
+        try:
+            yield Stack(cfg=cfg, claude=claude, oai=oai, supervisor=supervisor)
+        finally:
+            supervisor.stop_all()
+            mp.undo()
+
+
+def oai_client(stack: Stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.url("egress") + "/v1", api_key="sk-client-own", max_retries=0, timeout=10)
+
+
+def claude_client(stack: Stack, listener: str = "egress") -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=stack.url(listener), api_key="sk-ant-client-own", max_retries=0, timeout=10)
+
+
+def test_an_openai_client_reaches_an_anthropic_provider_through_the_messages_api(stack: Stack) -> None:
+    stack.claude.clear()
+    resp = oai_client(stack).chat.completions.with_raw_response.create(
+        model="claude-test", messages=[{"role": "system", "content": "be brief"}, *USER])
+    completion = resp.parse()
+    assert completion.choices[0].message.content == "fake-claude says: hello claude"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.completion_tokens == 4
+    assert resp.headers["x-sidegate-provider"] == "claude"
+    (seen,) = stack.claude.requests
+    assert seen.path == "/v1/messages"
+    assert seen.headers["x-api-key"] == CLAUDE_KEY and "authorization" not in seen.headers  # the client's key never leaves
+    assert seen.headers["anthropic-version"] == "2023-06-01"
+    assert seen.json["system"] == "be brief" and seen.json["messages"] == [{"role": "user", "content": "hello claude"}]
+    assert seen.json["max_tokens"] == 4096 and seen.json["model"] == "claude-test"
+
+
+def test_an_openai_client_streams_from_an_anthropic_provider(stack: Stack) -> None:
+    stream = oai_client(stack).chat.completions.create(
+        model="claude-test", messages=USER, stream=True, stream_options={"include_usage": True},
+        extra_headers={"x-fake-chunks": "3"})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "fake-claude says: hello claude"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 2
+
+
+def test_an_anthropic_provider_error_reaches_an_openai_client_with_its_status(stack: Stack) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        oai_client(stack).chat.completions.create(model="claude-test", messages=USER, extra_headers={"x-fake-status": "529"})
+    assert info.value.status_code == 529
+    assert "simulated error 529" in json.dumps(info.value.body)
+
+
+@pytest.mark.parametrize("listener", ["egress", "ingress"])
+def test_an_anthropic_client_reaches_an_openai_provider(stack: Stack, listener: str) -> None:
+    stack.oai.clear()
+    message = claude_client(stack, listener).messages.create(
+        model="gpt-test", max_tokens=100, system="be brief", messages=USER)  # type: ignore[arg-type]
+    assert message.type == "message" and message.role == "assistant"
+    assert [b.text for b in message.content if b.type == "text"] == ["fake-oai says: hello claude"]
+    assert message.stop_reason == "end_turn" and message.usage.output_tokens == 4
+    (seen,) = stack.oai.requests
+    assert seen.path == "/v1/chat/completions"
+    assert seen.headers["authorization"] == "Bearer sk-oai-key" and "x-api-key" not in seen.headers
+    assert seen.json["messages"][0] == {"role": "system", "content": "be brief"} and seen.json["max_tokens"] == 100
+
+
+def test_an_anthropic_client_streams_from_an_openai_provider(stack: Stack) -> None:
+    with claude_client(stack).messages.stream(model="gpt-test", max_tokens=100, messages=USER,  # type: ignore[arg-type]
+                                              extra_headers={"x-fake-chunks": "4"}) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "fake-oai says: hello claude"
+    assert final.stop_reason == "end_turn"
+
+
+def test_an_anthropic_client_to_an_anthropic_provider_is_passed_through_with_the_configured_key(stack: Stack) -> None:
+    stack.claude.clear()
+    with claude_client(stack).messages.stream(model="claude-test", max_tokens=50, messages=USER) as stream:  # type: ignore[arg-type]
+        text = "".join(stream.text_stream)
+    assert text == "fake-claude says: hello claude"
+    (seen,) = stack.claude.requests
+    assert seen.headers["x-api-key"] == CLAUDE_KEY  # the client's own key was removed, the provider's added
+    assert seen.json["max_tokens"] == 50 and seen.json["stream"] is True
+
+
+def test_a_malformed_messages_request_is_an_anthropic_400_and_not_forwarded(stack: Stack) -> None:
+    stack.oai.clear()
+    stack.claude.clear()
+    req = urllib.request.Request(stack.url("egress") + "/v1/messages", method="POST", headers={"content-type": "application/json"},
+                                 data=json.dumps({"model": "gpt-test", "messages": USER}).encode())  # no max_tokens
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=10)  # noqa: S310 (loopback)
+    body = json.loads(info.value.read())
+    assert info.value.code == 400
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert "max_tokens" in body["error"]["message"]
+    assert stack.oai.requests == [] and stack.claude.requests == []

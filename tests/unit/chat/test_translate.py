@@ -1,0 +1,79 @@
+"""ext_proc/chat/translate.py: one request between the client's API and the provider's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ext_proc.chat.completions import synthesized
+from ext_proc.chat.translate import Exchange
+from ext_proc.config import build_config
+from ext_proc.errors import MalformedRequest
+from ext_proc.processor import Immediate
+from testkit import gateway_config
+
+CFG = build_config(gateway_config([
+    {"name": "claude", "provider_interface": "claude", "endpoint": "http://127.0.0.1:9/v1", "model": "claude-x", "access_key": "k"},
+    {"name": "oai", "provider_interface": "openai", "endpoint": "http://127.0.0.1:9/v1", "default": True},
+]))
+CLAUDE, OAI = CFG.provider("claude"), CFG.provider("oai")
+MESSAGES = json.dumps({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}).encode()
+CHAT = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+def test_same_api_on_both_sides_changes_nothing() -> None:
+    ex = Exchange("openai")
+    assert ex.upstream_body(ex.parse(CHAT), None, OAI) == (None, None) and not ex.translating
+    ex = Exchange("anthropic")
+    assert ex.upstream_body(ex.parse(MESSAGES), None, CLAUDE) == (None, None)
+
+
+def test_the_other_api_gets_a_translated_body_the_providers_model_and_its_path() -> None:
+    ex = Exchange("openai")
+    body, path = ex.upstream_body(ex.parse(CHAT), None, CLAUDE)
+    assert path == "/v1/messages" and json.loads(body) == {"model": "claude-x", "max_tokens": 4096, "messages": [
+        {"role": "user", "content": "hi"}]}
+    ex = Exchange("anthropic")
+    body, path = ex.upstream_body(ex.parse(MESSAGES), None, OAI)
+    assert path == "/v1/chat/completions" and json.loads(body)["max_tokens"] == 10
+
+
+def test_a_rewritten_body_for_an_anthropic_client_is_sent_in_the_providers_api() -> None:
+    ex = Exchange("anthropic")
+    req = ex.parse(MESSAGES)
+    rewritten = json.dumps({"model": "m", "messages": [{"role": "system", "content": "ctx"}, {"role": "user", "content": "hi"}]}).encode()
+    body, path = ex.upstream_body(req, rewritten, CLAUDE)
+    assert path is None and json.loads(body)["system"] == "ctx"  # same API, same path; the pipeline's body, translated
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_sidegates_own_answer_reaches_an_anthropic_client_in_its_shape(stream: bool) -> None:
+    ex = Exchange("anthropic")
+    req = ex.parse(json.dumps({**json.loads(MESSAGES), "stream": stream}).encode())
+    reply = ex.answer(synthesized(req, "Sorry, no.", model="sidegate-guard", headers={"x-sidegate-guard": "blocked"}))
+    assert reply.status == 200 and reply.headers["x-sidegate-guard"] == "blocked"
+    if stream:
+        events = [line.split(": ", 1)[1] for line in reply.body.decode().splitlines() if line.startswith("event: ")]
+        assert events[0] == "message_start" and events[-1] == "message_stop" and "content_block_delta" in events
+    else:
+        message = json.loads(reply.body)
+        assert message["type"] == "message" and message["content"] == [{"type": "text", "text": "Sorry, no."}]
+
+
+def test_errors_reach_an_anthropic_client_in_its_shape() -> None:
+    ex = Exchange("anthropic")
+    rendered = ex.error(MalformedRequest("messages: Field required"), request_id="r1")
+    body = json.loads(rendered.body)
+    assert rendered.status == 400 and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    openai_error = Immediate(status=429, body=json.dumps({"error": {"message": "slow down", "type": "rate_limit"}}).encode())
+    assert json.loads(ex.answer(openai_error).body)["error"]["message"] == "slow down"
+
+
+def test_a_fallback_must_speak_the_providers_api() -> None:
+    raw = gateway_config([
+        {"name": "claude", "provider_interface": "anthropic", "endpoint": "http://127.0.0.1:9/v1", "default": True, "fallbacks": ["oai"]},
+        {"name": "oai", "provider_interface": "openai", "endpoint": "http://127.0.0.1:9/v1"},
+    ])
+    with pytest.raises(Exception, match=r"fallbacks\[0\].*speaks the openai API"):
+        build_config(raw)
