@@ -17,6 +17,7 @@ file, the key path and what was expected. Nothing starts on a config that fails 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import json
 import os
@@ -89,6 +90,19 @@ _PROVIDER_HOSTS = {
     "vllm": "http://127.0.0.1:8000/v1",
     "anthropic": "https://api.anthropic.com/v1",
     "claude": "https://api.anthropic.com/v1",
+    "together_ai": "https://api.together.xyz/v1",
+    "xai": "https://api.x.ai/v1",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta/openai",  # Google's OpenAI-compatible endpoint
+}
+# families served by the ext_proc service's own OpenAI-compatible façade over Triton's chat_llm
+LOCAL_INTERFACES = frozenset({"sidegate", "arch"})
+# Azure OpenAI: POST {endpoint}/openai/deployments/{model}/chat/completions?api-version=..., key in `api-key`
+AZURE_INTERFACE = "azure_openai"
+AZURE_API_VERSION = "2024-10-21"
+UNSUPPORTED_INTERFACES = {
+    "amazon_bedrock": "Bedrock's Converse API and AWS SigV4 request signing are not implemented: put an OpenAI-compatible "
+                      "gateway in front of Bedrock (e.g. AWS's Bedrock Access Gateway) and use provider_interface: openai "
+                      "with its endpoint",
 }
 # provider families that speak Anthropic's Messages API (the others speak OpenAI chat completions)
 ANTHROPIC_INTERFACES = frozenset({"anthropic", "claude"})
@@ -178,6 +192,7 @@ class LlmProvider:
     retries: int = 0
     stream: bool | None = None
     fallbacks: tuple[str, ...] = ()  # provider names tried in order when this one fails
+    api_version: str | None = None  # azure_openai: the api-version query parameter
 
     @property
     def cluster(self) -> str:
@@ -458,7 +473,9 @@ def _describe(error: jsonschema.ValidationError) -> tuple[list[Any], str]:
     if v in ("oneOf", "anyOf", "pattern") and "description" in schema:
         return path, f"expected {schema['description']}, got {_show(value)}"
     if v == "enum":
-        return path, f"expected one of {', '.join(map(repr, expected))}, got {_show(value)}"
+        near = difflib.get_close_matches(str(value), [str(e) for e in expected], n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        return path, f"expected one of {', '.join(map(repr, expected))}, got {_show(value)}{hint}"
     if v == "const":
         return path, f"expected {expected!r}, got {_show(value)}"
     if v == "minLength" and expected == 1:
@@ -691,7 +708,12 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
         names.add(pr["name"])
         interface = pr.get("provider_interface") or pr.get("provider")
         spec = pr.get("endpoint") or _PROVIDER_HOSTS.get(interface or "")
-        if spec is None and interface == "sidegate":
+        if interface in UNSUPPORTED_INTERFACES:
+            raise ConfigError(source, f"{at}.provider_interface", f"{interface} is not supported: {UNSUPPORTED_INTERFACES[interface]}")
+        if interface == AZURE_INTERFACE and not pr.get("model"):
+            raise ConfigError(source, f"{at}.model", "azure_openai needs model: the name of your deployment "
+                                                     "(requests go to /openai/deployments/<model>/chat/completions)")
+        if spec is None and interface in LOCAL_INTERFACES:
             spec = _SIDEGATE_FACADE.format(port=ext_proc.http_port)
         if spec is None:
             raise ConfigError(source, f"{at}.endpoint", f"provider_interface {interface!r} has no default address: set endpoint")
@@ -719,6 +741,7 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
                 retries=pr.get("retries", 0),
                 stream=pr.get("stream"),
                 fallbacks=tuple(pr.get("fallbacks") or ()),
+                api_version=pr.get("api_version", AZURE_API_VERSION) if interface == AZURE_INTERFACE else None,
             )
         )
     if len(defaults) > 1:
@@ -730,6 +753,9 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
                 why = "is the provider itself" if fb == p.name else f"is not a provider (known: {', '.join(sorted(names))})"
                 raise ConfigError(source, f"llm_providers[{i}].fallbacks[{j}]", f"{fb!r} {why}")
             other = next(q for q in providers if q.name == fb)
+            if AZURE_INTERFACE in (p.interface, other.interface):  # the failover rewrites Bearer keys and /v1/ prefixes only
+                raise ConfigError(source, f"llm_providers[{i}].fallbacks[{j}]",
+                                  "azure_openai providers cannot be in a fallback chain (their key header and path differ)")
             if other.wire != p.wire:  # Envoy's failover rewrites the key, host and path per attempt, not the body's API
                 raise ConfigError(source, f"llm_providers[{i}].fallbacks[{j}]",
                                   f"{fb!r} speaks the {other.wire} API and {p.name!r} the {p.wire} API: a fallback must speak the same one")

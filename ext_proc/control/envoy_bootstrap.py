@@ -147,7 +147,7 @@ from envoy_data_plane.envoy.type.matcher.v3 import RegexMatchAndSubstitute, Rege
 from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.google.protobuf import Any, Struct
 
-from ext_proc.config import Config, LlmProvider, Upstream
+from ext_proc.config import AZURE_INTERFACE, Config, LlmProvider, Upstream
 from ext_proc.config import Endpoint as EndpointCfg
 from ext_proc.config import Listener as ListenerCfg
 from ext_proc.names import ANTHROPIC_VERSION, ANTHROPIC_VERSION_HEADER, LISTENER_METADATA, PROVIDER_HINT_HEADER, UPSTREAM_HEADER
@@ -594,7 +594,12 @@ def _provider_route(p: LlmProvider, listener: ListenerCfg) -> Route:
     else:
         u = p.upstream
         action["host_rewrite_literal"] = _host_header(u)
-        if u.base_path and u.base_path != "/v1":  # e.g. groq: /v1/chat/completions -> /openai/v1/chat/completions
+        if p.interface == AZURE_INTERFACE:  # the deployment is in the path, the API version in the query
+            action["regex_rewrite"] = RegexMatchAndSubstitute(
+                pattern=RegexMatcher(regex="^/v1/chat/completions$"),
+                substitution=f"{u.base_path.rstrip('/')}/openai/deployments/{p.model}/chat/completions?api-version={p.api_version}",
+            )
+        elif u.base_path and u.base_path != "/v1":  # e.g. groq: /v1/chat/completions -> /openai/v1/chat/completions
             action["regex_rewrite"] = RegexMatchAndSubstitute(
                 pattern=RegexMatcher(regex="^/v1/"), substitution=u.base_path.rstrip("/") + "/"
             )
@@ -605,6 +610,8 @@ def _provider_route(p: LlmProvider, listener: ListenerCfg) -> Route:
             # holds the key. Envoy removes request_headers_to_remove first, then adds these.
             if p.wire == "anthropic":
                 headers_to_add.append(_header("x-api-key", f"%ENVIRONMENT({p.access_key_env})%"))
+            elif p.interface == AZURE_INTERFACE:
+                headers_to_add.append(_header("api-key", f"%ENVIRONMENT({p.access_key_env})%"))
             else:
                 headers_to_add.append(_header("authorization", f"Bearer %ENVIRONMENT({p.access_key_env})%"))
         if p.wire == "anthropic":  # required by the Messages API; an Anthropic client's own value is kept

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from ext_proc.config import ENSEMBLE_HEADS, ENSEMBLE_STEPS, MODELS_DIR, THREADS_KEY, Config, ModelSettings
+from ext_proc.config import ENSEMBLE_HEADS, ENSEMBLE_STEPS, LOCAL_INTERFACES, MODELS_DIR, THREADS_KEY, Config, ModelSettings
 
 __all__ = ["MODELS_DIR", "needed_models", "render_model_repository"]
 
@@ -31,7 +31,7 @@ def needed_models(cfg: Config) -> list[str]:
         need += [*(s for s in ENSEMBLE_STEPS["prompt_guard"] if s not in need), "prompt_guard"]
     if any(t.parameters for t in cfg.prompt_targets):
         need.append("function_call")
-    if any(p.interface == "sidegate" for p in cfg.llm_providers):
+    if any(p.interface in LOCAL_INTERFACES for p in cfg.llm_providers):
         need.append("chat_llm")
     return need
 

@@ -1,0 +1,88 @@
+"""Every OpenAI-compatible provider family through real Envoy with the real openai SDK: JSON and
+SSE, each to a fake at the family's own path, with its own key header (Anthropic's family:
+test_anthropic.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from ext_proc.config import Config, load_config
+from ext_proc.control import supervisor as sv
+from testkit import gateway_config
+from testkit.fake_provider import FakeProvider
+from tests.integration.conftest import start_stack
+
+pytestmark = pytest.mark.integration
+
+# family -> (the base path its provider serves, the path a chat request reaches, the key header and its value)
+FAMILIES: dict[str, tuple[str, str, str, str]] = {
+    "openai": ("/v1", "/v1/chat/completions", "authorization", "Bearer sk-family"),
+    "mistral": ("/v1", "/v1/chat/completions", "authorization", "Bearer sk-family"),
+    "groq": ("/openai/v1", "/openai/v1/chat/completions", "authorization", "Bearer sk-family"),
+    "deepseek": ("/v1", "/v1/chat/completions", "authorization", "Bearer sk-family"),
+    "together_ai": ("/v1", "/v1/chat/completions", "authorization", "Bearer sk-family"),
+    "xai": ("/v1", "/v1/chat/completions", "authorization", "Bearer sk-family"),
+    "ollama": ("/v1", "/v1/chat/completions", "authorization", "Bearer sk-family"),
+    "vllm": ("/v1", "/v1/chat/completions", "authorization", "Bearer sk-family"),
+    "gemini": ("/v1beta/openai", "/v1beta/openai/chat/completions", "authorization", "Bearer sk-family"),
+    "azure_openai": ("", "/openai/deployments/model-azure_openai/chat/completions", "api-key", "sk-family"),
+}
+
+
+@dataclass
+class Stack:
+    cfg: Config
+    fake: FakeProvider
+    supervisor: sv.Supervisor
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("sidegate-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIDEGATE_HOME", str(home))
+    mp.setenv("FAMILY_KEY", "sk-family")
+    with FakeProvider(name="fake-family") as fake:
+        providers: list[dict[str, Any]] = [
+            {"name": family, "provider_interface": family, "endpoint": f"http://127.0.0.1:{fake.port}{base}",
+             "model": f"model-{family}", "access_key": "$FAMILY_KEY", "default": family == "openai"}
+            for family, (base, *_rest) in FAMILIES.items()
+        ]
+        raw = gateway_config(providers)
+        config_path = home / "sidegate.yaml"
+        config_path.write_text(yaml.safe_dump(raw))
+        cfg = load_config(config_path)
+        supervisor = start_stack(cfg, config_path)
+        try:
+            yield Stack(cfg=cfg, fake=fake, supervisor=supervisor)
+        finally:
+            supervisor.stop_all()
+            mp.undo()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_family_gets_its_path_its_key_header_and_answers(stack: Stack, family: str, stream: bool) -> None:
+    _, path, key_header, key_value = FAMILIES[family]
+    stack.fake.clear()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{stack.cfg.egress.port}/v1", api_key="sk-client-own", max_retries=0, timeout=10)
+    messages = [{"role": "user", "content": f"hello {family}"}]
+    if stream:
+        chunks = list(client.chat.completions.create(model=f"model-{family}", messages=messages, stream=True))  # type: ignore[arg-type]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    else:
+        text = client.chat.completions.create(model=f"model-{family}", messages=messages).choices[0].message.content or ""  # type: ignore[arg-type]
+    assert text == f"fake-family says: hello {family}"
+    (seen,) = stack.fake.requests
+    assert seen.path == path
+    assert seen.headers[key_header] == key_value
+    other = "api-key" if key_header == "authorization" else "authorization"
+    assert other not in seen.headers  # the client's own key never leaves, and only one key header is sent
+    if family == "azure_openai":
+        assert seen.query == {"api-version": "2024-10-21"}
