@@ -386,7 +386,8 @@ def test_provider_without_interface(tmp_path: Path) -> None:
 
 
 def test_provider_unknown_interface(tmp_path: Path) -> None:
-    refused(vary(tmp_path, **{"llm_providers[1].provider_interface": "anthropic"}), "llm_providers[1].provider_interface", "expected one of", "openai", "'anthropic'")
+    refused(vary(tmp_path, **{"llm_providers[1].provider_interface": "anthropik"}), "llm_providers[1].provider_interface", "expected one of", "openai",
+            "'anthropik'", "did you mean 'anthropic'?")
 
 
 def test_provider_name_form(tmp_path: Path) -> None:
