@@ -18,7 +18,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ext_proc"
 LAYERS = {"foundation": 0, "models": 1, "chat": 2, "dataplane": 3, "control": 4}
-TOP_LEVEL_CONTROL = {"ext_proc.cli", "ext_proc.__main__"}  # the console script and `python -m ext_proc`
+# the console script, `python -m ext_proc`, and the package itself (the public surface re-exports main)
+TOP_LEVEL_CONTROL = {"ext_proc", "ext_proc.cli", "ext_proc.__main__"}
 
 
 def module_name(path: Path) -> str:
@@ -98,3 +99,13 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     deps = imports(src)
     assert deps == {"ext_proc.control.supervisor"}
     assert LAYERS[layer("ext_proc.control.supervisor")] > LAYERS[layer("ext_proc.dataplane.server")]
+
+
+def test_the_public_surface_is_what_the_package_says() -> None:
+    import ext_proc
+
+    assert sorted(ext_proc.__all__) == ["Config", "ConfigError", "build_config", "load_config", "main"]
+    for name in ext_proc.__all__:
+        assert getattr(ext_proc, name).__module__.startswith("ext_proc"), name
+    cfg = ext_proc.load_config()  # the embedded default config
+    assert isinstance(cfg, ext_proc.Config)
