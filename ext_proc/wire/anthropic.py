@@ -73,6 +73,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ext_proc.errors import MalformedRequest, RenderedError, UpstreamError, render_error
+from ext_proc.wire.openai import json_object
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -274,15 +275,7 @@ def _check_tool_choice(choice: Any) -> None:
 
 def parse_messages_request(raw: bytes) -> MessagesRequest:
     """Parse and check an Anthropic ``POST /v1/messages`` body; raise :class:`MalformedRequest` (400)."""
-    if not raw:
-        raise MalformedRequest("request body is empty: send a JSON Messages API request", code="empty_body")
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(body, dict):
-        raise MalformedRequest(f"request body must be a JSON object, got {type(body).__name__}", code="invalid_body")
-
+    body = json_object(raw, "Messages API")
     if "model" not in body:
         raise _missing("model")
     model = body["model"]

@@ -20,7 +20,7 @@ from typing import Any
 
 from ext_proc.errors import MalformedRequest
 
-__all__ = ["ChatRequest", "chat_completion", "parse_chat_request", "sse_frames", "usage_from_body", "usage_from_sse"]
+__all__ = ["ChatRequest", "chat_completion", "json_object", "parse_chat_request", "sse_frames", "usage_from_body", "usage_from_sse"]
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -49,16 +49,22 @@ def content_text(content: Any) -> str:
     return ""
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
-    """Parse and check a chat-completions request body; raise :class:`MalformedRequest` (400)."""
+def json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """A request body that must be one JSON object (``what``: the API, for the error); MalformedRequest (400) otherwise."""
     if not raw:
-        raise MalformedRequest("request body is empty: send a JSON chat-completions request", code="empty_body")
+        raise MalformedRequest(f"request body is empty: send a JSON {what} request", code="empty_body")
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise MalformedRequest(f"request body must be a JSON object, got {type(body).__name__}", code="invalid_body")
+    return body
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    """Parse and check a chat-completions request body; raise :class:`MalformedRequest` (400)."""
+    body = json_object(raw, "chat-completions")
     if "messages" not in body:
         raise MalformedRequest("missing required parameter: 'messages'", code="missing_required_parameter", param="messages")
     messages = body["messages"]

@@ -3,6 +3,7 @@ as its own process (both started by sidegate's supervisor), and fake OpenAI prov
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,28 @@ def start_stack(cfg: Config, config_path: Path) -> sv.Supervisor:
         logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (sv.home() / "logs").glob("*.log"))
         pytest.fail(f"stack did not start:\n{logs}")
     return supervisor
+
+
+@contextlib.contextmanager
+def running_stack(tmp_path_factory: pytest.TempPathFactory, raw: dict[str, Any],
+                  env: dict[str, str] | None = None) -> Iterator[tuple[Config, sv.Supervisor]]:
+    """The stack for config ``raw`` in its own SIDEGATE_HOME, with ``env`` set, stopped at the end."""
+    home = tmp_path_factory.mktemp("sidegate-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIDEGATE_HOME", str(home))
+    for key, value in (env or {}).items():
+        mp.setenv(key, value)
+    try:
+        config_path = home / "sidegate.yaml"
+        config_path.write_text(yaml.safe_dump(raw))
+        cfg = load_config(config_path)
+        supervisor = start_stack(cfg, config_path)
+        try:
+            yield cfg, supervisor
+        finally:
+            supervisor.stop_all()
+    finally:
+        mp.undo()
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,12 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-import yaml
 
-from ext_proc.config import Config, load_config
+from ext_proc.config import Config
 from ext_proc.control import supervisor as sv
 from testkit import gateway_config
 from testkit.fake_provider import FakeProvider
-from tests.integration.conftest import start_stack
+from tests.integration.conftest import running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -48,10 +47,6 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("sidegate-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SIDEGATE_HOME", str(home))
-    mp.setenv("CLAUDE_KEY", CLAUDE_KEY)
     with FakeProvider(name="fake-claude") as claude, FakeProvider(name="fake-oai") as oai:
         providers: list[dict[str, Any]] = [
             {"name": "claude", "provider_interface": "anthropic", "endpoint": claude.base_url, "model": "claude-test",
@@ -59,16 +54,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             {"name": "oai", "provider_interface": "openai", "endpoint": oai.base_url, "model": "gpt-test", "default": True,
              "access_key": "sk-oai-key"},
         ]
-        raw = gateway_config(providers)
-        config_path = home / "sidegate.yaml"
-        config_path.write_text(yaml.safe_dump(raw))
-        cfg = load_config(config_path)
-        supervisor = start_stack(cfg, config_path)
-        try:
+        with running_stack(tmp_path_factory, gateway_config(providers), {"CLAUDE_KEY": CLAUDE_KEY}) as (cfg, supervisor):
             yield Stack(cfg=cfg, claude=claude, oai=oai, supervisor=supervisor)
-        finally:
-            supervisor.stop_all()
-            mp.undo()
 
 
 def oai_client(stack: Stack) -> openai.OpenAI:

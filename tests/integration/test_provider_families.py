@@ -10,13 +10,12 @@ from typing import Any
 
 import openai
 import pytest
-import yaml
 
-from ext_proc.config import Config, load_config
+from ext_proc.config import Config
 from ext_proc.control import supervisor as sv
 from testkit import gateway_config
 from testkit.fake_provider import FakeProvider
-from tests.integration.conftest import start_stack
+from tests.integration.conftest import running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -44,26 +43,14 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("sidegate-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SIDEGATE_HOME", str(home))
-    mp.setenv("FAMILY_KEY", "sk-family")
     with FakeProvider(name="fake-family") as fake:
         providers: list[dict[str, Any]] = [
             {"name": family, "provider_interface": family, "endpoint": f"http://127.0.0.1:{fake.port}{base}",
              "model": f"model-{family}", "access_key": "$FAMILY_KEY", "default": family == "openai"}
             for family, (base, *_rest) in FAMILIES.items()
         ]
-        raw = gateway_config(providers)
-        config_path = home / "sidegate.yaml"
-        config_path.write_text(yaml.safe_dump(raw))
-        cfg = load_config(config_path)
-        supervisor = start_stack(cfg, config_path)
-        try:
+        with running_stack(tmp_path_factory, gateway_config(providers), {"FAMILY_KEY": "sk-family"}) as (cfg, supervisor):
             yield Stack(cfg=cfg, fake=fake, supervisor=supervisor)
-        finally:
-            supervisor.stop_all()
-            mp.undo()
 
 
 @pytest.mark.parametrize("stream", [False, True])
