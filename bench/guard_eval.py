@@ -51,6 +51,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/guard_eval.py` as well as `python -m bench guard`
 from bench._harness import load_caption, load_module, print_table, write_results
 from bench import guard_sources as GS
+from sidegate_models import classifier as C  # the guard's head, as prompt_guard_head serves it
 
 GUARD_DIR = ROOT / "triton_models" / "prompt_guard"
 PART = "guard"  # bench/results/guard.json
@@ -58,7 +59,6 @@ PART = "guard"  # bench/results/guard.json
 
 # train.py: data loaders, metrics and the embedding cache (scikit-learn is imported only to train)
 T = load_module("sidegate_prompt_guard_train", GUARD_DIR / "train.py")
-C = T.C
 
 
 def multilingual_attacks() -> tuple[list[str], dict]:

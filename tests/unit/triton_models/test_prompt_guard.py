@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 from bench._harness import load_module
+from sidegate_models import classifier as C
 from testkit.triton_stub import Tensor as _Tensor
 from testkit.triton_stub import TritonError as _TritonError
-from testkit.triton_stub import fake_pb_utils as _fake_pb_utils
+from tests.unit.triton_models.backend_stub import stub_backend
 
 GUARD = Path(__file__).resolve().parents[3] / "triton_models" / "prompt_guard"
 ARTEFACT = GUARD / "1"
@@ -42,9 +43,6 @@ BENIGN = ["how is the weather in seattle", "what is the exchange rate for gbp"]
 # prompts). Regression checks: most of these are in chat_turns.txt's train part ("ok": validation);
 # the held-out measure is bench/guard_eval.py's chat-turns test FPR.
 SHORT_TURNS = ["hello", "hi", "ok", "thanks!", "3 days please", "yes", "GBP", "in celsius", "for 5 days"]
-
-
-C = load_module("sidegate_prompt_guard_classifier", GUARD / "classifier.py")
 
 
 def _embedder_missing() -> str | None:
@@ -225,18 +223,12 @@ def _init(threshold: str = "") -> object:
 def triton_model(guard):
     if _embedder_missing():
         pytest.skip(str(_embedder_missing()))
-    saved = sys.modules.get("triton_python_backend_utils")
-    sys.modules["triton_python_backend_utils"] = _fake_pb_utils()
-    try:
+    with stub_backend():
+        sys.modules.pop("sidegate_prompt_guard_head_model", None)
         load_module("sidegate_prompt_guard_head_model", HEAD_MODEL / "1" / "model.py")
         model = _init()
         model.embedder = guard.embedder  # what the ensemble's prompt_embed step hands it
         yield model
-    finally:
-        if saved is None:
-            sys.modules.pop("triton_python_backend_utils", None)
-        else:
-            sys.modules["triton_python_backend_utils"] = saved
 
 
 def _request(model, *texts: bytes, embedding: np.ndarray | None = None) -> dict:

