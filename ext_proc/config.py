@@ -347,6 +347,17 @@ class ModelServer:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SharedStore:
+    """``shared_store``: where state shared by every ext_proc process lives (token budgets)."""
+
+    type: str = "memory"  # memory: this process only | redis
+    url: str | None = None  # redis://host:port/db
+    fail_open: bool = True  # Redis unavailable: count in this process (True) or answer 503 (False)
+    prefix: str = "sidegate:"  # every key sidegate writes starts with it (a Redis shared with other apps)
+    timeout_s: float = 0.25  # one Redis call; slower counts as unavailable
+
+
+@dataclass(frozen=True, kw_only=True)
 class Jailbreak:
     """``prompt_guards.input_guards.jailbreak``."""
 
@@ -385,6 +396,7 @@ class Config:
     otlp_endpoint: str | None
     tracing_include_prompts: bool = False  # tracing.include_prompts: prompt text in spans
     ratelimits: tuple[RateLimit, ...] = ()
+    shared_store: SharedStore = field(default_factory=SharedStore)
     model_server: ModelServer = field(
         default_factory=lambda: ModelServer(mode="none", address="127.0.0.1", http_port=DEFAULT_PORTS["model_server.http_port"],
                                             grpc_port=DEFAULT_PORTS["model_server.grpc_port"],
@@ -395,6 +407,8 @@ class Config:
     # whether the config sets overrides.prompt_target_intent_matching_threshold: then, with the
     # function-calling judge, it is the confident threshold (ext_proc/pipeline.py, _intent)
     intent_threshold_set: bool = False
+    # model_aliases: a request's model -> the model (or family/model) whose provider serves it
+    model_aliases: dict[str, str] = field(default_factory=dict)
 
     @property
     def jailbreak_message(self) -> str | None:
@@ -609,7 +623,10 @@ def load_config(path: str | Path | None = None, *, env: dict[str, str] | None = 
 
 def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str, str] | None = None) -> Config:
     """Check an already-parsed config mapping and build the typed :class:`Config`, one section at a time."""
+    from ext_proc.arch_compat import model_aliases, normalise  # it reads this module's tables
+
     env = dict(os.environ) if env is None else env
+    raw, compat_warnings = normalise(raw, source)  # every Arch version's spellings -> the canonical shape
     _schema_check(raw, source)
     listeners = raw.get("listeners") or {}
     admin = listeners.get("admin") or {}
@@ -646,8 +663,10 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         otlp_endpoint=tracing.get("otlp_endpoint"),
         tracing_include_prompts=bool(tracing.get("include_prompts", False)),
         ratelimits=_ratelimits(raw, providers, source),
+        shared_store=_shared_store(raw.get("shared_store") or {}, source),
         model_server=ms,
-        warnings=tuple(warnings),
+        warnings=tuple(compat_warnings + warnings),
+        model_aliases=model_aliases(raw, providers, source),
     )
 
 
@@ -847,6 +866,15 @@ def _ratelimits(raw: dict[str, Any], providers: tuple[LlmProvider, ...], source:
         ratelimits.append(RateLimit(model=rl["model"], tokens=rl["limit"]["tokens"], unit=rl["limit"]["unit"],
                                     selector_key=selector.get("key"), selector_value=selector.get("value") or None))
     return tuple(ratelimits)
+
+
+def _shared_store(ss: dict[str, Any], source: str) -> SharedStore:
+    """``shared_store``: memory (the default) or redis with its url."""
+    kind = ss.get("type", "memory")
+    if kind == "redis" and not ss.get("url"):
+        raise ConfigError(source, "shared_store.url", "type redis needs url: redis://HOST:PORT/DB")
+    return SharedStore(type=kind, url=ss.get("url"), fail_open=bool(ss.get("fail_open", True)),
+                       prefix=ss.get("prefix", "sidegate:"), timeout_s=parse_duration(ss.get("timeout", "250ms")))
 
 
 def _jailbreak(jb: dict[str, Any]) -> Jailbreak:

@@ -6,7 +6,7 @@
     sidegate down                          stop what `up -d` started
     sidegate status                        each process: pid, health, where it listens
     sidegate logs [-f] [SERVICE]           envoy, ext_proc, triton, demo, supervisor
-    sidegate validate CONFIG               check a config; exit 2 with file/key/expectation if bad
+    sidegate validate CONFIG               check a config and Envoy's bootstrap from it; exit 2 with file/key/expectation if bad
     sidegate render CONFIG [--out DIR]     write the Envoy bootstrap it would run
     sidegate serve CONFIG                  run the ext_proc service alone (what `up` starts)
 """
@@ -54,9 +54,20 @@ def main() -> None:
 
 @main.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
-def validate(config: str | None) -> None:
-    """Check CONFIG (default: the embedded config/default.yaml)."""
+@click.option("--no-envoy", is_flag=True, help="skip envoy --mode validate on the rendered bootstrap")
+def validate(config: str | None, no_envoy: bool) -> None:
+    """Check CONFIG (default: the embedded config/default.yaml), then have Envoy validate the bootstrap it renders."""
     cfg = _load(config)
+    if not no_envoy:
+        from ext_proc.control.envoy_bin import EnvoyNotFound
+        from ext_proc.control.envoy_check import EnvoyRefused, check_bootstrap
+
+        try:
+            check_bootstrap(cfg)
+        except (EnvoyRefused, EnvoyNotFound) as exc:
+            what = "Envoy refuses the bootstrap rendered from it" if isinstance(exc, EnvoyRefused) else "cannot run Envoy"
+            err_console.print(f"[red]config error[/red] {cfg.source}: {what}:\n{exc}")
+            raise SystemExit(2) from exc
     console.print(
         f"[green]ok[/green] {cfg.source}: {len(cfg.llm_providers)} provider(s), {len(cfg.prompt_targets)} prompt target(s), "
         f"{len(cfg.endpoints)} endpoint(s)"
