@@ -3,7 +3,7 @@
 Envoy ↔ ext_proc: the rendered bootstrap (:mod:`ext_proc.control.envoy_bootstrap`) routes on
 headers that the request path (:mod:`ext_proc.chat`, :mod:`ext_proc.dataplane`) sets and reads.
 Triton ↔ ext_proc: the model client recognises errors by words that Triton's python backend, or our
-own models (``triton_models/function_call/backend.py``), put in their messages.
+own models (``triton_models/sidegate_models/backend.py``), put in their messages.
 """
 
 from __future__ import annotations
@@ -51,6 +51,6 @@ MESSAGES_PATH = "/v1/messages"  # Anthropic's
 STUB_DEAD = "is not healthy"
 STUB_DEAD_INSTANCE = re.compile(r"Stub process '(?P<instance>[^']+)' is not healthy")
 # A decoupled model's gRPC stream carries an error's message but not its code, so the llama.cpp
-# models mark refused input in the message (triton_models/function_call/backend.py has the same
+# models mark refused input in the message (triton_models/sidegate_models/backend.py has the same
 # words: the model side cannot import this package in a Triton-only image)
 INVALID_INPUT_MARK = "invalid input"

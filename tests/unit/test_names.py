@@ -7,9 +7,8 @@ side's error for refused input, and Triton's words for a dead stub as the client
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import importlib
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,9 +22,6 @@ from testkit.configs import cfg_from
 from testkit.envoy import ext_proc, routes
 from testkit.triton_stub import fake_pb_utils as _fake_pb_utils
 
-BACKEND = Path(__file__).resolve().parents[2] / "triton_models" / "function_call" / "backend.py"
-
-
 def test_envoy_routes_on_the_header_ext_proc_sets_and_tells_it_the_listener() -> None:
     d = bootstrap_dict(cfg_from())
     for name in ("ingress", "egress", "internal"):  # internal: ext_proc's own calls to app endpoints
@@ -38,13 +34,11 @@ def test_envoy_routes_on_the_header_ext_proc_sets_and_tells_it_the_listener() ->
 
 @pytest.fixture
 def backend(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """triton_models/function_call/backend.py as the Triton stub imports it (pb_utils faked)."""
+    """sidegate_models.backend (triton_models/sidegate_models/backend.py) as the Triton stub
+    imports it: afresh, against a fake pb_utils."""
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
-    spec = importlib.util.spec_from_file_location("sidegate_test_fc_backend", BACKEND)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    monkeypatch.delitem(sys.modules, "sidegate_models.backend", raising=False)
+    return importlib.import_module("sidegate_models.backend")
 
 
 def _client_reads(message: str, status: str = "") -> ModelServerError:
