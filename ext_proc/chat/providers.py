@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ext_proc.config import Config, LlmProvider
+from ext_proc.arch_compat import family, split_model
+from ext_proc.config import ANTHROPIC_INTERFACES, Config, LlmProvider
 from ext_proc.errors import MalformedRequest
 from ext_proc.names import PROVIDER_HINT_HEADER
 from ext_proc.wire.openai import ChatRequest
 
-__all__ = ["ProviderChoice", "body_for", "choose_provider"]
+__all__ = ["ProviderChoice", "body_for", "choose_provider", "provider_for_model"]
 
 
 
@@ -21,10 +22,11 @@ class ProviderChoice:
 
 
 def choose_provider(cfg: Config, headers: dict[str, str], req: ChatRequest) -> ProviderChoice:
-    """Hint header, else a provider whose ``model`` equals the request's, else the default.
+    """Hint header, else the provider of the request's ``model`` (:func:`provider_for_model`), else the default.
 
     The request's ``model`` is rewritten to the chosen provider's model when they differ, so a
-    provider configured for ``gpt-4o-mini`` is never asked for a model it was not configured for.
+    provider configured for ``gpt-4o-mini`` is never asked for a model it was not configured for;
+    a provider without a model (``openai/*``) gets the model the request names, without its family.
     """
     hint = headers.get(PROVIDER_HINT_HEADER)
     provider: LlmProvider | None
@@ -38,7 +40,11 @@ def choose_provider(cfg: Config, headers: dict[str, str], req: ChatRequest) -> P
                 param=PROVIDER_HINT_HEADER,
             )
     else:
-        provider = next((p for p in cfg.llm_providers if req.model and p.model == req.model), None) or cfg.default_provider
+        found = provider_for_model(cfg, req.model) if req.model else None
+        if found is not None:
+            provider, model = found
+            return ProviderChoice(provider=provider, body=body_for(provider, req, model=model))
+        provider = cfg.default_provider
     if provider is None:
         raise MalformedRequest(
             f"no LLM provider serves model {req.model!r} and none is marked default: true in {cfg.source}",
@@ -48,8 +54,38 @@ def choose_provider(cfg: Config, headers: dict[str, str], req: ChatRequest) -> P
     return ProviderChoice(provider=provider, body=body_for(provider, req))
 
 
-def body_for(provider: LlmProvider, req: ChatRequest) -> bytes | None:
-    """The body to send ``provider``: ``model`` set to the provider's model; None if unchanged."""
-    if provider.model and req.model != provider.model:
-        return json.dumps({**req.body, "model": provider.model}).encode()
+def _same_family(a: str, b: str) -> bool:
+    return family(a) == family(b) or {a, b} <= ANTHROPIC_INTERFACES
+
+
+def provider_for_model(cfg: Config, model: str) -> tuple[LlmProvider, str | None] | None:
+    """(provider, the model to send it) for a request's ``model``, or None when no provider serves it.
+
+    ``model`` may be a ``model_aliases`` alias (read as its target), a provider's model, a provider's
+    name (plano names a provider after its model, ``openai/gpt-4o``), or ``family/model``: that
+    family's provider of that model, else that family's provider without a model (``openai/*``)."""
+    model = cfg.model_aliases.get(model, model)
+    for p in cfg.llm_providers:
+        if p.model == model:
+            return p, p.model
+    for p in cfg.llm_providers:
+        if p.name == model:
+            return p, p.model
+    split = split_model(model)
+    if split is None:
+        return None
+    fam, model_id = split
+    in_family = [p for p in cfg.llm_providers if _same_family(p.interface, fam)]
+    exact = next((p for p in in_family if p.model == model_id), None)
+    if exact is not None:
+        return exact, exact.model
+    wildcard = next((p for p in in_family if p.model is None), None)
+    return (wildcard, model_id) if wildcard is not None else None
+
+
+def body_for(provider: LlmProvider, req: ChatRequest, *, model: str | None = None) -> bytes | None:
+    """The body to send ``provider``: ``model`` (default: the provider's model) in place of the request's; None if unchanged."""
+    model = model or provider.model
+    if model and req.model != model:
+        return json.dumps({**req.body, "model": model}).encode()
     return None
