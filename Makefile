@@ -5,6 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 # pip's extra local indexes print a warning per package; keep the log readable, keep pip's exit code
 QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
 
@@ -13,6 +14,10 @@ QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
 install: $(STAMP)
 
 $(STAMP): requirements.txt requirements-models.txt requirements-bench.txt triton_models/function_call/requirements.txt pyproject.toml
+	# Debian's redis-server: the shared_store (shared token budgets) is tested against a real one
+	command -v redis-server >/dev/null || { export DEBIAN_FRONTEND=noninteractive; $(SUDO) apt-get install -y -q redis-server >/dev/null \
+	  || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q redis-server >/dev/null; }; } \
+	  || { echo "redis-server is missing and apt-get could not install it: install Debian's redis-server package, then rerun make install"; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt -r requirements-models.txt $(QUIET)
 	# xds-protos ships an older copy of the opentelemetry/proto tree; whichever installs last wins,

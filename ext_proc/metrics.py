@@ -46,3 +46,4 @@ class Metrics:
         self.model_errors = Counter("sidegate_model_server_errors", "Failed calls to the model server", ["model"], registry=r)
         self.failovers = Counter("sidegate_provider_failovers", "Requests a fallback provider answered", ["provider", "fallback"], registry=r)
         self.errors = Counter("sidegate_errors", "Errors answered to clients", ["listener", "code"], registry=r)
+        self.store_errors = Counter("sidegate_shared_store_errors", "Failed calls to the shared store (Redis), by error", ["kind"], registry=r)

@@ -122,7 +122,7 @@ class ChatProcessor(PassThrough):
             if decision.body is not None and (self.ratelimits or decision.provider.fallbacks):
                 sent = parse_chat_request(decision.body)
             if self.ratelimits:
-                self.charge = self.ratelimits.admit(decision.provider, self.headers, sent.messages)
+                self.charge = await self.ratelimits.admit(decision.provider, self.headers, sent.messages)
             out, path = self.exchange.upstream_body(sent, decision.body, decision.provider)
         except SidegateError as exc:
             return self._error(exc)
@@ -198,7 +198,7 @@ class ChatProcessor(PassThrough):
             self._count_tokens(usage)
             if self.charge is not None and isinstance(usage.get("total_tokens"), int):
                 assert self.ratelimits is not None
-                self.ratelimits.settle(self.charge, usage["total_tokens"])
+                await self.ratelimits.settle(self.charge, usage["total_tokens"])
                 self.charge = None
         if end_of_stream:
             self._end_llm_span()

@@ -41,10 +41,12 @@ class Services:
         endpoints = EndpointClient(cfg)
         pipeline = IngressPipeline(cfg=cfg, models=models, endpoints=endpoints, metrics=metrics)
         return cls(cfg=cfg, metrics=metrics, models=models, endpoints=endpoints, ingress=pipeline,
-                   ratelimits=RateLimiter(cfg.ratelimits))
+                   ratelimits=RateLimiter(cfg.ratelimits, store=cfg.shared_store,
+                                          on_store_error=lambda kind: metrics.store_errors.labels(kind).inc()))
 
     async def close(self) -> None:
         await self.endpoints.close()
+        await self.ratelimits.close()
         close = getattr(self.models, "close", None)
         if close is not None:
             await close()

@@ -31,57 +31,58 @@ def test_estimate_is_a_quarter_of_the_characters_plus_framing() -> None:
     assert estimate_tokens([{"role": "user", "content": [{"type": "text", "text": "abcd"}]}, {"role": "system", "content": "ab"}]) == 2 + 8
 
 
-def test_budget_is_spent_refilled_and_reported_with_retry_after() -> None:
+async def test_budget_is_spent_refilled_and_reported_with_retry_after() -> None:
     clock = Clock()
     rl = RateLimiter([RateLimit(model="m", tokens=300, unit="minute")], clock=clock)
-    rl.admit(provider(), {}, msgs(400))  # 104
-    rl.admit(provider(), {}, msgs(400))  # 208
+    await rl.admit(provider(), {}, msgs(400))  # 104
+    await rl.admit(provider(), {}, msgs(400))  # 208
     with pytest.raises(RateLimited) as err:
-        rl.admit(provider(), {}, msgs(400))  # 92 left, 104 needed: 12 tokens at 5/s
+        await rl.admit(provider(), {}, msgs(400))  # 92 left, 104 needed: 12 tokens at 5/s
     assert err.value.status == 429 and err.value.retry_after_s == 3
     rendered = render_error(err.value)
     assert rendered.status == 429 and rendered.headers["retry-after"] == "3"
     clock.now += 3
-    rl.admit(provider(), {}, msgs(400))
+    await rl.admit(provider(), {}, msgs(400))
 
 
-def test_limit_applies_by_provider_name_or_model_only() -> None:
+async def test_limit_applies_by_provider_name_or_model_only() -> None:
     rl = RateLimiter([RateLimit(model="p", tokens=10, unit="hour")])
-    assert rl.admit(provider(name="other", model="other"), {}, msgs(400)) is None
+    assert await rl.admit(provider(name="other", model="other"), {}, msgs(400)) is None
     with pytest.raises(RateLimited, match="larger than the rate limit"):
-        rl.admit(provider(name="p"), {}, msgs(400))
+        await rl.admit(provider(name="p"), {}, msgs(400))
 
 
-def test_selector_keeps_one_budget_per_header_value_and_skips_requests_without_it() -> None:
+async def test_selector_keeps_one_budget_per_header_value_and_skips_requests_without_it() -> None:
     rl = RateLimiter([RateLimit(model="m", tokens=200, unit="day", selector_key="X-User")])
-    rl.admit(provider(), {"x-user": "a"}, msgs(400))
+    await rl.admit(provider(), {"x-user": "a"}, msgs(400))
     with pytest.raises(RateLimited, match="X-User 'a'"):
-        rl.admit(provider(), {"x-user": "a"}, msgs(400))
-    rl.admit(provider(), {"x-user": "b"}, msgs(400))
-    assert rl.admit(provider(), {}, msgs(4000)) is None
+        await rl.admit(provider(), {"x-user": "a"}, msgs(400))
+    await rl.admit(provider(), {"x-user": "b"}, msgs(400))
+    assert await rl.admit(provider(), {}, msgs(4000)) is None
 
 
-def test_selector_value_limits_only_that_value() -> None:
+async def test_selector_value_limits_only_that_value() -> None:
     rl = RateLimiter([RateLimit(model="m", tokens=200, unit="day", selector_key="x-tier", selector_value="free")])
-    rl.admit(provider(), {"x-tier": "free"}, msgs(400))
+    await rl.admit(provider(), {"x-tier": "free"}, msgs(400))
     with pytest.raises(RateLimited):
-        rl.admit(provider(), {"x-tier": "free"}, msgs(400))
+        await rl.admit(provider(), {"x-tier": "free"}, msgs(400))
     for _ in range(3):
-        assert rl.admit(provider(), {"x-tier": "paid"}, msgs(400)) is None
+        assert await rl.admit(provider(), {"x-tier": "paid"}, msgs(400)) is None
 
 
-def test_settle_charges_the_reported_usage_and_a_refund_never_overfills() -> None:
+async def test_settle_charges_the_reported_usage_and_a_refund_never_overfills() -> None:
     clock = Clock()
     rl = RateLimiter([RateLimit(model="m", tokens=300, unit="minute")], clock=clock)
-    charge = rl.admit(provider(), {}, msgs(400))
+    charge = await rl.admit(provider(), {}, msgs(400))
     assert charge is not None
-    rl.settle(charge, 250)  # the answer was long: 146 more than estimated -> 50 left
+    await rl.settle(charge, 250)  # the answer was long: 146 more than estimated -> 50 left
     with pytest.raises(RateLimited):
-        rl.admit(provider(), {}, msgs(400))
+        await rl.admit(provider(), {}, msgs(400))
     rl2 = RateLimiter([RateLimit(model="m", tokens=300, unit="minute")], clock=clock)
-    charge = rl2.admit(provider(), {}, msgs(400))
+    charge = await rl2.admit(provider(), {}, msgs(400))
     assert charge is not None
-    rl2.settle(charge, 4)  # far less than estimated: refunded, capped at the limit
-    rl2.admit(provider(), {}, msgs(400)), rl2.admit(provider(), {}, msgs(400))
+    await rl2.settle(charge, 4)  # far less than estimated: refunded, capped at the limit
+    await rl2.admit(provider(), {}, msgs(400))
+    await rl2.admit(provider(), {}, msgs(400))
     with pytest.raises(RateLimited):
-        rl2.admit(provider(), {}, msgs(400))
+        await rl2.admit(provider(), {}, msgs(400))
