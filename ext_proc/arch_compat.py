@@ -28,6 +28,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+import jsonschema
+
 from ext_proc.config import _PROVIDER_HOSTS, DEFAULT_PORTS, SCHEMA_PATH, ConfigError
 
 __all__ = ["ARCH_FAMILIES", "FAMILY_ALIASES", "family", "model_aliases", "normalise", "sidegate_families", "split_model"]
@@ -77,6 +79,14 @@ def sidegate_families() -> frozenset[str]:
     """The provider families sidegate implements: the schema's ``provider_interface`` enum (the one source)."""
     enum: list[str] = json.loads(SCHEMA_PATH.read_text())["$defs"]["provider_interface"]["enum"]
     return frozenset(enum)
+
+
+@lru_cache(maxsize=1)
+def _listener_item() -> jsonschema.protocols.Validator:
+    """The schema's ``$defs/arch_listener``: a list-form listener is rewritten only when it has Arch's types."""
+    schema = json.loads(SCHEMA_PATH.read_text())
+    sub = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/arch_listener"}
+    return jsonschema.validators.validator_for(sub)(sub)
 
 
 def family(name: str) -> str:
@@ -142,7 +152,7 @@ def _listener_block(out: dict[str, Any], warnings: list[str], source: str) -> bo
 def _listener_list(out: dict[str, Any], warnings: list[str], source: str) -> int | None:
     """plano's ``listeners: [{name, type: model | prompt | agent, ...}]`` -> the dict form; returns a model listener's max_retries."""
     items = out.get("listeners")
-    if not isinstance(items, list) or not all(isinstance(x, dict) and x.get("type") in _LISTENER_TYPES for x in items):
+    if not isinstance(items, list) or not all(_listener_item().is_valid(x) for x in items):
         return None  # the dict form, or a list the schema will point into
     listeners: dict[str, Any] = {"agent_traffic": []}
     max_retries: int | None = None
