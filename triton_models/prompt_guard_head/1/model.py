@@ -3,7 +3,7 @@
 The second step of the ``prompt_guard`` ensemble (``../../prompt_guard/config.pbtxt``): Triton's
 ensemble scheduler runs ``prompt_embed`` on the text and hands this model the text and its
 all-MiniLM-L6-v2 vector. Clients call ``prompt_guard``; nothing here calls back into the server
-(no BLS: why, in ext_proc/models/triton.py's docstring and the #15 notes).
+(an ensemble, not a BLS call: Triton's scheduler chains the two steps, and the head needs no gRPC client).
 
 A thin shell over ``sidegate_models.classifier`` (which the unit tests, ``bench/guard_eval.py``
 and ``prompt_guard/train.py`` run without Triton, embedding locally). The stub loads
