@@ -8,6 +8,7 @@
     sidegate logs [-f] [SERVICE]           envoy, ext_proc, triton, demo, supervisor
     sidegate validate CONFIG               check a config and Envoy's bootstrap from it; exit 2 with file/key/expectation if bad
     sidegate render CONFIG [--out DIR]     write the Envoy bootstrap it would run
+    sidegate deploy CONFIG --target compose|k8s [--gpu] [--out DIR]   compose file or Kubernetes manifests
     sidegate serve CONFIG                  run the ext_proc service alone (what `up` starts)
 """
 
@@ -84,6 +85,50 @@ def render(config: str | None, out_dir: str) -> None:
     cfg = _load(config)
     path = write_bootstrap(cfg, Path(out_dir))
     console.print(f"wrote {path}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--target", type=click.Choice(["compose", "k8s"]), required=True, help="docker compose file, or Kubernetes manifests")
+@click.option("--gpu", is_flag=True, help="Triton runs the models' configs/gpu.pbtxt (KIND_GPU) and asks for a GPU")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="where to write (default: ./deploy-<target>)")
+@click.option("--image", default=None, help="the sidegate image built from deploy/docker/Dockerfile (default: sidegate:0.1.0)")
+@click.option("--triton-image", default=None, help="the Triton image built from deploy/docker/Dockerfile.triton (default: sidegate-triton:0.1.0)")
+@click.option("--app-name", default="app", show_default=True, help="name of the app's service / Deployment")
+@click.option("--app-port", default=None, type=int, help="the app's own port, published (compose) or in its Service (k8s)")
+def deploy(config: str, target: str, gpu: bool, out_dir: str | None, image: str | None, triton_image: str | None,
+           app_name: str, app_port: int | None) -> None:
+    """Write plain YAML that runs CONFIG beside an app container: a compose file, or Kubernetes
+    manifests with a kustomization.yaml (provider keys by variable name only, never their values)."""
+    from ext_proc.control.deploy import DEFAULT_IMAGE, DEFAULT_TRITON_IMAGE, DeployError, DeployOptions, load_for_deploy, render_deploy
+
+    try:
+        plan = load_for_deploy(config)
+    except ConfigError as exc:
+        err_console.print(f"[red]config error[/red] {exc}")
+        raise SystemExit(2) from exc
+    except DeployError as exc:
+        err_console.print(f"[red]cannot deploy[/red] {exc}")
+        raise SystemExit(2) from exc
+    for warning in (*plan.cfg.warnings, *plan.warnings):
+        err_console.print(f"[yellow]config warning[/yellow] {config}: {warning}")
+    opts = DeployOptions(target=target, gpu=gpu, image=image or DEFAULT_IMAGE, triton_image=triton_image or DEFAULT_TRITON_IMAGE,
+                         app_name=app_name, app_port=app_port)
+    out = Path(out_dir or f"deploy-{target}")
+    try:
+        written = render_deploy(plan, opts, out)
+    except DeployError as exc:
+        err_console.print(f"[red]cannot deploy[/red] {exc}")
+        raise SystemExit(2) from exc
+    for path in written:
+        console.print(f"wrote {path}")
+    if plan.key_vars:
+        where = ".env next to compose.yaml" if target == "compose" else f"the Secret {app_name}-sidegate-keys"
+        console.print(f"set {', '.join(plan.key_vars)} in {where} (names in {out / '.env.example'})")
+    if target == "k8s":
+        console.print(f"then: kubectl apply -k {out}   and   kubectl port-forward deploy/{app_name} {plan.cfg.ingress.port}")
+    else:
+        console.print(f"then: docker compose -f {out / 'compose.yaml'} up")
 
 
 @main.command()
