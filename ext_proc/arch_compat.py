@@ -3,14 +3,15 @@
 Usage::
 
     from ext_proc.arch_compat import normalise
-    canonical, warnings = normalise(raw, source="arch_config.yaml")
+    canonical, warnings = normalise(raw, default_ports=DEFAULT_PORTS, provider_hosts=_PROVIDER_HOSTS)  # may raise CompatError
 
 :func:`normalise` runs first in :func:`ext_proc.config.build_config`, before the JSON Schema check.
 It rewrites old and alternative spellings (Arch 0.1's ``listener`` block, list-form ``listeners``
 with ``type``, ``model_providers``, ``provider``, ``base_url``, ``model: openai/gpt-4o``, unnamed
 providers, ``tracing.sampling_rate``, ...) into the keys the section builders read, and returns one
 warning ``"<key.path>: <what happens instead>"`` for every key sidegate reads but does not act on.
-A key that cannot be honoured without running wrongly is a :class:`~ext_proc.config.ConfigError`.
+A key that cannot be honoured without running wrongly is a :class:`CompatError` (the key path and why), which
+build_config turns into a ConfigError naming the file.
 
 It only rewrites values of the type Arch documents: anything else is left where it is, under its
 Arch name, so that the schema check (which knows Arch's spellings and their types too) reports it
@@ -24,15 +25,27 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
 
-from ext_proc.config import _PROVIDER_HOSTS, DEFAULT_PORTS, SCHEMA_PATH, ConfigError
+# the canonical shape's schema (ext_proc/config.py checks configs against it; this module imports nothing of it)
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "sidegate.schema.json"
 
-__all__ = ["ARCH_FAMILIES", "FAMILY_ALIASES", "family", "model_aliases", "normalise", "sidegate_families", "split_model"]
+
+class CompatError(Exception):
+    """A config that must not start: the key path and why (ext_proc/config.py adds the file: a ConfigError)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}")
+
+__all__ = ["ARCH_FAMILIES", "CompatError", "FAMILY_ALIASES", "family", "model_aliases", "normalise", "sidegate_families", "split_model"]
 
 # Provider family names Arch / plano know in any version: the schema enums, the CLI's
 # SUPPORTED_PROVIDERS (the `family/` prefix of `model`) and hermesllm's aliases.
@@ -105,19 +118,21 @@ def split_model(model: str) -> tuple[str, str] | None:
     return family(prefix), rest
 
 
-def normalise(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], list[str]]:
-    """``raw`` (any Arch version's shape) -> (sidegate's canonical shape, warnings). ``raw`` is not modified."""
+def normalise(raw: dict[str, Any], *, default_ports: Mapping[str, int], provider_hosts: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """``raw`` (any Arch version's shape) -> (sidegate's canonical shape, warnings). ``raw`` is not modified.
+
+    ``default_ports``: config.DEFAULT_PORTS; ``provider_hosts``: each family's default address (config._PROVIDER_HOSTS)."""
     out = copy.deepcopy(raw)
     warnings: list[str] = []
-    arch_listeners = _listener_block(out, warnings, source) or isinstance(out.get("listeners"), list)
-    max_retries = _listener_list(out, warnings, source)
-    _providers(out, warnings, source, max_retries)
-    _tracing(out, warnings, source)
+    arch_listeners = _listener_block(out, warnings) or isinstance(out.get("listeners"), list)
+    max_retries = _listener_list(out, warnings)
+    _providers(out, warnings, provider_hosts, max_retries)
+    _tracing(out, warnings)
     _overrides(out, warnings)
     _guards(out, warnings)
     _parameter_defaults(out)
     if arch_listeners:  # Arch's listener ports are the user's: a sidegate port that only defaults to one moves
-        _move_defaulted_ports(out, warnings)
+        _move_defaulted_ports(out, warnings, default_ports)
     for name, e in (out.get("endpoints") or {}).items() if isinstance(out.get("endpoints"), dict) else ():
         if isinstance(e, dict) and "prefix_affinity" in e:
             warnings.append(f"endpoints.{name}.prefix_affinity: ignored: requests are balanced by Envoy's default policy")
@@ -127,13 +142,13 @@ def normalise(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], list[st
     return out, warnings
 
 
-def _listener_block(out: dict[str, Any], warnings: list[str], source: str) -> bool:
+def _listener_block(out: dict[str, Any], warnings: list[str]) -> bool:
     """Arch 0.1's ``listener: {address, port, message_format, connect_timeout}`` is the prompt (ingress) listener."""
     block = out.get("listener")
     if not isinstance(block, dict):
         return False  # absent, or the wrong type: the schema says so at `listener`
     if "listeners" in out:
-        raise ConfigError(source, "listener", "both listener (Arch 0.1) and listeners are set: keep listeners")
+        raise CompatError("listener", "both listener (Arch 0.1) and listeners are set: keep listeners")
     del out["listener"]
     ingress = {k: block[k] for k in ("address", "port") if k in block}
     for key in block:
@@ -149,7 +164,7 @@ def _listener_block(out: dict[str, Any], warnings: list[str], source: str) -> bo
     return True
 
 
-def _listener_list(out: dict[str, Any], warnings: list[str], source: str) -> int | None:
+def _listener_list(out: dict[str, Any], warnings: list[str]) -> int | None:
     """plano's ``listeners: [{name, type: model | prompt | agent, ...}]`` -> the dict form; returns a model listener's max_retries."""
     items = out.get("listeners")
     if not isinstance(items, list) or not all(_listener_item().is_valid(x) for x in items):
@@ -168,7 +183,7 @@ def _listener_list(out: dict[str, Any], warnings: list[str], source: str) -> int
             continue
         if key in listeners:
             other = next(j for j, x in enumerate(items) if _LISTENER_TYPES[x["type"]] == key)
-            raise ConfigError(source, f"{at}.type", f"a second {item['type']!r} listener (listeners[{other}] is one): "
+            raise CompatError(f"{at}.type", f"a second {item['type']!r} listener (listeners[{other}] is one): "
                                                      f"sidegate has one {item['type']} listener ({key})")
         listener = {k: v for k, v in item.items() if k not in ("name", "type", "max_retries", "input_filters", "output_filters")}
         if "max_retries" in item:
@@ -188,10 +203,10 @@ def _listener_list(out: dict[str, Any], warnings: list[str], source: str) -> int
     return max_retries
 
 
-def _providers(out: dict[str, Any], warnings: list[str], source: str, max_retries: int | None) -> None:
+def _providers(out: dict[str, Any], warnings: list[str], hosts: Mapping[str, str], max_retries: int | None) -> None:
     if "model_providers" in out:
         if "llm_providers" in out:
-            raise ConfigError(source, "model_providers", "both llm_providers and model_providers are set: use one of them")
+            raise CompatError("model_providers", "both llm_providers and model_providers are set: use one of them")
         if isinstance(out["model_providers"], list):
             out["llm_providers"] = out.pop("model_providers")
             key = "model_providers"
@@ -209,7 +224,7 @@ def _providers(out: dict[str, Any], warnings: list[str], source: str, max_retrie
         if not isinstance(pr, dict):
             continue
         written = pr.get("model")
-        _provider(pr, f"{key}[{i}]", warnings, source)
+        _provider(pr, f"{key}[{i}]", warnings, hosts)
         if "name" not in pr and isinstance(written, str):
             # named after its model as written, like plano does (`openai/gpt-4o`)
             pr["name"] = _unique(re.sub(r"[^A-Za-z0-9_.\-/:*]", "_", written), taken)
@@ -228,11 +243,11 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _provider(pr: dict[str, Any], at: str, warnings: list[str], source: str) -> None:
+def _provider(pr: dict[str, Any], at: str, warnings: list[str], hosts: Mapping[str, str]) -> None:
     """One provider: ``provider``, ``model: family/id``, ``base_url``, ``http_host`` and the unimplemented keys."""
     if "provider" in pr and isinstance(pr["provider"], str):
         if "provider_interface" in pr and pr["provider_interface"] != pr["provider"]:
-            raise ConfigError(source, f"{at}.provider", f"provider {pr['provider']!r} and provider_interface "
+            raise CompatError(f"{at}.provider", f"provider {pr['provider']!r} and provider_interface "
                                                          f"{pr['provider_interface']!r} disagree: keep provider_interface")
         pr["provider_interface"] = pr.pop("provider")
     explicit = "provider_interface" in pr
@@ -253,14 +268,14 @@ def _provider(pr: dict[str, Any], at: str, warnings: list[str], source: str) -> 
             pr["provider_interface"] = family(interface)
         elif interface in ARCH_FAMILIES:
             if not isinstance(pr.get("base_url", pr.get("endpoint")), str):
-                raise ConfigError(source, f"{at}.{'provider_interface' if explicit else 'model'}",
+                raise CompatError(f"{at}.{'provider_interface' if explicit else 'model'}",
                                   f"provider family {interface!r} is not implemented in sidegate: give its OpenAI-compatible "
                                   f"base_url (then it is read as provider_interface: openai), or use one of "
                                   f"{', '.join(sorted(sidegate_families()))}")
             pr["provider_interface"] = "openai"
             warnings.append(f"{at}.provider_interface: {interface!r} is not a sidegate family: read as an OpenAI-compatible "
                             f"provider at {pr.get('base_url', pr.get('endpoint'))}")
-    _base_url(pr, at, source)
+    _base_url(pr, at, hosts)
     for k, what in (("routing_preferences", "preference routing is not implemented yet: this provider is chosen only by "
                                             "the model a request names, the provider hint header or as the default"),
                     ("usage", "preference routing is not implemented yet: this description is not used to pick a provider")):
@@ -275,21 +290,21 @@ def _provider(pr: dict[str, Any], at: str, warnings: list[str], source: str) -> 
                         f"({', '.join(map(str, pr['headers']))})")
 
 
-def _base_url(pr: dict[str, Any], at: str, source: str) -> None:
+def _base_url(pr: dict[str, Any], at: str, hosts: Mapping[str, str]) -> None:
     """``base_url`` (Arch 0.2.4+) -> ``endpoint``; its path replaces the family's default path, as in plano."""
     base_url = pr.get("base_url")
     if isinstance(base_url, str):
         if "endpoint" in pr:
-            raise ConfigError(source, f"{at}.base_url", "both base_url and endpoint are set: keep one")
+            raise CompatError(f"{at}.base_url", "both base_url and endpoint are set: keep one")
         u = urlsplit(base_url)
         if u.scheme not in ("http", "https") or not u.hostname:
-            raise ConfigError(source, f"{at}.base_url", f"expected http(s)://host[:port][/path], got {base_url!r}")
+            raise CompatError(f"{at}.base_url", f"expected http(s)://host[:port][/path], got {base_url!r}")
         del pr["base_url"]
         endpoint = base_url.rstrip("/")
         interface = pr.get("provider_interface")
         if not u.path.strip("/") and interface != "azure_openai":
             # no path: plano uses the family's own prefix (groq: /openai/v1, gemini: /v1beta/openai, others /v1)
-            default = _PROVIDER_HOSTS.get(interface) if isinstance(interface, str) else None
+            default = hosts.get(interface) if isinstance(interface, str) else None
             endpoint += urlsplit(default).path if default else "/v1"
         pr["endpoint"] = endpoint
     host = pr.get("http_host")
@@ -299,18 +314,18 @@ def _base_url(pr: dict[str, Any], at: str, source: str) -> None:
         if host.split(":")[0] == actual:
             del pr["http_host"]  # the Host header sidegate sends anyway
         else:
-            raise ConfigError(source, f"{at}.http_host", f"a Host header {host!r} other than the endpoint's host {actual!r} "
+            raise CompatError(f"{at}.http_host", f"a Host header {host!r} other than the endpoint's host {actual!r} "
                                                           "is not implemented for providers: point endpoint/base_url at that host")
 
 
-def _tracing(out: dict[str, Any], warnings: list[str], source: str) -> None:
+def _tracing(out: dict[str, Any], warnings: list[str]) -> None:
     tracing = out.get("tracing")
     if not isinstance(tracing, dict):
         return
     rate = tracing.get("sampling_rate")
     if isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate <= 100:
         if "random_sampling" in tracing:
-            raise ConfigError(source, "tracing.sampling_rate", "both sampling_rate and random_sampling are set: keep random_sampling")
+            raise CompatError("tracing.sampling_rate", "both sampling_rate and random_sampling are set: keep random_sampling")
         percent = rate * 100 if rate <= 1 else rate
         tracing["random_sampling"] = percent
         del tracing["sampling_rate"]
@@ -319,10 +334,10 @@ def _tracing(out: dict[str, Any], warnings: list[str], source: str) -> None:
     grpc = tracing.get("opentracing_grpc_endpoint")
     if isinstance(grpc, str):
         if "otlp_endpoint" in tracing:
-            raise ConfigError(source, "tracing.opentracing_grpc_endpoint", "both opentracing_grpc_endpoint and otlp_endpoint are set: keep otlp_endpoint")
+            raise CompatError("tracing.opentracing_grpc_endpoint", "both opentracing_grpc_endpoint and otlp_endpoint are set: keep otlp_endpoint")
         u = urlsplit(grpc if "://" in grpc else "//" + grpc)
         if not u.netloc or u.path.strip("/"):
-            raise ConfigError(source, "tracing.opentracing_grpc_endpoint", f"expected http://host:port (an OTLP/gRPC collector, no path), got {grpc!r}")
+            raise CompatError("tracing.opentracing_grpc_endpoint", f"expected http://host:port (an OTLP/gRPC collector, no path), got {grpc!r}")
         tracing["otlp_endpoint"] = f"grpc://{u.netloc}"  # plano sends OTLP over gRPC to it
         del tracing["opentracing_grpc_endpoint"]
     for k, what in (("span_attributes", "not implemented: spans carry sidegate's own attributes only"),
@@ -357,7 +372,7 @@ def _guards(out: dict[str, Any], warnings: list[str]) -> None:
                                 "is answered with on_exception.message")
 
 
-def model_aliases(raw: dict[str, Any], providers: tuple[Any, ...], source: str) -> dict[str, str]:
+def model_aliases(raw: dict[str, Any], providers: tuple[Any, ...]) -> dict[str, str]:
     """``model_aliases: {alias: {target: model}}`` -> {alias: target}; every target must be a model a provider serves."""
     aliases: dict[str, str] = {}
     served = {p.name for p in providers} | {p.model for p in providers if p.model} | \
@@ -367,7 +382,7 @@ def model_aliases(raw: dict[str, Any], providers: tuple[Any, ...], source: str) 
         target = spec["target"]
         split = split_model(target)
         if target not in served and not (split and (f"{split[0]}/{split[1]}" in served or split[0] in wildcard)):
-            raise ConfigError(source, f"model_aliases.{alias}.target", f"{target!r} is not the model or name of any provider "
+            raise CompatError(f"model_aliases.{alias}.target", f"{target!r} is not the model or name of any provider "
                                                                        f"(known: {', '.join(sorted(served)) or 'none'})")
         aliases[alias] = target
     return aliases
@@ -402,12 +417,12 @@ def _section(out: dict[str, Any], key_path: str) -> dict[str, Any] | None:
     return node if isinstance(node, dict) else None
 
 
-def _move_defaulted_ports(out: dict[str, Any], warnings: list[str]) -> None:
+def _move_defaulted_ports(out: dict[str, Any], warnings: list[str], default_ports: Mapping[str, int]) -> None:
     """A listener port an Arch config writes (Arch 0.1 demos listen on 8080) wins over a port sidegate only defaults
     to: that one moves. (A sidegate config that does this is refused by the port check instead.)"""
     ms: dict[str, Any] = out["model_server"] if isinstance(out.get("model_server"), dict) else {}
     local_triton = ms.get("mode") not in ("remote", "none")
-    keys = [k for k in DEFAULT_PORTS if k != "model_server.balancer_port" and (local_triton or not k.startswith("model_server."))]
+    keys = [k for k in default_ports if k != "model_server.balancer_port" and (local_triton or not k.startswith("model_server."))]
     written: dict[int, str] = {}
     for k in ("listeners.ingress_traffic.port", "listeners.egress_traffic.port"):
         section = _section(out, k)
@@ -416,9 +431,9 @@ def _move_defaulted_ports(out: dict[str, Any], warnings: list[str]) -> None:
         port = section.get(k.rpartition(".")[2])
         if isinstance(port, int):
             written.setdefault(port, k)
-    used = set(written) | set(DEFAULT_PORTS.values())
+    used = set(written) | set(default_ports.values())
     for k in keys:
-        default = DEFAULT_PORTS[k]
+        default = default_ports[k]
         section, key = _section(out, k), k.rpartition(".")[2]
         if default in written and written[default] != k and section is not None and key not in section:
             new = default + 1

@@ -33,6 +33,8 @@ import jsonschema
 import yaml
 from dotenv import dotenv_values
 
+from ext_proc.arch_compat import CompatError, model_aliases, normalise
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -45,6 +47,7 @@ __all__ = [
     "Parameter",
     "PromptTarget",
     "RateLimit",
+    "ResponseCache",
     "DEFAULT_CONFIG",
     "SCHEMA_PATH",
     "load_config",
@@ -357,6 +360,20 @@ class SharedStore:
     timeout_s: float = 0.25  # one Redis call; slower counts as unavailable
 
 
+DEFAULT_CACHE_ENTRY_BYTES = 1024 * 1024  # response_cache.max_entry_bytes: a larger answer is not stored
+DEFAULT_CACHE_MEMORY_BYTES = 64 * 1024 * 1024  # response_cache.max_memory_bytes (shared_store.type: memory)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResponseCache:
+    """``response_cache``: identical chat requests within ``ttl`` answered from the shared store (ext_proc/chat/cache.py)."""
+
+    ttl_s: float = 600.0
+    similarity: float | None = None  # semantic matching: not implemented yet (warned)
+    max_entry_bytes: int = DEFAULT_CACHE_ENTRY_BYTES
+    max_memory_bytes: int = DEFAULT_CACHE_MEMORY_BYTES
+
+
 @dataclass(frozen=True, kw_only=True)
 class Jailbreak:
     """``prompt_guards.input_guards.jailbreak``."""
@@ -397,6 +414,7 @@ class Config:
     tracing_include_prompts: bool = False  # tracing.include_prompts: prompt text in spans
     ratelimits: tuple[RateLimit, ...] = ()
     shared_store: SharedStore = field(default_factory=SharedStore)
+    response_cache: ResponseCache | None = None  # None: no response cache
     model_server: ModelServer = field(
         default_factory=lambda: ModelServer(mode="none", address="127.0.0.1", http_port=DEFAULT_PORTS["model_server.http_port"],
                                             grpc_port=DEFAULT_PORTS["model_server.grpc_port"],
@@ -623,10 +641,11 @@ def load_config(path: str | Path | None = None, *, env: dict[str, str] | None = 
 
 def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str, str] | None = None) -> Config:
     """Check an already-parsed config mapping and build the typed :class:`Config`, one section at a time."""
-    from ext_proc.arch_compat import model_aliases, normalise  # it reads this module's tables
-
     env = dict(os.environ) if env is None else env
-    raw, compat_warnings = normalise(raw, source)  # every Arch version's spellings -> the canonical shape
+    try:  # every Arch version's spellings -> the canonical shape (ext_proc/arch_compat.py)
+        raw, compat_warnings = normalise(raw, default_ports=DEFAULT_PORTS, provider_hosts=_PROVIDER_HOSTS)
+    except CompatError as exc:
+        raise ConfigError(source, exc.path, exc.message) from None
     _schema_check(raw, source)
     listeners = raw.get("listeners") or {}
     admin = listeners.get("admin") or {}
@@ -664,10 +683,18 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         tracing_include_prompts=bool(tracing.get("include_prompts", False)),
         ratelimits=_ratelimits(raw, providers, source),
         shared_store=_shared_store(raw.get("shared_store") or {}, source),
+        response_cache=_response_cache(raw.get("response_cache")),
         model_server=ms,
-        warnings=tuple(compat_warnings + warnings),
-        model_aliases=model_aliases(raw, providers, source),
+        warnings=tuple(compat_warnings + warnings + _response_cache_warnings(raw.get("response_cache"))),
+        model_aliases=_model_aliases(raw, providers, source),
     )
+
+
+def _model_aliases(raw: dict[str, Any], providers: tuple[LlmProvider, ...], source: str) -> dict[str, str]:
+    try:
+        return model_aliases(raw, providers)
+    except CompatError as exc:
+        raise ConfigError(source, exc.path, exc.message) from None
 
 
 def _ext_proc(ep: dict[str, Any]) -> ExtProcSettings:
@@ -875,6 +902,22 @@ def _shared_store(ss: dict[str, Any], source: str) -> SharedStore:
         raise ConfigError(source, "shared_store.url", "type redis needs url: redis://HOST:PORT/DB")
     return SharedStore(type=kind, url=ss.get("url"), fail_open=bool(ss.get("fail_open", True)),
                        prefix=ss.get("prefix", "sidegate:"), timeout_s=parse_duration(ss.get("timeout", "250ms")))
+
+
+def _response_cache(rc: dict[str, Any] | None) -> ResponseCache | None:
+    """``response_cache``: absent (or null) is no cache; ``{}`` is the defaults (ttl 600s)."""
+    if rc is None:
+        return None
+    return ResponseCache(ttl_s=parse_duration(rc.get("ttl", 600.0)), similarity=rc.get("similarity"),
+                         max_entry_bytes=rc.get("max_entry_bytes", DEFAULT_CACHE_ENTRY_BYTES),
+                         max_memory_bytes=rc.get("max_memory_bytes", DEFAULT_CACHE_MEMORY_BYTES))
+
+
+def _response_cache_warnings(rc: dict[str, Any] | None) -> list[str]:
+    if rc is not None and rc.get("similarity") is not None:
+        return ["response_cache.similarity: semantic matching is not implemented yet: it is ignored, and only "
+                "identical requests are answered from the cache"]
+    return []
 
 
 def _jailbreak(jb: dict[str, Any]) -> Jailbreak:

@@ -8,14 +8,14 @@ import pytest
 
 from ext_proc.arch_compat import normalise
 from ext_proc.chat.providers import choose_provider
-from ext_proc.config import ConfigError, build_config
+from ext_proc.config import _PROVIDER_HOSTS, DEFAULT_PORTS, ConfigError, build_config
 from ext_proc.wire.openai import parse_chat_request
 
 ENV = {"OPENAI_API_KEY": "sk-test", "ANTHROPIC_API_KEY": "sk-ant"}
 
 
 def norm(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    return normalise(raw, "arch.yaml")
+    return normalise(raw, default_ports=DEFAULT_PORTS, provider_hosts=_PROVIDER_HOSTS)
 
 
 def build(raw: dict[str, Any]) -> Any:
