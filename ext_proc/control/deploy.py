@@ -199,8 +199,8 @@ def deployed_config(plan: DeployPlan, triton_host: str | None) -> dict[str, Any]
     by_name = {p.name: p for p in plan.cfg.llm_providers}
     for pr in raw.get("llm_providers") or []:
         p = by_name.get(pr.get("name", ""))
-        if p is not None and "access_key" in pr and p.access_key_env:
-            pr["access_key"] = f"${p.access_key_env}"
+        if p is not None and "access_key" in pr and p.access_key_env and not _VAR.match(str(pr["access_key"])):
+            pr["access_key"] = f"${p.access_key_env}"  # a literal key: read from the variable Envoy uses for it
     listeners = raw.setdefault("listeners", {})
     ingress = listeners.setdefault("ingress_traffic", {})
     ingress["address"] = "0.0.0.0"  # noqa: S104 - reached through the app's published port / Service
