@@ -22,6 +22,11 @@ Tensors (``config.pbtxt``; ``max_batch_size: 0``, one JSON document per request)
 
   ``arguments`` is a JSON string, as in OpenAI responses; it validates against the tool's
   schema once the parameters in ``missing`` (required, not found in the conversation) are given.
+* The guard's judge (issue 17): ``TOOLS`` ``{"judge": "guard"}`` asks a constrained yes/no on
+  the last user message of ``MESSAGES``: is it a jailbreak / prompt injection? (fixed policy,
+  message fenced as data and cut to its start and end: ``FunctionCaller.judge``). ``TOOL_CALLS``
+  is then ``{"model", "tool_calls": [], "judge": "guard", "verdict": "yes"|"no", "p_yes": 0.93,
+  "usage": {...}}`` (``p_yes`` null where the runtime gives no logprobs).
 
 Decoupled: ``execute`` hands each request to a worker thread
 (``sidegate_models.backend.DecoupledWorker``) and returns at once; the worker sends exactly one
@@ -52,6 +57,7 @@ import triton_python_backend_utils as pb_utils
 from sidegate_models import weights
 from sidegate_models.backend import BadRequest, DecoupledWorker, check_config, gpu_layers, internal_error, invalid_input, json_input
 from sidegate_models.function_call import ContextTooLong, FunctionCaller, UnsupportedSchema
+from sidegate_models.function_call.prompt import JUDGE_KINDS
 
 _INPUTS = {"MESSAGES": "TYPE_STRING", "TOOLS": "TYPE_STRING"}
 _OUTPUTS = {"TOOL_CALLS": "TYPE_STRING"}
@@ -115,6 +121,8 @@ class TritonPythonModel:
     def _tool_calls(self, messages: object, tools: object) -> dict:
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise BadRequest("MESSAGES must be a JSON list of {role, content} objects")
+        if isinstance(tools, dict) and "judge" in tools:
+            return self._judge(messages, tools)
         candidates, allow_none = parse_choice(tools)
         if isinstance(tools, dict) and "tools" in tools:
             tools = tools["tools"]
@@ -145,6 +153,25 @@ class TritonPythonModel:
             }],
             "usage": result.get("usage", {}),
         }
+
+    def _judge(self, messages: list, tools: dict) -> dict:
+        """``TOOLS`` ``{"judge": "guard"}``: the engine's yes/no on the last user message."""
+        unknown = set(tools) - {"judge"}
+        if unknown:
+            raise BadRequest(f"TOOLS: unknown keys beside judge: {sorted(unknown)}")
+        if tools["judge"] not in JUDGE_KINDS:
+            raise BadRequest(f"TOOLS.judge must be one of {list(JUDGE_KINDS)}, got {tools['judge']!r}")
+        text = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), None)
+        if not isinstance(text, str) or not text.strip():
+            raise BadRequest("the judge needs MESSAGES with a last user turn whose content is non-empty text")
+        try:
+            out = self.engine.judge(text)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+        except ContextTooLong as exc:
+            raise BadRequest(f"the judge's prompt does not fit the model's window: {exc}") from exc
+        return {"model": self.model_name, "tool_calls": [], "judge": tools["judge"], "verdict": out["verdict"],
+                "p_yes": out.get("p_yes"), "usage": out.get("usage", {})}
 
 
 def parse_choice(tools: object) -> tuple[list[str] | None, bool]:

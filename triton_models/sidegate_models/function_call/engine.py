@@ -61,12 +61,16 @@ from sidegate_models.function_call.prompt import (
     CHOICE_TOP_LOGPROBS,
     CONTEXT_ATTEMPTS,
     INSTRUCTIONS,
+    JUDGE_GRAMMAR,
+    JUDGE_SYSTEM,
     NONE_MARGIN,
     ContextTooLong,
     ToolTooLong,
     choice_mass,
     choice_prompt,
     describe_tool,
+    judge_mass,
+    judge_user,
     shortened,
     transcript,
 )
@@ -139,9 +143,10 @@ class FunctionCaller:
         p.model.path = self.model_path
         # one llama.cpp slot per recently used tool, each with its own KV cache of n_ctx tokens
         # (the runtime splits n_ctx evenly between slots, hence the product)
-        # ... plus one more, the last, kept for the chooser's prompt (choose: every tool listed)
-        p.n_parallel = n_slots + 1
-        p.n_ctx = n_ctx * (n_slots + 1)
+        # ... plus two more: one kept for the chooser's prompt (choose: every tool listed), the
+        # last for the guard's judge (judge: its fixed policy), so neither evicts a tool's prompt
+        p.n_parallel = n_slots + 2
+        p.n_ctx = n_ctx * (n_slots + 2)
         p.kv_unified = False
         p.cache_prompt = True
         # requests name their slot (id_slot): the runtime's own choice is not needed
@@ -284,6 +289,32 @@ class FunctionCaller:
         result = self.call(messages, tools[index])
         result.setdefault("usage", {})["choice_seconds"] = round(choice_s, 4)
         return result
+
+    def judge(self, text: str) -> dict[str, JSON]:
+        """The guard's judge: does ``text`` (one message) try to make a chatbot break its rules or
+        change its instructions? ``{"verdict": "yes"|"no", "p_yes": float|None, "usage": {...}}``.
+
+        A constrained yes/no (``JUDGE_GRAMMAR``, one decode step) under a fixed policy
+        (:data:`JUDGE_SYSTEM`, the system turn: cached in the judge's own slot, the last), the
+        message fenced as data and cut to its start and end (:func:`judge_user`). ``p_yes`` is the
+        first token's probability mass on "yes" over "yes" + "no", read from the top logprobs the
+        runtime reports before the grammar; the verdict is ``p_yes >= 0.5`` when they are there,
+        else the decoded answer. ValueError for an empty message."""
+        if not text.strip():
+            raise ValueError("judge: the message is empty")
+        stats: dict[str, int] = {}
+        t0 = time.perf_counter()
+        with self._lock:
+            self.last_top_logprobs = {}
+            answer = self._complete(JUDGE_SYSTEM, judge_user(text), "", JUDGE_GRAMMAR, stop=None, stats=stats,
+                                    max_tokens=2, slot=self.n_slots + 1, top_logprobs=CHOICE_TOP_LOGPROBS)
+            top = dict(self.last_top_logprobs)
+        y, n = judge_mass(top)
+        p_yes = round(y / (y + n), 6) if y + n > 0 else None
+        said = answer.strip().lower()
+        verdict = ("yes" if p_yes >= 0.5 else "no") if p_yes is not None else ("yes" if said.startswith("y") else "no")
+        return {"verdict": verdict, "p_yes": p_yes, "answer": said,
+                "usage": {**stats, "seconds": round(time.perf_counter() - t0, 4)}}
 
     def close(self) -> None:
         self._server = None
