@@ -3,8 +3,9 @@
 * Kubernetes: every rendered object validates against the Kubernetes OpenAPI schemas shipped by
   the ``kubernetes-validate`` package (strict: unknown fields are errors), for 1.33, the first
   release with native sidecars on by default and GA; the kustomization lists exactly them.
-* compose: the structure the brief fixes (sidegate in the app's network namespace, Triton its own
-  service, keys from ``.env`` by name); no compose-spec schema ships in a pinned package here.
+* compose: validated against the Compose Specification's JSON Schema (deploy/docker/compose-spec.json,
+  copied from compose-spec/compose-spec at 170098ba07d9, Apache-2.0), and the structure the brief
+  fixes (sidegate in the app's network namespace, Triton its own service, keys from ``.env`` by name).
 * no provider key value reaches any rendered file (a literal key, a ``$VAR`` set in the
   environment and one set in ``.env`` next to the config).
 * the Dockerfiles: parsed with ``dockerfile-parse``; known instructions, bases pinned by digest,
@@ -14,10 +15,12 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -218,6 +221,20 @@ def test_k8s_triton_gpu_hpa_and_pdb(k8s: dict[str, str], config_path: Path, tmp_
 
 
 # --- compose --------------------------------------------------------------------------------
+
+def _compose_errors(doc: dict[str, Any]) -> list[str]:
+    schema = json.loads((REPO_ROOT / "deploy" / "docker" / "compose-spec.json").read_text())
+    return [f"{list(e.absolute_path)}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+
+
+def test_compose_validates_against_the_compose_spec(config_path: Path, tmp_path: Path) -> None:
+    for gpu in (False, True):
+        files = _render(config_path, tmp_path / f"compose-{gpu}", target="compose", gpu=gpu)
+        doc = yaml.safe_load(files["compose.yaml"])
+        assert _compose_errors(doc) == []
+    doc["services"]["sidegate"]["network_mod"] = "service:app"  # the schema check means something
+    assert _compose_errors(doc)
+
 
 def test_compose_structure(config_path: Path, tmp_path: Path) -> None:
     files = _render(config_path, tmp_path / "compose", target="compose", gpu=True, app_port=3000)
