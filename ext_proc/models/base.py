@@ -13,13 +13,24 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["GuardVerdict", "Models", "ToolCall"]
+__all__ = ["GuardVerdict", "JudgeVerdict", "Models", "ToolCall"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class GuardVerdict:
     probability: float
     flagged: bool  # by the model's own calibrated threshold
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeVerdict:
+    """The guard's judge (the function_call model's constrained yes/no) on one message."""
+
+    verdict: str  # "yes" (a jailbreak / prompt injection) or "no"
+    p_yes: float | None  # P(yes) from the first token's logprobs; None where the runtime gives none
+
+    def flagged(self, threshold: float) -> bool:
+        return self.p_yes >= threshold if self.p_yes is not None else self.verdict == "yes"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,3 +55,7 @@ class Models(Protocol):
         """One model call: which of ``candidates`` (names among ``tools``, all of which the model's
         prompt lists, in this fixed order) the conversation asks for, and its arguments; None when
         it asks for none of them. ``candidates == []``: only evaluates (caches) the listing."""
+
+    async def judge_guard(self, text: str, *, timeout_s: float | None = None) -> JudgeVerdict:
+        """The cascade's judge on ``text``: is it a jailbreak / prompt injection? (``function_call``
+        with ``TOOLS {"judge": "guard"}``). ``timeout_s``: this call's deadline (None: function_call's)."""

@@ -47,7 +47,7 @@ from tritonclient.utils import InferenceServerException
 from ext_proc import telemetry
 from ext_proc.config import ENSEMBLE_STEPS  # a step whose stub died fails its ensemble's requests; the step is reloaded
 from ext_proc.errors import ModelServerError
-from ext_proc.models.base import GuardVerdict, ToolCall
+from ext_proc.models.base import GuardVerdict, JudgeVerdict, ToolCall
 from ext_proc.names import INVALID_INPUT_MARK, STUB_DEAD, STUB_DEAD_INSTANCE
 
 __all__ = ["EMBEDDING_DIM", "EMBED_MODEL", "TritonClient"]
@@ -237,6 +237,19 @@ class TritonClient:
         request. ``{"name", "arguments", "missing"}``, or None when the model chose none."""
         inputs = _json_inputs(MESSAGES=messages, TOOLS={"tools": tools, "candidates": candidates, "allow_none": True})
         return _first_tool_call(await self._function_call_answer(inputs, timeout_s, headers))
+
+    async def function_judge(
+        self, text: str, *, kind: str = "guard", timeout_s: float, headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """``function_call`` as the guard's judge (``TOOLS {"judge": kind}``, the text as the one
+        user turn): ``{"verdict": "yes"|"no", "p_yes": float|None, ...}``."""
+        inputs = _json_inputs(MESSAGES=[{"role": "user", "content": text}], TOOLS={"judge": kind})
+        answer = await self._function_call_answer(inputs, timeout_s, headers)
+        p_yes = answer.get("p_yes") if isinstance(answer, dict) else None
+        if not isinstance(answer, dict) or answer.get("verdict") not in ("yes", "no") or not (
+                p_yes is None or isinstance(p_yes, (int, float))):
+            raise ModelServerError(f"Triton model {FUNCTION_CALL_MODEL} returned an unexpected judge answer: {answer!r:.200}")
+        return answer
 
     async def _function_call_answer(self, inputs: list[InferInput], timeout_s: float, headers: dict[str, str] | None) -> Any:
         """The last TOOL_CALLS document of one ``function_call`` request, waited for at most
@@ -493,6 +506,14 @@ class TritonModels:
         if out is None:
             return None
         return out["name"], ToolCall(arguments=out.get("arguments") or {}, missing=list(out.get("missing") or []))
+
+    async def judge_guard(self, text: str, *, timeout_s: float | None = None) -> JudgeVerdict:
+        """The guard's judge, under ``timeout_s`` (the pipeline passes
+        ``prompt_guards.input_guards.jailbreak.judge.timeout``; None: function_call's deadline)."""
+        deadline = self.timeout_for(FUNCTION_CALL_MODEL) if timeout_s is None else timeout_s
+        out = await self.client.function_judge(text, kind="guard", timeout_s=deadline, headers=telemetry.inject() or None)
+        p_yes = out.get("p_yes")
+        return JudgeVerdict(verdict=out["verdict"], p_yes=None if p_yes is None else float(p_yes))
 
     async def close(self) -> None:
         await self.client.close()
