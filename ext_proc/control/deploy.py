@@ -227,6 +227,14 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
+def _str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    """Multi-line strings (a config in a ConfigMap) as literal blocks, readable as written."""
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
+
+
+_Dumper.add_representer(str, _str)
+
+
 def _dump(doc: Any) -> str:
     return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
 
@@ -253,6 +261,25 @@ def _triton_args(plan: DeployPlan, gpu: bool) -> list[str]:
     if gpu:
         args.append("--model-config-name=gpu")  # each model's configs/gpu.pbtxt (KIND_GPU)
     return args
+
+
+def _model_configs(plan: DeployPlan, gpu: bool) -> dict[str, tuple[str, str]]:
+    """For each model Triton loads whose ``model_server.models`` settings change its config:
+    model -> (the path of the config Triton reads in the image, its text with the settings
+    applied, as ``sidegate up`` renders it). The image holds the configs as written in
+    triton_models/; these are mounted over them."""
+    from ext_proc.config import MODELS_DIR, ModelSettings
+    from ext_proc.control.model_repo import _apply, _settings_for
+
+    out: dict[str, tuple[str, str]] = {}
+    for name in plan.models:
+        settings = _settings_for(plan.cfg, name)
+        if settings == ModelSettings():
+            continue
+        rel = "configs/gpu.pbtxt" if gpu and (MODELS_DIR / name / "configs" / "gpu.pbtxt").is_file() else "config.pbtxt"
+        text = _apply((MODELS_DIR / name / rel).read_text(), settings, name).replace(str(MODELS_DIR), "triton_models")
+        out[name] = (f"/models/{name}/{rel}", text)
+    return out
 
 
 def _env_example(plan: DeployPlan) -> str:
@@ -305,6 +332,9 @@ def _compose(plan: DeployPlan, opts: DeployOptions) -> dict[str, Any]:
             },
             "restart": "unless-stopped",
         }
+        configs = _model_configs(plan, opts.gpu)
+        if configs:  # model_server.models settings: the rendered configs over the image's
+            triton["volumes"] = [f"./triton/{name}.pbtxt:{path}:ro" for name, (path, _) in configs.items()]
         if opts.gpu:
             triton["deploy"] = {"resources": {"reservations": {"devices": [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]}}}
         services[TRITON_NAME] = triton
@@ -420,7 +450,7 @@ def _triton_deployment(plan: DeployPlan, opts: DeployOptions) -> dict[str, Any]:
     if opts.gpu:
         resources["limits"]["nvidia.com/gpu"] = 1
         resources["requests"]["nvidia.com/gpu"] = 1
-    container = {
+    container: dict[str, Any] = {
         "name": "tritonserver",
         "image": opts.triton_image,
         "args": _triton_args(plan, opts.gpu),
@@ -436,11 +466,17 @@ def _triton_deployment(plan: DeployPlan, opts: DeployOptions) -> dict[str, Any]:
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}]
+    configs = _model_configs(plan, opts.gpu)
+    if configs:  # model_server.models settings: the rendered configs over the image's
+        volumes.append({"name": "model-configs", "configMap": {"name": f"{TRITON_NAME}-models"}})
+        container["volumeMounts"] += [{"name": "model-configs", "mountPath": path, "subPath": f"{name}.pbtxt", "readOnly": True}
+                                      for name, (path, _) in configs.items()]
     spec: dict[str, Any] = {
         "securityContext": {"runAsNonRoot": True, "runAsUser": TRITON_RUN_AS, "runAsGroup": TRITON_RUN_AS},
         "containers": [container],
         # the python backend's stubs exchange tensors through /dev/shm (64 MiB by default)
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}],
+        "volumes": volumes,
     }
     if opts.gpu:
         spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -558,6 +594,11 @@ def _k8s_files(plan: DeployPlan, opts: DeployOptions, raw: dict[str, Any]) -> di
         files["triton-hpa.yaml"] = (f"# scales Triton on the external metric {QUEUE_METRIC}: see prometheus-adapter-rules.yaml\n"
                                     + _dump(_triton_hpa(plan, opts)))
         files["triton-pdb.yaml"] = _dump(_triton_pdb())
+        configs = _model_configs(plan, opts.gpu)
+        if configs:
+            models_cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{TRITON_NAME}-models", "labels": _labels(TRITON_NAME)},
+                         "data": {f"{name}.pbtxt": text for name, (_, text) in configs.items()}}
+            files["triton-model-configs.yaml"] = _dump(models_cm)
     resources = list(files)
     kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": resources}
     head = (f"# rendered by `sidegate deploy --target k8s` from {plan.source}\n"
@@ -579,6 +620,8 @@ def _compose_files(plan: DeployPlan, opts: DeployOptions, raw: dict[str, Any]) -
     compose = _dump(_compose(plan, opts)).replace(
         f"image: {APP_IMAGE_PLACEHOLDER}", f"image: {APP_IMAGE_PLACEHOLDER}  # REPLACE with your app's image")
     files = {"compose.yaml": head + compose, "sidegate/config.yaml": _config_text(plan, raw)}
+    if plan.needs_triton:
+        files.update({f"triton/{name}.pbtxt": text for name, (_, text) in _model_configs(plan, opts.gpu).items()})
     if plan.key_vars:
         files[".env.example"] = _env_example(plan)
     return files

@@ -220,6 +220,27 @@ def test_k8s_triton_gpu_hpa_and_pdb(k8s: dict[str, str], config_path: Path, tmp_
     assert "--model-config-name=gpu" not in c["args"]
 
 
+def test_model_settings_reach_the_triton_containers(config_path: Path, tmp_path: Path) -> None:
+    """model_server.models settings change the config Triton reads, as with `sidegate up`: the
+    rendered config is mounted over the image's (ConfigMap + subPath; a bind mount in compose)."""
+    config_path.write_text(CONFIG + "  models:\n    prompt_embed: {instances: 3, max_batch_size: 16}\n")
+    k8s = _render(config_path, tmp_path / "k8s", target="k8s", gpu=True)
+    objects = _objects(k8s)
+    for key, obj in objects.items():
+        assert kv.validate(obj, K8S_VERSION, strict=True), key
+    text = objects["ConfigMap/sidegate-triton-models"]["data"]["prompt_embed.pbtxt"]
+    assert "count: 3" in text and "max_batch_size: 16" in text and "KIND_GPU" in text
+    assert "/work/" not in text and str(REPO_ROOT) not in text
+    (c,) = objects["Deployment/sidegate-triton"]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "model-configs", "mountPath": "/models/prompt_embed/configs/gpu.pbtxt", "subPath": "prompt_embed.pbtxt",
+            "readOnly": True} in c["volumeMounts"]
+    compose = _render(config_path, tmp_path / "compose", target="compose")
+    assert "count: 3" in compose["triton/prompt_embed.pbtxt"] and "KIND_CPU" in compose["triton/prompt_embed.pbtxt"]
+    triton = yaml.safe_load(compose["compose.yaml"])["services"]["sidegate-triton"]
+    assert triton["volumes"] == ["./triton/prompt_embed.pbtxt:/models/prompt_embed/config.pbtxt:ro"]
+    assert "config.yaml: |" in k8s["sidegate-configmap.yaml"]  # written as a block, readable
+
+
 # --- compose --------------------------------------------------------------------------------
 
 def _compose_errors(doc: dict[str, Any]) -> list[str]:
