@@ -395,7 +395,8 @@ def _app_deployment(plan: DeployPlan, opts: DeployOptions) -> dict[str, Any]:
         "image": opts.image,
         "restartPolicy": "Always",
         # the bootstrap is rendered in the container (its CA bundle path is the image's)
-        "command": ["sh", "-c", f"sidegate render {CONFIG_IN_CONTAINER} --out /tmp/envoy && exec envoy -c /tmp/envoy/envoy.yaml --disable-hot-restart --log-level warn"],
+        "command": ["sh", "-c", f"sidegate render {CONFIG_IN_CONTAINER} --out /tmp/envoy && "
+                                "exec envoy -c /tmp/envoy/envoy.yaml --disable-hot-restart --log-level warn"],
         "env": env,
         "ports": [{"name": "ingress", "containerPort": cfg.ingress.port}],
         "volumeMounts": mounts,
