@@ -47,3 +47,15 @@ class Metrics:
         self.failovers = Counter("sidegate_provider_failovers", "Requests a fallback provider answered", ["provider", "fallback"], registry=r)
         self.errors = Counter("sidegate_errors", "Errors answered to clients", ["listener", "code"], registry=r)
         self.store_errors = Counter("sidegate_shared_store_errors", "Failed calls to the shared store (Redis), by error", ["kind"], registry=r)
+        self.cache_lookups = Counter(
+            "sidegate_response_cache_lookups", "Chat requests to providers by response-cache result (hit, miss, bypass)", ["listener", "result"],
+            registry=r,
+        )
+        self.cache_bypasses = Counter("sidegate_response_cache_bypasses", "Response-cache bypasses by reason (no_cache, store_error)",
+                                      ["reason"], registry=r)
+        self.cache_not_stored = Counter("sidegate_response_cache_not_stored",
+                                        "Answers after a miss not stored, by reason (status, tool_calls, too_large, incomplete, error, store_error)",
+                                        ["reason"], registry=r)
+        self.cache_stored_bytes = Counter("sidegate_response_cache_stored_bytes", "Bytes of answers written to the response cache",
+                                          ["listener"], registry=r)
+        self.cache_stored = Counter("sidegate_response_cache_stored", "Answers written to the response cache", ["listener"], registry=r)

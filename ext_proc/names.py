@@ -16,6 +16,7 @@ __all__ = [
     "ARCH_STATE_KEY",
     "CHAT_COMPLETIONS_PATH",
     "ATTEMPT_HEADER",
+    "CACHE_HEADER",
     "ERROR_HEADER",
     "GUARD_HEADER",
     "INVALID_INPUT_MARK",
@@ -36,6 +37,7 @@ ATTEMPT_HEADER = "x-envoy-attempt-count"  # Envoy's retry count on an answer: wh
 # -- what clients see or send -------------------------------------------------------------------
 PROVIDER_HEADER = "x-sidegate-provider"  # on answers: the provider that answered
 GUARD_HEADER = "x-sidegate-guard"  # "blocked" on the guard's own answer
+CACHE_HEADER = "x-sidegate-cache"  # hit | miss | bypass on chat answers when response_cache is configured
 ERROR_HEADER = "x-sidegate-error"  # on sidegate's error answers: the error code
 PROVIDER_HINT_HEADER = "x-arch-llm-provider-hint"  # Arch's header: the provider a client asks for
 ARCH_STATE_KEY = "x-arch-state"  # Arch's key in `metadata`: a pending target and its arguments

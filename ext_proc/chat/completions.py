@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from ext_proc import telemetry
+from ext_proc.chat.cache import CacheEntry, Collector, ResponseCacheService
 from ext_proc.chat.providers import choose_provider
 from ext_proc.chat.ratelimit import Charge, RateLimiter
 from ext_proc.chat.translate import Exchange
 from ext_proc.config import Config, LlmProvider
 from ext_proc.errors import MalformedRequest, MethodNotAllowed, SidegateError
 from ext_proc.metrics import Metrics
-from ext_proc.names import ATTEMPT_HEADER, PROVIDER_HEADER, UPSTREAM_HEADER
+from ext_proc.names import ATTEMPT_HEADER, CACHE_HEADER, PROVIDER_HEADER, UPSTREAM_HEADER
 from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Reply
 from ext_proc.wire.openai import ChatRequest, chat_completion, parse_chat_request, sse_frames
 
@@ -68,7 +69,7 @@ class ChatProcessor(PassThrough):
 
     def __init__(
         self, *, cfg: Config, listener: str, router: Router, metrics: Metrics, log: logging.LoggerAdapter[logging.Logger],
-        ratelimits: RateLimiter | None = None, api: str = "openai",
+        ratelimits: RateLimiter | None = None, api: str = "openai", cache: ResponseCacheService | None = None,
     ) -> None:
         self.cfg = cfg
         self.exchange = Exchange(api)  # the client's API (openai | anthropic) and the provider's
@@ -87,12 +88,23 @@ class ChatProcessor(PassThrough):
         self.streaming = False
         self.span: Any = None  # this request's span (tracing on only), child of Envoy's
         self.llm_span: Any = None  # the provider call: from forwarding to the end of the response
+        self.cache = cache  # the response cache (None: not configured)
+        self.cache_result = "bypass"  # hit | miss | bypass: the x-sidegate-cache header when the cache is on
+        self.cache_key: str | None = None  # after a miss: where this answer is stored
+        self.collector: Collector | None = None  # gathers the answer to store after a miss
 
     def _error(self, exc: SidegateError) -> Immediate:
         self.outcome = f"error_{exc.status}"
         self.metrics.errors.labels(self.listener, exc.code).inc()
         self.log.info("answered %d %s: %s", exc.status, exc.code, exc.message)
-        return Immediate.from_error(self.exchange.error(exc, request_id=self.headers.get("x-request-id", "")), details=exc.code)
+        return self._tagged(Immediate.from_error(self.exchange.error(exc, request_id=self.headers.get("x-request-id", "")), details=exc.code))
+
+    def _tagged(self, reply: Immediate) -> Immediate:
+        """``reply`` with x-sidegate-cache (bypass: an answer sidegate wrote) when the cache is on."""
+        if self.cache is None:
+            return reply
+        return Immediate(status=reply.status, body=reply.body, headers={**reply.headers, CACHE_HEADER: self.cache_result},
+                         details=reply.details)
 
     async def request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Reply:
         self.headers = headers
@@ -117,10 +129,14 @@ class ChatProcessor(PassThrough):
                 decision = await self.router(self.cfg, self.headers, req)
             if isinstance(decision, Immediate):
                 self.outcome = "answered"
-                return self.exchange.answer(decision)
+                return self._tagged(self.exchange.answer(decision))
             sent = req  # what goes upstream: the router's body, parsed once when something here reads it
-            if decision.body is not None and (self.ratelimits or decision.provider.fallbacks):
+            if decision.body is not None and (self.ratelimits or decision.provider.fallbacks or self.cache):
                 sent = parse_chat_request(decision.body)
+            if self.cache is not None:
+                hit = await self._cache_lookup(decision.provider, sent)
+                if hit is not None:
+                    return hit
             if self.ratelimits:
                 self.charge = await self.ratelimits.admit(decision.provider, self.headers, sent.messages)
             out, path = self.exchange.upstream_body(sent, decision.body, decision.provider)
@@ -149,6 +165,26 @@ class ChatProcessor(PassThrough):
             headers["content-length"] = str(len(out))
         return Continue(set_headers=headers, body=out, clear_route_cache=True)
 
+    async def _cache_lookup(self, provider: LlmProvider, sent: ChatRequest) -> Immediate | None:
+        """The cached answer to this request (None: a miss or a bypass, remembered for the response)."""
+        assert self.cache is not None
+        key = self.cache.key(listener=self.listener, client_api=self.exchange.client, provider=provider.name,
+                             model=provider.model or sent.model, body=sent.body)
+        found = await self.cache.lookup(key, self.headers)
+        self.cache_result = found.result
+        self.metrics.cache_lookups.labels(self.listener, found.result).inc()
+        if found.reason:
+            self.metrics.cache_bypasses.labels(found.reason).inc()
+        telemetry.set_attributes(self.span, {"sidegate.cache": found.result})
+        if found.entry is not None:
+            self.outcome = "cache_hit"
+            self.log.debug("answered from the response cache (provider %s)", found.entry.provider)
+            return Immediate(status=200, body=found.entry.body, details="cache_hit", headers={
+                "content-type": found.entry.content_type, CACHE_HEADER: "hit", PROVIDER_HEADER: found.entry.provider})
+        if found.result == "miss":
+            self.cache_key = key
+        return None
+
     async def response_headers(self, headers: dict[str, str], end_of_stream: bool) -> Reply:
         status = headers.get(":status", "")
         if self.provider is None:
@@ -168,8 +204,17 @@ class ChatProcessor(PassThrough):
             telemetry.set_error(self.llm_span, f"{self.provider.name} answered {status}")
         if end_of_stream:
             self._end_llm_span()
+        set_headers = {PROVIDER_HEADER: self.provider.name}
+        if self.cache is not None:
+            set_headers[CACHE_HEADER] = self.cache_result
+            if self.cache_key is not None:
+                if status != "200" or end_of_stream:
+                    self._not_stored("status")
+                else:
+                    self.collector = Collector(client_api=self.exchange.client, streaming=self.streaming,
+                                               max_bytes=self.cache.settings.max_entry_bytes)
         return Continue(
-            set_headers={PROVIDER_HEADER: self.provider.name},
+            set_headers=set_headers,
             # a translated body has another length: Envoy sends it chunked
             remove_headers=("content-length",) if self.exchange.translating and not end_of_stream else (),
             response_body_mode="STREAMED" if self.streaming else ("NONE" if end_of_stream else "BUFFERED"),
@@ -205,9 +250,35 @@ class ChatProcessor(PassThrough):
         translated = self.exchange.response(body, streaming=self.streaming, end_of_stream=end_of_stream)
         if translated is not None:
             body = translated
+        reply: Reply = CONTINUE if translated is None else Continue(body=translated)
         if self.response_metadata and self.ok and self.exchange.client == "openai":
-            return self._with_metadata(body)
-        return CONTINUE if translated is None else Continue(body=translated)
+            reply = self._with_metadata(body)
+            if reply is CONTINUE and translated is not None:  # no metadata added to this chunk: the translation still goes out
+                reply = Continue(body=translated)
+        if self.collector is not None:
+            self.collector.feed(reply.body if isinstance(reply, Continue) and reply.body is not None else body)
+            if end_of_stream:
+                await self._store()
+        return reply
+
+    def _not_stored(self, reason: str) -> None:
+        self.metrics.cache_not_stored.labels(reason).inc()
+        self.cache_key = None
+
+    async def _store(self) -> None:
+        """After a miss: the whole answer as the client saw it, into the cache when it may be stored."""
+        assert self.collector is not None and self.cache is not None and self.provider is not None
+        collector, key, self.collector = self.collector, self.cache_key, None
+        answer = collector.finish()
+        if answer is None or key is None:
+            self._not_stored(collector.refused or "incomplete")
+            return
+        ctype = "text/event-stream" if self.streaming else "application/json"
+        if await self.cache.put(key, CacheEntry(body=answer, content_type=ctype, provider=self.provider.name)):
+            self.metrics.cache_stored.labels(self.listener).inc()
+            self.metrics.cache_stored_bytes.labels(self.listener).inc(len(answer))
+        else:
+            self._not_stored("store_error")
 
     @property
     def ok(self) -> bool:

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from ext_proc.chat.cache import ResponseCacheService
 from ext_proc.chat.completions import ChatProcessor, egress_router
 from ext_proc.chat.translate import API_PATHS
 from ext_proc.chat.endpoints import EndpointClient
@@ -34,19 +35,25 @@ class Services:
     endpoints: EndpointClient
     ingress: IngressPipeline
     ratelimits: RateLimiter
+    cache: ResponseCacheService | None = None  # response_cache (None: not configured)
 
     @classmethod
     def create(cls, cfg: Config, *, metrics: Metrics | None = None, models: Models | None = None) -> Services:
         metrics = metrics or Metrics()
         endpoints = EndpointClient(cfg)
         pipeline = IngressPipeline(cfg=cfg, models=models, endpoints=endpoints, metrics=metrics)
+        def store_error(kind: str) -> None:
+            metrics.store_errors.labels(kind).inc()
+
+        cache = ResponseCacheService(cfg.response_cache, cfg.shared_store, on_store_error=store_error) if cfg.response_cache else None
         return cls(cfg=cfg, metrics=metrics, models=models, endpoints=endpoints, ingress=pipeline,
-                   ratelimits=RateLimiter(cfg.ratelimits, store=cfg.shared_store,
-                                          on_store_error=lambda kind: metrics.store_errors.labels(kind).inc()))
+                   ratelimits=RateLimiter(cfg.ratelimits, store=cfg.shared_store, on_store_error=store_error), cache=cache)
 
     async def close(self) -> None:
         await self.endpoints.close()
         await self.ratelimits.close()
+        if self.cache is not None:
+            await self.cache.close()
         close = getattr(self.models, "close", None)
         if close is not None:
             await close()
@@ -58,7 +65,8 @@ def _chat(listener: str, api: str) -> Factory:
     """Chat requests in ``api`` (openai: chat completions, anthropic: Messages) on ``listener``."""
     def make(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Processor:
         router = s.ingress if listener == "ingress" else egress_router
-        return ChatProcessor(cfg=s.cfg, listener=listener, router=router, metrics=s.metrics, log=log, ratelimits=s.ratelimits, api=api)
+        return ChatProcessor(cfg=s.cfg, listener=listener, router=router, metrics=s.metrics, log=log, ratelimits=s.ratelimits, api=api,
+                             cache=s.cache)
     return make
 
 

@@ -1,0 +1,369 @@
+"""The response cache (``response_cache`` in the config): an identical chat request within the TTL
+is answered from the cache, without a provider call.
+
+Identical means the same listener, client API (chat completions or Messages), provider, model and
+request body as sent upstream: messages, tools, tool_choice, every sampling parameter, ``stream``
+and ``stream_options`` (only ``user`` and ``store`` are left out: they do not change the answer).
+The key is the SHA-256 of that canonical JSON (sorted keys, no spaces), under
+``shared_store.prefix``: ``<prefix>rc:v1:<hex>``.
+
+What is stored is the answer as the client saw it (translated between APIs, metadata added): a JSON
+body, or the whole SSE event stream, replayed as one body with its content type. Not stored:
+non-200 answers, answers with tool calls, answers over ``max_entry_bytes`` (collection stops at
+the bound: a huge answer costs no extra memory), streams that did not end properly (no ``[DONE]`` /
+``message_stop``, or an error event).
+
+Where entries live (``shared_store``): this process (:class:`MemoryStore`, LRU, bounded by
+``max_memory_bytes``, entries expire after ``ttl``) or Redis (:class:`RedisStore`, ``SET .. PX
+ttl``). Redis failing or slower than ``shared_store.timeout``: the request bypasses the cache (never
+an error), counted in ``sidegate_shared_store_errors``. An entry that is corrupt, or written by
+another version, is a miss, and the answer overwrites it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from ext_proc.config import ResponseCache, SharedStore
+
+__all__ = [
+    "CacheEntry",
+    "CacheStore",
+    "Collector",
+    "MemoryStore",
+    "RedisStore",
+    "ResponseCacheService",
+    "StoreFailed",
+    "cache_key",
+    "decode_entry",
+    "encode_entry",
+    "wants_bypass",
+]
+
+log = logging.getLogger("sidegate.cache")
+
+VERSION = 1
+_MAGIC = b"sidegate-rc/1\n"  # the first bytes of every value this version writes
+_IGNORED_FIELDS = frozenset({"user", "store"})  # request fields that do not change the answer
+
+Result = Literal["hit", "miss", "bypass"]
+
+
+def cache_key(*, prefix: str, listener: str, client_api: str, provider: str, model: str | None, body: Mapping[str, Any]) -> str:
+    """The cache key of a request: a hash of the canonical JSON of what decides its answer."""
+    request = {k: v for k, v in body.items() if k not in _IGNORED_FIELDS}
+    request["model"] = model
+    request["stream"] = bool(request.get("stream") or False)  # absent, null and false are one request
+    canonical = json.dumps(
+        {"v": VERSION, "listener": listener, "api": client_api, "provider": provider, "request": request},
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str,
+    )
+    return f"{prefix}rc:v{VERSION}:{hashlib.sha256(canonical.encode()).hexdigest()}"
+
+
+def wants_bypass(headers: Mapping[str, str]) -> bool:
+    """The client's ``cache-control: no-cache`` (or ``no-store``): neither read nor write the cache."""
+    directives = {d.strip().split("=", 1)[0].lower() for d in headers.get("cache-control", "").split(",")}
+    return bool(directives & {"no-cache", "no-store"}) or headers.get("pragma", "").strip().lower() == "no-cache"
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    body: bytes
+    content_type: str
+    provider: str  # the provider that answered (x-sidegate-provider on a hit)
+
+
+def encode_entry(entry: CacheEntry) -> bytes:
+    header = json.dumps({"v": VERSION, "ct": entry.content_type, "provider": entry.provider}, separators=(",", ":"))
+    return _MAGIC + header.encode() + b"\n" + entry.body
+
+
+def decode_entry(raw: bytes) -> CacheEntry | None:
+    """The entry, or None for anything this version did not write (corrupt, foreign, older)."""
+    if not raw.startswith(_MAGIC):
+        return None
+    header, sep, body = raw[len(_MAGIC):].partition(b"\n")
+    if not sep:
+        return None
+    try:
+        meta = json.loads(header)
+    except ValueError:
+        return None
+    if not isinstance(meta, dict) or meta.get("v") != VERSION:
+        return None
+    ctype, provider = meta.get("ct"), meta.get("provider")
+    if not isinstance(ctype, str) or not isinstance(provider, str):
+        return None
+    return CacheEntry(body=body, content_type=ctype, provider=provider)
+
+
+class StoreFailed(Exception):
+    """The store could not be read or written (Redis down, slow, or answering nonsense)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class CacheStore(Protocol):
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryStore:
+    """Entries in this process: least recently used go first beyond ``max_bytes``; each expires after its TTL."""
+
+    def __init__(self, *, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self.size = 0  # bytes of keys and values held
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _drop(self, key: str) -> None:
+        _, value = self._entries.pop(key)
+        self.size -= len(key) + len(value)
+
+    async def get(self, key: str) -> bytes | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        if found[0] <= self._clock():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return found[1]
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        if key in self._entries:
+            self._drop(key)
+        cost = len(key) + len(value)
+        if cost > self.max_bytes:
+            return
+        while self._entries and self.size + cost > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+        self._entries[key] = (self._clock() + ttl_s, value)
+        self.size += cost
+
+    async def close(self) -> None:
+        self._entries.clear()
+        self.size = 0
+
+
+class RedisStore:
+    """Entries in Redis (``SET key value PX ttl``), shared by every process on it; every call is
+    bounded by ``shared_store.timeout`` and raises :class:`StoreFailed` on any failure."""
+
+    def __init__(self, store: SharedStore) -> None:
+        import redis.asyncio as aioredis  # only with shared_store.type: redis
+
+        assert store.url is not None
+        self.store = store
+        self._redis = aioredis.Redis.from_url(store.url, socket_timeout=store.timeout_s, socket_connect_timeout=store.timeout_s)
+
+    async def get(self, key: str) -> bytes | None:
+        import redis
+
+        try:
+            value = await asyncio.wait_for(self._redis.get(key), self.store.timeout_s)
+        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreFailed(type(exc).__name__) from exc
+        if value is not None and not isinstance(value, bytes):
+            raise StoreFailed("UnexpectedReply")
+        return value
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        import redis
+
+        try:
+            await asyncio.wait_for(self._redis.set(key, value, px=max(1, int(ttl_s * 1000))), self.store.timeout_s)
+        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreFailed(type(exc).__name__) from exc
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+@dataclass(frozen=True)
+class Lookup:
+    result: Result
+    entry: CacheEntry | None = None
+    reason: str = ""  # a bypass's: no_cache | store_error
+
+
+class ResponseCacheService:
+    """The cache of one ext_proc process: lookups and stores, and the store's failures (bypasses)."""
+
+    def __init__(self, settings: ResponseCache, shared: SharedStore, *,
+                 on_store_error: Callable[[str], None] | None = None, store: CacheStore | None = None) -> None:
+        self.settings = settings
+        self.prefix = shared.prefix
+        self.store: CacheStore
+        if store is not None:
+            self.store = store
+        elif shared.type == "redis":
+            self.store = RedisStore(shared)
+        else:
+            self.store = MemoryStore(max_bytes=settings.max_memory_bytes)
+        self._on_store_error = on_store_error or (lambda kind: None)
+        self._last_log = 0.0
+
+    def _failed(self, exc: StoreFailed, doing: str) -> None:
+        self._on_store_error(exc.kind)
+        if time.monotonic() - self._last_log > 10:  # one line per 10 s, not one per request
+            self._last_log = time.monotonic()
+            log.warning("response cache: %s the shared store failed (%s): bypassing the cache", doing, exc.kind)
+
+    def key(self, *, listener: str, client_api: str, provider: str, model: str | None, body: Mapping[str, Any]) -> str:
+        return cache_key(prefix=self.prefix, listener=listener, client_api=client_api, provider=provider, model=model, body=body)
+
+    async def lookup(self, key: str, headers: Mapping[str, str]) -> Lookup:
+        if wants_bypass(headers):
+            found = Lookup("bypass", reason="no_cache")
+        else:
+            try:
+                raw = await self.store.get(key)
+            except StoreFailed as exc:
+                self._failed(exc, "reading")
+                found = Lookup("bypass", reason="store_error")
+            else:
+                entry = decode_entry(raw) if raw is not None else None
+                if raw is not None and entry is None:
+                    log.debug("response cache: %s holds no entry of this version: a miss, overwritten by the answer", key)
+                found = Lookup("hit", entry) if entry is not None else Lookup("miss")
+        return found
+
+    async def put(self, key: str, entry: CacheEntry) -> bool:
+        value = encode_entry(entry)
+        try:
+            await self.store.put(key, value, self.settings.ttl_s)
+        except StoreFailed as exc:
+            self._failed(exc, "writing")
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+class Collector:
+    """Gathers one answer as the client sees it, chunk by chunk, and says whether it may be stored."""
+
+    def __init__(self, *, client_api: str, streaming: bool, max_bytes: int) -> None:
+        self.client_api = client_api
+        self.streaming = streaming
+        self.max_bytes = max_bytes
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.refused = ""  # why it will not be stored ("" while it still may)
+
+    def feed(self, chunk: bytes) -> None:
+        if self.refused or not chunk:
+            return
+        self._size += len(chunk)
+        if self._size > self.max_bytes:
+            self.refused = "too_large"
+            self._parts = []  # stop holding it: a huge answer costs nothing extra
+            return
+        self._parts.append(chunk)
+
+    def finish(self) -> bytes | None:
+        """The whole answer when it may be stored (else None, with :attr:`refused` saying why)."""
+        if self.refused:
+            return None
+        body = b"".join(self._parts)
+        self._parts = []
+        why = _stream_refusal(body, self.client_api) if self.streaming else _json_refusal(body, self.client_api)
+        if why:
+            self.refused = why
+            return None
+        return body
+
+
+def _has_tool_calls_openai(choices: Any, key: str) -> bool:
+    for c in choices if isinstance(choices, list) else ():
+        if not isinstance(c, dict):
+            continue
+        if c.get("finish_reason") in ("tool_calls", "function_call"):
+            return True
+        part = c.get(key)
+        if isinstance(part, dict) and (part.get("tool_calls") or part.get("function_call")):
+            return True
+    return False
+
+
+def _json_refusal(body: bytes, client_api: str) -> str:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return "not_json"
+    if not isinstance(answer, dict) or "error" in answer:
+        return "error"
+    if client_api == "anthropic":
+        blocks = answer.get("content")
+        if answer.get("stop_reason") == "tool_use" or any(
+                isinstance(b, dict) and b.get("type") == "tool_use" for b in (blocks if isinstance(blocks, list) else ())):
+            return "tool_calls"
+        return "" if answer.get("type") == "message" else "error"
+    if _has_tool_calls_openai(answer.get("choices"), "message"):
+        return "tool_calls"
+    return "" if isinstance(answer.get("choices"), list) else "error"
+
+
+def _sse_events(body: bytes) -> list[tuple[str, str]]:
+    """(event name, data) of each SSE event in ``body``."""
+    events = []
+    for block in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        name, data = "", []
+        for line in block.decode("utf-8", errors="replace").split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip(" "))
+        if name or data:
+            events.append((name, "\n".join(data)))
+    return events
+
+
+def _stream_refusal(body: bytes, client_api: str) -> str:
+    events = _sse_events(body)
+    done = False
+    for name, data in events:
+        if name == "error":
+            return "error"
+        if data == "[DONE]":
+            done = True
+            continue
+        try:
+            event = json.loads(data) if data else {}
+        except ValueError:
+            return "error"
+        if not isinstance(event, dict):
+            return "error"
+        if "error" in event or event.get("type") == "error":
+            return "error"
+        if client_api == "anthropic":
+            block = event.get("content_block")
+            delta = event.get("delta")
+            if (isinstance(block, dict) and block.get("type") == "tool_use") or (
+                    isinstance(delta, dict) and delta.get("stop_reason") == "tool_use"):
+                return "tool_calls"
+            if event.get("type") == "message_stop":
+                done = True
+        elif _has_tool_calls_openai(event.get("choices"), "delta"):
+            return "tool_calls"
+    return "" if done else "incomplete"

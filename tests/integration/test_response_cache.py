@@ -1,0 +1,249 @@
+"""``response_cache`` through real Envoy and the ext_proc service, with the real openai and anthropic
+SDKs, fake providers that count their requests, and a real redis-server as the shared store:
+
+* the second identical request is answered from the cache (0 provider calls), JSON and SSE, egress
+  and ingress, in the client's API;
+* ``cache-control: no-cache`` bypasses; a 500 and a tool-call answer are not stored;
+* Redis down: every request bypasses the cache and gets its 200 from the provider; Redis back: hits.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from aiohttp import web
+
+from ext_proc.config import Config
+from testkit import gateway_config
+from testkit.fake_provider import FakeProvider
+from testkit.redis_server import RedisServer
+from tests.integration.conftest import running_stack
+
+pytestmark = pytest.mark.integration
+
+
+class ToolCallProvider(FakeProvider):
+    """Answers every chat request with a tool call (JSON, or SSE chunks when ``stream``)."""
+
+    async def _chat(self, request: web.Request, body: Any) -> web.StreamResponse:
+        call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+        if not body.get("stream"):
+            return web.json_response({"id": "chatcmpl-t", "object": "chat.completion", "created": 0, "model": body["model"],
+                                      "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                                                   "finish_reason": "tool_calls"}],
+                                      "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for choice in ({"index": 0, "delta": {"role": "assistant", "tool_calls": [call]}, "finish_reason": None},
+                       {"index": 0, "delta": {}, "finish_reason": "tool_calls"}):
+            chunk = {"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 0, "model": body["model"], "choices": [choice]}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+@dataclass
+class Stack:
+    cfg: Config
+    llm: FakeProvider
+    tools: ToolCallProvider
+    redis: RedisServer | None
+
+    def base(self, listener: str) -> str:
+        return f"http://127.0.0.1:{getattr(self.cfg, listener).port}"
+
+    def client(self, listener: str = "egress", **headers: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base(listener) + "/v1", api_key="sk-client", max_retries=0, timeout=10,
+                             default_headers=headers or None)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.cfg.ext_proc.http_port}/metrics", timeout=5) as r:  # noqa: S310
+            text: str = r.read().decode()
+            return text
+
+
+def start(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer | None) -> Iterator[Stack]:
+    with FakeProvider(name="fake-llm") as llm, ToolCallProvider(name="fake-tools") as tools:
+        providers: list[dict[str, Any]] = [
+            {"name": "llm", "provider_interface": "openai", "endpoint": llm.base_url, "model": "model-a", "default": True,
+             "access_key": "sk-llm"},
+            {"name": "tools", "provider_interface": "openai", "endpoint": tools.base_url, "model": "model-tools", "access_key": "sk-t"},
+        ]
+        extra: dict[str, Any] = {"response_cache": {"ttl": "600s"}}
+        if redis is not None:
+            extra["shared_store"] = {"type": "redis", "url": redis.url, "timeout": "200ms", "prefix": "cache-it:"}
+        with running_stack(tmp_path_factory, gateway_config(providers, **extra)) as (cfg, _):
+            yield Stack(cfg=cfg, llm=llm, tools=tools, redis=redis)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with RedisServer() as redis:
+        yield from start(tmp_path_factory, redis)
+
+
+@pytest.fixture(scope="module")
+def memory_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from start(tmp_path_factory, None)
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]
+
+
+@pytest.mark.parametrize("listener", ["egress", "ingress"])
+def test_json_second_identical_request_is_a_hit_without_a_provider_call(stack: Stack, listener: str) -> None:
+    stack.llm.clear()
+    msgs = ask(f"json on {listener}")
+    first = stack.client(listener).chat.completions.with_raw_response.create(model="model-a", messages=msgs, temperature=0)
+    assert first.headers["x-sidegate-cache"] == "miss" and len(stack.llm.requests) == 1
+    stack.llm.clear()
+    second = stack.client(listener).chat.completions.with_raw_response.create(model="model-a", messages=msgs, temperature=0)
+    assert second.headers["x-sidegate-cache"] == "hit"
+    assert second.headers["x-sidegate-provider"] == "llm" and second.headers["content-type"] == "application/json"
+    assert stack.llm.requests == []  # answered from the cache
+    assert second.parse().model_dump() == first.parse().model_dump()  # the same answer, id and usage included
+    other = stack.client(listener).chat.completions.with_raw_response.create(model="model-a", messages=msgs, temperature=0.5)
+    assert other.headers["x-sidegate-cache"] == "miss" and len(stack.llm.requests) == 1  # another sampling parameter
+
+
+def test_sse_answer_is_replayed_as_a_stream_the_sdk_reads(stack: Stack) -> None:
+    stack.llm.clear()
+    msgs = ask("stream me")
+
+    def run() -> tuple[str, str, list[Any]]:
+        raw = stack.client().chat.completions.with_raw_response.create(
+            model="model-a", messages=msgs, stream=True, stream_options={"include_usage": True})
+        chunks = list(raw.parse())
+        return raw.headers["x-sidegate-cache"], raw.headers["content-type"], chunks
+
+    state, _, chunks = run()
+    assert state == "miss" and len(stack.llm.requests) == 1
+    stack.llm.clear()
+    state, ctype, again = run()
+    assert state == "hit" and ctype.startswith("text/event-stream") and stack.llm.requests == []
+    assert "".join(c.choices[0].delta.content or "" for c in again if c.choices) == "fake-llm says: stream me"
+    assert [c.model_dump() for c in again] == [c.model_dump() for c in chunks]
+    assert again[-1].usage is not None and again[-1].usage.total_tokens > 0
+    json_form = stack.client().chat.completions.with_raw_response.create(model="model-a", messages=msgs)
+    assert json_form.headers["x-sidegate-cache"] == "miss"  # not streamed: another entry
+
+
+def test_anthropic_client_hits_in_its_own_api(stack: Stack) -> None:
+    stack.llm.clear()
+    client = anthropic.Anthropic(base_url=stack.base("egress"), api_key="sk-client", max_retries=0, timeout=10)
+    kw: dict[str, Any] = {"model": "model-a", "max_tokens": 50, "messages": [{"role": "user", "content": "bonjour"}]}
+    first = client.messages.with_raw_response.create(**kw)
+    second = client.messages.with_raw_response.create(**kw)
+    assert (first.headers["x-sidegate-cache"], second.headers["x-sidegate-cache"]) == ("miss", "hit")
+    assert len(stack.llm.requests) == 1
+    assert second.parse().content[0].text == "fake-llm says: bonjour"  # type: ignore[union-attr]
+
+
+def test_no_cache_bypasses_reading_and_writing(stack: Stack) -> None:
+    stack.llm.clear()
+    msgs = ask("fresh please")
+    for _ in range(2):
+        r = stack.client(**{"cache-control": "no-cache"}).chat.completions.with_raw_response.create(model="model-a", messages=msgs)
+        assert r.headers["x-sidegate-cache"] == "bypass"
+    assert len(stack.llm.requests) == 2
+    r = stack.client().chat.completions.with_raw_response.create(model="model-a", messages=msgs)
+    assert r.headers["x-sidegate-cache"] == "miss"  # nothing was written by the bypasses
+    r = stack.client(**{"cache-control": "no-cache"}).chat.completions.with_raw_response.create(model="model-a", messages=msgs)
+    assert r.headers["x-sidegate-cache"] == "bypass" and len(stack.llm.requests) == 4  # an entry exists now, and is not read
+
+
+def test_a_500_is_not_cached(stack: Stack) -> None:
+    stack.llm.clear()
+    msgs = ask("fail first")
+    stack.llm.fail_next(500)
+    with pytest.raises(openai.InternalServerError) as err:
+        stack.client().chat.completions.create(model="model-a", messages=msgs)
+    assert err.value.response.headers["x-sidegate-cache"] == "miss"
+    r = stack.client().chat.completions.with_raw_response.create(model="model-a", messages=msgs)
+    assert r.headers["x-sidegate-cache"] == "miss" and r.parse().choices[0].message.content == "fake-llm says: fail first"
+    assert len(stack.llm.requests) == 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_call_answer_is_not_cached(stack: Stack, stream: bool) -> None:
+    stack.tools.clear()
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]
+    for _ in range(2):
+        raw = stack.client().chat.completions.with_raw_response.create(
+            model="model-tools", messages=ask("weather in Oslo?"), tools=tools, stream=stream)  # type: ignore[call-overload]
+        assert raw.headers["x-sidegate-cache"] == "miss"
+        if stream:
+            assert any(c.choices and c.choices[0].delta.tool_calls for c in raw.parse())
+        else:
+            assert raw.parse().choices[0].message.tool_calls[0].function.name == "get_weather"
+    assert len(stack.tools.requests) == 2
+    assert 'sidegate_response_cache_not_stored_total{reason="tool_calls"}' in stack.metrics()
+
+
+def test_redis_down_bypasses_with_200s_and_hits_again_when_it_returns(stack: Stack) -> None:
+    assert stack.redis is not None
+    msgs = ask("while redis is away")
+    stack.redis.stop()
+    try:
+        stack.llm.clear()
+        for _ in range(3):
+            r = stack.client().chat.completions.with_raw_response.create(model="model-a", messages=msgs)
+            assert r.http_response.status_code == 200 and r.headers["x-sidegate-cache"] == "bypass"
+        assert len(stack.llm.requests) == 3
+        assert "sidegate_shared_store_errors_total" in stack.metrics()
+    finally:
+        stack.redis.start()
+    states = []
+    for _ in range(3):
+        states.append(stack.client().chat.completions.with_raw_response.create(model="model-a", messages=msgs).headers["x-sidegate-cache"])
+        if states[-1] == "hit":
+            break
+        time.sleep(0.3)  # the client reconnects on its next call
+    assert states[-1] == "hit" and "miss" in states, states
+
+
+def test_metrics_count_hits_misses_bypasses_and_bytes(stack: Stack) -> None:
+    text = stack.metrics()
+    for series in ('sidegate_response_cache_lookups_total{listener="egress",result="hit"}',
+                   'sidegate_response_cache_lookups_total{listener="egress",result="miss"}',
+                   'sidegate_response_cache_lookups_total{listener="egress",result="bypass"}',
+                   'sidegate_response_cache_lookups_total{listener="ingress",result="hit"}',
+                   'sidegate_response_cache_stored_bytes_total{listener="egress"}',
+                   'sidegate_response_cache_bypasses_total{reason="no_cache"}'):
+        assert series in text, series
+
+
+def test_memory_store_hits_in_process(memory_stack: Stack) -> None:
+    memory_stack.llm.clear()
+    msgs = ask("kept in memory")
+    states = [memory_stack.client().chat.completions.with_raw_response.create(model="model-a", messages=msgs).headers["x-sidegate-cache"]
+              for _ in range(2)]
+    assert states == ["miss", "hit"] and len(memory_stack.llm.requests) == 1
+
+
+def test_hit_latency_is_small(memory_stack: Stack) -> None:
+    """A hit is answered by ext_proc alone: report its median time beside a pass-through miss (loopback)."""
+    client = memory_stack.client()
+    msgs = ask("latency probe")
+    client.chat.completions.create(model="model-a", messages=msgs)
+    hits, misses = [], []
+    for i in range(30):
+        t = time.perf_counter()
+        client.chat.completions.create(model="model-a", messages=msgs)
+        hits.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        client.chat.completions.with_raw_response.create(model="model-a", messages=ask(f"latency miss {i}"))
+        misses.append(time.perf_counter() - t)
+    hit_ms, miss_ms = sorted(hits)[15] * 1000, sorted(misses)[15] * 1000
+    print(f"p50 hit {hit_ms:.2f} ms, p50 miss (provider call) {miss_ms:.2f} ms")
+    assert hit_ms < miss_ms

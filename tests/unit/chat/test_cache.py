@@ -1,0 +1,409 @@
+"""The response cache (``response_cache``): keys, entries, the memory store and a real Redis, what
+may be stored, and ChatProcessor's hit / miss / bypass with stores that fail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from ext_proc.chat.cache import (
+    CacheEntry,
+    Collector,
+    MemoryStore,
+    RedisStore,
+    ResponseCacheService,
+    StoreFailed,
+    cache_key,
+    decode_entry,
+    encode_entry,
+    wants_bypass,
+)
+from ext_proc.chat.completions import ChatProcessor, egress_router
+from ext_proc.config import Config, ConfigError, ResponseCache, SharedStore
+from ext_proc.metrics import Metrics
+from ext_proc.processor import Continue, Immediate
+from testkit import free_port
+from testkit.configs import cfg_from, raw_config
+from testkit.redis_server import RedisServer
+
+BODY: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.2}
+
+
+def key(body: dict[str, Any] | None = None, **over: Any) -> str:
+    args: dict[str, Any] = {"prefix": "sidegate:", "listener": "egress", "client_api": "openai", "provider": "openai",
+                            "model": "gpt-4o-mini", "body": BODY if body is None else body}
+    return cache_key(**{**args, **over})
+
+
+# --------------------------------------------------------------------------- keys and entries
+
+
+def test_the_key_ignores_key_order_and_what_does_not_change_the_answer() -> None:
+    reordered = {"temperature": 0.2, "messages": [{"content": "hi", "role": "user"}], "model": "gpt-4o-mini"}
+    assert key(reordered) == key()
+    assert key({**BODY, "user": "u-1", "store": True}) == key()  # not part of the answer
+    assert key({**BODY, "stream": False}) == key({**BODY, "stream": None}) == key()
+    assert key().startswith("sidegate:rc:v1:") and len(key().rsplit(":", 1)[1]) == 64
+
+
+@pytest.mark.parametrize("change", [
+    {"body": {**BODY, "temperature": 0.3}},
+    {"body": {**BODY, "seed": 7}},
+    {"body": {**BODY, "max_tokens": 5}},
+    {"body": {**BODY, "stream": True}},
+    {"body": {**BODY, "stream": True, "stream_options": {"include_usage": True}}},
+    {"body": {**BODY, "tools": [{"type": "function", "function": {"name": "f"}}]}},
+    {"body": {**BODY, "messages": [{"role": "system", "content": "be brief"}, *BODY["messages"]]}},
+    {"body": {**BODY, "messages": [{"role": "user", "content": "hi!"}]}},
+    {"model": "gpt-4o"},
+    {"provider": "groq"},
+    {"client_api": "anthropic"},
+    {"listener": "ingress"},
+    {"prefix": "other-app:"},
+])
+def test_anything_that_changes_the_answer_changes_the_key(change: dict[str, Any]) -> None:
+    assert key(**change) != key()
+
+
+def test_entries_round_trip_and_anything_else_is_not_an_entry() -> None:
+    entry = CacheEntry(body=b'{"x": 1}\n\nmore', content_type="application/json", provider="p")
+    assert decode_entry(encode_entry(entry)) == entry
+    good = encode_entry(entry)
+    for raw in (b"", b"{}", b"not ours", good.replace(b"sidegate-rc/1", b"sidegate-rc/2"), good.replace(b'"v":1', b'"v":2'),
+                good.split(b"\n", 1)[0] + b"\n{broken json\nbody", good.split(b"\n", 1)[0] + b'\n{"v":1,"ct":3,"provider":"p"}\nb',
+                good.split(b"\n", 1)[0] + b"\n[1]\nb"):
+        assert decode_entry(raw) is None, raw
+
+
+@pytest.mark.parametrize(("headers", "bypass"), [
+    ({}, False), ({"cache-control": "no-cache"}, True), ({"cache-control": "max-age=0, No-Store"}, True),
+    ({"cache-control": "max-age=60"}, False), ({"pragma": "no-cache"}, True),
+])
+def test_the_client_bypasses_with_no_cache(headers: dict[str, str], bypass: bool) -> None:
+    assert wants_bypass(headers) is bypass
+
+
+# --------------------------------------------------------------------------- the memory store
+
+
+async def test_memory_entries_expire_and_the_least_recently_used_go_first() -> None:
+    now = [0.0]
+    store = MemoryStore(max_bytes=300, clock=lambda: now[0])
+    await store.put("a", b"x" * 90, ttl_s=10)
+    await store.put("b", b"x" * 90, ttl_s=10)
+    assert await store.get("a") == b"x" * 90  # a is now the most recently used
+    await store.put("c", b"x" * 90, ttl_s=10)  # 3 x 91 bytes fit
+    await store.put("d", b"x" * 90, ttl_s=10)  # b goes
+    assert await store.get("b") is None
+    assert {k for k in "acd" if await store.get(k)} == {"a", "c", "d"}
+    assert store.size <= 300
+    now[0] = 10.0
+    assert await store.get("a") is None and len(store) == 2  # expired: dropped when read
+    await store.put("huge", b"x" * 400, ttl_s=10)  # larger than the whole store: not kept, nothing evicted
+    assert await store.get("huge") is None and len(store) == 2
+    await store.put("c", b"y", ttl_s=10)  # overwritten in place
+    assert await store.get("c") == b"y" and store.size == (1 + 1) + (1 + 90)
+
+
+# --------------------------------------------------------------------------- a real Redis
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with RedisServer() as r:
+        yield r
+
+
+async def test_redis_store_writes_with_the_ttl_under_the_prefix(server: RedisServer) -> None:
+    shared = SharedStore(type="redis", url=server.url, prefix="app-a:")
+    svc = ResponseCacheService(ResponseCache(ttl_s=30), shared)
+    try:
+        assert isinstance(svc.store, RedisStore)
+        k = svc.key(listener="egress", client_api="openai", provider="p", model="m", body=BODY)
+        assert (await svc.lookup(k, {})).result == "miss"
+        entry = CacheEntry(body=b'{"choices": []}', content_type="application/json", provider="p")
+        assert await svc.put(k, entry)
+        found = await svc.lookup(k, {})
+        assert found.result == "hit" and found.entry == entry
+        client = redis.Redis.from_url(server.url)
+        assert k.startswith("app-a:rc:v1:") and 29_000 < client.pttl(k) <= 30_000
+        assert (await svc.lookup(k, {"cache-control": "no-cache"})).result == "bypass"
+    finally:
+        await svc.close()
+
+
+async def test_a_corrupt_or_foreign_redis_entry_is_a_miss_and_is_overwritten(server: RedisServer) -> None:
+    shared = SharedStore(type="redis", url=server.url, prefix="t-corrupt:")
+    svc = ResponseCacheService(ResponseCache(), shared)
+    client = redis.Redis.from_url(server.url)
+    try:
+        k = svc.key(listener="egress", client_api="openai", provider="p", model="m", body=BODY)
+        for foreign in (b"\xff\x00garbage", json.dumps({"v": 0, "body": "old"}).encode(), b"sidegate-rc/1\n{\"v\":9}\nx"):
+            client.set(k, foreign)
+            assert (await svc.lookup(k, {})).result == "miss"
+        entry = CacheEntry(body=b"{}", content_type="application/json", provider="p")
+        assert await svc.put(k, entry)
+        assert (await svc.lookup(k, {})).entry == entry
+        client.delete(k)
+        client.hset(k, mapping={"a": "b"})  # another app's hash under the same key: WRONGTYPE
+        errors: list[str] = []
+        svc2 = ResponseCacheService(ResponseCache(), shared, on_store_error=errors.append)
+        assert (await svc2.lookup(k, {})).result == "bypass" and errors == ["ResponseError"]
+        await svc2.close()
+    finally:
+        client.delete(k)
+        await svc.close()
+
+
+async def test_redis_down_or_slow_is_a_bypass_counted_never_an_error() -> None:
+    silent = socket.socket()  # accepts connections and never answers: a Redis that hangs
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        for url in (f"redis://127.0.0.1:{free_port()}/0", f"redis://127.0.0.1:{silent.getsockname()[1]}/0"):
+            errors: list[str] = []
+            svc = ResponseCacheService(ResponseCache(), SharedStore(type="redis", url=url, timeout_s=0.1), on_store_error=errors.append)
+            try:
+                loop = asyncio.get_running_loop()
+                start = loop.time()
+                found = await svc.lookup("sidegate:rc:v1:x", {})
+                assert found.result == "bypass" and found.reason == "store_error"
+                assert not await svc.put("sidegate:rc:v1:x", CacheEntry(body=b"{}", content_type="application/json", provider="p"))
+                assert loop.time() - start < 1.0  # bounded by shared_store.timeout, not a hang
+                assert len(errors) == 2 and all(e in ("ConnectionError", "TimeoutError") for e in errors), errors
+            finally:
+                await svc.close()
+    finally:
+        silent.close()
+
+
+async def test_the_store_raises_store_failed_itself() -> None:
+    store = RedisStore(SharedStore(type="redis", url=f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.1))
+    try:
+        with pytest.raises(StoreFailed):
+            await store.get("k")
+    finally:
+        await store.close()
+
+
+# --------------------------------------------------------------------------- what may be stored
+
+
+def chat_json(**message: Any) -> bytes:
+    return json.dumps({"id": "c", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "ok", **message}, "finish_reason": "stop"}]}).encode()
+
+
+def sse(*events: Any, done: bool = True) -> bytes:
+    out = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+    return out + (b"data: [DONE]\n\n" if done else b"")
+
+
+CHUNK = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": None}]}
+TOOL_CHUNK = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"name": "f"}}]}}]}
+
+
+def collected(body: bytes, *, streaming: bool, api: str = "openai", max_bytes: int = 1 << 20, pieces: int = 3) -> tuple[bytes | None, str]:
+    c = Collector(client_api=api, streaming=streaming, max_bytes=max_bytes)
+    step = max(1, len(body) // pieces)
+    for i in range(0, len(body), step):
+        c.feed(body[i:i + step])
+    return c.finish(), c.refused
+
+
+@pytest.mark.parametrize(("body", "streaming", "api", "refused"), [
+    (chat_json(), False, "openai", ""),
+    (chat_json(tool_calls=None), False, "openai", ""),
+    (chat_json(tool_calls=[{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]), False, "openai", "tool_calls"),
+    (json.dumps({"error": {"message": "x"}}).encode(), False, "openai", "error"),
+    (b"<html>", False, "openai", "not_json"),
+    (sse(CHUNK), True, "openai", ""),
+    (sse(CHUNK, done=False), True, "openai", "incomplete"),  # ended early
+    (sse(CHUNK, TOOL_CHUNK), True, "openai", "tool_calls"),
+    (sse(CHUNK, {"error": {"message": "overloaded"}}), True, "openai", "error"),
+    (json.dumps({"type": "message", "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn"}).encode(), False, "anthropic", ""),
+    (json.dumps({"type": "message", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}],
+                 "stop_reason": "tool_use"}).encode(), False, "anthropic", "tool_calls"),
+    (b"event: message_start\ndata: {\"type\": \"message_start\"}\n\nevent: message_stop\ndata: {\"type\": \"message_stop\"}\n\n",
+     True, "anthropic", ""),
+    (b"event: message_start\ndata: {\"type\": \"message_start\"}\n\n", True, "anthropic", "incomplete"),
+    (b"event: message_start\ndata: {}\n\nevent: error\ndata: {\"type\": \"error\"}\n\n", True, "anthropic", "error"),
+    (b"event: content_block_start\ndata: {\"type\": \"content_block_start\", \"content_block\": {\"type\": \"tool_use\"}}\n\n"
+     b"event: message_stop\ndata: {\"type\": \"message_stop\"}\n\n", True, "anthropic", "tool_calls"),
+])
+def test_what_may_be_stored(body: bytes, streaming: bool, api: str, refused: str) -> None:
+    out, why = collected(body, streaming=streaming, api=api)
+    assert why == refused
+    assert out == (body if not refused else None)
+
+
+def test_an_answer_over_the_bound_is_dropped_as_it_comes() -> None:
+    c = Collector(client_api="openai", streaming=True, max_bytes=1000)
+    c.feed(b"x" * 600)
+    c.feed(b"x" * 600)
+    assert c.refused == "too_large" and c._parts == []  # nothing held any more
+    c.feed(b"x" * 600)
+    assert c._parts == [] and c.finish() is None
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_reads_response_cache_and_warns_about_similarity() -> None:
+    assert cfg_from().response_cache is None
+    cfg = cfg_from(raw_config(response_cache={"ttl": "90s"}))
+    assert cfg.response_cache == ResponseCache(ttl_s=90.0)
+    assert not [w for w in cfg.warnings if "response_cache" in w]
+    cfg = cfg_from(raw_config(response_cache={"ttl": "600s", "similarity": 0.97}))
+    assert cfg.response_cache is not None and cfg.response_cache.similarity == 0.97
+    assert any(w.startswith("response_cache.similarity: semantic matching is not implemented") for w in cfg.warnings)
+    with pytest.raises(ConfigError, match="response_cache"):
+        cfg_from(raw_config(response_cache={"ttl": "forever"}))
+    with pytest.raises(ConfigError, match="response_cache"):
+        cfg_from(raw_config(response_cache={"similarity": 1.5}))
+
+
+# --------------------------------------------------------------------------- ChatProcessor
+
+
+class FailingStore:
+    async def get(self, key: str) -> bytes | None:
+        raise StoreFailed("ConnectionError")
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        raise StoreFailed("ConnectionError")
+
+    async def close(self) -> None:
+        return None
+
+
+def with_cache(**over: Any) -> Config:
+    providers = [*raw_config()["llm_providers"],
+                 {"name": "claude", "provider_interface": "anthropic", "access_key": "sk-ant", "model": "claude-x"}]
+    return cfg_from(raw_config(response_cache={"ttl": "60s", **over}, llm_providers=providers))
+
+
+class Flow:
+    """One ext_proc process's cache and metrics; :meth:`call` runs one request through a fresh ChatProcessor."""
+
+    def __init__(self, cfg: Config, store: Any = None) -> None:
+        assert cfg.response_cache is not None
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.cache = ResponseCacheService(cfg.response_cache, cfg.shared_store, store=store)
+
+    async def call(self, body: dict[str, Any], answer: list[bytes], *, status: str = "200", headers: dict[str, str] | None = None,
+                   path: str = "/v1/chat/completions", api: str = "openai") -> tuple[Immediate | None, dict[str, str], bytes]:
+        proc = ChatProcessor(cfg=self.cfg, listener="egress", router=egress_router, metrics=self.metrics,
+                             log=logging.LoggerAdapter(logging.getLogger("t")), cache=self.cache, api=api)
+        await proc.request_headers({":method": "POST", ":path": path, **(headers or {})}, False)
+        reply = await proc.request_body(json.dumps(body).encode(), True)
+        if isinstance(reply, Immediate):
+            proc.finish()
+            return reply, reply.headers, reply.body
+        streaming = bool(body.get("stream"))
+        ctype = "text/event-stream" if streaming else "application/json"
+        head = await proc.response_headers({":status": status, "content-type": ctype}, False)
+        assert isinstance(head, Continue)
+        out = b""
+        for i, chunk in enumerate(answer):
+            r = await proc.response_body(chunk, i == len(answer) - 1)
+            assert isinstance(r, Continue)
+            out += r.body if r.body is not None else chunk
+        proc.finish()
+        return None, head.set_headers, out
+
+    def count(self, result: str) -> float:
+        return self.metrics.cache_lookups.labels("egress", result)._value.get()
+
+
+REQ = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+
+
+async def test_a_json_answer_is_stored_and_replayed() -> None:
+    flow = Flow(with_cache())
+    answer = chat_json()
+    first, headers, out = await flow.call(REQ, [answer])
+    assert first is None and headers["x-sidegate-cache"] == "miss" and out == answer
+    hit, headers, out = await flow.call({**REQ, "user": "someone"}, [b"never sent"])
+    assert hit is not None and hit.status == 200 and out == answer
+    assert headers == {"content-type": "application/json", "x-sidegate-cache": "hit", "x-sidegate-provider": "openai"}
+    assert (flow.count("miss"), flow.count("hit")) == (1, 1)
+    assert flow.metrics.cache_stored_bytes.labels("egress")._value.get() == len(answer)
+    other, headers, _ = await flow.call({**REQ, "temperature": 1.0}, [answer])
+    assert other is None and headers["x-sidegate-cache"] == "miss"
+
+
+async def test_an_sse_answer_is_stored_whole_and_replayed_as_one_body() -> None:
+    flow = Flow(with_cache())
+    stream = sse(CHUNK, CHUNK)
+    req = {**REQ, "stream": True}
+    _, _, out = await flow.call(req, [stream[:20], stream[20:60], stream[60:], b""])
+    assert out == stream
+    hit, headers, body = await flow.call(req, [])
+    assert hit is not None and body == stream and headers["content-type"] == "text/event-stream"
+    json_req, headers, _ = await flow.call(REQ, [chat_json()])  # the same request without stream is another entry
+    assert json_req is None and headers["x-sidegate-cache"] == "miss"
+
+
+async def test_translated_answers_are_stored_as_the_client_saw_them() -> None:
+    flow = Flow(with_cache())
+    message = json.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+                          "content": [{"type": "text", "text": "bonjour"}], "stop_reason": "end_turn",
+                          "usage": {"input_tokens": 3, "output_tokens": 1}}).encode()
+    req = {**REQ, "model": "claude-x"}
+    _, headers, out = await flow.call(req, [message])
+    assert headers["x-sidegate-cache"] == "miss" and json.loads(out)["choices"][0]["message"]["content"] == "bonjour"
+    hit, _, body = await flow.call(req, [])
+    assert hit is not None and body == out  # the chat-completions shape, not Anthropic's
+
+
+@pytest.mark.parametrize(("status", "answer", "reason"), [
+    ("500", [json.dumps({"error": {"message": "boom"}}).encode()], "status"),
+    ("200", [chat_json(tool_calls=[{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}])], "tool_calls"),
+    ("200", [chat_json(content="x" * 2000)], "too_large"),
+])
+async def test_errors_tool_calls_and_large_answers_are_not_stored(status: str, answer: list[bytes], reason: str) -> None:
+    flow = Flow(with_cache(max_entry_bytes=1000))
+    for _ in range(2):
+        hit, headers, _ = await flow.call(REQ, answer, status=status)
+        assert hit is None and headers["x-sidegate-cache"] == "miss"
+    assert flow.metrics.cache_not_stored.labels(reason)._value.get() == 2
+
+
+async def test_no_cache_neither_reads_nor_writes() -> None:
+    flow = Flow(with_cache())
+    _, headers, _ = await flow.call(REQ, [chat_json()], headers={"cache-control": "no-cache"})
+    assert headers["x-sidegate-cache"] == "bypass"
+    _, headers, _ = await flow.call(REQ, [chat_json()])
+    assert headers["x-sidegate-cache"] == "miss"  # the bypassed answer was not written
+    hit, _, _ = await flow.call(REQ, [], headers={"cache-control": "no-cache"})
+    assert hit is None  # nor read
+    assert flow.metrics.cache_bypasses.labels("no_cache")._value.get() == 2
+
+
+async def test_a_failing_store_is_a_bypass_and_the_request_goes_on() -> None:
+    flow = Flow(with_cache(), store=FailingStore())
+    for _ in range(2):
+        hit, headers, out = await flow.call(REQ, [chat_json()])
+        assert hit is None and headers["x-sidegate-cache"] == "bypass" and out == chat_json()
+    assert flow.metrics.cache_bypasses.labels("store_error")._value.get() == 2
+
+
+async def test_sidegates_own_answers_say_bypass_and_no_cache_config_sets_no_header() -> None:
+    flow = Flow(with_cache())
+    err, headers, _ = await flow.call({"model": "gpt-4o-mini"}, [])
+    assert err is not None and err.status == 400 and headers["x-sidegate-cache"] == "bypass"
+    proc = ChatProcessor(cfg=cfg_from(), listener="egress", router=egress_router, metrics=Metrics(),
+                         log=logging.LoggerAdapter(logging.getLogger("t")))
+    await proc.request_headers({":method": "POST", ":path": "/v1/chat/completions"}, False)
+    await proc.request_body(json.dumps(REQ).encode(), True)
+    head = await proc.response_headers({":status": "200", "content-type": "application/json"}, False)
+    assert isinstance(head, Continue) and "x-sidegate-cache" not in head.set_headers
