@@ -1,4 +1,4 @@
-"""Every OpenAI-compatible provider family through real Envoy with the real openai SDK: JSON and
+"""Every OpenAI-compatible provider family through real Envoy with the real openai and anthropic SDKs: JSON and
 SSE, each to a fake at the family's own path, with its own key header (Anthropic's family:
 test_anthropic.py)."""
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -73,3 +74,22 @@ def test_each_family_gets_its_path_its_key_header_and_answers(stack: Stack, fami
     assert other not in seen.headers  # the client's own key never leaves, and only one key header is sent
     if family == "azure_openai":
         assert seen.query == {"api-version": "2024-10-21"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_family_answers_an_anthropic_client_on_the_messages_api(stack: Stack, family: str, stream: bool) -> None:
+    _, path, key_header, key_value = FAMILIES[family]
+    stack.fake.clear()
+    client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{stack.cfg.egress.port}", api_key="sk-ant-client-own", max_retries=0, timeout=10)
+    messages = [{"role": "user", "content": f"hello {family}"}]
+    if stream:
+        with client.messages.stream(model=f"model-{family}", max_tokens=64, messages=messages) as s:  # type: ignore[arg-type]
+            text = "".join(s.text_stream)
+    else:
+        message = client.messages.create(model=f"model-{family}", max_tokens=64, messages=messages)  # type: ignore[arg-type]
+        text = "".join(b.text for b in message.content if b.type == "text")
+    assert text == f"fake-family says: hello {family}"
+    (seen,) = stack.fake.requests
+    assert seen.path == path and seen.headers[key_header] == key_value and "x-api-key" not in seen.headers
+    assert seen.json["max_tokens"] == 64
