@@ -39,6 +39,10 @@ class Metrics:
             registry=r,
         )
         self.guard_verdicts = Counter("sidegate_guard_verdicts", "Jailbreak guard verdicts", ["verdict"], registry=r)
+        self.guard_judge = Counter(
+            "sidegate_guard_judge_calls", "Prompts in the guard's uncertain band sent to the judge, by outcome (yes, no, unavailable)",
+            ["outcome"], registry=r,
+        )
         self.intent_matches = Counter("sidegate_intent_matches", "Prompts matched to each prompt target", ["target"], registry=r)
         self.stage_seconds = Histogram(
             "sidegate_stage_seconds", "Latency of each prompt-pipeline stage", ["stage"], buckets=_LATENCY_BUCKETS, registry=r

@@ -193,25 +193,57 @@ class IngressPipeline:
         return await self._run_target(target, pending, headers, req, call=call)
 
     async def _guard(self, text: str) -> bool:
+        """The guard, a cascade (issue 17): the classifier (``prompt_guard``) decides what it is
+        sure of; with ``jailbreak.judge`` set, a probability in the judge's band ``[lo, hi)`` is
+        decided by the function_call model's yes/no instead (:meth:`_judge_guard`). A classifier
+        or judge that fails or is too slow follows ``fail_open``: True lets the prompt through,
+        False refuses it (the model server's error)."""
         assert self.cfg.jailbreak is not None
+        jb = self.cfg.jailbreak
         if self.models is None:
             raise ModelServerError("the jailbreak guard is configured but no model server is: set model_server in the config")
         try:
             with self._stage("guard") as span:
                 verdict = await self.models.guard(text)
-                threshold = self.cfg.jailbreak.threshold
+                threshold = jb.threshold
                 blocked = verdict.flagged if threshold is None else verdict.probability >= threshold
-                span.set_attributes({"sidegate.guard.score": float(verdict.probability), "sidegate.guard.verdict": "blocked" if blocked else "allowed"})
+                span.set_attributes({"sidegate.guard.score": float(verdict.probability)})
                 if telemetry.include_prompts():
                     span.set_attribute("sidegate.prompt", text)
+                if jb.judge is not None and jb.judge.in_band(verdict.probability):
+                    blocked = await self._judge_guard(text, span)
+                span.set_attribute("sidegate.guard.verdict", "blocked" if blocked else "allowed")
         except ModelServerError:
-            if self.cfg.jailbreak.fail_open:
+            if jb.fail_open:
                 self.metrics.guard_verdicts.labels("unavailable_allowed").inc()
                 log.warning("guard unavailable: letting the prompt through (fail_open: true)")
                 return False
             self.metrics.guard_verdicts.labels("unavailable_refused").inc()
             raise
         self.metrics.guard_verdicts.labels("blocked" if blocked else "allowed").inc()
+        return blocked
+
+    async def _judge_guard(self, text: str, guard_span: Any) -> bool:
+        """The judge's verdict on a prompt in the band: blocked when its P(yes) >= ``judge.threshold``
+        (its yes/no where the model gives no probability). Under the judge's own deadline
+        (``judge.timeout``); a failure is counted and raised to :meth:`_guard` (``fail_open``)."""
+        assert self.models is not None and self.cfg.jailbreak is not None and self.cfg.jailbreak.judge is not None
+        judge = self.cfg.jailbreak.judge
+        try:
+            with self._stage("guard_judge") as span:
+                out = await self.models.judge_guard(text, timeout_s=judge.timeout_s)
+                blocked = out.flagged(judge.threshold)
+                attrs: dict[str, Any] = {"sidegate.guard.judge": out.verdict, "sidegate.guard.judge_blocked": blocked}
+                if out.p_yes is not None:
+                    attrs["sidegate.guard.judge_p_yes"] = float(out.p_yes)
+                span.set_attributes(attrs)
+                guard_span.set_attributes(attrs)
+        except ModelServerError as exc:
+            self.metrics.guard_judge.labels("unavailable").inc()
+            guard_span.set_attribute("sidegate.guard.judge", "unavailable")
+            log.warning("guard judge unavailable (%s): the guard's fail_open decides", exc.message)
+            raise
+        self.metrics.guard_judge.labels("yes" if blocked else "no").inc()
         return blocked
 
     async def _intent(self, text: str, req: ChatRequest) -> PromptTarget | Uncertain | None:
