@@ -18,6 +18,16 @@ Where entries live (``shared_store``): this process (:class:`MemoryStore`, LRU, 
 ttl``). Redis failing or slower than ``shared_store.timeout``: the request bypasses the cache (never
 an error), counted in ``sidegate_shared_store_errors``. An entry that is corrupt, or written by
 another version, is a miss, and the answer overwrites it.
+
+Semantic matching (``similarity``, with a model server for ``prompt_embed``): a request whose last
+message is a user turn also has a *context key*: the same hash with that turn's text left out
+(system prompt, earlier turns, tools, parameters all kept). Under it the store keeps the
+embeddings of the last :data:`SEMANTIC_ENTRIES` user turns answered in that context, each with
+its exact key; after an exact miss, the turn is embedded and the best match at cosine >=
+``similarity`` answers (``x-sidegate-cache: hit``, counted as ``semantic_hit``). The index is
+one value read, changed and written back: two processes writing at once may drop an entry (a
+later miss, never a wrong answer). Embedding failing or slower than :data:`EMBED_TIMEOUT_S`:
+exact matching only, for :data:`EMBED_BACKOFF_S`.
 """
 
 from __future__ import annotations
@@ -32,7 +42,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from ext_proc.config import ResponseCache, SharedStore
+from ext_proc.models.base import Models
+from ext_proc.wire.openai import content_text
 
 __all__ = [
     "CacheEntry",
@@ -55,6 +70,10 @@ _MAGIC = b"sidegate-rc/1\n"  # the first bytes of every value this version write
 _IGNORED_FIELDS = frozenset({"user", "store"})  # request fields that do not change the answer
 
 Result = Literal["hit", "miss", "bypass"]
+SEMANTIC_ENTRIES = 32  # embeddings kept per context (the most recent first)
+EMBED_TIMEOUT_S = 1.0  # the embedding of one turn for the semantic lookup
+EMBED_BACKOFF_S = 30  # after a failed embedding, no semantic lookups for this long (no added latency per request)
+_SEMANTIC_MAGIC = b"sidegate-rcsem/1\n"
 
 
 def cache_key(*, prefix: str, listener: str, client_api: str, provider: str, model: str | None, body: Mapping[str, Any]) -> str:
@@ -67,6 +86,56 @@ def cache_key(*, prefix: str, listener: str, client_api: str, provider: str, mod
         sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str,
     )
     return f"{prefix}rc:v{VERSION}:{hashlib.sha256(canonical.encode()).hexdigest()}"
+
+
+def context_key(*, prefix: str, listener: str, client_api: str, provider: str, model: str | None,
+                body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(the semantic context key, the last user turn's text), or None when the request does not end
+    in a user turn with text (then only exact matching applies)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
+        return None
+    last = messages[-1]
+    text = content_text(last.get("content"))
+    if not text.strip() or (isinstance(last.get("content"), list) and any(
+            isinstance(p, dict) and p.get("type") != "text" for p in last["content"])):  # images: not judged by their text
+        return None
+    rest = {k: v for k, v in last.items() if k != "content"}
+    exact = cache_key(prefix=prefix, listener=listener, client_api=client_api, provider=provider, model=model,
+                      body={**body, "messages": [*messages[:-1], rest]})
+    return exact.replace(f"{prefix}rc:v{VERSION}:", f"{prefix}rc:v{VERSION}:sem:", 1), text
+
+
+def encode_index(entries: list[tuple[str, npt.NDArray[np.float32]]]) -> bytes:
+    """The semantic entries of one context: (exact key, unit-norm embedding), the most recent first."""
+    rows = [{"k": k, "e": np.asarray(v, dtype="<f4").tobytes().hex()} for k, v in entries]
+    return _SEMANTIC_MAGIC + json.dumps(rows, separators=(",", ":")).encode()
+
+
+def decode_index(raw: bytes | None) -> list[tuple[str, npt.NDArray[np.float32]]]:
+    """The entries (anything this version did not write: none)."""
+    if raw is None or not raw.startswith(_SEMANTIC_MAGIC):
+        return []
+    try:
+        rows = json.loads(raw[len(_SEMANTIC_MAGIC):])
+        out = [(r["k"], np.frombuffer(bytes.fromhex(r["e"]), dtype="<f4").astype(np.float32)) for r in rows]
+    except (ValueError, TypeError, KeyError):
+        return []
+    if not all(isinstance(k, str) and v.ndim == 1 and v.size and v.size == out[0][1].size for k, v in out):
+        return []
+    return out
+
+
+def best_match(entries: list[tuple[str, npt.NDArray[np.float32]]], vec: npt.NDArray[np.float32], threshold: float) -> tuple[str, float] | None:
+    """The exact key of the most similar entry at cosine >= ``threshold`` (vectors are unit-norm)."""
+    best: tuple[str, float] | None = None
+    for k, v in entries:
+        if v.shape != vec.shape:
+            continue
+        score = float(np.dot(v, vec))
+        if score >= threshold and (best is None or score > best[1]):
+            best = (k, score)
+    return best
 
 
 def wants_bypass(headers: Mapping[str, str]) -> bool:
@@ -203,14 +272,18 @@ class Lookup:
     result: Result
     entry: CacheEntry | None = None
     reason: str = ""  # a bypass's: no_cache | store_error
+    similarity: float | None = None  # a semantic hit's cosine
 
 
 class ResponseCacheService:
     """The cache of one ext_proc process: lookups and stores, and the store's failures (bypasses)."""
 
-    def __init__(self, settings: ResponseCache, shared: SharedStore, *,
+    def __init__(self, settings: ResponseCache, shared: SharedStore, *, models: Models | None = None,
                  on_store_error: Callable[[str], None] | None = None, store: CacheStore | None = None) -> None:
         self.settings = settings
+        # semantic matching: with `similarity` and a model server to embed with
+        self.models = models if settings.similarity is not None else None
+        self._embed_down_until = 0.0  # after a failed embedding: exact matching only for EMBED_BACKOFF_S
         self.prefix = shared.prefix
         self.store: CacheStore
         if store is not None:
@@ -246,6 +319,41 @@ class ResponseCacheService:
                     log.debug("response cache: %s holds no entry of this version: a miss, overwritten by the answer", key)
                 found = Lookup("hit", entry) if entry is not None else Lookup("miss")
         return found
+
+    async def embed(self, text: str) -> npt.NDArray[np.float32] | None:
+        """The turn's embedding for semantic matching (None: no semantic matching, or the model failed)."""
+        if self.models is None or time.monotonic() < self._embed_down_until:
+            return None
+        try:
+            (vec,) = await asyncio.wait_for(self.models.embed([text]), EMBED_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - any model failure: exact matching only
+            self._embed_down_until = time.monotonic() + EMBED_BACKOFF_S
+            log.warning("response cache: embedding failed (%s: %s): exact matching only for %d s", type(exc).__name__, exc, EMBED_BACKOFF_S)
+            return None
+        out: npt.NDArray[np.float32] = np.asarray(vec, dtype=np.float32)
+        return out
+
+    async def semantic_lookup(self, context: str, vec: npt.NDArray[np.float32]) -> Lookup:
+        """After an exact miss: the answer of the most similar turn in the same context, if close enough."""
+        assert self.settings.similarity is not None
+        try:
+            found = best_match(decode_index(await self.store.get(context)), vec, self.settings.similarity)
+            if found is None:
+                return Lookup("miss")
+            raw = await self.store.get(found[0])
+        except StoreFailed as exc:
+            self._failed(exc, "reading")
+            return Lookup("bypass", reason="store_error")
+        entry = decode_entry(raw) if raw is not None else None
+        return Lookup("hit", entry, similarity=found[1]) if entry is not None else Lookup("miss")
+
+    async def remember(self, context: str, vec: npt.NDArray[np.float32], key: str) -> None:
+        """Add a stored answer's turn to its context's semantic entries (the oldest beyond the bound go)."""
+        try:
+            entries = [(k, v) for k, v in decode_index(await self.store.get(context)) if k != key]
+            await self.store.put(context, encode_index([(key, vec), *entries][:SEMANTIC_ENTRIES]), self.settings.ttl_s)
+        except StoreFailed as exc:
+            self._failed(exc, "writing")
 
     async def put(self, key: str, entry: CacheEntry) -> bool:
         value = encode_entry(entry)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from ext_proc import telemetry
-from ext_proc.chat.cache import CacheEntry, Collector, ResponseCacheService
+from ext_proc.chat.cache import CacheEntry, Collector, ResponseCacheService, context_key
 from ext_proc.chat.providers import choose_provider
 from ext_proc.chat.ratelimit import Charge, RateLimiter
 from ext_proc.chat.translate import Exchange
@@ -92,6 +92,7 @@ class ChatProcessor(PassThrough):
         self.cache_result = "bypass"  # hit | miss | bypass: the x-sidegate-cache header when the cache is on
         self.cache_key: str | None = None  # after a miss: where this answer is stored
         self.collector: Collector | None = None  # gathers the answer to store after a miss
+        self.semantic: tuple[str, Any] | None = None  # after a miss with similarity: (context key, the turn's embedding)
 
     def _error(self, exc: SidegateError) -> Immediate:
         self.outcome = f"error_{exc.status}"
@@ -168,11 +169,18 @@ class ChatProcessor(PassThrough):
     async def _cache_lookup(self, provider: LlmProvider, sent: ChatRequest) -> Immediate | None:
         """The cached answer to this request (None: a miss or a bypass, remembered for the response)."""
         assert self.cache is not None
-        key = self.cache.key(listener=self.listener, client_api=self.exchange.client, provider=provider.name,
-                             model=provider.model or sent.model, body=sent.body)
+        where: dict[str, Any] = {"listener": self.listener, "client_api": self.exchange.client, "provider": provider.name,
+                 "model": provider.model or sent.model, "body": sent.body}
+        key = self.cache.key(**where)
         found = await self.cache.lookup(key, self.headers)
+        if found.result == "miss" and self.cache.models is not None:
+            context = context_key(prefix=self.cache.prefix, **where)
+            vec = await self.cache.embed(context[1]) if context is not None else None
+            if context is not None and vec is not None:
+                self.semantic = (context[0], vec)
+                found = await self.cache.semantic_lookup(context[0], vec)
         self.cache_result = found.result
-        self.metrics.cache_lookups.labels(self.listener, found.result).inc()
+        self.metrics.cache_lookups.labels(self.listener, "semantic_hit" if found.similarity is not None else found.result).inc()
         if found.reason:
             self.metrics.cache_bypasses.labels(found.reason).inc()
         telemetry.set_attributes(self.span, {"sidegate.cache": found.result})
@@ -277,6 +285,8 @@ class ChatProcessor(PassThrough):
         if await self.cache.put(key, CacheEntry(body=answer, content_type=ctype, provider=self.provider.name)):
             self.metrics.cache_stored.labels(self.listener).inc()
             self.metrics.cache_stored_bytes.labels(self.listener).inc(len(answer))
+            if self.semantic is not None:
+                await self.cache.remember(self.semantic[0], self.semantic[1], key)
         else:
             self._not_stored("store_error")
 

@@ -45,7 +45,7 @@ class Services:
         def store_error(kind: str) -> None:
             metrics.store_errors.labels(kind).inc()
 
-        cache = ResponseCacheService(cfg.response_cache, cfg.shared_store, on_store_error=store_error) if cfg.response_cache else None
+        cache = ResponseCacheService(cfg.response_cache, cfg.shared_store, models=models, on_store_error=store_error) if cfg.response_cache else None
         return cls(cfg=cfg, metrics=metrics, models=models, endpoints=endpoints, ingress=pipeline,
                    ratelimits=RateLimiter(cfg.ratelimits, store=cfg.shared_store, on_store_error=store_error), cache=cache)
 

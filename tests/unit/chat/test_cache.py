@@ -10,19 +10,25 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 
 from ext_proc.chat.cache import (
+    SEMANTIC_ENTRIES,
     CacheEntry,
     Collector,
     MemoryStore,
     RedisStore,
     ResponseCacheService,
     StoreFailed,
+    best_match,
     cache_key,
+    context_key,
     decode_entry,
+    decode_index,
     encode_entry,
+    encode_index,
     wants_bypass,
 )
 from ext_proc.chat.completions import ChatProcessor, egress_router
@@ -263,7 +269,13 @@ def test_config_reads_response_cache_and_warns_about_similarity() -> None:
     assert not [w for w in cfg.warnings if "response_cache" in w]
     cfg = cfg_from(raw_config(response_cache={"ttl": "600s", "similarity": 0.97}))
     assert cfg.response_cache is not None and cfg.response_cache.similarity == 0.97
-    assert any(w.startswith("response_cache.similarity: semantic matching is not implemented") for w in cfg.warnings)
+    assert any(w.startswith("response_cache.similarity: semantic matching embeds the last user turn") and "neither" in w
+               for w in cfg.warnings)  # no guard, no prompt targets: prompt_embed is not loaded
+    off = cfg_from(raw_config(response_cache={"similarity": 0.97}, model_server={"mode": "none"}))
+    assert any(w.startswith("response_cache.similarity") and "mode: none" in w for w in off.warnings)
+    guarded = cfg_from(raw_config(response_cache={"similarity": 0.97},
+                                  prompt_guards={"input_guards": {"jailbreak": {"on_exception": {"message": "no"}}}}))
+    assert not [w for w in guarded.warnings if w.startswith("response_cache")]
     with pytest.raises(ConfigError, match="response_cache"):
         cfg_from(raw_config(response_cache={"ttl": "forever"}))
     with pytest.raises(ConfigError, match="response_cache"):
@@ -407,3 +419,125 @@ async def test_sidegates_own_answers_say_bypass_and_no_cache_config_sets_no_head
     await proc.request_body(json.dumps(REQ).encode(), True)
     head = await proc.response_headers({":status": "200", "content-type": "application/json"}, False)
     assert isinstance(head, Continue) and "x-sidegate-cache" not in head.set_headers
+
+
+# --------------------------------------------------------------------------- semantic matching (similarity)
+
+
+class FakeEmbedder:
+    """Models.embed over a fixed table of unit vectors (64 dimensions, the table's first 4); any other
+    text gets a random direction of its own (far from every other: cosine about ±0.1)."""
+
+    def __init__(self, table: dict[str, list[float]], *, fail: bool = False) -> None:
+        self.table = {k: self._unit(np.pad(np.asarray(v, dtype=np.float32), (0, 60))) for k, v in table.items()}
+        self.fail = fail
+        self.calls: list[str] = []
+
+    @staticmethod
+    def _unit(v: Any) -> Any:
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    def vector(self, text: str) -> Any:
+        if text in self.table:
+            return self.table[text]
+        seed = int.from_bytes(text.encode()[:16].ljust(16, b"\0"), "big") ^ len(text)
+        return self._unit(np.random.default_rng(seed).normal(size=64))
+
+    async def embed(self, texts: list[str]) -> Any:
+        self.calls += texts
+        if self.fail:
+            raise ConnectionError("model server down")
+        return np.stack([self.vector(t) for t in texts])
+
+
+PARIS = [1.0, 0.0, 0.0, 0.0]
+TABLE = {"what is the capital of France?": PARIS, "France's capital city?": [0.99, 0.1, 0.0, 0.0],  # cosine 0.995
+         "what is the capital of Spain?": [0.9, 0.43, 0.0, 0.0]}  # cosine 0.90
+
+
+def semantic_flow(embedder: FakeEmbedder, similarity: float = 0.97, store: Any = None) -> Flow:
+    flow = Flow(with_cache(similarity=similarity), store=store)
+    flow.cache.models = embedder  # type: ignore[assignment]
+    return flow
+
+
+def turn(text: str, system: str = "be brief", **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}], **extra}
+
+
+def test_the_context_key_leaves_out_only_the_last_user_turn() -> None:
+    def ctx(body: dict[str, Any]) -> Any:
+        return context_key(prefix="p:", listener="egress", client_api="openai", provider="openai", model="m", body=body)
+
+    a, b = ctx(turn("one")), ctx(turn("two"))
+    assert a is not None and b is not None and a[0] == b[0] and a[0].startswith("p:rc:v1:sem:") and (a[1], b[1]) == ("one", "two")
+    assert ctx(turn("one", system="be long"))[0] != a[0]
+    assert ctx(turn("one", temperature=1.0))[0] != a[0]
+    assert ctx({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}) is None
+    assert ctx({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}, {"type": "text", "text": "x"}]}]}) is None
+    assert ctx({"messages": [{"role": "user", "content": "  "}]}) is None
+
+
+def test_the_semantic_index_round_trips_and_ignores_foreign_values() -> None:
+    v = np.asarray([0.6, 0.8], dtype=np.float32)
+    entries = decode_index(encode_index([("k1", v), ("k2", -v)]))
+    assert [k for k, _ in entries] == ["k1", "k2"] and np.allclose(entries[0][1], v)
+    assert best_match(entries, v, 0.97) == ("k1", pytest.approx(1.0))
+    assert best_match(entries, np.asarray([0.8, 0.6], dtype=np.float32), 0.97) is None  # cosine 0.96
+    for raw in (None, b"", b"garbage", b"sidegate-rcsem/1\n{not json", b'sidegate-rcsem/1\n[{"k": 1, "e": "00"}]',
+                b'sidegate-rcsem/1\n[{"k": "a", "e": "zz"}]'):
+        assert decode_index(raw) == [], raw
+
+
+async def test_a_paraphrase_in_the_same_context_is_a_semantic_hit() -> None:
+    flow = semantic_flow(FakeEmbedder(TABLE))
+    answer = chat_json(content="Paris")
+    _, headers, _ = await flow.call(turn("what is the capital of France?"), [answer])
+    assert headers["x-sidegate-cache"] == "miss"
+    hit, headers, body = await flow.call(turn("France's capital city?"), [b"never sent"])
+    assert hit is not None and headers["x-sidegate-cache"] == "hit" and body == answer
+    assert flow.count("semantic_hit") == 1
+
+
+@pytest.mark.parametrize("second", [
+    turn("what is the capital of Spain?"),  # too far (0.90 < 0.97)
+    turn("France's capital city?", system="answer in German"),  # another system prompt
+    turn("France's capital city?", temperature=1.0),  # other parameters
+    {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                                          {"role": "assistant", "content": "hello"}, {"role": "user", "content": "France's capital city?"}]},
+])
+async def test_no_semantic_hit_outside_the_threshold_or_the_context(second: dict[str, Any]) -> None:
+    flow = semantic_flow(FakeEmbedder(TABLE))
+    await flow.call(turn("what is the capital of France?"), [chat_json(content="Paris")])
+    hit, headers, _ = await flow.call(second, [chat_json(content="other")])
+    assert hit is None and headers["x-sidegate-cache"] == "miss"
+
+
+async def test_a_failing_embedder_leaves_exact_matching_working() -> None:
+    embedder = FakeEmbedder(TABLE, fail=True)
+    flow = semantic_flow(embedder)
+    await flow.call(turn("what is the capital of France?"), [chat_json(content="Paris")])
+    hit, _, _ = await flow.call(turn("what is the capital of France?"), [])
+    assert hit is not None  # exact
+    hit, headers, _ = await flow.call(turn("France's capital city?"), [chat_json()])
+    assert hit is None and headers["x-sidegate-cache"] == "miss" and len(embedder.calls) == 1
+    await flow.call(turn("another question"), [chat_json()])
+    assert len(embedder.calls) == 1  # backing off: no embedding (and no added latency) for a while
+
+
+async def test_semantic_entries_in_redis_are_shared_and_bounded(server: RedisServer) -> None:
+    shared = SharedStore(type="redis", url=server.url)
+    store_a, store_b = RedisStore(shared), RedisStore(shared)
+    try:
+        a, b = semantic_flow(FakeEmbedder(TABLE), store=store_a), semantic_flow(FakeEmbedder(TABLE), store=store_b)
+        await a.call(turn("what is the capital of France?"), [chat_json(content="Paris")])
+        hit, _, body = await b.call(turn("France's capital city?"), [])  # another process, the same Redis
+        assert hit is not None and json.loads(body)["choices"][0]["message"]["content"] == "Paris"
+        for i in range(SEMANTIC_ENTRIES + 5):
+            await a.call(turn(f"question {i}"), [chat_json()])
+        client = redis.Redis.from_url(server.url)
+        (ctx,) = client.keys("sidegate:rc:v1:sem:*")  # the config's shared_store.prefix
+        assert len(decode_index(client.get(ctx))) == SEMANTIC_ENTRIES and client.pttl(ctx) > 0
+    finally:
+        await store_a.close()
+        await store_b.close()
