@@ -39,6 +39,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Endpoint",
+    "GuardJudge",
     "Jailbreak",
     "ModelServer",
     "ModelSettings",
@@ -381,6 +382,29 @@ class Jailbreak:
     message: str  # what a blocked prompt gets back
     threshold: float | None = None  # None: the guard model's own calibrated threshold (its LABEL)
     fail_open: bool = False  # model server unavailable: True lets prompts through, False refuses them
+    judge: GuardJudge | None = None  # the cascade's judge (issue 17); None: the classifier decides alone
+
+
+# The judge's band and cut, calibrated on validation data only (bench/guard_eval.py --judge, bench/README.md)
+DEFAULT_JUDGE_BAND = (0.25, 0.8)
+DEFAULT_JUDGE_THRESHOLD = 0.45
+DEFAULT_JUDGE_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardJudge:
+    """``prompt_guards.input_guards.jailbreak.judge`` (sidegate): the classifier's probability
+    decides at both ends; in ``[lo, hi)`` the function_call model answers a constrained yes/no,
+    blocking when its P(yes) >= ``threshold``. Its own deadline ``timeout_s``; a judge that fails
+    or is slower follows the guard's ``fail_open``."""
+
+    lo: float = DEFAULT_JUDGE_BAND[0]
+    hi: float = DEFAULT_JUDGE_BAND[1]
+    threshold: float = DEFAULT_JUDGE_THRESHOLD
+    timeout_s: float = DEFAULT_JUDGE_TIMEOUT_S
+
+    def in_band(self, probability: float) -> bool:
+        return self.lo <= probability < self.hi
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -660,7 +684,9 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
     tracing = raw.get("tracing") or {}
     overrides = raw.get("overrides") or {}
     ms = _model_server(raw.get("model_server") or {}, source)
-    ext_proc, warnings = _message_timeout(ext_proc, ms, targets, endpoints, guard=jb is not None)
+    judge = _guard_judge(jb.get("judge")) if isinstance(jb, dict) else None
+    ext_proc, warnings = _message_timeout(ext_proc, ms, targets, endpoints, guard=jb is not None,
+                                          judge_s=judge.timeout_s if judge else 0.0)
     return Config(
         source=source,
         raw=raw,
@@ -933,14 +959,25 @@ def _jailbreak(jb: dict[str, Any]) -> Jailbreak:
         message=(jb.get("on_exception") or {}).get("message", DEFAULT_GUARD_MESSAGE),
         threshold=jb.get("threshold"),
         fail_open=bool(jb.get("fail_open", False)),
+        judge=_guard_judge(jb.get("judge")),
     )
 
 
+def _guard_judge(judge: Any) -> GuardJudge | None:
+    """``jailbreak.judge``: absent, null or false is no judge; true or ``{}`` the calibrated defaults."""
+    if judge is None or judge is False:
+        return None
+    settings = judge if isinstance(judge, dict) else {}
+    lo, hi = sorted(float(x) for x in settings.get("band", DEFAULT_JUDGE_BAND))
+    return GuardJudge(lo=float(lo), hi=float(hi), threshold=float(settings.get("threshold", DEFAULT_JUDGE_THRESHOLD)),
+                      timeout_s=parse_duration(settings.get("timeout", DEFAULT_JUDGE_TIMEOUT_S)))
+
+
 def _message_timeout(ext_proc: ExtProcSettings, ms: ModelServer, targets: tuple[PromptTarget, ...], endpoints: dict[str, Endpoint],
-                     *, guard: bool) -> tuple[ExtProcSettings, list[str]]:
+                     *, guard: bool, judge_s: float = 0.0) -> tuple[ExtProcSettings, list[str]]:
     """``ext_proc.message_timeout`` derived from the deadlines when not set; a warning when set shorter than they need."""
     warnings: list[str] = []
-    needed, parts = _ingress_deadline(ms, list(targets), endpoints, guard=guard)
+    needed, parts = _ingress_deadline(ms, list(targets), endpoints, guard=guard, judge_s=judge_s)
     if not ext_proc.message_timeout_explicit:
         ext_proc = dataclasses.replace(ext_proc, message_timeout_s=max(DEFAULT_MESSAGE_TIMEOUT_S, needed))
     elif ext_proc.message_timeout_s < needed:
@@ -953,7 +990,8 @@ def _message_timeout(ext_proc: ExtProcSettings, ms: ModelServer, targets: tuple[
     return ext_proc, warnings
 
 
-def _ingress_deadline(ms: ModelServer, targets: list[PromptTarget], endpoints: dict[str, Endpoint], *, guard: bool) -> tuple[float, str]:
+def _ingress_deadline(ms: ModelServer, targets: list[PromptTarget], endpoints: dict[str, Endpoint], *, guard: bool,
+                      judge_s: float = 0.0) -> tuple[float, str]:
     """The longest one ingress request body may keep the ext_proc service busy, and what it is
     made of (each part named by its config key): the guard beside intent matching (one embedding,
     and a second one of the earlier user turns when the last alone matches nothing), then
@@ -966,7 +1004,10 @@ def _ingress_deadline(ms: ModelServer, targets: list[PromptTarget], endpoints: d
     first: list[tuple[float, str]] = []
     if guard:
         g = ms.timeout_for("prompt_guard")
-        first.append((g, f"prompt_guard {g:g} s ({ms.timeout_key('prompt_guard')})"))
+        what = f"prompt_guard {g:g} s ({ms.timeout_key('prompt_guard')})"
+        if judge_s:  # the cascade: the judge's call comes after the classifier's, on the guard's path
+            what = f"({what} + judge {judge_s:g} s (prompt_guards.input_guards.jailbreak.judge.timeout))"
+        first.append((g + judge_s, what))
     if any(not t.default for t in targets):
         embed = ms.timeout_for("prompt_embed")
         first.append((2 * embed, f"2 x prompt_embed {embed:g} s ({ms.timeout_key('prompt_embed')})"))
