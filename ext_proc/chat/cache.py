@@ -24,7 +24,11 @@ message is a user turn also has a *context key*: the same hash with that turn's 
 (system prompt, earlier turns, tools, parameters all kept). Under it the store keeps the
 embeddings of the last :data:`SEMANTIC_ENTRIES` user turns answered in that context, each with
 its exact key; after an exact miss, the turn is embedded and the best match at cosine >=
-``similarity`` answers (``x-sidegate-cache: hit``, counted as ``semantic_hit``). The index is
+``similarity`` answers (``x-sidegate-cache: hit``, counted as ``semantic_hit``), when the two
+turns also pass :func:`compatible`: the same numbers in the same order, and the words they share
+in the same order (mean-pooled MiniLM scores "convert 10 miles to kilometers" against "convert 10
+kilometers to miles" at 0.992: a reordering is not a paraphrase). Turns over
+:data:`SEMANTIC_MAX_CHARS` are matched exactly only. The index is
 one value read, changed and written back: two processes writing at once may drop an entry (a
 later miss, never a wrong answer). Embedding failing or slower than :data:`EMBED_TIMEOUT_S`:
 exact matching only, for :data:`EMBED_BACKOFF_S`.
@@ -36,6 +40,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -58,6 +63,7 @@ __all__ = [
     "ResponseCacheService",
     "StoreFailed",
     "cache_key",
+    "compatible",
     "decode_entry",
     "encode_entry",
     "wants_bypass",
@@ -71,6 +77,7 @@ _IGNORED_FIELDS = frozenset({"user", "store"})  # request fields that do not cha
 
 Result = Literal["hit", "miss", "bypass"]
 SEMANTIC_ENTRIES = 32  # embeddings kept per context (the most recent first)
+SEMANTIC_MAX_CHARS = 4096  # longer last turns are matched exactly only (the index keeps each turn's text)
 EMBED_TIMEOUT_S = 1.0  # the embedding of one turn for the semantic lookup
 EMBED_BACKOFF_S = 30  # after a failed embedding, no semantic lookups for this long (no added latency per request)
 _SEMANTIC_MAGIC = b"sidegate-rcsem/1\n"
@@ -97,7 +104,7 @@ def context_key(*, prefix: str, listener: str, client_api: str, provider: str, m
         return None
     last = messages[-1]
     text = content_text(last.get("content"))
-    if not text.strip() or (isinstance(last.get("content"), list) and any(
+    if not text.strip() or len(text) > SEMANTIC_MAX_CHARS or (isinstance(last.get("content"), list) and any(
             isinstance(p, dict) and p.get("type") != "text" for p in last["content"])):  # images: not judged by their text
         return None
     rest = {k: v for k, v in last.items() if k != "content"}
@@ -106,35 +113,60 @@ def context_key(*, prefix: str, listener: str, client_api: str, provider: str, m
     return exact.replace(f"{prefix}rc:v{VERSION}:", f"{prefix}rc:v{VERSION}:sem:", 1), text
 
 
-def encode_index(entries: list[tuple[str, npt.NDArray[np.float32]]]) -> bytes:
-    """The semantic entries of one context: (exact key, unit-norm embedding), the most recent first."""
-    rows = [{"k": k, "e": np.asarray(v, dtype="<f4").tobytes().hex()} for k, v in entries]
-    return _SEMANTIC_MAGIC + json.dumps(rows, separators=(",", ":")).encode()
+@dataclass(frozen=True)
+class Turn:
+    """One cached user turn in a context's semantic index."""
+
+    key: str  # the exact key of its answer
+    text: str
+    vec: npt.NDArray[np.float32]
 
 
-def decode_index(raw: bytes | None) -> list[tuple[str, npt.NDArray[np.float32]]]:
+_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def compatible(a: str, b: str) -> bool:
+    """Whether two turns close in embedding may share an answer: the same numbers in the same
+    order, and the words both use in the same relative order (their first occurrences)."""
+    if _NUMBER.findall(a) != _NUMBER.findall(b):
+        return False
+    wa = list(dict.fromkeys(w.lower() for w in _WORD.findall(a)))
+    wb = list(dict.fromkeys(w.lower() for w in _WORD.findall(b)))
+    shared = set(wa) & set(wb)
+    return [w for w in wa if w in shared] == [w for w in wb if w in shared]
+
+
+def encode_index(turns: list[Turn]) -> bytes:
+    """The semantic entries of one context, the most recent first."""
+    rows = [{"k": t.key, "t": t.text, "e": np.asarray(t.vec, dtype="<f4").tobytes().hex()} for t in turns]
+    return _SEMANTIC_MAGIC + json.dumps(rows, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_index(raw: bytes | None) -> list[Turn]:
     """The entries (anything this version did not write: none)."""
     if raw is None or not raw.startswith(_SEMANTIC_MAGIC):
         return []
     try:
         rows = json.loads(raw[len(_SEMANTIC_MAGIC):])
-        out = [(r["k"], np.frombuffer(bytes.fromhex(r["e"]), dtype="<f4").astype(np.float32)) for r in rows]
-    except (ValueError, TypeError, KeyError):
+        out = [Turn(key=r["k"], text=r["t"], vec=np.frombuffer(bytes.fromhex(r["e"]), dtype="<f4").astype(np.float32)) for r in rows]
+    except (ValueError, TypeError, KeyError, AttributeError):
         return []
-    if not all(isinstance(k, str) and v.ndim == 1 and v.size and v.size == out[0][1].size for k, v in out):
+    if not all(isinstance(t.key, str) and isinstance(t.text, str) and t.vec.ndim == 1 and t.vec.size == out[0].vec.size > 0
+               for t in out):
         return []
     return out
 
 
-def best_match(entries: list[tuple[str, npt.NDArray[np.float32]]], vec: npt.NDArray[np.float32], threshold: float) -> tuple[str, float] | None:
-    """The exact key of the most similar entry at cosine >= ``threshold`` (vectors are unit-norm)."""
+def best_match(turns: list[Turn], text: str, vec: npt.NDArray[np.float32], threshold: float) -> tuple[str, float] | None:
+    """The exact key of the most similar compatible turn at cosine >= ``threshold`` (vectors are unit-norm)."""
     best: tuple[str, float] | None = None
-    for k, v in entries:
-        if v.shape != vec.shape:
+    for t in turns:
+        if t.vec.shape != vec.shape:
             continue
-        score = float(np.dot(v, vec))
-        if score >= threshold and (best is None or score > best[1]):
-            best = (k, score)
+        score = float(np.dot(t.vec, vec))
+        if score >= threshold and (best is None or score > best[1]) and compatible(t.text, text):
+            best = (t.key, score)
     return best
 
 
@@ -333,11 +365,11 @@ class ResponseCacheService:
         out: npt.NDArray[np.float32] = np.asarray(vec, dtype=np.float32)
         return out
 
-    async def semantic_lookup(self, context: str, vec: npt.NDArray[np.float32]) -> Lookup:
+    async def semantic_lookup(self, context: str, text: str, vec: npt.NDArray[np.float32]) -> Lookup:
         """After an exact miss: the answer of the most similar turn in the same context, if close enough."""
         assert self.settings.similarity is not None
         try:
-            found = best_match(decode_index(await self.store.get(context)), vec, self.settings.similarity)
+            found = best_match(decode_index(await self.store.get(context)), text, vec, self.settings.similarity)
             if found is None:
                 return Lookup("miss")
             raw = await self.store.get(found[0])
@@ -347,11 +379,12 @@ class ResponseCacheService:
         entry = decode_entry(raw) if raw is not None else None
         return Lookup("hit", entry, similarity=found[1]) if entry is not None else Lookup("miss")
 
-    async def remember(self, context: str, vec: npt.NDArray[np.float32], key: str) -> None:
+    async def remember(self, context: str, text: str, vec: npt.NDArray[np.float32], key: str) -> None:
         """Add a stored answer's turn to its context's semantic entries (the oldest beyond the bound go)."""
         try:
-            entries = [(k, v) for k, v in decode_index(await self.store.get(context)) if k != key]
-            await self.store.put(context, encode_index([(key, vec), *entries][:SEMANTIC_ENTRIES]), self.settings.ttl_s)
+            turns = [t for t in decode_index(await self.store.get(context)) if t.key != key]
+            await self.store.put(context, encode_index([Turn(key=key, text=text, vec=vec), *turns][:SEMANTIC_ENTRIES]),
+                                 self.settings.ttl_s)
         except StoreFailed as exc:
             self._failed(exc, "writing")
 

@@ -92,7 +92,7 @@ class ChatProcessor(PassThrough):
         self.cache_result = "bypass"  # hit | miss | bypass: the x-sidegate-cache header when the cache is on
         self.cache_key: str | None = None  # after a miss: where this answer is stored
         self.collector: Collector | None = None  # gathers the answer to store after a miss
-        self.semantic: tuple[str, Any] | None = None  # after a miss with similarity: (context key, the turn's embedding)
+        self.semantic: tuple[str, str, Any] | None = None  # after a miss with similarity: (context key, the turn, its embedding)
 
     def _error(self, exc: SidegateError) -> Immediate:
         self.outcome = f"error_{exc.status}"
@@ -177,8 +177,8 @@ class ChatProcessor(PassThrough):
             context = context_key(prefix=self.cache.prefix, **where)
             vec = await self.cache.embed(context[1]) if context is not None else None
             if context is not None and vec is not None:
-                self.semantic = (context[0], vec)
-                found = await self.cache.semantic_lookup(context[0], vec)
+                self.semantic = (context[0], context[1], vec)
+                found = await self.cache.semantic_lookup(context[0], context[1], vec)
         self.cache_result = found.result
         self.metrics.cache_lookups.labels(self.listener, "semantic_hit" if found.similarity is not None else found.result).inc()
         if found.reason:
@@ -286,7 +286,7 @@ class ChatProcessor(PassThrough):
             self.metrics.cache_stored.labels(self.listener).inc()
             self.metrics.cache_stored_bytes.labels(self.listener).inc(len(answer))
             if self.semantic is not None:
-                await self.cache.remember(self.semantic[0], self.semantic[1], key)
+                await self.cache.remember(*self.semantic, key=key)
         else:
             self._not_stored("store_error")
 

@@ -22,8 +22,10 @@ from ext_proc.chat.cache import (
     RedisStore,
     ResponseCacheService,
     StoreFailed,
+    Turn,
     best_match,
     cache_key,
+    compatible,
     context_key,
     decode_entry,
     decode_index,
@@ -451,7 +453,7 @@ class FakeEmbedder:
 
 
 PARIS = [1.0, 0.0, 0.0, 0.0]
-TABLE = {"what is the capital of France?": PARIS, "France's capital city?": [0.99, 0.1, 0.0, 0.0],  # cosine 0.995
+TABLE = {"what is the capital of France?": PARIS, "what's the capital city of France?": [0.99, 0.1, 0.0, 0.0],  # cosine 0.995
          "what is the capital of Spain?": [0.9, 0.43, 0.0, 0.0]}  # cosine 0.90
 
 
@@ -480,13 +482,25 @@ def test_the_context_key_leaves_out_only_the_last_user_turn() -> None:
 
 def test_the_semantic_index_round_trips_and_ignores_foreign_values() -> None:
     v = np.asarray([0.6, 0.8], dtype=np.float32)
-    entries = decode_index(encode_index([("k1", v), ("k2", -v)]))
-    assert [k for k, _ in entries] == ["k1", "k2"] and np.allclose(entries[0][1], v)
-    assert best_match(entries, v, 0.97) == ("k1", pytest.approx(1.0))
-    assert best_match(entries, np.asarray([0.8, 0.6], dtype=np.float32), 0.97) is None  # cosine 0.96
-    for raw in (None, b"", b"garbage", b"sidegate-rcsem/1\n{not json", b'sidegate-rcsem/1\n[{"k": 1, "e": "00"}]',
-                b'sidegate-rcsem/1\n[{"k": "a", "e": "zz"}]'):
+    turns = decode_index(encode_index([Turn(key="k1", text="où est la gare ?", vec=v), Turn(key="k2", text="b", vec=-v)]))
+    assert [(t.key, t.text) for t in turns] == [("k1", "où est la gare ?"), ("k2", "b")] and np.allclose(turns[0].vec, v)
+    assert best_match(turns, "où est la gare", v, 0.97) == ("k1", pytest.approx(1.0))
+    assert best_match(turns, "où est la gare", np.asarray([0.8, 0.6], dtype=np.float32), 0.97) is None  # cosine 0.96
+    assert best_match(turns, "la gare est où", v, 0.97) is None  # close, but the words in another order
+    for raw in (None, b"", b"garbage", b"sidegate-rcsem/1\n{not json", b'sidegate-rcsem/1\n[{"k": 1, "t": "", "e": "00"}]',
+                b'sidegate-rcsem/1\n[{"k": "a", "t": "", "e": "zz"}]', b'sidegate-rcsem/1\n[{"k": "a", "e": "0000803f"}]'):
         assert decode_index(raw) == [], raw
+
+
+@pytest.mark.parametrize(("a", "b", "ok"), [
+    ("What is the capital of France?", "What's the capital city of France?", True),
+    ("How many calories are in a banana?", "How many calories does a banana have?", True),
+    ("Convert 10 miles to kilometers", "Convert 10 kilometers to miles", False),  # MiniLM: cosine 0.992
+    ("Convert 10 miles to kilometers", "Convert 12 miles to kilometers", False),
+    ("Is 17 prime?", "is 17 prime", True),
+])
+def test_compatible_turns(a: str, b: str, ok: bool) -> None:
+    assert compatible(a, b) is ok
 
 
 async def test_a_paraphrase_in_the_same_context_is_a_semantic_hit() -> None:
@@ -494,17 +508,17 @@ async def test_a_paraphrase_in_the_same_context_is_a_semantic_hit() -> None:
     answer = chat_json(content="Paris")
     _, headers, _ = await flow.call(turn("what is the capital of France?"), [answer])
     assert headers["x-sidegate-cache"] == "miss"
-    hit, headers, body = await flow.call(turn("France's capital city?"), [b"never sent"])
+    hit, headers, body = await flow.call(turn("what's the capital city of France?"), [b"never sent"])
     assert hit is not None and headers["x-sidegate-cache"] == "hit" and body == answer
     assert flow.count("semantic_hit") == 1
 
 
 @pytest.mark.parametrize("second", [
     turn("what is the capital of Spain?"),  # too far (0.90 < 0.97)
-    turn("France's capital city?", system="answer in German"),  # another system prompt
-    turn("France's capital city?", temperature=1.0),  # other parameters
+    turn("what's the capital city of France?", system="answer in German"),  # another system prompt
+    turn("what's the capital city of France?", temperature=1.0),  # other parameters
     {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
-                                          {"role": "assistant", "content": "hello"}, {"role": "user", "content": "France's capital city?"}]},
+                                          {"role": "assistant", "content": "hello"}, {"role": "user", "content": "what's the capital city of France?"}]},
 ])
 async def test_no_semantic_hit_outside_the_threshold_or_the_context(second: dict[str, Any]) -> None:
     flow = semantic_flow(FakeEmbedder(TABLE))
@@ -519,7 +533,7 @@ async def test_a_failing_embedder_leaves_exact_matching_working() -> None:
     await flow.call(turn("what is the capital of France?"), [chat_json(content="Paris")])
     hit, _, _ = await flow.call(turn("what is the capital of France?"), [])
     assert hit is not None  # exact
-    hit, headers, _ = await flow.call(turn("France's capital city?"), [chat_json()])
+    hit, headers, _ = await flow.call(turn("what's the capital city of France?"), [chat_json()])
     assert hit is None and headers["x-sidegate-cache"] == "miss" and len(embedder.calls) == 1
     await flow.call(turn("another question"), [chat_json()])
     assert len(embedder.calls) == 1  # backing off: no embedding (and no added latency) for a while
@@ -531,7 +545,7 @@ async def test_semantic_entries_in_redis_are_shared_and_bounded(server: RedisSer
     try:
         a, b = semantic_flow(FakeEmbedder(TABLE), store=store_a), semantic_flow(FakeEmbedder(TABLE), store=store_b)
         await a.call(turn("what is the capital of France?"), [chat_json(content="Paris")])
-        hit, _, body = await b.call(turn("France's capital city?"), [])  # another process, the same Redis
+        hit, _, body = await b.call(turn("what's the capital city of France?"), [])  # another process, the same Redis
         assert hit is not None and json.loads(body)["choices"][0]["message"]["content"] == "Paris"
         for i in range(SEMANTIC_ENTRIES + 5):
             await a.call(turn(f"question {i}"), [chat_json()])
