@@ -231,9 +231,10 @@ def test_memory_store_hits_in_process(memory_stack: Stack) -> None:
     assert states == ["miss", "hit"] and len(memory_stack.llm.requests) == 1
 
 
-def test_hit_latency_is_small(memory_stack: Stack) -> None:
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_hit_latency_is_small(request: pytest.FixtureRequest, store: str) -> None:
     """A hit is answered by ext_proc alone: report its median time beside a pass-through miss (loopback)."""
-    client = memory_stack.client()
+    client = request.getfixturevalue("memory_stack" if store == "memory" else "stack").client()
     msgs = ask("latency probe")
     client.chat.completions.create(model="model-a", messages=msgs)
     hits, misses = [], []
@@ -245,5 +246,5 @@ def test_hit_latency_is_small(memory_stack: Stack) -> None:
         client.chat.completions.with_raw_response.create(model="model-a", messages=ask(f"latency miss {i}"))
         misses.append(time.perf_counter() - t)
     hit_ms, miss_ms = sorted(hits)[15] * 1000, sorted(misses)[15] * 1000
-    print(f"p50 hit {hit_ms:.2f} ms, p50 miss (provider call) {miss_ms:.2f} ms")
+    print(f"{store}: p50 hit {hit_ms:.2f} ms, p50 miss (provider call) {miss_ms:.2f} ms")
     assert hit_ms < miss_ms
