@@ -229,22 +229,3 @@ def test_memory_store_hits_in_process(memory_stack: Stack) -> None:
     states = [memory_stack.client().chat.completions.with_raw_response.create(model="model-a", messages=msgs).headers["x-sidegate-cache"]
               for _ in range(2)]
     assert states == ["miss", "hit"] and len(memory_stack.llm.requests) == 1
-
-
-@pytest.mark.parametrize("store", ["memory", "redis"])
-def test_hit_latency_is_small(request: pytest.FixtureRequest, store: str) -> None:
-    """A hit is answered by ext_proc alone: report its median time beside a pass-through miss (loopback)."""
-    client = request.getfixturevalue("memory_stack" if store == "memory" else "stack").client()
-    msgs = ask("latency probe")
-    client.chat.completions.create(model="model-a", messages=msgs)
-    hits, misses = [], []
-    for i in range(30):
-        t = time.perf_counter()
-        client.chat.completions.create(model="model-a", messages=msgs)
-        hits.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        client.chat.completions.with_raw_response.create(model="model-a", messages=ask(f"latency miss {i}"))
-        misses.append(time.perf_counter() - t)
-    hit_ms, miss_ms = sorted(hits)[15] * 1000, sorted(misses)[15] * 1000
-    print(f"{store}: p50 hit {hit_ms:.2f} ms, p50 miss (provider call) {miss_ms:.2f} ms")
-    assert hit_ms < miss_ms
