@@ -497,7 +497,8 @@ def plain_envoy_config(*, listen_port: int, admin_port: int, upstream_port: int,
 class PlainEnvoy:
     """Envoy alone (same binary as sidegate's) in front of ``upstream_port``: see :func:`plain_envoy_config`."""
 
-    def __init__(self, upstream_port: int, workdir: Path | None = None) -> None:
+    def __init__(self, upstream_port: int, workdir: Path | None = None, *, extra: dict[str, Any] | None = None) -> None:
+        self.extra = extra or {}  # more top-level config keys (e.g. response_cache)
         self.upstream_port = upstream_port
         self.port = free_port()
         self.admin_port = free_port()
@@ -540,7 +541,8 @@ class SidegateStack:
     PROVIDER = "fake"
     MODEL = "gpt-4o-mini"
 
-    def __init__(self, upstream_port: int, workdir: Path | None = None) -> None:
+    def __init__(self, upstream_port: int, workdir: Path | None = None, *, extra: dict[str, Any] | None = None) -> None:
+        self.extra = extra or {}  # more top-level config keys (e.g. response_cache)
         self.upstream_port = upstream_port
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="sidegate-bench-"))
         self.home = self.workdir / "sidegate-home"
@@ -594,7 +596,7 @@ class SidegateStack:
                 "access_key": "sk-bench-sidegate",
             }
         ]
-        raw = gateway_config(providers)  # no prompt_targets: ingress goes straight to the default provider
+        raw = gateway_config(providers, **self.extra)  # no prompt_targets: ingress goes straight to the default provider
         config_path = self.home / "sidegate.yaml"
         config_path.write_text(yaml.safe_dump(raw))
         self.cfg = load_config(config_path)
