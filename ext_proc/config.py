@@ -946,10 +946,6 @@ def _response_cache_warnings(rc: dict[str, Any] | None, ms: ModelServer, targets
     if ms.mode == "none":
         return ["response_cache.similarity: semantic matching embeds the last user turn with prompt_embed, and model_server "
                 "is off (mode: none): it is ignored, and only identical requests are answered from the cache"]
-    if not guard and not any(not t.default for t in targets):
-        return ["response_cache.similarity: semantic matching embeds the last user turn with prompt_embed, which the model "
-                "server loads only for a jailbreak guard or prompt targets, and this config has neither: only identical "
-                "requests are answered from the cache"]
     return []
 
 

@@ -35,6 +35,7 @@ from ext_proc.chat.cache import (
 )
 from ext_proc.chat.completions import ChatProcessor, egress_router
 from ext_proc.config import Config, ConfigError, ResponseCache, SharedStore
+from ext_proc.control.model_repo import needed_models
 from ext_proc.metrics import Metrics
 from ext_proc.processor import Continue, Immediate
 from testkit import free_port
@@ -271,8 +272,8 @@ def test_config_reads_response_cache_and_warns_about_similarity() -> None:
     assert not [w for w in cfg.warnings if "response_cache" in w]
     cfg = cfg_from(raw_config(response_cache={"ttl": "600s", "similarity": 0.97}))
     assert cfg.response_cache is not None and cfg.response_cache.similarity == 0.97
-    assert any(w.startswith("response_cache.similarity: semantic matching embeds the last user turn") and "neither" in w
-               for w in cfg.warnings)  # no guard, no prompt targets: prompt_embed is not loaded
+    assert not [w for w in cfg.warnings if w.startswith("response_cache")]  # no guard, no targets: prompt_embed loaded for it
+    assert needed_models(cfg) == ["prompt_embed"]
     off = cfg_from(raw_config(response_cache={"similarity": 0.97}, model_server={"mode": "none"}))
     assert any(w.startswith("response_cache.similarity") and "mode: none" in w for w in off.warnings)
     guarded = cfg_from(raw_config(response_cache={"similarity": 0.97},
