@@ -313,9 +313,14 @@ class ModelServer:
 
     @property
     def balanced(self) -> bool:
-        """Several Tritons: ext_proc reaches them through an Envoy cluster (least request, health
-        checks, outlier detection, retries on another replica)."""
-        return self.mode != "none" and len(self.replica_targets) > 1
+        """Several Tritons, or one remote Triton named by a host name (a DNS name may stand for
+        several, e.g. a Kubernetes headless Service over Triton pods): ext_proc reaches them through
+        an Envoy cluster (DNS re-resolved, least request, health checks, outlier detection, retries
+        on another replica), so Tritons added later get requests too."""
+        if self.mode == "none":
+            return False
+        targets = self.replica_targets
+        return len(targets) > 1 or (self.mode == "remote" and not _is_ip(targets[0][0]))
 
     def timeout_for(self, model: str) -> float:
         """The deadline of one call to ``model`` (``model_server.models.<model>.timeout``, else
@@ -1052,6 +1057,14 @@ def _model_settings(name: str, settings: dict[str, Any], source: str) -> ModelSe
     own_settings = {k: v for k, v in settings.items() if k != "timeout"}
     timeout = parse_duration(settings["timeout"]) if "timeout" in settings else None
     return ModelSettings(**{**own_settings, "parameters": parameters, "timeout_s": timeout})
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _grpc_host_port(url: str) -> tuple[str, int]:

@@ -506,6 +506,10 @@ def _triton_service() -> dict[str, Any]:
         "kind": "Service",
         "metadata": {"name": TRITON_NAME, "labels": _labels(TRITON_NAME)},
         "spec": {
+            # headless: the name resolves to every ready Triton pod, and the sidecar's Envoy balances
+            # over them (least request, health checks, DNS re-resolved, so the HPA's new pods get
+            # requests) instead of one gRPC connection pinned to one pod behind a virtual IP
+            "clusterIP": "None",
             "selector": {"app.kubernetes.io/name": TRITON_NAME},
             "ports": [
                 {"name": "grpc", "port": TRITON_GRPC, "targetPort": "grpc", "appProtocol": "grpc"},

@@ -187,7 +187,13 @@ def test_k8s_config_map_runs_against_the_triton_service(k8s: dict[str, str], tmp
     (tmp_path / "deployed.yaml").write_text(text)
     cfg = load_config(tmp_path / "deployed.yaml", env={"OPENAI_API_KEY": "a", "SIDEGATE_KEY_MISTRAL": "b", "GROQ_API_KEY": "c"})
     assert cfg.model_server.mode == "remote"
-    assert cfg.model_server.endpoint == "grpc://sidegate-triton:8001"
+    assert cfg.model_server.endpoint_urls == ("grpc://sidegate-triton:8001",)
+    # a host name may stand for several pods (the Service is headless): ext_proc reaches them through
+    # Envoy's models cluster, which re-resolves the name and balances over every pod
+    assert cfg.model_server.balanced and cfg.model_server.replica_targets == [("sidegate-triton", 8001)]
+    assert cfg.model_server.endpoint == f"grpc://127.0.0.1:{cfg.model_server.balancer_port}"
+    service = _objects(k8s)["Service/sidegate-triton"]
+    assert service["spec"]["clusterIP"] == "None"
     assert cfg.ingress.address == "0.0.0.0"
     assert cfg.egress.address == "127.0.0.1" and cfg.egress.port == 12000
     check_bootstrap(cfg)

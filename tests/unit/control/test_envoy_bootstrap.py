@@ -579,4 +579,8 @@ def test_remote_endpoints_are_balanced_the_same_way_and_one_triton_is_dialled_di
     validate(write_bootstrap(cfg, tmp_path))
     one = cfg_from(_with_replicas(endpoints=["grpc://10.0.0.5:8001"]))
     assert one.model_server.endpoint == "grpc://10.0.0.5:8001" and "sidegate_models" not in clusters(bootstrap_dict(one))
+    # one Triton by host name (a headless Service: several pods behind one name): through Envoy, DNS re-resolved
+    named = cfg_from(_with_replicas(endpoints=["grpc://sidegate-triton:8001"]))
+    assert named.model_server.endpoint == "grpc://127.0.0.1:8009"
+    assert clusters(bootstrap_dict(named))["sidegate_models"]["type"] == "STRICT_DNS"
     assert "sidegate_models" not in clusters(bootstrap_dict(cfg_from(_with_replicas())))
