@@ -320,7 +320,7 @@ class ModelServer:
         if self.mode == "none":
             return False
         targets = self.replica_targets
-        return len(targets) > 1 or (self.mode == "remote" and not _is_ip(targets[0][0]))
+        return len(targets) > 1 or (self.mode == "remote" and not is_ip(targets[0][0]))
 
     def timeout_for(self, model: str) -> float:
         """The deadline of one call to ``model`` (``model_server.models.<model>.timeout``, else
@@ -1059,7 +1059,8 @@ def _model_settings(name: str, settings: dict[str, Any], source: str) -> ModelSe
     return ModelSettings(**{**own_settings, "parameters": parameters, "timeout_s": timeout})
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
+    """Whether ``host`` is an IP address (else a name to resolve)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -44,7 +44,6 @@ What it contains (the names are the contract in ``/work/shared/DESIGN.md``):
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import json
 import os
 import ssl
@@ -147,7 +146,7 @@ from envoy_data_plane.envoy.type.matcher.v3 import RegexMatchAndSubstitute, Rege
 from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.google.protobuf import Any, Struct
 
-from ext_proc.config import AZURE_INTERFACE, Config, LlmProvider, Upstream
+from ext_proc.config import AZURE_INTERFACE, Config, LlmProvider, Upstream, is_ip
 from ext_proc.config import Endpoint as EndpointCfg
 from ext_proc.config import Listener as ListenerCfg
 from ext_proc.names import ANTHROPIC_VERSION, ANTHROPIC_VERSION_HEADER, LISTENER_METADATA, PROVIDER_HINT_HEADER, UPSTREAM_HEADER
@@ -222,21 +221,13 @@ def _seconds(value: float) -> datetime.timedelta:
     return datetime.timedelta(seconds=value)
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _socket_address(host: str, port: int) -> Address:
     return Address(socket_address=SocketAddress(address=host, port_value=port))
 
 
 def _listen_address(listener: ListenerCfg) -> Address:
     host = "127.0.0.1" if listener.address == "localhost" else listener.address
-    if not _is_ip(host):
+    if not is_ip(host):
         raise RenderError(
             f"listeners.{listener.name}.address: Envoy listens on an IP address, got {listener.address!r}"
         )
@@ -304,7 +295,7 @@ def ca_bundle() -> Path:
 def _tls_socket(host: str) -> TransportSocket:
     """TLS to ``host``: SNI, and a certificate for ``host`` that chains to the system's roots
     (Envoy 1.40 refuses SAN checks without ``trusted_ca``; ``system_root_certs`` is not implemented)."""
-    ip = _is_ip(host)
+    ip = is_ip(host)
     san_type = SubjectAltNameMatcherSanType.IP_ADDRESS if ip else SubjectAltNameMatcherSanType.DNS
     context = UpstreamTlsContext(
         sni="" if ip else host,  # SNI may not be an IP literal
@@ -335,7 +326,7 @@ def _cluster(
         kind = ClusterDiscoveryType.STATIC
     else:
         address = _socket_address(host, port)
-        kind = ClusterDiscoveryType.STATIC if _is_ip(host) else dns
+        kind = ClusterDiscoveryType.STATIC if is_ip(host) else dns
     if kind != ClusterDiscoveryType.STATIC:
         extra["dns_lookup_family"] = ClusterDnsLookupFamily.V4_PREFERRED
     if http2:
@@ -399,7 +390,7 @@ def _models_cluster(cfg: Config) -> Cluster:
     seconds) and outlier detection (a replica whose model calls fail, e.g. a dead python stub
     answering INTERNAL, is ejected for a while; never more than half of them)."""
     targets = cfg.model_server.replica_targets
-    kind = ClusterDiscoveryType.STATIC if all(_is_ip(h) for h, _ in targets) else ClusterDiscoveryType.STRICT_DNS
+    kind = ClusterDiscoveryType.STATIC if all(is_ip(h) for h, _ in targets) else ClusterDiscoveryType.STRICT_DNS
     extra: dict[str, _AnyType] = {} if kind == ClusterDiscoveryType.STATIC else {"dns_lookup_family": ClusterDnsLookupFamily.V4_PREFERRED}
     h2 = HttpProtocolOptions(explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=Http2ProtocolOptions()))
     return Cluster(
@@ -892,7 +883,7 @@ def build_bootstrap(cfg: Config) -> Bootstrap:
         listeners.append(_models_listener(cfg))
 
     admin_host = "127.0.0.1" if cfg.admin_address == "localhost" else cfg.admin_address
-    if not _is_ip(admin_host):
+    if not is_ip(admin_host):
         raise RenderError(f"listeners.admin.address: Envoy listens on an IP address, got {cfg.admin_address!r}")
     return Bootstrap(
         node=Node(id="sidegate", cluster="sidegate"),
