@@ -50,6 +50,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from ext_proc.chat.shared_store import redis_client, redis_errors
 from ext_proc.config import ResponseCache, SharedStore
 from ext_proc.models.base import Models
 from ext_proc.wire.openai import content_text
@@ -270,29 +271,23 @@ class RedisStore:
     bounded by ``shared_store.timeout`` and raises :class:`StoreFailed` on any failure."""
 
     def __init__(self, store: SharedStore) -> None:
-        import redis.asyncio as aioredis  # only with shared_store.type: redis
-
-        assert store.url is not None
         self.store = store
-        self._redis = aioredis.Redis.from_url(store.url, socket_timeout=store.timeout_s, socket_connect_timeout=store.timeout_s)
+        self._redis = redis_client(store)
+        self._errors = redis_errors()
 
     async def get(self, key: str) -> bytes | None:
-        import redis
-
         try:
             value = await asyncio.wait_for(self._redis.get(key), self.store.timeout_s)
-        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
+        except self._errors as exc:
             raise StoreFailed(type(exc).__name__) from exc
         if value is not None and not isinstance(value, bytes):
             raise StoreFailed("UnexpectedReply")
         return value
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
-        import redis
-
         try:
             await asyncio.wait_for(self._redis.set(key, value, px=max(1, int(ttl_s * 1000))), self.store.timeout_s)
-        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
+        except self._errors as exc:
             raise StoreFailed(type(exc).__name__) from exc
 
     async def close(self) -> None:

@@ -32,9 +32,10 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ext_proc.chat.shared_store import redis_client, redis_errors
 from ext_proc.config import LlmProvider, RateLimit, SharedStore
 from ext_proc.errors import RateLimited, SidegateError
 from ext_proc.wire.openai import content_text
@@ -170,11 +171,11 @@ class RedisBuckets:
 
     def __init__(self, store: SharedStore, *, fallback: MemoryBuckets | None = None,
                  on_error: Callable[[str], None] | None = None) -> None:
-        import redis.asyncio as aioredis  # only with shared_store.type: redis
-
-        assert store.url is not None
         self.store = store
-        self._redis = aioredis.Redis.from_url(store.url, socket_timeout=store.timeout_s, socket_connect_timeout=store.timeout_s)
+        self._redis = redis_client(store)
+        self._errors = redis_errors()
+        # a reply that is not the script's counts as Redis failing too
+        self._take_errors: tuple[type[BaseException], ...] = (*self._errors, ValueError, TypeError, IndexError)
         self._take = self._redis.register_script(_TAKE_LUA)
         self._add = self._redis.register_script(_ADD_LUA)
         self._fallback = fallback or MemoryBuckets()
@@ -199,21 +200,17 @@ class RedisBuckets:
         return await asyncio.wait_for(script(keys=[k.key for k in buckets], args=args), self.store.timeout_s)
 
     async def take(self, buckets: list[BucketKey], amount: int) -> tuple[bool, list[float]]:
-        import redis
-
         try:
             out = await self._run(self._take, buckets, amount)
             return int(out[0]) == 1, [float(v) for v in out[1:]]
-        except (redis.RedisError, OSError, asyncio.TimeoutError, ValueError, TypeError, IndexError) as exc:
+        except self._take_errors as exc:
             self._failed(exc)
             return await self._fallback.take(buckets, amount)
 
     async def add(self, buckets: list[BucketKey], delta: float) -> None:
-        import redis
-
         try:
             await self._run(self._add, buckets, delta)
-        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
+        except self._errors as exc:
             try:
                 self._failed(exc)
             except StoreUnavailable:
