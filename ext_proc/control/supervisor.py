@@ -288,7 +288,9 @@ class Supervisor:
         self.logs = home() / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self._restart_times: dict[str, list[float]] = {}
-        self._state_lock = threading.Lock()  # the watch loop and a restarted Triton's model loads both write it
+        self._state_lock = threading.Lock()  # the watch loop and restart threads all write it
+        self._restarting: set[str] = set()  # services a restart thread owns until it is done
+        self._spawn_lock = threading.Lock()  # a restart's spawn vs stop_all
 
     # -- state -------------------------------------------------------------------------------
     def write_state(self) -> None:
@@ -398,30 +400,44 @@ class Supervisor:
         return len(recent) <= 5
 
     def watch(self) -> None:
+        """Restart whatever exits. Each restart runs in its own thread (spawn, health check, the
+        models a Triton loads later), so one slow restart (a Triton, seconds) never delays
+        noticing and restarting another process that died meanwhile (another replica, ext_proc)."""
         while not self.stopping:
             for svc in self.services:
                 proc = self.procs.get(svc.name)
-                if proc is None or proc.poll() is None or self.stopping:
+                if svc.name in self._restarting or proc is None or proc.poll() is None or self.stopping:
                     continue
                 code = proc.returncode
                 if not self._may_restart(svc.name):
                     self._event(svc, f"failed (exited {code}, restarted too often: see `sidegate logs {svc.name}`)")
                     self.procs.pop(svc.name)
                     continue
-                svc.restarts += 1
-                if svc.cleanup_shm:  # Triton: its python stubs may outlive a SIGKILLed server
-                    _kill_group(proc.pid)
-                    remove_shm(svc.cleanup_shm)
-                self._event(svc, f"restarting (exited {code})")
-                self._spawn(svc)
-                healthy = self._wait_healthy(svc)
-                self._event(svc, "healthy" if healthy else "unhealthy")
-                if healthy and svc.later_models:  # serving already: the LLMs load beside the watch loop
-                    threading.Thread(target=self._load_later, args=(svc,), kwargs={"restart": True}, daemon=True).start()
+                self._restarting.add(svc.name)
+                threading.Thread(target=self._restart, args=(svc, proc, code), name=f"restart-{svc.name}", daemon=True).start()
             time.sleep(0.2)
 
+    def _restart(self, svc: Service, proc: subprocess.Popen[bytes], code: int | None) -> None:
+        try:
+            svc.restarts += 1
+            if svc.cleanup_shm:  # Triton: its python stubs may outlive a SIGKILLed server
+                _kill_group(proc.pid)
+                remove_shm(svc.cleanup_shm)
+            self._event(svc, f"restarting (exited {code})")
+            with self._spawn_lock:  # never start a process stop_all would not see
+                if self.stopping:
+                    return
+                self._spawn(svc)
+            healthy = self._wait_healthy(svc)
+            self._event(svc, "healthy" if healthy else "unhealthy")
+            if healthy and svc.later_models:  # serving already: the LLMs load now
+                self._load_later(svc, restart=True)
+        finally:
+            self._restarting.discard(svc.name)
+
     def stop_all(self, timeout: float = 10.0) -> None:
-        self.stopping = True
+        with self._spawn_lock:
+            self.stopping = True
         for svc in reversed(self.services):
             proc = self.procs.get(svc.name)
             if proc is None:

@@ -214,3 +214,37 @@ def test_replicas_are_services_of_their_own_and_envoy_starts_before_ext_proc(sid
         taken.bind(("127.0.0.1", 9111))
         taken.listen()
         assert "127.0.0.1:9111 (model_server.grpc_port + 10 (replica 2)) is already in use" in sv.check_ports(cfg, demo=False)
+
+
+def test_a_slow_restart_does_not_delay_restarting_another_service(sidegate_home: object) -> None:
+    """A Triton restarting (alive, not healthy yet) must not hold up the restart of ext_proc that died meanwhile."""
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on: the slow one never turns healthy
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/healthz"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    slow = sv.Service(name="triton", argv=sleeper, health_url=closed, listens="", start_timeout=60)
+    quick = sv.Service(name="ext_proc", argv=sleeper, health_url=_Health([{"status": "ok"}]).url, listens="")
+    events: list[tuple[str, str, float]] = []
+    sup = sv.Supervisor([slow, quick], config_path="x.yaml", on_event=lambda s, status: events.append((s.name, status, time.monotonic())))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    sup.procs = {"triton": dead, "ext_proc": subprocess.Popen(sleeper)}
+    watching = threading.Thread(target=sup.watch, daemon=True)
+    watching.start()
+    try:
+        deadline = time.monotonic() + 20
+        while ("triton", "restarting (exited 0)") not in [(n, st) for n, st, _ in events] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sup.procs["ext_proc"].kill()  # dies while the Triton restart waits for its health check
+        while ("ext_proc", "healthy") not in [(n, st) for n, st, _ in events] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ("ext_proc", "healthy") in [(n, st) for n, st, _ in events], events
+        assert slow.status == "restarting (exited 0)"  # still waiting for its health check
+        assert quick.restarts == 1 and slow.restarts == 1
+    finally:
+        sup.stop_all(timeout=5)
+        watching.join(10)
+    assert not watching.is_alive()
