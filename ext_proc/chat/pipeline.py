@@ -90,7 +90,13 @@ class IngressPipeline:
         return min(UNRELATED_THRESHOLD, self.confident) if self.judge else self.cfg.intent_threshold
 
     # -- start-up ---------------------------------------------------------------------------
-    async def prefill_function_call(self, limit: int = 4, progress: Callable[[int, int], None] | None = None) -> int:
+    @property
+    def prefills(self) -> bool:
+        """Whether :meth:`prefill_function_call` has anything to fill (a target with parameters)."""
+        return self.models is not None and any(t.parameters for t in self.cfg.prompt_targets)
+
+    async def prefill_function_call(self, limit: int = 4, progress: Callable[[int, int], None] | None = None,
+                                    models: Models | None = None) -> int:
         """Call ``function_call`` once per target that has parameters (at most ``limit``, the
         model's default number of llama.cpp slots), so each target's prompt prefix is in the KV
         cache before its first real request: the first call for a target evaluates ~350 prompt
@@ -101,15 +107,17 @@ class IngressPipeline:
         :attr:`refused`, any other failure in :attr:`unfilled` (its first real requests pay for
         the pre-fill and may time out); both are logged as warnings and shown by ``sidegate up``.
         After a pre-fill timed out the others are not tried (they would queue behind it).
-        ``progress(done, total)`` is called before each call and at the end."""
-        if self.models is None:
+        ``progress(done, total)`` is called before each call and at the end. ``models``: another
+        client than the pipeline's (one Triton replica of several, refilled after its restart)."""
+        models = models or self.models
+        if models is None:
             return 0
         filled = 0
         self.refused, self.unfilled = {}, {}
         deadline = self.cfg.model_server.prefill_timeout_s
         if self.judge and self._tools:  # the chooser's listing of every target: most uncertain prompts meet it
             try:
-                await self.models.choose_call([{"role": "user", "content": "hello"}], self._tools, [], timeout_s=deadline)
+                await models.choose_call([{"role": "user", "content": "hello"}], self._tools, [], timeout_s=deadline)
             except ModelServerError as exc:
                 self.unfilled["(chooser)"] = exc.message
                 log.warning("function_call chooser prompt not pre-filled, the first uncertain prompts may be slow: %s", exc.message)
@@ -120,7 +128,7 @@ class IngressPipeline:
             if progress is not None:
                 progress(done, len(targets))
             try:
-                await self.models.function_call([{"role": "user", "content": "hello"}], tool_schema(target), timeout_s=deadline)
+                await models.function_call([{"role": "user", "content": "hello"}], tool_schema(target), timeout_s=deadline)
                 filled += 1
             except ModelServerError as exc:
                 if exc.status == 400:  # the model refuses this target (e.g. its schema overflows the window): every request would fail

@@ -10,6 +10,11 @@ and says how far that got in ``warm`` ("embedding prompt targets", "pre-filling 
 prompts (1/2)", then "done" or "done: ..." with what was left out: a target function_call refuses,
 a pre-fill that failed or timed out); ``sidegate up`` waits for "done" so that its first request
 does not queue behind a ~7 s pre-fill, and prints what follows "done: " as a warning.
+
+Refilling: the prefixes live in function_call's llama.cpp slots, which a restarted Triton or a
+reloaded stub starts without. :func:`_refill` asks every Triton this process uses whether
+function_call is ready every :data:`REFILL_POLL_S` seconds and pre-fills again when it comes
+back, so the first requests after a restart do not pay ~7 s per target (or time out).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from ext_proc.models.base import Models
 __all__ = ["run", "serve", "start_http"]
 
 log = logging.getLogger("sidegate.ext_proc")
+
+REFILL_POLL_S = 2.0  # how often function_call's readiness is asked (one small RPC per Triton)
 
 
 async def start_http(
@@ -111,6 +118,38 @@ async def _warm(services: Services, state: dict[str, bool | str]) -> None:
         problems.append(f"function_call prompt of target(s) {', '.join(unfilled)} not pre-filled, so their first requests "
                         f"may be slow or time out: {next(iter(unfilled.values()))}")
     state["warm"] = "done: " + "; ".join(problems) if problems else "done"
+    await _refill(services, filled_all=not unfilled)
+
+
+async def _refill(services: Services, *, filled_all: bool, poll_s: float = REFILL_POLL_S) -> None:
+    """Pre-fill function_call's prompt prefixes again on each Triton whose function_call comes
+    back (not ready, then ready: a restarted server or a reloaded stub); with several replicas
+    each is asked and refilled on its own address, since a call through the balancer could land
+    on another one. Runs until cancelled."""
+    from ext_proc.models.triton import FUNCTION_CALL_MODEL, TritonClient, TritonModels  # only with a model server
+
+    models = services.models
+    client = getattr(models, "client", None)
+    if not isinstance(models, TritonModels) or not isinstance(client, TritonClient) or not services.ingress.prefills:
+        return
+    own = {url: TritonClient(url, auto_reload=False) for url in client.replicas if url != client.url}
+    clients = {url: own.get(url, client) for url in client.replicas or [client.url]}
+    ready = dict.fromkeys(clients, filled_all)
+    try:
+        while True:
+            await asyncio.sleep(poll_s)
+            for url, one in clients.items():
+                now = await one.ready(models=[FUNCTION_CALL_MODEL])
+                if now and not ready[url]:
+                    log.info("function_call is ready again at %s: pre-filling the prompt prefixes of its targets", url)
+                    started = time.perf_counter()
+                    via = models if one is client else TritonModels(one, timeout_s=models.timeout_s, timeouts=models.timeouts)
+                    filled = await services.ingress.prefill_function_call(models=via)
+                    log.info("function_call at %s: %d prompt prefix(es) pre-filled again in %.1fs", url, filled, time.perf_counter() - started)
+                ready[url] = now
+    finally:
+        for one in own.values():
+            await one.close()
 
 
 async def serve(cfg: Config, *, grace: float = 5.0) -> None:
