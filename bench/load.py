@@ -75,6 +75,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -333,13 +334,18 @@ def check_answer(kind: str, status: int, headers: dict[str, str], body: bytes) -
     return f"unknown kind {kind}"
 
 
-def rss_change(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows ``{process, service, pid_start, pid_end, rss_start_kib, rss_end_kib, change_pct, same_process}``
-    by process label (a restarted service's new process is matched with the old one by label)."""
+def rss_change(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
+               settled: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Rows ``{process, service, pid_start, pid_end, rss_start_kib, rss_end_kib, change_pct, same_process,
+    rss_settled_kib, change_settled_pct}`` by process label (a restarted service's new process is
+    matched with the old one by label). ``settled``: a sample taken once the load had run a while;
+    its change to the end (same process only) is growth during the load, without the first
+    seconds' warm-up (allocator arenas, buffers first touched) that the idle start includes."""
     rows = []
     for label in list(before) + [k for k in after if k not in before]:
-        b, a = before.get(label, {}), after.get(label, {})
-        rs, re_ = b.get("rss_kib"), a.get("rss_kib")
+        b, a, m = before.get(label, {}), after.get(label, {}), (settled or {}).get(label, {})
+        rs, re_, rm = b.get("rss_kib"), a.get("rss_kib"), m.get("rss_kib")
+        same_mid = bool(m) and bool(a) and m.get("pid") == a.get("pid")
         rows.append({
             "process": label,
             "service": (b or a).get("service"),
@@ -349,6 +355,8 @@ def rss_change(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any
             "rss_end_kib": re_,
             "change_pct": (re_ - rs) / rs * 100 if rs and re_ is not None else None,
             "same_process": bool(b) and bool(a) and b.get("pid") == a.get("pid"),
+            "rss_settled_kib": rm,
+            "change_settled_pct": (re_ - rm) / rm * 100 if rm and re_ is not None and same_mid else None,
         })
     return rows
 
@@ -902,11 +910,15 @@ def report(*, run: LoadRun, mix: dict[str, int], args: argparse.Namespace, rss_r
         prow.append([r["process"], r["pid_start"], r["pid_end"] if r["same_process"] or r["pid_end"] is None else f"{r['pid_end']} (new)",
                      None if r["rss_start_kib"] is None else r["rss_start_kib"] / 1024,
                      None if r["rss_end_kib"] is None else r["rss_end_kib"] / 1024,
-                     r["change_pct"], restarts.get(str(r["service"]), 0)])
+                     r["change_pct"], None if r.get("rss_settled_kib") is None else r["rss_settled_kib"] / 1024,
+                     r.get("change_settled_pct"), restarts.get(str(r["service"]), 0)])
     orphans = [r for r in rss_rows if r["service"] == "orphan" and r["rss_end_kib"] is not None]
     print_table("bench load: processes (RSS MiB at the start and end of the load)",
-                ["process", "pid", "pid at end", "RSS start", "RSS end", "change %", "service restarts"], prow,
-                caption="a process whose pid changed was restarted: its change compares two processes; orphan = alive with this "
+                ["process", "pid", "pid at end", "RSS start", "RSS end", "change %", f"RSS at {args.settle:g} s",
+                 "change since %", "service restarts"], prow,
+                caption="RSS start = idle, before the load; RSS at N s = after N s of load (warm-up done), and its change to "
+                "the end (same process only) is growth during the load; a process whose pid changed was restarted: its change "
+                "compares two processes; orphan = alive with this "
                 f"stack's SIDEGATE_HOME but no service's descendant: {len(orphans)} at the end", digits=1)
 
     return {
@@ -950,6 +962,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "failures are still explained by the kill (default 5)")
     ap.add_argument("--replicas", type=int, default=1, help="model_server.replicas: local tritonserver processes (default 1)")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    ap.add_argument("--settle", type=float, default=None, help="seconds into the load of the second RSS sample, from which "
+                    "growth during the load is measured (default: a fifth of the duration, at most 60)")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default bench/results)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary SIDEGATE_HOME (logs) even when all went well")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every failed request")
@@ -974,6 +988,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if at >= args.duration:
             ap.error(f"--kill {args.kill}: at {at:g} s is not before the end of the run ({args.duration:g} s)")
         args.kill_parsed = (name, at)
+    if args.settle is None:
+        args.settle = min(60.0, args.duration / 5)
+    if not 0 < args.settle < args.duration:
+        ap.error(f"--settle {args.settle:g}: must be within the run (0 to {args.duration:g} s)")
     return args
 
 
@@ -1032,6 +1050,10 @@ def main(argv: list[str] | None = None) -> int:
                     factory: Any = uvloop.new_event_loop
                 except ImportError:  # pragma: no cover
                     factory = None
+                settled: dict[str, dict[str, Any]] = {}
+                sampler = threading.Timer(args.settle, lambda: settled.update(stack_processes(stack.state(), stack.home)))
+                sampler.daemon = True
+                sampler.start()
                 with asyncio.Runner(loop_factory=factory) as runner:
                     try:
                         run = runner.run(run_load(stack, mix=mix, concurrency=args.concurrency, duration_s=args.duration,
@@ -1040,11 +1062,12 @@ def main(argv: list[str] | None = None) -> int:
                     except KeyboardInterrupt:
                         print("[load] interrupted: stopping the stack", flush=True)
                         raise
+                sampler.cancel()
                 state1 = stack.state()
                 rss1 = stack_processes(state1, stack.home)
                 restarts = {s["name"]: s.get("restarts", 0) - restarts0.get(s["name"], 0) for s in (state1 or {}).get("services", [])}
                 crash_lines = triton_crash_lines(stack.home)
-                payload = report(run=run, mix=mix, args=args, rss_rows=rss_change(rss0, rss1), restarts=restarts,
+                payload = report(run=run, mix=mix, args=args, rss_rows=rss_change(rss0, rss1, settled), restarts=restarts,
                                  crash_lines=crash_lines, startup_s=stack.startup_s, probes=probes)
                 payload["home"] = str(stack.home)
                 payload["wall_s"] = time.monotonic() - started

@@ -199,6 +199,20 @@ def test_rss_change_matches_processes_by_label() -> None:
     assert rows["triton/stub prompt_embed"]["rss_end_kib"] is None and rows["triton/stub prompt_embed"]["change_pct"] is None
 
 
+def test_growth_during_the_load_is_measured_from_the_settled_sample_of_the_same_process() -> None:
+    before = {"envoy/envoy": {"service": "envoy", "pid": 10, "rss_kib": 1000},
+              "triton/tritonserver": {"service": "triton", "pid": 20, "rss_kib": 2000}}
+    settled = {"envoy/envoy": {"service": "envoy", "pid": 10, "rss_kib": 1100},
+               "triton/tritonserver": {"service": "triton", "pid": 20, "rss_kib": 2400}}
+    after = {"envoy/envoy": {"service": "envoy", "pid": 10, "rss_kib": 1122},
+             "triton/tritonserver": {"service": "triton", "pid": 30, "rss_kib": 2400}}
+    rows = {r["process"]: r for r in bl.rss_change(before, after, settled)}
+    assert rows["envoy/envoy"]["change_pct"] == pytest.approx(12.2)  # idle start -> end: the warm-up counts
+    assert rows["envoy/envoy"]["change_settled_pct"] == pytest.approx(2.0)  # during the load
+    assert rows["triton/tritonserver"]["change_settled_pct"] is None  # restarted after the sample: not comparable
+    assert bl.rss_change(before, after)[0]["change_settled_pct"] is None  # no sample taken
+
+
 def test_find_service_exact_then_prefix() -> None:
     state = {"services": [{"name": "triton-0", "pid": 1}, {"name": "triton-1", "pid": 2}, {"name": "ext_proc", "pid": 3}]}
     assert bl.find_service(state, "triton")["pid"] == 1  # type: ignore[index]
