@@ -289,8 +289,7 @@ class Supervisor:
         self.logs.mkdir(parents=True, exist_ok=True)
         self._restart_times: dict[str, list[float]] = {}
         self._state_lock = threading.Lock()  # the watch loop and restart threads all write it
-        self._restarting: set[str] = set()  # services a restart thread owns until it is done
-        self._spawn_lock = threading.Lock()  # a restart's spawn vs stop_all
+        self._restarting: set[str] = set()  # restarted services whose health check (and later models) a thread awaits
 
     # -- state -------------------------------------------------------------------------------
     def write_state(self) -> None:
@@ -400,9 +399,11 @@ class Supervisor:
         return len(recent) <= 5
 
     def watch(self) -> None:
-        """Restart whatever exits. Each restart runs in its own thread (spawn, health check, the
-        models a Triton loads later), so one slow restart (a Triton, seconds) never delays
-        noticing and restarting another process that died meanwhile (another replica, ext_proc)."""
+        """Restart whatever exits. The new process is spawned here, on the supervisor's main
+        thread (``PR_SET_PDEATHSIG`` signals a child when the *thread* that forked it ends, so a
+        short-lived thread must never spawn one); waiting for its health check and the models a
+        Triton loads later runs in a thread of its own, so one slow restart (a Triton, seconds)
+        never delays noticing and restarting another process that died meanwhile."""
         while not self.stopping:
             for svc in self.services:
                 proc = self.procs.get(svc.name)
@@ -413,21 +414,18 @@ class Supervisor:
                     self._event(svc, f"failed (exited {code}, restarted too often: see `sidegate logs {svc.name}`)")
                     self.procs.pop(svc.name)
                     continue
+                svc.restarts += 1
+                if svc.cleanup_shm:  # Triton: its python stubs may outlive a SIGKILLed server
+                    _kill_group(proc.pid)
+                    remove_shm(svc.cleanup_shm)
+                self._event(svc, f"restarting (exited {code})")
                 self._restarting.add(svc.name)
-                threading.Thread(target=self._restart, args=(svc, proc, code), name=f"restart-{svc.name}", daemon=True).start()
+                self._spawn(svc)
+                threading.Thread(target=self._restarted, args=(svc,), name=f"restart-{svc.name}", daemon=True).start()
             time.sleep(0.2)
 
-    def _restart(self, svc: Service, proc: subprocess.Popen[bytes], code: int | None) -> None:
+    def _restarted(self, svc: Service) -> None:
         try:
-            svc.restarts += 1
-            if svc.cleanup_shm:  # Triton: its python stubs may outlive a SIGKILLed server
-                _kill_group(proc.pid)
-                remove_shm(svc.cleanup_shm)
-            self._event(svc, f"restarting (exited {code})")
-            with self._spawn_lock:  # never start a process stop_all would not see
-                if self.stopping:
-                    return
-                self._spawn(svc)
             healthy = self._wait_healthy(svc)
             self._event(svc, "healthy" if healthy else "unhealthy")
             if healthy and svc.later_models:  # serving already: the LLMs load now
@@ -436,8 +434,7 @@ class Supervisor:
             self._restarting.discard(svc.name)
 
     def stop_all(self, timeout: float = 10.0) -> None:
-        with self._spawn_lock:
-            self.stopping = True
+        self.stopping = True
         for svc in reversed(self.services):
             proc = self.procs.get(svc.name)
             if proc is None:

@@ -217,7 +217,8 @@ def test_replicas_are_services_of_their_own_and_envoy_starts_before_ext_proc(sid
 
 
 def test_a_slow_restart_does_not_delay_restarting_another_service(sidegate_home: object) -> None:
-    """A Triton restarting (alive, not healthy yet) must not hold up the restart of ext_proc that died meanwhile."""
+    """A Triton restarting (alive, not healthy yet) must not hold up the restart of ext_proc that died meanwhile,
+    and a restarted process lives on after the restart is done."""
     import socket
     import time
 
@@ -244,6 +245,12 @@ def test_a_slow_restart_does_not_delay_restarting_another_service(sidegate_home:
         assert ("ext_proc", "healthy") in [(n, st) for n, st, _ in events], events
         assert slow.status == "restarting (exited 0)"  # still waiting for its health check
         assert quick.restarts == 1 and slow.restarts == 1
+        while "ext_proc" in sup._restarting and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        # the thread that awaited its health check has ended: the child must outlive it (PR_SET_PDEATHSIG
+        # signals a child when the thread that forked it ends, so that thread must not be the one)
+        assert sup.procs["ext_proc"].poll() is None
     finally:
         sup.stop_all(timeout=5)
         watching.join(10)
