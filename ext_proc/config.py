@@ -103,11 +103,10 @@ LOCAL_INTERFACES = frozenset({"sidegate", "arch"})
 # Azure OpenAI: POST {endpoint}/openai/deployments/{model}/chat/completions?api-version=..., key in `api-key`
 AZURE_INTERFACE = "azure_openai"
 AZURE_API_VERSION = "2024-10-21"
-UNSUPPORTED_INTERFACES = {
-    "amazon_bedrock": "Bedrock's Converse API and AWS SigV4 request signing are not implemented: put an OpenAI-compatible "
-                      "gateway in front of Bedrock (e.g. AWS's Bedrock Access Gateway) and use provider_interface: openai "
-                      "with its endpoint",
-}
+UNSUPPORTED_INTERFACES: dict[str, str] = {}  # family -> why it is refused and what to do instead
+# Amazon Bedrock: the Converse API (ext_proc.wire.bedrock), POST {endpoint}/model/{model}/converse[-stream],
+# the access key (a Bedrock API key) as Authorization: Bearer, as Arch sends it
+BEDROCK_INTERFACE = "amazon_bedrock"
 # provider families that speak Anthropic's Messages API (the others speak OpenAI chat completions)
 ANTHROPIC_INTERFACES = frozenset({"anthropic", "claude"})
 # `provider_interface: sidegate` with no endpoint: the ext_proc service's OpenAI-compatible façade.
@@ -209,7 +208,9 @@ class LlmProvider:
 
     @property
     def wire(self) -> str:
-        """The API the provider speaks: ``anthropic`` (Messages) or ``openai`` (chat completions)."""
+        """The API the provider speaks: ``anthropic`` (Messages), ``bedrock`` (Converse) or ``openai`` (chat completions)."""
+        if self.interface == BEDROCK_INTERFACE:
+            return "bedrock"
         return "anthropic" if self.interface in ANTHROPIC_INTERFACES else "openai"
 
     @property
@@ -792,6 +793,9 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
                                                      "(requests go to /openai/deployments/<model>/chat/completions)")
         if spec is None and interface in LOCAL_INTERFACES:
             spec = _SIDEGATE_FACADE.format(port=ext_proc.http_port)
+        if spec is None and interface == BEDROCK_INTERFACE:
+            raise ConfigError(source, f"{at}.endpoint", "amazon_bedrock needs the address of Bedrock's runtime in your region: "
+                                                        "set base_url (or endpoint): https://bedrock-runtime.<region>.amazonaws.com")
         if spec is None:
             raise ConfigError(source, f"{at}.endpoint", f"provider_interface {interface!r} has no default address: set endpoint")
         access_key: str | None = None
@@ -833,6 +837,9 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
             if AZURE_INTERFACE in (p.interface, other.interface):  # the failover rewrites Bearer keys and /v1/ prefixes only
                 raise ConfigError(source, f"llm_providers[{i}].fallbacks[{j}]",
                                   "azure_openai providers cannot be in a fallback chain (their key header and path differ)")
+            if BEDROCK_INTERFACE in (p.interface, other.interface):  # the model is in a Converse request's path
+                raise ConfigError(source, f"llm_providers[{i}].fallbacks[{j}]",
+                                  "amazon_bedrock providers cannot be in a fallback chain (the model is in their request path)")
             if other.wire != p.wire:  # Envoy's failover rewrites the key, host and path per attempt, not the body's API
                 raise ConfigError(source, f"llm_providers[{i}].fallbacks[{j}]",
                                   f"{fb!r} speaks the {other.wire} API and {p.name!r} the {p.wire} API: a fallback must speak the same one")

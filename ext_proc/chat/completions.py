@@ -205,14 +205,16 @@ class ChatProcessor(PassThrough):
             self.provider = fallback
         self.metrics.upstream_status.labels(self.provider.name, status[:1] + "xx" if status else "none").inc()
         self.outcome = f"upstream_{status}"
-        self.streaming = "text/event-stream" in headers.get("content-type", "")
-        self.exchange.start_response(status=status, streaming=self.streaming)
+        self.streaming = self.exchange.is_stream(headers.get("content-type", ""))
+        self.exchange.start_response(status=status, streaming=self.streaming, error_type=headers.get("x-amzn-errortype"))
         telemetry.set_attributes(self.llm_span, {"http.response.status_code": int(status) if status.isdigit() else 0})
         if not status.startswith("2"):
             telemetry.set_error(self.llm_span, f"{self.provider.name} answered {status}")
         if end_of_stream:
             self._end_llm_span()
         set_headers = {PROVIDER_HEADER: self.provider.name}
+        if self.exchange.translating and self.streaming:  # e.g. Bedrock's event stream, sent on as SSE
+            set_headers["content-type"] = "text/event-stream"
         if self.cache is not None:
             set_headers[CACHE_HEADER] = self.cache_result
             if self.cache_key is not None:

@@ -590,7 +590,7 @@ def _provider_route(p: LlmProvider, listener: ListenerCfg) -> Route:
                 pattern=RegexMatcher(regex="^/v1/chat/completions$"),
                 substitution=f"{u.base_path.rstrip('/')}/openai/deployments/{p.model}/chat/completions?api-version={p.api_version}",
             )
-        elif u.base_path and u.base_path != "/v1":  # e.g. groq: /v1/chat/completions -> /openai/v1/chat/completions
+        elif u.base_path and u.base_path != "/v1" and p.wire != "bedrock":  # e.g. groq (Bedrock: ext_proc writes the whole path): /v1/chat/completions -> /openai/v1/chat/completions
             action["regex_rewrite"] = RegexMatchAndSubstitute(
                 pattern=RegexMatcher(regex="^/v1/"), substitution=u.base_path.rstrip("/") + "/"
             )

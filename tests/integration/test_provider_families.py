@@ -1,10 +1,11 @@
-"""Every OpenAI-compatible provider family through real Envoy with the real openai and anthropic SDKs: JSON and
+"""Every provider family but Anthropic's through real Envoy with the real openai and anthropic SDKs: JSON and
 SSE, each to a fake at the family's own path, with its own key header (Anthropic's family:
 test_anthropic.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,13 @@ FAMILIES: dict[str, tuple[str, str, str, str]] = {
     "vllm": ("/v1", "/v1/chat/completions", "authorization", "Bearer sk-family"),
     "gemini": ("/v1beta/openai", "/v1beta/openai/chat/completions", "authorization", "Bearer sk-family"),
     "azure_openai": ("", "/openai/deployments/model-azure_openai/chat/completions", "api-key", "sk-family"),
+    # Converse API; a stream goes to .../converse-stream and comes back in AWS event-stream framing
+    "amazon_bedrock": ("", "/model/model-amazon_bedrock/converse", "authorization", "Bearer sk-family"),
 }
+
+
+def upstream_path(family: str, stream: bool) -> str:
+    return FAMILIES[family][1] + ("-stream" if stream and family == "amazon_bedrock" else "")
 
 
 @dataclass
@@ -57,7 +64,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_each_family_gets_its_path_its_key_header_and_answers(stack: Stack, family: str, stream: bool) -> None:
-    _, path, key_header, key_value = FAMILIES[family]
+    _, _, key_header, key_value = FAMILIES[family]
+    path = upstream_path(family, stream)
     stack.fake.clear()
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{stack.cfg.egress.port}/v1", api_key="sk-client-own", max_retries=0, timeout=10)
     messages = [{"role": "user", "content": f"hello {family}"}]
@@ -79,7 +87,8 @@ def test_each_family_gets_its_path_its_key_header_and_answers(stack: Stack, fami
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_each_family_answers_an_anthropic_client_on_the_messages_api(stack: Stack, family: str, stream: bool) -> None:
-    _, path, key_header, key_value = FAMILIES[family]
+    _, _, key_header, key_value = FAMILIES[family]
+    path = upstream_path(family, stream)
     stack.fake.clear()
     client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{stack.cfg.egress.port}", api_key="sk-ant-client-own", max_retries=0, timeout=10)
     messages = [{"role": "user", "content": f"hello {family}"}]
@@ -92,4 +101,36 @@ def test_each_family_answers_an_anthropic_client_on_the_messages_api(stack: Stac
     assert text == f"fake-family says: hello {family}"
     (seen,) = stack.fake.requests
     assert seen.path == path and seen.headers[key_header] == key_value and "x-api-key" not in seen.headers
-    assert seen.json["max_tokens"] == 64
+    max_tokens = seen.json["inferenceConfig"]["maxTokens"] if family == "amazon_bedrock" else seen.json["max_tokens"]
+    assert max_tokens == 64
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_bedrock_tool_calls_usage_and_errors_reach_an_openai_client(stack: Stack, stream: bool) -> None:
+    """A Converse toolUse becomes an OpenAI tool call (event-stream deltas included); a Bedrock
+    ThrottlingException becomes a 429 the SDK raises, with Bedrock's message."""
+    stack.fake.clear()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{stack.cfg.egress.port}/v1", api_key="sk-client-own", max_retries=0, timeout=10)
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+    kw: dict[str, Any] = {"model": "model-amazon_bedrock", "messages": [{"role": "user", "content": "rain in Oslo?"}], "tools": tools,
+                          "extra_headers": {"x-fake-tool": "weather"}}
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, **kw))
+        calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+        name = next(tc.function.name for tc in calls if tc.function and tc.function.name)
+        arguments = "".join(tc.function.arguments or "" for tc in calls if tc.function)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        usage = next(c.usage for c in chunks if c.usage)
+    else:
+        answer = client.chat.completions.create(**kw)
+        assert answer.choices[0].message.tool_calls
+        call = answer.choices[0].message.tool_calls[0]
+        name, arguments, finish, usage = call.function.name, call.function.arguments, [answer.choices[0].finish_reason], answer.usage  # type: ignore[union-attr]
+    assert (name, json.loads(arguments), finish) == ("weather", {"q": "rain in Oslo?"}, ["tool_calls"])
+    assert usage is not None and usage.prompt_tokens == 3
+    (seen,) = stack.fake.requests
+    assert seen.json["toolConfig"]["tools"][0]["toolSpec"]["name"] == "weather"
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(stream=stream, model="model-amazon_bedrock", messages=[{"role": "user", "content": "x"}],
+                                       extra_headers={"x-fake-status": "429"})
+    assert "simulated error 429" in str(info.value) and info.value.code == "ThrottlingException"

@@ -27,9 +27,23 @@ def test_a_family_name_with_a_typo_suggests_the_nearest() -> None:
     assert "llm_providers[0].provider_interface" in msg and "did you mean 'anthropic'?" in msg
 
 
-def test_amazon_bedrock_is_refused_with_what_to_do_instead() -> None:
-    msg = refused(provider(provider_interface="amazon_bedrock"))
-    assert "amazon_bedrock is not supported" in msg and "SigV4" in msg and "provider_interface: openai" in msg
+def test_amazon_bedrock_needs_its_regional_address_and_stays_out_of_fallback_chains() -> None:
+    msg = refused({"name": "br", "provider_interface": "amazon_bedrock", "model": "m", "default": True})
+    assert "llm_providers[0].endpoint" in msg and "https://bedrock-runtime.<region>.amazonaws.com" in msg
+    msg = refused(provider(provider_interface="openai", fallbacks=["br"]),
+                  {"name": "br", "provider_interface": "amazon_bedrock", "endpoint": "https://bedrock-runtime.us-west-2.amazonaws.com", "model": "m"})
+    assert "fallbacks[0]" in msg and "amazon_bedrock" in msg
+
+
+def test_amazon_bedrock_route_sends_the_api_key_as_bearer_and_leaves_the_path_to_ext_proc() -> None:
+    cfg = build_config(gateway_config([{"name": "br", "model": "amazon_bedrock/us.amazon.nova-pro-v1:0", "access_key": "$K",
+                                        "base_url": "https://bedrock-runtime.us-west-2.amazonaws.com/", "default": True}]), env={"K": "k"})
+    p = cfg.llm_providers[0]
+    assert (p.interface, p.wire, p.model, p.upstream.host, p.upstream.tls) == (
+        "amazon_bedrock", "bedrock", "us.amazon.nova-pro-v1:0", "bedrock-runtime.us-west-2.amazonaws.com", True)
+    r = route(bootstrap_dict(cfg), "egress", "provider_br")
+    assert "regex_rewrite" not in r["route"]  # the Converse path (/model/{id}/converse) is written by ext_proc
+    assert [(h["header"]["key"], h["header"]["value"]) for h in r["request_headers_to_add"]] == [("authorization", "Bearer %ENVIRONMENT(K)%")]
 
 
 def test_azure_needs_its_deployment_and_stays_out_of_fallback_chains() -> None:
