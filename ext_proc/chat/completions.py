@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from ext_proc import telemetry
 from ext_proc.chat.cache import CacheEntry, Collector, ResponseCacheService, context_key
-from ext_proc.chat.providers import choose_provider
+from ext_proc.chat.providers import choose_provider, passthrough_key
 from ext_proc.chat.ratelimit import Charge, RateLimiter
 from ext_proc.chat.translate import Exchange
 from ext_proc.config import Config, LlmProvider
@@ -158,6 +158,8 @@ class ChatProcessor(PassThrough):
             })
         self.log.debug("to provider %s (cluster %s)", self.provider.name, self.provider.route_cluster)
         headers = {UPSTREAM_HEADER: self.provider.cluster}
+        if self.provider.passthrough_auth:
+            headers.update(passthrough_key(self.provider, self.headers))
         if path is not None:  # the provider speaks the other API
             headers[":path"] = path
         if self.provider.fallbacks and self.provider.wire == "openai":  # Envoy's failover rewrites "model" per attempt: it must come first

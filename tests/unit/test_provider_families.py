@@ -66,3 +66,38 @@ def test_families_with_a_known_address_need_no_endpoint() -> None:
     for family in ("gemini", "xai", "together_ai", "anthropic", "claude", "mistral"):
         cfg = build_config(gateway_config([{"name": "p", "provider_interface": family, "model": "m", "default": True}]))
         assert cfg.llm_providers[0].upstream.tls and cfg.llm_providers[0].upstream.port == 443
+
+
+def test_passthrough_auth_headers_and_http_host_on_the_route() -> None:
+    cfg = build_config(gateway_config([
+        {"name": "pt", "provider_interface": "openai", "endpoint": "https://10.0.0.1/v1", "model": "m", "default": True,
+         "passthrough_auth": True, "http_host": "proxy.internal", "headers": {"x-team": "a%b", "x-token": "t-$K"}},
+        {"name": "ant", "provider_interface": "anthropic", "model": "c", "passthrough_auth": True}]), env={"K": "secret"})
+    r = route(bootstrap_dict(cfg), "egress", "provider_pt")
+    assert r["route"]["host_rewrite_literal"] == "proxy.internal"
+    added = [(h["header"]["key"], h["header"]["value"]) for h in r["request_headers_to_add"]]
+    assert added == [("x-team", "a%%b"), ("x-token", "t-%ENVIRONMENT(K)%")]  # no key injected, the secret never in the file
+    assert "authorization" not in r["request_headers_to_remove"] and "x-api-key" in r["request_headers_to_remove"]
+    assert cfg.secret_env() == {"K": "secret"}
+    ant = route(bootstrap_dict(cfg), "egress", "provider_ant")
+    assert "x-api-key" not in ant["request_headers_to_remove"] and "authorization" in ant["request_headers_to_remove"]
+
+
+def test_passthrough_key_goes_in_the_header_the_provider_reads() -> None:
+    from ext_proc.chat.providers import passthrough_key
+    cfg = build_config(gateway_config([
+        {"name": "o", "provider_interface": "openai", "endpoint": "http://127.0.0.1:9/v1", "model": "m", "default": True, "passthrough_auth": True},
+        {"name": "a", "provider_interface": "anthropic", "model": "c", "passthrough_auth": True}]))
+    o, a = cfg.llm_providers
+    assert passthrough_key(o, {"authorization": "Bearer sk-client"}) == {"authorization": "Bearer sk-client"}
+    assert passthrough_key(o, {"x-api-key": "sk-ant-client"}) == {"authorization": "Bearer sk-ant-client"}
+    assert passthrough_key(a, {"authorization": "Bearer sk-client"}) == {"x-api-key": "sk-client"}
+    assert passthrough_key(a, {}) == {}
+
+
+def test_provider_headers_refuse_host_and_unset_variables() -> None:
+    assert "headers.Host" in refused(provider(provider_interface="openai", headers={"Host": "x"}))
+    assert "$NOPE is not set" in refused(provider(provider_interface="openai", headers={"x-a": "$NOPE"}))
+    msg = refused(provider(provider_interface="openai", fallbacks=["q"]),
+                  {"name": "q", "provider_interface": "openai", "endpoint": "http://127.0.0.1:9/v1", "model": "n", "passthrough_auth": True})
+    assert "fallbacks[0]" in msg and "passthrough_auth" in msg
