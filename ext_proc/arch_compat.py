@@ -45,7 +45,8 @@ class CompatError(Exception):
         self.message = message
         super().__init__(f"{path}: {message}")
 
-__all__ = ["ARCH_FAMILIES", "CompatError", "FAMILY_ALIASES", "family", "model_aliases", "normalise", "sidegate_families", "split_model"]
+__all__ = ["ARCH_FAMILIES", "CompatError", "FAMILY_ALIASES", "bad_base_url", "family", "model_aliases", "normalise", "sidegate_families",
+           "split_model"]
 
 # Provider family names Arch / plano know in any version: the schema enums, the CLI's
 # SUPPORTED_PROVIDERS (the `family/` prefix of `model`) and hermesllm's aliases.
@@ -308,6 +309,23 @@ def _chatgpt(pr: dict[str, Any], at: str, warnings: list[str]) -> None:
                     "user-agent; plano's ChatGPT-Account-Id and session_id headers are not added: set them under headers")
 
 
+# the operations sidegate appends to a provider's base address: a base_url that already ends in one is a mistake
+_API_OPERATIONS = re.compile(r"/(chat/completions|completions|messages|responses|embeddings|converse(-stream)?)/?$")
+
+
+def bad_base_url(url: str) -> str | None:
+    """Why ``url`` cannot be a provider's base address (None: it can): a query, a fragment, or an API operation in its path."""
+    u = urlsplit(url if "://" in url else "//" + url)
+    if u.query or u.fragment:
+        return f"{url!r} has a query or fragment: give the API's base address only (e.g. https://api.example.com/v1)"
+    m = _API_OPERATIONS.search(u.path)
+    if m:
+        base = url[: url.rfind(m.group(0))] or url
+        return (f"{url!r} ends in the API operation /{m.group(1)}, which sidegate adds itself: give the API's base "
+                f"address ({base!r}), or requests go to .../{m.group(1)}/{m.group(1)}")
+    return None
+
+
 def _base_url(pr: dict[str, Any], at: str, hosts: Mapping[str, str]) -> None:
     """``base_url`` (Arch 0.2.4+) -> ``endpoint``; its path replaces the family's default path, as in plano."""
     base_url = pr.get("base_url")
@@ -317,6 +335,9 @@ def _base_url(pr: dict[str, Any], at: str, hosts: Mapping[str, str]) -> None:
         u = urlsplit(base_url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise CompatError(f"{at}.base_url", f"expected http(s)://host[:port][/path], got {base_url!r}")
+        why = bad_base_url(base_url)
+        if why:
+            raise CompatError(f"{at}.base_url", why)
         del pr["base_url"]
         endpoint = base_url.rstrip("/")
         interface = pr.get("provider_interface")

@@ -33,7 +33,7 @@ import jsonschema
 import yaml
 from dotenv import dotenv_values
 
-from ext_proc.arch_compat import CompatError, model_aliases, normalise
+from ext_proc.arch_compat import CompatError, bad_base_url, model_aliases, normalise
 
 __all__ = [
     "Config",
@@ -816,6 +816,8 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
                                                         "set base_url (or endpoint): https://bedrock-runtime.<region>.amazonaws.com")
         if spec is None:
             raise ConfigError(source, f"{at}.endpoint", f"provider_interface {interface!r} has no default address: set endpoint")
+        if (why := bad_base_url(spec)) is not None:
+            raise ConfigError(source, f"{at}.endpoint", why)
         access_key: str | None = None
         key_env: str | None = None
         passthrough = bool(pr.get("passthrough_auth", False))

@@ -57,6 +57,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
              "model": f"model-{family}", "access_key": "$FAMILY_KEY", "default": family == "openai"}
             for family, (base, *_rest) in FAMILIES.items()
         ]
+        # Arch's passthrough_auth, headers ($VAR too) and http_host
+        providers.append({"name": "passthrough", "provider_interface": "openai", "endpoint": f"http://127.0.0.1:{fake.port}/v1",
+                          "model": "model-passthrough", "passthrough_auth": True, "http_host": "llm.example.internal",
+                          "headers": {"x-team": "blue", "x-team-token": "tok-$FAMILY_KEY"}})
         with running_stack(tmp_path_factory, gateway_config(providers), {"FAMILY_KEY": "sk-family"}) as (cfg, supervisor):
             yield Stack(cfg=cfg, fake=fake, supervisor=supervisor)
 
@@ -134,3 +138,39 @@ def test_bedrock_tool_calls_usage_and_errors_reach_an_openai_client(stack: Stack
         client.chat.completions.create(stream=stream, model="model-amazon_bedrock", messages=[{"role": "user", "content": "x"}],
                                        extra_headers={"x-fake-status": "429"})
     assert "simulated error 429" in str(info.value) and info.value.code == "ThrottlingException"
+
+
+def test_passthrough_auth_forwards_the_clients_own_key_with_the_configured_headers_and_host(stack: Stack) -> None:
+    stack.fake.clear()
+    egress = f"http://127.0.0.1:{stack.cfg.egress.port}"
+    openai_client = openai.OpenAI(base_url=f"{egress}/v1", api_key="sk-virtual-1", max_retries=0, timeout=10)
+    answer = openai_client.chat.completions.create(model="model-passthrough", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "fake-family says: hi"
+    anthropic_client = anthropic.Anthropic(base_url=egress, api_key="sk-virtual-2", max_retries=0, timeout=10)
+    anthropic_client.messages.create(model="model-passthrough", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+    first, second = stack.fake.requests
+    for seen, key in ((first, "sk-virtual-1"), (second, "sk-virtual-2")):  # an x-api-key becomes the Bearer this provider reads
+        assert seen.headers["authorization"] == f"Bearer {key}" and "x-api-key" not in seen.headers
+        assert (seen.headers["x-team"], seen.headers["x-team-token"], seen.headers["host"]) == ("blue", "tok-sk-family", "llm.example.internal")
+
+
+@pytest.mark.parametrize("family", ["anthropic_client", "amazon_bedrock"])
+def test_a_tool_call_whose_arguments_are_not_json_is_a_400_and_not_forwarded(stack: Stack, family: str) -> None:
+    stack.fake.clear()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{stack.cfg.egress.port}/v1", api_key="sk-client-own", max_retries=0, timeout=10)
+    messages: list[Any] = [{"role": "user", "content": "weather?"},
+                           {"role": "assistant", "content": None,
+                            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{city: Paris"}}]},
+                           {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    if family == "amazon_bedrock":
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="model-amazon_bedrock", messages=messages)
+        assert info.value.code == "invalid_tool_arguments" and "messages[1].tool_calls[0].function.arguments" in str(info.value)
+    else:  # an Anthropic client's tool_use input is an object by the SDK's types: a broken one is refused before translation
+        raw = anthropic.Anthropic(base_url=f"http://127.0.0.1:{stack.cfg.egress.port}", api_key="k", max_retries=0, timeout=10)
+        with pytest.raises(anthropic.BadRequestError) as ainfo:
+            raw.messages.create(model="model-openai", max_tokens=16, messages=[  # type: ignore[list-item]
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "c1", "name": "weather", "input": "{city: Paris"}]}])
+        assert ainfo.value.status_code == 400 and "input" in str(ainfo.value)
+    assert stack.fake.requests == []

@@ -122,6 +122,17 @@ def test_base_url() -> None:
     refused({"llm_providers": [{"model": "openai/x", "base_url": "https://h", "endpoint": "h:1"}]}, "llm_providers[0].base_url", "both")
 
 
+@pytest.mark.parametrize("url, words", [
+    ("https://api.openai.com/v1/chat/completions", ["/chat/completions", "'https://api.openai.com/v1'"]),
+    ("https://api.anthropic.com/v1/messages/", ["/messages", "'https://api.anthropic.com/v1'"]),
+    ("https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse", ["/converse"]),
+    ("https://proxy.example.com/v1?key=abc", ["query or fragment"]),
+])
+def test_a_base_url_with_the_api_operation_in_its_path_is_refused_with_the_base_to_give(url: str, words: list[str]) -> None:
+    refused({"llm_providers": [{"model": "openai/x", "base_url": url}]}, "llm_providers[0].base_url", *words)
+    refused({"llm_providers": [{"name": "p", "provider_interface": "openai", "endpoint": url}]}, "llm_providers[0].endpoint", *words)
+
+
 def test_http_host() -> None:
     out, _ = norm({"llm_providers": [{"model": "openai/x", "base_url": "https://api.custom.com", "http_host": "api.custom.com"}]})
     assert "http_host" not in out["llm_providers"][0]
