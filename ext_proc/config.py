@@ -34,6 +34,7 @@ import yaml
 from dotenv import dotenv_values
 
 from ext_proc.arch_compat import CompatError, bad_base_url, model_aliases, normalise
+from ext_proc.wire.sigv4 import AwsCredentials
 
 __all__ = [
     "Config",
@@ -204,6 +205,18 @@ class LlmProvider:
     headers: tuple[tuple[str, str], ...] = ()
     header_env: dict[str, str] = field(default_factory=dict, repr=False)
     http_host: str | None = None  # Arch's http_host: the Host header sent (TLS SNI stays the endpoint's host)
+    # amazon_bedrock with IAM keys (sidegate's aws_* keys): ext_proc signs each request with SigV4
+    aws: AwsCredentials | None = field(default=None, repr=False)
+    aws_region: str | None = None
+
+    @property
+    def host_header(self) -> str:
+        """The Host the provider gets: ``http_host``, else its host, plus ``:port`` when not the scheme's default."""
+        if self.http_host:
+            return self.http_host
+        u = self.upstream
+        host = f"[{u.host}]" if ":" in u.host else u.host  # IPv6 literal
+        return host if u.port == (443 if u.tls else 80) else f"{host}:{u.port}"
 
     @property
     def cluster(self) -> str:
@@ -846,6 +859,7 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
                 api_version=pr.get("api_version", AZURE_API_VERSION) if interface == AZURE_INTERFACE else None,
                 passthrough_auth=passthrough,
                 http_host=pr.get("http_host"),
+                **_aws(pr, interface, spec, env, source, at),
                 **_provider_headers(pr.get("headers") or {}, env, source, f"{at}.headers"),
             )
         )
@@ -875,6 +889,35 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
     if len(providers) > 1 and not defaults:
         raise ConfigError(source, "llm_providers", "several providers and none has default: true: mark one as the default")
     return tuple(providers)
+
+
+_BEDROCK_REGION = re.compile(r"^bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
+_AWS_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_region")
+
+
+def _aws(pr: dict[str, Any], interface: str, spec: str, env: dict[str, str], source: str, at: str) -> dict[str, Any]:
+    """amazon_bedrock's IAM keys (``aws_access_key_id`` + ``aws_secret_access_key``, optional ``aws_session_token``):
+    SigV4 instead of the Bearer API key; the region from ``aws_region`` or the bedrock-runtime host name."""
+    given = [k for k in _AWS_KEYS if k in pr]
+    if not given:
+        return {}
+    if interface != BEDROCK_INTERFACE:
+        raise ConfigError(source, f"{at}.{given[0]}", "AWS SigV4 keys are for provider_interface amazon_bedrock only")
+    for k in ("aws_access_key_id", "aws_secret_access_key"):
+        if k not in pr:
+            raise ConfigError(source, f"{at}.{k}", f"{k} is required with {', '.join(given)} (IAM keys sign requests with SigV4)")
+    if "access_key" in pr:
+        raise ConfigError(source, f"{at}.access_key", "both access_key (a Bedrock API key, sent as Bearer) and aws_* IAM keys "
+                                                      "(SigV4) are set: keep one")
+    values = {k: _resolve_env(pr[k], env, source, f"{at}.{k}")[0] for k in _AWS_KEYS[:3] if k in pr}
+    host = urlsplit(spec if "://" in spec else "//" + spec).hostname or ""
+    m = _BEDROCK_REGION.match(host)
+    region = pr.get("aws_region") or (m.group(1) if m else None)
+    if not region:
+        raise ConfigError(source, f"{at}.aws_region", f"the region is not in the endpoint's host {host!r} "
+                                                      "(bedrock-runtime.<region>.amazonaws.com): set aws_region, e.g. us-east-1")
+    creds = AwsCredentials(values["aws_access_key_id"], values["aws_secret_access_key"], values.get("aws_session_token"))
+    return {"aws": creds, "aws_region": region}
 
 
 def _provider_headers(headers: dict[str, str], env: dict[str, str], source: str, at: str) -> dict[str, Any]:

@@ -13,8 +13,9 @@ independently of ``ext_proc`` on purpose: it is the reference the gateway is tes
 
 Routes: ``POST …/chat/completions`` (any prefix: ``/v1/…``, ``/openai/v1/…``), ``GET …/models``,
 Anthropic's ``POST …/messages`` and Amazon Bedrock's ``POST /model/{modelId}/converse`` and
-``/converse-stream`` (JSON, and AWS event-stream binary framing: see :func:`event_frame`; Bedrock
-API-key auth, ``Authorization: Bearer``; ``x-fake-tool: NAME`` answers with a call of that tool);
+``/converse-stream`` (JSON, and AWS event-stream binary framing: see :func:`event_frame`; a Bedrock
+API key as ``Authorization: Bearer``, or an AWS SigV4 signature by a key of :data:`FAKE_AWS_KEYS`, checked
+by :func:`check_sigv4`; ``x-fake-tool: NAME`` answers with a call of that tool);
 anything else is a 404 OpenAI error. Per-request control through request headers (they win over
 the instance's :attr:`FakeProvider.defaults`, see :class:`Behaviour`):
 
@@ -37,7 +38,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import calendar
 import collections
+import hashlib
+import hmac
 import importlib
 import json
 import re
@@ -49,12 +53,17 @@ import uuid
 import zlib
 from dataclasses import dataclass, replace
 from typing import Any, Callable
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["Behaviour", "FakeProvider", "RecordedRequest", "event_frame"]
+__all__ = ["FAKE_AWS_KEYS", "Behaviour", "FakeProvider", "RecordedRequest", "check_sigv4", "event_frame"]
+
+# the IAM keys the fake Bedrock knows: access key id -> secret access key
+FAKE_AWS_KEYS = {"AKIDSIDEGATEFAKE": "sidegate/fake+secret/KEY"}
+_SIGV4_AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request, "
+                         r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})")
 
 _CONVERSE = re.compile(r"^/model/([^/]+)/(converse|converse-stream)$")
 _BEDROCK_ERRORS = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException",
@@ -129,6 +138,47 @@ def event_frame(headers: dict[str, str], payload: bytes) -> bytes:
     prelude = struct.pack(">II", 12 + len(hb) + len(payload) + 4, len(hb))
     message = prelude + struct.pack(">I", zlib.crc32(prelude)) + hb + payload
     return message + struct.pack(">I", zlib.crc32(message))
+
+
+def check_sigv4(method: str, raw_path: str, headers: Any, body: bytes, keys: dict[str, str], *, region: str | None = None,
+                service: str = "bedrock", now: float | None = None) -> str | None:
+    """Why an AWS SigV4 signature is not valid (None: it is), computed as AWS documents it from what was received:
+    the headers that SignedHeaders names, each path segment URI-encoded (again), the body's SHA-256."""
+    m = _SIGV4_AUTH.fullmatch(headers.get("authorization", ""))
+    if m is None:
+        return "Authorization header is not an AWS4-HMAC-SHA256 signature"
+    key_id, day, signed_region, signed_service, signed, signature = m.groups()
+    if key_id not in keys:
+        return "The security token included in the request is invalid."
+    if (region and signed_region != region) or signed_service != service:
+        return f"Credential should be scoped to a valid region and service {service!r}, not {signed_region}/{signed_service}"
+    names = signed.split(";")
+    if "host" not in names or "x-amz-date" not in names or any(n not in headers for n in names):
+        return f"SignedHeaders {signed!r} must include host and x-amz-date, and only headers that were sent"
+    amz_date = headers["x-amz-date"]
+    try:
+        when = calendar.timegm(time.strptime(amz_date, "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        return f"X-Amz-Date {amz_date!r} is not of the form YYYYMMDDTHHMMSSZ"
+    if not amz_date.startswith(day) or abs((now or time.time()) - when) > 300:
+        return f"Signature expired or not yet valid: {amz_date} is not within 5 minutes of the server's time"
+    payload = hashlib.sha256(body).hexdigest()
+    if headers.get("x-amz-content-sha256", payload) != payload:
+        return "The provided x-amz-content-sha256 header does not match what was computed."
+    path, _, query = raw_path.partition("?")
+    canonical_uri = "/".join(quote(segment, safe="") for segment in path.split("/")) or "/"
+    canonical_query = "&".join(sorted(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in parse_qsl(query, keep_blank_values=True)))
+    canonical_headers = "".join(f"{n}:{' '.join(headers[n].split())}\n" for n in names)
+    canonical = f"{method}\n{canonical_uri}\n{canonical_query}\n{canonical_headers}\n{signed}\n{payload}"
+    scope = f"{day}/{signed_region}/{signed_service}/aws4_request"
+    string_to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    k = f"AWS4{keys[key_id]}".encode()
+    for part in scope.split("/"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    expected = hmac.new(k, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature):
+        return "The request signature we calculated does not match the signature you provided."
+    return None
 
 
 def _bedrock_error(status: int, message: str) -> web.Response:
@@ -415,8 +465,13 @@ class FakeProvider:
             await asyncio.sleep(b.delay_ms / 1000)
         if b.status is not None and b.status >= 400:
             return _bedrock_error(b.status, f"{self.name}: simulated error {b.status}")
-        if not request.headers.get("authorization", "").startswith("Bearer "):
-            return _bedrock_error(403, "Authorization header requires a Bearer API key")
+        auth = request.headers.get("authorization", "")
+        if auth.startswith("AWS4-HMAC-SHA256 "):
+            why = check_sigv4(request.method, request.raw_path, request.headers, await request.read(), FAKE_AWS_KEYS)
+            if why is not None:
+                return _bedrock_error(403, why)
+        elif not auth.startswith("Bearer "):
+            return _bedrock_error(403, "Authorization header requires a Bearer API key or an AWS SigV4 signature")
         messages = body.get("messages") if isinstance(body, dict) else None
         if not isinstance(messages, list) or not messages:
             return _bedrock_error(400, "1 validation error detected: Value null at 'messages' failed to satisfy constraint")

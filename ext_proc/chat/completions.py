@@ -24,6 +24,7 @@ from ext_proc.errors import MalformedRequest, MethodNotAllowed, SidegateError
 from ext_proc.metrics import Metrics
 from ext_proc.names import ATTEMPT_HEADER, CACHE_HEADER, PROVIDER_HEADER, UPSTREAM_HEADER
 from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Reply
+from ext_proc.wire import sigv4
 from ext_proc.wire.openai import ChatRequest, chat_completion, parse_chat_request, sse_frames
 
 __all__ = ["ChatProcessor", "Decision", "Forward", "Router", "egress_router", "synthesized"]
@@ -166,6 +167,10 @@ class ChatProcessor(PassThrough):
             out = json.dumps({"model": sent.model or self.provider.model or "", **sent.body}).encode()
         if out is not None:  # Envoy refuses a replaced body whose content-length is stale
             headers["content-length"] = str(len(out))
+        if self.provider.aws is not None and out is not None and path is not None:  # Bedrock with IAM keys
+            assert self.provider.aws_region is not None
+            headers.update(sigv4.sign(method="POST", host=self.provider.host_header, path=path, body=out,
+                                      credentials=self.provider.aws, region=self.provider.aws_region, service="bedrock"))
         return Continue(set_headers=headers, body=out, clear_route_cache=True)
 
     async def _cache_lookup(self, provider: LlmProvider, sent: ChatRequest) -> Immediate | None:

@@ -584,7 +584,7 @@ def _provider_route(p: LlmProvider, listener: ListenerCfg) -> Route:
         )
     else:
         u = p.upstream
-        action["host_rewrite_literal"] = p.http_host or _host_header(u)
+        action["host_rewrite_literal"] = p.host_header  # http_host, else the upstream's (what a SigV4 signature signs)
         if p.interface == AZURE_INTERFACE:  # the deployment is in the path, the API version in the query
             action["regex_rewrite"] = RegexMatchAndSubstitute(
                 pattern=RegexMatcher(regex="^/v1/chat/completions$"),
@@ -610,7 +610,7 @@ def _provider_route(p: LlmProvider, listener: ListenerCfg) -> Route:
                                                     append_action=HeaderValueOptionHeaderAppendAction.ADD_IF_ABSENT))
     headers_to_add += [_header(k, v) for k, v in p.headers]  # Arch's provider headers ($VAR: %ENVIRONMENT(VAR)%)
     removed = list(REMOVED_CLIENT_HEADERS)
-    if p.passthrough_auth:  # the client's key, which ext_proc has put in the header this provider reads
+    if p.passthrough_auth or p.aws is not None:  # the client's key, or the SigV4 signature, which ext_proc has set
         removed.remove(p.key_header)
     return Route(
         name=p.cluster,

@@ -16,7 +16,7 @@ import pytest
 from ext_proc.config import Config
 from ext_proc.control import supervisor as sv
 from testkit import gateway_config
-from testkit.fake_provider import FakeProvider
+from testkit.fake_provider import FAKE_AWS_KEYS, FakeProvider
 from tests.integration.conftest import running_stack
 
 pytestmark = pytest.mark.integration
@@ -61,7 +61,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         providers.append({"name": "passthrough", "provider_interface": "openai", "endpoint": f"http://127.0.0.1:{fake.port}/v1",
                           "model": "model-passthrough", "passthrough_auth": True, "http_host": "llm.example.internal",
                           "headers": {"x-team": "blue", "x-team-token": "tok-$FAMILY_KEY"}})
-        with running_stack(tmp_path_factory, gateway_config(providers), {"FAMILY_KEY": "sk-family"}) as (cfg, supervisor):
+        # Bedrock with IAM keys: every request signed with SigV4, which the fake checks
+        providers.append({"name": "bedrock-iam", "provider_interface": "amazon_bedrock", "endpoint": f"http://127.0.0.1:{fake.port}",
+                          "model": "us.amazon.nova-pro-v1:0", "aws_access_key_id": "$AWS_KEY_ID",
+                          "aws_secret_access_key": "$AWS_SECRET", "aws_region": "us-west-2"})
+        with running_stack(tmp_path_factory, gateway_config(providers), {"FAMILY_KEY": "sk-family", "AWS_KEY_ID": next(iter(FAKE_AWS_KEYS)),
+                                                                               "AWS_SECRET": FAKE_AWS_KEYS[next(iter(FAKE_AWS_KEYS))]}) as (cfg, supervisor):
             yield Stack(cfg=cfg, fake=fake, supervisor=supervisor)
 
 
@@ -174,3 +179,21 @@ def test_a_tool_call_whose_arguments_are_not_json_is_a_400_and_not_forwarded(sta
                 {"role": "assistant", "content": [{"type": "tool_use", "id": "c1", "name": "weather", "input": "{city: Paris"}]}])
         assert ainfo.value.status_code == 400 and "input" in str(ainfo.value)
     assert stack.fake.requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_bedrock_with_iam_keys_signs_each_request_with_sigv4(stack: Stack, stream: bool) -> None:
+    """The fake Bedrock answers 403 unless the signature over the host, path, date and body checks out."""
+    stack.fake.clear()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{stack.cfg.egress.port}/v1", api_key="sk-client-own", max_retries=0, timeout=10)
+    messages: Any = [{"role": "user", "content": "signed hello"}]
+    if stream:
+        chunks = client.chat.completions.create(model="us.amazon.nova-pro-v1:0", messages=messages, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    else:
+        text = client.chat.completions.create(model="us.amazon.nova-pro-v1:0", messages=messages).choices[0].message.content or ""
+    assert text == "fake-family says: signed hello"
+    (seen,) = stack.fake.requests
+    assert seen.path == "/model/us.amazon.nova-pro-v1:0/converse" + ("-stream" if stream else "")  # sent as %3A, decoded by the server
+    assert seen.headers["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={next(iter(FAKE_AWS_KEYS))}/")
+    assert "/us-west-2/bedrock/aws4_request" in seen.headers["authorization"] and "sk-client-own" not in str(dict(seen.headers))

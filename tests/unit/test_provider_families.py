@@ -101,3 +101,17 @@ def test_provider_headers_refuse_host_and_unset_variables() -> None:
     msg = refused(provider(provider_interface="openai", fallbacks=["q"]),
                   {"name": "q", "provider_interface": "openai", "endpoint": "http://127.0.0.1:9/v1", "model": "n", "passthrough_auth": True})
     assert "fallbacks[0]" in msg and "passthrough_auth" in msg
+
+
+def test_bedrock_iam_keys_need_both_halves_a_region_and_no_api_key() -> None:
+    iam = {"name": "br", "provider_interface": "amazon_bedrock", "model": "m", "default": True,
+           "endpoint": "https://bedrock-runtime.eu-central-1.amazonaws.com", "aws_access_key_id": "$K", "aws_secret_access_key": "$K"}
+    cfg = build_config(gateway_config([iam]), env={"K": "k"})
+    assert cfg.llm_providers[0].aws_region == "eu-central-1" and cfg.llm_providers[0].aws is not None
+    r = route(bootstrap_dict(cfg), "egress", "provider_br")
+    assert "request_headers_to_add" not in r or not r["request_headers_to_add"]  # ext_proc signs: no key injected
+    assert "authorization" not in r["request_headers_to_remove"] and r["route"]["host_rewrite_literal"] == "bedrock-runtime.eu-central-1.amazonaws.com"
+    assert "aws_secret_access_key is required" in refused({k: v for k, v in iam.items() if k != "aws_secret_access_key"})
+    assert "set aws_region" in refused({**iam, "endpoint": "https://vpce-1.bedrock.example.com"})
+    assert "keep one" in refused({**iam, "access_key": "$K"})
+    assert "amazon_bedrock only" in refused(provider(provider_interface="openai", aws_access_key_id="$K", aws_secret_access_key="$K"))
