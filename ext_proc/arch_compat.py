@@ -341,7 +341,7 @@ def _base_url(pr: dict[str, Any], at: str, hosts: Mapping[str, str]) -> None:
         del pr["base_url"]
         endpoint = base_url.rstrip("/")
         interface = pr.get("provider_interface")
-        if not u.path.strip("/") and interface != "azure_openai":
+        if not u.path.strip("/") and interface not in ("azure_openai", "amazon_bedrock"):  # their paths start at the root
             # no path: plano uses the family's own prefix (groq: /openai/v1, gemini: /v1beta/openai, others /v1)
             default = hosts.get(interface) if isinstance(interface, str) else None
             endpoint += urlsplit(default).path if default else "/v1"

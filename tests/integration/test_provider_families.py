@@ -62,7 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                           "model": "model-passthrough", "passthrough_auth": True, "http_host": "llm.example.internal",
                           "headers": {"x-team": "blue", "x-team-token": "tok-$FAMILY_KEY"}})
         # Bedrock with IAM keys: every request signed with SigV4, which the fake checks
-        providers.append({"name": "bedrock-iam", "provider_interface": "amazon_bedrock", "endpoint": f"http://127.0.0.1:{fake.port}",
+        providers.append({"name": "bedrock-iam", "provider_interface": "amazon_bedrock", "base_url": f"http://127.0.0.1:{fake.port}",
                           "model": "us.amazon.nova-pro-v1:0", "aws_access_key_id": "$AWS_KEY_ID",
                           "aws_secret_access_key": "$AWS_SECRET", "aws_region": "us-west-2"})
         with running_stack(tmp_path_factory, gateway_config(providers), {"FAMILY_KEY": "sk-family", "AWS_KEY_ID": next(iter(FAKE_AWS_KEYS)),

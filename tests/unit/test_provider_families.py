@@ -39,8 +39,8 @@ def test_amazon_bedrock_route_sends_the_api_key_as_bearer_and_leaves_the_path_to
     cfg = build_config(gateway_config([{"name": "br", "model": "amazon_bedrock/us.amazon.nova-pro-v1:0", "access_key": "$K",
                                         "base_url": "https://bedrock-runtime.us-west-2.amazonaws.com/", "default": True}]), env={"K": "k"})
     p = cfg.llm_providers[0]
-    assert (p.interface, p.wire, p.model, p.upstream.host, p.upstream.tls) == (
-        "amazon_bedrock", "bedrock", "us.amazon.nova-pro-v1:0", "bedrock-runtime.us-west-2.amazonaws.com", True)
+    assert (p.interface, p.wire, p.model, p.upstream.host, p.upstream.tls, p.upstream.base_path) == (
+        "amazon_bedrock", "bedrock", "us.amazon.nova-pro-v1:0", "bedrock-runtime.us-west-2.amazonaws.com", True, "")  # no /v1: /model/... is at the root
     r = route(bootstrap_dict(cfg), "egress", "provider_br")
     assert "regex_rewrite" not in r["route"]  # the Converse path (/model/{id}/converse) is written by ext_proc
     assert [(h["header"]["key"], h["header"]["value"]) for h in r["request_headers_to_add"]] == [("authorization", "Bearer %ENVIRONMENT(K)%")]
