@@ -56,6 +56,7 @@ class Exchange:
         self._converse_out = b""  # what the Bedrock stream's last bytes became, read by usage(), sent by response()
         self._usage_sent = False
         self._fed = False  # usage() fed the current chunk to the Bedrock decoder
+        self._include_usage = True  # an OpenAI client's stream_options.include_usage (Bedrock streams)
         self._error_type: str | None = None
 
     @property
@@ -79,6 +80,8 @@ class Exchange:
             chat_in: dict[str, Any] = json.loads(body) if body is not None else dict(req.body)
             model = provider.model or str(chat_in.get("model") or "")
             path = bedrock.converse_path(model, stream=bool(chat_in.get("stream")), base_path=provider.upstream.base_path)
+            options = chat_in.get("stream_options")
+            self._include_usage = isinstance(options, dict) and options.get("include_usage") is True
             return json.dumps(bedrock.chat_request_to_converse(chat_in)).encode(), path
         if not self.translating and (self.client == "openai" or body is None):
             return body, None
@@ -104,7 +107,8 @@ class Exchange:
         self._error_type = error_type
         if self.upstream == "bedrock":
             if streaming and self._status_ok:
-                self._converse = bedrock.ConverseToChatStream(model=self.model)
+                # an Anthropic client's message_delta needs the usage chunk; an OpenAI client gets it when it asked
+                self._converse = bedrock.ConverseToChatStream(model=self.model, include_usage=self._include_usage or self.client == "anthropic")
                 if self.client == "anthropic":
                     self._stream = anthropic.ChatToMessagesStream(model=self.model)
             return

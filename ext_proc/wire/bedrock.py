@@ -318,13 +318,15 @@ class ConverseToChatStream:
     ``messageStart`` -> the ``{role: assistant}`` chunk; ``contentBlockDelta`` text -> ``content``;
     a ``toolUse`` block -> a ``tool_calls`` entry whose ``input`` deltas become ``arguments``;
     ``messageStop`` -> the ``finish_reason`` chunk; ``metadata`` (Bedrock's last event) -> the usage
-    chunk (``choices: []``) and ``[DONE]``. An exception message (``:message-type: exception``,
+    chunk (``choices: []``, only with ``include_usage``, as OpenAI does for ``stream_options.include_usage``)
+    and ``[DONE]``. An exception message (``:message-type: exception``,
     e.g. ``throttlingException``) becomes ``data: {"error": {...}}`` and ends the stream, and so
     does a stream cut before ``messageStop``. :attr:`usage`: OpenAI-shaped, once ``metadata`` came.
     """
 
-    def __init__(self, *, model: str | None = None) -> None:
+    def __init__(self, *, model: str | None = None, include_usage: bool = True) -> None:
         self._decoder = EventStreamDecoder()
+        self._include_usage = include_usage
         self._model = model or ""
         self._id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self._created = int(time.time())
@@ -398,6 +400,8 @@ class ConverseToChatStream:
         if event == "metadata":
             self.usage = _chat_usage(payload.get("usage"))
             self.done = True
+            if not self._include_usage:
+                return b"data: [DONE]\n\n"
             body = {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model,
                     "choices": [], "usage": self.usage}
             return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n" + b"data: [DONE]\n\n"

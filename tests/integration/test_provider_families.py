@@ -124,7 +124,7 @@ def test_bedrock_tool_calls_usage_and_errors_reach_an_openai_client(stack: Stack
     kw: dict[str, Any] = {"model": "model-amazon_bedrock", "messages": [{"role": "user", "content": "rain in Oslo?"}], "tools": tools,
                           "extra_headers": {"x-fake-tool": "weather"}}
     if stream:
-        chunks = list(client.chat.completions.create(stream=True, **kw))
+        chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
         calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
         name = next(tc.function.name for tc in calls if tc.function and tc.function.name)
         arguments = "".join(tc.function.arguments or "" for tc in calls if tc.function)

@@ -177,3 +177,12 @@ def test_a_stream_cut_mid_event_or_an_exception_ends_in_an_error_chunk() -> None
     out = s.feed(start + throttled) + s.close()
     assert chunks(out)[-1]["error"] == {"message": "Too many tokens, please wait", "type": "throttlingException", "param": None,
                                         "code": "throttlingException"}
+
+
+def test_the_usage_chunk_comes_only_when_asked_for() -> None:
+    raw = event("messageStart", {"role": "assistant"}) + event("messageStop", {"stopReason": "end_turn"}) + \
+        event("metadata", {"usage": {"inputTokens": 1, "outputTokens": 1, "totalTokens": 2}})
+    s = ConverseToChatStream(include_usage=False)
+    out = s.feed(raw) + s.close()
+    assert out.endswith(b"data: [DONE]\n\n") and all("usage" not in c for c in chunks(out))
+    assert s.usage == {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}  # still read, for metrics and rate limits
