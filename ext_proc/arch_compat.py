@@ -45,7 +45,8 @@ class CompatError(Exception):
         self.message = message
         super().__init__(f"{path}: {message}")
 
-__all__ = ["ARCH_FAMILIES", "CompatError", "FAMILY_ALIASES", "family", "model_aliases", "normalise", "sidegate_families", "split_model"]
+__all__ = ["ARCH_FAMILIES", "CompatError", "FAMILY_ALIASES", "bad_base_url", "family", "model_aliases", "normalise", "sidegate_families",
+           "split_model"]
 
 # Provider family names Arch / plano know in any version: the schema enums, the CLI's
 # SUPPORTED_PROVIDERS (the `family/` prefix of `model`) and hermesllm's aliases.
@@ -263,6 +264,8 @@ def _provider(pr: dict[str, Any], at: str, warnings: list[str], hosts: Mapping[s
             else:
                 pr["model"] = split[1]
     interface = pr.get("provider_interface")
+    if interface == "chatgpt":
+        _chatgpt(pr, at, warnings)
     if isinstance(interface, str) and interface not in sidegate_families():
         if family(interface) != interface:
             pr["provider_interface"] = family(interface)
@@ -281,13 +284,46 @@ def _provider(pr: dict[str, Any], at: str, warnings: list[str], hosts: Mapping[s
                     ("usage", "preference routing is not implemented yet: this description is not used to pick a provider")):
         if k in pr:
             warnings.append(f"{at}.{k}: {what}")
-    if pr.get("passthrough_auth") is True:
-        instead = "the configured access_key is sent instead" if "access_key" in pr else \
-            "requests to it carry no key (the upstream will likely answer 401)"
-        warnings.append(f"{at}.passthrough_auth: not implemented: the client's Authorization header is never forwarded; {instead}")
-    if isinstance(pr.get("headers"), dict) and pr["headers"]:
-        warnings.append(f"{at}.headers: not sent: extra upstream headers are not implemented "
-                        f"({', '.join(map(str, pr['headers']))})")
+    if pr.get("passthrough_auth") is True and "access_key" in pr:
+        warnings.append(f"{at}.access_key: ignored: passthrough_auth sends the client's own key (as plano does)")
+
+
+# plano's defaults for its `chatgpt` family (cli/planoai/config_generator.py): a ChatGPT subscription
+# through the Codex backend, with the client's OAuth token
+CHATGPT_API_BASE = "https://chatgpt.com/backend-api/codex"
+_CHATGPT_HEADERS = {"originator": "codex_cli_rs", "user-agent": "codex_cli_rs/0.0.0 (Unknown 0; unknown) unknown"}
+
+
+def _chatgpt(pr: dict[str, Any], at: str, warnings: list[str]) -> None:
+    """plano's ``chatgpt`` family: its base_url, passthrough_auth (without access_key) and headers, as plano fills them in."""
+    if not isinstance(pr.get("base_url", pr.get("endpoint")), str):
+        pr["base_url"] = CHATGPT_API_BASE
+    if "access_key" not in pr and "passthrough_auth" not in pr:
+        pr["passthrough_auth"] = True
+    headers = pr.setdefault("headers", {})
+    if isinstance(headers, dict):
+        for k, v in _CHATGPT_HEADERS.items():
+            headers.setdefault(k, v)
+    warnings.append(f"{at}: chatgpt is read as plano fills it in: base_url {pr.get('base_url', pr.get('endpoint'))}, "
+                    f"passthrough_auth {bool(pr.get('passthrough_auth'))} (the client's ChatGPT token), headers originator and "
+                    "user-agent; plano's ChatGPT-Account-Id and session_id headers are not added: set them under headers")
+
+
+# the operations sidegate appends to a provider's base address: a base_url that already ends in one is a mistake
+_API_OPERATIONS = re.compile(r"/(chat/completions|completions|messages|responses|embeddings|converse(-stream)?)/?$")
+
+
+def bad_base_url(url: str) -> str | None:
+    """Why ``url`` cannot be a provider's base address (None: it can): a query, a fragment, or an API operation in its path."""
+    u = urlsplit(url if "://" in url else "//" + url)
+    if u.query or u.fragment:
+        return f"{url!r} has a query or fragment: give the API's base address only (e.g. https://api.example.com/v1)"
+    m = _API_OPERATIONS.search(u.path)
+    if m:
+        base = url[: url.rfind(m.group(0))] or url
+        return (f"{url!r} ends in the API operation /{m.group(1)}, which sidegate adds itself: give the API's base "
+                f"address ({base!r}), or requests go to .../{m.group(1)}/{m.group(1)}")
+    return None
 
 
 def _base_url(pr: dict[str, Any], at: str, hosts: Mapping[str, str]) -> None:
@@ -299,10 +335,13 @@ def _base_url(pr: dict[str, Any], at: str, hosts: Mapping[str, str]) -> None:
         u = urlsplit(base_url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise CompatError(f"{at}.base_url", f"expected http(s)://host[:port][/path], got {base_url!r}")
+        why = bad_base_url(base_url)
+        if why:
+            raise CompatError(f"{at}.base_url", why)
         del pr["base_url"]
         endpoint = base_url.rstrip("/")
         interface = pr.get("provider_interface")
-        if not u.path.strip("/") and interface != "azure_openai":
+        if not u.path.strip("/") and interface not in ("azure_openai", "amazon_bedrock"):  # their paths start at the root
             # no path: plano uses the family's own prefix (groq: /openai/v1, gemini: /v1beta/openai, others /v1)
             default = hosts.get(interface) if isinstance(interface, str) else None
             endpoint += urlsplit(default).path if default else "/v1"
@@ -313,9 +352,6 @@ def _base_url(pr: dict[str, Any], at: str, hosts: Mapping[str, str]) -> None:
         actual = urlsplit(spec if "://" in spec else "//" + spec).hostname
         if host.split(":")[0] == actual:
             del pr["http_host"]  # the Host header sidegate sends anyway
-        else:
-            raise CompatError(f"{at}.http_host", f"a Host header {host!r} other than the endpoint's host {actual!r} "
-                                                          "is not implemented for providers: point endpoint/base_url at that host")
 
 
 def _tracing(out: dict[str, Any], warnings: list[str]) -> None:

@@ -23,7 +23,7 @@ import json
 import os
 import re
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,8 @@ import jsonschema
 import yaml
 from dotenv import dotenv_values
 
-from ext_proc.arch_compat import CompatError, model_aliases, normalise
+from ext_proc.arch_compat import CompatError, bad_base_url, model_aliases, normalise
+from ext_proc.wire.sigv4 import AwsCredentials
 
 __all__ = [
     "Config",
@@ -103,11 +104,10 @@ LOCAL_INTERFACES = frozenset({"sidegate", "arch"})
 # Azure OpenAI: POST {endpoint}/openai/deployments/{model}/chat/completions?api-version=..., key in `api-key`
 AZURE_INTERFACE = "azure_openai"
 AZURE_API_VERSION = "2024-10-21"
-UNSUPPORTED_INTERFACES = {
-    "amazon_bedrock": "Bedrock's Converse API and AWS SigV4 request signing are not implemented: put an OpenAI-compatible "
-                      "gateway in front of Bedrock (e.g. AWS's Bedrock Access Gateway) and use provider_interface: openai "
-                      "with its endpoint",
-}
+UNSUPPORTED_INTERFACES: dict[str, str] = {}  # family -> why it is refused and what to do instead
+# Amazon Bedrock: the Converse API (ext_proc.wire.bedrock), POST {endpoint}/model/{model}/converse[-stream],
+# the access key (a Bedrock API key) as Authorization: Bearer, as Arch sends it
+BEDROCK_INTERFACE = "amazon_bedrock"
 # provider families that speak Anthropic's Messages API (the others speak OpenAI chat completions)
 ANTHROPIC_INTERFACES = frozenset({"anthropic", "claude"})
 # `provider_interface: sidegate` with no endpoint: the ext_proc service's OpenAI-compatible façade.
@@ -197,6 +197,26 @@ class LlmProvider:
     stream: bool | None = None
     fallbacks: tuple[str, ...] = ()  # provider names tried in order when this one fails
     api_version: str | None = None  # azure_openai: the api-version query parameter
+    # Arch's passthrough_auth: the client's own key (Authorization: Bearer, or x-api-key) goes to this
+    # provider, in the header the provider reads; access_key is ignored
+    passthrough_auth: bool = False
+    # Arch's headers: sent on every request to the provider, as Envoy header values (a $VAR is
+    # %ENVIRONMENT(VAR)%, so the file never holds it); header_env: those variables' values, for Envoy
+    headers: tuple[tuple[str, str], ...] = ()
+    header_env: dict[str, str] = field(default_factory=dict, repr=False)
+    http_host: str | None = None  # Arch's http_host: the Host header sent (TLS SNI stays the endpoint's host)
+    # amazon_bedrock with IAM keys (sidegate's aws_* keys): ext_proc signs each request with SigV4
+    aws: AwsCredentials | None = field(default=None, repr=False)
+    aws_region: str | None = None
+
+    @property
+    def host_header(self) -> str:
+        """The Host the provider gets: ``http_host``, else its host, plus ``:port`` when not the scheme's default."""
+        if self.http_host:
+            return self.http_host
+        u = self.upstream
+        host = f"[{u.host}]" if ":" in u.host else u.host  # IPv6 literal
+        return host if u.port == (443 if u.tls else 80) else f"{host}:{u.port}"
 
     @property
     def cluster(self) -> str:
@@ -209,8 +229,17 @@ class LlmProvider:
 
     @property
     def wire(self) -> str:
-        """The API the provider speaks: ``anthropic`` (Messages) or ``openai`` (chat completions)."""
+        """The API the provider speaks: ``anthropic`` (Messages), ``bedrock`` (Converse) or ``openai`` (chat completions)."""
+        if self.interface == BEDROCK_INTERFACE:
+            return "bedrock"
         return "anthropic" if self.interface in ANTHROPIC_INTERFACES else "openai"
+
+    @property
+    def key_header(self) -> str:
+        """The header this provider reads its key from: ``x-api-key`` (Anthropic), ``api-key`` (Azure), else ``authorization`` (Bearer)."""
+        if self.wire == "anthropic":
+            return "x-api-key"
+        return "api-key" if self.interface == AZURE_INTERFACE else "authorization"
 
     @property
     def route_cluster(self) -> str:
@@ -476,11 +505,13 @@ class Config:
 
     def secret_env(self) -> dict[str, str]:
         """Environment variables Envoy needs to inject provider keys (``%ENVIRONMENT(VAR)%``)."""
-        return {
+        env = {var: value for p in self.llm_providers for var, value in p.header_env.items()}
+        env.update({
             p.access_key_env: p.access_key
             for p in self.llm_providers
             if p.access_key_env and p.access_key is not None
-        }
+        })
+        return env
 
 
 @lru_cache(maxsize=1)
@@ -682,7 +713,8 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
     _check_ports(raw, source)
     endpoints = _endpoints(raw, source)
     providers = _providers(raw, env, ext_proc, source)
-    targets = _targets(raw, endpoints, env, source)
+    xref_warnings: list[str] = []  # cross-references Arch accepts: named, not refused
+    targets = _targets(raw, endpoints, env, source, xref_warnings)
     if targets and not providers and any(t.auto_llm_dispatch_on_response for t in targets):
         raise ConfigError(source, "llm_providers", "prompt targets answer through an LLM: configure at least one llm_provider")
     jb = ((raw.get("prompt_guards") or {}).get("input_guards") or {}).get("jailbreak")
@@ -712,11 +744,11 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         tracing_sampling=float(tracing.get("random_sampling", 0)),
         otlp_endpoint=tracing.get("otlp_endpoint"),
         tracing_include_prompts=bool(tracing.get("include_prompts", False)),
-        ratelimits=_ratelimits(raw, providers, source),
+        ratelimits=_ratelimits(raw, providers, xref_warnings),
         shared_store=_shared_store(raw.get("shared_store") or {}, source),
         response_cache=_response_cache(raw.get("response_cache")),
         model_server=ms,
-        warnings=tuple(compat_warnings + warnings + _response_cache_warnings(raw.get("response_cache"), ms, targets, guard=jb is not None)),
+        warnings=tuple(compat_warnings + xref_warnings + warnings + _response_cache_warnings(raw.get("response_cache"), ms, targets, guard=jb is not None)),
         model_aliases=_model_aliases(raw, providers, source),
     )
 
@@ -792,11 +824,17 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
                                                      "(requests go to /openai/deployments/<model>/chat/completions)")
         if spec is None and interface in LOCAL_INTERFACES:
             spec = _SIDEGATE_FACADE.format(port=ext_proc.http_port)
+        if spec is None and interface == BEDROCK_INTERFACE:
+            raise ConfigError(source, f"{at}.endpoint", "amazon_bedrock needs the address of Bedrock's runtime in your region: "
+                                                        "set base_url (or endpoint): https://bedrock-runtime.<region>.amazonaws.com")
         if spec is None:
             raise ConfigError(source, f"{at}.endpoint", f"provider_interface {interface!r} has no default address: set endpoint")
+        if (why := bad_base_url(spec)) is not None:
+            raise ConfigError(source, f"{at}.endpoint", why)
         access_key: str | None = None
         key_env: str | None = None
-        if "access_key" in pr:
+        passthrough = bool(pr.get("passthrough_auth", False))
+        if "access_key" in pr and not passthrough:
             access_key, key_env = _resolve_env(pr["access_key"], env, source, f"{at}.access_key")
             if key_env is None:  # a literal key: hand it to Envoy through a variable of our own
                 key_env = base = "SIDEGATE_KEY_" + re.sub(r"[^A-Z0-9]", "_", pr["name"].upper())
@@ -819,6 +857,10 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
                 stream=pr.get("stream"),
                 fallbacks=tuple(pr.get("fallbacks") or ()),
                 api_version=pr.get("api_version", AZURE_API_VERSION) if interface == AZURE_INTERFACE else None,
+                passthrough_auth=passthrough,
+                http_host=pr.get("http_host"),
+                **_aws(pr, interface, spec, env, source, at),
+                **_provider_headers(pr.get("headers") or {}, env, source, f"{at}.headers"),
             )
         )
     if len(defaults) > 1:
@@ -833,6 +875,14 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
             if AZURE_INTERFACE in (p.interface, other.interface):  # the failover rewrites Bearer keys and /v1/ prefixes only
                 raise ConfigError(source, f"llm_providers[{i}].fallbacks[{j}]",
                                   "azure_openai providers cannot be in a fallback chain (their key header and path differ)")
+            for q in (p, other):  # set per attempt by the failover's Lua filter, which knows only the key and host
+                extra = [k for k, on in (("passthrough_auth", q.passthrough_auth), ("headers", q.headers), ("http_host", q.http_host)) if on]
+                if extra:
+                    raise ConfigError(source, f"llm_providers[{i}].fallbacks[{j}]",
+                                      f"{q.name!r} has {', '.join(extra)}: not supported in a fallback chain")
+            if BEDROCK_INTERFACE in (p.interface, other.interface):  # the model is in a Converse request's path
+                raise ConfigError(source, f"llm_providers[{i}].fallbacks[{j}]",
+                                  "amazon_bedrock providers cannot be in a fallback chain (the model is in their request path)")
             if other.wire != p.wire:  # Envoy's failover rewrites the key, host and path per attempt, not the body's API
                 raise ConfigError(source, f"llm_providers[{i}].fallbacks[{j}]",
                                   f"{fb!r} speaks the {other.wire} API and {p.name!r} the {p.wire} API: a fallback must speak the same one")
@@ -841,7 +891,56 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
     return tuple(providers)
 
 
-def _targets(raw: dict[str, Any], endpoints: dict[str, Endpoint], env: dict[str, str], source: str) -> tuple[PromptTarget, ...]:
+_BEDROCK_REGION = re.compile(r"^bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
+_AWS_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_region")
+
+
+def _aws(pr: dict[str, Any], interface: str, spec: str, env: dict[str, str], source: str, at: str) -> dict[str, Any]:
+    """amazon_bedrock's IAM keys (``aws_access_key_id`` + ``aws_secret_access_key``, optional ``aws_session_token``):
+    SigV4 instead of the Bearer API key; the region from ``aws_region`` or the bedrock-runtime host name."""
+    given = [k for k in _AWS_KEYS if k in pr]
+    if not given:
+        return {}
+    if interface != BEDROCK_INTERFACE:
+        raise ConfigError(source, f"{at}.{given[0]}", "AWS SigV4 keys are for provider_interface amazon_bedrock only")
+    for k in ("aws_access_key_id", "aws_secret_access_key"):
+        if k not in pr:
+            raise ConfigError(source, f"{at}.{k}", f"{k} is required with {', '.join(given)} (IAM keys sign requests with SigV4)")
+    if "access_key" in pr:
+        raise ConfigError(source, f"{at}.access_key", "both access_key (a Bedrock API key, sent as Bearer) and aws_* IAM keys "
+                                                      "(SigV4) are set: keep one")
+    values = {k: _resolve_env(pr[k], env, source, f"{at}.{k}")[0] for k in _AWS_KEYS[:3] if k in pr}
+    host = urlsplit(spec if "://" in spec else "//" + spec).hostname or ""
+    m = _BEDROCK_REGION.match(host)
+    region = pr.get("aws_region") or (m.group(1) if m else None)
+    if not region:
+        raise ConfigError(source, f"{at}.aws_region", f"the region is not in the endpoint's host {host!r} "
+                                                      "(bedrock-runtime.<region>.amazonaws.com): set aws_region, e.g. us-east-1")
+    creds = AwsCredentials(values["aws_access_key_id"], values["aws_secret_access_key"], values.get("aws_session_token"))
+    return {"aws": creds, "aws_region": region}
+
+
+def _provider_headers(headers: dict[str, str], env: dict[str, str], source: str, at: str) -> dict[str, Any]:
+    """A provider's ``headers`` as Envoy header values: ``$VAR`` -> ``%ENVIRONMENT(VAR)%`` (checked set), ``%`` -> ``%%``."""
+    rendered: list[tuple[str, str]] = []
+    secrets: dict[str, str] = {}
+    for name, value in headers.items():
+        if name.lower() in ("host", ":authority", "content-length") or name.startswith(":"):
+            raise ConfigError(source, f"{at}.{name}", f"{name!r} cannot be set here" + (": use http_host" if name.lower() in ("host", ":authority") else ""))
+        parts, last = [], 0
+        for m in _ENV_IN_TEXT.finditer(value):
+            secret, var = _resolve_env(m.group(0), env, source, f"{at}.{name}")
+            assert var is not None
+            secrets[var] = secret
+            parts += [value[last : m.start()].replace("%", "%%"), f"%ENVIRONMENT({var})%"]
+            last = m.end()
+        parts.append(value[last:].replace("%", "%%"))
+        rendered.append((name, "".join(parts)))
+    return {"headers": tuple(rendered), "header_env": secrets}
+
+
+def _targets(raw: dict[str, Any], endpoints: dict[str, Endpoint], env: dict[str, str], source: str,
+             warnings: list[str]) -> tuple[PromptTarget, ...]:
     targets: list[PromptTarget] = []
     target_names: set[str] = set()
     target_defaults: list[str] = []
@@ -890,8 +989,10 @@ def _targets(raw: dict[str, Any], endpoints: dict[str, Endpoint], env: dict[str,
                 if placeholder not in {p.name for p in params}:
                     raise ConfigError(source, f"{at}.endpoint.path", f"placeholder {{{placeholder}}} is not a parameter of {t['name']!r}")
             for j, prm in enumerate(params):
-                if prm.in_path and prm.name not in placeholders:
-                    raise ConfigError(source, f"{at}.parameters[{j}].in_path", f"in_path is true but endpoint.path {path!r} has no {{{prm.name}}}")
+                if prm.in_path and prm.name not in placeholders:  # Arch ignores in_path: the path's placeholders decide
+                    warnings.append(f"{at}.parameters[{j}].in_path: in_path is true but endpoint.path {path!r} has no "
+                                    f"{{{prm.name}}}: {prm.name!r} is sent in the query string (as Arch does)")
+                    params[j] = replace(prm, in_path=False)
             headers = {}
             for hk, hv in (e.get("http_headers") or {}).items():  # "Bearer $APP_TOKEN" works too
                 where = f"{at}.endpoint.http_headers.{hk}"
@@ -913,13 +1014,15 @@ def _targets(raw: dict[str, Any], endpoints: dict[str, Endpoint], env: dict[str,
     return tuple(targets)
 
 
-def _ratelimits(raw: dict[str, Any], providers: tuple[LlmProvider, ...], source: str) -> tuple[RateLimit, ...]:
+def _ratelimits(raw: dict[str, Any], providers: tuple[LlmProvider, ...], warnings: list[str]) -> tuple[RateLimit, ...]:
     ratelimits: list[RateLimit] = []
     provider_models = {p.name for p in providers} | {p.model for p in providers if p.model}
     for i, rl in enumerate(raw.get("ratelimits") or []):
-        if rl["model"] not in provider_models:
+        if rl["model"] not in provider_models:  # Arch accepts it, and the limit never applies
             known = ", ".join(sorted(provider_models)) or "no llm_providers are configured"
-            raise ConfigError(source, f"ratelimits[{i}].model", f"no llm_provider has name or model {rl['model']!r} (known: {known})")
+            warnings.append(f"ratelimits[{i}].model: no llm_provider has name or model {rl['model']!r} (known: {known}): "
+                            "this limit never applies (Arch accepts it the same way); name a provider or its model")
+            continue
         selector = rl.get("selector") or {}
         ratelimits.append(RateLimit(model=rl["model"], tokens=rl["limit"]["tokens"], unit=rl["limit"]["unit"],
                                     selector_key=selector.get("key"), selector_value=selector.get("value") or None))

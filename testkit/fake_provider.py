@@ -11,7 +11,11 @@ independently of ``ext_proc`` on purpose: it is the reference the gateway is tes
         # -> content "fake-a says: hi", response header x-fake-provider: fake-a
         fp.requests[-1].headers["authorization"]               # "Bearer sk-test"
 
-Routes: ``POST …/chat/completions`` (any prefix: ``/v1/…``, ``/openai/v1/…``) and ``GET …/models``;
+Routes: ``POST …/chat/completions`` (any prefix: ``/v1/…``, ``/openai/v1/…``), ``GET …/models``,
+Anthropic's ``POST …/messages`` and Amazon Bedrock's ``POST /model/{modelId}/converse`` and
+``/converse-stream`` (JSON, and AWS event-stream binary framing: see :func:`event_frame`; a Bedrock
+API key as ``Authorization: Bearer``, or an AWS SigV4 signature by a key of :data:`FAKE_AWS_KEYS`, checked
+by :func:`check_sigv4`; ``x-fake-tool: NAME`` answers with a call of that tool);
 anything else is a 404 OpenAI error. Per-request control through request headers (they win over
 the instance's :attr:`FakeProvider.defaults`, see :class:`Behaviour`):
 
@@ -34,21 +38,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import calendar
 import collections
+import hashlib
+import hmac
 import importlib
 import json
 import re
 import signal
+import struct
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, replace
 from typing import Any, Callable
+from urllib.parse import parse_qsl, quote, unquote
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["Behaviour", "FakeProvider", "RecordedRequest"]
+__all__ = ["FAKE_AWS_KEYS", "Behaviour", "FakeProvider", "RecordedRequest", "check_sigv4", "event_frame"]
+
+# the IAM keys the fake Bedrock knows: access key id -> secret access key
+FAKE_AWS_KEYS = {"AKIDSIDEGATEFAKE": "sidegate/fake+secret/KEY"}
+_SIGV4_AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request, "
+                         r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})")
+
+_CONVERSE = re.compile(r"^/model/([^/]+)/(converse|converse-stream)$")
+_BEDROCK_ERRORS = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException",
+                   408: "ModelTimeoutException", 429: "ThrottlingException", 500: "InternalServerException",
+                   503: "ServiceUnavailableException"}
 
 _ERROR_KINDS: dict[int, tuple[str, str]] = {
     400: ("invalid_request_error", "invalid_request"),
@@ -109,6 +129,63 @@ def _text(content: Any) -> str:
 def _anthropic_error(status: int, message: str, kind: str) -> web.Response:
     """An error as Anthropic's API writes it."""
     return web.json_response({"type": "error", "error": {"type": kind, "message": message}}, status=status)
+
+
+def event_frame(headers: dict[str, str], payload: bytes) -> bytes:
+    """One AWS event-stream message: prelude (total length, headers length, CRC32 of those 8 bytes),
+    string headers (name length, name, type 7, value length, value), payload, CRC32 of all before."""
+    hb = b"".join(bytes([len(k)]) + k.encode() + b"\x07" + struct.pack(">H", len(v.encode())) + v.encode() for k, v in headers.items())
+    prelude = struct.pack(">II", 12 + len(hb) + len(payload) + 4, len(hb))
+    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + hb + payload
+    return message + struct.pack(">I", zlib.crc32(message))
+
+
+def check_sigv4(method: str, raw_path: str, headers: Any, body: bytes, keys: dict[str, str], *, region: str | None = None,
+                service: str = "bedrock", now: float | None = None) -> str | None:
+    """Why an AWS SigV4 signature is not valid (None: it is), computed as AWS documents it from what was received:
+    the headers that SignedHeaders names, each path segment URI-encoded (again), the body's SHA-256."""
+    m = _SIGV4_AUTH.fullmatch(headers.get("authorization", ""))
+    if m is None:
+        return "Authorization header is not an AWS4-HMAC-SHA256 signature"
+    key_id, day, signed_region, signed_service, signed, signature = m.groups()
+    if key_id not in keys:
+        return "The security token included in the request is invalid."
+    if (region and signed_region != region) or signed_service != service:
+        return f"Credential should be scoped to a valid region and service {service!r}, not {signed_region}/{signed_service}"
+    names = signed.split(";")
+    if "host" not in names or "x-amz-date" not in names or any(n not in headers for n in names):
+        return f"SignedHeaders {signed!r} must include host and x-amz-date, and only headers that were sent"
+    amz_date = headers["x-amz-date"]
+    try:
+        when = calendar.timegm(time.strptime(amz_date, "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        return f"X-Amz-Date {amz_date!r} is not of the form YYYYMMDDTHHMMSSZ"
+    if not amz_date.startswith(day) or abs((now or time.time()) - when) > 300:
+        return f"Signature expired or not yet valid: {amz_date} is not within 5 minutes of the server's time"
+    payload = hashlib.sha256(body).hexdigest()
+    if headers.get("x-amz-content-sha256", payload) != payload:
+        return "The provided x-amz-content-sha256 header does not match what was computed."
+    path, _, query = raw_path.partition("?")
+    canonical_uri = "/".join(quote(segment, safe="") for segment in path.split("/")) or "/"
+    canonical_query = "&".join(sorted(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in parse_qsl(query, keep_blank_values=True)))
+    canonical_headers = "".join(f"{n}:{' '.join(headers[n].split())}\n" for n in names)
+    canonical = f"{method}\n{canonical_uri}\n{canonical_query}\n{canonical_headers}\n{signed}\n{payload}"
+    scope = f"{day}/{signed_region}/{signed_service}/aws4_request"
+    string_to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    k = f"AWS4{keys[key_id]}".encode()
+    for part in scope.split("/"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    expected = hmac.new(k, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature):
+        return "The request signature we calculated does not match the signature you provided."
+    return None
+
+
+def _bedrock_error(status: int, message: str) -> web.Response:
+    """An error as Bedrock writes it: ``{"message"}``, the exception's name in ``x-amzn-ErrorType``."""
+    name = _BEDROCK_ERRORS.get(status, "InternalServerException" if status >= 500 else "ValidationException")
+    return web.json_response({"message": message}, status=status,
+                             headers={"x-amzn-ErrorType": f"{name}:http://internal.amazon.com/coral/com.amazon.bedrock/"})
 
 
 def split_words(text: str) -> list[str]:
@@ -282,6 +359,10 @@ class FakeProvider:
             if request.method != "POST":
                 return _error(405, f"method {request.method} not allowed on {request.path}", code="method_not_allowed")
             resp = await self._chat(request, parsed)
+        elif (converse := _CONVERSE.match(request.path)) is not None:  # Amazon Bedrock's Converse API
+            if request.method != "POST":
+                return _bedrock_error(405, f"method {request.method} not allowed on {request.path}")
+            resp = await self._converse(request, parsed, unquote(converse.group(1)), stream=converse.group(2) == "converse-stream")
         elif path.endswith("/messages"):  # Anthropic's Messages API
             if request.method != "POST":
                 return _anthropic_error(405, f"method {request.method} not allowed on {request.path}", "invalid_request_error")
@@ -368,6 +449,72 @@ class FakeProvider:
                                            "usage": {"output_tokens": usage["output_tokens"]}}),
                    event("message_stop", {})]
         resp = web.StreamResponse(headers={**headers, "content-type": "text/event-stream", "cache-control": "no-cache"})
+        await resp.prepare(request)
+        for i, f in enumerate(frames):
+            if i and b.chunk_delay_ms > 0:
+                await asyncio.sleep(b.chunk_delay_ms / 1000)
+            await resp.write(f)
+        await resp.write_eof()
+        return resp
+
+    async def _converse(self, request: web.Request, body: Any, model: str, *, stream: bool) -> web.StreamResponse:
+        """Bedrock's Converse (JSON) and ConverseStream (event-stream) answers. Checks what Bedrock
+        checks: a Bearer API key, ``messages`` of content blocks, alternating roles starting with user."""
+        b = self._behaviour(request)
+        if b.delay_ms > 0:
+            await asyncio.sleep(b.delay_ms / 1000)
+        if b.status is not None and b.status >= 400:
+            return _bedrock_error(b.status, f"{self.name}: simulated error {b.status}")
+        auth = request.headers.get("authorization", "")
+        if auth.startswith("AWS4-HMAC-SHA256 "):
+            why = check_sigv4(request.method, request.raw_path, request.headers, await request.read(), FAKE_AWS_KEYS)
+            if why is not None:
+                return _bedrock_error(403, why)
+        elif not auth.startswith("Bearer "):
+            return _bedrock_error(403, "Authorization header requires a Bearer API key or an AWS SigV4 signature")
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not messages:
+            return _bedrock_error(400, "1 validation error detected: Value null at 'messages' failed to satisfy constraint")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") != ("user", "assistant")[i % 2] or not isinstance(m.get("content"), list):
+                return _bedrock_error(400, "A conversation must start with a user message and alternate between user and "
+                                           f"assistant roles, each with a list of content blocks (messages.{i})")
+        if "model" in body or "stream" in body:
+            return _bedrock_error(400, f"Malformed input request: extraneous key [{'model' if 'model' in body else 'stream'}] is not permitted")
+        last_user = " ".join(blk["text"] for blk in messages[-1]["content"] if isinstance(blk, dict) and isinstance(blk.get("text"), str))
+        tools = [t["toolSpec"]["name"] for t in (body.get("toolConfig") or {}).get("tools", []) if isinstance(t, dict) and "toolSpec" in t]
+        tool = request.headers.get("x-fake-tool")
+        if tool is not None and tool not in tools:
+            return _bedrock_error(400, f"x-fake-tool {tool!r} is not in toolConfig.tools ({tools})")
+        pieces = chunk_content(b.reply if b.reply is not None else f"{self.name} says: {last_user}", b.chunks)
+        content = "".join(pieces)
+        input_tokens = sum(len(str(blk.get("text", "")).split()) for m in messages for blk in m["content"] if isinstance(blk, dict))
+        usage = {"inputTokens": input_tokens, "outputTokens": len(content.split()), "totalTokens": input_tokens + len(content.split())}
+        blocks: list[dict[str, Any]] = [{"text": content}]
+        if tool is not None:
+            blocks.append({"toolUse": {"toolUseId": f"tooluse_{uuid.uuid4().hex[:20]}", "name": tool, "input": {"q": last_user}}})
+        stop = "tool_use" if tool is not None else "end_turn"
+        headers = {"x-fake-provider": self.name, "x-amzn-RequestId": str(uuid.uuid4()), "x-fake-model": model}
+        if not stream:
+            return web.json_response({"output": {"message": {"role": "assistant", "content": blocks}}, "stopReason": stop,
+                                      "usage": usage, "metrics": {"latencyMs": 12}}, headers=headers)
+
+        def event(kind: str, data: dict[str, Any]) -> bytes:
+            return event_frame({":event-type": kind, ":content-type": "application/json", ":message-type": "event"},
+                               json.dumps({**data, "p": "abcdefgh"}).encode())  # "p": Bedrock's padding field
+
+        frames = [event("messageStart", {"role": "assistant"})]
+        frames += [event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": p}}) for p in pieces]
+        frames.append(event("contentBlockStop", {"contentBlockIndex": 0}))
+        if tool is not None:
+            use = blocks[1]["toolUse"]
+            arguments = json.dumps(use["input"])
+            frames += [event("contentBlockStart", {"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": use["toolUseId"], "name": tool}}}),
+                       event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": arguments[:5]}}}),
+                       event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": arguments[5:]}}}),
+                       event("contentBlockStop", {"contentBlockIndex": 1})]
+        frames += [event("messageStop", {"stopReason": stop}), event("metadata", {"usage": usage, "metrics": {"latencyMs": 12}})]
+        resp = web.StreamResponse(headers={**headers, "content-type": "application/vnd.amazon.eventstream"})
         await resp.prepare(request)
         for i, f in enumerate(frames):
             if i and b.chunk_delay_ms > 0:

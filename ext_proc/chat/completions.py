@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from ext_proc import telemetry
 from ext_proc.chat.cache import CacheEntry, Collector, ResponseCacheService, context_key
-from ext_proc.chat.providers import choose_provider
+from ext_proc.chat.providers import choose_provider, passthrough_key
 from ext_proc.chat.ratelimit import Charge, RateLimiter
 from ext_proc.chat.translate import Exchange
 from ext_proc.config import Config, LlmProvider
@@ -24,6 +24,7 @@ from ext_proc.errors import MalformedRequest, MethodNotAllowed, SidegateError
 from ext_proc.metrics import Metrics
 from ext_proc.names import ATTEMPT_HEADER, CACHE_HEADER, PROVIDER_HEADER, UPSTREAM_HEADER
 from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Reply
+from ext_proc.wire import sigv4
 from ext_proc.wire.openai import ChatRequest, chat_completion, parse_chat_request, sse_frames
 
 __all__ = ["ChatProcessor", "Decision", "Forward", "Router", "egress_router", "synthesized"]
@@ -158,12 +159,18 @@ class ChatProcessor(PassThrough):
             })
         self.log.debug("to provider %s (cluster %s)", self.provider.name, self.provider.route_cluster)
         headers = {UPSTREAM_HEADER: self.provider.cluster}
+        if self.provider.passthrough_auth:
+            headers.update(passthrough_key(self.provider, self.headers))
         if path is not None:  # the provider speaks the other API
             headers[":path"] = path
         if self.provider.fallbacks and self.provider.wire == "openai":  # Envoy's failover rewrites "model" per attempt: it must come first
             out = json.dumps({"model": sent.model or self.provider.model or "", **sent.body}).encode()
         if out is not None:  # Envoy refuses a replaced body whose content-length is stale
             headers["content-length"] = str(len(out))
+        if self.provider.aws is not None and out is not None and path is not None:  # Bedrock with IAM keys
+            assert self.provider.aws_region is not None
+            headers.update(sigv4.sign(method="POST", host=self.provider.host_header, path=path, body=out,
+                                      credentials=self.provider.aws, region=self.provider.aws_region, service="bedrock"))
         return Continue(set_headers=headers, body=out, clear_route_cache=True)
 
     async def _cache_lookup(self, provider: LlmProvider, sent: ChatRequest) -> Immediate | None:
@@ -205,14 +212,16 @@ class ChatProcessor(PassThrough):
             self.provider = fallback
         self.metrics.upstream_status.labels(self.provider.name, status[:1] + "xx" if status else "none").inc()
         self.outcome = f"upstream_{status}"
-        self.streaming = "text/event-stream" in headers.get("content-type", "")
-        self.exchange.start_response(status=status, streaming=self.streaming)
+        self.streaming = self.exchange.is_stream(headers.get("content-type", ""))
+        self.exchange.start_response(status=status, streaming=self.streaming, error_type=headers.get("x-amzn-errortype"))
         telemetry.set_attributes(self.llm_span, {"http.response.status_code": int(status) if status.isdigit() else 0})
         if not status.startswith("2"):
             telemetry.set_error(self.llm_span, f"{self.provider.name} answered {status}")
         if end_of_stream:
             self._end_llm_span()
         set_headers = {PROVIDER_HEADER: self.provider.name}
+        if self.exchange.translating and self.streaming:  # e.g. Bedrock's event stream, sent on as SSE
+            set_headers["content-type"] = "text/event-stream"
         if self.cache is not None:
             set_headers[CACHE_HEADER] = self.cache_result
             if self.cache_key is not None:

@@ -11,7 +11,7 @@ from ext_proc.errors import MalformedRequest
 from ext_proc.names import PROVIDER_HINT_HEADER
 from ext_proc.wire.openai import ChatRequest
 
-__all__ = ["ProviderChoice", "body_for", "choose_provider", "provider_for_model"]
+__all__ = ["ProviderChoice", "body_for", "choose_provider", "passthrough_key", "provider_for_model"]
 
 
 
@@ -89,3 +89,18 @@ def body_for(provider: LlmProvider, req: ChatRequest, *, model: str | None = Non
     if model and req.model != model:
         return json.dumps({**req.body, "model": model}).encode()
     return None
+
+
+def passthrough_key(provider: LlmProvider, headers: dict[str, str]) -> dict[str, str]:
+    """``passthrough_auth``: the client's key in the header ``provider`` reads (Arch's semantics).
+
+    The key is the client's ``Authorization`` (``Bearer`` stripped) or else its ``x-api-key``, so an
+    ``anthropic`` SDK client reaches an OpenAI-compatible provider and the other way round. No key:
+    nothing is set and the provider answers (likely 401) as Arch lets it. Envoy's route removes
+    every other key header."""
+    raw = headers.get("authorization", "").strip()
+    key = raw[len("Bearer"):].strip() if raw[:6].lower() == "bearer" else raw
+    key = key or headers.get("x-api-key", "").strip()
+    if not key:
+        return {}
+    return {provider.key_header: f"Bearer {key}" if provider.key_header == "authorization" else key}

@@ -1,5 +1,6 @@
-"""Between the API a client speaks and the API its provider speaks: OpenAI chat completions or
-Anthropic Messages (DESIGN.md, "provider families", "Anthropic API on the listeners").
+"""Between the API a client speaks and the API its provider speaks: OpenAI chat completions,
+Anthropic Messages, or (provider side only) Amazon Bedrock's Converse API (DESIGN.md, "provider
+families", "Anthropic API on the listeners").
 
 Inside, a chat request is always OpenAI-shaped (:class:`~ext_proc.wire.openai.ChatRequest`): the
 router and the prompt pipeline see one shape. :class:`Exchange` does the rest for one request:
@@ -30,7 +31,7 @@ from ext_proc.config import LlmProvider
 from ext_proc.errors import RenderedError, SidegateError, render_error
 from ext_proc.names import CHAT_COMPLETIONS_PATH, MESSAGES_PATH
 from ext_proc.processor import Immediate
-from ext_proc.wire import anthropic
+from ext_proc.wire import anthropic, bedrock
 from ext_proc.wire.openai import ChatRequest, parse_chat_request, usage_from_body, usage_from_sse
 
 __all__ = ["API_PATHS", "Exchange"]
@@ -51,6 +52,12 @@ class Exchange:
         self._scanner: anthropic.MessagesUsageScanner | None = None
         self._sse_tail = b""
         self._chat_body: dict[str, Any] | None = None  # an Anthropic client's request, translated
+        self._converse: bedrock.ConverseToChatStream | None = None  # a Bedrock stream, to OpenAI chunks
+        self._converse_out = b""  # what the Bedrock stream's last bytes became, read by usage(), sent by response()
+        self._usage_sent = False
+        self._fed = False  # usage() fed the current chunk to the Bedrock decoder
+        self._include_usage = True  # an OpenAI client's stream_options.include_usage (Bedrock streams)
+        self._error_type: str | None = None
 
     @property
     def translating(self) -> bool:
@@ -69,6 +76,13 @@ class Exchange:
         ``body``: the router's OpenAI-shaped body (None: the request as the client sent it)."""
         self.upstream = provider.wire
         self.model = provider.model or req.model
+        if self.upstream == "bedrock":  # Converse: the model and the streaming choice are in the path
+            chat_in: dict[str, Any] = json.loads(body) if body is not None else dict(req.body)
+            model = provider.model or str(chat_in.get("model") or "")
+            path = bedrock.converse_path(model, stream=bool(chat_in.get("stream")), base_path=provider.upstream.base_path)
+            options = chat_in.get("stream_options")
+            self._include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            return json.dumps(bedrock.chat_request_to_converse(chat_in)).encode(), path
         if not self.translating and (self.client == "openai" or body is None):
             return body, None
         chat: dict[str, Any] = json.loads(body) if body is not None else self._chat_body or dict(req.body)
@@ -82,8 +96,22 @@ class Exchange:
     def _status_ok(self) -> bool:
         return 200 <= self._status < 300
 
-    def start_response(self, *, status: str, streaming: bool) -> None:
+    @staticmethod
+    def is_stream(content_type: str) -> bool:
+        """Whether a provider's answer is a stream: SSE, or Bedrock's event-stream framing."""
+        return "text/event-stream" in content_type or bedrock.EVENT_STREAM_TYPE in content_type
+
+    def start_response(self, *, status: str, streaming: bool, error_type: str | None = None) -> None:
+        """``error_type``: Bedrock's ``x-amzn-errortype`` header (the exception's name), if any."""
         self._status = int(status) if status.isdigit() else 502
+        self._error_type = error_type
+        if self.upstream == "bedrock":
+            if streaming and self._status_ok:
+                # an Anthropic client's message_delta needs the usage chunk; an OpenAI client gets it when it asked
+                self._converse = bedrock.ConverseToChatStream(model=self.model, include_usage=self._include_usage or self.client == "anthropic")
+                if self.client == "anthropic":
+                    self._stream = anthropic.ChatToMessagesStream(model=self.model)
+            return
         if self.upstream == "anthropic" and streaming:
             self._scanner = anthropic.MessagesUsageScanner()
         if self.translating and streaming and self._status_ok:
@@ -94,6 +122,17 @@ class Exchange:
 
     def usage(self, chunk: bytes, *, streaming: bool) -> dict[str, Any] | None:
         """OpenAI-shaped usage found in the provider's bytes (a whole JSON body, or the next SSE chunk)."""
+        if self.upstream == "bedrock":
+            if not streaming:
+                return bedrock.usage_from_converse(chunk) if self._status_ok else None
+            if self._converse is None:
+                return None
+            self._converse_out += self._converse.feed(chunk)
+            self._fed = True
+            if self._converse.usage is not None and not self._usage_sent:
+                self._usage_sent = True
+                return self._converse.usage
+            return None
         if self.upstream == "anthropic":
             if streaming:
                 return self._scanner.feed(chunk) if self._scanner is not None else None
@@ -107,6 +146,8 @@ class Exchange:
         """The provider's bytes in the client's API (None: unchanged)."""
         if not self.translating:
             return None
+        if self.upstream == "bedrock":
+            return self._from_bedrock(chunk, streaming=streaming, end_of_stream=end_of_stream)
         if streaming and self._stream is not None:
             return self._stream.feed(chunk) + (self._stream.close() if end_of_stream else b"")
         if not self._status_ok:
@@ -116,6 +157,23 @@ class Exchange:
         if self.upstream == "anthropic":
             return json.dumps(anthropic.message_to_chat_completion(chunk, model=self.model)).encode()
         return json.dumps(anthropic.chat_completion_to_message(chunk, model=self.model)).encode()
+
+    def _from_bedrock(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes:
+        if streaming and self._converse is not None:
+            if not self._fed:  # usage() decodes a chunk first, when it is called
+                self._converse_out += self._converse.feed(chunk)
+            self._fed = False
+            chat, self._converse_out = self._converse_out + (self._converse.close() if end_of_stream else b""), b""
+            if self._stream is None:
+                return chat
+            return self._stream.feed(chat) + (self._stream.close() if end_of_stream else b"")
+        if not self._status_ok:
+            error = bedrock.error_body_to_chat(chunk, self._status, self._error_type)
+            return anthropic.error_body_to_messages(error, self._status) if self.client == "anthropic" else error
+        completion = bedrock.converse_to_chat_completion(chunk, model=self.model)
+        if self.client == "anthropic":
+            return json.dumps(anthropic.chat_completion_to_message(completion, model=self.model)).encode()
+        return json.dumps(completion).encode()
 
     # -- sidegate's own answers ---------------------------------------------------------------
     def answer(self, reply: Immediate) -> Immediate:

@@ -584,19 +584,19 @@ def _provider_route(p: LlmProvider, listener: ListenerCfg) -> Route:
         )
     else:
         u = p.upstream
-        action["host_rewrite_literal"] = _host_header(u)
+        action["host_rewrite_literal"] = p.host_header  # http_host, else the upstream's (what a SigV4 signature signs)
         if p.interface == AZURE_INTERFACE:  # the deployment is in the path, the API version in the query
             action["regex_rewrite"] = RegexMatchAndSubstitute(
                 pattern=RegexMatcher(regex="^/v1/chat/completions$"),
                 substitution=f"{u.base_path.rstrip('/')}/openai/deployments/{p.model}/chat/completions?api-version={p.api_version}",
             )
-        elif u.base_path and u.base_path != "/v1":  # e.g. groq: /v1/chat/completions -> /openai/v1/chat/completions
+        elif u.base_path and u.base_path != "/v1" and p.wire != "bedrock":  # e.g. groq (Bedrock: ext_proc writes the whole path): /v1/chat/completions -> /openai/v1/chat/completions
             action["regex_rewrite"] = RegexMatchAndSubstitute(
                 pattern=RegexMatcher(regex="^/v1/"), substitution=u.base_path.rstrip("/") + "/"
             )
         if p.retries > 0:
             action["retry_policy"] = RetryPolicy(retry_on=RETRY_ON, num_retries=p.retries, retriable_status_codes=[429])
-        if p.access_key_env:
+        if p.access_key_env and not p.passthrough_auth:
             # Envoy fills this in from its own environment when the request goes out: the file never
             # holds the key. Envoy removes request_headers_to_remove first, then adds these.
             if p.wire == "anthropic":
@@ -608,6 +608,10 @@ def _provider_route(p: LlmProvider, listener: ListenerCfg) -> Route:
         if p.wire == "anthropic":  # required by the Messages API; an Anthropic client's own value is kept
             headers_to_add.append(HeaderValueOption(header=HeaderValue(key=ANTHROPIC_VERSION_HEADER, value=ANTHROPIC_VERSION),
                                                     append_action=HeaderValueOptionHeaderAppendAction.ADD_IF_ABSENT))
+    headers_to_add += [_header(k, v) for k, v in p.headers]  # Arch's provider headers ($VAR: %ENVIRONMENT(VAR)%)
+    removed = list(REMOVED_CLIENT_HEADERS)
+    if p.passthrough_auth or p.aws is not None:  # the client's key, or the SigV4 signature, which ext_proc has set
+        removed.remove(p.key_header)
     return Route(
         name=p.cluster,
         match=_upstream_match(p.cluster),
@@ -617,7 +621,7 @@ def _provider_route(p: LlmProvider, listener: ListenerCfg) -> Route:
             idle_timeout=_seconds(listener.timeout_s),  # ...but the upstream may not go silent longer
             **action,
         ),
-        request_headers_to_remove=list(REMOVED_CLIENT_HEADERS),
+        request_headers_to_remove=removed,
         request_headers_to_add=headers_to_add,
     )
 

@@ -122,11 +122,22 @@ def test_base_url() -> None:
     refused({"llm_providers": [{"model": "openai/x", "base_url": "https://h", "endpoint": "h:1"}]}, "llm_providers[0].base_url", "both")
 
 
+@pytest.mark.parametrize("url, words", [
+    ("https://api.openai.com/v1/chat/completions", ["/chat/completions", "'https://api.openai.com/v1'"]),
+    ("https://api.anthropic.com/v1/messages/", ["/messages", "'https://api.anthropic.com/v1'"]),
+    ("https://bedrock-runtime.us-east-1.amazonaws.com/model/m/converse", ["/converse"]),
+    ("https://proxy.example.com/v1?key=abc", ["query or fragment"]),
+])
+def test_a_base_url_with_the_api_operation_in_its_path_is_refused_with_the_base_to_give(url: str, words: list[str]) -> None:
+    refused({"llm_providers": [{"model": "openai/x", "base_url": url}]}, "llm_providers[0].base_url", *words)
+    refused({"llm_providers": [{"name": "p", "provider_interface": "openai", "endpoint": url}]}, "llm_providers[0].endpoint", *words)
+
+
 def test_http_host() -> None:
     out, _ = norm({"llm_providers": [{"model": "openai/x", "base_url": "https://api.custom.com", "http_host": "api.custom.com"}]})
     assert "http_host" not in out["llm_providers"][0]
-    refused({"llm_providers": [{"model": "openai/x", "base_url": "https://10.0.0.1", "http_host": "api.custom.com"}]},
-            "llm_providers[0].http_host", "'api.custom.com'")
+    other = build({"llm_providers": [{"model": "openai/x", "base_url": "https://10.0.0.1", "http_host": "api.custom.com"}]})
+    assert other.llm_providers[0].http_host == "api.custom.com" and other.llm_providers[0].upstream.host == "10.0.0.1"
     cfg = build({"endpoints": {"app": {"endpoint": "10.0.0.1:80", "http_host": "app.local"}}})
     assert cfg.endpoints["app"].http_host == "app.local"
 
@@ -135,7 +146,7 @@ def test_families_sidegate_lacks() -> None:
     out, warnings = norm({"llm_providers": [{"model": "moonshotai/kimi", "base_url": "https://api.kimi.com/v1"}]})
     assert out["llm_providers"][0]["provider_interface"] == "openai"
     assert any("'moonshotai' is not a sidegate family: read as an OpenAI-compatible provider" in w for w in warnings)
-    refused({"llm_providers": [{"model": "chatgpt/gpt-5"}]}, "llm_providers[0].model", "'chatgpt' is not implemented", "base_url")
+    refused({"llm_providers": [{"model": "xiaomi/mimo"}]}, "llm_providers[0].model", "'xiaomi' is not implemented", "base_url")
     out, _ = norm({"llm_providers": [{"model": "plano/Arch-Function"}]})
     assert out["llm_providers"][0]["provider_interface"] == "arch"
 
@@ -173,9 +184,19 @@ def test_unimplemented_top_level_keys_are_kept_and_warned(key: str, value: Any) 
 
 def test_unimplemented_provider_keys_are_warned() -> None:
     cfg = build({"llm_providers": [{"model": "openai/gpt-4o", "routing_preferences": [{"name": "n", "description": "d"}],
-                                    "passthrough_auth": True, "headers": {"User-Agent": "x"}}]})
+                                    "passthrough_auth": True, "access_key": "$UNSET_KEY", "headers": {"User-Agent": "x"}}]})
     heads = {w.split(":")[0] for w in cfg.warnings}
-    assert {"llm_providers[0].routing_preferences", "llm_providers[0].passthrough_auth", "llm_providers[0].headers"} <= heads
+    assert {"llm_providers[0].routing_preferences", "llm_providers[0].access_key"} <= heads  # passthrough: the key is ignored
+    p = cfg.llm_providers[0]
+    assert p.passthrough_auth and p.access_key is None and p.headers == (("User-Agent", "x"),)
+
+
+def test_chatgpt_is_filled_in_as_plano_does() -> None:
+    cfg = build({"llm_providers": [{"model": "chatgpt/*"}]})
+    p = cfg.llm_providers[0]
+    assert (p.interface, p.upstream.host, p.upstream.base_path, p.passthrough_auth) == ("openai", "chatgpt.com", "/backend-api/codex", True)
+    assert dict(p.headers)["originator"] == "codex_cli_rs"
+    assert any(w.startswith("llm_providers[0]: chatgpt is read as plano fills it in") and "ChatGPT-Account-Id" in w for w in cfg.warnings)
 
 
 def test_string_parameter_defaults_are_read_as_their_type() -> None:

@@ -436,10 +436,12 @@ def test_path_placeholder_is_not_a_parameter(tmp_path: Path) -> None:
     refused(path, "prompt_targets[0].endpoint.path", "{town}", "not a parameter", "get_weather")
 
 
-def test_in_path_parameter_missing_from_path(tmp_path: Path) -> None:
+def test_in_path_parameter_missing_from_path_goes_to_the_query_as_in_arch(tmp_path: Path) -> None:
     cfg = variant(**{"prompt_targets[0].endpoint.path": "/weather"})
     cfg["prompt_targets"][0]["parameters"][0]["in_path"] = True
-    refused(write(tmp_path, cfg), "prompt_targets[0].parameters[0].in_path", "{city}", "/weather")
+    loaded = load_config(write(tmp_path, cfg), env=ENV)
+    assert not loaded.prompt_targets[0].parameters[0].in_path
+    assert any(w.startswith("prompt_targets[0].parameters[0].in_path: ") and "{city}" in w and "query string" in w for w in loaded.warnings)
 
 
 def test_enum_default_not_in_enum(tmp_path: Path) -> None:
@@ -544,9 +546,11 @@ prompt_targets:
     refused(path, "prompt_targets[0].parameters[0].enum[0]", "expected a string", "True", "quote it")
 
 
-def test_ratelimit_for_unknown_model(tmp_path: Path) -> None:
-    limits = [{"model": "gpt-5", "limit": {"tokens": 10, "unit": "minute"}}]
-    refused(vary(tmp_path, ratelimits=limits), "ratelimits[0].model", "'gpt-5'", "gpt-4o-mini")
+def test_ratelimit_for_unknown_model_is_warned_and_never_applies_as_in_arch(tmp_path: Path) -> None:
+    limits = [{"model": "gpt-5", "limit": {"tokens": 10, "unit": "minute"}}, {"model": "gpt-4o-mini", "limit": {"tokens": 10, "unit": "minute"}}]
+    loaded = load_config(vary(tmp_path, ratelimits=limits), env=ENV)
+    assert [r.model for r in loaded.ratelimits] == ["gpt-4o-mini"]
+    assert any(w.startswith("ratelimits[0].model: ") and "'gpt-5'" in w and "gpt-4o-mini" in w and "never applies" in w for w in loaded.warnings)
 
 
 def test_not_yaml(tmp_path: Path) -> None:

@@ -77,3 +77,24 @@ def test_a_fallback_must_speak_the_providers_api() -> None:
     ])
     with pytest.raises(Exception, match=r"fallbacks\[0\].*speaks the openai API"):
         build_config(raw)
+
+
+BEDROCK = build_config(gateway_config([{"name": "br", "provider_interface": "amazon_bedrock", "default": True,
+                                        "base_url": "https://bedrock-runtime.us-east-1.amazonaws.com", "model": "amazon.nova-lite-v1:0"}])).llm_providers[0]
+
+
+def test_an_anthropic_client_reads_bedrocks_answer_and_error_in_anthropics_shape() -> None:
+    ex = Exchange("anthropic")
+    body, path = ex.upstream_body(ex.parse(MESSAGES), None, BEDROCK)
+    assert path == "/model/amazon.nova-lite-v1%3A0/converse" and json.loads(body)["inferenceConfig"] == {"maxTokens": 10}
+    ex.start_response(status="200", streaming=False)
+    answer = json.dumps({"output": {"message": {"role": "assistant", "content": [{"text": "hello"}]}}, "stopReason": "max_tokens",
+                         "usage": {"inputTokens": 2, "outputTokens": 10}}).encode()
+    assert ex.usage(answer, streaming=False) == {"prompt_tokens": 2, "completion_tokens": 10, "total_tokens": 12}
+    message = json.loads(ex.response(answer, streaming=False, end_of_stream=True) or b"")
+    assert (message["type"], message["content"], message["stop_reason"]) == ("message", [{"type": "text", "text": "hello"}], "max_tokens")
+    ex = Exchange("anthropic")
+    ex.upstream_body(ex.parse(MESSAGES), None, BEDROCK)
+    ex.start_response(status="429", streaming=False, error_type="ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/")
+    error = json.loads(ex.response(b'{"message": "Too many requests"}', streaming=False, end_of_stream=True) or b"")
+    assert error == {"type": "error", "error": {"type": "rate_limit_error", "message": "Too many requests"}}
