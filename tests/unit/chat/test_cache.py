@@ -171,6 +171,58 @@ async def test_a_corrupt_or_foreign_redis_entry_is_a_miss_and_is_overwritten(ser
         await svc.close()
 
 
+async def test_apps_sharing_one_redis_keep_to_their_prefix(server: RedisServer) -> None:
+    """Two sidegate deployments (prefixes app-a:, app-b:) and another app's keys on one Redis."""
+    client = redis.Redis.from_url(server.url)
+    client.set("app-b-data:rc:v1:x", b"another app's value")  # a near name, outside both prefixes
+    a = ResponseCacheService(ResponseCache(), SharedStore(type="redis", url=server.url, prefix="app-a:"))
+    b = ResponseCacheService(ResponseCache(), SharedStore(type="redis", url=server.url, prefix="app-b:"))
+    try:
+        where: dict[str, Any] = {"listener": "egress", "client_api": "openai", "provider": "p", "model": "m", "body": BODY}
+        ka, kb = a.key(**where), b.key(**where)
+        assert await a.put(ka, CacheEntry(body=b'{"from": "a"}', content_type="application/json", provider="p"))
+        assert (await b.lookup(kb, {})).result == "miss"  # the same request, another deployment: not its answer
+        assert await b.put(kb, CacheEntry(body=b'{"from": "b"}', content_type="application/json", provider="p"))
+        found_a, found_b = await a.lookup(ka, {}), await b.lookup(kb, {})
+        assert found_a.entry is not None and found_a.entry.body == b'{"from": "a"}'
+        assert found_b.entry is not None and found_b.entry.body == b'{"from": "b"}'
+        assert client.get("app-b-data:rc:v1:x") == b"another app's value"
+        assert {k.decode().split(":", 1)[0] for k in client.keys("app-*")} == {"app-a", "app-b", "app-b-data"}
+    finally:
+        client.delete(*client.keys("app-*"))
+        await a.close()
+        await b.close()
+
+
+async def test_a_real_redis_answering_slowly_is_a_bounded_bypass(server: RedisServer) -> None:
+    """CLIENT PAUSE: Redis takes connections and commands and answers after 2 s; the cache gives up at
+    shared_store.timeout (100 ms), the request goes on, and lookups work again once Redis answers."""
+    errors: list[str] = []
+    svc = ResponseCacheService(ResponseCache(), SharedStore(type="redis", url=server.url, prefix="t-slow:", timeout_s=0.1),
+                               on_store_error=errors.append)
+    client = redis.Redis.from_url(server.url)
+    try:
+        k = svc.key(listener="egress", client_api="openai", provider="p", model="m", body=BODY)
+        assert await svc.put(k, CacheEntry(body=b"{}", content_type="application/json", provider="p"))
+        client.client_pause(2000)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        found = await svc.lookup(k, {})
+        assert found.result == "bypass" and found.reason == "store_error" and errors == ["TimeoutError"]
+        assert loop.time() - start < 0.5  # bounded by the timeout, not by Redis
+        client.client_unpause()
+        for _ in range(20):  # the client opens a new connection on its next call
+            if (await svc.lookup(k, {})).result == "hit":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("no hit after Redis answered again")
+    finally:
+        client.client_unpause()
+        client.delete(*client.keys("t-slow:*"))
+        await svc.close()
+
+
 async def test_redis_down_or_slow_is_a_bypass_counted_never_an_error() -> None:
     silent = socket.socket()  # accepts connections and never answers: a Redis that hangs
     silent.bind(("127.0.0.1", 0))
