@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         with_rule, without = count(held, predicted(held, sc_q, t)), count(held, predicted(held, sc_q, t, rule=False))
         curve.append({"similarity": t, "precision": with_rule.precision, "recall": with_rule.recall,
                       "precision_cosine_only": without.precision, "recall_cosine_only": without.recall})
-    print_table("held-out questions: the curve, with and without compatible() (same numbers, shared words in order)",
+    print_table("held-out questions: the curve, with and without compatible() (numbers, negations, word order, one-for-one swaps)",
                 ["similarity", "precision", "recall", "precision (cosine only)", "recall (cosine only)"],
                 [tuple(r.values()) for r in curve], digits=3)
     write_results(PART, {
