@@ -6,7 +6,7 @@ SDKs, fake providers that count their requests, and a real redis-server as the s
 * ``cache-control: no-cache`` bypasses; a 500 and a tool-call answer are not stored;
 * Redis down: every request bypasses the cache and gets its 200 from the provider; Redis back: hits;
 * bad input: an entry overwritten with garbage or another version's value is a miss (the provider
-  answers, the entry is written again), a 100 MB stream reaches the client whole and is not stored.
+  answers, the entry is written again), a 100 MB answer (SSE or JSON) reaches the client whole and is not stored.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ class ToolCallProvider(FakeProvider):
 
 
 class HugeStreamProvider(FakeProvider):
-    """Answers every chat request with an SSE stream of :data:`HUGE_BYTES` (64 KiB content deltas, written 1 MiB at a time)."""
+    """Answers every chat request with :data:`HUGE_BYTES`: an SSE stream (64 KiB content deltas, written 1 MiB
+    at a time), or one chat completion JSON when the request does not ask for a stream."""
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -68,6 +69,10 @@ class HugeStreamProvider(FakeProvider):
         self.stream = b"".join(events) + b"data: [DONE]\n\n"
 
     async def _chat(self, request: web.Request, body: Any) -> web.StreamResponse:
+        if not body.get("stream"):
+            return web.json_response({"id": "chatcmpl-h", "object": "chat.completion", "created": 0, "model": "model-huge",
+                                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "j" * HUGE_BYTES},
+                                                   "finish_reason": "stop"}]})
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
         view = memoryview(self.stream)
@@ -262,7 +267,7 @@ def test_a_corrupt_or_foreign_entry_is_a_miss_answered_by_the_provider_and_writt
         assert again.headers["x-sidegate-cache"] == "hit" and len(stack.llm.requests) == 1
 
 
-def test_a_100_mb_stream_reaches_the_client_whole_and_is_not_stored(stack: Stack) -> None:
+def test_a_100_mb_answer_reaches_the_client_whole_and_is_not_stored(stack: Stack) -> None:
     stack.huge.clear()
     body = {"model": "model-huge", "messages": ask("tell me everything"), "stream": True}
     for _ in range(2):
@@ -277,6 +282,13 @@ def test_a_100_mb_stream_reaches_the_client_whole_and_is_not_stored(stack: Stack
         assert size == len(stack.huge.stream) and got.digest() == hashlib.sha256(stack.huge.stream).digest()
     assert len(stack.huge.requests) == 2  # the first was not stored: the second went to the provider too
     assert 'sidegate_response_cache_not_stored_total{reason="too_large"}' in stack.metrics()
+    # JSON: more than Envoy may buffer (the listener's max_body_bytes, 8 MiB) goes through unread
+    stack.huge.clear()
+    for _ in range(2):
+        r = stack.client().chat.completions.with_raw_response.create(model="model-huge", messages=ask("tell me everything"))
+        assert r.http_response.status_code == 200 and r.headers["x-sidegate-cache"] == "miss"
+        assert r.parse().choices[0].message.content == "j" * HUGE_BYTES
+    assert len(stack.huge.requests) == 2
 
 
 def test_metrics_count_hits_misses_bypasses_and_bytes(stack: Stack) -> None:

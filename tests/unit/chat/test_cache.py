@@ -445,6 +445,38 @@ async def test_errors_tool_calls_and_large_answers_are_not_stored(status: str, a
     assert flow.metrics.cache_not_stored.labels(reason)._value.get() == 2
 
 
+async def test_a_100_mb_json_answer_goes_through_unchanged_and_is_not_stored() -> None:
+    """Envoy hands a buffered JSON answer over whole (a listener's max_body_bytes raised to allow it)."""
+    flow = Flow(with_cache())  # max_entry_bytes: the default 1 MiB
+    huge = chat_json(content="y" * (100 * 1024 * 1024))
+    for _ in range(2):
+        hit, headers, out = await flow.call(REQ, [huge])
+        assert hit is None and headers["x-sidegate-cache"] == "miss" and out == huge
+    assert flow.metrics.cache_not_stored.labels("too_large")._value.get() == 2
+    assert isinstance(flow.cache.store, MemoryStore) and len(flow.cache.store) == 0
+
+
+@pytest.mark.parametrize(("path", "model", "size_over_limit", "mode"), [
+    ("/v1/chat/completions", "gpt-4o-mini", 1, "NONE"),  # more than Envoy may buffer: through, unread, not stored
+    ("/v1/chat/completions", "gpt-4o-mini", 0, "BUFFERED"),
+    ("/v1/messages", "gpt-4o-mini", 1, "BUFFERED"),  # translated into the client's API: it has to be read
+])
+async def test_a_json_answer_over_the_listeners_body_limit_passes_through(path: str, model: str, size_over_limit: int, mode: str) -> None:
+    cfg = with_cache()
+    flow = Flow(cfg)
+    proc = ChatProcessor(cfg=cfg, listener="egress", router=egress_router, metrics=flow.metrics,
+                         log=logging.LoggerAdapter(logging.getLogger("t")), cache=flow.cache,
+                         api="anthropic" if path == "/v1/messages" else "openai")
+    await proc.request_headers({":method": "POST", ":path": path}, False)
+    body = {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "everything"}]}
+    assert isinstance(await proc.request_body(json.dumps(body).encode(), True), Continue)
+    size = cfg.egress.max_body_bytes + size_over_limit
+    head = await proc.response_headers({":status": "200", "content-type": "application/json", "content-length": str(size)}, False)
+    assert isinstance(head, Continue) and head.response_body_mode == mode and head.set_headers["x-sidegate-cache"] == "miss"
+    assert flow.metrics.cache_not_stored.labels("too_large")._value.get() == (1 if mode == "NONE" else 0)
+    proc.finish()
+
+
 async def test_no_cache_neither_reads_nor_writes() -> None:
     flow = Flow(with_cache())
     _, headers, _ = await flow.call(REQ, [chat_json()], headers={"cache-control": "no-cache"})
