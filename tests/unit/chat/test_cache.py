@@ -209,7 +209,7 @@ async def test_a_real_redis_answering_slowly_is_a_bounded_bypass(server: RedisSe
         start = loop.time()
         found = await svc.lookup(k, {})
         assert found.result == "bypass" and found.reason == "store_error" and errors == ["TimeoutError"]
-        assert loop.time() - start < 0.5  # bounded by the timeout, not by Redis
+        assert loop.time() - start < 1.0  # bounded by the timeout (100 ms), not by Redis (2 s)
         client.client_unpause()
         for _ in range(20):  # the client opens a new connection on its next call
             if (await svc.lookup(k, {})).result == "hit":

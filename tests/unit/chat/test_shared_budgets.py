@@ -126,7 +126,7 @@ async def test_a_real_redis_answering_slowly_is_bounded_by_the_timeout(store: Sh
         else:
             with pytest.raises(StoreUnavailable):
                 await rl.admit(provider(), {}, msgs(400))
-        assert loop.time() - start < 0.5 and errors == ["TimeoutError"]
+        assert loop.time() - start < 1.0 and errors == ["TimeoutError"]  # 100 ms timeout, Redis paused 2 s
     finally:
         client.client_unpause()
         await rl.close()
