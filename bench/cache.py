@@ -13,6 +13,7 @@ negative: a hit is faster, it skips the provider), and the provider calls during
 read from ext_proc's own metrics (``sidegate_upstream_responses_total``: must not move).
 
     python -m bench cache [--seconds 10] [--rounds 3]
+    python -m bench cache --semantic [ARGS]     (the semantic cache's precision: bench/cache_semantic.py)
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def upstream_responses(stack: SidegateStack) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--semantic" in argv:
+        from bench import cache_semantic
+
+        return cache_semantic.main([a for a in argv if a != "--semantic"])
     ap = argparse.ArgumentParser(prog="python -m bench cache", description=__doc__.split("\n", 1)[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="per round and kind (default 10)")
     ap.add_argument("--rounds", type=int, default=3)

@@ -37,12 +37,13 @@ exact matching only, for :data:`EMBED_BACKOFF_S`.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import hashlib
 import json
 import logging
 import re
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -123,19 +124,70 @@ class Turn:
     vec: npt.NDArray[np.float32]
 
 
-_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
+# words that turn a question around ("can't" is "can" + "t"): a hit needs as many of them on each side
+_NEGATIONS = frozenset("not no never t non without nor none nothing nobody neither nowhere cannot dont doesnt didnt "
+                       "cant wont isnt arent wasnt shouldnt couldnt wouldnt".split())
+# one of these standing for another does not change what is asked ("do I need" / "should I need" / "can I")
+_INTERCHANGEABLE = frozenset("do does can could should would will may might is are s am have has got get a an the my your "
+                             "don doesn won isn aren".split())
+
+
+def _close_spelling(x: str, y: str) -> bool:
+    """A typo or an inflection of the same word (refund / refunds, diffrence / difference), not another word."""
+    if x[:3] != y[:3] or abs(len(x) - len(y)) > 2:
+        return False
+    previous = list(range(len(y) + 1))
+    for i, cx in enumerate(x, 1):
+        current = [i]
+        for j, cy in enumerate(y, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (cx != cy)))
+        previous = current
+    return previous[-1] <= 2
+
+
+def _one_block_moved(a: list[str], b: list[str]) -> bool:
+    """Whether ``b`` is ``a`` (the same words) with at most one run of words moved elsewhere, a run of
+    two or more or past two or more ("At the hotel, is there ...?" / "Is there ... at the hotel?"), not
+    two single words swapped ("10 miles to km" / "10 km to miles")."""
+    start = 0
+    while start < len(a) and a[start] == b[start]:
+        start += 1
+    end = len(a)
+    while end > start and a[end - 1] == b[end - 1]:
+        end -= 1
+    middle_a, middle_b = a[start:end], b[start:end]
+    if not middle_a:
+        return True
+    for cut in range(1, len(middle_a)):  # middle_b is middle_a rotated: one part moved past the other
+        if middle_a[cut:] + middle_a[:cut] == middle_b:
+            return max(cut, len(middle_a) - cut) >= 2
+    return False
 
 
 def compatible(a: str, b: str) -> bool:
-    """Whether two turns close in embedding may share an answer: the same numbers in the same
-    order, and the words both use in the same relative order (their first occurrences)."""
-    if _NUMBER.findall(a) != _NUMBER.findall(b):
+    """Whether two turns close in embedding may share an answer. Mean-pooled MiniLM scores one-word
+    edits that change the question as paraphrases ("Is the clinic open on Sundays?" / "... closed on
+    Sundays?" 0.953, "Remind me at 7am" / "7pm" 0.968, "convert 10 miles to km" / "10 km to miles"
+    0.992), so the two also need: the same numbers (every token with a digit, in order), as many
+    negations, the words each says once in the same order (one phrase may move), and no word put in
+    place of another one for one, unless it is a spelling of the same word or an auxiliary
+    ("do" / "can")."""
+    ta, tb = [t.lower() for t in _TOKEN.findall(a)], [t.lower() for t in _TOKEN.findall(b)]
+    if [t for t in ta if any(c.isdigit() for c in t)] != [t for t in tb if any(c.isdigit() for c in t)]:
         return False
-    wa = list(dict.fromkeys(w.lower() for w in _WORD.findall(a)))
-    wb = list(dict.fromkeys(w.lower() for w in _WORD.findall(b)))
-    shared = set(wa) & set(wb)
-    return [w for w in wa if w in shared] == [w for w in wb if w in shared]
+    if sum(t in _NEGATIONS for t in ta) != sum(t in _NEGATIONS for t in tb):
+        return False
+    once_a, once_b = ({t for t, n in Counter(ts).items() if n == 1} for ts in (ta, tb))
+    shared = once_a & once_b  # words said once on each side: their places can be compared
+    if not _one_block_moved([t for t in ta if t in shared], [t for t in tb if t in shared]):
+        return False
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, ta, tb, autojunk=False).get_opcodes():
+        if tag == "replace" and i2 - i1 == j2 - j1 and not all(
+                x == y or _close_spelling(x, y) or (x in _INTERCHANGEABLE and y in _INTERCHANGEABLE)
+                for x, y in zip(ta[i1:i2], tb[j1:j2])):
+            return False
+    return True
 
 
 def encode_index(turns: list[Turn]) -> bytes:

@@ -19,7 +19,7 @@ from ext_proc.chat.cache import CacheEntry, Collector, ResponseCacheService, con
 from ext_proc.chat.providers import choose_provider, passthrough_key
 from ext_proc.chat.ratelimit import Charge, RateLimiter
 from ext_proc.chat.translate import Exchange
-from ext_proc.config import Config, LlmProvider
+from ext_proc.config import Config, Listener, LlmProvider
 from ext_proc.errors import MalformedRequest, MethodNotAllowed, SidegateError
 from ext_proc.metrics import Metrics
 from ext_proc.names import ATTEMPT_HEADER, CACHE_HEADER, PROVIDER_HEADER, UPSTREAM_HEADER
@@ -213,6 +213,12 @@ class ChatProcessor(PassThrough):
         self.metrics.upstream_status.labels(self.provider.name, status[:1] + "xx" if status else "none").inc()
         self.outcome = f"upstream_{status}"
         self.streaming = self.exchange.is_stream(headers.get("content-type", ""))
+        # a JSON answer larger than Envoy may buffer goes to the client untouched (not read here: no
+        # usage, metadata or cache entry), unless it needs translating into the client's API
+        listener = getattr(self.cfg, self.listener, None)
+        size = headers.get("content-length", "")
+        pass_through = (not self.streaming and not end_of_stream and size.isdigit() and isinstance(listener, Listener)
+                        and int(size) > listener.max_body_bytes and not self.exchange.translating)
         self.exchange.start_response(status=status, streaming=self.streaming, error_type=headers.get("x-amzn-errortype"))
         telemetry.set_attributes(self.llm_span, {"http.response.status_code": int(status) if status.isdigit() else 0})
         if not status.startswith("2"):
@@ -227,6 +233,8 @@ class ChatProcessor(PassThrough):
             if self.cache_key is not None:
                 if status != "200" or end_of_stream:
                     self._not_stored("status")
+                elif pass_through:
+                    self._not_stored("too_large")
                 else:
                     self.collector = Collector(client_api=self.exchange.client, streaming=self.streaming,
                                                max_bytes=self.cache.settings.max_entry_bytes)
@@ -234,7 +242,7 @@ class ChatProcessor(PassThrough):
             set_headers=set_headers,
             # a translated body has another length: Envoy sends it chunked
             remove_headers=("content-length",) if self.exchange.translating and not end_of_stream else (),
-            response_body_mode="STREAMED" if self.streaming else ("NONE" if end_of_stream else "BUFFERED"),
+            response_body_mode="STREAMED" if self.streaming else ("NONE" if end_of_stream or pass_through else "BUFFERED"),
         )
 
     def _served_by(self, attempt: str) -> LlmProvider | None:

@@ -417,3 +417,41 @@ def test_bad_input_gets_a_route_or_a_clarifying_question_never_a_5xx(pipe: Pipel
             assert completion.choices[0].message.content, messages[-1]
     finally:
         supervisor.stop_all()
+
+
+def test_a_paraphrase_is_a_semantic_cache_hit_through_triton(pipe: Pipeline, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Issue #20: response_cache.similarity with prompt_embed from this module's Triton, on egress
+    with the openai SDK: a paraphrase of a cached question is answered from the cache (no provider
+    call); a question MiniLM scores close (0.948) that asks the opposite is not."""
+    import urllib.request
+
+    monkeypatch.setenv("SIDEGATE_HOME", str(tmp_path / "home"))
+    _, path = make_config(tmp_path, pipe.llm, pipe.app, with_default=True)
+    raw = yaml.safe_load(path.read_text())
+    raw["model_server"] = {"mode": "remote", "endpoint": f"grpc://127.0.0.1:{pipe.cfg.model_server.grpc_port}"}
+    raw["response_cache"] = {"ttl": "600s", "similarity": 0.92}
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    supervisor = start_stack(cfg, path)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{cfg.egress.port}/v1", api_key="x", max_retries=0, timeout=30)
+
+        def ask_egress(text: str) -> tuple[str, str]:
+            raw_response = client.chat.completions.with_raw_response.create(
+                model="fake-model", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": text}])
+            return raw_response.headers["x-sidegate-cache"], raw_response.parse().choices[0].message.content or ""
+
+        for question, paraphrase, opposite in (
+                ("How do I reset my router to factory settings?", "hi, how do I reset my router to factory settings please?", None),
+                ("Is the museum open on Mondays?", None, "Is the museum closed on Mondays?")):
+            pipe.llm.clear()
+            assert ask_egress(question) == ("miss", f"fake-llm says: {question}") and len(pipe.llm.requests) == 1
+            if paraphrase:
+                assert ask_egress(paraphrase) == ("hit", f"fake-llm says: {question}")  # MiniLM: cosine 0.980
+                assert len(pipe.llm.requests) == 1
+            if opposite:
+                assert ask_egress(opposite) == ("miss", f"fake-llm says: {opposite}") and len(pipe.llm.requests) == 2
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{cfg.ext_proc.http_port}/metrics", timeout=5).read().decode()  # noqa: S310
+        assert re.search(r'sidegate_response_cache_lookups_total\{listener="egress",result="semantic_hit"\} 1\.0', metrics)
+    finally:
+        supervisor.stop_all()

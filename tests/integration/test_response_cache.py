@@ -4,11 +4,14 @@ SDKs, fake providers that count their requests, and a real redis-server as the s
 * the second identical request is answered from the cache (0 provider calls), JSON and SSE, egress
   and ingress, in the client's API;
 * ``cache-control: no-cache`` bypasses; a 500 and a tool-call answer are not stored;
-* Redis down: every request bypasses the cache and gets its 200 from the provider; Redis back: hits.
+* Redis down: every request bypasses the cache and gets its 200 from the provider; Redis back: hits;
+* bad input: an entry overwritten with garbage or another version's value is a miss (the provider
+  answers, the entry is written again), a 100 MB answer (SSE or JSON) reaches the client whole and is not stored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import urllib.request
@@ -18,6 +21,7 @@ from typing import Any
 
 import anthropic
 import openai
+import redis as redis_client
 import pytest
 from aiohttp import web
 
@@ -51,11 +55,42 @@ class ToolCallProvider(FakeProvider):
         return resp
 
 
+class HugeStreamProvider(FakeProvider):
+    """Answers every chat request with :data:`HUGE_BYTES`: an SSE stream (64 KiB content deltas, written 1 MiB
+    at a time), or one chat completion JSON when the request does not ask for a stream."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        events = []
+        for i in range(HUGE_BYTES // (64 * 1024)):
+            chunk = {"id": "chatcmpl-h", "object": "chat.completion.chunk", "created": 0, "model": "model-huge",
+                     "choices": [{"index": 0, "delta": {"content": chr(97 + i % 26) * 64 * 1024}, "finish_reason": None}]}
+            events.append(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        self.stream = b"".join(events) + b"data: [DONE]\n\n"
+
+    async def _chat(self, request: web.Request, body: Any) -> web.StreamResponse:
+        if not body.get("stream"):
+            return web.json_response({"id": "chatcmpl-h", "object": "chat.completion", "created": 0, "model": "model-huge",
+                                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "j" * HUGE_BYTES},
+                                                   "finish_reason": "stop"}]})
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        view = memoryview(self.stream)
+        for at in range(0, len(view), 1 << 20):
+            await resp.write(bytes(view[at:at + (1 << 20)]))
+        await resp.write_eof()
+        return resp
+
+
+HUGE_BYTES = 100 * 1024 * 1024
+
+
 @dataclass
 class Stack:
     cfg: Config
     llm: FakeProvider
     tools: ToolCallProvider
+    huge: HugeStreamProvider
     redis: RedisServer | None
 
     def base(self, listener: str) -> str:
@@ -72,17 +107,18 @@ class Stack:
 
 
 def start(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer | None) -> Iterator[Stack]:
-    with FakeProvider(name="fake-llm") as llm, ToolCallProvider(name="fake-tools") as tools:
+    with FakeProvider(name="fake-llm") as llm, ToolCallProvider(name="fake-tools") as tools, HugeStreamProvider(name="fake-huge") as huge:
         providers: list[dict[str, Any]] = [
             {"name": "llm", "provider_interface": "openai", "endpoint": llm.base_url, "model": "model-a", "default": True,
              "access_key": "sk-llm"},
             {"name": "tools", "provider_interface": "openai", "endpoint": tools.base_url, "model": "model-tools", "access_key": "sk-t"},
+            {"name": "huge", "provider_interface": "openai", "endpoint": huge.base_url, "model": "model-huge", "access_key": "sk-h"},
         ]
         extra: dict[str, Any] = {"response_cache": {"ttl": "600s"}}
         if redis is not None:
             extra["shared_store"] = {"type": "redis", "url": redis.url, "timeout": "200ms", "prefix": "cache-it:"}
         with running_stack(tmp_path_factory, gateway_config(providers, **extra)) as (cfg, _):
-            yield Stack(cfg=cfg, llm=llm, tools=tools, redis=redis)
+            yield Stack(cfg=cfg, llm=llm, tools=tools, huge=huge, redis=redis)
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +246,49 @@ def test_redis_down_bypasses_with_200s_and_hits_again_when_it_returns(stack: Sta
             break
         time.sleep(0.3)  # the client reconnects on its next call
     assert states[-1] == "hit" and "miss" in states, states
+
+
+def test_a_corrupt_or_foreign_entry_is_a_miss_answered_by_the_provider_and_written_again(stack: Stack) -> None:
+    assert stack.redis is not None
+    store = redis_client.Redis.from_url(stack.redis.url)
+    msgs = ask("what is in the entry?")
+    stack.llm.clear()
+    assert stack.client().chat.completions.with_raw_response.create(model="model-a", messages=msgs).headers["x-sidegate-cache"] == "miss"
+    (key,) = [k for k in store.keys("cache-it:rc:v1:*") if b":sem:" not in k
+              and b"what is in the entry?" in (store.get(k) or b"")]
+    for foreign in (b"\x00\xffnot an entry", b'sidegate-rc/0\n{"v":0}\n{"old":"shape"}', b'sidegate-rc/1\n{"v":2,"ct":"x"}\n{}'):
+        store.set(key, foreign)  # corrupt, an older sidegate's, a newer one's
+        stack.llm.clear()
+        r = stack.client().chat.completions.with_raw_response.create(model="model-a", messages=msgs)
+        assert r.http_response.status_code == 200 and r.headers["x-sidegate-cache"] == "miss"
+        assert r.parse().choices[0].message.content == "fake-llm says: what is in the entry?" and len(stack.llm.requests) == 1
+        assert store.get(key) != foreign  # the answer was written over it
+        again = stack.client().chat.completions.with_raw_response.create(model="model-a", messages=msgs)
+        assert again.headers["x-sidegate-cache"] == "hit" and len(stack.llm.requests) == 1
+
+
+def test_a_100_mb_answer_reaches_the_client_whole_and_is_not_stored(stack: Stack) -> None:
+    stack.huge.clear()
+    body = {"model": "model-huge", "messages": ask("tell me everything"), "stream": True}
+    for _ in range(2):
+        request = urllib.request.Request(stack.base("egress") + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                         headers={"authorization": "Bearer sk-client", "content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as r:  # noqa: S310 (loopback)
+            assert r.status == 200 and r.headers["x-sidegate-cache"] == "miss"
+            got, size = hashlib.sha256(), 0
+            while chunk := r.read(1 << 20):
+                got.update(chunk)
+                size += len(chunk)
+        assert size == len(stack.huge.stream) and got.digest() == hashlib.sha256(stack.huge.stream).digest()
+    assert len(stack.huge.requests) == 2  # the first was not stored: the second went to the provider too
+    assert 'sidegate_response_cache_not_stored_total{reason="too_large"}' in stack.metrics()
+    # JSON: more than Envoy may buffer (the listener's max_body_bytes, 8 MiB) goes through unread
+    stack.huge.clear()
+    for _ in range(2):
+        r = stack.client().chat.completions.with_raw_response.create(model="model-huge", messages=ask("tell me everything"))
+        assert r.http_response.status_code == 200 and r.headers["x-sidegate-cache"] == "miss"
+        assert r.parse().choices[0].message.content == "j" * HUGE_BYTES
+    assert len(stack.huge.requests) == 2
 
 
 def test_metrics_count_hits_misses_bypasses_and_bytes(stack: Stack) -> None:

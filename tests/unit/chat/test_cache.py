@@ -171,6 +171,58 @@ async def test_a_corrupt_or_foreign_redis_entry_is_a_miss_and_is_overwritten(ser
         await svc.close()
 
 
+async def test_apps_sharing_one_redis_keep_to_their_prefix(server: RedisServer) -> None:
+    """Two sidegate deployments (prefixes app-a:, app-b:) and another app's keys on one Redis."""
+    client = redis.Redis.from_url(server.url)
+    client.set("app-b-data:rc:v1:x", b"another app's value")  # a near name, outside both prefixes
+    a = ResponseCacheService(ResponseCache(), SharedStore(type="redis", url=server.url, prefix="app-a:"))
+    b = ResponseCacheService(ResponseCache(), SharedStore(type="redis", url=server.url, prefix="app-b:"))
+    try:
+        where: dict[str, Any] = {"listener": "egress", "client_api": "openai", "provider": "p", "model": "m", "body": BODY}
+        ka, kb = a.key(**where), b.key(**where)
+        assert await a.put(ka, CacheEntry(body=b'{"from": "a"}', content_type="application/json", provider="p"))
+        assert (await b.lookup(kb, {})).result == "miss"  # the same request, another deployment: not its answer
+        assert await b.put(kb, CacheEntry(body=b'{"from": "b"}', content_type="application/json", provider="p"))
+        found_a, found_b = await a.lookup(ka, {}), await b.lookup(kb, {})
+        assert found_a.entry is not None and found_a.entry.body == b'{"from": "a"}'
+        assert found_b.entry is not None and found_b.entry.body == b'{"from": "b"}'
+        assert client.get("app-b-data:rc:v1:x") == b"another app's value"
+        assert {k.decode().split(":", 1)[0] for k in client.keys("app-*")} == {"app-a", "app-b", "app-b-data"}
+    finally:
+        client.delete(*client.keys("app-*"))
+        await a.close()
+        await b.close()
+
+
+async def test_a_real_redis_answering_slowly_is_a_bounded_bypass(server: RedisServer) -> None:
+    """CLIENT PAUSE: Redis takes connections and commands and answers after 2 s; the cache gives up at
+    shared_store.timeout (100 ms), the request goes on, and lookups work again once Redis answers."""
+    errors: list[str] = []
+    svc = ResponseCacheService(ResponseCache(), SharedStore(type="redis", url=server.url, prefix="t-slow:", timeout_s=0.1),
+                               on_store_error=errors.append)
+    client = redis.Redis.from_url(server.url)
+    try:
+        k = svc.key(listener="egress", client_api="openai", provider="p", model="m", body=BODY)
+        assert await svc.put(k, CacheEntry(body=b"{}", content_type="application/json", provider="p"))
+        client.client_pause(2000)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        found = await svc.lookup(k, {})
+        assert found.result == "bypass" and found.reason == "store_error" and errors == ["TimeoutError"]
+        assert loop.time() - start < 1.0  # bounded by the timeout (100 ms), not by Redis (2 s)
+        client.client_unpause()
+        for _ in range(20):  # the client opens a new connection on its next call
+            if (await svc.lookup(k, {})).result == "hit":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("no hit after Redis answered again")
+    finally:
+        client.client_unpause()
+        client.delete(*client.keys("t-slow:*"))
+        await svc.close()
+
+
 async def test_redis_down_or_slow_is_a_bypass_counted_never_an_error() -> None:
     silent = socket.socket()  # accepts connections and never answers: a Redis that hangs
     silent.bind(("127.0.0.1", 0))
@@ -393,6 +445,38 @@ async def test_errors_tool_calls_and_large_answers_are_not_stored(status: str, a
     assert flow.metrics.cache_not_stored.labels(reason)._value.get() == 2
 
 
+async def test_a_100_mb_json_answer_goes_through_unchanged_and_is_not_stored() -> None:
+    """Envoy hands a buffered JSON answer over whole (a listener's max_body_bytes raised to allow it)."""
+    flow = Flow(with_cache())  # max_entry_bytes: the default 1 MiB
+    huge = chat_json(content="y" * (100 * 1024 * 1024))
+    for _ in range(2):
+        hit, headers, out = await flow.call(REQ, [huge])
+        assert hit is None and headers["x-sidegate-cache"] == "miss" and out == huge
+    assert flow.metrics.cache_not_stored.labels("too_large")._value.get() == 2
+    assert isinstance(flow.cache.store, MemoryStore) and len(flow.cache.store) == 0
+
+
+@pytest.mark.parametrize(("path", "model", "size_over_limit", "mode"), [
+    ("/v1/chat/completions", "gpt-4o-mini", 1, "NONE"),  # more than Envoy may buffer: through, unread, not stored
+    ("/v1/chat/completions", "gpt-4o-mini", 0, "BUFFERED"),
+    ("/v1/messages", "gpt-4o-mini", 1, "BUFFERED"),  # translated into the client's API: it has to be read
+])
+async def test_a_json_answer_over_the_listeners_body_limit_passes_through(path: str, model: str, size_over_limit: int, mode: str) -> None:
+    cfg = with_cache()
+    flow = Flow(cfg)
+    proc = ChatProcessor(cfg=cfg, listener="egress", router=egress_router, metrics=flow.metrics,
+                         log=logging.LoggerAdapter(logging.getLogger("t")), cache=flow.cache,
+                         api="anthropic" if path == "/v1/messages" else "openai")
+    await proc.request_headers({":method": "POST", ":path": path}, False)
+    body = {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "everything"}]}
+    assert isinstance(await proc.request_body(json.dumps(body).encode(), True), Continue)
+    size = cfg.egress.max_body_bytes + size_over_limit
+    head = await proc.response_headers({":status": "200", "content-type": "application/json", "content-length": str(size)}, False)
+    assert isinstance(head, Continue) and head.response_body_mode == mode and head.set_headers["x-sidegate-cache"] == "miss"
+    assert flow.metrics.cache_not_stored.labels("too_large")._value.get() == (1 if mode == "NONE" else 0)
+    proc.finish()
+
+
 async def test_no_cache_neither_reads_nor_writes() -> None:
     flow = Flow(with_cache())
     _, headers, _ = await flow.call(REQ, [chat_json()], headers={"cache-control": "no-cache"})
@@ -499,6 +583,21 @@ def test_the_semantic_index_round_trips_and_ignores_foreign_values() -> None:
     ("Convert 10 miles to kilometers", "Convert 10 kilometers to miles", False),  # MiniLM: cosine 0.992
     ("Convert 10 miles to kilometers", "Convert 12 miles to kilometers", False),
     ("Is 17 prime?", "is 17 prime", True),
+    # one word in place of another (MiniLM: 0.95-0.99), unless a spelling of the same word or an auxiliary
+    ("Is the museum open on Mondays?", "Is the museum closed on Mondays?", False),
+    ("Is aspirin safe with coffee?", "Is aspirin unsafe with coffee?", False),
+    ("Which rooms include breakfast?", "Which rooms don't include breakfast?", False),  # a negation more
+    ("Which rooms can be booked?", "Which rooms cannot be booked?", False),
+    ("Wake me at 6am", "Wake me at 6pm", False),  # tokens with digits compare whole
+    ("How do I get a refund for a late bus?", "How do I get refunds for a late bus?", True),
+    ("What is the diffrence between a loan and a mortgage?", "What is the difference between a loan and a mortgage?", True),
+    ("How do I cancel my order?", "How can I cancel my order?", True),
+    ("How do I cancel my order?", "How do I track my order?", False),
+    # a phrase moved: the same question; two single words swapped: not
+    ("Where can I park near the station?", "Near the station, where can I park?", True),
+    ("flights from Oslo to Rome", "flights to Rome from Oslo", True),
+    ("flights from Oslo to Rome", "flights from Rome to Oslo", False),
+    ("hi, how do I reset my router?", "how do I reset my router please", True),  # words added around
 ])
 def test_compatible_turns(a: str, b: str, ok: bool) -> None:
     assert compatible(a, b) is ok

@@ -108,11 +108,36 @@ async def test_redis_down_without_fail_open_is_a_503_naming_the_store() -> None:
         await rl.close()
 
 
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_a_real_redis_answering_slowly_is_bounded_by_the_timeout(store: SharedStore, fail_open: bool) -> None:
+    """CLIENT PAUSE: Redis holds every command for 2 s. With fail_open the request is admitted from
+    this process's bucket after shared_store.timeout; without it, a 503; never a wait for Redis."""
+    slow = SharedStore(type="redis", url=store.url, prefix=store.prefix, timeout_s=0.1, fail_open=fail_open)
+    errors: list[str] = []
+    rl = RateLimiter([RULE], store=slow, on_store_error=errors.append)
+    client = redis.Redis.from_url(store.url or "")
+    try:
+        await rl.admit(provider(), {}, msgs(400))  # connected and the script loaded
+        client.client_pause(2000)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        if fail_open:
+            await rl.admit(provider(), {}, msgs(400))
+        else:
+            with pytest.raises(StoreUnavailable):
+                await rl.admit(provider(), {}, msgs(400))
+        assert loop.time() - start < 1.0 and errors == ["TimeoutError"]  # 100 ms timeout, Redis paused 2 s
+    finally:
+        client.client_unpause()
+        await rl.close()
+
+
 async def test_budgets_resume_in_redis_when_it_comes_back(server: RedisServer) -> None:
     with RedisServer() as own:
         store = SharedStore(type="redis", url=own.url, timeout_s=0.2)
         errors: list[str] = []
-        rl = RateLimiter([RULE], store=store, on_store_error=errors.append)
+        hourly = RateLimit(model="m", tokens=10_000, unit="hour")  # no refill of a whole request while the test runs
+        rl = RateLimiter([hourly], store=store, on_store_error=errors.append)
         try:
             await admitted(rl, 5, 400)
             own.stop()
@@ -124,6 +149,12 @@ async def test_budgets_resume_in_redis_when_it_comes_back(server: RedisServer) -
             assert not errors
             keys = redis.Redis.from_url(own.url).keys("sidegate:rl:*")
             assert len(keys) == 1  # the bucket is in Redis again
+            other = RateLimiter([hourly], store=store, on_store_error=errors.append)  # another process, after the return
+            try:
+                assert await admitted(rl, 40, 400) + await admitted(other, 100, 400) == 96 - 5  # one budget again, shared
+                assert not errors
+            finally:
+                await other.close()
         finally:
             await rl.close()
 
