@@ -36,6 +36,9 @@ from dotenv import dotenv_values
 from ext_proc.arch_compat import CompatError, model_aliases, normalise
 
 __all__ = [
+    "Agent",
+    "AgentListener",
+    "AgentRoute",
     "Config",
     "ConfigError",
     "Endpoint",
@@ -413,6 +416,41 @@ class GuardJudge:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Agent:
+    """plano's ``agents[i]``: an OpenAI chat-completions server (``url`` + /v1/chat/completions)."""
+
+    id: str
+    upstream: Upstream
+
+    @property
+    def cluster(self) -> str:
+        return f"agent_{self.id}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentRoute:
+    """One entry of an agent listener's ``agents``: which agent, and what it does."""
+
+    id: str
+    description: str
+    default: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentListener:
+    """plano's ``listeners[i]`` with ``type: agent`` (``listeners.agent_traffic[i]``): an Envoy
+    listener of its own whose chat requests go to the agent that fits the conversation."""
+
+    listener: Listener  # its name is the listener's name
+    agents: tuple[AgentRoute, ...]
+
+    @property
+    def default_index(self) -> int:
+        """plano's rule: the agent with ``default: true``, else the first."""
+        return next((i for i, a in enumerate(self.agents) if a.default), 0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExtProcSettings:
     address: str
     port: int
@@ -456,6 +494,8 @@ class Config:
     intent_threshold_set: bool = False
     # model_aliases: a request's model -> the model (or family/model) whose provider serves it
     model_aliases: dict[str, str] = field(default_factory=dict)
+    agents: dict[str, Agent] = field(default_factory=dict)  # plano's top-level agents, by id
+    agent_listeners: tuple[AgentListener, ...] = ()  # listeners of type agent
 
     @property
     def jailbreak_message(self) -> str | None:
@@ -671,6 +711,10 @@ def load_config(path: str | Path | None = None, *, env: dict[str, str] | None = 
 def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str, str] | None = None) -> Config:
     """Check an already-parsed config mapping and build the typed :class:`Config`, one section at a time."""
     env = dict(os.environ) if env is None else env
+    written = raw.get("listeners") if isinstance(raw, dict) else None
+    # plano's list-form listeners: where each agent listener was written, for error paths
+    agent_paths = [f"listeners[{i}]" for i, x in enumerate(written) if isinstance(x, dict) and x.get("type") == "agent"] \
+        if isinstance(written, list) else []
     try:  # every Arch version's spellings -> the canonical shape (ext_proc/arch_compat.py)
         raw, compat_warnings = normalise(raw, default_ports=DEFAULT_PORTS, provider_hosts=_PROVIDER_HOSTS)
     except CompatError as exc:
@@ -718,7 +762,67 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         model_server=ms,
         warnings=tuple(compat_warnings + warnings + _response_cache_warnings(raw.get("response_cache"), ms, targets, guard=jb is not None)),
         model_aliases=_model_aliases(raw, providers, source),
+        **_agents(raw, source, agent_paths),
     )
+
+
+def _agents(raw: dict[str, Any], source: str, paths: list[str]) -> dict[str, Any]:
+    """plano's ``agents`` and agent listeners (``listeners.agent_traffic``): every listener has a
+    name, a port of its own and at least one agent, each one of ``agents`` by id. ``paths``: where
+    each agent listener was written (plano's list form), else ``listeners.agent_traffic[i]``."""
+    agents: dict[str, Agent] = {}
+    for i, a in enumerate(raw.get("agents") or []):
+        if a["id"] in agents:
+            raise ConfigError(source, f"agents[{i}].id", f"agent id {a['id']!r} is used twice")
+        agents[a["id"]] = Agent(id=a["id"], upstream=_upstream(a["url"], None, a.get("connect_timeout"), source, f"agents[{i}].url"))
+    listeners_raw = raw.get("listeners") or {}
+    local_triton = (raw.get("model_server") or {}).get("mode") not in ("remote", "none")
+    taken: dict[int, str] = {}  # the other ports sidegate listens on (as _check_ports reads them)
+    for key_path in DEFAULT_PORTS:
+        section_path = key_path.rpartition(".")[0]
+        if key_path == "model_server.balancer_port" or (section_path == "model_server" and not local_triton):
+            continue
+        section = listeners_raw.get(section_path.removeprefix("listeners.")) if section_path.startswith("listeners.") \
+            else raw.get(section_path)
+        taken[_port(section or {}, key_path)] = key_path
+    names: set[str] = set()
+    out: list[AgentListener] = []
+    for i, lst in enumerate(listeners_raw.get("agent_traffic") or []):
+        at = paths[i] if i < len(paths) else f"listeners.agent_traffic[{i}]"
+        name = lst.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name):
+            raise ConfigError(source, f"{at}.name", f"an agent listener needs a name of letters, digits, _, . and -, got {name!r}")
+        if name in names:
+            raise ConfigError(source, f"{at}.name", f"agent listener name {name!r} is used twice")
+        names.add(name)
+        if "port" not in lst:
+            raise ConfigError(source, f"{at}.port", f"agent listener {name!r} needs a port to listen on")
+        routes = lst.get("agents") or []
+        if not routes:
+            raise ConfigError(source, f"{at}.agents", f"agent listener {name!r} has no agents: list at least one "
+                                                      "{id, description} (ids from the top-level agents)")
+        seen: set[str] = set()
+        defaults = []
+        for j, r in enumerate(routes):
+            if r["id"] not in agents:
+                raise ConfigError(source, f"{at}.agents[{j}].id", f"{r['id']!r} is not an agent (known: "
+                                  f"{', '.join(sorted(agents)) or 'none: add it to the top-level agents with its url'})")
+            if r["id"] in seen:
+                raise ConfigError(source, f"{at}.agents[{j}].id", f"agent {r['id']!r} is listed twice")
+            seen.add(r["id"])
+            if r.get("default"):
+                defaults.append(j)
+        if len(defaults) > 1:
+            raise ConfigError(source, f"{at}.agents[{defaults[1]}].default", "more than one agent of this listener has default: true")
+        port = lst["port"]
+        if port in taken:
+            raise ConfigError(source, f"{at}.port", f"port {port} is already used by {taken[port]}")
+        taken[port] = f"{at}.port"
+        listener = Listener(name=name, address=_ip_address(lst.get("address", "127.0.0.1"), source, f"{at}.address"), port=port,
+                            timeout_s=parse_duration(lst.get("timeout", "30s")), max_body_bytes=lst.get("max_body_bytes", DEFAULT_BODY_LIMIT))
+        out.append(AgentListener(listener=listener, agents=tuple(
+            AgentRoute(id=r["id"], description=r["description"].strip(), default=bool(r.get("default", False))) for r in routes)))
+    return {"agents": agents, "agent_listeners": tuple(out)}
 
 
 def _model_aliases(raw: dict[str, Any], providers: tuple[LlmProvider, ...], source: str) -> dict[str, str]:

@@ -39,6 +39,9 @@ REFUSED = {
     "plano-HEAD/demos__integrations__spotify_bearer_auth__config.yaml": ("prompt_targets[0].parameters[0].in_path", "{country}"),
     "0.1.9/docs__source__build_with_arch__includes__multi_turn__prompt_targets_multi_turn.yaml": (
         "prompt_targets[0].endpoint.name", "rag_energy_source_agent"),
+    # their agent listener routes to rag_agent, which their top-level agents do not define
+    "0.4.0/docs__source__resources__includes__arch_config_full_reference.yaml": ("listeners[0].agents[0].id", "'rag_agent' is not an agent"),
+    "plano-HEAD/docs__source__resources__includes__plano_config_full_reference.yaml": ("listeners[0].agents[0].id", "'rag_agent' is not an agent"),
 }
 
 
@@ -73,4 +76,4 @@ def test_the_corpus_pass_count() -> None:
         by_tag.setdefault(r["tag"], [0, 0])[1] += 1
         by_tag[r["tag"]][0] += r["file"] not in REFUSED
     print("passing / published, by tag:", {tag: f"{ok}/{n}" for tag, (ok, n) in by_tag.items()})
-    assert sum(ok for ok, _ in by_tag.values()) == len(ROWS) - len(REFUSED) == 98
+    assert sum(ok for ok, _ in by_tag.values()) == len(ROWS) - len(REFUSED) == 96
