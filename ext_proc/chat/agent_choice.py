@@ -90,4 +90,5 @@ def decide(index: IntentIndex, texts: Sequence[str], vecs: Sequence[npt.NDArray[
     if best_any < unrelated:
         return AgentChoice(default, "default", last_best)
     chosen = int(np.argmax(posterior))
-    return AgentChoice(chosen, "match" if chosen == last_top else "context", last_best)
+    # match: the last turn alone points there too; context: the earlier turns decided
+    return AgentChoice(chosen, "match" if chosen == last_top and last_best >= unrelated else "context", last_best)
