@@ -8,6 +8,7 @@ two fake OpenAI agents and a dead one, the real openai SDK as the client:
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ def test_a_conversation_goes_to_the_agent_that_fits_and_a_follow_up_stays(stack:
     moved = follow + [{"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "Is flight UA 123 from SEA to SFO delayed?"}]
     raw = client.chat.completions.with_raw_response.create(model="any", messages=moved)
     assert raw.headers["x-sidegate-agent"] == "flight_agent"
-    assert stack.flights.requests[-1].body["messages"] == moved  # the conversation as the client sent it
+    assert json.loads(stack.flights.requests[-1].body)["messages"] == moved  # the conversation as the client sent it
 
 
 def test_a_stream_comes_back_as_the_agent_sent_it(stack: Stack) -> None:
