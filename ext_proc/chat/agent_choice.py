@@ -1,8 +1,10 @@
 """Which agent of an agent listener a conversation goes to (issue 19, agents): the decision alone.
 
 Each agent is embedded once in the views intent uses for a prompt target (``ext_proc.chat.intent``:
-its id as words, its description, both), with the same BM25 lexical index beside them. A request
-costs one ``prompt_embed`` call over its last user turn and the ``CONTEXT_TURNS`` user turns before
+its id as words, its description, both) plus one view per capability its description lists
+(:func:`agent_views`: the clauses between commas, semicolons, "and", line breaks and bullets, after
+a leading "Name:"), with the same BM25 lexical index beside them. A turn is about one thing its
+agent does, and a long description hides it. A request costs one ``prompt_embed`` call over its last user turn and the ``CONTEXT_TURNS`` user turns before
 it (earlier turns were embedded by the conversation's previous requests: prompt_embed's cache has
 them). Each turn's ranking (embedding + ``LEXICAL_WEIGHT`` x lexical, as intent ranks targets)
 becomes a distribution over the agents, ``softmax(ranking / TEMPERATURE)``, and the turns are read
@@ -17,20 +19,21 @@ Chosen on the dev half of ``bench/agents.py``'s set (figures: bench/README.md, s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from ext_proc.chat.intent import IntentIndex, target_text
+from ext_proc.chat.intent import IntentIndex, name_words, target_text
 
-__all__ = ["CONTEXT_TURNS", "STAY", "TEMPERATURE", "UNRELATED_SCORE", "AgentChoice", "AgentSpec", "agent_index",
+__all__ = ["CONTEXT_TURNS", "STAY", "TEMPERATURE", "UNRELATED_SCORE", "AgentChoice", "AgentSpec", "agent_index", "capabilities",
            "agent_views", "decide"]
 
 CONTEXT_TURNS = 3  # earlier user turns read besides the last one
-TEMPERATURE = 0.04  # a turn's ranking -> its distribution over the agents: softmax(ranking / TEMPERATURE)
-STAY = 0.8  # probability that the next turn is for the same agent
+TEMPERATURE = 0.02  # a turn's ranking -> its distribution over the agents: softmax(ranking / TEMPERATURE)
+STAY = 0.7  # probability that the next turn is for the same agent
 UNRELATED_SCORE = 0.10  # every turn's best embedding score under this: the default agent
 
 
@@ -53,14 +56,34 @@ class AgentChoice:
     score: float
 
 
-def agent_views(agents: Sequence[AgentSpec]) -> list[str]:
-    """The texts to embed for ``agents`` (in :func:`agent_index`'s order)."""
-    return IntentIndex.layout(agents)[1]
+_CLAUSES = re.compile(r"[,;\n\u2022*]|\band\b|\s-\s")
+
+
+def capabilities(description: str) -> list[str]:
+    """The things a description lists: "Stock trading: prices, watchlists and orders" ->
+    ["prices", "watchlists", "orders"] (text after a first ":" on the first line, when there is one)."""
+    first, sep, rest = description.partition(":")
+    text = rest if sep and "\n" not in first and len(first) <= 80 else description
+    return [c for c in (p.strip(" .\t") for p in _CLAUSES.split(text)) if len(c) > 2]
+
+
+def agent_views(agents: Sequence[AgentSpec]) -> tuple[list[str], list[str], list[int]]:
+    """(agent names, the texts to embed, the agent of each text): per agent its id as words, its
+    description, "id: description" and each of its :func:`capabilities`, duplicates left out."""
+    names, views, owners = [], [], []
+    for i, a in enumerate(agents):
+        names.append(a.name)
+        words = name_words(a.name)
+        own = [words, a.description, f"{words}: {a.description}", *capabilities(a.description)]
+        for v in dict.fromkeys(x for x in own if x.strip()):
+            views.append(v)
+            owners.append(i)
+    return names, views, owners
 
 
 def agent_index(agents: Sequence[AgentSpec], matrix: npt.NDArray[np.float32]) -> IntentIndex:
-    """The index of ``agents`` from the embeddings of :func:`agent_views`."""
-    names, views, owners = IntentIndex.layout(agents)
+    """The index of ``agents`` from the embeddings of :func:`agent_views`' texts."""
+    names, views, owners = agent_views(agents)
     return IntentIndex.build(names, views, owners, matrix, [target_text(a) for a in agents])
 
 

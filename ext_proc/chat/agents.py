@@ -61,7 +61,7 @@ class AgentRouter:
             return
         async with self._lock:
             if self._index is None:
-                views = agent_views(self.specs)
+                views = agent_views(self.specs)[1]
                 self._index = agent_index(self.specs, await self.models.embed(views))
                 log.info("agent listener %s: embedded %d agents (%d views)", self.listener.listener.name, len(self.specs), len(views))
 

@@ -68,7 +68,7 @@ def agent_cfg(listener_agents: list[dict[str, Any]] | None = None, **extra: Any)
 
 
 def index_of(specs: list[AgentSpec]) -> Any:
-    return agent_index(specs, np.stack([_vec(v) for v in agent_views(specs)]))
+    return agent_index(specs, np.stack([_vec(v) for v in agent_views(specs)[1]]))
 
 
 SPECS = [AgentSpec(a["id"], a["description"]) for a in AGENTS]
