@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ext_proc.chat.agent_choice import AgentSpec, agent_index, agent_views, decide
+from ext_proc.chat.agent_choice import AgentSpec, agent_index, agent_views, capabilities, decide
 from ext_proc.chat.agents import AgentProcessor, AgentRouter, user_turns
 from ext_proc.config import ConfigError, build_config
 from ext_proc.control.envoy_bootstrap import bootstrap_dict
@@ -102,6 +102,16 @@ def test_a_conversation_that_fits_no_agent_goes_to_the_default() -> None:
     assert choose("hello there") == ("hotels", "default")  # default: true
     first = decide(index_of(SPECS), ["hello"], [_vec("hello")], default=0)
     assert (first.index, first.how) == (0, "default")  # no default: true -> the first (plano's rule)
+
+
+def test_each_capability_a_description_lists_is_a_view_of_its_own() -> None:
+    assert capabilities("Stock trading: prices, watchlists and orders") == ["prices", "watchlists", "orders"]
+    assert capabilities("Flights.\nCapabilities:\n  * Shows delays\n  * Shows gates; terminals") == [
+        "Flights", "Capabilities:", "Shows delays", "Shows gates", "terminals"]
+    names, views, owners = agent_views([AgentSpec("trading_agent", "Stock trading: prices and orders"), AgentSpec("b", "b")])
+    assert names == ["trading_agent", "b"] and owners == [0, 0, 0, 0, 0, 1, 1]
+    assert views[:5] == ["trading agent", "Stock trading: prices and orders", "trading agent: Stock trading: prices and orders",
+                         "prices", "orders"]
 
 
 def test_user_turns_are_the_last_first_and_at_most_three_earlier() -> None:
