@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         ("baseline: always the default agent", result["baseline_default"], AGENTS["GorillaFileSystem"][1]),
         ("decision p50 ms: new turn embedded", result["decision_ms_p50"], f"target <= 30; {len(lat_new)} requests"),
         ("decision p90 ms: new turn embedded", result["decision_ms_p90"], ""),
-        ("decision p50 ms: every turn embedded", result["decision_cold_ms_p50"], "nothing cached: up to 4 texts"),
+        ("decision p50 ms: every turn embedded", result["decision_cold_ms_p50"], f"nothing cached: up to {1 + CONTEXT_TURNS} texts"),
         ("decision p90 ms: every turn embedded", result["decision_cold_ms_p90"], ""),
     ]
     if args.stack:

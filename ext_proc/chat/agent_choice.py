@@ -31,7 +31,7 @@ from ext_proc.chat.intent import IntentIndex, name_words, target_text
 __all__ = ["CONTEXT_TURNS", "STAY", "TEMPERATURE", "UNRELATED_SCORE", "AgentChoice", "AgentSpec", "agent_index", "capabilities",
            "agent_views", "decide"]
 
-CONTEXT_TURNS = 3  # earlier user turns read besides the last one
+CONTEXT_TURNS = 2  # earlier user turns read besides the last one (1, 2 and 3 scored the same on dev; 2 keeps "ok" + "and tomorrow?" in context)
 TEMPERATURE = 0.02  # a turn's ranking -> its distribution over the agents: softmax(ranking / TEMPERATURE)
 STAY = 0.7  # probability that the next turn is for the same agent
 UNRELATED_SCORE = 0.10  # every turn's best embedding score under this: the default agent

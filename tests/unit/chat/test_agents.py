@@ -114,11 +114,11 @@ def test_each_capability_a_description_lists_is_a_view_of_its_own() -> None:
                          "prices", "orders"]
 
 
-def test_user_turns_are_the_last_first_and_at_most_three_earlier() -> None:
+def test_user_turns_are_the_last_first_and_at_most_two_earlier() -> None:
     msgs = [{"role": "system", "content": "be brief"}] + [
         {"role": "user" if i % 2 == 0 else "assistant", "content": f"t{i}"} for i in range(11)]
     req = parse_chat_request(json.dumps({"model": "m", "messages": msgs}).encode())
-    assert user_turns(req) == ["t10", "t8", "t6", "t4"]
+    assert user_turns(req) == ["t10", "t8", "t6"]
 
 
 # ------------------------------------------------------------------ the processor
