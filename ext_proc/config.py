@@ -734,8 +734,10 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
     overrides = raw.get("overrides") or {}
     ms = _model_server(raw.get("model_server") or {}, source)
     judge = _guard_judge(jb.get("judge")) if isinstance(jb, dict) else None
+    agent_lists = (listeners.get("agent_traffic") or []) if isinstance(listeners, dict) else []
     ext_proc, warnings = _message_timeout(ext_proc, ms, targets, endpoints, guard=jb is not None,
-                                          judge_s=judge.timeout_s if judge else 0.0)
+                                          judge_s=judge.timeout_s if judge else 0.0,
+                                          agents=any(len(a.get("agents") or []) > 1 for a in agent_lists))
     return Config(
         source=source,
         raw=raw,
@@ -1079,10 +1081,17 @@ def _guard_judge(judge: Any) -> GuardJudge | None:
 
 
 def _message_timeout(ext_proc: ExtProcSettings, ms: ModelServer, targets: tuple[PromptTarget, ...], endpoints: dict[str, Endpoint],
-                     *, guard: bool, judge_s: float = 0.0) -> tuple[ExtProcSettings, list[str]]:
-    """``ext_proc.message_timeout`` derived from the deadlines when not set; a warning when set shorter than they need."""
+                     *, guard: bool, judge_s: float = 0.0, agents: bool = False) -> tuple[ExtProcSettings, list[str]]:
+    """``ext_proc.message_timeout`` derived from the deadlines when not set; a warning when set shorter than they need.
+    ``agents``: an agent listener chooses among several agents (the guard, then one prompt_embed call)."""
     warnings: list[str] = []
     needed, parts = _ingress_deadline(ms, list(targets), endpoints, guard=guard, judge_s=judge_s)
+    if agents:
+        embed = ms.timeout_for("prompt_embed")
+        agent_s = (ms.timeout_for("prompt_guard") + judge_s if guard else 0.0) + embed + MESSAGE_TIMEOUT_MARGIN_S
+        if agent_s > needed:
+            needed, parts = agent_s, (f"an agent listener's guard + prompt_embed {embed:g} s ({ms.timeout_key('prompt_embed')}) + "
+                                      f"{MESSAGE_TIMEOUT_MARGIN_S:g} s margin")
     if not ext_proc.message_timeout_explicit:
         ext_proc = dataclasses.replace(ext_proc, message_timeout_s=max(DEFAULT_MESSAGE_TIMEOUT_S, needed))
     elif ext_proc.message_timeout_s < needed:

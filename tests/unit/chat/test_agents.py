@@ -240,6 +240,18 @@ def test_bad_agent_configs_are_refused_with_the_key_path() -> None:
     assert build_config(raw, env={}).ext_proc.http_port != 8080
 
 
+def test_envoy_waits_for_the_agent_choice_longer_than_the_embedding_deadline() -> None:
+    # a slow prompt_embed must end in sidegate's fallback to the default agent, not in Envoy's ext_proc_timeout
+    raw = plano([{"id": "a", "description": "x"}, {"id": "b", "description": "y"}],
+                [{"id": "a", "url": "http://127.0.0.1:1"}, {"id": "b", "url": "http://127.0.0.1:2"}])
+    raw["model_server"] = {"models": {"prompt_embed": {"timeout": "15s"}}}
+    assert build_config(raw, env={}).ext_proc.message_timeout_s == 17.0  # 15 s + the 2 s margin
+    raw["prompt_guards"] = {"input_guards": {"jailbreak": {"on_exception": {"message": "no"}}}}
+    assert build_config(raw, env={}).ext_proc.message_timeout_s == 27.0  # the guard (10 s) first
+    one = plano([{"id": "a", "description": "x"}])
+    assert build_config(one, env={}).ext_proc.message_timeout_s == 10.0  # one agent: no embedding, the default
+
+
 # ------------------------------------------------------------------ Envoy
 
 def test_each_agent_listener_is_an_envoy_listener_with_routes_to_its_agents() -> None:
