@@ -65,7 +65,6 @@ _PROVIDER_LISTS = ("llm_providers", "model_providers")
 
 # Keys sidegate reads (the schema checks their types) but does not act on: what happens instead.
 _TOP_LEVEL_WARNINGS = {
-    "agents": "kept for agent routing, which is not implemented yet: no request is sent to these agents",
     "filters": "kept, but filter chains are not implemented yet: no request or response passes through these filters",
     "routing_preferences": "preference routing is not implemented yet: a request goes to the provider of the model it "
                            "names (or its alias), else to the default provider",
@@ -79,8 +78,8 @@ _TOP_LEVEL_WARNINGS = {
 }
 _OVERRIDE_WARNINGS = {
     "llm_routing_model": "preference routing is not implemented yet: this router model is not called",
-    "agent_orchestration_model": "agent routing is not implemented yet: this orchestrator model is not called",
-    "orchestrator_model_context_length": "agent routing is not implemented yet: ignored",
+    "agent_orchestration_model": "this orchestrator model is not called: agents are chosen by the local embedding model",
+    "orchestrator_model_context_length": "no orchestrator model is called (agents are chosen by local embeddings): ignored",
     "upstream_tls_ca_path": "ignored: upstream TLS is verified against sidegate's CA bundle (certifi, or "
                             "SSL_CERT_FILE when set)",
     "use_agent_orchestrator": "agent orchestration is not implemented: prompt targets are matched by intent as usual",
@@ -177,10 +176,16 @@ def _listener_list(out: dict[str, Any], warnings: list[str]) -> int | None:
         key = _LISTENER_TYPES[item["type"]]
         if key == "agent_traffic":
             listeners[key].append(dict(item))
-            agents = [a.get("id") for a in item.get("agents") or [] if isinstance(a, dict)]
-            warnings.append(f"{at}: agent listener {item.get('name')!r} is kept, but agent routing is not implemented yet: "
-                            f"nothing listens on port {item.get('port', '(none given)')}, so requests for "
-                            f"{', '.join(map(str, agents)) or 'its agents'} are not served")
+            if "router" in item:
+                warnings.append(f"{at}.router: {item['router']!r} is not called: agents are chosen by sidegate's local "
+                                "embedding of the conversation against their descriptions (prompt_embed)")
+            for fk in ("input_filters", "output_filters"):
+                if fk in item:
+                    warnings.append(f"{at}.{fk}: filter chains are not implemented yet: ignored")
+            for j, agent in enumerate(item.get("agents") or []):
+                for fk in ("input_filters", "filter_chain"):
+                    if isinstance(agent, dict) and fk in agent:
+                        warnings.append(f"{at}.agents[{j}].{fk}: filter chains are not implemented yet: ignored")
             continue
         if key in listeners:
             other = next(j for j, x in enumerate(items) if _LISTENER_TYPES[x["type"]] == key)
@@ -467,6 +472,10 @@ def _move_defaulted_ports(out: dict[str, Any], warnings: list[str], default_port
         port = section.get(k.rpartition(".")[2])
         if isinstance(port, int):
             written.setdefault(port, k)
+    agent_listeners = (out.get("listeners") or {}).get("agent_traffic") if isinstance(out.get("listeners"), dict) else None
+    for i, item in enumerate(agent_listeners if isinstance(agent_listeners, list) else ()):
+        if isinstance(item, dict) and isinstance(item.get("port"), int):  # plano's agent demos listen on 8001
+            written.setdefault(item["port"], f"listeners.agent_traffic[{i}].port")
     used = set(written) | set(default_ports.values())
     for k in keys:
         default = default_ports[k]

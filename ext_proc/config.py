@@ -37,6 +37,9 @@ from ext_proc.arch_compat import CompatError, bad_base_url, model_aliases, norma
 from ext_proc.wire.sigv4 import AwsCredentials
 
 __all__ = [
+    "Agent",
+    "AgentListener",
+    "AgentRoute",
     "Config",
     "ConfigError",
     "Endpoint",
@@ -442,6 +445,41 @@ class GuardJudge:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Agent:
+    """plano's ``agents[i]``: an OpenAI chat-completions server (``url`` + /v1/chat/completions)."""
+
+    id: str
+    upstream: Upstream
+
+    @property
+    def cluster(self) -> str:
+        return f"agent_{self.id}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentRoute:
+    """One entry of an agent listener's ``agents``: which agent, and what it does."""
+
+    id: str
+    description: str
+    default: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentListener:
+    """plano's ``listeners[i]`` with ``type: agent`` (``listeners.agent_traffic[i]``): an Envoy
+    listener of its own whose chat requests go to the agent that fits the conversation."""
+
+    listener: Listener  # its name is the listener's name
+    agents: tuple[AgentRoute, ...]
+
+    @property
+    def default_index(self) -> int:
+        """plano's rule: the agent with ``default: true``, else the first."""
+        return next((i for i, a in enumerate(self.agents) if a.default), 0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExtProcSettings:
     address: str
     port: int
@@ -485,6 +523,8 @@ class Config:
     intent_threshold_set: bool = False
     # model_aliases: a request's model -> the model (or family/model) whose provider serves it
     model_aliases: dict[str, str] = field(default_factory=dict)
+    agents: dict[str, Agent] = field(default_factory=dict)  # plano's top-level agents, by id
+    agent_listeners: tuple[AgentListener, ...] = ()  # listeners of type agent
 
     @property
     def jailbreak_message(self) -> str | None:
@@ -702,6 +742,10 @@ def load_config(path: str | Path | None = None, *, env: dict[str, str] | None = 
 def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str, str] | None = None) -> Config:
     """Check an already-parsed config mapping and build the typed :class:`Config`, one section at a time."""
     env = dict(os.environ) if env is None else env
+    written = raw.get("listeners") if isinstance(raw, dict) else None
+    # plano's list-form listeners: where each agent listener was written, for error paths
+    agent_paths = [f"listeners[{i}]" for i, x in enumerate(written) if isinstance(x, dict) and x.get("type") == "agent"] \
+        if isinstance(written, list) else []
     try:  # every Arch version's spellings -> the canonical shape (ext_proc/arch_compat.py)
         raw, compat_warnings = normalise(raw, default_ports=DEFAULT_PORTS, provider_hosts=_PROVIDER_HOSTS)
     except CompatError as exc:
@@ -715,6 +759,7 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
     providers = _providers(raw, env, ext_proc, source)
     xref_warnings: list[str] = []  # cross-references Arch accepts: named, not refused
     targets = _targets(raw, endpoints, env, source, xref_warnings)
+    agent_parts = _agents(raw, source, agent_paths, xref_warnings)
     if targets and not providers and any(t.auto_llm_dispatch_on_response for t in targets):
         raise ConfigError(source, "llm_providers", "prompt targets answer through an LLM: configure at least one llm_provider")
     jb = ((raw.get("prompt_guards") or {}).get("input_guards") or {}).get("jailbreak")
@@ -722,8 +767,10 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
     overrides = raw.get("overrides") or {}
     ms = _model_server(raw.get("model_server") or {}, source)
     judge = _guard_judge(jb.get("judge")) if isinstance(jb, dict) else None
+    agent_lists = (listeners.get("agent_traffic") or []) if isinstance(listeners, dict) else []
     ext_proc, warnings = _message_timeout(ext_proc, ms, targets, endpoints, guard=jb is not None,
-                                          judge_s=judge.timeout_s if judge else 0.0)
+                                          judge_s=judge.timeout_s if judge else 0.0,
+                                          agents=any(len(a.get("agents") or []) > 1 for a in agent_lists))
     return Config(
         source=source,
         raw=raw,
@@ -750,7 +797,76 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         model_server=ms,
         warnings=tuple(compat_warnings + xref_warnings + warnings + _response_cache_warnings(raw.get("response_cache"), ms, targets, guard=jb is not None)),
         model_aliases=_model_aliases(raw, providers, source),
+        **agent_parts,
     )
+
+
+def _agents(raw: dict[str, Any], source: str, paths: list[str], warnings: list[str]) -> dict[str, Any]:
+    """plano's ``agents`` and agent listeners (``listeners.agent_traffic``): every listener has a
+    name, a port of its own and at least one agent of ``agents`` (by id). A listener entry naming
+    no defined agent is left out with a warning, as plano's CLI accepts it (its own full reference
+    config routes to an undefined ``rag_agent``), and so is a listener left with none. ``paths``:
+    where each agent listener was written (plano's list form), else ``listeners.agent_traffic[i]``."""
+    agents: dict[str, Agent] = {}
+    for i, a in enumerate(raw.get("agents") or []):
+        if a["id"] in agents:
+            raise ConfigError(source, f"agents[{i}].id", f"agent id {a['id']!r} is used twice")
+        agents[a["id"]] = Agent(id=a["id"], upstream=_upstream(a["url"], None, a.get("connect_timeout"), source, f"agents[{i}].url"))
+    listeners_raw = raw.get("listeners") or {}
+    local_triton = (raw.get("model_server") or {}).get("mode") not in ("remote", "none")
+    taken: dict[int, str] = {}  # the other ports sidegate listens on (as _check_ports reads them)
+    for key_path in DEFAULT_PORTS:
+        section_path = key_path.rpartition(".")[0]
+        if key_path == "model_server.balancer_port" or (section_path == "model_server" and not local_triton):
+            continue
+        section = listeners_raw.get(section_path.removeprefix("listeners.")) if section_path.startswith("listeners.") \
+            else raw.get(section_path)
+        taken[_port(section or {}, key_path)] = key_path
+    names: set[str] = set()
+    out: list[AgentListener] = []
+    for i, lst in enumerate(listeners_raw.get("agent_traffic") or []):
+        at = paths[i] if i < len(paths) else f"listeners.agent_traffic[{i}]"
+        name = lst.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name):
+            raise ConfigError(source, f"{at}.name", f"an agent listener needs a name of letters, digits, _, . and -, got {name!r}")
+        if name in names:
+            raise ConfigError(source, f"{at}.name", f"agent listener name {name!r} is used twice")
+        names.add(name)
+        if "port" not in lst:
+            raise ConfigError(source, f"{at}.port", f"agent listener {name!r} needs a port to listen on")
+        routes = lst.get("agents") or []
+        if not routes:
+            raise ConfigError(source, f"{at}.agents", f"agent listener {name!r} has no agents: list at least one "
+                                                      "{id, description} (ids from the top-level agents)")
+        seen: set[str] = set()
+        defaults = []
+        known = ", ".join(sorted(agents)) or "none: add it to the top-level agents with its url"
+        for j, r in enumerate(routes):
+            if r["id"] not in agents:
+                warnings.append(f"{at}.agents[{j}].id: {r['id']!r} is not an agent (known: {known}): this listener does not "
+                                "route to it")
+                continue
+            if r["id"] in seen:
+                raise ConfigError(source, f"{at}.agents[{j}].id", f"agent {r['id']!r} is listed twice")
+            seen.add(r["id"])
+            if r.get("default"):
+                defaults.append(j)
+        if len(defaults) > 1:
+            raise ConfigError(source, f"{at}.agents[{defaults[1]}].default", "more than one agent of this listener has default: true")
+        port = lst["port"]
+        if port in taken:
+            raise ConfigError(source, f"{at}.port", f"port {port} is already used by {taken[port]}")
+        taken[port] = f"{at}.port"
+        listener = Listener(name=name, address=_ip_address(lst.get("address", "127.0.0.1"), source, f"{at}.address"), port=port,
+                            timeout_s=parse_duration(lst.get("timeout", "30s")), max_body_bytes=lst.get("max_body_bytes", DEFAULT_BODY_LIMIT))
+        if not seen:
+            warnings.append(f"{at}.agents: none of agent listener {name!r}'s agents is defined (known agents: {known}): "
+                            "the listener is not served")
+            continue
+        out.append(AgentListener(listener=listener, agents=tuple(
+            AgentRoute(id=r["id"], description=r["description"].strip(), default=bool(r.get("default", False)))
+            for r in routes if r["id"] in agents)))
+    return {"agents": agents, "agent_listeners": tuple(out)}
 
 
 def _model_aliases(raw: dict[str, Any], providers: tuple[LlmProvider, ...], source: str) -> dict[str, str]:
@@ -1078,10 +1194,17 @@ def _guard_judge(judge: Any) -> GuardJudge | None:
 
 
 def _message_timeout(ext_proc: ExtProcSettings, ms: ModelServer, targets: tuple[PromptTarget, ...], endpoints: dict[str, Endpoint],
-                     *, guard: bool, judge_s: float = 0.0) -> tuple[ExtProcSettings, list[str]]:
-    """``ext_proc.message_timeout`` derived from the deadlines when not set; a warning when set shorter than they need."""
+                     *, guard: bool, judge_s: float = 0.0, agents: bool = False) -> tuple[ExtProcSettings, list[str]]:
+    """``ext_proc.message_timeout`` derived from the deadlines when not set; a warning when set shorter than they need.
+    ``agents``: an agent listener chooses among several agents (the guard, then one prompt_embed call)."""
     warnings: list[str] = []
     needed, parts = _ingress_deadline(ms, list(targets), endpoints, guard=guard, judge_s=judge_s)
+    if agents:
+        embed = ms.timeout_for("prompt_embed")
+        agent_s = (ms.timeout_for("prompt_guard") + judge_s if guard else 0.0) + embed + MESSAGE_TIMEOUT_MARGIN_S
+        if agent_s > needed:
+            needed, parts = agent_s, (f"an agent listener's guard + prompt_embed {embed:g} s ({ms.timeout_key('prompt_embed')}) + "
+                                      f"{MESSAGE_TIMEOUT_MARGIN_S:g} s margin")
     if not ext_proc.message_timeout_explicit:
         ext_proc = dataclasses.replace(ext_proc, message_timeout_s=max(DEFAULT_MESSAGE_TIMEOUT_S, needed))
     elif ext_proc.message_timeout_s < needed:

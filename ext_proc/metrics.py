@@ -43,6 +43,10 @@ class Metrics:
             "sidegate_guard_judge_calls", "Prompts in the guard's uncertain band sent to the judge, by outcome (yes, no, unavailable)",
             ["outcome"], registry=r,
         )
+        self.agent_routes = Counter(
+            "sidegate_agent_routes", "Requests on agent listeners by the agent chosen and how (match, context, default, only)",
+            ["listener", "agent", "how"], registry=r,
+        )
         self.intent_matches = Counter("sidegate_intent_matches", "Prompts matched to each prompt target", ["target"], registry=r)
         self.stage_seconds = Histogram(
             "sidegate_stage_seconds", "Latency of each prompt-pipeline stage", ["stage"], buckets=_LATENCY_BUCKETS, registry=r

@@ -13,6 +13,8 @@ import re
 __all__ = [
     "ANTHROPIC_VERSION",
     "ANTHROPIC_VERSION_HEADER",
+    "AGENT_HEADER",
+    "AGENT_LISTENER_PREFIX",
     "ARCH_STATE_KEY",
     "CHAT_COMPLETIONS_PATH",
     "ATTEMPT_HEADER",
@@ -32,10 +34,12 @@ __all__ = [
 # -- Envoy ↔ ext_proc ---------------------------------------------------------------------------
 UPSTREAM_HEADER = "x-sidegate-upstream"  # the cluster ext_proc chose; Envoy's routes match on it
 LISTENER_METADATA = "x-sidegate-listener"  # gRPC initial metadata of each listener's ext_proc filter
+AGENT_LISTENER_PREFIX = "agent:"  # LISTENER_METADATA of an agent listener: "agent:<listener name>"
 ATTEMPT_HEADER = "x-envoy-attempt-count"  # Envoy's retry count on an answer: which fallback answered
 
 # -- what clients see or send -------------------------------------------------------------------
 PROVIDER_HEADER = "x-sidegate-provider"  # on answers: the provider that answered
+AGENT_HEADER = "x-sidegate-agent"  # on an agent listener's answers: the agent chosen
 GUARD_HEADER = "x-sidegate-guard"  # "blocked" on the guard's own answer
 CACHE_HEADER = "x-sidegate-cache"  # hit | miss | bypass on chat answers when response_cache is configured
 ERROR_HEADER = "x-sidegate-error"  # on sidegate's error answers: the error code

@@ -200,6 +200,10 @@ class IngressPipeline:
         self.metrics.intent_matches.labels(target.name).inc()
         return await self._run_target(target, pending, headers, req, call=call)
 
+    async def guard(self, text: str) -> bool:
+        """Whether the guard blocks ``text`` (:meth:`_guard`): the agent listeners' guard too."""
+        return await self._guard(text)
+
     async def _guard(self, text: str) -> bool:
         """The guard, a cascade (issue 17): the classifier (``prompt_guard``) decides what it is
         sure of; with ``jailbreak.judge`` set, a probability in the judge's band ``[lo, hi)`` is

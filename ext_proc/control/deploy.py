@@ -204,6 +204,8 @@ def deployed_config(plan: DeployPlan, triton_host: str | None) -> dict[str, Any]
     listeners = raw.setdefault("listeners", {})
     ingress = listeners.setdefault("ingress_traffic", {})
     ingress["address"] = "0.0.0.0"  # noqa: S104 - reached through the app's published port / Service
+    for agent_listener in listeners.get("agent_traffic") or []:  # plano's agent listeners: published like ingress
+        agent_listener["address"] = "0.0.0.0"  # noqa: S104
     if plan.needs_triton and triton_host:
         ms = raw.setdefault("model_server", {})
         for key in ("replicas", "balancer_port", "http_port", "grpc_port", "metrics_port", "endpoints"):
@@ -296,7 +298,7 @@ def _env_example(plan: DeployPlan) -> str:
 def _compose(plan: DeployPlan, opts: DeployOptions) -> dict[str, Any]:
     cfg = plan.cfg
     app = opts.app_name
-    ports = [f"{cfg.ingress.port}:{cfg.ingress.port}"]
+    ports = [f"{cfg.ingress.port}:{cfg.ingress.port}"] + [f"{a.listener.port}:{a.listener.port}" for a in cfg.agent_listeners]
     if opts.app_port:
         ports.append(f"{opts.app_port}:{opts.app_port}")
     services: dict[str, Any] = {
@@ -398,7 +400,8 @@ def _app_deployment(plan: DeployPlan, opts: DeployOptions) -> dict[str, Any]:
         "command": ["sh", "-c", f"sidegate render {CONFIG_IN_CONTAINER} --out /tmp/envoy && "
                                 "exec envoy -c /tmp/envoy/envoy.yaml --disable-hot-restart --log-level warn"],
         "env": env,
-        "ports": [{"name": "ingress", "containerPort": cfg.ingress.port}],
+        "ports": [{"name": "ingress", "containerPort": cfg.ingress.port}] +
+                 [{"name": f"agent-{i}", "containerPort": a.listener.port} for i, a in enumerate(cfg.agent_listeners)],
         "volumeMounts": mounts,
         "startupProbe": _probe(ready, period=2, failures=60),
         "readinessProbe": _probe(ready, period=10, failures=3),
@@ -439,6 +442,7 @@ def _app_deployment(plan: DeployPlan, opts: DeployOptions) -> dict[str, Any]:
 
 def _app_service(plan: DeployPlan, opts: DeployOptions) -> dict[str, Any]:
     ports = [{"name": "ingress", "port": plan.cfg.ingress.port, "targetPort": "ingress"}]
+    ports += [{"name": f"agent-{i}", "port": a.listener.port, "targetPort": f"agent-{i}"} for i, a in enumerate(plan.cfg.agent_listeners)]
     if opts.app_port:
         ports.append({"name": "http", "port": opts.app_port, "targetPort": "http"})
     return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": opts.app_name, "labels": _labels(opts.app_name)},

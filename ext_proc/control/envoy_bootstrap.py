@@ -17,9 +17,9 @@ Usage::
 What it contains (the names are the contract in ``/work/shared/DESIGN.md``):
 
 * clusters ``sidegate_ext_proc`` (HTTP/2 to the ext_proc service), ``provider_<name>`` per LLM
-  provider and ``endpoint_<name>`` per app endpoint (TLS with SNI and certificate checks
+  provider and ``endpoint_<name>`` per app endpoint, ``agent_<id>`` per agent (TLS with SNI and certificate checks
   against the system roots when the upstream is https);
-* listeners ``ingress`` and ``egress`` (ext_proc then router) and ``internal`` (router only).
+* listeners ``ingress`` and ``egress`` (ext_proc then router), ``internal`` (router only) and one per agent listener, ``agent_<name>`` (ext_proc then router, routes to its agents only).
   Routing is on the ``x-sidegate-upstream`` request header (a cluster name) which the ext_proc
   service sets in its request-body reply with ``clear_route_cache`` (a client's own
   ``x-sidegate-upstream`` is dropped before routing); a request it sets on no route gets a
@@ -146,10 +146,11 @@ from envoy_data_plane.envoy.type.matcher.v3 import RegexMatchAndSubstitute, Rege
 from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.google.protobuf import Any, Struct
 
-from ext_proc.config import AZURE_INTERFACE, Config, LlmProvider, Upstream, is_ip
+from ext_proc.config import AZURE_INTERFACE, Agent, Config, LlmProvider, Upstream, is_ip
 from ext_proc.config import Endpoint as EndpointCfg
 from ext_proc.config import Listener as ListenerCfg
-from ext_proc.names import ANTHROPIC_VERSION, ANTHROPIC_VERSION_HEADER, LISTENER_METADATA, PROVIDER_HINT_HEADER, UPSTREAM_HEADER
+from ext_proc.names import (AGENT_LISTENER_PREFIX, ANTHROPIC_VERSION, ANTHROPIC_VERSION_HEADER, LISTENER_METADATA, PROVIDER_HINT_HEADER,
+                             UPSTREAM_HEADER)
 
 __all__ = [
     "ACCESS_LOG_FIELDS",
@@ -366,6 +367,9 @@ def _clusters(cfg: Config) -> list[Cluster]:
     for e in cfg.endpoints.values():
         u = e.upstream
         clusters.append(_cluster(e.cluster, u.host, u.port, connect_timeout_s=u.connect_timeout_s, tls=u.tls))
+    for a in cfg.agents.values():
+        u = a.upstream
+        clusters.append(_cluster(a.cluster, u.host, u.port, connect_timeout_s=u.connect_timeout_s, tls=u.tls))
     if cfg.otlp_endpoint:
         scheme, host, port, _ = _otlp_target(cfg.otlp_endpoint)
         clusters.append(_cluster(OTLP_CLUSTER, host, port, connect_timeout_s=1.0, tls=scheme == "https", http2=scheme == "grpc"))
@@ -648,6 +652,22 @@ def _endpoint_route(e: EndpointCfg) -> Route:
     )
 
 
+def _agent_route(a: Agent, listener: ListenerCfg) -> Route:
+    """An agent of an agent listener: the request as the client sent it, to the agent's url (its
+    base path, if any, before /v1/chat/completions); a stream may run long, but not go silent."""
+    u = a.upstream
+    action: dict[str, _AnyType] = {}
+    if u.base_path and u.base_path != "/":
+        action["regex_rewrite"] = RegexMatchAndSubstitute(pattern=RegexMatcher(regex="^/"), substitution=u.base_path.rstrip("/") + "/")
+    return Route(
+        name=a.cluster,
+        match=_upstream_match(a.cluster),
+        route=RouteAction(cluster=a.cluster, timeout=_seconds(0), idle_timeout=_seconds(listener.timeout_s),
+                          host_rewrite_literal=_host_header(u), **action),
+        request_headers_to_remove=[UPSTREAM_HEADER],
+    )
+
+
 NO_UPSTREAM_BODY = _error_json(
     "sidegate chose no upstream for this request (no x-sidegate-upstream route matched): "
     "check that the ext_proc service is running (sidegate status) and that the config names a provider",
@@ -795,7 +815,8 @@ def _local_reply_config(listener: ListenerCfg, *, ext_proc: bool) -> LocalReplyC
     return LocalReplyConfig(mappers=mappers)
 
 
-def _ext_proc_filter(cfg: Config, listener: ListenerCfg, stat_prefix: str) -> HttpFilter:
+def _ext_proc_filter(cfg: Config, listener: ListenerCfg, stat_prefix: str, metadata: str | None = None) -> HttpFilter:
+    """``metadata``: what the filter tells the service as LISTENER_METADATA (default: ``stat_prefix``)."""
     # ext_proc.message_timeout, or when not set derived from the model and endpoint deadlines
     # (config._ingress_deadline), so a slow model is our 504 model_server_timeout, not ext_proc_timeout
     timeout = _seconds(cfg.ext_proc.message_timeout_s)
@@ -806,7 +827,7 @@ def _ext_proc_filter(cfg: Config, listener: ListenerCfg, stat_prefix: str) -> Ht
                 max_receive_message_length=listener.max_body_bytes + GRPC_SLACK_BYTES,
             ),
             timeout=timeout,
-            initial_metadata=[HeaderValue(key=LISTENER_METADATA, value=stat_prefix)],
+            initial_metadata=[HeaderValue(key=LISTENER_METADATA, value=metadata or stat_prefix)],
         ),
         failure_mode_allow=cfg.ext_proc.failure_mode_allow,
         processing_mode=ProcessingMode(
@@ -883,6 +904,11 @@ def build_bootstrap(cfg: Config) -> Bootstrap:
     internal_routes = [_endpoint_route(e) for e in cfg.endpoints.values()]
     internal_routes += [_provider_route(p, cfg.internal) for p in cfg.llm_providers]
     listeners.append(_listener("internal", cfg.internal, internal_routes, ext_proc_filter=None, tracing=tracing))
+    for al in cfg.agent_listeners:  # plano's agent listeners (issue 19): routes to their own agents only
+        lcfg, stat = al.listener, f"agent_{al.listener.name}"
+        routes = [_agent_route(cfg.agents[r.id], lcfg) for r in al.agents]
+        listeners.append(_listener(stat, lcfg, routes, tracing=tracing,
+                                   ext_proc_filter=_ext_proc_filter(cfg, lcfg, stat, AGENT_LISTENER_PREFIX + lcfg.name)))
     if _balanced_models(cfg):
         listeners.append(_models_listener(cfg))
 

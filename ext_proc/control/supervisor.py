@@ -243,6 +243,7 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, 
             listens=(
                 f"ingress http://{cfg.ingress.address}:{cfg.ingress.port}, egress http://{cfg.egress.address}:{cfg.egress.port}, "
                 f"internal :{cfg.internal.port}, admin http://{cfg.admin_address}:{cfg.admin_port}"
+                + "".join(f", agent listener {a.listener.name} http://{a.listener.address}:{a.listener.port}" for a in cfg.agent_listeners)
             ),
             env=env,
         )
@@ -264,6 +265,8 @@ def check_ports(cfg: Config, demo: bool, demo_port: int = DEMO_PORT) -> list[str
         ("ext_proc.port", cfg.ext_proc.address, cfg.ext_proc.port),
         ("ext_proc.http_port", cfg.ext_proc.address, cfg.ext_proc.http_port),
     ]
+    for i, a in enumerate(cfg.agent_listeners):
+        wanted.append((f"listeners.agent_traffic[{i}].port ({a.listener.name})", a.listener.address, a.listener.port))
     if demo:
         wanted.append(("demo app", "127.0.0.1", demo_port))
     ms = cfg.model_server

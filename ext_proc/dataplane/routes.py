@@ -8,9 +8,10 @@ the exact ``:path`` without its query string; anything else gets an immediate 40
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
+from ext_proc.chat.agents import AgentProcessor, AgentRouter
 from ext_proc.chat.cache import ResponseCacheService
 from ext_proc.chat.completions import ChatProcessor, egress_router
 from ext_proc.chat.translate import API_PATHS
@@ -20,6 +21,7 @@ from ext_proc.chat.ratelimit import RateLimiter
 from ext_proc.config import Config
 from ext_proc.metrics import Metrics
 from ext_proc.models.base import Models
+from ext_proc.names import AGENT_LISTENER_PREFIX, CHAT_COMPLETIONS_PATH
 from ext_proc.processor import Processor
 
 __all__ = ["Services", "pick", "served_paths"]
@@ -36,6 +38,7 @@ class Services:
     ingress: IngressPipeline
     ratelimits: RateLimiter
     cache: ResponseCacheService | None = None  # response_cache (None: not configured)
+    agents: dict[str, AgentRouter] = field(default_factory=dict)  # agent listener name -> its router
 
     @classmethod
     def create(cls, cfg: Config, *, metrics: Metrics | None = None, models: Models | None = None) -> Services:
@@ -47,7 +50,8 @@ class Services:
 
         cache = ResponseCacheService(cfg.response_cache, cfg.shared_store, models=models, on_store_error=store_error) if cfg.response_cache else None
         return cls(cfg=cfg, metrics=metrics, models=models, endpoints=endpoints, ingress=pipeline,
-                   ratelimits=RateLimiter(cfg.ratelimits, store=cfg.shared_store, on_store_error=store_error), cache=cache)
+                   ratelimits=RateLimiter(cfg.ratelimits, store=cfg.shared_store, on_store_error=store_error), cache=cache,
+                   agents={a.listener.name: AgentRouter(listener=a, models=models, metrics=metrics) for a in cfg.agent_listeners})
 
     async def close(self) -> None:
         await self.endpoints.close()
@@ -75,9 +79,22 @@ _ROUTES: dict[tuple[str, str], Factory] = {
 }
 
 
+def _agent(name: str) -> Factory:
+    """Chat completions on the agent listener ``name`` (its ext_proc metadata: ``agent:<name>``)."""
+    def make(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Processor:
+        return AgentProcessor(cfg=s.cfg, router=s.agents[name], guard=s.ingress.guard if s.cfg.jailbreak else None,
+                              metrics=s.metrics, log=log)
+    return make
+
+
 def pick(listener: str, path: str) -> Factory | None:
-    return _ROUTES.get((listener, path.split("?", 1)[0]))
+    path = path.split("?", 1)[0]
+    if listener.startswith(AGENT_LISTENER_PREFIX):
+        return _agent(listener.removeprefix(AGENT_LISTENER_PREFIX)) if path == CHAT_COMPLETIONS_PATH else None
+    return _ROUTES.get((listener, path))
 
 
 def served_paths(listener: str) -> list[str]:
+    if listener.startswith(AGENT_LISTENER_PREFIX):
+        return [CHAT_COMPLETIONS_PATH]
     return sorted(p for (lst, p) in _ROUTES if lst == listener)

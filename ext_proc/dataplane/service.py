@@ -90,6 +90,8 @@ async def _warm(services: Services, state: dict[str, bool | str]) -> None:
     for attempt in range(30):
         try:
             await services.ingress.warm()
+            for router in services.agents.values():  # agent listeners: their agents' descriptions (issue 19)
+                await router.warm()
             break
         except ModelServerError as exc:
             if attempt == 0:

@@ -60,15 +60,17 @@ def test_list_form_listeners() -> None:
         {"type": "model", "name": "egress", "port": 12001, "address": "0.0.0.0", "timeout": "30s", "max_retries": 3,
          "input_filters": ["guard"]},
         {"type": "prompt", "name": "ingress", "port": 10001},
-        {"type": "agent", "name": "travel", "port": 8001, "agents": [{"id": "weather", "description": "d"}]},
+        {"type": "agent", "name": "travel", "port": 8001, "router": "plano_orchestrator_v1",
+         "agents": [{"id": "weather", "description": "d"}]},
     ], "llm_providers": [{"name": "a", "provider_interface": "openai", "model": "gpt-4o"}]})
     assert out["listeners"]["egress_traffic"] == {"port": 12001, "address": "0.0.0.0", "timeout": "30s"}
     assert out["listeners"]["ingress_traffic"] == {"port": 10001}
-    assert out["listeners"]["agent_traffic"][0]["name"] == "travel"  # kept for agent routing
+    assert out["listeners"]["agent_traffic"][0]["name"] == "travel"  # served: ext_proc/config.py reads it
     assert out["llm_providers"][0]["retries"] == 3  # the model listener's max_retries
     assert any(w.startswith("listeners[0].input_filters: filter chains are not implemented") for w in warnings)
-    assert any(w.startswith("listeners[2]: agent listener 'travel' is kept, but agent routing is not implemented yet: "
-                            "nothing listens on port 8001") and "weather" in w for w in warnings)
+    assert any(w.startswith("listeners[2].router: 'plano_orchestrator_v1' is not called: agents are chosen by sidegate's local "
+                            "embedding") for w in warnings)
+    assert not any(w.startswith("listeners[2]:") for w in warnings)  # the agent listener itself is served
     refused({"listeners": [{"type": "model", "port": 1}, {"type": "model", "port": 2}]}, "listeners[1].type", "second 'model' listener")
 
 
@@ -171,7 +173,7 @@ def test_overrides() -> None:
 
 
 @pytest.mark.parametrize("key, value", [
-    ("agents", [{"id": "a", "url": "http://localhost:1"}]), ("filters", [{"id": "f", "url": "http://localhost:2"}]),
+    ("filters", [{"id": "f", "url": "http://localhost:2"}]),
     ("routing_preferences", [{"name": "code", "description": "d", "models": ["openai/gpt-4o"]}]),
     ("routing", {"model": "x"}), ("state_storage", {"type": "memory"}), ("model_metrics_sources", [{"type": "cost"}]),
     ("prompt_caching", {"enabled": True}), ("mode", "llm"),

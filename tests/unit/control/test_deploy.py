@@ -390,3 +390,25 @@ def test_triton_image_bakes_the_model_repository_with_gpu_configs() -> None:
     assert any(c.startswith("triton_models/sidegate_models ") for c in copies)
     gpu = list((REPO_ROOT / "triton_models").glob("*/configs/gpu.pbtxt"))
     assert gpu and any("KIND_GPU" in p.read_text() for p in gpu)
+
+
+def test_agent_listeners_are_published_like_ingress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
+    path = tmp_path / "agents.yaml"
+    path.write_text(yaml.safe_dump({
+        "version": "v0.3.0", "model_providers": [{"model": "openai/gpt-4o", "access_key": "$OPENAI_API_KEY"}],
+        "agents": [{"id": "a", "url": "http://agent-a:8000"}, {"id": "b", "url": "http://agent-b:8000"}],
+        "listeners": [{"type": "agent", "name": "travel", "port": 8001, "agents": [
+            {"id": "a", "description": "weather"}, {"id": "b", "description": "flights"}]}]}))
+    compose = yaml.safe_load(_render(path, tmp_path / "compose", target="compose")["compose.yaml"])
+    assert compose["services"]["app"]["ports"] == ["10000:10000", "8001:8001"]
+    assert "sidegate-triton" in compose["services"]  # the agent choice needs prompt_embed
+    files = _render(path, tmp_path / "k8s", target="k8s")
+    objects = _objects(files)
+    envoy = next(c for c in objects["Deployment/app"]["spec"]["template"]["spec"]["initContainers"] if c["name"] == "sidegate-envoy")
+    assert {"name": "agent-0", "containerPort": 8001} in envoy["ports"]
+    assert {"name": "agent-0", "port": 8001, "targetPort": "agent-0"} in objects["Service/app"]["spec"]["ports"]
+    deployed = tmp_path / "deployed.yaml"
+    deployed.write_text(objects["ConfigMap/app-sidegate-config"]["data"]["config.yaml"])
+    (lst,) = load_config(deployed, env={"OPENAI_API_KEY": "k"}).agent_listeners
+    assert (lst.listener.address, lst.listener.port) == ("0.0.0.0", 8001)  # reached through the Service, as ingress

@@ -34,7 +34,7 @@ class Ingress:
 
 def warm_state(refused: dict[str, str], unfilled: dict[str, str] | None = None) -> str:
     state: dict[str, bool | str] = {}
-    asyncio.run(_warm(SimpleNamespace(models=object(), ingress=Ingress(refused, unfilled)), state))  # type: ignore[arg-type]
+    asyncio.run(_warm(SimpleNamespace(models=object(), ingress=Ingress(refused, unfilled), agents={}), state))  # type: ignore[arg-type]
     return str(state["warm"])
 
 

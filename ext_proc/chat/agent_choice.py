@@ -1,0 +1,117 @@
+"""Which agent of an agent listener a conversation goes to (issue 19, agents): the decision alone.
+
+Each agent is embedded once in the views intent uses for a prompt target (``ext_proc.chat.intent``:
+its id as words, its description, both) plus one view per capability its description lists
+(:func:`agent_views`: the clauses between commas, semicolons, "and", line breaks and bullets, after
+a leading "Name:"), with the same BM25 lexical index beside them. A turn is about one thing its
+agent does, and a long description hides it. A request costs one ``prompt_embed`` call over its last user turn and the ``CONTEXT_TURNS`` user turns before
+it (earlier turns were embedded by the conversation's previous requests: prompt_embed's cache has
+them). Each turn's ranking (embedding + ``LEXICAL_WEIGHT`` x lexical, as intent ranks targets)
+becomes a distribution over the agents, ``softmax(ranking / TEMPERATURE)``, and the turns are read
+oldest first as a hidden Markov chain whose state is the agent: between two turns the conversation
+stays with its agent with probability ``STAY``, else moves to any other (:func:`decide`, the
+forward pass). So a follow-up that says little ("and sort it by line") stays with the agent the
+conversation is with, and a turn that clearly names another topic moves it, with no state kept
+by sidegate nor returned by the client. Nothing fits (every turn's best embedding score under
+``UNRELATED_SCORE``): the listener's default agent (plano's rule: ``default: true``, else the first).
+Chosen on the dev half of ``bench/agents.py``'s set (figures: bench/README.md, section "agents").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ext_proc.chat.intent import IntentIndex, name_words, target_text
+
+__all__ = ["CONTEXT_TURNS", "STAY", "TEMPERATURE", "UNRELATED_SCORE", "AgentChoice", "AgentSpec", "agent_index", "capabilities",
+           "agent_views", "decide"]
+
+CONTEXT_TURNS = 2  # earlier user turns read besides the last one (1, 2 and 3 scored the same on dev; 2 keeps "ok" + "and tomorrow?" in context)
+TEMPERATURE = 0.02  # a turn's ranking -> its distribution over the agents: softmax(ranking / TEMPERATURE)
+STAY = 0.7  # probability that the next turn is for the same agent
+UNRELATED_SCORE = 0.10  # every turn's best embedding score under this: the default agent
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """An agent as the decision sees it (shaped like a prompt target without parameters)."""
+
+    name: str  # the agent id
+    description: str
+    parameters: tuple[()] = ()
+
+
+@dataclass(frozen=True)
+class AgentChoice:
+    """``index``: into the listener's agents; ``how``: match (the last turn), context (earlier turns
+    decided), default (nothing fits), only (one agent: no embedding); ``score``: the best embedding score."""
+
+    index: int
+    how: str
+    score: float
+
+
+_CLAUSES = re.compile(r"[,;\n\u2022*]|\band\b|\s-\s")
+
+
+def capabilities(description: str) -> list[str]:
+    """The things a description lists: "Stock trading: prices, watchlists and orders" ->
+    ["prices", "watchlists", "orders"] (text after a first ":" on the first line, when there is one)."""
+    first, sep, rest = description.partition(":")
+    text = rest if sep and "\n" not in first and len(first) <= 80 else description
+    return [c for c in (p.strip(" .\t") for p in _CLAUSES.split(text)) if len(c) > 2]
+
+
+def agent_views(agents: Sequence[AgentSpec]) -> tuple[list[str], list[str], list[int]]:
+    """(agent names, the texts to embed, the agent of each text): per agent its id as words, its
+    description, "id: description" and each of its :func:`capabilities`, duplicates left out."""
+    names, views, owners = [], [], []
+    for i, a in enumerate(agents):
+        names.append(a.name)
+        words = name_words(a.name)
+        own = [words, a.description, f"{words}: {a.description}", *capabilities(a.description)]
+        for v in dict.fromkeys(x for x in own if x.strip()):
+            views.append(v)
+            owners.append(i)
+    return names, views, owners
+
+
+def agent_index(agents: Sequence[AgentSpec], matrix: npt.NDArray[np.float32]) -> IntentIndex:
+    """The index of ``agents`` from the embeddings of :func:`agent_views`' texts."""
+    names, views, owners = agent_views(agents)
+    return IntentIndex.build(names, views, owners, matrix, [target_text(a) for a in agents])
+
+
+def decide(index: IntentIndex, texts: Sequence[str], vecs: Sequence[npt.NDArray[np.float32]], *, default: int,
+           temperature: float = TEMPERATURE, stay: float = STAY, unrelated: float = UNRELATED_SCORE) -> AgentChoice:
+    """``texts``: the last user turn first, then the earlier user turns, most recent first (at most
+    ``CONTEXT_TURNS``); ``vecs``: their unit embeddings; ``default``: the listener's default agent."""
+    n = len(index.names)
+    if n == 1:
+        return AgentChoice(0, "only", 0.0)
+    if not texts:
+        return AgentChoice(default, "default", float("-inf"))
+    posterior: npt.NDArray[np.float64] | None = None
+    best_any = last_best = float("-inf")
+    last_top = 0
+    for text, vec in reversed(list(zip(texts, vecs))):  # oldest first
+        scores = index.scores(vec)
+        last_best = float(np.max(scores))
+        best_any = max(best_any, last_best)
+        ranking = index.ranking(scores, text)
+        last_top = int(np.argmax(ranking))
+        evidence = np.exp((ranking - ranking.max()) / temperature)
+        prior = np.full(n, 1.0 / n) if posterior is None else stay * posterior + (1.0 - stay) * (1.0 - posterior) / (n - 1)
+        posterior = prior * evidence
+        posterior /= posterior.sum()
+    assert posterior is not None
+    if best_any < unrelated:
+        return AgentChoice(default, "default", last_best)
+    chosen = int(np.argmax(posterior))
+    # match: the last turn alone points there too; context: the earlier turns decided
+    return AgentChoice(chosen, "match" if chosen == last_top and last_best >= unrelated else "context", last_best)
