@@ -49,6 +49,7 @@ __all__ = [
     "PromptTarget",
     "RateLimit",
     "ResponseCache",
+    "RoutingPreference",
     "DEFAULT_CONFIG",
     "SCHEMA_PATH",
     "load_config",
@@ -185,6 +186,15 @@ class Endpoint:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RoutingPreference:
+    """One of a provider's ``routing_preferences``: requests whose conversation fits ``description``
+    go to that provider (ext_proc/chat/preferences.py), and ``name`` is the response's x-sidegate-route."""
+
+    name: str
+    description: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class LlmProvider:
     name: str
     interface: str
@@ -197,6 +207,7 @@ class LlmProvider:
     stream: bool | None = None
     fallbacks: tuple[str, ...] = ()  # provider names tried in order when this one fails
     api_version: str | None = None  # azure_openai: the api-version query parameter
+    routing_preferences: tuple[RoutingPreference, ...] = ()  # what this provider is chosen for (issue 19)
 
     @property
     def cluster(self) -> str:
@@ -456,6 +467,8 @@ class Config:
     intent_threshold_set: bool = False
     # model_aliases: a request's model -> the model (or family/model) whose provider serves it
     model_aliases: dict[str, str] = field(default_factory=dict)
+    # routing_preferences: the best preference's embedding score must reach this (overrides.routing_preference_threshold)
+    routing_threshold: float = 0.0
 
     @property
     def jailbreak_message(self) -> str | None:
@@ -692,6 +705,7 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
     judge = _guard_judge(jb.get("judge")) if isinstance(jb, dict) else None
     ext_proc, warnings = _message_timeout(ext_proc, ms, targets, endpoints, guard=jb is not None,
                                           judge_s=judge.timeout_s if judge else 0.0)
+    warnings += _routing_preference_warnings(providers, ms, source)
     return Config(
         source=source,
         raw=raw,
@@ -718,6 +732,7 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         model_server=ms,
         warnings=tuple(compat_warnings + warnings + _response_cache_warnings(raw.get("response_cache"), ms, targets, guard=jb is not None)),
         model_aliases=_model_aliases(raw, providers, source),
+        routing_threshold=float(overrides.get("routing_preference_threshold", DEFAULT_ROUTING_THRESHOLD)),
     )
 
 
@@ -819,6 +834,8 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
                 stream=pr.get("stream"),
                 fallbacks=tuple(pr.get("fallbacks") or ()),
                 api_version=pr.get("api_version", AZURE_API_VERSION) if interface == AZURE_INTERFACE else None,
+                routing_preferences=tuple(RoutingPreference(name=rp["name"], description=rp["description"])
+                                          for rp in pr.get("routing_preferences") or ()),
             )
         )
     if len(defaults) > 1:
@@ -952,6 +969,45 @@ def _response_cache_warnings(rc: dict[str, Any] | None, ms: ModelServer, targets
         return ["response_cache.similarity: semantic matching embeds the last user turn with prompt_embed, and model_server "
                 "is off (mode: none): it is ignored, and only identical requests are answered from the cache"]
     return []
+
+
+# overrides.routing_preference_threshold's default: the best preference's embedding score from which
+# a request goes to that preference's provider (chosen on the dev half of bench/data/routing_set.tsv,
+# python -m bench routing_eval; figures in bench/README.md)
+DEFAULT_ROUTING_THRESHOLD = 0.30
+# two preferences' descriptions this alike (difflib ratio of their normalised words) are warned about
+NEAR_IDENTICAL_DESCRIPTIONS = 0.85
+
+
+def _routing_preference_warnings(providers: tuple[LlmProvider, ...], ms: ModelServer, source: str) -> list[str]:
+    """``routing_preferences``: a name used twice is refused (x-sidegate-route would not say which);
+    two descriptions alike enough that the embedding cannot tell them apart are warned about, as is
+    a model server that is off (the preferences need prompt_embed: every request goes to the default)."""
+    placed: list[tuple[str, RoutingPreference]] = []
+    seen: dict[str, str] = {}
+    for i, p in enumerate(providers):
+        for j, rp in enumerate(p.routing_preferences):
+            at = f"llm_providers[{i}].routing_preferences[{j}]"
+            if rp.name in seen:
+                raise ConfigError(source, f"{at}.name", f"routing preference name {rp.name!r} is already used at {seen[rp.name]}: "
+                                                        "x-sidegate-route names the preference, so each name must be distinct")
+            seen[rp.name] = at
+            placed.append((at, rp))
+    if not placed:
+        return []
+    warnings: list[str] = []
+    words = [" ".join(re.findall(r"[a-z0-9]+", rp.description.lower())) for _, rp in placed]
+    for a in range(len(placed)):
+        for b in range(a + 1, len(placed)):
+            ratio = difflib.SequenceMatcher(None, words[a], words[b]).ratio()
+            if ratio >= NEAR_IDENTICAL_DESCRIPTIONS:
+                warnings.append(f"{placed[b][0]}.description: nearly the same as {placed[a][0]} ({placed[a][1].name!r}, "
+                                f"{ratio:.0%} alike): requests that fit one fit the other, and which provider gets them is "
+                                "down to small differences in wording; describe what sets them apart, or merge them")
+    if ms.mode == "none":
+        warnings.append(f"{placed[0][0]}: routing preferences are matched with the prompt_embed model, and model_server is off "
+                        "(mode: none): every request goes to the provider it names, or the default provider")
+    return warnings
 
 
 def _jailbreak(jb: dict[str, Any]) -> Jailbreak:

@@ -43,6 +43,10 @@ class Metrics:
             "sidegate_guard_judge_calls", "Prompts in the guard's uncertain band sent to the judge, by outcome (yes, no, unavailable)",
             ["outcome"], registry=r,
         )
+        self.route_decisions = Counter(
+            "sidegate_route_decisions", "Preference-routing decisions by preference (none: the default provider) and how they were "
+            "decided (embedding, none, unavailable)", ["preference", "decided_by"], registry=r,
+        )
         self.intent_matches = Counter("sidegate_intent_matches", "Prompts matched to each prompt target", ["target"], registry=r)
         self.stage_seconds = Histogram(
             "sidegate_stage_seconds", "Latency of each prompt-pipeline stage", ["stage"], buckets=_LATENCY_BUCKETS, registry=r

@@ -26,7 +26,8 @@ def needed_models(cfg: Config) -> list[str]:
     intent = any(not t.default for t in cfg.prompt_targets)
     semantic_cache = cfg.response_cache is not None and cfg.response_cache.similarity is not None
     # prompt_guard is an ensemble: prompt_embed, then prompt_guard_head on the text and its vector
-    if intent or cfg.jailbreak is not None or semantic_cache:
+    preferences = any(p.routing_preferences for p in cfg.llm_providers)  # matched with prompt_embed (issue 19)
+    if intent or cfg.jailbreak is not None or semantic_cache or preferences:
         need.append("prompt_embed")
     if cfg.jailbreak is not None:
         need += [*(s for s in ENSEMBLE_STEPS["prompt_guard"] if s not in need), "prompt_guard"]
