@@ -37,10 +37,14 @@ from ext_proc.metrics import Metrics
 from ext_proc.models.base import Models
 from ext_proc.wire.openai import ChatRequest, content_text
 
-__all__ = ["HEAD_WORDS", "PreferenceRouter", "Route", "preference_index", "preference_views", "routing_text"]
+__all__ = ["HEAD_WORDS", "ROUTE_DEADLINE_S", "PreferenceRouter", "Route", "preference_index", "preference_views", "routing_text"]
 
 log = logging.getLogger("sidegate.preferences")
 
+# the whole decision (both embeddings) must take less: a slow model server sends the request to the
+# default provider rather than keep it until Envoy's ext_proc message timeout answers 504
+# (an embedding of 6 words takes ~10 ms on 2 cores; ~150 ms at c=32)
+ROUTE_DEADLINE_S = 2.0
 HEAD_WORDS = 6  # words of a turn's head that are embedded (4 to 6 did best on the dev half; 8 and more worse)
 
 
@@ -126,12 +130,15 @@ class PreferenceRouter:
         started = time.perf_counter()
         with telemetry.span("route") as span:
             try:
-                name, score = await self._best(text, req) if text.strip() else (None, float("-inf"))
+                if text.strip():
+                    name, score = await asyncio.wait_for(self._best(text, req), ROUTE_DEADLINE_S)
+                else:
+                    name, score = None, float("-inf")
                 decided_by = "embedding" if name is not None else "none"
-            except ModelServerError as exc:
+            except (ModelServerError, asyncio.TimeoutError) as exc:
+                why = exc.message if isinstance(exc, ModelServerError) else f"prompt_embed did not answer within {ROUTE_DEADLINE_S:g} s"
                 self.metrics.model_errors.labels("route").inc()
-                log.warning("routing preferences not matched, sending the request to the default provider %s: %s",
-                            fallback.name, exc.message)
+                log.warning("routing preferences not matched, sending the request to the default provider %s: %s", fallback.name, why)
                 name, score, decided_by = None, float("-inf"), "unavailable"
             elapsed = time.perf_counter() - started
             self.metrics.stage_seconds.labels("route").observe(elapsed)

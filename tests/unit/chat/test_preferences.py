@@ -4,6 +4,7 @@ tests/integration/test_preference_routing.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -39,12 +40,14 @@ class Embedder:
     """Models.embed: a prompt "... AXIS=i SCORE=s ..." has cosine s to axis i (the rest on a noise
     axis no preference has); a preference view lies on the axis of its keyword (AXES)."""
 
-    def __init__(self, *, fail: bool = False) -> None:
+    def __init__(self, *, fail: bool = False, delay_s: float = 0.0) -> None:
         self.fail = fail
+        self.delay_s = delay_s
         self.calls: list[str] = []
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         self.calls += texts
+        await asyncio.sleep(self.delay_s)
         if self.fail:
             raise ModelServerError("Triton model prompt_embed is not ready", status=503)
         rows = []
@@ -133,6 +136,17 @@ async def test_a_failing_model_server_sends_the_request_to_the_default(caplog: p
     assert "sending the request to the default provider general" in caplog.text
     assert "prompt_embed is not ready" in caplog.text
     assert metrics.route_decisions.labels("none", "unavailable")._value.get() == 1
+
+
+async def test_a_slow_model_server_sends_the_request_to_the_default(caplog: pytest.LogCaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ext_proc.chat.preferences.ROUTE_DEADLINE_S", 0.05)
+    metrics = Metrics()
+    router = PreferenceRouter(cfg=config(), models=Embedder(delay_s=0.2), metrics=metrics)
+    with caplog.at_level(logging.WARNING, logger="sidegate.preferences"):
+        route = await router.route(request("write a parser AXIS=0 SCORE=0.9"))
+    assert (route.provider.name, route.decided_by) == ("general", "unavailable")
+    assert "prompt_embed did not answer within 0.05 s" in caplog.text
 
 
 async def test_egress_routes_only_requests_that_name_no_provider() -> None:
