@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -94,6 +95,16 @@ def test_streaming_answers_carry_the_route(stack: Stack) -> None:
         assert raw.headers["x-sidegate-route"] == "code generation"
         text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     assert text == f"fake-special says: {CODE}"
+
+
+def test_anthropic_messages_are_routed_too(stack: Stack) -> None:
+    stack.special.clear()
+    client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{stack.cfg.egress.port}", api_key="sk-client", max_retries=0, timeout=30)
+    raw = client.messages.with_raw_response.create(model="auto", max_tokens=64, messages=[{"role": "user", "content": CODE}])
+    assert raw.headers["x-sidegate-route"] == "code generation" and raw.headers["x-sidegate-provider"] == "coder"
+    message = raw.parse()
+    assert message.content[0].type == "text" and message.content[0].text == f"fake-special says: {CODE}"
+    assert [r.json["model"] for r in stack.special.requests] == ["code-model"]  # translated to chat completions for coder
 
 
 def test_model_server_down_goes_to_the_default_provider(tmp_path_factory: pytest.TempPathFactory) -> None:
