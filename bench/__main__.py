@@ -18,7 +18,8 @@ import traceback
 
 from bench._harness import BENCH_DIR, set_command
 
-ALIASES = {"guard": "guard_eval", "function_call": "function_call_eval", "intent": "intent_eval", "memory": "overhead"}
+ALIASES = {"guard": "guard_eval", "function_call": "function_call_eval", "intent": "intent_eval", "memory": "overhead",
+           "routing": "routing_eval"}
 FIRST = ("overhead",)  # run order with no PART: these first, then the rest by name
 
 

@@ -66,8 +66,6 @@ _PROVIDER_LISTS = ("llm_providers", "model_providers")
 # Keys sidegate reads (the schema checks their types) but does not act on: what happens instead.
 _TOP_LEVEL_WARNINGS = {
     "filters": "kept, but filter chains are not implemented yet: no request or response passes through these filters",
-    "routing_preferences": "preference routing is not implemented yet: a request goes to the provider of the model it "
-                           "names (or its alias), else to the default provider",
     "routing": "router model and session-affinity settings are not implemented: a request goes to the provider of the "
                "model it names, else to the default provider",
     "state_storage": "conversation state is not stored: every request must carry its whole conversation (no "
@@ -77,7 +75,7 @@ _TOP_LEVEL_WARNINGS = {
     "mode": "ignored: sidegate always serves both the prompt (ingress) and the model (egress) listener",
 }
 _OVERRIDE_WARNINGS = {
-    "llm_routing_model": "preference routing is not implemented yet: this router model is not called",
+    "llm_routing_model": "ignored: routing_preferences are matched locally with prompt_embed, no router model is called",
     "agent_orchestration_model": "this orchestrator model is not called: agents are chosen by the local embedding model",
     "orchestrator_model_context_length": "no orchestrator model is called (agents are chosen by local embeddings): ignored",
     "upstream_tls_ca_path": "ignored: upstream TLS is verified against sidegate's CA bundle (certifi, or "
@@ -127,6 +125,7 @@ def normalise(raw: dict[str, Any], *, default_ports: Mapping[str, int], provider
     arch_listeners = _listener_block(out, warnings) or isinstance(out.get("listeners"), list)
     max_retries = _listener_list(out, warnings)
     _providers(out, warnings, provider_hosts, max_retries)
+    _top_level_preferences(out, warnings)
     _tracing(out, warnings)
     _overrides(out, warnings)
     _guards(out, warnings)
@@ -235,10 +234,45 @@ def _providers(out: dict[str, Any], warnings: list[str], hosts: Mapping[str, str
             # named after its model as written, like plano does (`openai/gpt-4o`)
             pr["name"] = _unique(re.sub(r"[^A-Za-z0-9_.\-/:*]", "_", written), taken)
             taken.add(pr["name"])
+        if isinstance(pr.get("usage"), str) and isinstance(pr.get("name"), str):
+            # Arch 0.3.0-0.3.3: one description of what the provider is for, named after the provider
+            prefs = pr.setdefault("routing_preferences", [])
+            if isinstance(prefs, list):
+                prefs.append({"name": pr["name"], "description": pr.pop("usage")})
         if max_retries is not None and "retries" not in pr:
             pr["retries"] = min(max_retries, 10)
         if connect_timeout is not None and "connect_timeout" not in pr:
             pr["connect_timeout"] = connect_timeout
+
+
+def _top_level_preferences(out: dict[str, Any], warnings: list[str]) -> None:
+    """plano's top-level ``routing_preferences: [{name, description, models: [...]}]``: each becomes a
+    routing preference of the provider of its first model that is configured (by the provider's name,
+    its model, or ``family/model``); one whose models are all unknown routes nowhere (warning)."""
+    prefs, providers = out.get("routing_preferences"), out.get("llm_providers")
+    if not isinstance(prefs, list) or not all(isinstance(rp, dict) and isinstance(rp.get("models"), list) for rp in prefs):
+        return  # the schema says what is wrong
+    configured: list[dict[str, Any]] = [p for p in providers if isinstance(p, dict)] if isinstance(providers, list) else []
+
+    def served_by(model: Any) -> dict[str, Any] | None:
+        for p in configured:
+            names = {p.get("name"), p.get("model")}
+            if isinstance(p.get("model"), str):
+                names.add(f"{p.get('provider_interface')}/{p['model']}")
+            if model in names:
+                return p
+        return None
+
+    for i, rp in enumerate(out.pop("routing_preferences")):
+        provider = next((p for p in map(served_by, rp["models"]) if p is not None), None)
+        if provider is None:
+            warnings.append(f"routing_preferences[{i}]: none of its models ({', '.join(map(str, rp['models']))}) is a configured "
+                            "provider's: no request is routed by this preference")
+            continue
+        if len(rp["models"]) > 1:
+            warnings.append(f"routing_preferences[{i}].models: requests that fit {rp.get('name')!r} go to {provider.get('name')}, "
+                            "the first of these models configured; the others are not tried")
+        provider.setdefault("routing_preferences", []).append({k: rp[k] for k in ("name", "description") if k in rp})
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -284,11 +318,6 @@ def _provider(pr: dict[str, Any], at: str, warnings: list[str], hosts: Mapping[s
             warnings.append(f"{at}.provider_interface: {interface!r} is not a sidegate family: read as an OpenAI-compatible "
                             f"provider at {pr.get('base_url', pr.get('endpoint'))}")
     _base_url(pr, at, hosts)
-    for k, what in (("routing_preferences", "preference routing is not implemented yet: this provider is chosen only by "
-                                            "the model a request names, the provider hint header or as the default"),
-                    ("usage", "preference routing is not implemented yet: this description is not used to pick a provider")):
-        if k in pr:
-            warnings.append(f"{at}.{k}: {what}")
     if pr.get("passthrough_auth") is True and "access_key" in pr:
         warnings.append(f"{at}.access_key: ignored: passthrough_auth sends the client's own key (as plano does)")
 

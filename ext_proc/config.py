@@ -53,6 +53,7 @@ __all__ = [
     "PromptTarget",
     "RateLimit",
     "ResponseCache",
+    "RoutingPreference",
     "DEFAULT_CONFIG",
     "SCHEMA_PATH",
     "load_config",
@@ -188,6 +189,15 @@ class Endpoint:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RoutingPreference:
+    """One of a provider's ``routing_preferences``: requests whose conversation fits ``description``
+    go to that provider (ext_proc/chat/preferences.py), and ``name`` is the response's x-sidegate-route."""
+
+    name: str
+    description: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class LlmProvider:
     name: str
     interface: str
@@ -211,6 +221,7 @@ class LlmProvider:
     # amazon_bedrock with IAM keys (sidegate's aws_* keys): ext_proc signs each request with SigV4
     aws: AwsCredentials | None = field(default=None, repr=False)
     aws_region: str | None = None
+    routing_preferences: tuple[RoutingPreference, ...] = ()  # what this provider is chosen for (issue 19)
 
     @property
     def host_header(self) -> str:
@@ -525,6 +536,8 @@ class Config:
     model_aliases: dict[str, str] = field(default_factory=dict)
     agents: dict[str, Agent] = field(default_factory=dict)  # plano's top-level agents, by id
     agent_listeners: tuple[AgentListener, ...] = ()  # listeners of type agent
+    # routing_preferences: the best preference's embedding score must reach this (overrides.routing_preference_threshold)
+    routing_threshold: float = 0.0
 
     @property
     def jailbreak_message(self) -> str | None:
@@ -771,6 +784,7 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
     ext_proc, warnings = _message_timeout(ext_proc, ms, targets, endpoints, guard=jb is not None,
                                           judge_s=judge.timeout_s if judge else 0.0,
                                           agents=any(len(a.get("agents") or []) > 1 for a in agent_lists))
+    warnings += _routing_preference_warnings(providers, ms, source)
     return Config(
         source=source,
         raw=raw,
@@ -798,6 +812,7 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         warnings=tuple(compat_warnings + xref_warnings + warnings + _response_cache_warnings(raw.get("response_cache"), ms, targets, guard=jb is not None)),
         model_aliases=_model_aliases(raw, providers, source),
         **agent_parts,
+        routing_threshold=float(overrides.get("routing_preference_threshold", DEFAULT_ROUTING_THRESHOLD)),
     )
 
 
@@ -977,6 +992,8 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
                 http_host=pr.get("http_host"),
                 **_aws(pr, interface, spec, env, source, at),
                 **_provider_headers(pr.get("headers") or {}, env, source, f"{at}.headers"),
+                routing_preferences=tuple(RoutingPreference(name=rp["name"], description=rp["description"])
+                                          for rp in pr.get("routing_preferences") or ()),
             )
         )
     if len(defaults) > 1:
@@ -1171,6 +1188,45 @@ def _response_cache_warnings(rc: dict[str, Any] | None, ms: ModelServer, targets
         return ["response_cache.similarity: semantic matching embeds the last user turn with prompt_embed, and model_server "
                 "is off (mode: none): it is ignored, and only identical requests are answered from the cache"]
     return []
+
+
+# overrides.routing_preference_threshold's default: the best preference's embedding score from which
+# a request goes to that preference's provider (chosen on the dev half of bench/data/routing_set.tsv,
+# python -m bench routing_eval; figures in bench/README.md)
+DEFAULT_ROUTING_THRESHOLD = 0.18
+# two preferences' descriptions this alike (difflib ratio of their normalised words) are warned about
+NEAR_IDENTICAL_DESCRIPTIONS = 0.85
+
+
+def _routing_preference_warnings(providers: tuple[LlmProvider, ...], ms: ModelServer, source: str) -> list[str]:
+    """``routing_preferences``: a name used twice is refused (x-sidegate-route would not say which);
+    two descriptions alike enough that the embedding cannot tell them apart are warned about, as is
+    a model server that is off (the preferences need prompt_embed: every request goes to the default)."""
+    placed: list[tuple[str, RoutingPreference]] = []
+    seen: dict[str, str] = {}
+    for i, p in enumerate(providers):
+        for j, rp in enumerate(p.routing_preferences):
+            at = f"llm_providers[{i}].routing_preferences[{j}]"
+            if rp.name in seen:
+                raise ConfigError(source, f"{at}.name", f"routing preference name {rp.name!r} is already used at {seen[rp.name]}: "
+                                                        "x-sidegate-route names the preference, so each name must be distinct")
+            seen[rp.name] = at
+            placed.append((at, rp))
+    if not placed:
+        return []
+    warnings: list[str] = []
+    words = [" ".join(re.findall(r"[a-z0-9]+", rp.description.lower())) for _, rp in placed]
+    for a in range(len(placed)):
+        for b in range(a + 1, len(placed)):
+            ratio = difflib.SequenceMatcher(None, words[a], words[b]).ratio()
+            if ratio >= NEAR_IDENTICAL_DESCRIPTIONS:
+                warnings.append(f"{placed[b][0]}.description: nearly the same as {placed[a][0]} ({placed[a][1].name!r}, "
+                                f"{ratio:.0%} alike): requests that fit one fit the other, and which provider gets them is "
+                                "down to small differences in wording; describe what sets them apart, or merge them")
+    if ms.mode == "none":
+        warnings.append(f"{placed[0][0]}: routing preferences are matched with the prompt_embed model, and model_server is off "
+                        "(mode: none): every request goes to the provider it names, or the default provider")
+    return warnings
 
 
 def _jailbreak(jb: dict[str, Any]) -> Jailbreak:

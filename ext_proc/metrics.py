@@ -47,6 +47,10 @@ class Metrics:
             "sidegate_agent_routes", "Requests on agent listeners by the agent chosen and how (match, context, default, only)",
             ["listener", "agent", "how"], registry=r,
         )
+        self.route_decisions = Counter(
+            "sidegate_route_decisions", "Preference-routing decisions by preference (none: the default provider) and how they were "
+            "decided (embedding, none, unavailable)", ["preference", "decided_by"], registry=r,
+        )
         self.intent_matches = Counter("sidegate_intent_matches", "Prompts matched to each prompt target", ["target"], registry=r)
         self.stage_seconds = Histogram(
             "sidegate_stage_seconds", "Latency of each prompt-pipeline stage", ["stage"], buckets=_LATENCY_BUCKETS, registry=r

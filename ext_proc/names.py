@@ -26,6 +26,7 @@ __all__ = [
     "MESSAGES_PATH",
     "PROVIDER_HEADER",
     "PROVIDER_HINT_HEADER",
+    "ROUTE_HEADER",
     "STUB_DEAD",
     "STUB_DEAD_INSTANCE",
     "UPSTREAM_HEADER",
@@ -44,6 +45,7 @@ GUARD_HEADER = "x-sidegate-guard"  # "blocked" on the guard's own answer
 CACHE_HEADER = "x-sidegate-cache"  # hit | miss | bypass on chat answers when response_cache is configured
 ERROR_HEADER = "x-sidegate-error"  # on sidegate's error answers: the error code
 PROVIDER_HINT_HEADER = "x-arch-llm-provider-hint"  # Arch's header: the provider a client asks for
+ROUTE_HEADER = "x-sidegate-route"  # on answers: the routing preference that chose the provider (issue 19)
 ARCH_STATE_KEY = "x-arch-state"  # Arch's key in `metadata`: a pending target and its arguments
 
 # -- provider APIs --------------------------------------------------------------------------------

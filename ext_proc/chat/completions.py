@@ -16,18 +16,19 @@ from typing import Any, Awaitable, Callable
 
 from ext_proc import telemetry
 from ext_proc.chat.cache import CacheEntry, Collector, ResponseCacheService, context_key
-from ext_proc.chat.providers import choose_provider, passthrough_key
+from ext_proc.chat.preferences import PreferenceRouter
+from ext_proc.chat.providers import body_for, choose_provider, passthrough_key, routable
 from ext_proc.chat.ratelimit import Charge, RateLimiter
 from ext_proc.chat.translate import Exchange
 from ext_proc.config import Config, Listener, LlmProvider
 from ext_proc.errors import MalformedRequest, MethodNotAllowed, SidegateError
 from ext_proc.metrics import Metrics
-from ext_proc.names import ATTEMPT_HEADER, CACHE_HEADER, PROVIDER_HEADER, UPSTREAM_HEADER
+from ext_proc.names import ATTEMPT_HEADER, CACHE_HEADER, PROVIDER_HEADER, ROUTE_HEADER, UPSTREAM_HEADER
 from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Reply
 from ext_proc.wire import sigv4
 from ext_proc.wire.openai import ChatRequest, chat_completion, parse_chat_request, sse_frames
 
-__all__ = ["ChatProcessor", "Decision", "Forward", "Router", "egress_router", "synthesized"]
+__all__ = ["ChatProcessor", "Decision", "Forward", "Router", "egress_router", "preference_egress_router", "synthesized"]
 
 # ATTEMPT_HEADER on answers of providers with fallbacks: attempt n = chain member (n-1) % len
 
@@ -39,6 +40,7 @@ class Forward:
     provider: LlmProvider
     body: bytes | None = None
     response_metadata: dict[str, Any] | None = None  # merged into the provider's answer's `metadata`
+    route: str | None = None  # the routing preference that chose ``provider`` (x-sidegate-route), None: none did
 
 
 # A router answers the request itself (Immediate) or forwards it to a provider.
@@ -50,6 +52,17 @@ async def egress_router(cfg: Config, headers: dict[str, str], req: ChatRequest) 
     """Egress (app → LLM): hint header, model name, default provider."""
     choice = choose_provider(cfg, headers, req)
     return Forward(provider=choice.provider, body=choice.body)
+
+
+def preference_egress_router(preferences: PreferenceRouter) -> Router:
+    """Egress with ``routing_preferences``: hint header, model name, else the provider whose
+    preference fits the conversation (:class:`PreferenceRouter`), else the default provider."""
+    async def route(cfg: Config, headers: dict[str, str], req: ChatRequest) -> Decision:
+        if not preferences.active or not routable(cfg, headers, req):
+            return await egress_router(cfg, headers, req)
+        found = await preferences.route(req)
+        return Forward(provider=found.provider, body=body_for(found.provider, req), route=found.preference)
+    return route
 
 
 def synthesized(
@@ -83,6 +96,7 @@ class ChatProcessor(PassThrough):
         self.headers: dict[str, str] = {}
         self.provider: LlmProvider | None = None
         self.response_metadata: dict[str, Any] | None = None
+        self.route: str | None = None  # the routing preference that chose the provider (x-sidegate-route)
         self.outcome = "incomplete"
         self.forwarded_at = 0.0
         self.first_chunk_seen = False
@@ -145,6 +159,9 @@ class ChatProcessor(PassThrough):
         except SidegateError as exc:
             return self._error(exc)
         self.provider, self.response_metadata = decision.provider, decision.response_metadata
+        self.route = decision.route
+        if decision.route is not None:
+            telemetry.set_attributes(self.span, {"sidegate.route": decision.route})
         self.outcome = "forwarded"
         self.forwarded_at = time.perf_counter()
         if self.span is not None:
@@ -228,6 +245,8 @@ class ChatProcessor(PassThrough):
         set_headers = {PROVIDER_HEADER: self.provider.name}
         if self.exchange.translating and self.streaming:  # e.g. Bedrock's event stream, sent on as SSE
             set_headers["content-type"] = "text/event-stream"
+        if self.route is not None:
+            set_headers[ROUTE_HEADER] = self.route
         if self.cache is not None:
             set_headers[CACHE_HEADER] = self.cache_result
             if self.cache_key is not None:

@@ -27,6 +27,8 @@ import numpy.typing as npt
 from ext_proc import telemetry
 from ext_proc.chat.completions import Decision, Forward, synthesized
 from ext_proc.chat.endpoints import EndpointClient
+from ext_proc.chat.preferences import PreferenceRouter
+from ext_proc.chat.providers import routable
 from ext_proc.chat.intent import CONFIDENT_THRESHOLD, JUDGE_CANDIDATES, UNRELATED_THRESHOLD, IntentIndex, retry_query
 from ext_proc.chat.targets import PendingState, clarifying_question, endpoint_request, finalize_arguments, tool_schema
 from ext_proc.config import Config, PromptTarget
@@ -56,8 +58,10 @@ class Uncertain:
 class IngressPipeline:
     """Implements :data:`~ext_proc.chat.completions.Router` for the ingress listener."""
 
-    def __init__(self, *, cfg: Config, models: Models | None, endpoints: EndpointClient, metrics: Metrics) -> None:
+    def __init__(self, *, cfg: Config, models: Models | None, endpoints: EndpointClient, metrics: Metrics,
+                 preferences: PreferenceRouter | None = None) -> None:
         self.cfg = cfg
+        self.preferences = preferences  # routing_preferences: which provider a prompt for the LLM goes to
         self.models = models
         self.endpoints = endpoints
         self.metrics = metrics
@@ -155,6 +159,8 @@ class IngressPipeline:
         the weather in seattle" 0.43 vs 0.29); long ones the description. The lexical index
         (BM25 over the targets' words, ``ext_proc.chat.intent.LexicalIndex``) is built here too.
         """
+        if self.preferences is not None:
+            await self.preferences.warm()
         if self.models is None or not self._intent_targets:
             return
         async with self._index_lock:
@@ -187,7 +193,7 @@ class IngressPipeline:
             assert cfg.jailbreak is not None
             return synthesized(req, cfg.jailbreak.message, model=GUARD_MODEL, headers={GUARD_HEADER: "blocked"})
         if not self.targets:
-            return self._to_llm(req, system_prompt=cfg.system_prompt)
+            return await self._to_llm(req, headers, system_prompt=cfg.system_prompt)
         call: ToolCall | None = None
         if intent is not None:
             verdict = await intent
@@ -196,7 +202,7 @@ class IngressPipeline:
             else:
                 target = verdict
         if target is None:
-            return self._to_llm(req, system_prompt=cfg.system_prompt)
+            return await self._to_llm(req, headers, system_prompt=cfg.system_prompt)
         self.metrics.intent_matches.labels(target.name).inc()
         return await self._run_target(target, pending, headers, req, call=call)
 
@@ -386,7 +392,7 @@ class IngressPipeline:
                     metadata={ARCH_STATE_KEY: state.encode()},
                 )
         if target.endpoint is None:
-            return self._to_llm(req, system_prompt=target.system_prompt or self.cfg.system_prompt)
+            return await self._to_llm(req, headers, system_prompt=target.system_prompt or self.cfg.system_prompt)
         with self._stage("endpoint") as span:
             span.set_attributes({"sidegate.target": target.name, "sidegate.endpoint": target.endpoint.name})
             reply = await self.endpoints.call(target, endpoint_request(target, args), headers)
@@ -396,11 +402,18 @@ class IngressPipeline:
         tool_messages = _tool_messages(target, args, reply.text)
         context = f"Result of {target.name}({json.dumps(args)}):\n{reply.text}"
         system = "\n\n".join(p for p in (target.system_prompt or self.cfg.system_prompt, context) if p)
-        return self._to_llm(req, system_prompt=system, metadata={ARCH_STATE_KEY: json.dumps({"messages": tool_messages})})
+        return await self._to_llm(req, headers, system_prompt=system, metadata={ARCH_STATE_KEY: json.dumps({"messages": tool_messages})})
 
-    def _to_llm(self, req: ChatRequest, *, system_prompt: str | None, metadata: dict[str, Any] | None = None) -> Forward:
-        """To the default provider; ``system_prompt`` goes first, our ``metadata`` never goes upstream."""
+    async def _to_llm(self, req: ChatRequest, headers: dict[str, str], *, system_prompt: str | None,
+                      metadata: dict[str, Any] | None = None) -> Forward:
+        """To the provider whose routing preference fits the conversation, else the default provider
+        (a request with a provider hint or a provider's model is not re-routed: it goes to the
+        default, as without preferences); ``system_prompt`` goes first, our ``metadata`` never goes upstream."""
         provider = self.cfg.default_provider
+        route: str | None = None
+        if self.preferences is not None and self.preferences.active and routable(self.cfg, headers, req):
+            found = await self.preferences.route(req)
+            provider, route = found.provider, found.preference
         if provider is None:
             raise MalformedRequest(
                 f"the ingress listener has no LLM provider to send prompts to: mark one default: true in {self.cfg.source}",
@@ -412,8 +425,8 @@ class IngressPipeline:
         if provider.model:
             body["model"] = provider.model
         if body == req.body:
-            return Forward(provider=provider, response_metadata=metadata)
-        return Forward(provider=provider, body=json.dumps(body).encode(), response_metadata=metadata)
+            return Forward(provider=provider, response_metadata=metadata, route=route)
+        return Forward(provider=provider, body=json.dumps(body).encode(), response_metadata=metadata, route=route)
 
 
 def _conversation(req: ChatRequest) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from ext_proc.errors import MalformedRequest
 from ext_proc.names import PROVIDER_HINT_HEADER
 from ext_proc.wire.openai import ChatRequest
 
-__all__ = ["ProviderChoice", "body_for", "choose_provider", "passthrough_key", "provider_for_model"]
+__all__ = ["ProviderChoice", "body_for", "choose_provider", "passthrough_key", "provider_for_model", "routable"]
 
 
 
@@ -52,6 +52,12 @@ def choose_provider(cfg: Config, headers: dict[str, str], req: ChatRequest) -> P
             param="model",
         )
     return ProviderChoice(provider=provider, body=body_for(provider, req))
+
+
+def routable(cfg: Config, headers: dict[str, str], req: ChatRequest) -> bool:
+    """Whether routing preferences may choose the provider: the request carries no provider hint and
+    names no model a provider serves (DESIGN.md, "preference routing": those are never re-routed)."""
+    return not headers.get(PROVIDER_HINT_HEADER) and (not req.model or provider_for_model(cfg, req.model) is None)
 
 
 def _same_family(a: str, b: str) -> bool:

@@ -27,7 +27,8 @@ def needed_models(cfg: Config) -> list[str]:
     semantic_cache = cfg.response_cache is not None and cfg.response_cache.similarity is not None
     # prompt_guard is an ensemble: prompt_embed, then prompt_guard_head on the text and its vector
     agents = any(len(lst.agents) > 1 for lst in cfg.agent_listeners)  # agent listeners embed the conversation (issue 19)
-    if intent or cfg.jailbreak is not None or semantic_cache or agents:
+    preferences = any(p.routing_preferences for p in cfg.llm_providers)  # matched with prompt_embed (issue 19)
+    if intent or cfg.jailbreak is not None or semantic_cache or agents or preferences:
         need.append("prompt_embed")
     if cfg.jailbreak is not None:
         need += [*(s for s in ENSEMBLE_STEPS["prompt_guard"] if s not in need), "prompt_guard"]

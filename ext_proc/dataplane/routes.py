@@ -13,7 +13,8 @@ from typing import Callable
 
 from ext_proc.chat.agents import AgentProcessor, AgentRouter
 from ext_proc.chat.cache import ResponseCacheService
-from ext_proc.chat.completions import ChatProcessor, egress_router
+from ext_proc.chat.completions import ChatProcessor, Router, egress_router, preference_egress_router
+from ext_proc.chat.preferences import PreferenceRouter
 from ext_proc.chat.translate import API_PATHS
 from ext_proc.chat.endpoints import EndpointClient
 from ext_proc.chat.pipeline import IngressPipeline
@@ -39,19 +40,23 @@ class Services:
     ratelimits: RateLimiter
     cache: ResponseCacheService | None = None  # response_cache (None: not configured)
     agents: dict[str, AgentRouter] = field(default_factory=dict)  # agent listener name -> its router
+    egress: Router = egress_router  # the egress listener's router (with routing_preferences: preference_egress_router)
 
     @classmethod
     def create(cls, cfg: Config, *, metrics: Metrics | None = None, models: Models | None = None) -> Services:
         metrics = metrics or Metrics()
         endpoints = EndpointClient(cfg)
-        pipeline = IngressPipeline(cfg=cfg, models=models, endpoints=endpoints, metrics=metrics)
+        preferences = PreferenceRouter(cfg=cfg, models=models, metrics=metrics)
+        pipeline = IngressPipeline(cfg=cfg, models=models, endpoints=endpoints, metrics=metrics,
+                                   preferences=preferences if preferences.active else None)
         def store_error(kind: str) -> None:
             metrics.store_errors.labels(kind).inc()
 
         cache = ResponseCacheService(cfg.response_cache, cfg.shared_store, models=models, on_store_error=store_error) if cfg.response_cache else None
         return cls(cfg=cfg, metrics=metrics, models=models, endpoints=endpoints, ingress=pipeline,
                    ratelimits=RateLimiter(cfg.ratelimits, store=cfg.shared_store, on_store_error=store_error), cache=cache,
-                   agents={a.listener.name: AgentRouter(listener=a, models=models, metrics=metrics) for a in cfg.agent_listeners})
+                   agents={a.listener.name: AgentRouter(listener=a, models=models, metrics=metrics) for a in cfg.agent_listeners},
+                   egress=preference_egress_router(preferences) if preferences.active else egress_router)
 
     async def close(self) -> None:
         await self.endpoints.close()
@@ -68,7 +73,7 @@ Factory = Callable[[Services, logging.LoggerAdapter[logging.Logger]], Processor]
 def _chat(listener: str, api: str) -> Factory:
     """Chat requests in ``api`` (openai: chat completions, anthropic: Messages) on ``listener``."""
     def make(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Processor:
-        router = s.ingress if listener == "ingress" else egress_router
+        router = s.ingress if listener == "ingress" else s.egress
         return ChatProcessor(cfg=s.cfg, listener=listener, router=router, metrics=s.metrics, log=log, ratelimits=s.ratelimits, api=api,
                              cache=s.cache)
     return make

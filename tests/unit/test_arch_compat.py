@@ -174,7 +174,6 @@ def test_overrides() -> None:
 
 @pytest.mark.parametrize("key, value", [
     ("filters", [{"id": "f", "url": "http://localhost:2"}]),
-    ("routing_preferences", [{"name": "code", "description": "d", "models": ["openai/gpt-4o"]}]),
     ("routing", {"model": "x"}), ("state_storage", {"type": "memory"}), ("model_metrics_sources", [{"type": "cost"}]),
     ("prompt_caching", {"enabled": True}), ("mode", "llm"),
 ])
@@ -188,7 +187,8 @@ def test_unimplemented_provider_keys_are_warned() -> None:
     cfg = build({"llm_providers": [{"model": "openai/gpt-4o", "routing_preferences": [{"name": "n", "description": "d"}],
                                     "passthrough_auth": True, "access_key": "$UNSET_KEY", "headers": {"User-Agent": "x"}}]})
     heads = {w.split(":")[0] for w in cfg.warnings}
-    assert {"llm_providers[0].routing_preferences", "llm_providers[0].access_key"} <= heads  # passthrough: the key is ignored
+    assert "llm_providers[0].access_key" in heads  # passthrough: the key is ignored
+    assert not any("routing_preferences" in h for h in heads)  # implemented (issue 19): read, not warned
     p = cfg.llm_providers[0]
     assert p.passthrough_auth and p.access_key is None and p.headers == (("User-Agent", "x"),)
 
@@ -199,6 +199,62 @@ def test_chatgpt_is_filled_in_as_plano_does() -> None:
     assert (p.interface, p.upstream.host, p.upstream.base_path, p.passthrough_auth) == ("openai", "chatgpt.com", "/backend-api/codex", True)
     assert dict(p.headers)["originator"] == "codex_cli_rs"
     assert any(w.startswith("llm_providers[0]: chatgpt is read as plano fills it in") and "ChatGPT-Account-Id" in w for w in cfg.warnings)
+
+
+def test_provider_routing_preferences_are_read() -> None:
+    cfg = build({"llm_providers": [
+        {"model": "openai/gpt-4o", "default": True},
+        {"model": "anthropic/claude-sonnet-4-5", "routing_preferences": [{"name": "code generation", "description": "writing new code"}]},
+        {"model": "openai/gpt-4o-mini", "usage": "summarising long documents"},  # Arch 0.3.0's one-line form
+    ]})
+    assert [(rp.name, rp.description) for p in cfg.llm_providers for rp in p.routing_preferences] == [
+        ("code generation", "writing new code"), ("openai/gpt-4o-mini", "summarising long documents")]
+
+
+def test_plano_top_level_routing_preferences_go_to_the_first_configured_model() -> None:
+    cfg = build({"llm_providers": [{"model": "openai/gpt-4o", "default": True}, {"model": "anthropic/claude-sonnet-4-5"}],
+                 "routing_preferences": [
+                     {"name": "code", "description": "writing code", "models": ["xai/grok-4", "anthropic/claude-sonnet-4-5"]},
+                     {"name": "nowhere", "description": "d", "models": ["xai/grok-4"]}]})
+    claude = cfg.provider("anthropic/claude-sonnet-4-5")
+    assert claude is not None and [rp.name for rp in claude.routing_preferences] == ["code"]
+    assert "routing_preferences" not in cfg.raw
+    assert any(w.startswith("routing_preferences[1]: none of its models") for w in cfg.warnings)
+
+
+@pytest.mark.parametrize("prefs, key_path", [
+    ([{"name": "code"}], "llm_providers[0].routing_preferences[0]"),  # no description
+    ([{"name": "code", "description": ""}], "llm_providers[0].routing_preferences[0].description"),
+    ([{"name": "code", "description": "d", "models": ["x"]}], "llm_providers[0].routing_preferences[0].models"),  # plano's key on a provider
+])
+def test_malformed_routing_preferences_are_refused(prefs: list[dict[str, Any]], key_path: str) -> None:
+    refused({"llm_providers": [{"model": "openai/gpt-4o", "routing_preferences": prefs}]}, key_path)
+
+
+def test_a_routing_preference_name_used_twice_is_refused() -> None:
+    refused({"llm_providers": [
+        {"model": "openai/gpt-4o", "default": True, "routing_preferences": [{"name": "code", "description": "writing code"}]},
+        {"model": "openai/gpt-4o-mini", "routing_preferences": [{"name": "code", "description": "reviewing code"}]}]},
+        "llm_providers[1].routing_preferences[0].name", "already used at llm_providers[0].routing_preferences[0]")
+
+
+def test_near_identical_preference_descriptions_are_warned() -> None:
+    cfg = build({"llm_providers": [
+        {"model": "openai/gpt-4o", "default": True,
+         "routing_preferences": [{"name": "code generation", "description": "generating new code snippets, functions, or boilerplate"}]},
+        {"model": "openai/gpt-4o-mini",
+         "routing_preferences": [{"name": "codegen", "description": "Generating new code snippets, functions or boilerplate."},
+                                 {"name": "summaries", "description": "summarising long documents and meetings"}]}],
+        "model_server": {"mode": "remote", "endpoint": "grpc://127.0.0.1:8001"}})
+    near = [w for w in cfg.warnings if "nearly the same" in w]
+    assert len(near) == 1 and near[0].startswith("llm_providers[1].routing_preferences[0].description: nearly the same as "
+                                                 "llm_providers[0].routing_preferences[0] ('code generation'")
+
+
+def test_routing_preferences_without_a_model_server_are_warned() -> None:
+    cfg = build({"llm_providers": [{"model": "openai/gpt-4o", "routing_preferences": [{"name": "code", "description": "writing code"}]}],
+                 "model_server": {"mode": "none"}})
+    assert any("model_server is off" in w and w.startswith("llm_providers[0].routing_preferences[0]") for w in cfg.warnings)
 
 
 def test_string_parameter_defaults_are_read_as_their_type() -> None:

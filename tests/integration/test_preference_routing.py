@@ -1,0 +1,122 @@
+"""routing_preferences through the real stack (issue 19): Envoy, the ext_proc service and Triton
+serving prompt_embed, fake providers, the openai SDK as the client. The decision itself (thresholds,
+follow-up turns, metrics) is unit-tested in tests/unit/chat/test_preferences.py; its accuracy is
+measured by ``python -m bench routing_eval``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from ext_proc.config import Config
+from ext_proc.control import supervisor as sv
+from testkit import free_port, gateway_config
+from testkit.fake_provider import FakeProvider
+from tests.integration.conftest import running_stack
+
+pytestmark = pytest.mark.integration
+
+CODE = "Write a python function that returns the n-th Fibonacci number"
+SUMMARY = "Summarize this article in three bullet points: the city council voted to extend the tram line to the airport."
+UNRELATED = "who won the fifa world cup in 2022?"
+
+
+def providers(general: FakeProvider, special: FakeProvider) -> list[dict[str, Any]]:
+    return [
+        {"name": "general", "provider_interface": "openai", "endpoint": general.base_url, "model": "general-model", "default": True,
+         "access_key": "sk-general"},
+        {"name": "coder", "provider_interface": "openai", "endpoint": special.base_url, "model": "code-model", "access_key": "sk-coder",
+         "routing_preferences": [{"name": "code generation", "description": "writing new code: functions, scripts, classes or programs"}]},
+        {"name": "reader", "provider_interface": "openai", "endpoint": special.base_url, "model": "read-model", "access_key": "sk-reader",
+         "routing_preferences": [{"name": "summarization", "description": "summarizing articles, documents or conversations"}]},
+    ]
+
+
+@dataclass
+class Stack:
+    cfg: Config
+    general: FakeProvider
+    special: FakeProvider
+
+    def client(self, listener: str, **headers: str) -> openai.OpenAI:
+        port = getattr(self.cfg, listener).port
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-client", max_retries=0, timeout=30,
+                             default_headers=headers or None)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with FakeProvider(name="fake-general") as general, FakeProvider(name="fake-special") as special:
+        raw = gateway_config(providers(general, special), model_server={
+            "mode": "local-cpu", "http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port(), "timeout": "30s"})
+        with running_stack(tmp_path_factory, raw) as (cfg, _):
+            yield Stack(cfg=cfg, general=general, special=special)
+
+
+@pytest.mark.parametrize("listener", ["egress", "ingress"])
+def test_a_prompt_goes_to_the_provider_whose_preference_fits(stack: Stack, listener: str) -> None:
+    for prompt, provider, route, model in ((CODE, "coder", "code generation", "code-model"),
+                                           (SUMMARY, "reader", "summarization", "read-model")):
+        stack.special.clear()
+        raw = stack.client(listener).chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": prompt}])
+        assert raw.headers["x-sidegate-provider"] == provider, prompt
+        assert raw.headers["x-sidegate-route"] == route
+        assert [r.json["model"] for r in stack.special.requests] == [model]  # the chosen provider's own model was sent
+        assert raw.parse().choices[0].message.content == f"fake-special says: {prompt}"
+
+
+def test_a_prompt_that_fits_no_preference_goes_to_the_default(stack: Stack) -> None:
+    stack.general.clear()
+    raw = stack.client("egress").chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": UNRELATED}])
+    assert raw.headers["x-sidegate-provider"] == "general" and "x-sidegate-route" not in raw.headers
+    assert len(stack.general.requests) == 1
+
+
+def test_a_named_model_or_a_hint_is_not_re_routed(stack: Stack) -> None:
+    stack.general.clear()
+    named = stack.client("egress").chat.completions.with_raw_response.create(
+        model="general-model", messages=[{"role": "user", "content": CODE}])
+    hinted = stack.client("egress", **{"x-arch-llm-provider-hint": "general"}).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": CODE}])
+    for raw in (named, hinted):
+        assert raw.headers["x-sidegate-provider"] == "general" and "x-sidegate-route" not in raw.headers
+    assert len(stack.general.requests) == 2
+
+
+def test_streaming_answers_carry_the_route(stack: Stack) -> None:
+    with stack.client("egress").chat.completions.with_streaming_response.create(
+            model="auto", messages=[{"role": "user", "content": CODE}], stream=True) as raw:
+        assert raw.headers["x-sidegate-route"] == "code generation"
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text == f"fake-special says: {CODE}"
+
+
+def test_anthropic_messages_are_routed_too(stack: Stack) -> None:
+    stack.special.clear()
+    client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{stack.cfg.egress.port}", api_key="sk-client", max_retries=0, timeout=30)
+    raw = client.messages.with_raw_response.create(model="auto", max_tokens=64, messages=[{"role": "user", "content": CODE}])
+    assert raw.headers["x-sidegate-route"] == "code generation" and raw.headers["x-sidegate-provider"] == "coder"
+    message = raw.parse()
+    assert message.content[0].type == "text" and message.content[0].text == f"fake-special says: {CODE}"
+    assert [r.json["model"] for r in stack.special.requests] == ["code-model"]  # translated to chat completions for coder
+
+
+def test_model_server_down_goes_to_the_default_provider(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Preferences configured, the model server unreachable: the default provider answers (never a 5xx) and the log says why."""
+    with FakeProvider(name="fake-general") as general, FakeProvider(name="fake-special") as special:
+        raw = gateway_config(providers(general, special),
+                             model_server={"mode": "remote", "endpoint": f"grpc://127.0.0.1:{free_port()}", "timeout": "2s"})
+        with running_stack(tmp_path_factory, raw) as (cfg, _):
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{cfg.egress.port}/v1", api_key="sk-client", max_retries=0, timeout=30)
+            answer = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": CODE}])
+            assert answer.status_code == 200
+            assert answer.headers["x-sidegate-provider"] == "general" and "x-sidegate-route" not in answer.headers
+            assert special.requests == [] and len(general.requests) == 1
+            log = "\n".join(p.read_text() for p in (sv.home() / "logs").glob("*.log"))
+            assert "routing preferences not matched, sending the request to the default provider general" in log

@@ -1,0 +1,200 @@
+"""Preference routing (ext_proc/chat/preferences.py) with a fake embedder: which provider a request
+goes to, what is never re-routed, and a failing model server (end to end through Envoy and Triton:
+tests/integration/test_preference_routing.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ext_proc.chat.completions import ChatProcessor, Forward, preference_egress_router
+from ext_proc.chat.endpoints import EndpointClient
+from ext_proc.chat.pipeline import IngressPipeline
+from ext_proc.chat.preferences import PreferenceRouter
+from ext_proc.config import Config, build_config
+from ext_proc.control.model_repo import needed_models
+from ext_proc.errors import ModelServerError
+from ext_proc.metrics import Metrics
+from ext_proc.processor import Continue
+from ext_proc.wire.openai import parse_chat_request
+from testkit.configs import ENV, raw_config
+
+DIM = 8
+AXES = {"code": 0, "summar": 1}  # a preference view is embedded on the axis of the first of these words it has
+NOISE = DIM - 1
+
+
+def _axis(i: int) -> np.ndarray:
+    v = np.zeros(DIM, dtype=np.float32)
+    v[i] = 1.0
+    return v
+
+
+class Embedder:
+    """Models.embed: a prompt "... AXIS=i SCORE=s ..." has cosine s to axis i (the rest on a noise
+    axis no preference has); a preference view lies on the axis of its keyword (AXES)."""
+
+    def __init__(self, *, fail: bool = False, delay_s: float = 0.0) -> None:
+        self.fail = fail
+        self.delay_s = delay_s
+        self.calls: list[str] = []
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        self.calls += texts
+        await asyncio.sleep(self.delay_s)
+        if self.fail:
+            raise ModelServerError("Triton model prompt_embed is not ready", status=503)
+        rows = []
+        for text in texts:
+            m = re.search(r"AXIS=(\d) SCORE=([0-9.]+)", text)
+            if m:
+                i, s = int(m.group(1)), float(m.group(2))
+                rows.append(s * _axis(i) + np.sqrt(1 - s * s) * _axis(NOISE))
+            else:
+                i = next((a for w, a in AXES.items() if w in text.lower()), NOISE - 1)
+                rows.append(_axis(i))
+        return np.stack(rows).astype(np.float32)
+
+
+def config(threshold: float = 0.5, **over: Any) -> Config:
+    providers = [
+        {"name": "general", "provider_interface": "openai", "access_key": "$OPENAI_API_KEY", "model": "gpt-4o-mini", "default": True},
+        {"name": "coder", "provider_interface": "openai", "access_key": "$OPENAI_API_KEY", "model": "code-model",
+         "routing_preferences": [{"name": "code generation", "description": "writing new code from a description"}]},
+        {"name": "reader", "provider_interface": "groq", "access_key": "$GROQ_API_KEY", "model": "llama",
+         "routing_preferences": [{"name": "summarization", "description": "summarizing documents"}]},
+    ]
+    raw = raw_config(llm_providers=providers, overrides={"routing_preference_threshold": threshold},
+                     model_server={"mode": "remote", "endpoint": "grpc://127.0.0.1:1"}, **over)
+    return build_config(raw, env=ENV)
+
+
+def request(*turns: str, **body: Any) -> Any:
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+    return parse_chat_request(json.dumps({"messages": messages, **body}).encode())
+
+
+async def test_a_fitting_prompt_goes_to_the_preferences_provider() -> None:
+    metrics = Metrics()
+    router = PreferenceRouter(cfg=config(), models=Embedder(), metrics=metrics)
+    route = await router.route(request("write a parser AXIS=0 SCORE=0.8"))
+    assert (route.provider.name, route.preference, route.decided_by) == ("coder", "code generation", "embedding")
+    assert route.score == pytest.approx(0.8, abs=1e-5)
+    route = await router.route(request("tl;dr this AXIS=1 SCORE=0.6"))
+    assert (route.provider.name, route.preference) == ("reader", "summarization")
+    assert metrics.route_decisions.labels("code generation", "embedding")._value.get() == 1
+
+
+async def test_below_the_threshold_goes_to_the_default_provider() -> None:
+    metrics = Metrics()
+    router = PreferenceRouter(cfg=config(threshold=0.5), models=Embedder(), metrics=metrics)
+    route = await router.route(request("write a parser AXIS=0 SCORE=0.45"))
+    assert (route.provider.name, route.preference, route.decided_by) == ("general", None, "none")
+    assert metrics.route_decisions.labels("none", "none")._value.get() == 1
+
+
+async def test_the_threshold_is_configurable() -> None:
+    router = PreferenceRouter(cfg=config(threshold=0.4), models=Embedder(), metrics=Metrics())
+    assert (await router.route(request("write a parser AXIS=0 SCORE=0.45"))).preference == "code generation"
+
+
+async def test_a_follow_up_turn_is_routed_with_the_turns_before_it() -> None:
+    embedder = Embedder()
+    router = PreferenceRouter(cfg=config(), models=embedder, metrics=Metrics())
+    route = await router.route(request("write a parser AXIS=0 SCORE=0.8", "here it is", "now in rust please"))
+    assert route.preference == "code generation"
+    assert embedder.calls[-2:] == ["now in rust please", "write a parser AXIS=0 SCORE=0.8"]
+
+
+async def test_only_the_head_of_a_turn_is_embedded() -> None:
+    embedder = Embedder()
+    router = PreferenceRouter(cfg=config(), models=embedder, metrics=Metrics())
+    route = await router.route(request("write a parser AXIS=0 SCORE=0.8 for this long grammar: " + "expr := term + expr " * 50))
+    assert route.preference == "code generation" and embedder.calls[-1] == "write a parser AXIS=0 SCORE=0.8 for"
+
+
+async def test_preferences_are_embedded_once() -> None:
+    embedder = Embedder()
+    router = PreferenceRouter(cfg=config(), models=embedder, metrics=Metrics())
+    await router.route(request("a AXIS=0 SCORE=0.8"))
+    await router.route(request("b AXIS=1 SCORE=0.8"))
+    assert embedder.calls.count("writing new code from a description") == 1
+
+
+async def test_a_failing_model_server_sends_the_request_to_the_default(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics()
+    router = PreferenceRouter(cfg=config(), models=Embedder(fail=True), metrics=metrics)
+    with caplog.at_level(logging.WARNING, logger="sidegate.preferences"):
+        route = await router.route(request("write a parser AXIS=0 SCORE=0.9"))
+    assert (route.provider.name, route.preference, route.decided_by) == ("general", None, "unavailable")
+    assert "sending the request to the default provider general" in caplog.text
+    assert "prompt_embed is not ready" in caplog.text
+    assert metrics.route_decisions.labels("none", "unavailable")._value.get() == 1
+
+
+async def test_a_slow_model_server_sends_the_request_to_the_default(caplog: pytest.LogCaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ext_proc.chat.preferences.ROUTE_DEADLINE_S", 0.05)
+    metrics = Metrics()
+    router = PreferenceRouter(cfg=config(), models=Embedder(delay_s=0.2), metrics=metrics)
+    with caplog.at_level(logging.WARNING, logger="sidegate.preferences"):
+        route = await router.route(request("write a parser AXIS=0 SCORE=0.9"))
+    assert (route.provider.name, route.decided_by) == ("general", "unavailable")
+    assert "prompt_embed did not answer within 0.05 s" in caplog.text
+
+
+async def test_egress_routes_only_requests_that_name_no_provider() -> None:
+    cfg = config()
+    route = preference_egress_router(PreferenceRouter(cfg=cfg, models=Embedder(), metrics=Metrics()))
+    code = "write a parser AXIS=0 SCORE=0.9"
+    d = await route(cfg, {}, request(code, model="auto"))  # a model no provider serves: routed
+    assert isinstance(d, Forward) and (d.provider.name, d.route) == ("coder", "code generation")
+    assert d.body is not None and json.loads(d.body)["model"] == "code-model"
+    d = await route(cfg, {}, request(code))  # no model at all: routed
+    assert isinstance(d, Forward) and d.route == "code generation"
+    d = await route(cfg, {}, request(code, model="llama"))  # a provider's model: not re-routed
+    assert isinstance(d, Forward) and (d.provider.name, d.route) == ("reader", None)
+    d = await route(cfg, {"x-arch-llm-provider-hint": "general"}, request(code, model="auto"))  # the hint decides
+    assert isinstance(d, Forward) and (d.provider.name, d.route) == ("general", None)
+
+
+async def test_ingress_routes_prompts_for_the_llm() -> None:
+    cfg = config()
+    models: Any = Embedder()
+    metrics = Metrics()
+    preferences = PreferenceRouter(cfg=cfg, models=models, metrics=metrics)
+    pipeline = IngressPipeline(cfg=cfg, models=models, endpoints=EndpointClient(cfg), metrics=metrics, preferences=preferences)
+    d = await pipeline(cfg, {}, request("summarise this AXIS=1 SCORE=0.7"))
+    assert isinstance(d, Forward) and (d.provider.name, d.route) == ("reader", "summarization")
+    assert d.body is not None and json.loads(d.body)["model"] == "llama"
+    d = await pipeline(cfg, {"x-arch-llm-provider-hint": "reader"}, request("summarise this AXIS=1 SCORE=0.7"))
+    assert isinstance(d, Forward) and (d.provider.name, d.route) == ("general", None)  # not re-routed: as without preferences
+    d = await pipeline(cfg, {}, request("hello AXIS=1 SCORE=0.1"))
+    assert isinstance(d, Forward) and (d.provider.name, d.route) == ("general", None)
+
+
+async def test_the_route_header_names_the_preference() -> None:
+    cfg = config()
+    route = preference_egress_router(PreferenceRouter(cfg=cfg, models=Embedder(), metrics=Metrics()))
+    headers = {}
+    for prompt, model in (("write a parser AXIS=0 SCORE=0.9", "auto"), ("write a parser AXIS=0 SCORE=0.9", "gpt-4o-mini")):
+        proc = ChatProcessor(cfg=cfg, listener="egress", router=route, metrics=Metrics(), log=logging.LoggerAdapter(logging.getLogger("t")))
+        await proc.request_headers({":method": "POST", ":path": "/v1/chat/completions"}, False)
+        sent = await proc.request_body(json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}]}).encode(), True)
+        assert isinstance(sent, Continue)
+        reply = await proc.response_headers({":status": "200", "content-type": "application/json"}, False)
+        assert isinstance(reply, Continue)
+        headers[model] = reply.set_headers
+    assert headers["auto"]["x-sidegate-route"] == "code generation" and headers["auto"]["x-sidegate-provider"] == "coder"
+    assert "x-sidegate-route" not in headers["gpt-4o-mini"] and headers["gpt-4o-mini"]["x-sidegate-provider"] == "general"
+
+
+def test_preferences_load_prompt_embed() -> None:
+    assert needed_models(config()) == ["prompt_embed"]
+    assert not PreferenceRouter(cfg=config(), models=None, metrics=Metrics()).active
