@@ -895,7 +895,7 @@ def report(*, run: LoadRun, mix: dict[str, int], args: argparse.Namespace, rss_r
                 f"{kill_report['in_flight']} requests in flight; {kill_report['failed']} failed after it; "
                 f"supervisor had it healthy again after "
                 + ("never" if kill_report["back_healthy_s"] is None else f"{kill_report['back_healthy_s']:.1f} s")
-                + f"; serving again (every kind) after "
+                + "; serving again (every kind) after "
                 + ("never" if kill_report["serving_again_s"] is None else f"{kill_report['serving_again_s']:.1f} s")
                 + f"; restarts of {kill_report['service']}: {kill_report['restarts']}")
         print_table(f"bench load: after killing {kill_report['service']} (s from the kill)",

@@ -837,7 +837,7 @@ def print_tables(res: dict[str, Any], single: list[dict[str, Any]], cells: list[
         rows, sums = memory_rows(stack["rest"], stack.get("after", {}), lambda n: True)
         sup = stack.get("supervisor_stand_in") or {}
         target_mib = STACK_RSS_TARGET_BYTES / 2**20
-        rows.append([f"+ supervisor (stand-in: python with the CLI imported)", _mib(sup.get("rss")), _mib(sup.get("rss")), None, _mib(sup.get("pss"))])
+        rows.append(["+ supervisor (stand-in: python with the CLI imported)", _mib(sup.get("rss")), _mib(sup.get("rss")), None, _mib(sup.get("pss"))])
         total = sums["rss_after"] + (sup.get("rss") or 0) * 1024
         rows.append([f"whole stack, target ≤ 2.5 GB ({target_mib:,.0f} MiB)", (sums["rss_rest"] + (sup.get("rss") or 0) * 1024) / 2**20,
                      total / 2**20, None, None])

@@ -23,11 +23,11 @@ from typing import Any
 
 from ext_proc import telemetry
 from ext_proc.chat.agent_choice import CONTEXT_TURNS, AgentChoice, AgentSpec, agent_index, agent_views, decide
-from ext_proc.chat.completions import synthesized
+from ext_proc.chat.completions import request_problem, request_span, synthesized
 from ext_proc.chat.intent import IntentIndex
 from ext_proc.chat.pipeline import GUARD_MODEL
 from ext_proc.config import AgentListener, Config
-from ext_proc.errors import MalformedRequest, MethodNotAllowed, ModelServerError, SidegateError, render_error
+from ext_proc.errors import ModelServerError, SidegateError, render_error
 from ext_proc.metrics import Metrics
 from ext_proc.models.base import Models
 from ext_proc.names import AGENT_HEADER, GUARD_HEADER, UPSTREAM_HEADER
@@ -113,15 +113,9 @@ class AgentProcessor(PassThrough):
     async def request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Reply:
         self.headers = headers
         if telemetry.enabled():
-            self.span = telemetry.start_span(
-                "sidegate.agent", telemetry.extract(headers), kind="SERVER",
-                attributes={"http.request.method": headers.get(":method", ""), "url.path": headers.get(":path", ""),
-                            "sidegate.listener": f"agent:{self.name}", "sidegate.request_id": headers.get("x-request-id", "")})
-        if headers.get(":method", "").upper() != "POST":
-            return self._error(MethodNotAllowed(f"{headers.get(':method')} is not allowed on {headers.get(':path')}: use POST"))
-        if end_of_stream:
-            return self._error(MalformedRequest("request body is empty: send a JSON chat-completions request", code="empty_body"))
-        return CONTINUE
+            self.span = request_span("sidegate.agent", f"agent:{self.name}", headers)
+        problem = request_problem(headers, end_of_stream)
+        return CONTINUE if problem is None else self._error(problem)
 
     async def request_body(self, body: bytes, end_of_stream: bool) -> Reply:
         try:

@@ -28,9 +28,28 @@ from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Reply
 from ext_proc.wire import sigv4
 from ext_proc.wire.openai import ChatRequest, chat_completion, parse_chat_request, sse_frames
 
-__all__ = ["ChatProcessor", "Decision", "Forward", "Router", "egress_router", "preference_egress_router", "synthesized"]
+__all__ = ["ChatProcessor", "Decision", "Forward", "Router", "egress_router", "preference_egress_router", "request_problem",
+           "request_span", "synthesized"]
 
 # ATTEMPT_HEADER on answers of providers with fallbacks: attempt n = chain member (n-1) % len
+
+
+def request_span(name: str, listener: str, headers: dict[str, str]) -> Any:
+    """The SERVER span of a request on ``listener`` (joined to the trace its headers carry)."""
+    return telemetry.start_span(
+        name, telemetry.extract(headers), kind="SERVER",
+        attributes={"http.request.method": headers.get(":method", ""), "url.path": headers.get(":path", ""),
+                    "sidegate.listener": listener, "sidegate.request_id": headers.get("x-request-id", "")},
+    )
+
+
+def request_problem(headers: dict[str, str], end_of_stream: bool) -> SidegateError | None:
+    """What is wrong with a chat request's headers alone (a method other than POST, no body), if anything."""
+    if headers.get(":method", "").upper() != "POST":
+        return MethodNotAllowed(f"{headers.get(':method')} is not allowed on {headers.get(':path')}: use POST")
+    if end_of_stream:
+        return MalformedRequest("request body is empty: send a JSON chat-completions request", code="empty_body")
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,18 +144,9 @@ class ChatProcessor(PassThrough):
     async def request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Reply:
         self.headers = headers
         if telemetry.enabled():
-            self.span = telemetry.start_span(
-                f"sidegate.{self.listener}",
-                telemetry.extract(headers),
-                kind="SERVER",
-                attributes={"http.request.method": headers.get(":method", ""), "url.path": headers.get(":path", ""),
-                            "sidegate.listener": self.listener, "sidegate.request_id": headers.get("x-request-id", "")},
-            )
-        if headers.get(":method", "").upper() != "POST":
-            return self._error(MethodNotAllowed(f"{headers.get(':method')} is not allowed on {headers.get(':path')}: use POST"))
-        if end_of_stream:
-            return self._error(MalformedRequest("request body is empty: send a JSON chat-completions request", code="empty_body"))
-        return CONTINUE
+            self.span = request_span(f"sidegate.{self.listener}", self.listener, headers)
+        problem = request_problem(headers, end_of_stream)
+        return CONTINUE if problem is None else self._error(problem)
 
     async def request_body(self, body: bytes, end_of_stream: bool) -> Reply:
         try:

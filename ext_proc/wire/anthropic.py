@@ -85,10 +85,12 @@ __all__ = [
     "chat_request_to_messages",
     "error_body_to_chat",
     "error_body_to_messages",
+    "load_answer",
     "message_to_chat_completion",
     "messages_request_to_chat",
     "parse_messages_request",
     "render_anthropic_error",
+    "usage_from_keys",
     "usage_from_message",
     "usage_from_message_sse",
 ]
@@ -694,7 +696,8 @@ def chat_request_to_messages(body: Mapping[str, Any], *, default_max_tokens: int
 # Responses
 
 
-def _load_answer(raw: bytes | Mapping[str, Any], what: str) -> Mapping[str, Any]:
+def load_answer(raw: bytes | Mapping[str, Any], what: str) -> Mapping[str, Any]:
+    """A provider's JSON answer as an object (``what``: the answer expected, for the error), or UpstreamError."""
     if isinstance(raw, Mapping):
         return raw
     try:
@@ -717,10 +720,17 @@ def _int(v: Any) -> int:
 
 def _chat_usage(usage: Any) -> dict[str, Any]:
     """Anthropic ``usage`` -> OpenAI ``usage`` (prompt_tokens counts cached prompt tokens too)."""
+    return usage_from_keys(usage, "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
+
+
+def usage_from_keys(usage: Any, uncached: str, cache_read: str, cache_write: str, output: str) -> dict[str, Any]:
+    """An upstream's ``usage`` object (read by its own key names) -> OpenAI ``usage``: prompt_tokens
+    counts the uncached, cache-read and cache-written prompt tokens; cache reads are also
+    ``prompt_tokens_details.cached_tokens``. Anything missing or not a count is 0."""
     u = usage if isinstance(usage, Mapping) else {}
-    cached = _int(u.get("cache_read_input_tokens"))
-    prompt = _int(u.get("input_tokens")) + cached + _int(u.get("cache_creation_input_tokens"))
-    completion = _int(u.get("output_tokens"))
+    cached = _int(u.get(cache_read))
+    prompt = _int(u.get(uncached)) + cached + _int(u.get(cache_write))
+    completion = _int(u.get(output))
     out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     if cached:
         out["prompt_tokens_details"] = {"cached_tokens": cached}
@@ -745,7 +755,7 @@ def message_to_chat_completion(raw: bytes | Mapping[str, Any], *, model: str | N
     Text blocks join into ``content``; ``tool_use`` blocks become ``tool_calls`` (arguments a JSON
     string); ``stop_reason`` -> ``finish_reason``; ``model`` (when given) replaces the answer's.
     """
-    msg = _load_answer(raw, "an Anthropic message")
+    msg = load_answer(raw, "an Anthropic message")
     content = msg.get("content")
     if msg.get("type") != "message" or not isinstance(content, list):
         raise UpstreamError("the provider's answer is not an Anthropic message (type 'message' with a content list)")
@@ -785,7 +795,7 @@ def chat_completion_to_message(raw: bytes | Mapping[str, Any], *, model: str | N
     Raises :class:`UpstreamError` (502) for an answer without choices, or a tool call whose
     arguments are not a JSON object (Anthropic's ``tool_use.input`` must be one).
     """
-    completion = _load_answer(raw, "a chat completion")
+    completion = load_answer(raw, "a chat completion")
     choices = completion.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise UpstreamError("the provider's answer has no choices")

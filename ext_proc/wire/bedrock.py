@@ -158,26 +158,11 @@ def _int(v: Any) -> int:
 
 def _chat_usage(usage: Any) -> dict[str, Any]:
     """Converse ``usage`` -> OpenAI ``usage`` (prompt_tokens counts cache reads and writes too)."""
-    u = _obj(usage)
-    cached = _int(u.get("cacheReadInputTokens"))
-    prompt = _int(u.get("inputTokens")) + cached + _int(u.get("cacheWriteInputTokens"))
-    completion = _int(u.get("outputTokens"))
-    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-    if cached:
-        out["prompt_tokens_details"] = {"cached_tokens": cached}
-    return out
+    return anthropic.usage_from_keys(_obj(usage), "inputTokens", "cacheReadInputTokens", "cacheWriteInputTokens", "outputTokens")
 
 
 def _load(raw: bytes | Mapping[str, Any]) -> Mapping[str, Any]:
-    if isinstance(raw, Mapping):
-        return raw
-    try:
-        answer = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise UpstreamError(f"the provider's answer is not JSON (a Bedrock Converse answer expected): {exc}") from exc
-    if not isinstance(answer, dict):
-        raise UpstreamError("the provider's answer is not a JSON object (a Bedrock Converse answer expected)")
-    return answer
+    return anthropic.load_answer(raw, "a Bedrock Converse answer")
 
 
 def converse_to_chat_completion(raw: bytes | Mapping[str, Any], *, model: str | None = None) -> dict[str, Any]:
