@@ -748,13 +748,17 @@ def _ext_proc(ep: dict[str, Any]) -> ExtProcSettings:
     )
 
 
+DEFAULT_WORKERS_MAX = 8  # the default never starts more ext_proc processes than this (~80 MB each)
+
+
 def free_cores() -> int:
     """``ext_proc.workers``' default: the CPUs this process may run on (its affinity mask, which
-    a container's cpuset narrows), at least 1."""
+    a container's cpuset narrows), at least 1 and at most DEFAULT_WORKERS_MAX."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, DEFAULT_WORKERS_MAX))
 
 
 def _check_ports(raw: dict[str, Any], source: str) -> None:
@@ -783,8 +787,9 @@ def _check_ports(raw: dict[str, Any], source: str) -> None:
         for key in ("port", "http_port"):
             port = _port(ep, f"ext_proc.{key}") + i
             if port in seen:
-                raise ConfigError(source, "ext_proc.workers", f"worker {i + 1} of {workers} listens on ext_proc.{key} + {i} = {port}, "
-                                                              f"which {seen[port][0]} uses: move one or run fewer workers")
+                default = "" if "workers" in ep else f" (ext_proc.workers defaults to the {workers} CPUs here)"
+                raise ConfigError(source, "ext_proc.workers", f"worker {i + 1} of {workers}{default} listens on ext_proc.{key} + {i} = {port}, "
+                                                              f"which {seen[port][0]} uses: move one or set ext_proc.workers lower")
 
 
 def _endpoints(raw: dict[str, Any], source: str) -> dict[str, Endpoint]:
