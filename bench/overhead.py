@@ -62,8 +62,11 @@ TARGETS: dict[str, str] = {
     "egress": "sidegate egress (ext_proc pass-through)",
     "ingress": "sidegate ingress (no prompt targets)",
     "egress_w2": "sidegate egress, ext_proc.workers: 2",
+    "egress_nt": "sidegate egress, ext_proc.count_tokens: false (no response-body message for JSON)",
 }
-SIDEGATE = ("egress", "ingress", "egress_w2")
+SIDEGATE = ("egress", "ingress", "egress_w2", "egress_nt")
+# the paths served by a stack of their own: SidegateStack keyword arguments
+EXTRA_STACKS: dict[str, dict[str, Any]] = {"egress_w2": {"workers": 2}, "egress_nt": {"extra": {"ext_proc": {"count_tokens": False}}}}
 BODY_SIZES = {"1kB": 1024, "100kB": 100 * 1024}
 CHUNKS = 10
 ADDED_P50_TARGET_MS = 1.0  # issue 21: pass-through adds <= 1.0 ms p50 over Envoy alone (c=1, egress, 1 kB)
@@ -132,22 +135,24 @@ def check_target(name: str, port: int, body: bytes, *, stream: bool) -> None:
 # --------------------------------------------------------------------------- the run
 
 
-def _procs(fp: FakeProviderProcess, plain: PlainEnvoy, sg: SidegateStack, sg2: SidegateStack | None = None) -> dict[str, int]:
+def _procs(fp: FakeProviderProcess, plain: PlainEnvoy, sg: SidegateStack, extra: dict[str, SidegateStack]) -> dict[str, int]:
     out = {"provider": fp.pid, "envoy_plain": plain.pid, "envoy_sidegate": sg.envoy_pid, "ext_proc": sg.ext_proc_pid}
-    if sg2 is not None:
-        out["envoy_w2"] = sg2.envoy_pid
-        out.update({f"ext_proc_w2_{i + 1}": pid for i, pid in enumerate(sg2.ext_proc_pids)})
+    for target, stack in extra.items():
+        out[f"envoy@{target}"] = stack.envoy_pid
+        out.update({f"ext_proc@{target}#{i + 1}": pid for i, pid in enumerate(stack.ext_proc_pids)})
     return out
 
 
 def _envoy_of(target: str) -> str | None:
-    return {"envoy": "envoy_plain", "egress": "envoy_sidegate", "ingress": "envoy_sidegate", "egress_w2": "envoy_w2"}.get(target)
+    if target in EXTRA_STACKS:
+        return f"envoy@{target}"
+    return {"envoy": "envoy_plain", "egress": "envoy_sidegate", "ingress": "envoy_sidegate"}.get(target)
 
 
 def _ext_proc_cpu(target: str, cpu: dict[str, float]) -> float:
     """CPU seconds of ``target``'s ext_proc processes (every worker's)."""
-    if target == "egress_w2":
-        return sum(v for k, v in cpu.items() if k.startswith("ext_proc_w2_"))
+    if target in EXTRA_STACKS:
+        return sum(v for k, v in cpu.items() if k.startswith(f"ext_proc@{target}#"))
     return cpu["ext_proc"]
 
 
@@ -174,7 +179,7 @@ def sidegate_counters(sg: SidegateStack, rename: str | None = None) -> dict[str,
     for m in _PHASE.finditer(_get(f"http://127.0.0.1:{sg.cfg.ext_proc.http_port}/metrics")):
         if m.group(1) == "sum":
             out[f"{m.group(2)}.handler_s"] = out.get(f"{m.group(2)}.handler_s", 0) + float(m.group(4))
-    if rename:  # egress.* -> egress_w2.*: the same listener of another stack
+    if rename:  # egress.* -> egress_w2.* (...): the same listener of another stack
         out = {k.replace("egress.", f"{rename}.", 1): v for k, v in out.items() if k.startswith("egress.")}
     return out
 
@@ -224,12 +229,11 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
         fp = stack.enter_context(FakeProviderProcess(workdir=workdir))
         plain = stack.enter_context(PlainEnvoy(fp.port, workdir=workdir))
         sg = stack.enter_context(SidegateStack(fp.port, workdir=workdir))
-        sg2 = stack.enter_context(SidegateStack(fp.port, workdir=workdir / "w2", workers=2)) if "egress_w2" in args.targets else None
+        extra = {t: stack.enter_context(SidegateStack(fp.port, workdir=workdir / t, **kw)) for t, kw in EXTRA_STACKS.items() if t in args.targets}
         ports = {"direct": fp.port, "envoy": plain.port, "egress": sg.egress_port, "ingress": sg.ingress_port}
-        if sg2 is not None:
-            ports["egress_w2"] = sg2.egress_port
+        ports.update({t: st.egress_port for t, st in extra.items()})
         ports = {t: p for t, p in ports.items() if t in args.targets}
-        pids = _procs(fp, plain, sg, sg2)
+        pids = _procs(fp, plain, sg, extra)
         startup_s = time.monotonic() - started
         print(f"[overhead] stacks up in {startup_s:.1f}s (provider :{fp.port}, Envoy alone :{plain.port}, "
               f"sidegate egress :{sg.egress_port} ingress :{sg.ingress_port}); client: {args.client}; {load_caption()}",
@@ -263,7 +267,7 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
                     load1 = loadavg()[0]
                     result, cpu, probe, delta = one_run(
                         args, ports[target], body, stream=stream, concurrency=conc, pids=pids, workdir=workdir,
-                        counters=(lambda: sidegate_counters(sg2, rename="egress_w2")) if target == "egress_w2" and sg2 is not None
+                        counters=(lambda: sidegate_counters(extra[target], rename=target)) if target in extra
                         else (lambda: sidegate_counters(sg)) if target in SIDEGATE else None,
                     )
                     after_runs.append({name: memory_kib(pid) for name, pid in pids.items()})
@@ -390,6 +394,9 @@ def headline(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ratio = get(hi, "egress", "rps") / get(hi, "envoy", "rps")
     cpu1, cpu_hi = get(1, "egress", "ext_proc_cpu_ms"), get(hi, "egress", "ext_proc_cpu_ms")
     speedup = get(hi, "egress_w2", "rps") / get(hi, "egress", "rps")
+    lean_added = get(1, "egress_nt", "p50_ms") - get(1, "envoy", "p50_ms")
+    lean_ratio = get(hi, "egress_nt", "rps") / get(hi, "envoy", "rps")
+    lean_cpu = get(hi, "egress_nt", "ext_proc_cpu_ms")
     return [
         {"what": "added p50 over Envoy alone, c=1, egress, 1 kB (ms)", "value": added, "target": f"<= {ADDED_P50_TARGET_MS}",
          "met": added <= ADDED_P50_TARGET_MS},
@@ -399,6 +406,12 @@ def headline(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
          "met": cpu_hi <= CPU_PER_REQ_TARGET_MS},
         {"what": f"req/s ext_proc.workers 2 / 1, c={hi}, egress", "value": speedup, "target": f">= {WORKERS_SPEEDUP_TARGET}",
          "met": speedup >= WORKERS_SPEEDUP_TARGET},
+        {"what": "count_tokens: false: added p50 over Envoy alone, c=1 (ms)", "value": lean_added, "target": f"<= {ADDED_P50_TARGET_MS}",
+         "met": lean_added <= ADDED_P50_TARGET_MS},
+        {"what": f"count_tokens: false: req/s / Envoy alone, c={hi}", "value": lean_ratio, "target": f">= {RPS_RATIO_TARGET}",
+         "met": lean_ratio >= RPS_RATIO_TARGET},
+        {"what": f"count_tokens: false: ext_proc CPU per request, c={hi} (ms)", "value": lean_cpu, "target": f"<= {CPU_PER_REQ_TARGET_MS}",
+         "met": lean_cpu <= CPU_PER_REQ_TARGET_MS},
     ]
 
 
@@ -484,7 +497,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--bodies", type=csv_list(str, set(BODY_SIZES)), default=list(BODY_SIZES), help="comma-separated of 1kB,100kB")
     ap.add_argument("--streams", type=csv_list(_bool), default=[False, True], help="comma-separated of false,true")
     ap.add_argument("--targets", type=csv_list(str, set(TARGETS)), default=list(TARGETS),
-                    help=f"comma-separated of {','.join(TARGETS)} (default all; the headline needs envoy, egress and egress_w2)")
+                    help=f"comma-separated of {','.join(TARGETS)} (default all; the headline needs envoy, egress, egress_w2 and egress_nt)")
     ap.add_argument("--client", choices=("auto", "wrk", "asyncio"), default="auto", help="load generator (auto: wrk if installed)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 repeat, 1 s runs, 1 kB only")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default bench/results)")
