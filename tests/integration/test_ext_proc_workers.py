@@ -1,7 +1,8 @@
 """``ext_proc.workers: 2`` through a real Envoy and two real ext_proc processes started by the
 supervisor, against a fake provider (issue 21 items 3 and 5): both workers serve, /metrics sums
 them, a worker killed mid-stream fails only its own requests, a stopped (slow) worker leaves the
-rotation and comes back, a body of exactly ``max_body_bytes`` goes through and one byte more is 413."""
+rotation and comes back, a body of exactly ``max_body_bytes`` goes through and one byte more is 413;
+with ``ext_proc.count_tokens: false`` a JSON answer takes 3 gRPC messages, not 4 (issue 21 item 2)."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
     with FakeProvider(name="fake-w") as fp:
         raw = gateway_config([{"name": "p", "provider_interface": "openai", "endpoint": fp.base_url, "model": "m", "default": True,
                                "access_key": "sk-workers"}])
-        raw["ext_proc"].update(workers=2, port=free_ports_spaced(2, 1), http_port=free_ports_spaced(2, 1))
+        raw["ext_proc"].update(workers=2, port=free_ports_spaced(2, 1), http_port=free_ports_spaced(2, 1), count_tokens=False)
         raw["listeners"]["egress_traffic"]["max_body_bytes"] = MAX_BODY
         with running_stack(tmp_path_factory, raw) as (cfg, supervisor):
             watcher = threading.Thread(target=supervisor.watch, daemon=True)  # restarts what dies, as `sidegate up` does
@@ -117,6 +118,23 @@ def test_each_worker_is_a_service_and_both_serve_and_metrics_sum_them(workers: W
     for i in range(2):
         url = f"http://127.0.0.1:{workers.cfg.ext_proc.worker_ports(i)[1]}/metrics"
         assert _sum(workers.get(url), "sidegate_requests_total") - before == 40
+
+
+def test_without_token_counting_a_json_answer_skips_ext_proc_and_arrives_whole(workers: Workers) -> None:
+    """ext_proc.count_tokens: false: 3 messages per request (no response body), the answer intact."""
+    stats = f"http://127.0.0.1:{workers.cfg.admin_port}/stats?filter=ext_proc"
+    metrics_url = f"http://127.0.0.1:{workers.cfg.ext_proc.http_port}/metrics"
+
+    def sent() -> int:
+        return sum(int(m.group(1)) for m in re.finditer(r"^http\.egress\.ext_proc\.\S*stream_msgs_sent: (\d+)$", workers.get(stats), re.M))
+
+    before, tokens = sent(), _sum(workers.get(metrics_url), "sidegate_llm_tokens_total")
+    status, headers, body = workers.post()
+    assert status == 200 and headers["x-sidegate-provider"] == "p"
+    answer = json.loads(body)
+    assert answer["choices"][0]["message"]["content"] == "fake-w says: hello workers" and answer["usage"]["total_tokens"] > 0
+    assert sent() - before == 3
+    assert _sum(workers.get(metrics_url), "sidegate_llm_tokens_total") == tokens  # the price: not counted
 
 
 def test_a_body_of_exactly_max_body_bytes_goes_through_and_one_more_byte_is_413(workers: Workers) -> None:
