@@ -497,8 +497,9 @@ def plain_envoy_config(*, listen_port: int, admin_port: int, upstream_port: int,
 class PlainEnvoy:
     """Envoy alone (same binary as sidegate's) in front of ``upstream_port``: see :func:`plain_envoy_config`."""
 
-    def __init__(self, upstream_port: int, workdir: Path | None = None, *, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, upstream_port: int, workdir: Path | None = None, *, extra: dict[str, Any] | None = None, workers: int = 1) -> None:
         self.extra = extra or {}  # more top-level config keys (e.g. response_cache)
+        self.workers = workers  # ext_proc.workers
         self.upstream_port = upstream_port
         self.port = free_port()
         self.admin_port = free_port()
@@ -541,8 +542,9 @@ class SidegateStack:
     PROVIDER = "fake"
     MODEL = "gpt-4o-mini"
 
-    def __init__(self, upstream_port: int, workdir: Path | None = None, *, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, upstream_port: int, workdir: Path | None = None, *, extra: dict[str, Any] | None = None, workers: int = 1) -> None:
         self.extra = extra or {}  # more top-level config keys (e.g. response_cache)
+        self.workers = workers  # ext_proc.workers
         self.upstream_port = upstream_port
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="sidegate-bench-"))
         self.home = self.workdir / "sidegate-home"
@@ -556,6 +558,13 @@ class SidegateStack:
     @property
     def ext_proc_pid(self) -> int:
         return self._pid("ext_proc")
+
+    @property
+    def ext_proc_pids(self) -> list[int]:
+        """Every ext_proc worker's pid (one with ext_proc.workers: 1)."""
+        if self.workers == 1:
+            return [self.ext_proc_pid]
+        return [self._pid(f"ext_proc-{i + 1}") for i in range(self.workers)]
 
     @property
     def envoy_pid(self) -> int:
@@ -597,6 +606,11 @@ class SidegateStack:
             }
         ]
         raw = gateway_config(providers, **self.extra)  # no prompt_targets: ingress goes straight to the default provider
+        if self.workers > 1:  # worker i on port + i and http_port + i
+            from testkit.ports import free_ports_spaced
+
+            raw["ext_proc"].update(workers=self.workers, port=free_ports_spaced(self.workers, 1),
+                                   http_port=free_ports_spaced(self.workers, 1))
         config_path = self.home / "sidegate.yaml"
         config_path.write_text(yaml.safe_dump(raw))
         self.cfg = load_config(config_path)

@@ -61,11 +61,19 @@ TARGETS: dict[str, str] = {
     "envoy": "Envoy alone (router only)",
     "egress": "sidegate egress (ext_proc pass-through)",
     "ingress": "sidegate ingress (no prompt targets)",
+    "egress_w2": "sidegate egress, ext_proc.workers: 2",
+    "egress_nt": "sidegate egress, ext_proc.count_tokens: false (no response-body message for JSON)",
 }
-SIDEGATE = ("egress", "ingress")
+SIDEGATE = ("egress", "ingress", "egress_w2", "egress_nt")
+# the paths served by a stack of their own: SidegateStack keyword arguments
+EXTRA_STACKS: dict[str, dict[str, Any]] = {"egress_w2": {"workers": 2}, "egress_nt": {"extra": {"ext_proc": {"count_tokens": False}}}}
 BODY_SIZES = {"1kB": 1024, "100kB": 100 * 1024}
 CHUNKS = 10
-ADDED_P50_TARGET_MS = 1.5  # the issue's target: pass-through adds <= 1.5 ms p50 over Envoy alone
+ADDED_P50_TARGET_MS = 1.0  # issue 21: pass-through adds <= 1.0 ms p50 over Envoy alone (c=1, egress, 1 kB)
+# issue 21's other targets, from the same run
+RPS_RATIO_TARGET = 0.35  # sidegate egress / Envoy alone req/s at c=32
+CPU_PER_REQ_TARGET_MS = 0.3  # ext_proc CPU per egress request
+WORKERS_SPEEDUP_TARGET = 1.6  # req/s with ext_proc.workers 2 vs 1 at c=32
 _FILLER = (
     "You are a helpful assistant for a travel agency. Answer briefly and politely, cite the booking "
     "reference when there is one, and never invent prices, flight numbers or opening hours. "
@@ -127,12 +135,25 @@ def check_target(name: str, port: int, body: bytes, *, stream: bool) -> None:
 # --------------------------------------------------------------------------- the run
 
 
-def _procs(fp: FakeProviderProcess, plain: PlainEnvoy, sg: SidegateStack) -> dict[str, int]:
-    return {"provider": fp.pid, "envoy_plain": plain.pid, "envoy_sidegate": sg.envoy_pid, "ext_proc": sg.ext_proc_pid}
+def _procs(fp: FakeProviderProcess, plain: PlainEnvoy, sg: SidegateStack, extra: dict[str, SidegateStack]) -> dict[str, int]:
+    out = {"provider": fp.pid, "envoy_plain": plain.pid, "envoy_sidegate": sg.envoy_pid, "ext_proc": sg.ext_proc_pid}
+    for target, stack in extra.items():
+        out[f"envoy@{target}"] = stack.envoy_pid
+        out.update({f"ext_proc@{target}#{i + 1}": pid for i, pid in enumerate(stack.ext_proc_pids)})
+    return out
 
 
 def _envoy_of(target: str) -> str | None:
+    if target in EXTRA_STACKS:
+        return f"envoy@{target}"
     return {"envoy": "envoy_plain", "egress": "envoy_sidegate", "ingress": "envoy_sidegate"}.get(target)
+
+
+def _ext_proc_cpu(target: str, cpu: dict[str, float]) -> float:
+    """CPU seconds of ``target``'s ext_proc processes (every worker's)."""
+    if target in EXTRA_STACKS:
+        return sum(v for k, v in cpu.items() if k.startswith(f"ext_proc@{target}#"))
+    return cpu["ext_proc"]
 
 
 def _get(url: str) -> str:
@@ -148,7 +169,7 @@ _PHASE = re.compile(r'^sidegate_ext_proc_phase_seconds_(sum|count)\{listener="(\
 _EXT_PROC_STAT = re.compile(r"^http\.(\w+)\.ext_proc\.(?:\w+\.)?(stream_msgs_sent|streams_started): (\d+)$", re.M)
 
 
-def sidegate_counters(sg: SidegateStack) -> dict[str, float]:
+def sidegate_counters(sg: SidegateStack, rename: str | None = None) -> dict[str, float]:
     """Envoy's ext_proc message counters and the ext_proc service's own handler time, per listener
     (``{"egress.msgs": ..., "egress.handler_s": ...}``); empty where a name is not found."""
     out: dict[str, float] = {}
@@ -158,6 +179,8 @@ def sidegate_counters(sg: SidegateStack) -> dict[str, float]:
     for m in _PHASE.finditer(_get(f"http://127.0.0.1:{sg.cfg.ext_proc.http_port}/metrics")):
         if m.group(1) == "sum":
             out[f"{m.group(2)}.handler_s"] = out.get(f"{m.group(2)}.handler_s", 0) + float(m.group(4))
+    if rename:  # egress.* -> egress_w2.* (...): the same listener of another stack
+        out = {k.replace("egress.", f"{rename}.", 1): v for k, v in out.items() if k.startswith("egress.")}
     return out
 
 
@@ -206,8 +229,11 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
         fp = stack.enter_context(FakeProviderProcess(workdir=workdir))
         plain = stack.enter_context(PlainEnvoy(fp.port, workdir=workdir))
         sg = stack.enter_context(SidegateStack(fp.port, workdir=workdir))
+        extra = {t: stack.enter_context(SidegateStack(fp.port, workdir=workdir / t, **kw)) for t, kw in EXTRA_STACKS.items() if t in args.targets}
         ports = {"direct": fp.port, "envoy": plain.port, "egress": sg.egress_port, "ingress": sg.ingress_port}
-        pids = _procs(fp, plain, sg)
+        ports.update({t: st.egress_port for t, st in extra.items()})
+        ports = {t: p for t, p in ports.items() if t in args.targets}
+        pids = _procs(fp, plain, sg, extra)
         startup_s = time.monotonic() - started
         print(f"[overhead] stacks up in {startup_s:.1f}s (provider :{fp.port}, Envoy alone :{plain.port}, "
               f"sidegate egress :{sg.egress_port} ingress :{sg.ingress_port}); client: {args.client}; {load_caption()}",
@@ -223,7 +249,7 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
                     client_run(port, chat_body(bodies[label], stream=stream), concurrency=4, duration_s=2,
                                max_requests=16, headers={"x-fake-chunks": str(CHUNKS)})
         after_runs: list[dict[str, dict[str, int | None]]] = []
-        order = list(TARGETS)
+        order = [t for t in TARGETS if t in ports]
         total = args.repeats * len(cells) * len(order)
         n = 0
         repeats_done = 0
@@ -241,7 +267,8 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
                     load1 = loadavg()[0]
                     result, cpu, probe, delta = one_run(
                         args, ports[target], body, stream=stream, concurrency=conc, pids=pids, workdir=workdir,
-                        counters=(lambda: sidegate_counters(sg)) if target in SIDEGATE else None,
+                        counters=(lambda: sidegate_counters(extra[target], rename=target)) if target in extra
+                        else (lambda: sidegate_counters(sg)) if target in SIDEGATE else None,
                     )
                     after_runs.append({name: memory_kib(pid) for name, pid in pids.items()})
                     envoy = _envoy_of(target)
@@ -266,7 +293,7 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
                         "ttfb_p50_ms": ttfb,
                         "ttfb_requests": probe.requests if probe else (reqs if stream else 0),
                         "cpu_ms_per_req": {name: _per_req_ms(v, reqs) for name, v in cpu.items()},
-                        "ext_proc_cpu_ms": _per_req_ms(cpu["ext_proc"], reqs) if target in SIDEGATE else math.nan,
+                        "ext_proc_cpu_ms": _per_req_ms(_ext_proc_cpu(target, cpu), reqs) if target in SIDEGATE else math.nan,
                         "envoy_cpu_ms": _per_req_ms(cpu[envoy], reqs) if envoy else math.nan,
                         "provider_cpu_ms": _per_req_ms(cpu["provider"], reqs),
                         "client_cpu_ms": _per_req_ms(cpu["client"], reqs),
@@ -352,6 +379,42 @@ def compare(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def headline(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 21's four figures from this run (1 kB JSON bodies, egress): added p50 over Envoy
+    alone at c=1, req/s sidegate / Envoy alone at c=32, ext_proc CPU per request (c=1 and c=32),
+    req/s with ext_proc.workers 2 / 1 at c=32. NaN where the run did not measure a cell."""
+    by = {(r["body"], r["stream"], r["concurrency"], r["target"]): r for r in summary}
+
+    def get(conc: int, target: str, key: str) -> float:
+        row = by.get(("1kB", False, conc, target))
+        return float(row[key]) if row else math.nan
+
+    hi = max((r["concurrency"] for r in summary), default=32)
+    added = get(1, "egress", "p50_ms") - get(1, "envoy", "p50_ms")
+    ratio = get(hi, "egress", "rps") / get(hi, "envoy", "rps")
+    cpu1, cpu_hi = get(1, "egress", "ext_proc_cpu_ms"), get(hi, "egress", "ext_proc_cpu_ms")
+    speedup = get(hi, "egress_w2", "rps") / get(hi, "egress", "rps")
+    lean_added = get(1, "egress_nt", "p50_ms") - get(1, "envoy", "p50_ms")
+    lean_ratio = get(hi, "egress_nt", "rps") / get(hi, "envoy", "rps")
+    lean_cpu = get(hi, "egress_nt", "ext_proc_cpu_ms")
+    return [
+        {"what": "added p50 over Envoy alone, c=1, egress, 1 kB (ms)", "value": added, "target": f"<= {ADDED_P50_TARGET_MS}",
+         "met": added <= ADDED_P50_TARGET_MS},
+        {"what": f"req/s sidegate egress / Envoy alone, c={hi}", "value": ratio, "target": f">= {RPS_RATIO_TARGET}", "met": ratio >= RPS_RATIO_TARGET},
+        {"what": "ext_proc CPU per egress request, c=1 (ms)", "value": cpu1, "target": f"<= {CPU_PER_REQ_TARGET_MS}", "met": cpu1 <= CPU_PER_REQ_TARGET_MS},
+        {"what": f"ext_proc CPU per egress request, c={hi} (ms)", "value": cpu_hi, "target": f"<= {CPU_PER_REQ_TARGET_MS}",
+         "met": cpu_hi <= CPU_PER_REQ_TARGET_MS},
+        {"what": f"req/s ext_proc.workers 2 / 1, c={hi}, egress", "value": speedup, "target": f">= {WORKERS_SPEEDUP_TARGET}",
+         "met": speedup >= WORKERS_SPEEDUP_TARGET},
+        {"what": "count_tokens: false: added p50 over Envoy alone, c=1 (ms)", "value": lean_added, "target": f"<= {ADDED_P50_TARGET_MS}",
+         "met": lean_added <= ADDED_P50_TARGET_MS},
+        {"what": f"count_tokens: false: req/s / Envoy alone, c={hi}", "value": lean_ratio, "target": f">= {RPS_RATIO_TARGET}",
+         "met": lean_ratio >= RPS_RATIO_TARGET},
+        {"what": f"count_tokens: false: ext_proc CPU per request, c={hi} (ms)", "value": lean_cpu, "target": f"<= {CPU_PER_REQ_TARGET_MS}",
+         "met": lean_cpu <= CPU_PER_REQ_TARGET_MS},
+    ]
+
+
 def print_tables(res: dict[str, Any], summary: list[dict[str, Any]], comparison: list[dict[str, Any]], args: argparse.Namespace) -> None:
     load = res["runs"] and [r["loadavg_1m"] for r in res["runs"]]
     load_text = (f"1-min load avg during the runs: median {median(load):.2f}, min {min(load):.2f}, max {max(load):.2f} "
@@ -402,6 +465,9 @@ def print_tables(res: dict[str, Any], summary: list[dict[str, Any]], comparison:
         rows, caption=f"target: pass-through adds ≤ {ADDED_P50_TARGET_MS} ms p50 over Envoy alone (at concurrency 1; "
                       "at 32 every process competes for the same CPUs, so the difference is queueing)",
     )
+    print_table("Issue 21 targets (one run, Envoy alone measured beside)", ["what", "figure", "target", "met"],
+                [[h["what"], h["value"], h["target"], "—" if math.isnan(h["value"]) else ("yes" if h["met"] else "NO")]
+                 for h in headline(summary)], caption=caption, digits=2)
     mem = res["memory"]
     names = {"provider": "fake provider (python)", "envoy_plain": "Envoy alone", "envoy_sidegate": "sidegate Envoy",
              "ext_proc": "sidegate ext_proc (python)"}
@@ -430,6 +496,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=csv_list(int), default=[1, 32], help="comma-separated (default 1,32)")
     ap.add_argument("--bodies", type=csv_list(str, set(BODY_SIZES)), default=list(BODY_SIZES), help="comma-separated of 1kB,100kB")
     ap.add_argument("--streams", type=csv_list(_bool), default=[False, True], help="comma-separated of false,true")
+    ap.add_argument("--targets", type=csv_list(str, set(TARGETS)), default=list(TARGETS),
+                    help=f"comma-separated of {','.join(TARGETS)} (default all; the headline needs envoy, egress, egress_w2 and egress_nt)")
     ap.add_argument("--client", choices=("auto", "wrk", "asyncio"), default="auto", help="load generator (auto: wrk if installed)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 repeat, 1 s runs, 1 kB only")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default bench/results)")
@@ -457,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         "added_p50_target_ms": ADDED_P50_TARGET_MS,
         "summary": summary,
         "comparison": comparison,
+        "headline": headline(summary),
         "memory_kib": res["memory"],
         "loadavg_start": res["loadavg_start"],
         "loadavg_end": res["loadavg_end"],

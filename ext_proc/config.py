@@ -498,6 +498,16 @@ class ExtProcSettings:
     message_timeout_s: float  # ext_proc.message_timeout, else derived from the deadlines (see _ingress_deadline)
     failure_mode_allow: bool
     message_timeout_explicit: bool = False  # ext_proc.message_timeout is in the config
+    # ext_proc.workers: processes behind Envoy's ext_proc cluster; worker i listens on port + i
+    # and http_port + i (worker 0's http_port serves /healthz, /metrics of them all, the façade)
+    workers: int = 1
+    # ext_proc.count_tokens: false lets a JSON answer nothing else reads skip ext_proc (one gRPC
+    # round trip less per request) at the cost of sidegate_llm_tokens for those answers
+    count_tokens: bool = True
+
+    def worker_ports(self, i: int) -> tuple[int, int]:
+        """(gRPC port, HTTP port) of worker ``i`` (0-based)."""
+        return self.port + i, self.http_port + i
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -900,7 +910,22 @@ def _ext_proc(ep: dict[str, Any]) -> ExtProcSettings:
         message_timeout_s=parse_duration(ep.get("message_timeout", DEFAULT_MESSAGE_TIMEOUT_S)),
         failure_mode_allow=bool(ep.get("failure_mode_allow", False)),
         message_timeout_explicit="message_timeout" in ep,
+        workers=int(ep.get("workers", free_cores())),
+        count_tokens=bool(ep.get("count_tokens", True)),
     )
+
+
+DEFAULT_WORKERS_MAX = 8  # the default never starts more ext_proc processes than this (~80 MB each)
+
+
+def free_cores() -> int:
+    """``ext_proc.workers``' default: the CPUs this process may run on (its affinity mask, which
+    a container's cpuset narrows), at least 1 and at most DEFAULT_WORKERS_MAX."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, DEFAULT_WORKERS_MAX))
 
 
 def _check_ports(raw: dict[str, Any], source: str) -> None:
@@ -923,6 +948,15 @@ def _check_ports(raw: dict[str, Any], source: str) -> None:
             other, other_written = seen[port]
             raise ConfigError(source, key_path, f"port {port} is already used by {other}{'' if other_written else ' (its default)'}")
         seen[port] = (key_path, written)
+    ep = raw.get("ext_proc") or {}
+    workers = int(ep.get("workers", free_cores()))
+    for i in range(1, workers):  # worker i: ext_proc.port + i, ext_proc.http_port + i
+        for key in ("port", "http_port"):
+            port = _port(ep, f"ext_proc.{key}") + i
+            if port in seen:
+                default = "" if "workers" in ep else f" (ext_proc.workers defaults to the {workers} CPUs here)"
+                raise ConfigError(source, "ext_proc.workers", f"worker {i + 1} of {workers}{default} listens on ext_proc.{key} + {i} = {port}, "
+                                                              f"which {seen[port][0]} uses: move one or set ext_proc.workers lower")
 
 
 def _endpoints(raw: dict[str, Any], source: str) -> dict[str, Endpoint]:

@@ -62,3 +62,6 @@ STUB_DEAD_INSTANCE = re.compile(r"Stub process '(?P<instance>[^']+)' is not heal
 # models mark refused input in the message (triton_models/sidegate_models/backend.py has the same
 # words: the model side cannot import this package in a Triton-only image)
 INVALID_INPUT_MARK = "invalid input"
+# ext_proc.workers > 1: the directory every worker writes its metrics to (prometheus_client's
+# multiprocess mode reads this variable when it is imported), set by whoever starts the workers
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -26,7 +26,7 @@ def gateway_config(providers: list[dict[str, Any]], **extra: Any) -> dict[str, A
             "internal_traffic": {"address": "127.0.0.1", "port": free_port()},
             "admin": {"address": "127.0.0.1", "port": free_port()},
         },
-        "ext_proc": {"address": "127.0.0.1", "port": free_port(), "http_port": free_port(), "message_timeout": "5s"},
+        "ext_proc": {"address": "127.0.0.1", "port": free_port(), "http_port": free_port(), "message_timeout": "5s", "workers": 1},
         "llm_providers": providers,
     }
     for key, value in extra.items():
@@ -51,7 +51,7 @@ def raw_config(**over: Any) -> dict[str, Any]:
             "internal_traffic": {"address": "127.0.0.1", "port": free_port(), "timeout": "20s"},
             "admin": {"address": "127.0.0.1", "port": free_port()},
         },
-        "ext_proc": {"address": "127.0.0.1", "port": free_port(), "http_port": free_port(), "message_timeout": "7s"},
+        "ext_proc": {"address": "127.0.0.1", "port": free_port(), "http_port": free_port(), "message_timeout": "7s", "workers": 1},
         "endpoints": {
             "app": {"endpoint": "127.0.0.1:18083", "connect_timeout": "1s", "timeout": "12s", "http_host": "app.local"},
             "tls_app": {"endpoint": "https://api.example.com/base/", "timeout": "5s"},

@@ -271,8 +271,17 @@ class ChatProcessor(PassThrough):
             set_headers=set_headers,
             # a translated body has another length: Envoy sends it chunked
             remove_headers=("content-length",) if self.exchange.translating and not end_of_stream else (),
-            response_body_mode="STREAMED" if self.streaming else ("NONE" if end_of_stream or pass_through else "BUFFERED"),
+            response_body_mode="STREAMED" if self.streaming else ("NONE" if end_of_stream or pass_through or not self._reads_json_body()
+                                                                  else "BUFFERED"),
         )
+
+    def _reads_json_body(self) -> bool:
+        """Whether anything here reads this request's JSON answer: token counting
+        (ext_proc.count_tokens), a rate-limit charge to settle, the response cache filling after a
+        miss, an Anthropic translation, x-arch-state metadata. If not, Envoy is told not to send it
+        (one gRPC round trip less; ext_proc's stream ends with the response headers)."""
+        return (self.cfg.ext_proc.count_tokens or self.charge is not None or self.collector is not None
+                or self.exchange.translating or bool(self.response_metadata))
 
     def _served_by(self, attempt: str) -> LlmProvider | None:
         """The fallback that answered (None: the provider itself), as Envoy's failover chain assigns attempts."""

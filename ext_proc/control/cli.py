@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -135,15 +136,32 @@ def deploy(config: str, target: str, gpu: bool, out_dir: str | None, image: str 
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--model-server", "model_server", default=None, help="Triton gRPC address grpc://HOST:PORT, or none (default: from CONFIG)")
 @click.option("--log-level", default="INFO", show_default=True)
-def serve(config: str | None, model_server: str | None, log_level: str) -> None:
-    """Run the ext_proc gRPC service (and its /healthz, /metrics HTTP port) in the foreground."""
-    from ext_proc.dataplane.service import run
+@click.option("--worker", type=int, default=None, help="serve as worker N (1-based) of ext_proc.workers only (what `sidegate up` starts)")
+def serve(config: str | None, model_server: str | None, log_level: str, worker: int | None) -> None:
+    """Run the ext_proc gRPC service (and its /healthz, /metrics HTTP port) in the foreground.
 
+    With ext_proc.workers > 1 and no --worker (a container running `sidegate serve`): starts,
+    watches and restarts every worker, as `sidegate up` does."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     cfg = _load(config)
     if model_server is not None:
         cfg = _with_model_server(cfg, "none" if model_server == "none" else "remote", model_server)
-    run(cfg)
+    workers = cfg.ext_proc.workers
+    if worker is not None and not 1 <= worker <= workers:
+        err_console.print(f"[red]--worker {worker}[/red]: ext_proc.workers is {workers}, so a worker is 1 to {workers}")
+        raise SystemExit(2)
+    if worker is None and workers > 1:
+        from ext_proc.control import supervisor as sv
+
+        env = {**os.environ, **cfg.secret_env(), "PYTHONUNBUFFERED": "1"}
+        argv_model = model_server if model_server is not None else cfg.model_server.endpoint
+        config_path = str(Path(config).resolve()) if config else str(DEFAULT_CONFIG)
+        services = sv.ext_proc_services(cfg, config_path, argv_model, env)
+        sup = sv.Supervisor(services, config_path=config_path, on_event=lambda svc, status: err_console.print(f"  {svc.name:<10} {status}"))
+        raise SystemExit(sup.run())
+    from ext_proc.dataplane.service import run
+
+    run(cfg, worker=(worker or 1) - 1)
 
 
 def _needs_models(cfg: Config) -> bool:
@@ -329,8 +347,8 @@ def status() -> None:
 @click.option("-n", "--lines", default=50, show_default=True, help="lines of each log to show first")
 @click.argument("service", required=False)
 def logs(follow: bool, lines: int, service: str | None) -> None:
-    """Print the logs of SERVICE (default: all of them): envoy, ext_proc, triton (every replica;
-    triton-2 for one of them), demo, supervisor."""
+    """Print the logs of SERVICE (default: all of them): envoy, ext_proc (every worker; ext_proc-2
+    for one of them), triton (every replica; triton-2 for one of them), demo, supervisor."""
     from ext_proc.control.supervisor import home
 
     found = sorted(p.stem for p in (home() / "logs").glob("*.log"))
@@ -338,9 +356,9 @@ def logs(follow: bool, lines: int, service: str | None) -> None:
         err_console.print(f"no service {service!r}: one of {', '.join(sorted(set(SERVICES) | set(found)))}")
         raise SystemExit(2)
     if service is None:
-        names = [n for n in found if n in SERVICES or n.startswith("triton-")] or list(SERVICES)
-    elif service == "triton":  # every replica's log
-        names = [n for n in found if n == "triton" or n.startswith("triton-")] or [service]
+        names = [n for n in found if n in SERVICES or n.startswith(("triton-", "ext_proc-"))] or list(SERVICES)
+    elif service in ("triton", "ext_proc"):  # every replica's / worker's log
+        names = [n for n in found if n == service or n.startswith(f"{service}-")] or [service]
     else:
         names = [service]
     files = {n: home() / "logs" / f"{n}.log" for n in names}

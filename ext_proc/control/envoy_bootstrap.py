@@ -79,6 +79,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     HeaderValueOptionHeaderAppendAction,
     HealthCheck,
     HealthCheckGrpcHealthCheck,
+    HealthCheckHttpHealthCheck,
     Http1ProtocolOptions,
     Http2ProtocolOptions,
     HttpService,
@@ -90,7 +91,13 @@ from envoy_data_plane.envoy.config.core.v3 import (
     TransportSocket,
     TypedExtensionConfig,
 )
-from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints
+from envoy_data_plane.envoy.config.endpoint.v3 import (
+    ClusterLoadAssignment,
+    Endpoint,
+    EndpointHealthCheckConfig,
+    LbEndpoint,
+    LocalityLbEndpoints,
+)
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
 from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
@@ -143,7 +150,7 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptionsExplicitHttpConfig,
 )
 from envoy_data_plane.envoy.type.matcher.v3 import RegexMatchAndSubstitute, RegexMatcher, StringMatcher
-from envoy_data_plane.envoy.type.v3 import Percent
+from envoy_data_plane.envoy.type.v3 import CodecClientType, Percent
 from envoy_data_plane.google.protobuf import Any, Struct
 
 from ext_proc.config import AZURE_INTERFACE, Agent, Config, LlmProvider, Upstream, is_ip
@@ -359,6 +366,8 @@ def _clusters(cfg: Config) -> list[Cluster]:
             http2=True,
             dns=ClusterDiscoveryType.STRICT_DNS,
         )
+        if cfg.ext_proc.workers == 1
+        else _ext_proc_workers_cluster(cfg)
     ]
     for p in cfg.llm_providers:
         u = p.upstream
@@ -376,6 +385,46 @@ def _clusters(cfg: Config) -> list[Cluster]:
     if _balanced_models(cfg):
         clusters.append(_models_cluster(cfg))
     return clusters
+
+
+def _ext_proc_workers_cluster(cfg: Config) -> Cluster:
+    """``ext_proc.workers`` > 1: the worker processes behind one cluster, worker i on
+    ``ext_proc.port + i``. Least request (a worker busy with a slow request gets fewer new
+    streams); an HTTP health check of each worker's ``/healthz`` on ``http_port + i`` every
+    second (a worker that is down, stopped or draining leaves the rotation within ~2 s, also with
+    no traffic); outlier detection for failing streams (never more than half of them). A stream
+    already on a worker that dies fails as ``failure_mode_allow`` says, and so may a new one
+    sent to it before its health checks fail (~1-2 s; the supervisor restarts it in about as
+    long); the others go on."""
+    e = cfg.ext_proc
+    kind = ClusterDiscoveryType.STATIC if is_ip(e.address) else ClusterDiscoveryType.STRICT_DNS
+    extra: dict[str, _AnyType] = {} if kind == ClusterDiscoveryType.STATIC else {"dns_lookup_family": ClusterDnsLookupFamily.V4_PREFERRED}
+    h2 = HttpProtocolOptions(explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=Http2ProtocolOptions()))
+    endpoints = []
+    for i in range(e.workers):
+        grpc_port, http_port = e.worker_ports(i)
+        endpoints.append(LbEndpoint(endpoint=Endpoint(address=_socket_address(e.address, grpc_port),
+                                                      health_check_config=EndpointHealthCheckConfig(port_value=http_port))))
+    return Cluster(
+        name=EXT_PROC_CLUSTER,
+        type=kind,
+        connect_timeout=_seconds(1.0),
+        lb_policy=ClusterLbPolicy.LEAST_REQUEST,
+        load_assignment=ClusterLoadAssignment(cluster_name=EXT_PROC_CLUSTER, endpoints=[LocalityLbEndpoints(lb_endpoints=endpoints)]),
+        typed_extension_protocol_options={HTTP_PROTOCOL_OPTIONS: Any.pack(h2)},
+        health_checks=[HealthCheck(
+            timeout=_seconds(1.0), interval=_seconds(1.0), no_traffic_interval=_seconds(1.0), unhealthy_threshold=2, healthy_threshold=1,
+            http_health_check=HealthCheckHttpHealthCheck(path="/healthz", codec_client_type=CodecClientType.HTTP1),
+        )],
+        # no retry policy: Envoy 1.40 retried none of these streams with GrpcService.retry_policy
+        # (a refused connection to a dead worker failed the request all the same), and with
+        # retry_on: unavailable it failed the live worker's streams too when one was SIGKILLed
+        outlier_detection=OutlierDetection(
+            consecutive_gateway_failure=3, enforcing_consecutive_gateway_failure=100,
+            interval=_seconds(1.0), base_ejection_time=_seconds(5.0), max_ejection_percent=50,
+        ),
+        **extra,
+    )
 
 
 # --------------------------------------------------------------------------- Triton replicas

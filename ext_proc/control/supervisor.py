@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +33,7 @@ from ext_proc.control.envoy_bin import envoy_binary
 from ext_proc.control.model_repo import needed_models, render_model_repository
 from ext_proc.control.triton_server import health_url as triton_health_url
 from ext_proc.control.triton_server import remove_shm, shm_prefix, triton_command
+from ext_proc.names import MULTIPROC_ENV
 
 __all__ = ["Service", "Supervisor", "home", "read_state", "services_for"]
 
@@ -220,20 +222,8 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, 
                 env=env,
             )
         )
-    e = cfg.ext_proc
     ext_proc_at = len(out)
-    out.append(
-        Service(
-            name="ext_proc",
-            argv=[py, "-m", "ext_proc", "serve", config_path, "--model-server", model_server or "none"],
-            health_url=f"http://{e.address}:{e.http_port}/healthz",
-            listens=f"grpc://{e.address}:{e.port}, http://{e.address}:{e.http_port}/metrics",
-            # embedding retries while Triton starts (<= 60 s), then <= 4 pre-fills of ~7 s each (a
-            # cold first one may take up to its deadline; one that times out ends the pre-fills)
-            warm_timeout=max(180.0, 60.0 + ms.prefill_timeout_s) if model_server else 0.0,
-            env=env,
-        )
-    )
+    out += ext_proc_services(cfg, config_path, model_server, env)
     out.append(
         Service(
             name="envoy",
@@ -255,6 +245,38 @@ def services_for(cfg: Config, config_path: str, *, demo: bool, bootstrap: Path, 
     return out
 
 
+def ext_proc_services(cfg: Config, config_path: str, model_server: str | None, env: dict[str, str]) -> list[Service]:
+    """The ext_proc service: ``ext_proc``, or with ``ext_proc.workers: N`` > 1 the services
+    ``ext_proc-1`` .. ``ext_proc-N`` (worker i on port + i - 1, http_port + i - 1), each started,
+    watched and restarted on its own; they write their metrics to one directory (prometheus_client's
+    multiprocess mode, emptied here) and every worker's /metrics shows the sum."""
+    py = sys.executable
+    e = cfg.ext_proc
+    # embedding retries while Triton starts (<= 60 s), then <= 4 pre-fills of ~7 s each (a
+    # cold first one may take up to its deadline; one that times out ends the pre-fills)
+    warm_timeout = max(180.0, 60.0 + cfg.model_server.prefill_timeout_s) if model_server else 0.0
+    argv = [py, "-m", "ext_proc", "serve", config_path, "--model-server", model_server or "none"]
+    if e.workers == 1:
+        return [Service(name="ext_proc", argv=argv, health_url=f"http://{e.address}:{e.http_port}/healthz",
+                        listens=f"grpc://{e.address}:{e.port}, http://{e.address}:{e.http_port}/metrics",
+                        warm_timeout=warm_timeout, env=env)]
+    metrics_dir = home() / "run" / "ext_proc-metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    out = []
+    for i in range(e.workers):
+        grpc_port, http_port = e.worker_ports(i)
+        out.append(Service(
+            name=f"ext_proc-{i + 1}",
+            argv=[*argv, "--worker", str(i + 1)],
+            health_url=f"http://{e.address}:{http_port}/healthz",
+            listens=f"grpc://{e.address}:{grpc_port}, http://{e.address}:{http_port}/metrics (worker {i + 1}/{e.workers})",
+            warm_timeout=warm_timeout,
+            env={**env, MULTIPROC_ENV: str(metrics_dir)},
+        ))
+    return out
+
+
 def check_ports(cfg: Config, demo: bool, demo_port: int = DEMO_PORT) -> list[str]:
     """Ports that are already taken, as human lines."""
     wanted = [
@@ -267,6 +289,9 @@ def check_ports(cfg: Config, demo: bool, demo_port: int = DEMO_PORT) -> list[str
     ]
     for i, a in enumerate(cfg.agent_listeners):
         wanted.append((f"listeners.agent_traffic[{i}].port ({a.listener.name})", a.listener.address, a.listener.port))
+    for i in range(1, cfg.ext_proc.workers):
+        for key, port in zip(("port", "http_port"), cfg.ext_proc.worker_ports(i), strict=True):
+            wanted.append((f"ext_proc.{key} + {i} (worker {i + 1})", cfg.ext_proc.address, port))
     if demo:
         wanted.append(("demo app", "127.0.0.1", demo_port))
     ms = cfg.model_server

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
+from typing import Any
 
 import uvloop
 from aiohttp import web
@@ -36,6 +38,7 @@ from ext_proc.errors import ModelServerError
 from ext_proc.metrics import Metrics
 from ext_proc.models import local_llm
 from ext_proc.models.base import Models
+from ext_proc.names import MULTIPROC_ENV
 
 __all__ = ["run", "serve", "start_http"]
 
@@ -53,7 +56,7 @@ async def start_http(
         return web.json_response({"status": "draining"}, status=503)
 
     async def metrics_handler(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(_registry(metrics)), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
@@ -65,6 +68,19 @@ async def start_http(
     await site.start()
     bound = runner.addresses[0][1]  # the port actually bound (port 0: the kernel's choice)
     return runner, bound
+
+
+def _registry(metrics: Metrics) -> Any:
+    """What /metrics shows: with several workers (``PROMETHEUS_MULTIPROC_DIR`` set by whoever
+    started them), every worker's counters summed from the directory they all write to (a
+    worker that restarted keeps counting from what its predecessor wrote); else this process's."""
+    if not os.environ.get(MULTIPROC_ENV):
+        return metrics.registry
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
 
 def _models(cfg: Config) -> Models | None:
@@ -154,17 +170,22 @@ async def _refill(services: Services, *, filled_all: bool, poll_s: float = REFIL
             await one.close()
 
 
-async def serve(cfg: Config, *, grace: float = 5.0) -> None:
+async def serve(cfg: Config, *, grace: float = 5.0, worker: int = 0) -> None:
+    """Serve as worker ``worker`` (0-based) of ``ext_proc.workers``: gRPC on ``port + worker``,
+    HTTP on ``http_port + worker``."""
     telemetry.setup(cfg)  # no tracing.otlp_endpoint: nothing at all
     services = Services.create(cfg, models=_models(cfg))
     metrics = services.metrics
     state: dict[str, bool | str] = {"serving": False, "warm": "starting"}
     warming = asyncio.get_running_loop().create_task(_warm(services, state))
-    server, port = await create_server(services, f"{cfg.ext_proc.address}:{cfg.ext_proc.port}")
+    grpc_port, http_port = cfg.ext_proc.worker_ports(worker)
+    server, port = await create_server(services, f"{cfg.ext_proc.address}:{grpc_port}")
     await server.start()
-    runner, http_port = await start_http(cfg, metrics, state, models=services.models)
+    runner, http_port = await start_http(cfg, metrics, state, port=http_port, models=services.models)
     state["serving"] = True
-    log.info("ext_proc listening: gRPC %s:%d, HTTP %s:%d (config %s)", cfg.ext_proc.address, port, cfg.ext_proc.address, http_port, cfg.source)
+    who = f"worker {worker + 1}/{cfg.ext_proc.workers} " if cfg.ext_proc.workers > 1 else ""
+    log.info("ext_proc %slistening: gRPC %s:%d, HTTP %s:%d (config %s)", who, cfg.ext_proc.address, port, cfg.ext_proc.address, http_port,
+             cfg.source)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -181,5 +202,5 @@ async def serve(cfg: Config, *, grace: float = 5.0) -> None:
     log.info("ext_proc stopped")
 
 
-def run(cfg: Config) -> None:
-    uvloop.run(serve(cfg))
+def run(cfg: Config, worker: int = 0) -> None:
+    uvloop.run(serve(cfg, worker=worker))

@@ -185,3 +185,20 @@ def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(ports.socket, "socket", Socket)
     monkeypatch.setattr(ports, "_PORTS_GIVEN", set())
     assert [ports.free_port(), ports.free_port()] == [40001, 40002]
+
+
+def test_overhead_headline_reads_issue_21s_figures_from_one_run() -> None:
+    from bench.overhead import headline
+
+    def row(conc: int, target: str, rps: float, p50: float, cpu: float = math.nan) -> dict[str, object]:
+        return {"body": "1kB", "stream": False, "concurrency": conc, "target": target, "rps": rps, "p50_ms": p50, "ext_proc_cpu_ms": cpu}
+
+    summary = [row(1, "envoy", 2000, 0.5), row(1, "egress", 600, 1.3, 0.9), row(32, "envoy", 4000, 8.0),
+               row(32, "egress", 1600, 20.0, 0.25), row(32, "egress_w2", 2800, 11.0, 0.3)]
+    got = {h["what"].split(",")[0]: (round(h["value"], 3), h["met"]) for h in headline(summary)}
+    assert got["added p50 over Envoy alone"] == (0.8, True)
+    assert got["req/s sidegate egress / Envoy alone"] == (0.4, True)
+    assert got["ext_proc CPU per egress request"] == (0.25, True)  # the c=32 row (the last of that name)
+    assert got["req/s ext_proc.workers 2 / 1"] == (1.75, True)
+    missing = headline([row(1, "envoy", 2000, 0.5), row(1, "egress", 600, 1.8, 0.9)])
+    assert math.isnan(missing[-1]["value"]) and not missing[-1]["met"] and not missing[0]["met"]
