@@ -69,6 +69,7 @@ __all__ = [
     "set_command",
     "summarize",
     "wrk_available",
+    "use_home",
     "wrk_run",
     "write_results",
 ]
@@ -843,3 +844,17 @@ def csv_list(kind: type, allowed: Any = None) -> Callable[[str], list[Any]]:
         return items
 
     return parse
+
+
+def use_home(home: Path) -> Callable[[], None]:
+    """Point ``SIDEGATE_HOME`` at ``home`` (a bench's own stack); returns what puts the old value back."""
+    old = os.environ.get("SIDEGATE_HOME")
+    os.environ["SIDEGATE_HOME"] = str(home)
+
+    def restore() -> None:
+        if old is None:
+            os.environ.pop("SIDEGATE_HOME", None)
+        else:
+            os.environ["SIDEGATE_HOME"] = old
+
+    return restore

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._harness import load_caption, median, percentile, print_table, write_results  # noqa: E402
+from bench._harness import load_caption, median, percentile, print_table, use_home, write_results  # noqa: E402
 from bench.guard_sources import PackageMissing, _sharegpt_first_turns, package_file, text_hash  # noqa: E402
 from bench.intent_eval import DEFAULT_CACHE, Embedder  # noqa: E402
 from ext_proc.chat.intent import IntentIndex  # noqa: E402
@@ -148,8 +148,7 @@ def through_stack(items: Sequence[Item], expected: Sequence[str]) -> dict[str, A
     from testkit.fake_provider import FakeProvider
 
     home = Path(tempfile.mkdtemp(prefix="sidegate-routing-"))
-    old_home = os.environ.get("SIDEGATE_HOME")
-    os.environ["SIDEGATE_HOME"] = str(home)
+    restore_home = use_home(home)
     supervisor = None
     try:
         with FakeProvider(name="fake") as fake:
@@ -197,10 +196,7 @@ def through_stack(items: Sequence[Item], expected: Sequence[str]) -> dict[str, A
     finally:
         if supervisor is not None:
             supervisor.stop_all()
-        if old_home is None:
-            os.environ.pop("SIDEGATE_HOME", None)
-        else:
-            os.environ["SIDEGATE_HOME"] = old_home
+        restore_home()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

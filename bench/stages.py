@@ -76,6 +76,7 @@ from bench._harness import (
     memory_kib,
     percentile,
     print_table,
+    use_home,
     write_results,
 )
 
@@ -664,8 +665,7 @@ def run_full_stack(workdir: Path) -> dict[str, Any]:
     real_models = Path(os.environ.get("SIDEGATE_HOME", Path.home() / ".sidegate")) / "models"
     if real_models.is_dir():
         os.symlink(real_models, home / "models")
-    old_home = os.environ.get("SIDEGATE_HOME")
-    os.environ["SIDEGATE_HOME"] = str(home)
+    restore_home = use_home(home)
     out: dict[str, Any] = {}
     routes = {"/weather": lambda req: (200, {"location": (req.json or {}).get("location"),
                                              "forecast": [{"day": i + 1, "temperature_c": 10 + i} for i in range(3)]})}
@@ -710,10 +710,7 @@ def run_full_stack(workdir: Path) -> dict[str, Any]:
     finally:
         if supervisor is not None:
             supervisor.stop_all()
-        if old_home is None:
-            os.environ.pop("SIDEGATE_HOME", None)
-        else:
-            os.environ["SIDEGATE_HOME"] = old_home
+        restore_home()
     out["supervisor_stand_in"] = _supervisor_stand_in()
     return out
 
