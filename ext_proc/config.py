@@ -918,14 +918,35 @@ def _ext_proc(ep: dict[str, Any]) -> ExtProcSettings:
 DEFAULT_WORKERS_MAX = 8  # the default never starts more ext_proc processes than this (~80 MB each)
 
 
-def free_cores() -> int:
+def free_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     """``ext_proc.workers``' default: the CPUs this process may run on (its affinity mask, which
-    a container's cpuset narrows), at least 1 and at most DEFAULT_WORKERS_MAX."""
+    a container's cpuset narrows), or fewer when a CPU limit caps it (:func:`cpu_limit`: a
+    Kubernetes ``resources.limits.cpu``, ``docker run --cpus``), at least 1 and at most
+    DEFAULT_WORKERS_MAX."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         cpus = os.cpu_count() or 1
+    limit = cpu_limit(cgroup)
+    if limit is not None:
+        cpus = min(cpus, limit)
     return max(1, min(cpus, DEFAULT_WORKERS_MAX))
+
+
+def cpu_limit(cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The CPUs this process's cgroup CPU quota allows, rounded up (cgroup v2 ``cpu.max``, else v1
+    ``cpu/cpu.cfs_quota_us`` over ``cpu.cfs_period_us``); None: no quota, or none readable."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return max(1, -(-quota_us // period_us)) if quota_us > 0 and period_us > 0 else None
 
 
 def _check_ports(raw: dict[str, Any], source: str) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ext_proc.config import ConfigError, free_cores
+from ext_proc.config import ConfigError, cpu_limit, free_cores
 from ext_proc.control import supervisor as sv
 from ext_proc.control.envoy_bootstrap import EXT_PROC_CLUSTER, bootstrap_dict
 from ext_proc.names import MULTIPROC_ENV
@@ -29,6 +29,22 @@ def _ext_proc_cluster(cfg: Any) -> dict[str, Any]:
 def test_default_is_the_cpus_this_process_may_use() -> None:
     assert _cfg().ext_proc.workers == free_cores() >= 1
     assert _cfg(workers=3).ext_proc.workers == 3
+
+
+@pytest.mark.parametrize("files, limit", [
+    ({"cpu.max": "max 100000\n"}, None),  # cgroup v2, no limit
+    ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs (limits.cpu: 1500m): rounded up
+    ({"cpu.max": "25000 100000\n"}, 1),  # 250m
+    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no limit
+    ({}, None),  # nothing readable
+])
+def test_a_cgroup_cpu_limit_caps_the_default(tmp_path: Path, files: dict[str, str], limit: int | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cpu_limit(tmp_path) == limit
+    assert free_cores(tmp_path) == (free_cores(tmp_path / "none") if limit is None else min(limit, free_cores(tmp_path / "none")))
 
 
 @pytest.mark.parametrize("bad", [0, -1, "two", 1.5, True, 65])
