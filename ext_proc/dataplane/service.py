@@ -95,10 +95,11 @@ def _models(cfg: Config) -> Models | None:
     return TritonModels(TritonClient(endpoint, replicas=replicas), timeout_s=ms.timeout_s, timeouts=dict(ms.timeouts))
 
 
-async def _warm(services: Services, state: dict[str, bool | str]) -> None:
+async def _warm(services: Services, state: dict[str, bool | str], *, refill: bool = True) -> None:
     """Embed the prompt-target descriptions now rather than on the first request (retry while
     Triton starts), then fill function_call's cached prompt prefix of each target; ``state["warm"]``
-    (shown by /healthz) says which step is running."""
+    (shown by /healthz) says which step is running. ``refill``: go on to :func:`_refill` (one
+    worker of several does: the prefixes are Triton's, shared by all)."""
     if services.models is None:
         state["warm"] = "done"
         return
@@ -136,7 +137,8 @@ async def _warm(services: Services, state: dict[str, bool | str]) -> None:
         problems.append(f"function_call prompt of target(s) {', '.join(unfilled)} not pre-filled, so their first requests "
                         f"may be slow or time out: {next(iter(unfilled.values()))}")
     state["warm"] = "done: " + "; ".join(problems) if problems else "done"
-    await _refill(services, filled_all=not unfilled)
+    if refill:  # the prefixes live in Triton: one worker refilling them is enough
+        await _refill(services, filled_all=not unfilled)
 
 
 async def _refill(services: Services, *, filled_all: bool, poll_s: float = REFILL_POLL_S) -> None:
@@ -177,7 +179,7 @@ async def serve(cfg: Config, *, grace: float = 5.0, worker: int = 0) -> None:
     services = Services.create(cfg, models=_models(cfg))
     metrics = services.metrics
     state: dict[str, bool | str] = {"serving": False, "warm": "starting"}
-    warming = asyncio.get_running_loop().create_task(_warm(services, state))
+    warming = asyncio.get_running_loop().create_task(_warm(services, state, refill=worker == 0))
     grpc_port, http_port = cfg.ext_proc.worker_ports(worker)
     server, port = await create_server(services, f"{cfg.ext_proc.address}:{grpc_port}")
     await server.start()
