@@ -96,8 +96,9 @@ class IngressPipeline:
     # -- start-up ---------------------------------------------------------------------------
     @property
     def prefills(self) -> bool:
-        """Whether :meth:`prefill_function_call` has anything to fill (a target with parameters)."""
-        return self.models is not None and any(t.parameters for t in self.cfg.prompt_targets)
+        """Whether :meth:`prefill_function_call` has anything to fill: function_call is loaded (a
+        target with parameters), the same condition as :attr:`judge`."""
+        return self.judge
 
     async def prefill_function_call(self, limit: int = 4, progress: Callable[[int, int], None] | None = None,
                                     models: Models | None = None) -> int:
