@@ -133,7 +133,8 @@ class IngressPipeline:
             if progress is not None:
                 progress(done, len(targets))
             try:
-                await models.function_call([{"role": "user", "content": "hello"}], tool_schema(target), timeout_s=deadline)
+                await models.function_call([{"role": "user", "content": "hello"}], tool_schema(target), timeout_s=deadline,
+                                           prefill=True)
                 filled += 1
             except ModelServerError as exc:
                 if exc.status == 400:  # the model refuses this target (e.g. its schema overflows the window): every request would fail

@@ -46,9 +46,11 @@ class Models(Protocol):
     async def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """Unit-norm embeddings, one row per text."""
 
-    async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any], *, timeout_s: float | None = None) -> ToolCall:
+    async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any], *, timeout_s: float | None = None,
+                            prefill: bool = False) -> ToolCall:
         """Arguments for ``tool`` found in the conversation, and the required ones it could not find.
-        ``timeout_s``: the deadline of this call (None: the model's own, ``model_server.models.function_call.timeout``)."""
+        ``timeout_s``: the deadline of this call (None: the model's own, ``model_server.models.function_call.timeout``).
+        ``prefill``: only evaluate (cache) the tool's prompt prefix; no arguments."""
 
     async def choose_call(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], candidates: list[str], *,
                           timeout_s: float | None = None) -> tuple[str, ToolCall] | None:

@@ -219,10 +219,13 @@ class TritonClient:
         return float(prob.reshape(-1)[0]), label.reshape(-1)[0] == b"jailbreak"
 
     async def function_call(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, timeout_s: float, headers: dict[str, str] | None = None
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, timeout_s: float, headers: dict[str, str] | None = None,
+        prefill: bool = False,
     ) -> dict[str, Any]:
-        """``function_call`` (decoupled): ``{"name", "arguments": {...}, "missing": [...]}`` of the first tool call."""
-        answer = await self._function_call_answer(_json_inputs(MESSAGES=messages, TOOLS=tools), timeout_s, headers)
+        """``function_call`` (decoupled): ``{"name", "arguments": {...}, "missing": [...]}`` of the first tool call.
+        ``prefill``: only evaluate (cache) the one tool's prompt prefix (``TOOLS {"tools", "prefill": true}``)."""
+        document: Any = {"tools": tools, "prefill": True} if prefill else tools
+        answer = await self._function_call_answer(_json_inputs(MESSAGES=messages, TOOLS=document), timeout_s, headers)
         call = _first_tool_call(answer)
         if call is None:
             raise ModelServerError(f"Triton model {FUNCTION_CALL_MODEL} returned no tool call: {answer!r:.200}")
@@ -494,9 +497,11 @@ class TritonModels:
         prob, flagged = await self.client.guard(text, timeout_s=self.timeout_for(GUARD_MODEL), headers=telemetry.inject() or None)
         return GuardVerdict(probability=prob, flagged=flagged)
 
-    async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any], *, timeout_s: float | None = None) -> ToolCall:
+    async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any], *, timeout_s: float | None = None,
+                            prefill: bool = False) -> ToolCall:
         deadline = self.timeout_for(FUNCTION_CALL_MODEL) if timeout_s is None else timeout_s
-        out = await self.client.function_call(messages, [tool], timeout_s=deadline, headers=telemetry.inject() or None)
+        out = await self.client.function_call(messages, [tool], timeout_s=deadline, headers=telemetry.inject() or None,
+                                              prefill=prefill)
         return ToolCall(arguments=out.get("arguments") or {}, missing=list(out.get("missing") or []))
 
     async def choose_call(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], candidates: list[str], *,

@@ -34,14 +34,17 @@ class Models:
     def __init__(self, fail: set[str] | None = None, refuse: set[str] | None = None, slow: set[str] | None = None) -> None:
         self.calls: list[str] = []
         self.choices: list[list[str]] = []
+        self.prefilled: list[bool] = []
         self.deadlines: list[float | None] = []
         self.fail = fail or set()
         self.refuse = refuse or set()
         self.slow = slow or set()
 
-    async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any], *, timeout_s: float | None = None) -> ToolCall:
+    async def function_call(self, messages: list[dict[str, Any]], tool: dict[str, Any], *, timeout_s: float | None = None,
+                            prefill: bool = False) -> ToolCall:
         name = tool["function"]["name"]
         self.calls.append(name)
+        self.prefilled.append(prefill)
         self.deadlines.append(timeout_s)
         if name in self.fail:
             raise ModelServerError("function_call is loading")
@@ -70,6 +73,7 @@ def test_prefill_calls_function_call_once_per_target_with_parameters() -> None:
     models = Models()
     assert asyncio.run(pipeline(models, 2).prefill_function_call()) == 2
     assert models.calls == ["t0", "t1"]  # the target without parameters never calls the model
+    assert models.prefilled == [True, True]  # prefix-only calls: a real "hello" call caches nothing for an all-number target
 
 
 def test_prefill_stops_at_the_slot_count_and_survives_a_failing_call() -> None:

@@ -28,7 +28,7 @@ class Client:
         self.deadlines["guard"] = timeout_s
         return 0.1, False
 
-    async def function_call(self, messages: Any, tools: Any, *, timeout_s: float, headers: Any = None) -> dict[str, Any]:
+    async def function_call(self, messages: Any, tools: Any, *, timeout_s: float, headers: Any = None, prefill: bool = False) -> dict[str, Any]:
         self.deadlines["function_call"] = timeout_s
         return {"name": "get_weather", "arguments": {}, "missing": []}
 

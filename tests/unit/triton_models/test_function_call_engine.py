@@ -174,6 +174,20 @@ def fc() -> Any:
     caller.close()
 
 
+def test_prefill_caches_a_prefix_a_real_call_would_not(fc: Any) -> None:
+    # every parameter is a number and "hello" has none: a real call skips the model (grounding
+    # would drop any value) and caches nothing; the pre-fill evaluates the prefix all the same
+    sides = {"type": "function", "function": {"name": "triangle_area", "description": "Area of a triangle from its three sides.",
+             "parameters": {"type": "object", "properties": {k: {"type": "number", "description": f"side {k}"} for k in "abc"},
+                            "required": ["a", "b", "c"]}}}
+    assert fc.call(user("hello"), sides)["usage"]["calls"] == 0
+    filled = fc.prefill(sides)["usage"]
+    assert filled["calls"] == 1 and filled["prompt_n"] + filled["cache_n"] > 200  # instructions + description
+    r = fc.call(user("Area of a triangle with sides 3, 4 and 5?"), sides)
+    assert r["arguments"] == {"a": 3, "b": 4, "c": 5}
+    assert r["usage"]["cache_n"] >= filled["prompt_n"] + filled["cache_n"] - 2  # the prefix came from the cache
+
+
 def test_all_arguments_present(fc: Any) -> None:
     r = fc.call(user("What's the weather in Paris for the next 3 days?"), WEATHER)
     assert r["name"] == "get_weather"

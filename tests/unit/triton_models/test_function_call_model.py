@@ -47,6 +47,10 @@ class FakeEngine:
             return None
         return self.call(messages, tools[self.choice])
 
+    def prefill(self, tool: dict[str, Any]) -> dict[str, Any]:
+        self.seen.append(("prefill", tool["function"]["name"], None))
+        return {"name": tool["function"]["name"], "arguments": {}, "missing": [], "usage": {"prompt_n": 300}}
+
     def judge(self, text: str) -> dict[str, Any]:
         self.seen.append(("judge", text, None))
         if not text.strip():
@@ -114,6 +118,24 @@ def test_a_bad_choice_is_answered_invalid_arg_not_a_failed_batch(model_module: A
     sys.modules["triton_python_backend_utils"].get_input_tensor_by_name = lambda req, name: inputs.get(name)
     response = model._response(request)
     assert response.error() is not None and "invalid input" in response.error().message()
+
+
+def test_a_prefill_only_evaluates_the_tools_prefix(model_module: Any) -> None:
+    model = _model(model_module, choice=0)
+    out = model._tool_calls(USER, {"tools": [TOOLS[1]], "prefill": True})
+    assert model.engine.seen == [("prefill", "currency", None)]  # no choice, no argument decoding
+    assert out["tool_calls"][0]["function"] == {"name": "currency", "arguments": "{}"} and out["usage"]["prompt_n"] == 300
+
+
+@pytest.mark.parametrize(("tools", "why"), [
+    ({"tools": TOOLS, "prefill": True}, "one tool"),
+    ({"tools": [TOOLS[0]], "prefill": "yes"}, "one tool"),
+    ({"tools": [TOOLS[0]], "prefill": True, "candidates": []}, "unknown keys beside prefill"),
+])
+def test_a_bad_prefill_is_a_bad_request(model_module: Any, tools: Any, why: str) -> None:
+    model = _model(model_module, choice=0)
+    with pytest.raises(sys.modules["sidegate_models.backend"].BadRequest, match=why):
+        model._tool_calls(USER, tools)
 
 
 JUDGED = [{"role": "user", "content": "an earlier turn"}, {"role": "assistant", "content": "ok"},

@@ -12,6 +12,8 @@ Tensors (``config.pbtxt``; ``max_batch_size: 0``, one JSON document per request)
   them in a fixed order: the listing then stays in llama.cpp's prompt cache); the candidates
   restrict only the grammar. None chosen: ``"tool_calls": []``. ``candidates: []`` with
   ``allow_none`` only evaluates (caches) the listing: the gateway's start-up pre-fill.
+  ``{"tools": [tool], "prefill": true}`` evaluates (caches) one tool's prompt prefix: the
+  pre-fill of a prompt target; ``tool_calls`` then names the tool with ``{}`` arguments.
 * ``TOOL_CALLS`` BYTES [1] — one JSON object::
 
     {"model": "qwen2.5-coder-0.5b-instruct-q4_k_m",
@@ -123,6 +125,8 @@ class TritonPythonModel:
             raise BadRequest("MESSAGES must be a JSON list of {role, content} objects")
         if isinstance(tools, dict) and "judge" in tools:
             return self._judge(messages, tools)
+        if isinstance(tools, dict) and "prefill" in tools:
+            return self._prefill(tools)
         candidates, allow_none = parse_choice(tools)
         if isinstance(tools, dict) and "tools" in tools:
             tools = tools["tools"]
@@ -153,6 +157,26 @@ class TritonPythonModel:
             }],
             "usage": result.get("usage", {}),
         }
+
+    def _prefill(self, tools: dict) -> dict:
+        """``TOOLS`` ``{"tools": [tool], "prefill": true}``: evaluate the tool's prompt prefix into
+        its llama.cpp slot (the gateway's start-up pre-fill), no arguments; ``tool_calls`` names the
+        tool with ``{}`` arguments."""
+        unknown = set(tools) - {"tools", "prefill"}
+        if unknown:
+            raise BadRequest(f"TOOLS: unknown keys beside prefill: {sorted(unknown)}")
+        listed = tools.get("tools")
+        if tools["prefill"] is not True or not isinstance(listed, list) or len(listed) != 1 or not isinstance(listed[0], dict):
+            raise BadRequest("TOOLS with prefill must be {\"tools\": [one tool], \"prefill\": true}")
+        try:
+            result = self.engine.prefill(listed[0])
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+        except ContextTooLong as exc:
+            raise BadRequest(f"the prompt does not fit the model's window: {exc}") from exc
+        return {"model": self.model_name, "usage": result.get("usage", {}),
+                "tool_calls": [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                                "function": {"name": result["name"], "arguments": "{}"}, "missing": []}]}
 
     def _judge(self, messages: list, tools: dict) -> dict:
         """``TOOLS`` ``{"judge": "guard"}``: the engine's yes/no on the last user message."""

@@ -223,6 +223,20 @@ class FunctionCaller:
         result["usage"] = {**stats, "seconds": round(time.perf_counter() - t0, 4)}
         yield {"type": "result", "result": result}
 
+    def prefill(self, tool: dict[str, JSON]) -> dict[str, JSON]:
+        """Evaluate ``tool``'s prompt prefix (instructions + its description) into its slot, so its
+        first real call only evaluates the conversation: the gateway's start-up pre-fill. One
+        decode step, nothing returned but the usage. A real call cannot do this for every tool:
+        it skips the model when no value could survive grounding (a tool whose parameters are
+        all numbers, asked with a prompt that has none), and then caches nothing."""
+        t = normalize_tool(tool)
+        stats = {"prompt_n": 0, "cache_n": 0, "predicted_n": 0, "calls": 0}
+        t0 = time.perf_counter()
+        if t.properties:
+            with self._lock:
+                self._complete(self._system(t), "hello", "", 'root ::= "x"\n', None, stats, max_tokens=1)
+        return {"name": t.name, "arguments": {}, "missing": [], "usage": {**stats, "seconds": round(time.perf_counter() - t0, 4)}}
+
     def choose(self, messages: list[dict[str, JSON]], tools: list[dict[str, JSON]],
                candidates: list[str] | None = None, allow_none: bool = False) -> int | None:
         """Index of the tool the conversation asks for (a grammar over the names); None when
