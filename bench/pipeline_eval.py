@@ -517,9 +517,10 @@ def app_routes() -> dict[str, Callable[[Any], tuple[int, Any]]]:
 class Stack:
     """One Triton (local-cpu, started once) and, per group, ext_proc + Envoy against it."""
 
-    def __init__(self, home: Path, *, timeout_s: int) -> None:
+    def __init__(self, home: Path, *, timeout_s: int, function_call: dict[str, Any] | None = None) -> None:
         self.home = home
         self.timeout_s = timeout_s
+        self.function_call = function_call or {}  # model_server.models.function_call for the Triton this starts
         self.triton: Any = None
         self.grpc_port = 0
         self.started_s = 0.0
@@ -546,7 +547,8 @@ class Stack:
 
         self.grpc_port = free_port()
         local = {**raw, "model_server": {"mode": "local-cpu", "http_port": free_port(), "grpc_port": self.grpc_port,
-                                         "metrics_port": free_port(), "timeout": f"{self.timeout_s}s"}}
+                                         "metrics_port": free_port(), "timeout": f"{self.timeout_s}s",
+                                         **({"models": {"function_call": self.function_call}} if self.function_call else {})}}
         _, services = self._services(local, "triton")
         services = [s for s in services if s.name.startswith("triton")]
         t0 = time.perf_counter()
@@ -637,6 +639,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-guard", action="store_true", help="configure no jailbreak guard")
     ap.add_argument("--threshold", type=float, default=None, help="intent threshold override (default: the config default)")
     ap.add_argument("--timeout", type=int, default=120, help="seconds: model server, listener and ext_proc timeouts")
+    ap.add_argument("--fc-weights", default=None, help="function_call weights (model_server.models.function_call.weights), "
+                    "e.g. qwen2.5-coder-0.5b; default: the config default")
+    ap.add_argument("--fc-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a function_call parameter (model_server.models.function_call.parameters), repeatable")
     ap.add_argument("--dry-run", action="store_true", help="convert, group and validate the configs; start nothing")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     ap.add_argument("--verbose", "-v", action="store_true")
@@ -666,7 +672,15 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({', '.join(f'{n}: {sum(g.set == n for g in groups)}' for n in sets)})", flush=True)
 
     home = Path(tempfile.mkdtemp(prefix="sidegate-pipeline-eval-"))
-    stack = Stack(home, timeout_s=args.timeout)
+    function_call: dict[str, Any] = {}
+    if args.fc_weights:
+        function_call["weights"] = args.fc_weights
+    for kv in args.fc_param:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            ap.error(f"--fc-param wants KEY=VALUE, got {kv!r}")
+        function_call.setdefault("parameters", {})[key] = value
+    stack = Stack(home, timeout_s=args.timeout, function_call=function_call)
     if args.dry_run:
         import yaml
 
@@ -749,7 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "configs": sum(g.set == name for g in groups), **summarize_set(recs, name in IN_SCOPE)}
     meta = {"half": args.half, "limit": args.limit, "seed": args.seed, "max_targets": args.max_targets,
             "guard": not args.no_guard, "threshold": args.threshold if args.threshold is not None else "config default",
-            "checker": checker_name}
+            "checker": checker_name, "function_call": function_call or "config default"}
     _print_tables(summary, meta)
     results = {
         "what": "BFCL v4 prompts through the real ingress pipeline (Envoy + ext_proc + Triton on CPU); targets' endpoints "

@@ -100,10 +100,10 @@ class IngressPipeline:
         target with parameters), the same condition as :attr:`judge`."""
         return self.judge
 
-    async def prefill_function_call(self, limit: int = 4, progress: Callable[[int, int], None] | None = None,
+    async def prefill_function_call(self, limit: int = 16, progress: Callable[[int, int], None] | None = None,
                                     models: Models | None = None) -> int:
         """Call ``function_call`` once per target that has parameters (at most ``limit``, the
-        model's default number of llama.cpp slots), so each target's prompt prefix is in the KV
+        model's default number of tool slots), so each target's prompt prefix is in the KV
         cache before its first real request: the first call for a target evaluates ~350 prompt
         tokens (~7 s for the 1.5B on 2 cores), later ones ~20. Each call has the pre-fill's own
         deadline (``model_server.prefill_timeout_s``, far longer than a request's: the first

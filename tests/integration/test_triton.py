@@ -615,7 +615,7 @@ def test_function_call_refuses_a_tool_whose_schema_alone_overflows_the_window(fc
     big = {"type": "function", "function": {
         "name": "configure", "description": "a tool with many long parameters",
         "parameters": {"type": "object", "required": ["param_0"],
-                       "properties": {f"param_{i}": {"type": "string", "description": blurb} for i in range(40)}}}}
+                       "properties": {f"param_{i}": {"type": "string", "description": blurb} for i in range(220)}}}}
     client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{fc_triton.grpc_port}")
     try:
         with pytest.raises(RuntimeError, match="invalid input: .*fill the window .*raise function_call's n_ctx"):

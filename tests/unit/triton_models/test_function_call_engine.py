@@ -274,9 +274,9 @@ def test_a_tool_too_big_for_the_window_is_refused_at_once_naming_what_to_change(
     big = {"type": "function", "function": {
         "name": "configure", "description": "a tool with many long parameters",
         "parameters": {"type": "object", "required": ["param_0"],
-                       "properties": {f"param_{i}": {"type": "string", "description": blurb} for i in range(40)}}}}
-    with caplog.at_level("WARNING", logger="sidegate.function_call"):
-        with pytest.raises(engine.ToolTooLong, match=r"slot holds 2048 with the conversation cut to \d+ characters: "
+                       "properties": {f"param_{i}": {"type": "string", "description": blurb} for i in range(220)}}}}
+    with caplog.at_level("WARNING", logger="sidegate.function_call"):  # ~16k tokens: more than the 6 x 2048 the slots share
+        with pytest.raises(engine.ToolTooLong, match=r"slot holds 12288 with the conversation cut to \d+ characters: "
                                                       r"the tool descriptions and parameter schemas fill the window"):
             fc.call(user("set param_0 to hello"), big)
     # the short conversation could not get shorter: no rounds of pointless cutting first

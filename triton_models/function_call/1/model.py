@@ -37,8 +37,8 @@ grammar cannot express) is a per-request ``INVALID_ARG`` error; the batch never 
 
 Parameters (``config.pbtxt`` ``parameters``; all strings): ``weights`` (a packaged model name
 from ``sidegate_models.weights`` or a GGUF path), ``weights_dir`` (cache for assembled weights; default
-``$SIDEGATE_HOME/models``), ``n_threads`` (0 = the cores that are free at load), ``n_ctx`` (per
-slot), ``n_slots`` (tools whose prompts stay cached),
+``$SIDEGATE_HOME/models``), ``n_threads`` (0 = the cores that are free at load), ``n_ctx`` (the
+slots share a KV cache of 6 x ``n_ctx`` tokens), ``n_slots`` (tools whose prompts stay cached),
 ``n_gpu_layers``, ``ground`` (``all``/``optional``/``none``), ``decode`` (``values``/``object``),
 ``warmup`` (``true``/``false``), ``mmap`` (``true`` maps the GGUF instead of reading it),
 ``kv_cache`` (``q8_0``/``f16``), ``max_chars`` (the conversation's most recent characters the
@@ -76,7 +76,7 @@ class TritonPythonModel:
             model_path=str(path),
             n_threads=int(params.get("n_threads") or 0),
             n_ctx=int(params.get("n_ctx") or 2048),
-            n_slots=int(params.get("n_slots") or 4),
+            n_slots=int(params.get("n_slots") or 16),
             n_gpu_layers=gpu_layers(params.get("n_gpu_layers"), args.get("model_instance_kind", "CPU")),
             ground=params.get("ground") or "all",
             values_only=(params.get("decode") or "values") != "object",
