@@ -15,9 +15,10 @@ ordinary-chat lines) with all-MiniLM-L6-v2 in process, the weights ``prompt_embe
 The threshold (``overrides.routing_preference_threshold``) is the middle of the widest run of
 thresholds with the best dev-half accuracy; the table gives the test half's accuracy at it, at the
 config default (``ext_proc.config.DEFAULT_ROUTING_THRESHOLD``) and for the baseline "always the
-default provider", per label, and beside it: the threshold alone (no ordinary-chat lines, its own
-threshold chosen on dev alike: the rule before them), the embedding-only ranking (no BM25 term),
-the whole turn embedded instead of its head.
+default provider", per label, and beside it: the rule without its named-task step (a turn whose
+first word names a preference), the threshold alone (no ordinary-chat lines, its own threshold
+chosen on dev alike: the rule before them), the embedding-only ranking (no BM25 term), the whole
+turn embedded instead of its head.
 Latency: one decision per prompt (one embedding of its head, then the scoring), the model in
 process on this machine's CPU threads (``--threads``), medians over the chosen half; through
 Triton add the gRPC round trip: ``--stack`` measures that too, through a real stack (Envoy,
@@ -30,6 +31,7 @@ checked against the decision computed here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -222,7 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     views = preference_views(PREFERENCES)
     view_vecs = embedder.embed(views)
     index = preference_index(PREFERENCES, np.stack([view_vecs[v] for v in views]))
-    alone = preference_index(PREFERENCES, np.stack([view_vecs[v] for v in preference_views(PREFERENCES, ordinary=False)]))
+    # the rule before the ordinary-chat lines and the named-task step
+    alone = dataclasses.replace(preference_index(PREFERENCES, np.stack([view_vecs[v] for v in preference_views(PREFERENCES, ordinary=False)])),
+                                named={})
     vectors = embedder.embed([query(it) for it in items] + [it.text for it in items])
     dev = [it for it in items if it.half == "dev"]
     shown = [it for it in items if it.half == args.half]
@@ -234,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = {
         f"chosen threshold {threshold:.2f} (dev acc {dev_acc:.3f})": (index, threshold, True),
         f"config default {DEFAULT_ROUTING_THRESHOLD:.2f}": (index, DEFAULT_ROUTING_THRESHOLD, True),
+        f"without the named-task rule, {threshold:.2f}": (dataclasses.replace(index, named={}), threshold, True),
         f"threshold alone (no ordinary-chat lines), {alone_t:.2f} (dev acc {alone_dev:.3f})": (alone, alone_t, True),
         f"embedding only, {threshold:.2f}": (index, threshold, False),
     }
