@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:
 from bench._harness import load_caption, median, percentile, print_table, use_home, write_results  # noqa: E402
 from bench.guard_sources import PackageMissing, _sharegpt_first_turns, package_file, text_hash  # noqa: E402
 from bench.intent_eval import DEFAULT_CACHE, Embedder  # noqa: E402
-from ext_proc.chat.preferences import PreferenceIndex, preference_index, preference_views, routing_text  # noqa: E402
+from ext_proc.chat.preferences import PreferenceIndex, preference_index, preference_views, routing_text, wider_text  # noqa: E402
 from ext_proc.config import DEFAULT_ROUTING_THRESHOLD, RoutingPreference  # noqa: E402
 
 SET_PATH = ROOT / "bench" / "data" / "routing_set.tsv"
@@ -112,10 +112,11 @@ def load_set() -> tuple[list[Item], dict[str, Any]]:
                                         "rows_per_file": dict(rows)}
 
 
-def decide(index: PreferenceIndex, vec: np.ndarray, text: str, threshold: float, *, lexical: bool = True) -> str:
-    """The preference the request path picks for the routing text ``text`` (embedded as ``vec``), or
-    NONE (``lexical`` False: ranked by the embedding alone, for comparison)."""
-    decision = index.decide(vec, text, threshold)
+def decide(index: PreferenceIndex, vec: np.ndarray, text: str, threshold: float, *, lexical: bool = True,
+           wider: np.ndarray | None = None) -> str:
+    """The preference the request path picks for the routing text ``text`` (embedded as ``vec``; its
+    wider head as ``wider``), or NONE (``lexical`` False: ranked by the embedding alone, for comparison)."""
+    decision = index.decide(vec, text, threshold, wider)
     found = decision.found
     if decision.why == "match" and not lexical:
         found = int(np.argmax(index.index.scores(vec)))
@@ -131,11 +132,18 @@ def query(item: Item, whole: bool = False) -> str:
     return item.text if whole else routing_text(item.text)
 
 
+def route_item(index: PreferenceIndex, item: Item, vectors: dict[str, np.ndarray], threshold: float, *,
+               lexical: bool = True, whole: bool = False) -> str:
+    """:func:`decide` for ``item`` as the request path decides it: its head, and its wider head beside it
+    (``whole``: the whole turn instead of both)."""
+    q = query(item, whole)
+    return decide(index, vectors[q], q, threshold, lexical=lexical, wider=None if whole else vectors[wider_text(item.text)])
+
+
 def pick_threshold(index: PreferenceIndex, items: Sequence[Item], vectors: dict[str, np.ndarray], *,
                    whole: bool = False) -> tuple[float, float]:
     """(threshold, its accuracy): the middle of the widest run of thresholds with the best accuracy on ``items``."""
-    queries = [query(it, whole) for it in items]
-    accs = [accuracy(items, [decide(index, vectors[q], q, float(t)) for q in queries]) for t in THRESHOLDS]
+    accs = [accuracy(items, [route_item(index, it, vectors, float(t), whole=whole) for it in items]) for t in THRESHOLDS]
     best = max(accs)
     runs: list[list[int]] = []
     for i, a in enumerate(accs):
@@ -237,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the rule before the ordinary-chat lines and the named-task step
     alone = dataclasses.replace(preference_index(PREFERENCES, np.stack([view_vecs[v] for v in preference_views(PREFERENCES, ordinary=False)])),
                                 named={})
-    vectors = embedder.embed([query(it) for it in items] + [it.text for it in items])
+    vectors = embedder.embed([query(it) for it in items] + [wider_text(it.text) for it in items] + [it.text for it in items])
     dev = [it for it in items if it.half == "dev"]
     shown = [it for it in items if it.half == args.half]
 
@@ -262,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     by_source: list[Sequence[Any]] = []
     for name, (ix, t, lexical) in variants.items():
-        predicted = [decide(ix, vectors[query(it)], query(it), t, lexical=lexical) for it in shown]
+        predicted = [route_item(ix, it, vectors, t, lexical=lexical) for it in shown]
         per = per_label(shown, predicted)
         acc = accuracy(shown, predicted)
         results[name] = {"threshold": t, "lexical": lexical, "ordinary_chat_lines": len(ix.anchor_texts), "accuracy": acc, "per_label": per,
@@ -278,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   accuracy(sub, pred), *per_label(sub, pred).values()])
     # the whole turn embedded instead of its head (what the head is compared with), threshold chosen on dev alike
     whole_t, _ = pick_threshold(index, dev, vectors, whole=True)
-    predicted = [decide(index, vectors[it.text], it.text, whole_t) for it in shown]
+    predicted = [route_item(index, it, vectors, whole_t, whole=True) for it in shown]
     per = per_label(shown, predicted)
     results["whole turn"] = {"threshold": whole_t, "accuracy": accuracy(shown, predicted), "per_label": per}
     rows.append([f"whole turn embedded, {whole_t:.2f}", len(shown), accuracy(shown, predicted), *(per[lab] for lab in labels)])
@@ -292,9 +300,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     times: list[float] = []
     for it in shown:
         t0 = time.perf_counter()
-        text = routing_text(it.text)
-        (vec,) = embedder.encode([text])
-        decide(index, vec, text, threshold)
+        text, wide = routing_text(it.text), wider_text(it.text)
+        if wide == text:
+            (vec,) = embedder.encode([text])
+            decide(index, vec, text, threshold)
+        else:
+            vec, wider = embedder.encode([text, wide])  # one call, as the request path asks prompt_embed
+            decide(index, vec, text, threshold, wider=wider)
         times.append((time.perf_counter() - t0) * 1000.0)
     latency = {"p50_ms": median(times), "p90_ms": percentile(times, 90), "n": len(times), "threads": args.threads,
                "target_p50_ms": TARGET_P50_MS}
@@ -303,11 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = f"routing_eval: preference routing, {args.half} half ({len(shown)} prompts: " + \
         ", ".join(f"{lab} {counts[lab]}" for lab in labels) + ")"
     print_table(title, ["rule", "n", "accuracy", *labels], rows, caption=load_caption(), digits=3)
-    print_table("routing_eval: added latency of one decision (embedding the head of the prompt in process + scoring)",
+    print_table("routing_eval: added latency of one decision (embedding the head and the wider head of the prompt in process + scoring)",
                 ["prompts", "threads", "p50 ms", "p90 ms", "target p50 ms"],
                 [[len(times), args.threads, latency["p50_ms"], latency["p90_ms"], TARGET_P50_MS]], caption=load_caption())
     if args.stack:
-        expected = [decide(index, vectors[query(it)], query(it), DEFAULT_ROUTING_THRESHOLD) for it in shown]
+        expected = [route_item(index, it, vectors, DEFAULT_ROUTING_THRESHOLD) for it in shown]
         stack = through_stack(shown, expected)
         results["stack"] = stack
         print_table("routing_eval: through the stack (egress, Envoy + ext_proc + Triton prompt_embed, a fake provider)",

@@ -119,7 +119,9 @@ async def test_only_the_head_of_a_turn_is_embedded() -> None:
     embedder = Embedder()
     router = PreferenceRouter(cfg=config(), models=embedder, metrics=Metrics())
     route = await router.route(request("write a parser AXIS=0 SCORE=0.8 for this long grammar: " + "expr := term + expr " * 50))
-    assert route.preference == "code generation" and embedder.calls[-1] == "write a parser AXIS=0 SCORE=0.8 for"
+    # the head decides; the first 12 words are embedded with it (in the same call) for the ordinary-chat comparison only
+    assert route.preference == "code generation"
+    assert embedder.calls[-2:] == ["write a parser AXIS=0 SCORE=0.8 for", "write a parser AXIS=0 SCORE=0.8 for this long grammar: expr := term"]
 
 
 async def test_preferences_are_embedded_once() -> None:
@@ -275,3 +277,12 @@ def test_only_a_word_of_one_preference_names_it() -> None:
     assert without.anchor_texts == () and without.anchors.shape[0] == 0
     with pytest.raises(ValueError, match="embeddings for"):
         preference_index(prefs, np.eye(3, 64, dtype=np.float32))
+
+
+async def test_a_turn_whose_first_12_words_are_ordinary_chat_goes_to_the_default() -> None:
+    router = PreferenceRouter(cfg=config(threshold=0.3), models=Embedder(), metrics=Metrics())
+    # its 6-word head fits code generation (0.6, no ordinary-chat line near); its first 12 words are nearer ordinary chat (0.8)
+    route = await router.route(request(f"I want to build a 0@0.6 site, how {CHAT}@0.8 should I start"))
+    assert (route.provider.name, route.preference, route.decided_by) == ("general", None, "none")
+    route = await router.route(request("I want to build a 0@0.6 site, how should I start"))
+    assert (route.provider.name, route.preference) == ("coder", "code generation")
