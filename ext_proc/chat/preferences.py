@@ -10,9 +10,10 @@ it wants done; the rest is mostly its topic, which says little about the kind of
 half of bench/data/routing_set.tsv the whole turn routed 0.69 right, its first 6 words 0.85) and,
 when that fits nothing, one of the head of the user turn before it ("now in Rust please" after
 "write a parser for ..."): the best preference goes when its embedding score
-reaches ``overrides.routing_preference_threshold`` and the head is no closer to what ordinary chat
-asks for (``ORDINARY_CHAT``: a dozen one-line kinds of request, "explaining a concept", "giving
-advice", ..., embedded with the preferences; those near a configured preference left out);
+reaches ``overrides.routing_preference_threshold`` and neither the head nor the turn's first
+``ORDINARY_WORDS`` words (embedded in the same call) are closer to what ordinary chat asks for
+(``ORDINARY_CHAT``: a dozen one-line kinds of request, "explaining a concept", "giving advice",
+..., embedded with the preferences; those near a configured preference left out);
 otherwise the default provider. A threshold alone could not tell "Discuss the benefits of a
 distributed database" (0.29 to summarization) from a request that fits (0.2-0.35 too): on the
 dev half the prompts that fit no preference went to the default 0.63 of the time with the
