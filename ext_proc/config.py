@@ -1246,8 +1246,8 @@ def _response_cache_warnings(rc: dict[str, Any] | None, ms: ModelServer, targets
 
 
 # overrides.routing_preference_threshold's default: the best preference's embedding score from which
-# a request goes to that preference's provider (chosen on the dev half of bench/data/routing_set.tsv,
-# python -m bench routing_eval; figures in bench/README.md)
+# a request goes to that preference's provider (when no ordinary-chat line is closer: chat/preferences.py;
+# chosen on the dev half of bench/data/routing_set*.tsv, python -m bench routing_eval; figures in bench/README.md)
 DEFAULT_ROUTING_THRESHOLD = 0.18
 # two preferences' descriptions this alike (difflib ratio of their normalised words) are warned about
 NEAR_IDENTICAL_DESCRIPTIONS = 0.85

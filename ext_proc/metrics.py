@@ -49,7 +49,7 @@ class Metrics:
         )
         self.route_decisions = Counter(
             "sidegate_route_decisions", "Preference-routing decisions by preference (none: the default provider) and how they were "
-            "decided (embedding, none, unavailable)", ["preference", "decided_by"], registry=r,
+            "decided (named, embedding, none, unavailable)", ["preference", "decided_by"], registry=r,
         )
         self.intent_matches = Counter("sidegate_intent_matches", "Prompts matched to each prompt target", ["target"], registry=r)
         self.stage_seconds = Histogram(

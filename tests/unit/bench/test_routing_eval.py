@@ -1,4 +1,4 @@
-"""bench/routing_eval.py: the routing set's file is what its header says (labels, fixed halves)."""
+"""bench/routing_eval.py: the routing set's files are what their headers say (labels, fixed halves, no row twice)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from bench import routing_eval
 
 
 def rows() -> list[list[str]]:
-    return [line.split("\t") for line in routing_eval.SET_PATH.read_text().splitlines() if line and not line.startswith("#")]
+    return [row for path in routing_eval.SOURCES.values() for row in routing_eval.read_rows(path)]
 
 
 def test_every_row_has_a_known_label_and_the_half_its_sha256_gives() -> None:
     labels = {p.name for p in routing_eval.PREFERENCES} | {routing_eval.NONE}
     seen = set()
     for key, label, half, _snippet in rows():
-        assert len(key) == 64 and key not in seen
+        assert len(key) == 64 and key not in seen  # in neither file twice, nor in both
         seen.add(key)
         assert label in labels
         assert half == ("dev" if int(key[:8], 16) % 2 == 0 else "test")
@@ -31,3 +31,8 @@ def test_every_label_is_in_both_halves() -> None:
 def test_the_preferences_are_distinct_names() -> None:
     names = [p.name for p in routing_eval.PREFERENCES]
     assert len(set(names)) == len(names)
+
+
+def test_both_files_are_read() -> None:
+    assert len(routing_eval.read_rows(routing_eval.SET_PATH)) == 220
+    assert len(routing_eval.read_rows(routing_eval.ADDED_PATH)) == 114

@@ -16,8 +16,8 @@ import pytest
 from ext_proc.chat.completions import ChatProcessor, Forward, preference_egress_router
 from ext_proc.chat.endpoints import EndpointClient
 from ext_proc.chat.pipeline import IngressPipeline
-from ext_proc.chat.preferences import PreferenceRouter
-from ext_proc.config import Config, build_config
+from ext_proc.chat.preferences import ORDINARY_CHAT, PreferenceRouter, lead_word, preference_index, preference_views
+from ext_proc.config import Config, RoutingPreference, build_config
 from ext_proc.control.model_repo import needed_models
 from ext_proc.errors import ModelServerError
 from ext_proc.metrics import Metrics
@@ -28,6 +28,7 @@ from testkit.configs import ENV, raw_config
 DIM = 8
 AXES = {"code": 0, "summar": 1}  # a preference view is embedded on the axis of the first of these words it has
 NOISE = DIM - 1
+CHAT = NOISE - 1  # any other text (the ORDINARY_CHAT lines among them) lies on this axis
 
 
 def _axis(i: int) -> np.ndarray:
@@ -37,8 +38,9 @@ def _axis(i: int) -> np.ndarray:
 
 
 class Embedder:
-    """Models.embed: a prompt "... AXIS=i SCORE=s ..." has cosine s to axis i (the rest on a noise
-    axis no preference has); a preference view lies on the axis of its keyword (AXES)."""
+    """Models.embed: a prompt "... AXIS=i SCORE=s ..." (or "i@s") has cosine s to axis i (several
+    pairs: to each axis; the rest on a noise axis no preference has); a preference view lies on the axis of
+    its keyword (AXES), any other text on CHAT."""
 
     def __init__(self, *, fail: bool = False, delay_s: float = 0.0) -> None:
         self.fail = fail
@@ -52,23 +54,24 @@ class Embedder:
             raise ModelServerError("Triton model prompt_embed is not ready", status=503)
         rows = []
         for text in texts:
-            m = re.search(r"AXIS=(\d) SCORE=([0-9.]+)", text)
-            if m:
-                i, s = int(m.group(1)), float(m.group(2))
-                rows.append(s * _axis(i) + np.sqrt(1 - s * s) * _axis(NOISE))
+            pairs = [(int(i or j), float(s or t)) for i, s, j, t in re.findall(r"AXIS=(\d) SCORE=([0-9.]+)|\b(\d)@([0-9.]+)", text)]
+            if pairs:
+                v = sum((s * _axis(i) for i, s in pairs), np.zeros(DIM, dtype=np.float32))
+                rows.append(v + np.sqrt(max(0.0, 1 - float(v @ v))) * _axis(NOISE))
             else:
-                i = next((a for w, a in AXES.items() if w in text.lower()), NOISE - 1)
+                i = next((a for w, a in AXES.items() if w in text.lower()), CHAT)
                 rows.append(_axis(i))
         return np.stack(rows).astype(np.float32)
 
 
-def config(threshold: float = 0.5, **over: Any) -> Config:
+def config(threshold: float = 0.5, extra: list[dict[str, Any]] | None = None, **over: Any) -> Config:
     providers = [
         {"name": "general", "provider_interface": "openai", "access_key": "$OPENAI_API_KEY", "model": "gpt-4o-mini", "default": True},
         {"name": "coder", "provider_interface": "openai", "access_key": "$OPENAI_API_KEY", "model": "code-model",
          "routing_preferences": [{"name": "code generation", "description": "writing new code from a description"}]},
         {"name": "reader", "provider_interface": "groq", "access_key": "$GROQ_API_KEY", "model": "llama",
          "routing_preferences": [{"name": "summarization", "description": "summarizing documents"}]},
+        *(extra or []),
     ]
     raw = raw_config(llm_providers=providers, overrides={"routing_preference_threshold": threshold},
                      model_server={"mode": "remote", "endpoint": "grpc://127.0.0.1:1"}, **over)
@@ -116,7 +119,9 @@ async def test_only_the_head_of_a_turn_is_embedded() -> None:
     embedder = Embedder()
     router = PreferenceRouter(cfg=config(), models=embedder, metrics=Metrics())
     route = await router.route(request("write a parser AXIS=0 SCORE=0.8 for this long grammar: " + "expr := term + expr " * 50))
-    assert route.preference == "code generation" and embedder.calls[-1] == "write a parser AXIS=0 SCORE=0.8 for"
+    # the head decides; the first 12 words are embedded with it (in the same call) for the ordinary-chat comparison only
+    assert route.preference == "code generation"
+    assert embedder.calls[-2:] == ["write a parser AXIS=0 SCORE=0.8 for", "write a parser AXIS=0 SCORE=0.8 for this long grammar: expr := term"]
 
 
 async def test_preferences_are_embedded_once() -> None:
@@ -198,3 +203,86 @@ async def test_the_route_header_names_the_preference() -> None:
 def test_preferences_load_prompt_embed() -> None:
     assert needed_models(config()) == ["prompt_embed"]
     assert not PreferenceRouter(cfg=config(), models=None, metrics=Metrics()).active
+
+
+async def test_a_prompt_closer_to_ordinary_chat_goes_to_the_default() -> None:
+    metrics = Metrics()
+    router = PreferenceRouter(cfg=config(threshold=0.3), models=Embedder(), metrics=metrics)
+    # above the threshold, but nearer an ORDINARY_CHAT line than the preference: the default
+    route = await router.route(request(f"discuss this 0@0.5 {CHAT}@0.6"))
+    assert (route.provider.name, route.preference, route.decided_by) == ("general", None, "none")
+    assert route.score == pytest.approx(0.5, abs=1e-5)
+    assert metrics.route_decisions.labels("none", "none")._value.get() == 1
+    route = await router.route(request(f"discuss this 0@0.6 {CHAT}@0.5"))
+    assert (route.provider.name, route.preference, route.decided_by) == ("coder", "code generation", "embedding")
+
+
+async def test_a_follow_up_closer_to_ordinary_chat_is_not_routed_by_the_turn_before() -> None:
+    embedder = Embedder()
+    router = PreferenceRouter(cfg=config(threshold=0.3), models=embedder, metrics=Metrics())
+    follow_up = f"thanks, and 0@0.4 {CHAT}@0.8"
+    route = await router.route(request("write a parser AXIS=0 SCORE=0.8", "here it is", follow_up))
+    assert (route.provider.name, route.preference) == ("general", None)
+    assert embedder.calls[-1] == follow_up  # the earlier turn was not embedded
+
+
+async def test_ordinary_chat_lines_near_a_preference_are_left_out() -> None:
+    # a preference without AXES words lies on CHAT, where every ORDINARY_CHAT line lies: all left out,
+    # so the prompts of that kind go to it rather than to the default
+    small_talk = {"name": "chatter", "provider_interface": "openai", "access_key": "$OPENAI_API_KEY", "model": "chat-model",
+                  "routing_preferences": [{"name": "small talk", "description": "casual chit-chat and greetings"}]}
+    router = PreferenceRouter(cfg=config(extra=[small_talk]), models=Embedder(), metrics=Metrics())
+    route = await router.route(request(f"hey there AXIS={CHAT} SCORE=0.8"))
+    assert (route.provider.name, route.preference) == ("chatter", "small talk")
+    assert router._index is not None and router._index.anchor_texts == ()
+    # without that preference the lines stay, and the same prompt is ordinary chat
+    router = PreferenceRouter(cfg=config(), models=Embedder(), metrics=Metrics())
+    assert (await router.route(request(f"hey there AXIS={CHAT} SCORE=0.8"))).preference is None
+    assert router._index is not None and router._index.anchor_texts == ORDINARY_CHAT
+
+
+async def test_a_turn_that_starts_by_naming_a_preference_goes_to_it() -> None:
+    metrics = Metrics()
+    router = PreferenceRouter(cfg=config(), models=Embedder(), metrics=metrics)
+    # the embedding is nearest to code generation, and ordinary chat nearer still: the first word decides
+    for prompt in (f"Summarize the ideas 0@0.4 {CHAT}@0.7", f"Can you please summarize {CHAT}@0.9"):
+        route = await router.route(request(prompt))
+        assert (route.provider.name, route.preference, route.decided_by) == ("reader", "summarization", "named")
+    assert metrics.route_decisions.labels("summarization", "named")._value.get() == 2
+    # later in the turn it is only a word: the embedding decides
+    route = await router.route(request(f"this long article: summarize {CHAT}@0.9"))
+    assert route.preference is None
+    # "generate" is in the name "code generation", but says no task: the embedding decides
+    route = await router.route(request("Generate a poem about the sea AXIS=1 SCORE=0.1"))
+    assert (route.preference, route.decided_by) == (None, "none")
+
+
+def test_lead_word() -> None:
+    assert lead_word("Can you please summarize this article?") == "summar"
+    assert lead_word("How would you translate this") == "translat"
+    assert lead_word("please, can you") is None
+    assert lead_word("") is None
+
+
+def test_only_a_word_of_one_preference_names_it() -> None:
+    prefs = [RoutingPreference(name="code generation", description="writing new code"),
+             RoutingPreference(name="code review", description="reviewing code for bugs"),
+             RoutingPreference(name="translation", description="translating text into another language")]
+    views = preference_views(prefs)
+    index = preference_index(prefs, np.eye(len(views), 64, dtype=np.float32))
+    # "code" is in two names, "generate" a generic verb: neither names a preference
+    assert index.named == {"review": 1, "translat": 2}
+    assert index.anchor_texts == ORDINARY_CHAT  # orthogonal to every view: all kept
+    without = preference_index(prefs, np.eye(len(views) - len(ORDINARY_CHAT), 64, dtype=np.float32))
+    assert without.anchor_texts == () and without.anchors.shape[0] == 0
+    with pytest.raises(ValueError, match="embeddings for"):
+        preference_index(prefs, np.eye(3, 64, dtype=np.float32))
+
+
+async def test_a_turn_whose_first_12_words_are_ordinary_chat_goes_to_the_default() -> None:
+    router = PreferenceRouter(cfg=config(threshold=0.3), models=Embedder(), metrics=Metrics())
+    # its 6-word head fits code generation (0.6, no ordinary-chat line near); its first 12 words are nearer ordinary chat (0.8)
+    route = await router.route(request(f"I want to build a 0@0.6 site, how {CHAT}@0.8 should I start"))
+    assert (route.provider.name, route.preference, route.decided_by) == ("general", None, "none")
+    route = await router.route(request("I want to build a 0@0.6 site, how should I start"))
+    assert (route.provider.name, route.preference) == ("coder", "code generation")
