@@ -641,6 +641,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=120, help="seconds: model server, listener and ext_proc timeouts")
     ap.add_argument("--fc-weights", default=None, help="function_call weights (model_server.models.function_call.weights), "
                     "e.g. qwen2.5-coder-0.5b; default: the config default")
+    ap.add_argument("--fc-threads", type=int, default=None,
+                    help="llama.cpp threads of function_call (model_server.models.function_call.threads); default: "
+                         "the cores free when it loads")
     ap.add_argument("--fc-param", action="append", default=[], metavar="KEY=VALUE",
                     help="a function_call parameter (model_server.models.function_call.parameters), repeatable")
     ap.add_argument("--dry-run", action="store_true", help="convert, group and validate the configs; start nothing")
@@ -675,6 +678,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     function_call: dict[str, Any] = {}
     if args.fc_weights:
         function_call["weights"] = args.fc_weights
+    if args.fc_threads is not None:
+        function_call["threads"] = args.fc_threads
     for kv in args.fc_param:
         key, sep, value = kv.partition("=")
         if not sep:
