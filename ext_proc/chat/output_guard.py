@@ -101,7 +101,7 @@ class LeakScanner:
             self.tail = text[-(self.longest - 1):] if self.longest > 1 else ""
         if self.grams.ngrams and self._words(piece, start, final):
             return Leak("system_prompt_leak", self.prompt_message), 0
-        return None, self._safe(final)
+        return None, self.safe(final)
 
     def _words(self, piece: str, start: int, final: bool) -> bool:
         """Count the words ``piece`` completes; True when the last ``n`` form a system-prompt n-gram."""
@@ -116,7 +116,8 @@ class LeakScanner:
                 return True
         return False
 
-    def _safe(self, final: bool) -> int:
+    def safe(self, final: bool = False) -> int:
+        """How much of the text so far cannot be part of a leak found later."""
         if final:
             return self.total
         safe = self.partial_at if self.partial else self.total
@@ -250,9 +251,10 @@ class StreamGuard:
             text = event_text(event, self.api)
             if text is None:  # not JSON: its raw data is what the client gets, check that
                 text = event.decode("utf-8", "replace")
+            before = self.scanner.safe()
             leak, _ = self.scanner.feed(text)
-            if leak is not None:
-                return self._stop(leak)
+            if leak is not None:  # what was safe before this event still goes out, then the stop
+                return self._release(before) + self._stop(leak)
             self.held.append((event, self.scanner.total))
         if end_of_stream:
             self.dropped_bytes = len(self.buffer)
@@ -260,6 +262,9 @@ class StreamGuard:
         leak, safe = self.scanner.feed("", final=end_of_stream)
         if leak is not None:
             return self._stop(leak)
+        return self._release(safe)
+
+    def _release(self, safe: int) -> bytes:
         out = []
         while self.held and self.held[0][1] <= safe:
             out.append(self._sent(self.held.pop(0)[0]))
