@@ -80,6 +80,8 @@ class LeakScanner:
         self.grams = _grams(tuple(p for p in prompts if p), min_words) if prompts else _Grams(frozenset(), frozenset())
         self.secrets = tuple(s for s in secrets if s)
         self.longest = max((len(s) for s in self.secrets), default=0)
+        self.secret_starts = frozenset(s[:k] for s in self.secrets for k in range(1, len(s)))
+        self.secret_firsts = frozenset(s[0] for s in self.secrets)
         self.prompt_message, self.secret_message = prompt_message, secret_message
         self.total = 0  # characters fed so far
         self.tail = ""  # the last characters fed (secrets that span pieces)
@@ -127,9 +129,9 @@ class LeakScanner:
                 if tuple(words[-k:]) in self.grams.prefixes:
                     safe = min(safe, self.window[-k][1])
                     break
-        for k in range(min(len(self.tail), self.longest - 1), 0, -1):  # the longest tail that begins a secret
-            end = self.tail[-k:]
-            if any(s.startswith(end) for s in self.secrets):
+        tail = self.tail
+        for k in range(min(len(tail), self.longest - 1), 0, -1):  # the longest tail that begins a secret
+            if tail[-k] in self.secret_firsts and tail[-k:] in self.secret_starts:
                 safe = min(safe, self.total - k)
                 break
         return safe
@@ -229,16 +231,17 @@ class StreamGuard:
 
     Events whose text might begin a leak are held (at most until the text that follows rules it out:
     one chunk window for ordinary text); a leak drops them and ends the stream with a final
-    chunk carrying the guard's message; an event cut off by the end of the stream is dropped (an
-    SSE client discards it too) and counted in :attr:`dropped_bytes`.
+    chunk carrying the guard's message; an event cut off by the end of the stream is dropped (it
+    cannot be checked, and an SSE client discards it too) and the stream ends with an error event.
     """
 
     def __init__(self, *, scanner: LeakScanner, api: str, model: str) -> None:
         self.scanner, self.api, self.model = scanner, api, model
         self.buffer = b""  # an event not complete yet
-        self.held: list[tuple[bytes, int]] = []  # complete events not sent yet, with where their text ends
+        self.held: deque[tuple[bytes, int]] = deque()  # complete events not sent yet, with where their text ends
         self.leak: Leak | None = None
         self.dropped_bytes = 0
+        self.safe = 0  # how much of the text so far may be sent
         self.open_block: int | None = None  # Anthropic: the content block index sent open, if any
         self.next_block = 0
 
@@ -246,28 +249,37 @@ class StreamGuard:
         if self.leak is not None:
             return b""
         self.buffer += chunk
+        safe = self.safe
         while (m := _EVENT_END.search(self.buffer)) is not None:
             event, self.buffer = self.buffer[:m.end()], self.buffer[m.end():]
             text = event_text(event, self.api)
             if text is None:  # not JSON: its raw data is what the client gets, check that
                 text = event.decode("utf-8", "replace")
-            before = self.scanner.safe()
-            leak, _ = self.scanner.feed(text)
+            leak, after = self.scanner.feed(text)
             if leak is not None:  # what was safe before this event still goes out, then the stop
-                return self._release(before) + self._stop(leak)
+                return self._release(safe) + self._stop(leak)
+            safe = self.safe = after
             self.held.append((event, self.scanner.total))
         if end_of_stream:
-            self.dropped_bytes = len(self.buffer)
+            self.dropped_bytes = len(self.buffer.strip())
             self.buffer = b""
-        leak, safe = self.scanner.feed("", final=end_of_stream)
-        if leak is not None:
-            return self._stop(leak)
-        return self._release(safe)
+            leak, safe = self.scanner.feed("", final=True)
+            if leak is not None:
+                return self._stop(leak)
+        return self._release(safe) + (self._cut() if self.dropped_bytes else b"")
+
+    def _cut(self) -> bytes:
+        """The end of a stream the provider cut mid-event: an error event, as the stream translators write it."""
+        message = "the provider's stream ended mid-event (cut mid-stream); the unfinished event was dropped"
+        if self.api == "openai":
+            body = {"error": {"message": message, "type": "upstream_error", "param": None, "code": "upstream_error"}}
+            return b"data: " + json.dumps(body).encode() + b"\n\n"
+        return b"event: error\ndata: " + json.dumps({"type": "error", "error": {"type": "upstream_error", "message": message}}).encode() + b"\n\n"
 
     def _release(self, safe: int) -> bytes:
         out = []
         while self.held and self.held[0][1] <= safe:
-            out.append(self._sent(self.held.pop(0)[0]))
+            out.append(self._sent(self.held.popleft()[0]))
         return b"".join(out)
 
     def _sent(self, event: bytes) -> bytes:

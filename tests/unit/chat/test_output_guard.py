@@ -89,7 +89,7 @@ def texts(sse: bytes) -> str:
     out = ""
     for event in sse.split(b"\n\n"):
         if event.startswith(b"data: {"):
-            for choice in json.loads(event[6:])["choices"]:
+            for choice in json.loads(event[6:]).get("choices", []):
                 out += choice["delta"].get("content") or ""
     return out
 
@@ -124,12 +124,24 @@ def test_a_secret_split_inside_one_sse_event_across_tcp_chunks_is_found() -> Non
     assert b"content_filter" in g.feed(event[30:], end_of_stream=False)
 
 
-def test_a_stream_cut_mid_event_drops_the_unfinished_event_and_ends() -> None:
-    g = AnswerGuard(settings=SETTINGS, prompts=[SYSTEM]).stream(api="openai", model="m")
-    out = g.feed(chunk("Fine. ") + chunk("All good"), end_of_stream=False)
-    cut = chunk(f"the key is {SECRET}")[:-20]  # the provider went away mid-event (an SSE client would drop it too)
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+def test_a_stream_cut_mid_event_drops_the_unfinished_event_and_ends_with_an_error(api: str) -> None:
+    g = AnswerGuard(settings=SETTINGS, prompts=[SYSTEM]).stream(api=api, model="m")
+    if api == "openai":
+        out = g.feed(chunk("Fine. ") + chunk("All good"), end_of_stream=False)
+        cut = chunk(f"the key is {SECRET}")[:-20]  # the provider went away mid-event
+    else:
+        *whole, last = anthropic_events("Fine. ", "All good", f"the key is {SECRET}")[:5]
+        out = g.feed(b"".join(whole), end_of_stream=False)
+        cut = last[:-20]
     out += g.feed(cut, end_of_stream=True)
-    assert texts(out) == "Fine. All good" and g.dropped_bytes == len(cut) and SECRET[:6] not in out.decode()
+    assert g.dropped_bytes == len(cut) and SECRET[:6] not in out.decode() and g.leak is None
+    *events, error = [e for e in out.split(b"\n\n") if e]
+    assert b"upstream_error" in error and b"cut mid-stream" in error
+    if api == "openai":
+        assert texts(out) == "Fine. All good" and error.startswith(b"data: {\"error\"")
+    else:
+        assert error.startswith(b"event: error\n") and b"All good" in out
 
 
 def test_an_event_that_is_not_json_is_checked_as_text() -> None:
