@@ -481,7 +481,7 @@ class SecretsGuard:
 @dataclass(frozen=True, kw_only=True)
 class OutputGuards:
     """``prompt_guards.output_guards`` (sidegate; ext_proc/chat/output_guard.py): checks of the LLM's
-    answers on the ingress and egress listeners. Configured, every chat answer's body goes through
+    answers on the ingress, egress and agent listeners. Configured, every chat answer's body goes through
     ext_proc; not configured, nothing changes on the response path."""
 
     system_prompt_leak: PromptLeakGuard | None = None

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from ext_proc import telemetry
 from ext_proc.chat.cache import CacheEntry, Collector, ResponseCacheService, context_key
-from ext_proc.chat.output_guard import AnswerGuard, Leak, StreamGuard
+from ext_proc.chat.output_guard import AnswerGuard, Leak, StreamGuard, replacement, system_prompts
 from ext_proc.chat.preferences import PreferenceRouter
 from ext_proc.chat.providers import body_for, choose_provider, passthrough_key, routable
 from ext_proc.chat.ratelimit import Charge, RateLimiter
@@ -27,7 +27,7 @@ from ext_proc.metrics import Metrics
 from ext_proc.names import ATTEMPT_HEADER, CACHE_HEADER, GUARD_HEADER, OUTPUT_BLOCKED, PROVIDER_HEADER, ROUTE_HEADER, UPSTREAM_HEADER
 from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Reply
 from ext_proc.wire import sigv4
-from ext_proc.wire.openai import ChatRequest, chat_completion, content_text, parse_chat_request, sse_frames
+from ext_proc.wire.openai import ChatRequest, chat_completion, parse_chat_request, sse_frames
 
 __all__ = ["ChatProcessor", "Decision", "Forward", "Router", "egress_router", "preference_egress_router", "request_problem",
            "request_span", "synthesized"]
@@ -174,7 +174,7 @@ class ChatProcessor(PassThrough):
         self.provider, self.response_metadata = decision.provider, decision.response_metadata
         self.route = decision.route
         if self.cfg.output_guards is not None:
-            self.answer_guard = AnswerGuard(settings=self.cfg.output_guards, prompts=self._system_prompts(req, sent))
+            self.answer_guard = AnswerGuard(settings=self.cfg.output_guards, prompts=system_prompts(self.cfg, req, sent))
         if decision.route is not None:
             telemetry.set_attributes(self.span, {"sidegate.route": decision.route})
         self.outcome = "forwarded"
@@ -204,13 +204,6 @@ class ChatProcessor(PassThrough):
             headers.update(sigv4.sign(method="POST", host=self.provider.host_header, path=path, body=out,
                                       credentials=self.provider.aws, region=self.provider.aws_region, service="bedrock"))
         return Continue(set_headers=headers, body=out, clear_route_cache=True)
-
-    def _system_prompts(self, *requests: ChatRequest) -> list[str]:
-        """What the system-prompt leak guard protects: the config's system prompts and the request's own."""
-        prompts = [self.cfg.system_prompt or ""] + [t.system_prompt or "" for t in self.cfg.prompt_targets]
-        for r in requests:
-            prompts += [content_text(m.get("content")) for m in r.messages if isinstance(m, dict) and m.get("role") in ("system", "developer")]
-        return list(dict.fromkeys(p for p in prompts if p))
 
     async def _cache_lookup(self, provider: LlmProvider, sent: ChatRequest) -> Immediate | None:
         """The cached answer to this request (None: a miss or a bypass, remembered for the response)."""
@@ -375,9 +368,7 @@ class ChatProcessor(PassThrough):
         if leak is None:
             return None
         self._blocked(leak)
-        model = self.exchange.model or ""
-        answer = chat_completion(leak.message, model=model)
-        answer["choices"][0]["finish_reason"] = "content_filter"
+        answer = replacement(leak, model=self.exchange.model or "")
         new = self.exchange.answer(Immediate(status=200, body=json.dumps(answer).encode(), headers={"content-type": "application/json"})).body
         return Continue(body=new, set_headers={"content-length": str(len(new)), GUARD_HEADER: OUTPUT_BLOCKED})
 

@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
-from ext_proc.config import OutputGuards
+from ext_proc.config import Config, OutputGuards
+from ext_proc.wire.openai import ChatRequest, chat_completion, content_text
 
-__all__ = ["AnswerGuard", "Leak", "LeakScanner", "StreamGuard", "answer_texts", "event_text"]
+__all__ = ["AnswerGuard", "Leak", "LeakScanner", "StreamGuard", "answer_texts", "event_text", "replacement", "system_prompts"]
 
 _WORD = re.compile(r"\w+")
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
@@ -46,6 +47,21 @@ class Leak:
 
     guard: str
     message: str
+
+
+def system_prompts(cfg: Config, *requests: ChatRequest) -> list[str]:
+    """What the system-prompt leak guard protects: the config's system prompts and the requests' own."""
+    prompts = [cfg.system_prompt or ""] + [t.system_prompt or "" for t in cfg.prompt_targets]
+    for r in requests:
+        prompts += [content_text(m.get("content")) for m in r.messages if isinstance(m, dict) and m.get("role") in ("system", "developer")]
+    return list(dict.fromkeys(p for p in prompts if p))
+
+
+def replacement(leak: Leak, *, model: str) -> dict[str, Any]:
+    """The chat completion that replaces a JSON answer a guard blocked (OpenAI shape)."""
+    answer = chat_completion(leak.message, model=model)
+    answer["choices"][0]["finish_reason"] = "content_filter"
+    return answer
 
 
 @dataclass(frozen=True)
