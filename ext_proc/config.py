@@ -455,6 +455,39 @@ class GuardJudge:
         return self.lo <= probability < self.hi
 
 
+DEFAULT_LEAK_WORDS = 8  # output_guards.system_prompt_leak.min_words
+MIN_LEAK_WORDS = 4
+MIN_SECRET_CHARS = 8  # a shorter output_guards.secrets value would match ordinary text
+DEFAULT_OUTPUT_GUARD_MESSAGE = "Sorry, I can't share that."
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptLeakGuard:
+    """``prompt_guards.output_guards.system_prompt_leak`` (sidegate): an answer holding a run of
+    ``min_words`` consecutive words of a system prompt is replaced (JSON) or stopped (SSE)."""
+
+    message: str
+    min_words: int = DEFAULT_LEAK_WORDS
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretsGuard:
+    """``prompt_guards.output_guards.secrets`` (sidegate): values (literal or ``$VAR``) no answer may contain."""
+
+    message: str
+    values: tuple[str, ...] = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputGuards:
+    """``prompt_guards.output_guards`` (sidegate; ext_proc/chat/output_guard.py): checks of the LLM's
+    answers on the ingress, egress and agent listeners. Configured, every chat answer's body goes through
+    ext_proc; not configured, nothing changes on the response path."""
+
+    system_prompt_leak: PromptLeakGuard | None = None
+    secrets: SecretsGuard | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Agent:
     """plano's ``agents[i]``: an OpenAI chat-completions server (``url`` + /v1/chat/completions)."""
@@ -548,6 +581,7 @@ class Config:
     agent_listeners: tuple[AgentListener, ...] = ()  # listeners of type agent
     # routing_preferences: the best preference's embedding score must reach this (overrides.routing_preference_threshold)
     routing_threshold: float = 0.0
+    output_guards: OutputGuards | None = None  # prompt_guards.output_guards (None: answers are not checked)
 
     @property
     def jailbreak_message(self) -> str | None:
@@ -823,6 +857,7 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         model_aliases=_model_aliases(raw, providers, source),
         **agent_parts,
         routing_threshold=float(overrides.get("routing_preference_threshold", DEFAULT_ROUTING_THRESHOLD)),
+        output_guards=_output_guards((raw.get("prompt_guards") or {}).get("output_guards"), env, source),
     )
 
 
@@ -1292,6 +1327,31 @@ def _jailbreak(jb: dict[str, Any]) -> Jailbreak:
         fail_open=bool(jb.get("fail_open", False)),
         judge=_guard_judge(jb.get("judge")),
     )
+
+
+def _output_guards(og: Any, env: dict[str, str], source: str) -> OutputGuards | None:
+    """``prompt_guards.output_guards``: None when absent or when it configures no guard."""
+    if not isinstance(og, dict):
+        return None
+    leak, secrets = og.get("system_prompt_leak"), og.get("secrets")
+    at = "prompt_guards.output_guards"
+
+    def message(guard: dict[str, Any]) -> str:
+        return str((guard.get("on_exception") or {}).get("message", DEFAULT_OUTPUT_GUARD_MESSAGE))
+
+    values: list[str] = []
+    for i, value in enumerate((secrets or {}).get("values") or []):
+        resolved, _ = _resolve_env(value, env, source, f"{at}.secrets.values[{i}]")
+        if len(resolved) < MIN_SECRET_CHARS:
+            raise ConfigError(source, f"{at}.secrets.values[{i}]", f"a secret of {len(resolved)} characters would match ordinary "
+                              f"text: list values of at least {MIN_SECRET_CHARS} characters")
+        values.append(resolved)
+    found = OutputGuards(
+        system_prompt_leak=PromptLeakGuard(message=message(leak), min_words=int(leak.get("min_words", DEFAULT_LEAK_WORDS)))
+        if isinstance(leak, dict) else None,
+        secrets=SecretsGuard(message=message(secrets), values=tuple(values)) if isinstance(secrets, dict) and values else None,
+    )
+    return found if found.system_prompt_leak or found.secrets else None
 
 
 def _guard_judge(judge: Any) -> GuardJudge | None:

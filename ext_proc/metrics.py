@@ -39,6 +39,10 @@ class Metrics:
             registry=r,
         )
         self.guard_verdicts = Counter("sidegate_guard_verdicts", "Jailbreak guard verdicts", ["verdict"], registry=r)
+        self.output_guard_blocks = Counter(
+            "sidegate_output_guard_blocks", "LLM answers replaced or stopped by prompt_guards.output_guards, by guard",
+            ["listener", "guard"], registry=r,
+        )
         self.guard_judge = Counter(
             "sidegate_guard_judge_calls", "Prompts in the guard's uncertain band sent to the judge, by outcome (yes, no, unavailable)",
             ["outcome"], registry=r,

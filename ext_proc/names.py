@@ -24,6 +24,7 @@ __all__ = [
     "INVALID_INPUT_MARK",
     "LISTENER_METADATA",
     "MESSAGES_PATH",
+    "OUTPUT_BLOCKED",
     "PROVIDER_HEADER",
     "PROVIDER_HINT_HEADER",
     "ROUTE_HEADER",
@@ -42,6 +43,7 @@ ATTEMPT_HEADER = "x-envoy-attempt-count"  # Envoy's retry count on an answer: wh
 PROVIDER_HEADER = "x-sidegate-provider"  # on answers: the provider that answered
 AGENT_HEADER = "x-sidegate-agent"  # on an agent listener's answers: the agent chosen
 GUARD_HEADER = "x-sidegate-guard"  # "blocked" on the guard's own answer
+OUTPUT_BLOCKED = "output_blocked"  # GUARD_HEADER on a JSON answer the output guards replaced (prompt_guards.output_guards)
 CACHE_HEADER = "x-sidegate-cache"  # hit | miss | bypass on chat answers when response_cache is configured
 ERROR_HEADER = "x-sidegate-error"  # on sidegate's error answers: the error code
 PROVIDER_HINT_HEADER = "x-arch-llm-provider-hint"  # Arch's header: the provider a client asks for

@@ -26,6 +26,7 @@ the instance's :attr:`FakeProvider.defaults`, see :class:`Behaviour`):
 ``x-fake-chunks: 40``      exactly N content chunks (the reply's words are grouped, or
                            repeated cyclically when there are fewer than N)
 ``x-fake-reply: text``     the reply content (default ``"{name} says: {last user text}"``)
+``x-fake-chunk-chars: 5``  content pieces of N characters (words split across frames)
 =========================  ===========================================================
 
 :meth:`FakeProvider.fail_next` makes the next K requests fail whatever their headers say (retry
@@ -95,6 +96,7 @@ class Behaviour:
     chunk_delay_ms: int = 0  # between SSE frames
     chunks: int | None = None  # number of content chunks (and words) in the reply
     reply: str | None = None  # reply content; None: "{name} says: {last user text}"
+    chunk_chars: int | None = None  # content pieces of this many characters instead of words
 
 
 @dataclass(frozen=True)
@@ -193,8 +195,10 @@ def split_words(text: str) -> list[str]:
     return [w for w in re.split(r"(?<=\s)(?=\S)", text) if w]
 
 
-def chunk_content(text: str, n: int | None) -> list[str]:
-    """The content pieces to stream: one per word, or exactly ``n`` pieces."""
+def chunk_content(text: str, n: int | None, chars: int | None = None) -> list[str]:
+    """The content pieces to stream: one per word, or exactly ``n`` pieces, or pieces of ``chars`` characters."""
+    if chars is not None and chars > 0:
+        return [text[i:i + chars] for i in range(0, len(text), chars)]
     words = split_words(text)
     if n is None:
         return words
@@ -398,12 +402,14 @@ class FakeProvider:
         delay = num("x-fake-delay-ms")
         chunk_delay = num("x-fake-chunk-delay-ms")
         chunks = num("x-fake-chunks")
+        chunk_chars = num("x-fake-chunk-chars")
         return Behaviour(
             status=status,
             delay_ms=b.delay_ms if delay is None else delay,
             chunk_delay_ms=b.chunk_delay_ms if chunk_delay is None else chunk_delay,
             chunks=b.chunks if chunks is None else chunks,
             reply=h.get("x-fake-reply", b.reply),
+            chunk_chars=b.chunk_chars if chunk_chars is None else chunk_chars,
         )
 
     async def _messages(self, request: web.Request, body: Any) -> web.StreamResponse:
@@ -425,7 +431,7 @@ class FakeProvider:
             return _anthropic_error(400, "max_tokens: Field required", "invalid_request_error")
         model = str(body.get("model") or "")
         last_user = next((_text(m.get("content")) for m in reversed(body["messages"]) if isinstance(m, dict) and m.get("role") == "user"), "")
-        pieces = chunk_content(b.reply if b.reply is not None else f"{self.name} says: {last_user}", b.chunks)
+        pieces = chunk_content(b.reply if b.reply is not None else f"{self.name} says: {last_user}", b.chunks, b.chunk_chars)
         content = "".join(pieces)
         usage = {"input_tokens": sum(len(_text(m.get("content")).split()) for m in body["messages"] if isinstance(m, dict)),
                  "output_tokens": len(content.split())}
@@ -486,7 +492,7 @@ class FakeProvider:
         tool = request.headers.get("x-fake-tool")
         if tool is not None and tool not in tools:
             return _bedrock_error(400, f"x-fake-tool {tool!r} is not in toolConfig.tools ({tools})")
-        pieces = chunk_content(b.reply if b.reply is not None else f"{self.name} says: {last_user}", b.chunks)
+        pieces = chunk_content(b.reply if b.reply is not None else f"{self.name} says: {last_user}", b.chunks, b.chunk_chars)
         content = "".join(pieces)
         input_tokens = sum(len(str(blk.get("text", "")).split()) for m in messages for blk in m["content"] if isinstance(blk, dict))
         usage = {"inputTokens": input_tokens, "outputTokens": len(content.split()), "totalTokens": input_tokens + len(content.split())}
@@ -539,7 +545,7 @@ class FakeProvider:
             return _error(400, "you must provide a model parameter", code="missing_required_parameter", param="model")
 
         last_user = next((_text(m.get("content")) for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), "")
-        pieces = chunk_content(b.reply if b.reply is not None else f"{self.name} says: {last_user}", b.chunks)
+        pieces = chunk_content(b.reply if b.reply is not None else f"{self.name} says: {last_user}", b.chunks, b.chunk_chars)
         content = "".join(pieces)
         prompt_tokens = sum(len(_text(m.get("content")).split()) for m in messages if isinstance(m, dict))
         completion_tokens = len(content.split())

@@ -16,6 +16,7 @@ keeps a follow-up with the same agent unless the new turn is clearly about anoth
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,12 +26,13 @@ from ext_proc import telemetry
 from ext_proc.chat.agent_choice import CONTEXT_TURNS, AgentChoice, AgentSpec, agent_index, agent_views, decide
 from ext_proc.chat.completions import request_problem, request_span, synthesized
 from ext_proc.chat.intent import IntentIndex
+from ext_proc.chat.output_guard import AnswerGuard, StreamGuard, replacement, system_prompts
 from ext_proc.chat.pipeline import GUARD_MODEL
 from ext_proc.config import AgentListener, Config
-from ext_proc.errors import ModelServerError, SidegateError, render_error
+from ext_proc.errors import ModelServerError, SidegateError, UpstreamError, render_error
 from ext_proc.metrics import Metrics
 from ext_proc.models.base import Models
-from ext_proc.names import AGENT_HEADER, GUARD_HEADER, UPSTREAM_HEADER
+from ext_proc.names import AGENT_HEADER, GUARD_HEADER, OUTPUT_BLOCKED, UPSTREAM_HEADER
 from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Reply
 from ext_proc.wire.openai import ChatRequest, content_text, parse_chat_request
 
@@ -103,6 +105,8 @@ class AgentProcessor(PassThrough):
         self.agent: str | None = None
         self.outcome = "incomplete"
         self.span: Any = None
+        self.answer_guard: AnswerGuard | None = None  # prompt_guards.output_guards on the agent's answer
+        self.stream_guard: StreamGuard | None = None
 
     def _error(self, exc: SidegateError) -> Immediate:
         self.outcome = f"error_{exc.status}"
@@ -136,6 +140,8 @@ class AgentProcessor(PassThrough):
             return self._error(exc)
         self.agent = agent
         self.outcome = "forwarded"
+        if self.cfg.output_guards is not None:
+            self.answer_guard = AnswerGuard(settings=self.cfg.output_guards, prompts=system_prompts(self.cfg, req))
         self.metrics.agent_routes.labels(self.name, agent, choice.how).inc()
         telemetry.set_attributes(self.span, {"sidegate.agent": agent, "sidegate.agent.how": choice.how})
         self.log.debug("to agent %s (%s, score %.3f)", agent, choice.how, choice.score)
@@ -148,8 +154,40 @@ class AgentProcessor(PassThrough):
         self.outcome = f"upstream_{status}"
         self.metrics.upstream_status.labels(f"agent:{self.agent}", status[:1] + "xx" if status else "none").inc()
         telemetry.set_attributes(self.span, {"http.response.status_code": int(status) if status.isdigit() else 0})
-        # the answer (JSON or SSE) goes to the client as the agent sent it: ext_proc does not see its body
-        return Continue(set_headers={AGENT_HEADER: self.agent})
+        if self.answer_guard is None or not status.startswith("2") or end_of_stream:
+            # the answer (JSON or SSE) goes to the client as the agent sent it: ext_proc does not see its body
+            return Continue(set_headers={AGENT_HEADER: self.agent})
+        # output guards: the answer is read (SSE chunk by chunk, JSON whole), as on the chat listeners
+        if "text/event-stream" in headers.get("content-type", ""):
+            self.stream_guard = self.answer_guard.stream(api="openai", model="")
+            return Continue(set_headers={AGENT_HEADER: self.agent}, remove_headers=("content-length",), response_body_mode="STREAMED")
+        size, limit = headers.get("content-length", ""), self.router.listener.listener.max_body_bytes
+        if size.isdigit() and int(size) > limit:
+            return self._error(UpstreamError(
+                f"agent {self.agent}'s answer is {size} bytes, more than the output guards can check (max_body_bytes of agent "
+                f"listener {self.name}: {limit}): raise max_body_bytes, or ask for a shorter answer or a stream",
+                code="output_guard_unchecked", status=502))
+        return Continue(set_headers={AGENT_HEADER: self.agent}, response_body_mode="BUFFERED")
+
+    async def response_body(self, body: bytes, end_of_stream: bool) -> Reply:
+        if self.stream_guard is not None:
+            out = self.stream_guard.feed(body, end_of_stream=end_of_stream)
+            if self.stream_guard.leak is not None and self.outcome != "output_blocked":
+                self._blocked(self.stream_guard.leak.guard)
+            return CONTINUE if out == body else Continue(body=out)
+        if self.answer_guard is None or not end_of_stream:
+            return CONTINUE
+        leak = self.answer_guard.check_json(body, api="openai")
+        if leak is None:
+            return CONTINUE
+        self._blocked(leak.guard)
+        new = json.dumps(replacement(leak, model=self.agent or "")).encode()
+        return Continue(body=new, set_headers={"content-length": str(len(new)), GUARD_HEADER: OUTPUT_BLOCKED})
+
+    def _blocked(self, guard: str) -> None:
+        self.outcome = "output_blocked"
+        self.metrics.output_guard_blocks.labels(f"agent:{self.name}", guard).inc()
+        self.log.info("agent %s's answer blocked by output guard %s", self.agent, guard)
 
     def finish(self) -> None:
         self.metrics.requests.labels(f"agent:{self.name}", "chat_completions", self.outcome).inc()

@@ -16,14 +16,15 @@ from typing import Any, Awaitable, Callable
 
 from ext_proc import telemetry
 from ext_proc.chat.cache import CacheEntry, Collector, ResponseCacheService, context_key
+from ext_proc.chat.output_guard import AnswerGuard, Leak, StreamGuard, replacement, system_prompts
 from ext_proc.chat.preferences import PreferenceRouter
 from ext_proc.chat.providers import body_for, choose_provider, passthrough_key, routable
 from ext_proc.chat.ratelimit import Charge, RateLimiter
 from ext_proc.chat.translate import Exchange
 from ext_proc.config import Config, Listener, LlmProvider
-from ext_proc.errors import MalformedRequest, MethodNotAllowed, SidegateError
+from ext_proc.errors import MalformedRequest, MethodNotAllowed, SidegateError, UpstreamError
 from ext_proc.metrics import Metrics
-from ext_proc.names import ATTEMPT_HEADER, CACHE_HEADER, PROVIDER_HEADER, ROUTE_HEADER, UPSTREAM_HEADER
+from ext_proc.names import ATTEMPT_HEADER, CACHE_HEADER, GUARD_HEADER, OUTPUT_BLOCKED, PROVIDER_HEADER, ROUTE_HEADER, UPSTREAM_HEADER
 from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Reply
 from ext_proc.wire import sigv4
 from ext_proc.wire.openai import ChatRequest, chat_completion, parse_chat_request, sse_frames
@@ -127,6 +128,8 @@ class ChatProcessor(PassThrough):
         self.cache_key: str | None = None  # after a miss: where this answer is stored
         self.collector: Collector | None = None  # gathers the answer to store after a miss
         self.semantic: tuple[str, str, Any] | None = None  # after a miss with similarity: (context key, the turn, its embedding)
+        self.answer_guard: AnswerGuard | None = None  # prompt_guards.output_guards for this request (None: not configured)
+        self.stream_guard: StreamGuard | None = None  # the output guards on this request's SSE answer
 
     def _error(self, exc: SidegateError) -> Immediate:
         self.outcome = f"error_{exc.status}"
@@ -170,6 +173,8 @@ class ChatProcessor(PassThrough):
             return self._error(exc)
         self.provider, self.response_metadata = decision.provider, decision.response_metadata
         self.route = decision.route
+        if self.cfg.output_guards is not None:
+            self.answer_guard = AnswerGuard(settings=self.cfg.output_guards, prompts=system_prompts(self.cfg, req, sent))
         if decision.route is not None:
             telemetry.set_attributes(self.span, {"sidegate.route": decision.route})
         self.outcome = "forwarded"
@@ -247,6 +252,16 @@ class ChatProcessor(PassThrough):
         pass_through = (not self.streaming and not end_of_stream and size.isdigit() and isinstance(listener, Listener)
                         and int(size) > listener.max_body_bytes and not self.exchange.translating)
         self.exchange.start_response(status=status, streaming=self.streaming, error_type=headers.get("x-amzn-errortype"))
+        guarded = self.answer_guard is not None and status.startswith("2") and not end_of_stream
+        if guarded and pass_through:  # too large to buffer, so it cannot be checked: never sent unchecked
+            assert isinstance(listener, Listener)
+            return self._error(UpstreamError(
+                f"the provider's answer is {size} bytes, more than the output guards can check (listeners.{self.listener}_traffic."
+                f"max_body_bytes: {listener.max_body_bytes}): raise max_body_bytes, or ask for a shorter answer (max_tokens) "
+                "or a stream", code="output_guard_unchecked", status=502))
+        if guarded and self.streaming:
+            assert self.answer_guard is not None
+            self.stream_guard = self.answer_guard.stream(api=self.exchange.client, model=self.exchange.model or "")
         telemetry.set_attributes(self.llm_span, {"http.response.status_code": int(status) if status.isdigit() else 0})
         if not status.startswith("2"):
             telemetry.set_error(self.llm_span, f"{self.provider.name} answered {status}")
@@ -269,8 +284,8 @@ class ChatProcessor(PassThrough):
                                                max_bytes=self.cache.settings.max_entry_bytes)
         return Continue(
             set_headers=set_headers,
-            # a translated body has another length: Envoy sends it chunked
-            remove_headers=("content-length",) if self.exchange.translating and not end_of_stream else (),
+            # a translated or guarded stream has another length: Envoy sends it chunked
+            remove_headers=("content-length",) if (self.exchange.translating or self.stream_guard) and not end_of_stream else (),
             response_body_mode="STREAMED" if self.streaming else ("NONE" if end_of_stream or pass_through or not self._reads_json_body()
                                                                   else "BUFFERED"),
         )
@@ -281,7 +296,7 @@ class ChatProcessor(PassThrough):
         miss, an Anthropic translation, x-arch-state metadata. If not, Envoy is told not to send it
         (one gRPC round trip less; ext_proc's stream ends with the response headers)."""
         return (self.cfg.ext_proc.count_tokens or self.charge is not None or self.collector is not None
-                or self.exchange.translating or bool(self.response_metadata))
+                or self.exchange.translating or bool(self.response_metadata) or self.answer_guard is not None)
 
     def _served_by(self, attempt: str) -> LlmProvider | None:
         """The fallback that answered (None: the provider itself), as Envoy's failover chain assigns attempts."""
@@ -314,6 +329,15 @@ class ChatProcessor(PassThrough):
         if translated is not None:
             body = translated
         reply: Reply = CONTINUE if translated is None else Continue(body=translated)
+        if self.answer_guard is not None and self.ok:
+            guarded = self._guard_answer(body, end_of_stream)
+            if guarded is not None:
+                if isinstance(guarded, Continue):  # the answer was replaced: nothing else to add, nothing to cache
+                    if self.collector is not None:
+                        self.collector = None
+                        self._not_stored("output_guard")
+                    return guarded
+                body, reply = guarded, Continue(body=guarded)
         if self.response_metadata and self.ok and self.exchange.client == "openai":
             reply = self._with_metadata(body)
             if reply is CONTINUE and translated is not None:  # no metadata added to this chunk: the translation still goes out
@@ -323,6 +347,36 @@ class ChatProcessor(PassThrough):
             if end_of_stream:
                 await self._store()
         return reply
+
+    def _guard_answer(self, body: bytes, end_of_stream: bool) -> bytes | Continue | None:
+        """The output guards on the answer as the client gets it: None when it passes unchanged, the
+        bytes to send on (a stream: what is safe so far), or a Continue replacing a blocked answer."""
+        assert self.answer_guard is not None
+        if self.stream_guard is not None:
+            out = self.stream_guard.feed(body, end_of_stream=end_of_stream)
+            leak = self.stream_guard.leak
+            if leak is not None:  # the stop chunk, then nothing more
+                if self.outcome != "output_blocked":
+                    self._blocked(leak)
+                return Continue(body=out)
+            if end_of_stream and self.stream_guard.dropped_bytes:
+                self.log.info("dropped %d bytes of an SSE event the provider cut off", self.stream_guard.dropped_bytes)
+            return None if out == body else out
+        if not end_of_stream:
+            return None
+        leak = self.answer_guard.check_json(body, api=self.exchange.client)
+        if leak is None:
+            return None
+        self._blocked(leak)
+        answer = replacement(leak, model=self.exchange.model or "")
+        new = self.exchange.answer(Immediate(status=200, body=json.dumps(answer).encode(), headers={"content-type": "application/json"})).body
+        return Continue(body=new, set_headers={"content-length": str(len(new)), GUARD_HEADER: OUTPUT_BLOCKED})
+
+    def _blocked(self, leak: Leak) -> None:
+        self.outcome = "output_blocked"
+        self.metrics.output_guard_blocks.labels(self.listener, leak.guard).inc()
+        self.log.info("answer blocked by output guard %s", leak.guard)
+        telemetry.set_attributes(self.span, {"sidegate.output_guard": leak.guard})
 
     def _not_stored(self, reason: str) -> None:
         self.metrics.cache_not_stored.labels(reason).inc()
@@ -347,7 +401,7 @@ class ChatProcessor(PassThrough):
 
     @property
     def ok(self) -> bool:
-        return self.outcome == "upstream_200"
+        return self.outcome in ("upstream_200", "output_blocked")
 
     def _with_metadata(self, body: bytes) -> Reply:
         """Add ``metadata`` (x-arch-state) to the provider's answer: the JSON body, or an SSE event before [DONE]."""

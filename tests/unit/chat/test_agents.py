@@ -275,3 +275,34 @@ def test_each_agent_listener_is_an_envoy_listener_with_routes_to_its_agents() ->
     assert rts["agent_weather"]["route"]["cluster"] == "agent_weather"
     clusters = {c["name"] for c in d["static_resources"]["clusters"]}
     assert {"agent_weather", "agent_flights", "agent_hotels"} <= clusters
+
+
+def test_output_guards_check_the_agents_answers_and_leave_them_unread_without() -> None:
+    secret = "agent-db-password-9f2c"
+    og = {"secrets": {"values": [secret], "on_exception": {"message": "[withheld]"}}}
+    frame = lambda text: b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]}).encode() + b"\n\n"  # noqa: E731
+    # an SSE answer: the secret split over two chunks never goes out, the stream ends with the message
+    p = processor(agent_cfg(prompt_guards={"output_guards": og}), Models())
+    run(p, chat("book me a flight to Rome", stream=True))
+    head = asyncio.run(p.response_headers({":status": "200", "content-type": "text/event-stream"}, False))
+    assert isinstance(head, Continue) and head.response_body_mode == "STREAMED"
+    out = [asyncio.run(p.response_body(c, e)) for c, e in ((frame("ok, ") + frame(secret[:9]), False), (frame(secret[9:]), False),
+                                                           (b"data: [DONE]\n\n", True))]
+    sent = b"".join(r.body if isinstance(r, Continue) and r.body is not None else c
+                    for r, c in zip(out, (frame("ok, ") + frame(secret[:9]), frame(secret[9:]), b"data: [DONE]\n\n")))
+    assert secret[:4].encode() not in sent and b'"finish_reason": "content_filter"' in sent and b"[withheld]" in sent
+    assert p.metrics.output_guard_blocks.labels("agent:travel", "secrets")._value.get() == 1
+    # a JSON answer is replaced
+    p = processor(agent_cfg(prompt_guards={"output_guards": og}), Models())
+    run(p, chat("book me a flight to Rome"))
+    head = asyncio.run(p.response_headers({":status": "200", "content-type": "application/json"}, False))
+    assert isinstance(head, Continue) and head.response_body_mode == "BUFFERED"
+    body = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": f"it is {secret}"}}]}).encode()
+    reply = asyncio.run(p.response_body(body, True))
+    assert isinstance(reply, Continue) and reply.body is not None and reply.set_headers["x-sidegate-guard"] == "output_blocked"
+    assert json.loads(reply.body)["choices"][0]["message"]["content"] == "[withheld]"
+    # without output guards the answer is not read
+    p = processor(agent_cfg(), Models())
+    run(p, chat("book me a flight to Rome"))
+    head = asyncio.run(p.response_headers({":status": "200", "content-type": "application/json"}, False))
+    assert isinstance(head, Continue) and head.response_body_mode is None

@@ -78,22 +78,27 @@ def test_artefact_sha256_matches_what_its_json_records() -> None:
 def test_artefact_records_its_data_and_threshold(head) -> None:
     meta = head.meta
     assert 0.0 < head.threshold < 1.0
-    sources = ["s-labs", "neuralchemy", "chat-turns", "bfcl"]
+    sources = ["s-labs", "neuralchemy", "chat-turns", "bfcl", "templates", "hermes-jailbench", "sysprompt", "chitchat", "edgy"]
     assert [d["source"] for d in meta["training_data"]] == sources
     assert [d["source"] for d in meta["validation_data"]] == sources
     assert {d["split"] for d in meta["training_data"]} == {"train"}
     assert {d["split"] for d in meta["validation_data"]} == {"validation"}
     rows = {d["source"]: d["rows"] for d in meta["training_data"]}
     assert (rows["s-labs"], rows["neuralchemy"]) == (11089, 4391)
-    assert rows["chat-turns"] >= 300 and rows["bfcl"] >= 2000
-    assert all(d["positives"] == 0 for d in meta["training_data"][2:])
+    assert rows["chat-turns"] >= 300 and rows["bfcl"] >= 2000 and rows["chitchat"] >= 3000 and rows["edgy"] >= 150
+    assert all(d["positives"] == (d["rows"] if d["source"] in ("templates", "hermes-jailbench", "sysprompt") else 0)
+               for d in meta["training_data"][2:])
+    assert all(d.get("dropped_near_report_only") is not None for d in meta["training_data"][4:])  # R1-R3 rows left out
     assert all(re.fullmatch(r"[0-9a-f]{64}", d.get("sha256") or d["files_sha256"]) for d in meta["training_data"])
     assert meta["embedder"]["sha256"]["model.safetensors"] == (
         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # = prompt_embed's weights.sha256
     )
-    # <= 1 % false positives on the benign validation rows of every source on its own, so also pooled
-    for source in [*sources, "pooled"]:
-        assert meta["metrics_validation"]["at_threshold"][source]["fpr"] <= 0.01, source
+    # <= 1 % false positives on the benign validation rows of each group of train.py's rule (S-Labs +
+    # neuralchemy pooled, chat-turns, bfcl, chitchat + edgy), so also pooled
+    at = meta["metrics_validation"]["at_threshold"]
+    for group in (("s-labs", "neuralchemy"), ("chat-turns",), ("bfcl",), ("chitchat", "edgy"), ("pooled",)):
+        fp, tn = sum(at[s]["fp"] for s in group), sum(at[s]["tn"] for s in group)
+        assert fp / (fp + tn) <= 0.01, group
     assert head.threshold == max(meta["threshold_per_group"].values())
 
 
