@@ -224,12 +224,13 @@ def test_up_local_gpu_guards_and_routes_with_the_models_on_the_gpu(tmp_path: Pat
 
 
 def test_up_names_a_target_function_call_refuses_and_its_requests_get_a_400_saying_what_to_change(tmp_path: Path) -> None:
-    """A prompt target whose parameter schema alone overflows function_call's 2,048-token window:
+    """A prompt target whose parameter schema alone overflows function_call's window (the 6 x 2,048
+    tokens of KV cache its slots share):
     `up` says so when it has warmed, and a request for it gets a 400 naming the fix; nothing is
     forwarded to the app or the LLM."""
     home = tmp_path / "home"
     blurb = "a very long description of this router setting " * 7
-    params = [{"name": f"setting_{i}", "type": "str", "description": blurb, "required": i == 0} for i in range(40)]
+    params = [{"name": f"setting_{i}", "type": "str", "description": blurb, "required": i == 0} for i in range(220)]
     with FakeProvider(name="fake-llm") as llm, FakeProvider(name="app", routes={"/configure": lambda req: (200, {"ok": True})}) as app:
         raw = gateway_config([{"name": "p", "provider_interface": "openai", "endpoint": llm.base_url, "model": "m", "default": True}],
                              listeners={"ingress_traffic": {"timeout": "60s"}}, ext_proc={"message_timeout": "60s"})

@@ -588,7 +588,7 @@ def test_function_call_keeps_each_tools_prompt_cached(fc_triton: Triton) -> None
 
 
 def test_function_call_reads_the_recent_part_of_a_100kb_conversation(fc_triton: Triton) -> None:
-    """100 kB would be ~25k tokens for a 2,048-token window: the model reads the last
+    """100 kB would be ~25k tokens, more than the 12,288 the slots share: the model reads the last
     `max_chars` (2,000) characters, where the request is, and answers within its deadline."""
     import tritonclient.grpc as grpcclient
 

@@ -281,6 +281,8 @@ def test_a_tool_too_big_for_the_window_is_refused_at_once_naming_what_to_change(
             fc.call(user("set param_0 to hello"), big)
     # the short conversation could not get shorter: no rounds of pointless cutting first
     assert not [r for r in caplog.records if "conversation cut from" in r.getMessage()]
+    with pytest.raises(engine.ToolTooLong, match="fill the window"):  # the start-up pre-fill says the same
+        fc.prefill(big)
     # the engine still serves ordinary tools afterwards
     assert fc.call(user("Weather in Oslo for 3 days"), WEATHER)["arguments"] == {"location": "Oslo", "days": 3}
 

@@ -243,7 +243,10 @@ class FunctionCaller:
         t0 = time.perf_counter()
         if t.properties:
             with self._lock:
-                self._complete(self._system(t), "hello", "", 'root ::= "x"\n', None, stats, max_tokens=1)
+                try:
+                    self._complete(self._system(t), "hello", "", 'root ::= "x"\n', None, stats, max_tokens=1)
+                except ContextTooLong as exc:  # a 5-character conversation: the tool's prompt is what does not fit
+                    raise ToolTooLong(exc, len("hello")) from exc
         return {"name": t.name, "arguments": {}, "missing": [], "usage": {**stats, "seconds": round(time.perf_counter() - t0, 4)}}
 
     def choose(self, messages: list[dict[str, JSON]], tools: list[dict[str, JSON]],
