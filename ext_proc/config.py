@@ -433,9 +433,10 @@ class Jailbreak:
     judge: GuardJudge | None = None  # the cascade's judge (issue 17); None: the classifier decides alone
 
 
-# The judge's band and cut, calibrated on validation data only (bench/guard_eval.py --judge, bench/README.md)
-DEFAULT_JUDGE_BAND = (0.25, 0.8)
-DEFAULT_JUDGE_THRESHOLD = 0.45
+# The judge's band and cut, calibrated on validation data only (bench/guard_eval.py --judge, bench/README.md),
+# for the head shipped in triton_models/prompt_guard/1 (57888727, threshold 0.8237; recalibrate with the head)
+DEFAULT_JUDGE_BAND = (0.4, 0.8)
+DEFAULT_JUDGE_THRESHOLD = 0.375
 DEFAULT_JUDGE_TIMEOUT_S = 3.0
 
 
