@@ -166,6 +166,21 @@ def percentile(values: Iterable[float], q: float) -> float:
     return data[lo] + (data[hi] - data[lo]) * (pos - lo)
 
 
+def cpu_us_per_call(fn: Callable[[], object], *, rounds: int, n: int, warmup: int) -> list[float]:
+    """CPU microseconds (process time: this process, all threads) per call of ``fn``, one figure
+    per round of ``n`` calls, after ``warmup`` calls: the in-process benches (translate,
+    output_guard) report their median and best."""
+    for _ in range(warmup):
+        fn()
+    per_round = []
+    for _ in range(rounds):
+        start = time.process_time()
+        for _ in range(n):
+            fn()
+        per_round.append((time.process_time() - start) / n * 1e6)
+    return per_round
+
+
 def median(values: Iterable[float]) -> float:
     """Median of the values that are not NaN/None; NaN when there are none."""
     return percentile((v for v in values if v is not None and not math.isnan(v)), 50)

@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
-from bench._harness import load_caption, machine_info, print_table, write_results
+from bench._harness import cpu_us_per_call, load_caption, machine_info, print_table, write_results
 from ext_proc.chat import output_guard
 from ext_proc.chat.output_guard import AnswerGuard
 from ext_proc.config import OutputGuards, PromptLeakGuard, SecretsGuard
@@ -85,14 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     rows, results = [], {}
     for name, (fn, chunks) in _cases().items():
-        for _ in range(10):
-            fn()  # warm up
-        per_round = []
-        for _ in range(args.rounds):
-            start = time.process_time()
-            for _ in range(args.n):
-                fn()
-            per_round.append((time.process_time() - start) / args.n * 1e6)
+        per_round = cpu_us_per_call(fn, rounds=args.rounds, n=args.n, warmup=10)
         med = statistics.median(per_round)
         results[name] = {"median_us": med, "per_chunk_us": med / chunks, "best_us": min(per_round), "chunks": chunks, "rounds": per_round}
         rows.append((name, med, med / chunks, min(per_round)))

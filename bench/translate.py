@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 
-from bench._harness import load_caption, machine_info, print_table, write_results
+from bench._harness import cpu_us_per_call, load_caption, machine_info, print_table, write_results
 from ext_proc.chat.translate import Exchange
 from ext_proc.config import build_config
 from ext_proc.wire.openai import parse_chat_request
@@ -100,14 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     rows, results = [], {}
     for name, fn in _cases().items():
-        for _ in range(50):
-            fn()  # warm up
-        per_round = []
-        for _ in range(args.rounds):
-            start = time.process_time()
-            for _ in range(args.n):
-                fn()
-            per_round.append((time.process_time() - start) / args.n * 1e6)
+        per_round = cpu_us_per_call(fn, rounds=args.rounds, n=args.n, warmup=50)
         results[name] = {"median_us": statistics.median(per_round), "best_us": min(per_round), "rounds": per_round}
         rows.append((name, statistics.median(per_round), min(per_round)))
     print_table("CPU per request of the provider translations (one process, in-process, no I/O)",

@@ -20,6 +20,17 @@ from testkit.fake_provider import FakeProvider
 ROOT = Path(__file__).resolve().parents[3]
 
 
+def test_cpu_per_call_counts_the_calls_of_each_round_and_warms_up_first() -> None:
+    calls: list[int] = []
+    per_round = h.cpu_us_per_call(lambda: calls.append(sum(range(2000))), rounds=3, n=50, warmup=5)
+    assert len(calls) == 5 + 3 * 50 and len(per_round) == 3
+    assert all(us >= 0 for us in per_round)
+    # a call that burns ~1 ms of CPU is measured in that order (process time: sleeping does not count)
+    slow = h.cpu_us_per_call(lambda: sum(range(20_000)), rounds=2, n=20, warmup=0)
+    idle = h.cpu_us_per_call(lambda: __import__("time").sleep(0.001), rounds=2, n=20, warmup=0)
+    assert min(slow) > max(idle)
+
+
 def test_percentile_interpolates_like_numpy() -> None:
     data = [5.0, 1.0, 3.0, 2.0, 4.0]
     assert h.percentile(data, 0) == 1.0
