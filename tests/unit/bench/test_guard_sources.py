@@ -28,7 +28,7 @@ def need(*dists):
         try:
             metadata.distribution(d)
         except metadata.PackageNotFoundError:
-            pytest.skip(f"{d} is not installed (requirements-bench.txt)")
+            pytest.skip(f"{d} is not installed (requirements-bench.txt: make install)")
 
 
 def labels(items):
