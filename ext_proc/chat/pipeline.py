@@ -41,6 +41,8 @@ from ext_proc.wire.openai import ChatRequest, content_text
 __all__ = ["FUNCTION_CALL_MODEL", "GUARD_MODEL", "IngressPipeline", "Uncertain"]
 
 log = logging.getLogger("sidegate.pipeline")
+# function_call's tool slots when the config does not set them (triton_models/function_call/config.pbtxt n_slots)
+FUNCTION_CALL_SLOTS = 16
 
 GUARD_MODEL = "sidegate-guard"
 FUNCTION_CALL_MODEL = "sidegate-function-call"
@@ -100,10 +102,11 @@ class IngressPipeline:
         target with parameters), the same condition as :attr:`judge`."""
         return self.judge
 
-    async def prefill_function_call(self, limit: int = 16, progress: Callable[[int, int], None] | None = None,
+    async def prefill_function_call(self, limit: int | None = None, progress: Callable[[int, int], None] | None = None,
                                     models: Models | None = None) -> int:
-        """Call ``function_call`` once per target that has parameters (at most ``limit``, the
-        model's default number of tool slots), so each target's prompt prefix is in the KV
+        """Call ``function_call`` once per target that has parameters (at most ``limit``; None:
+        the model's tool slots, ``model_server.models.function_call.parameters.n_slots`` or its
+        default 16: more would evict the first ones again), so each target's prompt prefix is in the KV
         cache before its first real request: the first call for a target evaluates ~350 prompt
         tokens (~7 s for the 1.5B on 2 cores), later ones ~20. Each call has the pre-fill's own
         deadline (``model_server.prefill_timeout_s``, far longer than a request's: the first
@@ -117,6 +120,10 @@ class IngressPipeline:
         models = models or self.models
         if models is None:
             return 0
+        if limit is None:
+            settings = self.cfg.model_server.models.get("function_call")
+            slots = (settings.parameters if settings else {}).get("n_slots", "")
+            limit = int(slots) if slots.isdigit() and int(slots) > 0 else FUNCTION_CALL_SLOTS
         filled = 0
         self.refused, self.unfilled = {}, {}
         deadline = self.cfg.model_server.prefill_timeout_s

@@ -76,6 +76,15 @@ def test_prefill_calls_function_call_once_per_target_with_parameters() -> None:
     assert models.prefilled == [True, True]  # prefix-only calls: a real "hello" call caches nothing for an all-number target
 
 
+@pytest.mark.parametrize(("parameters", "filled"), [({}, 16), ({"n_slots": 5}, 5), ({"n_slots": "many"}, 16)])
+def test_prefill_fills_as_many_targets_as_function_call_has_slots(parameters: dict[str, Any], filled: int) -> None:
+    # more than the model's tool slots would evict the first ones again; default 16 (config.pbtxt)
+    models = Models()
+    ms = {"models": {"function_call": {"parameters": parameters}}} if parameters else {}
+    assert asyncio.run(pipeline(models, 18, model_server=ms).prefill_function_call()) == filled
+    assert models.calls == [f"t{i}" for i in range(filled)]
+
+
 def test_prefill_stops_at_the_slot_count_and_survives_a_failing_call() -> None:
     models = Models(fail={"t1"})
     assert asyncio.run(pipeline(models, 6).prefill_function_call(limit=4)) == 3
