@@ -48,9 +48,11 @@ none: ``sidegate_models.function_call.NONE_MARGIN``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -134,16 +136,12 @@ class TritonPythonModel:
             tools = [tools]
         if not isinstance(tools, list) or not tools or not all(isinstance(t, dict) for t in tools):
             raise BadRequest("TOOLS must be a non-empty JSON list of tools")
-        try:
+        with _refusals_as_bad_requests():
             if candidates is None and not allow_none:
                 tool = tools[self.engine.choose(messages, tools)]
                 result = self.engine.call(messages, tool)
             else:
                 result = self.engine.choose_and_call(messages, tools, candidates, allow_none)
-        except ValueError as exc:  # no user turn, bad schema (UnsupportedSchema is a ValueError)
-            raise BadRequest(str(exc)) from exc
-        except ContextTooLong as exc:  # still too long after cutting (many tokens per character, or a huge tool)
-            raise BadRequest(f"the prompt does not fit the model's window: {exc}") from exc
         if result is None:  # the chooser answered that no tool serves the request
             return {"model": self.model_name, "tool_calls": [], "usage": dict(self.engine.last_choice_usage)}
         return {
@@ -168,12 +166,8 @@ class TritonPythonModel:
         listed = tools.get("tools")
         if tools["prefill"] is not True or not isinstance(listed, list) or len(listed) != 1 or not isinstance(listed[0], dict):
             raise BadRequest("TOOLS with prefill must be {\"tools\": [one tool], \"prefill\": true}")
-        try:
+        with _refusals_as_bad_requests():
             result = self.engine.prefill(listed[0])
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from exc
-        except ContextTooLong as exc:
-            raise BadRequest(f"the prompt does not fit the model's window: {exc}") from exc
         return {"model": self.model_name, "usage": result.get("usage", {}),
                 "tool_calls": [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
                                 "function": {"name": result["name"], "arguments": "{}"}, "missing": []}]}
@@ -196,6 +190,19 @@ class TritonPythonModel:
             raise BadRequest(f"the judge's prompt does not fit the model's window: {exc}") from exc
         return {"model": self.model_name, "tool_calls": [], "judge": tools["judge"], "verdict": out["verdict"],
                 "p_yes": out.get("p_yes"), "usage": out.get("usage", {})}
+
+
+@contextlib.contextmanager
+def _refusals_as_bad_requests() -> Iterator[None]:
+    """What the engine refuses for this request alone, as :class:`BadRequest` (INVALID_ARG): no
+    user turn or a schema the grammar cannot express (``ValueError``, ``UnsupportedSchema`` among
+    them), or a prompt still too long after cutting (many tokens per character, or a huge tool)."""
+    try:
+        yield
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+    except ContextTooLong as exc:
+        raise BadRequest(f"the prompt does not fit the model's window: {exc}") from exc
 
 
 def parse_choice(tools: object) -> tuple[list[str] | None, bool]:
