@@ -139,6 +139,26 @@ def test_slots_follow_tools_least_recently_used_first() -> None:
     assert fc._slot("B") == 1 and fc._slot("A") == 0
 
 
+def test_the_chooser_decodes_past_its_first_token_only_while_several_names_begin_with_it() -> None:
+    fc = engine.FunctionCaller.__new__(engine.FunctionCaller)  # no model: _complete is recorded
+    fc.n_slots = 4
+    calls: list[tuple[str, str]] = []
+
+    def complete(system: str, user: str, prefill: str, grammar: str, stop: Any, stats: Any, **kw: Any) -> str:
+        calls.append((prefill, grammar))
+        return "_weather"
+
+    fc._complete = complete  # type: ignore[method-assign]
+    names = ["get_weather", "get_exchange_rate", "ping", "none", "none_of_these"]
+    assert fc._rest_of_name("S", "C", "ping", names, {}) == "ping" and calls == []  # one name begins so: no more steps
+    assert fc._rest_of_name("S", "C", "pi", names, {}) == "ping" and calls == []
+    assert fc._rest_of_name("S", "C", "get", names, {}) == "get_weather"
+    assert calls == [("get", 'root ::= ("_weather" | "_exchange_rate")\n')]  # the rest, from the first token on
+    calls.clear()
+    fc._rest_of_name("S", "C", "none", names, {})  # a whole name that begins another: the rest may be empty
+    assert calls == [("none", 'root ::= ("_of_these")?\n')]
+
+
 def test_weights_table_is_pinned() -> None:
     req = (MODEL_DIR / "requirements.txt").read_text()
     for name, parts in ((weights.DEFAULT_MODEL, 22), (weights.CHAT_MODEL, 6)):  # function_call, chat_llm

@@ -36,7 +36,9 @@ response and the FINAL flag. Bad input (not JSON, wrong shape, a schema the
 grammar cannot express) is a per-request ``INVALID_ARG`` error; the batch never fails whole.
 
 Parameters (``config.pbtxt`` ``parameters``; all strings): ``weights`` (a packaged model name
-from ``sidegate_models.weights`` or a GGUF path), ``weights_dir`` (cache for assembled weights; default
+from ``sidegate_models.weights`` or a GGUF path: the chooser among targets and the guard's judge),
+``fill_weights`` (the filler, which fills every tool's arguments; empty: the same engine),
+``weights_dir`` (cache for assembled weights; default
 ``$SIDEGATE_HOME/models``), ``n_threads`` (0 = the cores that are free at load), ``n_ctx`` (the
 slots share a KV cache of 6 x ``n_ctx`` tokens), ``n_slots`` (tools whose prompts stay cached),
 ``n_gpu_layers``, ``ground`` (``all``/``optional``/``none``), ``decode`` (``values``/``object``),
@@ -61,9 +63,13 @@ import triton_python_backend_utils as pb_utils
 from sidegate_models import weights
 from sidegate_models.backend import BadRequest, DecoupledWorker, check_config, gpu_layers, internal_error, invalid_input, json_input
 from sidegate_models.function_call import ContextTooLong, FunctionCaller, UnsupportedSchema
+from sidegate_models.function_call.engine import KV_WINDOWS
 from sidegate_models.function_call.prompt import JUDGE_KINDS
 
 _INPUTS = {"MESSAGES": "TYPE_STRING", "TOOLS": "TYPE_STRING"}
+# the chooser's KV cache when a filler has the tool slots: its listing of every target (~60
+# tokens a target) and the judge's prompt (~300), in windows of n_ctx tokens
+CHOOSER_KV_WINDOWS = 3
 _OUTPUTS = {"TOOL_CALLS": "TYPE_STRING"}
 
 
@@ -72,13 +78,14 @@ class TritonPythonModel:
         params = check_config(json.loads(args["model_config"]), "function_call", _INPUTS, _OUTPUTS)
 
         spec = os.environ.get("SIDEGATE_FC_WEIGHTS") or params.get("weights") or weights.DEFAULT_MODEL
+        fill_spec = os.environ.get("SIDEGATE_FC_FILL_WEIGHTS") or params.get("fill_weights") or spec
         weights_dir = params.get("weights_dir") or None
         path = weights.resolve(spec, dest_dir=Path(weights_dir) if weights_dir else None)
-        self.engine = FunctionCaller(
-            model_path=str(path),
+        fill_path = weights.resolve(fill_spec, dest_dir=Path(weights_dir) if weights_dir else None)
+        n_slots = int(params.get("n_slots") or 16)
+        common = dict(
             n_threads=int(params.get("n_threads") or 0),
             n_ctx=int(params.get("n_ctx") or 2048),
-            n_slots=int(params.get("n_slots") or 16),
             n_gpu_layers=gpu_layers(params.get("n_gpu_layers"), args.get("model_instance_kind", "CPU")),
             ground=params.get("ground") or "all",
             values_only=(params.get("decode") or "values") != "object",
@@ -86,16 +93,34 @@ class TritonPythonModel:
             mmap=(params.get("mmap") or "false").lower() == "true",
             kv_cache=params.get("kv_cache") or "q8_0",
             max_chars=int(params.get("max_chars") or 2000),
+        )
+        # the filler: the model that fills a tool's arguments (every call and pre-fill, and the
+        # arguments after a choice); the chooser (the weights above) picks among targets or none
+        # and is the guard's judge. Other weights than the chooser's: a second engine, with the
+        # tool slots; the chooser then keeps only its own two slots
+        self.filler: FunctionCaller | None = None
+        if fill_path != path:
+            self.filler = FunctionCaller(model_path=str(fill_path), n_slots=n_slots,
+                                         model_name=fill_spec if fill_spec in weights.MODELS else None, **common)
+        self.engine = FunctionCaller(
+            model_path=str(path),
+            n_slots=1 if self.filler else n_slots,
+            kv_windows=CHOOSER_KV_WINDOWS if self.filler else KV_WINDOWS,
             none_margin=float(params["none_margin"]) if params.get("none_margin") else None,
             model_name=spec if spec in weights.MODELS else None,
+            filler=self.filler,
+            **common,
         )
-        self.model_name = self.engine.model_name
+        self.fill = self.filler or self.engine
+        self.model_name = self.fill.model_name
         # one worker: the engine serializes calls anyway (the threads are the cores; a slot per
         # tool only keeps prompts cached, it does not add compute)
         self._worker = DecoupledWorker("function_call", self._respond)
-        pb_utils.Logger.log_info(
-            f"function_call: {path} loaded in {self.engine.load_s:.1f}s, warm-up {self.engine.warmup_s:.1f}s, "
-            f"{self.engine.n_threads} threads")
+        for role, engine in (("chooser", self.engine), ("filler", self.filler)):
+            if engine is not None:
+                pb_utils.Logger.log_info(
+                    f"function_call {role}: {engine.model_path} loaded in {engine.load_s:.1f}s, warm-up {engine.warmup_s:.1f}s, "
+                    f"{engine.n_threads} threads")
 
     def execute(self, requests: list) -> None:
         self._worker.submit(requests)
@@ -104,6 +129,8 @@ class TritonPythonModel:
     def finalize(self) -> None:
         self._worker.close()
         self.engine.close()
+        if self.filler is not None:
+            self.filler.close()
 
     # ---- one request
 
@@ -139,11 +166,11 @@ class TritonPythonModel:
         with _refusals_as_bad_requests():
             if candidates is None and not allow_none:
                 tool = tools[self.engine.choose(messages, tools)]
-                result = self.engine.call(messages, tool)
+                result = self.fill.call(messages, tool)
             else:
                 result = self.engine.choose_and_call(messages, tools, candidates, allow_none)
         if result is None:  # the chooser answered that no tool serves the request
-            return {"model": self.model_name, "tool_calls": [], "usage": dict(self.engine.last_choice_usage)}
+            return {"model": self.engine.model_name, "tool_calls": [], "usage": dict(self.engine.last_choice_usage)}
         return {
             "model": self.model_name,
             "tool_calls": [{
@@ -167,7 +194,7 @@ class TritonPythonModel:
         if tools["prefill"] is not True or not isinstance(listed, list) or len(listed) != 1 or not isinstance(listed[0], dict):
             raise BadRequest("TOOLS with prefill must be {\"tools\": [one tool], \"prefill\": true}")
         with _refusals_as_bad_requests():
-            result = self.engine.prefill(listed[0])
+            result = self.fill.prefill(listed[0])
         return {"model": self.model_name, "usage": result.get("usage", {}),
                 "tool_calls": [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
                                 "function": {"name": result["name"], "arguments": "{}"}, "missing": []}]}
@@ -188,7 +215,7 @@ class TritonPythonModel:
             raise BadRequest(str(exc)) from exc
         except ContextTooLong as exc:
             raise BadRequest(f"the judge's prompt does not fit the model's window: {exc}") from exc
-        return {"model": self.model_name, "tool_calls": [], "judge": tools["judge"], "verdict": out["verdict"],
+        return {"model": self.engine.model_name, "tool_calls": [], "judge": tools["judge"], "verdict": out["verdict"],
                 "p_yes": out.get("p_yes"), "usage": out.get("usage", {})}
 
 
