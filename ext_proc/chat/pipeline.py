@@ -269,6 +269,11 @@ class IngressPipeline:
             self.metrics.guard_judge.labels("unavailable").inc()
             guard_span.set_attribute("sidegate.guard.judge", "unavailable")
             log.warning("guard judge unavailable (%s): the guard's fail_open decides", exc.message)
+            if exc.code == "model_server_timeout":  # the judge's own deadline, not function_call's: name its key
+                raise ModelServerError(
+                    f"the guard's judge (Triton model function_call) did not answer within {judge.timeout_s:g} s; raise "
+                    "prompt_guards.input_guards.jailbreak.judge.timeout, narrow judge.band, or set the jailbreak guard's "
+                    "fail_open: true to let such prompts through", code="model_server_timeout", status=504) from exc
             raise
         self.metrics.guard_judge.labels("yes" if blocked else "no").inc()
         return blocked

@@ -379,7 +379,13 @@ def test_a_failed_or_slow_judge_follows_fail_open(error: ModelServerError) -> No
     closed = guarded(GuardModels(0.5, judge_error=error), BAND, fail_open=False)
     with pytest.raises(ModelServerError) as exc:
         asyncio.run(closed._guard("x"))
-    assert exc.value is error and _count(closed, "sidegate_guard_verdicts_total", "unavailable_refused") == 1
+    assert _count(closed, "sidegate_guard_verdicts_total", "unavailable_refused") == 1
+    if error is DOWN:
+        assert exc.value is error
+    else:  # the judge's own deadline: the 504 names its key, not function_call's
+        assert (exc.value.status, exc.value.code) == (504, "model_server_timeout") and exc.value.__cause__ is error
+        assert "1.5 s" in exc.value.message and "prompt_guards.input_guards.jailbreak.judge.timeout" in exc.value.message
+        assert "model_server.models.function_call.timeout" not in exc.value.message
 
 
 def test_no_judge_configured_is_the_classifier_alone_and_true_takes_the_calibrated_band() -> None:
