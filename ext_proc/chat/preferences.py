@@ -25,6 +25,12 @@ preference, whatever the scores (the embedding of "Summarize the main ideas in E
 is nearest to creative writing). A model server that fails never fails the request: it goes to
 the default provider, with a warning in the log.
 
+With ``overrides.routing_preference_judge`` (opt-in), a turn the embedding is unsure of (its best
+preference's score within the judge's band of the nearest ordinary-chat line: :func:`in_judge_band`)
+is settled by the function_call model (``Models.judge_route``: the request sorted among the
+preferences and "other"): :func:`judge_decision`. A judge that fails or is slow leaves the
+embedding's decision.
+
 Only requests that name no provider are routed: a ``x-arch-llm-provider-hint`` header or a
 ``model`` some provider serves decides as before (DESIGN.md, "preference routing").
 ``bench/routing_eval.py`` evaluates these same functions on a held-out half.
