@@ -836,6 +836,8 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
     if overrides.get("routing_preference_judge") not in (None, False) and not any(p.routing_preferences for p in providers):
         warnings.append("overrides.routing_preference_judge: no provider has routing_preferences, so there is nothing for it to judge "
                         "(and the function_call model is not loaded for it)")
+    ext_proc, route_warnings = _routing_judge_timeout(ext_proc, _routing_judge(overrides.get("routing_preference_judge")), providers)
+    warnings += route_warnings
     return Config(
         source=source,
         raw=raw,
@@ -1301,6 +1303,9 @@ NEAR_IDENTICAL_DESCRIPTIONS = 0.85
 DEFAULT_ROUTING_JUDGE_BAND = 0.06
 DEFAULT_ROUTING_JUDGE_THRESHOLD = 0.6
 DEFAULT_ROUTING_JUDGE_TIMEOUT_S = 1.5
+# the embedding part of a preference-routing decision must end within this (ext_proc/chat/preferences.py
+# reads it: a slow prompt_embed sends the request to the default provider rather than hold it)
+ROUTE_EMBED_DEADLINE_S = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1324,6 +1329,25 @@ def _routing_judge(judge: Any) -> RoutingJudge | None:
     return RoutingJudge(band=float(settings.get("band", DEFAULT_ROUTING_JUDGE_BAND)),
                         threshold=float(settings.get("threshold", DEFAULT_ROUTING_JUDGE_THRESHOLD)),
                         timeout_s=parse_duration(settings.get("timeout", DEFAULT_ROUTING_JUDGE_TIMEOUT_S)))
+
+
+def _routing_judge_timeout(ext_proc: ExtProcSettings, judge: RoutingJudge | None,
+                           providers: tuple[LlmProvider, ...]) -> tuple[ExtProcSettings, list[str]]:
+    """The judge's deadline comes on top of what else a request keeps ext_proc waiting for, so a
+    derived ``ext_proc.message_timeout`` grows by it (a slow judge then leaves the embedding's
+    decision instead of Envoy answering 504 ext_proc_timeout); one set in the config shorter than
+    the whole decision (embedding deadline + judge) is warned about."""
+    if judge is None or not any(p.routing_preferences for p in providers):
+        return ext_proc, []
+    decision_s = ROUTE_EMBED_DEADLINE_S + judge.timeout_s
+    if not ext_proc.message_timeout_explicit:
+        return dataclasses.replace(ext_proc, message_timeout_s=ext_proc.message_timeout_s + judge.timeout_s), []
+    if ext_proc.message_timeout_s < decision_s + MESSAGE_TIMEOUT_MARGIN_S:
+        return ext_proc, [f"ext_proc.message_timeout: {ext_proc.message_timeout_s:g} s is shorter than a preference-routing decision with "
+                          f"its judge may take ({ROUTE_EMBED_DEADLINE_S:g} s embedding + {judge.timeout_s:g} s "
+                          f"overrides.routing_preference_judge.timeout + {MESSAGE_TIMEOUT_MARGIN_S:g} s margin): raise it, or lower the "
+                          "judge's timeout"]
+    return ext_proc, []
 
 
 def _routing_preference_warnings(providers: tuple[LlmProvider, ...], ms: ModelServer, source: str) -> list[str]:

@@ -52,7 +52,7 @@ import snowballstemmer
 
 from ext_proc import telemetry
 from ext_proc.chat.intent import IntentIndex, choose
-from ext_proc.config import Config, LlmProvider, RoutingPreference
+from ext_proc.config import ROUTE_EMBED_DEADLINE_S, Config, LlmProvider, RoutingPreference
 from ext_proc.errors import ModelServerError
 from ext_proc.metrics import Metrics
 from ext_proc.models.base import Models, RouteVerdict
@@ -67,7 +67,7 @@ log = logging.getLogger("sidegate.preferences")
 # the whole decision (both embeddings) must take less: a slow model server sends the request to the
 # default provider rather than keep it until Envoy's ext_proc message timeout answers 504
 # (an embedding of 6 words takes ~10 ms on 2 cores; ~150 ms at c=32)
-ROUTE_DEADLINE_S = 2.0
+ROUTE_DEADLINE_S = ROUTE_EMBED_DEADLINE_S
 # the judge's listing of the preferences is evaluated once in the background at start (its first call
 # evaluates the whole listing: seconds on 2 cores), under this deadline
 JUDGE_PREFILL_TIMEOUT_S = 120.0

@@ -409,3 +409,22 @@ def test_the_judge_loads_function_call_and_is_warned_about_without_preferences()
     cfg = build_config(raw, env=ENV)
     assert "function_call" not in needed_models(cfg)
     assert any(w.startswith("overrides.routing_preference_judge: no provider has routing_preferences") for w in cfg.warnings)
+
+
+def test_envoy_waits_for_the_judge_longer_than_its_deadline() -> None:
+    # a slow judge must end in the embedding's decision, not in Envoy's ext_proc_timeout
+    def built(judge: Any, message_timeout: str | None = None) -> Config:
+        raw = raw_config(llm_providers=CONFIG_PROVIDERS, model_server={"mode": "remote", "endpoint": "grpc://127.0.0.1:1"},
+                         overrides={"routing_preference_judge": judge})
+        raw["ext_proc"].pop("message_timeout")
+        if message_timeout is not None:
+            raw["ext_proc"]["message_timeout"] = message_timeout
+        return build_config(raw, env=ENV)
+
+    assert built(False).ext_proc.message_timeout_s == 10.0  # derived: nothing slower configured
+    assert built(True).ext_proc.message_timeout_s == 11.5  # + the judge's 1.5 s
+    assert built({"timeout": "20s"}).ext_proc.message_timeout_s == 30.0
+    cfg = built(True, "3s")
+    assert cfg.ext_proc.message_timeout_s == 3.0
+    assert any(w.startswith("ext_proc.message_timeout: 3 s is shorter than a preference-routing decision with its judge") for w in cfg.warnings)
+    assert not any("preference-routing decision" in w for w in built(True, "10s").warnings)
