@@ -24,7 +24,7 @@ from ext_proc.chat.preferences import (
     preference_index,
     preference_views,
 )
-from ext_proc.config import Config, RoutingPreference, build_config
+from ext_proc.config import Config, ConfigError, RoutingPreference, build_config
 from ext_proc.control.model_repo import needed_models
 from ext_proc.errors import ModelServerError
 from ext_proc.metrics import Metrics
@@ -428,3 +428,16 @@ def test_envoy_waits_for_the_judge_longer_than_its_deadline() -> None:
     assert cfg.ext_proc.message_timeout_s == 3.0
     assert any(w.startswith("ext_proc.message_timeout: 3 s is shorter than a preference-routing decision with its judge") for w in cfg.warnings)
     assert not any("preference-routing decision" in w for w in built(True, "10s").warnings)
+
+
+@pytest.mark.parametrize(("judge", "path", "words"), [
+    ("yes", "overrides.routing_preference_judge", "expected true or false or a mapping"),
+    ({"band": -0.1}, "overrides.routing_preference_judge.band", "expected at least 0"),
+    ({"threshold": 1.5}, "overrides.routing_preference_judge.threshold", "expected at most 1"),
+    ({"timeout": "soon"}, "overrides.routing_preference_judge.timeout", "expected a duration"),
+    ({"margin": 0.1}, "overrides.routing_preference_judge.margin", "unknown key 'margin' (allowed: band, threshold, timeout)"),
+])
+def test_a_bad_judge_setting_is_refused_with_the_key_path(judge: Any, path: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        judged_config(judge)
+    assert info.value.path == path and words in info.value.message, str(info.value)
