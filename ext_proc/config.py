@@ -54,6 +54,7 @@ __all__ = [
     "RateLimit",
     "ResponseCache",
     "RoutingPreference",
+    "RoutingJudge",
     "DEFAULT_CONFIG",
     "SCHEMA_PATH",
     "load_config",
@@ -582,6 +583,8 @@ class Config:
     agent_listeners: tuple[AgentListener, ...] = ()  # listeners of type agent
     # routing_preferences: the best preference's embedding score must reach this (overrides.routing_preference_threshold)
     routing_threshold: float = 0.0
+    # overrides.routing_preference_judge: the function_call model decides the turns near the ordinary-chat line (None: off)
+    routing_judge: RoutingJudge | None = None
     output_guards: OutputGuards | None = None  # prompt_guards.output_guards (None: answers are not checked)
 
     @property
@@ -830,6 +833,11 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
                                           judge_s=judge.timeout_s if judge else 0.0,
                                           agents=any(len(a.get("agents") or []) > 1 for a in agent_lists))
     warnings += _routing_preference_warnings(providers, ms, source)
+    if overrides.get("routing_preference_judge") not in (None, False) and not any(p.routing_preferences for p in providers):
+        warnings.append("overrides.routing_preference_judge: no provider has routing_preferences, so there is nothing for it to judge "
+                        "(and the function_call model is not loaded for it)")
+    ext_proc, route_warnings = _routing_judge_timeout(ext_proc, _routing_judge(overrides.get("routing_preference_judge")), providers)
+    warnings += route_warnings
     return Config(
         source=source,
         raw=raw,
@@ -858,6 +866,7 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         model_aliases=_model_aliases(raw, providers, source),
         **agent_parts,
         routing_threshold=float(overrides.get("routing_preference_threshold", DEFAULT_ROUTING_THRESHOLD)),
+        routing_judge=_routing_judge(overrides.get("routing_preference_judge")),
         output_guards=_output_guards((raw.get("prompt_guards") or {}).get("output_guards"), env, source),
     )
 
@@ -1287,6 +1296,58 @@ def _response_cache_warnings(rc: dict[str, Any] | None, ms: ModelServer, targets
 DEFAULT_ROUTING_THRESHOLD = 0.18
 # two preferences' descriptions this alike (difflib ratio of their normalised words) are warned about
 NEAR_IDENTICAL_DESCRIPTIONS = 0.85
+
+
+# overrides.routing_preference_judge's defaults: the band and the share chosen on the routing set's dev half
+# (python -m bench routing_eval --judge; figures in bench/README.md), the deadline from the judged prompts' latency
+DEFAULT_ROUTING_JUDGE_BAND = 0.06
+DEFAULT_ROUTING_JUDGE_THRESHOLD = 0.6
+DEFAULT_ROUTING_JUDGE_TIMEOUT_S = 1.5
+# the embedding part of a preference-routing decision must end within this (ext_proc/chat/preferences.py
+# reads it: a slow prompt_embed sends the request to the default provider rather than hold it)
+ROUTE_EMBED_DEADLINE_S = 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoutingJudge:
+    """``overrides.routing_preference_judge`` (sidegate): a turn whose best preference's score is
+    within ``band`` of the nearest ordinary-chat line (the embedding's uncertain cases) is sorted by
+    the function_call model among the preferences and "other"; the embedding's best preference goes
+    when the judge's P(it) / (P(it) + P(other)) >= ``threshold``, else the default provider. Its own
+    deadline ``timeout_s``; a judge that fails or is slower leaves the embedding's decision."""
+
+    band: float = DEFAULT_ROUTING_JUDGE_BAND
+    threshold: float = DEFAULT_ROUTING_JUDGE_THRESHOLD
+    timeout_s: float = DEFAULT_ROUTING_JUDGE_TIMEOUT_S
+
+
+def _routing_judge(judge: Any) -> RoutingJudge | None:
+    """``overrides.routing_preference_judge``: absent, null or false is no judge; true or ``{}`` the defaults."""
+    if judge is None or judge is False:
+        return None
+    settings = judge if isinstance(judge, dict) else {}
+    return RoutingJudge(band=float(settings.get("band", DEFAULT_ROUTING_JUDGE_BAND)),
+                        threshold=float(settings.get("threshold", DEFAULT_ROUTING_JUDGE_THRESHOLD)),
+                        timeout_s=parse_duration(settings.get("timeout", DEFAULT_ROUTING_JUDGE_TIMEOUT_S)))
+
+
+def _routing_judge_timeout(ext_proc: ExtProcSettings, judge: RoutingJudge | None,
+                           providers: tuple[LlmProvider, ...]) -> tuple[ExtProcSettings, list[str]]:
+    """The judge's deadline comes on top of what else a request keeps ext_proc waiting for, so a
+    derived ``ext_proc.message_timeout`` grows by it (a slow judge then leaves the embedding's
+    decision instead of Envoy answering 504 ext_proc_timeout); one set in the config shorter than
+    the whole decision (embedding deadline + judge) is warned about."""
+    if judge is None or not any(p.routing_preferences for p in providers):
+        return ext_proc, []
+    decision_s = ROUTE_EMBED_DEADLINE_S + judge.timeout_s
+    if not ext_proc.message_timeout_explicit:
+        return dataclasses.replace(ext_proc, message_timeout_s=ext_proc.message_timeout_s + judge.timeout_s), []
+    if ext_proc.message_timeout_s < decision_s + MESSAGE_TIMEOUT_MARGIN_S:
+        return ext_proc, [f"ext_proc.message_timeout: {ext_proc.message_timeout_s:g} s is shorter than a preference-routing decision with "
+                          f"its judge may take ({ROUTE_EMBED_DEADLINE_S:g} s embedding + {judge.timeout_s:g} s "
+                          f"overrides.routing_preference_judge.timeout + {MESSAGE_TIMEOUT_MARGIN_S:g} s margin): raise it, or lower the "
+                          "judge's timeout"]
+    return ext_proc, []
 
 
 def _routing_preference_warnings(providers: tuple[LlmProvider, ...], ms: ModelServer, source: str) -> list[str]:

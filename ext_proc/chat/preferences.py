@@ -25,6 +25,12 @@ preference, whatever the scores (the embedding of "Summarize the main ideas in E
 is nearest to creative writing). A model server that fails never fails the request: it goes to
 the default provider, with a warning in the log.
 
+With ``overrides.routing_preference_judge`` (opt-in), a turn the embedding is unsure of (its best
+preference's score within the judge's band of the nearest ordinary-chat line: :func:`in_judge_band`)
+is settled by the function_call model (``Models.judge_route``: the request sorted among the
+preferences and "other"): :func:`judge_decision`. A judge that fails or is slow leaves the
+embedding's decision.
+
 Only requests that name no provider are routed: a ``x-arch-llm-provider-hint`` header or a
 ``model`` some provider serves decides as before (DESIGN.md, "preference routing").
 ``bench/routing_eval.py`` evaluates these same functions on a held-out half.
@@ -33,6 +39,7 @@ Only requests that name no provider are routed: a ``x-arch-llm-provider-hint`` h
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -45,21 +52,25 @@ import snowballstemmer
 
 from ext_proc import telemetry
 from ext_proc.chat.intent import IntentIndex, choose
-from ext_proc.config import Config, LlmProvider, RoutingPreference
+from ext_proc.config import ROUTE_EMBED_DEADLINE_S, Config, LlmProvider, RoutingPreference
 from ext_proc.errors import ModelServerError
 from ext_proc.metrics import Metrics
-from ext_proc.models.base import Models
+from ext_proc.models.base import Models, RouteVerdict
 from ext_proc.wire.openai import ChatRequest, content_text
 
-__all__ = ["ANCHOR_OVERLAP", "HEAD_WORDS", "ORDINARY_CHAT", "ORDINARY_WORDS", "ROUTE_DEADLINE_S", "Decision", "PreferenceIndex", "PreferenceRouter",
-           "Route", "lead_word", "preference_index", "preference_views", "routing_text", "wider_text"]
+__all__ = ["ANCHOR_OVERLAP", "HEAD_WORDS", "JUDGE_PREFILL_TIMEOUT_S", "ORDINARY_CHAT", "ORDINARY_WORDS", "ROUTE_DEADLINE_S", "Decision",
+           "PreferenceIndex", "PreferenceRouter", "Route", "in_judge_band", "judge_decision", "lead_word", "preference_index",
+           "preference_views", "routing_text", "wider_text"]
 
 log = logging.getLogger("sidegate.preferences")
 
 # the whole decision (both embeddings) must take less: a slow model server sends the request to the
 # default provider rather than keep it until Envoy's ext_proc message timeout answers 504
 # (an embedding of 6 words takes ~10 ms on 2 cores; ~150 ms at c=32)
-ROUTE_DEADLINE_S = 2.0
+ROUTE_DEADLINE_S = ROUTE_EMBED_DEADLINE_S
+# the judge's listing of the preferences is evaluated once in the background at start (its first call
+# evaluates the whole listing: seconds on 2 cores), under this deadline
+JUDGE_PREFILL_TIMEOUT_S = 120.0
 HEAD_WORDS = 6  # words of a turn's head that are embedded (4 to 6 did best on the dev half; 8 and more worse)
 # words of a turn's wider head, embedded too (in the same call) for the comparison with ordinary chat only:
 # "I want to build a fun" (6 words) says less about what kind of request it is than its first 12 words
@@ -163,7 +174,8 @@ class Decision:
     found: int | None
     score: float
     ordinary: float
-    why: str  # match, below, ordinary, named
+    why: str  # match, below, ordinary, named; judged (the judge decided: judge_decision)
+    top: int | None = None  # the preference the ranking (embedding + BM25) puts first, whatever the decision
 
 
 @dataclass(frozen=True)
@@ -194,15 +206,36 @@ class PreferenceIndex:
             ordinary = float(np.max(self.anchors @ vec))
             if wider is not None:
                 ordinary = max(ordinary, float(np.max(self.anchors @ wider)))
+        ranking = self.index.ranking(scores, text) if len(scores) else scores
+        top = int(np.argmax(ranking)) if len(ranking) else None
         lead = lead_word(text)
         if lead is not None and lead in self.named:
-            return Decision(found=self.named[lead], score=best, ordinary=ordinary, why="named")
+            return Decision(found=self.named[lead], score=best, ordinary=ordinary, why="named", top=top)
         if best < threshold:
-            return Decision(found=None, score=best, ordinary=ordinary, why="below")
+            return Decision(found=None, score=best, ordinary=ordinary, why="below", top=top)
         if ordinary >= best:
-            return Decision(found=None, score=best, ordinary=ordinary, why="ordinary")
-        found = choose(scores, threshold, self.index.ranking(scores, text))
-        return Decision(found=found, score=best, ordinary=ordinary, why="match")
+            return Decision(found=None, score=best, ordinary=ordinary, why="ordinary", top=top)
+        found = choose(scores, threshold, ranking)
+        return Decision(found=found, score=best, ordinary=ordinary, why="match", top=top)
+
+
+def in_judge_band(decision: Decision, band: float) -> bool:
+    """Whether the judge decides ``decision``'s turn: its best preference's score is within ``band``
+    of the nearest ordinary-chat line (the embedding's unsure cases, on either side), and its first
+    word did not name a preference."""
+    return (decision.why != "named" and decision.top is not None and np.isfinite(decision.ordinary)
+            and abs(decision.score - decision.ordinary) < band)
+
+
+def judge_decision(decision: Decision, verdict: RouteVerdict, names: Sequence[str], threshold: float) -> Decision:
+    """``decision`` as the judge's ``verdict`` settles it: the ranking's first preference when the
+    judge's P(it) / (P(it) + P(none)) reaches ``threshold`` (its answer where it gives no
+    probabilities), else none (``why`` "judged" either way)."""
+    assert decision.top is not None
+    name = names[decision.top]
+    share = verdict.share(name)
+    yes = share >= threshold if share is not None else verdict.answer == name
+    return dataclasses.replace(decision, found=decision.top if yes else None, why="judged")
 
 
 def preference_views(preferences: Sequence[RoutingPreference], *, ordinary: bool = True) -> list[str]:
@@ -248,6 +281,9 @@ class PreferenceRouter:
         self.preferences = [rp for p in cfg.llm_providers for rp in p.routing_preferences]
         self._index: PreferenceIndex | None = None
         self._lock = asyncio.Lock()
+        # the judge's categories: every preference, in one fixed order (its cached listing)
+        self.categories = [(rp.name, rp.description) for rp in self.preferences]
+        self._prefill: asyncio.Task[None] | None = None
 
     @property
     def active(self) -> bool:
@@ -265,6 +301,16 @@ class PreferenceRouter:
                 self._index = preference_index(self.preferences, await self.models.embed(views))
                 log.info("embedded %d routing preferences (%d texts; %d of %d ordinary-chat lines kept)", len(self.preferences),
                          len(views), len(self._index.anchor_texts), len(ORDINARY_CHAT))
+                if self.cfg.routing_judge is not None and self._prefill is None:
+                    self._prefill = asyncio.get_running_loop().create_task(self._prefill_judge())
+
+    async def _prefill_judge(self) -> None:
+        """One judge call in the background, so the first judged request finds the listing cached."""
+        assert self.models is not None
+        try:
+            await self.models.judge_route("hello", self.categories, timeout_s=JUDGE_PREFILL_TIMEOUT_S)
+        except ModelServerError as exc:
+            log.warning("preference routing's judge did not pre-fill its listing (%s): its first call will take longer", exc.message)
 
     async def route(self, req: ChatRequest) -> Route:
         """The provider for ``req``'s conversation: its best-fitting preference's, else the default."""
@@ -273,15 +319,19 @@ class PreferenceRouter:
         fallback = default or self.cfg.llm_providers[0]
         text = req.last_user_text
         started = time.perf_counter()
+        judge = self.cfg.routing_judge
+        deadline = ROUTE_DEADLINE_S + (judge.timeout_s if judge is not None else 0.0)
         with telemetry.span("route") as span:
             try:
                 if text.strip():
-                    name, score, named = await asyncio.wait_for(self._best(text, req), ROUTE_DEADLINE_S)
+                    name, score, why = await asyncio.wait_for(self._best(text, req), deadline)
                 else:
-                    name, score, named = None, float("-inf"), False
-                decided_by = "none" if name is None else "named" if named else "embedding"
+                    name, score, why = None, float("-inf"), "below"
+                decided_by = "none" if name is None else "named" if why == "named" else "judge" if why == "judged" else "embedding"
             except (ModelServerError, asyncio.TimeoutError) as exc:
-                why = exc.message if isinstance(exc, ModelServerError) else f"prompt_embed did not answer within {ROUTE_DEADLINE_S:g} s"
+                why = exc.message if isinstance(exc, ModelServerError) else (
+                    f"prompt_embed did not answer within {deadline:g} s" if judge is None else
+                    f"prompt_embed and function_call's judge did not answer within {deadline:g} s")
                 self.metrics.model_errors.labels("route").inc()
                 log.warning("routing preferences not matched, sending the request to the default provider %s: %s", fallback.name, why)
                 name, score, decided_by = None, float("-inf"), "unavailable"
@@ -295,25 +345,52 @@ class PreferenceRouter:
         provider = self.owners[name] if name is not None else fallback
         return Route(provider=provider, preference=name, score=score, decided_by=decided_by)
 
-    async def _best(self, text: str, req: ChatRequest) -> tuple[str | None, float, bool]:
-        """(the preference that fits, or None; the best embedding score; whether the turn's first
-        word named it): the head of the last user
-        turn, then that of the user turn before it when no preference reached the threshold for the
-        last ("now in French please"; a last turn closer to ordinary chat stays with the default)."""
+    async def _best(self, text: str, req: ChatRequest) -> tuple[str | None, float, str]:
+        """(the preference that fits, or None; the best embedding score; the decision's ``why``):
+        the head of the last user turn (settled by the judge when it is configured and the turn is
+        in its band), then that of the user turn before it when no preference reached the threshold
+        for the last ("now in French please"; a last turn closer to ordinary chat stays with the
+        default)."""
         assert self.models is not None
         await self.warm()
         assert self._index is not None
         threshold = self.cfg.routing_threshold
         query = routing_text(text)
-        decision = await self._decide(query, wider_text(text), threshold)
-        found, best, named = decision.found, decision.score, decision.why == "named"
-        if decision.why == "below":
+        first = await self._decide(query, wider_text(text), threshold)
+        decision = await self._judged(first, text)
+        best = decision.score
+        if decision.found is None and first.why == "below":
             earlier = [content_text(m.get("content")) for m in req.messages[:-1] if m.get("role") == "user"]
             earlier = [t for t in earlier if t.strip()]
             if earlier:
-                second = await self._decide(routing_text(earlier[-1]), wider_text(earlier[-1]), threshold)
-                found, best, named = second.found, max(best, second.score), second.why == "named"
-        return (self._index.names[found] if found is not None else None), best, named
+                decision = await self._decide(routing_text(earlier[-1]), wider_text(earlier[-1]), threshold)
+                best = max(best, decision.score)
+        return (self._index.names[decision.found] if decision.found is not None else None), best, decision.why
+
+    async def _judged(self, decision: Decision, text: str) -> Decision:
+        """``decision`` as the judge settles it (:func:`judge_decision`) when one is configured and
+        the turn is in its band; unchanged otherwise, and when the judge fails or is slower than its
+        deadline (counted as a model error of ``route_judge``, with a warning in the log)."""
+        judge = self.cfg.routing_judge
+        if judge is None or not in_judge_band(decision, judge.band):
+            return decision
+        assert self.models is not None and self._index is not None
+        started = time.perf_counter()
+        try:
+            with telemetry.span("route_judge") as span:
+                verdict = await asyncio.wait_for(self.models.judge_route(text, self.categories, timeout_s=judge.timeout_s),
+                                                 judge.timeout_s)
+                settled = judge_decision(decision, verdict, self._index.names, judge.threshold)
+                span.set_attributes({"sidegate.route.judge": verdict.answer or "none",
+                                     "sidegate.route.judge_choice": self._index.names[settled.found] if settled.found is not None else ""})
+        except (ModelServerError, asyncio.TimeoutError) as exc:
+            why = exc.message if isinstance(exc, ModelServerError) else f"function_call did not answer within {judge.timeout_s:g} s"
+            self.metrics.model_errors.labels("route_judge").inc()
+            log.warning("preference routing's judge could not decide, the embedding's decision stands: %s", why)
+            return decision
+        finally:
+            self.metrics.stage_seconds.labels("route_judge").observe(time.perf_counter() - started)
+        return settled
 
     async def _decide(self, query: str, wider: str, threshold: float) -> Decision:
         """One turn's decision: its head and its wider head embedded in one call (the head alone when they are the same)."""

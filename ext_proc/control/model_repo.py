@@ -33,7 +33,9 @@ def needed_models(cfg: Config) -> list[str]:
     if cfg.jailbreak is not None:
         need += [*(s for s in ENSEMBLE_STEPS["prompt_guard"] if s not in need), "prompt_guard"]
     # function_call fills prompt targets' parameters, and is the guard's judge in the cascade (issue 17)
-    if any(t.parameters for t in cfg.prompt_targets) or (cfg.jailbreak is not None and cfg.jailbreak.judge is not None):
+    # ... and preference routing's judge (issue 19), when one is configured
+    if any(t.parameters for t in cfg.prompt_targets) or (cfg.jailbreak is not None and cfg.jailbreak.judge is not None) or (
+            preferences and cfg.routing_judge is not None):
         need.append("function_call")
     if any(p.interface in LOCAL_INTERFACES for p in cfg.llm_providers):
         need.append("chat_llm")

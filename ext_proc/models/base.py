@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["GuardVerdict", "JudgeVerdict", "Models", "ToolCall"]
+__all__ = ["GuardVerdict", "JudgeVerdict", "Models", "RouteVerdict", "ToolCall"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +31,25 @@ class JudgeVerdict:
 
     def flagged(self, threshold: float) -> bool:
         return self.p_yes >= threshold if self.p_yes is not None else self.verdict == "yes"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteVerdict:
+    """Preference routing's judge (the function_call model sorting a request among categories):
+    its constrained ``answer`` (a category's name, None for none of them) and the first token's
+    probability mass per category (``p``) and for none (``p_none``); all 0 where the runtime gives
+    no probabilities."""
+
+    answer: str | None
+    p: dict[str, float]
+    p_none: float
+
+    def share(self, name: str) -> float | None:
+        """P(``name``) / (P(``name``) + P(none)): how much more the judge leans to ``name`` than
+        to none of them; None where neither has any mass (then read ``answer``)."""
+        p = self.p.get(name, 0.0)
+        total = p + self.p_none
+        return p / total if total > 0 else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,3 +80,8 @@ class Models(Protocol):
     async def judge_guard(self, text: str, *, timeout_s: float | None = None) -> JudgeVerdict:
         """The cascade's judge on ``text``: is it a jailbreak / prompt injection? (``function_call``
         with ``TOOLS {"judge": "guard"}``). ``timeout_s``: this call's deadline (None: function_call's)."""
+
+    async def judge_route(self, text: str, categories: list[tuple[str, str]], *, timeout_s: float | None = None) -> RouteVerdict:
+        """Preference routing's judge on ``text``: which of ``categories`` ((name, description)
+        pairs, the same list on every call) it asks for, or none (``function_call`` with ``TOOLS
+        {"judge": "route", "categories": [...]}``). ``timeout_s``: this call's deadline."""

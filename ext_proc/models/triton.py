@@ -47,7 +47,7 @@ from tritonclient.utils import InferenceServerException
 from ext_proc import telemetry
 from ext_proc.config import ENSEMBLE_STEPS  # a step whose stub died fails its ensemble's requests; the step is reloaded
 from ext_proc.errors import ModelServerError
-from ext_proc.models.base import GuardVerdict, JudgeVerdict, ToolCall
+from ext_proc.models.base import GuardVerdict, JudgeVerdict, RouteVerdict, ToolCall
 from ext_proc.names import INVALID_INPUT_MARK, STUB_DEAD, STUB_DEAD_INSTANCE
 
 __all__ = ["EMBEDDING_DIM", "EMBED_MODEL", "TritonClient"]
@@ -252,6 +252,20 @@ class TritonClient:
         if not isinstance(answer, dict) or answer.get("verdict") not in ("yes", "no") or not (
                 p_yes is None or isinstance(p_yes, (int, float))):
             raise ModelServerError(f"Triton model {FUNCTION_CALL_MODEL} returned an unexpected judge answer: {answer!r:.200}")
+        return answer
+
+    async def function_route(
+        self, text: str, categories: list[tuple[str, str]], *, timeout_s: float, headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """``function_call`` as preference routing's judge (``TOOLS {"judge": "route", "categories":
+        [...]}``, the text as the one user turn): ``{"answer": name | None, "p": {...}, "p_none": ...}``."""
+        inputs = _json_inputs(MESSAGES=[{"role": "user", "content": text}],
+                              TOOLS={"judge": "route", "categories": [{"name": n, "description": d} for n, d in categories]})
+        answer = await self._function_call_answer(inputs, timeout_s, headers)
+        names = {n for n, _ in categories}
+        if not isinstance(answer, dict) or not (answer.get("answer") is None or answer.get("answer") in names) or not isinstance(
+                answer.get("p"), dict) or not isinstance(answer.get("p_none"), (int, float)):
+            raise ModelServerError(f"Triton model {FUNCTION_CALL_MODEL} returned an unexpected route judge answer: {answer!r:.200}")
         return answer
 
     async def _function_call_answer(self, inputs: list[InferInput], timeout_s: float, headers: dict[str, str] | None) -> Any:
@@ -519,6 +533,11 @@ class TritonModels:
         out = await self.client.function_judge(text, kind="guard", timeout_s=deadline, headers=telemetry.inject() or None)
         p_yes = out.get("p_yes")
         return JudgeVerdict(verdict=out["verdict"], p_yes=None if p_yes is None else float(p_yes))
+
+    async def judge_route(self, text: str, categories: list[tuple[str, str]], *, timeout_s: float | None = None) -> RouteVerdict:
+        deadline = self.timeout_for(FUNCTION_CALL_MODEL) if timeout_s is None else timeout_s
+        out = await self.client.function_route(text, categories, timeout_s=deadline, headers=telemetry.inject() or None)
+        return RouteVerdict(answer=out.get("answer"), p={str(k): float(v) for k, v in out["p"].items()}, p_none=float(out["p_none"]))
 
     async def close(self) -> None:
         await self.client.close()

@@ -5,6 +5,7 @@ measured by ``python -m bench routing_eval``."""
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -120,3 +121,23 @@ def test_model_server_down_goes_to_the_default_provider(tmp_path_factory: pytest
             assert special.requests == [] and len(general.requests) == 1
             log = "\n".join(p.read_text() for p in (sv.home() / "logs").glob("*.log"))
             assert "routing preferences not matched, sending the request to the default provider general" in log
+
+
+def test_with_the_judge_function_call_settles_the_decision(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """overrides.routing_preference_judge through Triton's function_call (a band that takes every turn, so each is judged)."""
+    with FakeProvider(name="fake-general") as general, FakeProvider(name="fake-special") as special:
+        raw = gateway_config(providers(general, special), model_server={
+            "mode": "local-cpu", "http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port(), "timeout": "30s"})
+        raw["overrides"] = {"routing_preference_judge": {"band": 2.0, "timeout": "30s"}}
+        with running_stack(tmp_path_factory, raw) as (cfg, _):
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{cfg.egress.port}/v1", api_key="sk-client", max_retries=0, timeout=60)
+            code = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": CODE}])
+            assert code.headers["x-sidegate-route"] == "code generation" and code.headers["x-sidegate-provider"] == "coder"
+            # small talk, which the judge sorts as "other" (alone it is weak at "none": "who won the fifa world cup" is
+            # summarization to it, one reason it only takes the embedding's unsure band by default)
+            other = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": "Hi! How are you today?"}])
+            assert other.headers["x-sidegate-provider"] == "general" and "x-sidegate-route" not in other.headers
+            with urllib.request.urlopen(f"http://127.0.0.1:{cfg.ext_proc.http_port}/metrics", timeout=5) as r:  # noqa: S310
+                metrics = r.read().decode()
+            assert 'sidegate_route_decisions_total{decided_by="judge",preference="code generation"} 1.0' in metrics
+            assert [r.json["model"] for r in special.requests] == ["code-model"] and len(general.requests) == 1

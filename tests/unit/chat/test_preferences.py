@@ -16,11 +16,19 @@ import pytest
 from ext_proc.chat.completions import ChatProcessor, Forward, preference_egress_router
 from ext_proc.chat.endpoints import EndpointClient
 from ext_proc.chat.pipeline import IngressPipeline
-from ext_proc.chat.preferences import ORDINARY_CHAT, PreferenceRouter, lead_word, preference_index, preference_views
-from ext_proc.config import Config, RoutingPreference, build_config
+from ext_proc.chat.preferences import (
+    JUDGE_PREFILL_TIMEOUT_S,
+    ORDINARY_CHAT,
+    PreferenceRouter,
+    lead_word,
+    preference_index,
+    preference_views,
+)
+from ext_proc.config import Config, ConfigError, RoutingPreference, build_config
 from ext_proc.control.model_repo import needed_models
 from ext_proc.errors import ModelServerError
 from ext_proc.metrics import Metrics
+from ext_proc.models.base import RouteVerdict
 from ext_proc.processor import Continue
 from ext_proc.wire.openai import parse_chat_request
 from testkit.configs import ENV, raw_config
@@ -64,15 +72,17 @@ class Embedder:
         return np.stack(rows).astype(np.float32)
 
 
+CONFIG_PROVIDERS = [
+    {"name": "general", "provider_interface": "openai", "access_key": "$OPENAI_API_KEY", "model": "gpt-4o-mini", "default": True},
+    {"name": "coder", "provider_interface": "openai", "access_key": "$OPENAI_API_KEY", "model": "code-model",
+     "routing_preferences": [{"name": "code generation", "description": "writing new code from a description"}]},
+    {"name": "reader", "provider_interface": "groq", "access_key": "$GROQ_API_KEY", "model": "llama",
+     "routing_preferences": [{"name": "summarization", "description": "summarizing documents"}]},
+]
+
+
 def config(threshold: float = 0.5, extra: list[dict[str, Any]] | None = None, **over: Any) -> Config:
-    providers = [
-        {"name": "general", "provider_interface": "openai", "access_key": "$OPENAI_API_KEY", "model": "gpt-4o-mini", "default": True},
-        {"name": "coder", "provider_interface": "openai", "access_key": "$OPENAI_API_KEY", "model": "code-model",
-         "routing_preferences": [{"name": "code generation", "description": "writing new code from a description"}]},
-        {"name": "reader", "provider_interface": "groq", "access_key": "$GROQ_API_KEY", "model": "llama",
-         "routing_preferences": [{"name": "summarization", "description": "summarizing documents"}]},
-        *(extra or []),
-    ]
+    providers = [*CONFIG_PROVIDERS, *(extra or [])]
     raw = raw_config(llm_providers=providers, overrides={"routing_preference_threshold": threshold},
                      model_server={"mode": "remote", "endpoint": "grpc://127.0.0.1:1"}, **over)
     return build_config(raw, env=ENV)
@@ -286,3 +296,148 @@ async def test_a_turn_whose_first_12_words_are_ordinary_chat_goes_to_the_default
     assert (route.provider.name, route.preference, route.decided_by) == ("general", None, "none")
     route = await router.route(request("I want to build a 0@0.6 site, how should I start"))
     assert (route.provider.name, route.preference) == ("coder", "code generation")
+
+
+# ------------------------------------------------------------------ the judge (overrides.routing_preference_judge)
+
+class Judging(Embedder):
+    """Embedder + Models.judge_route: the judge's P(preference) is ``p`` for every preference, P(none) ``p_none``."""
+
+    def __init__(self, *, p: float = 0.8, p_none: float = 0.2, answer: str | None = None, fail: bool = False,
+                 delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.p, self.p_none, self.answer, self.judge_fail, self.judge_delay_s = p, p_none, answer, fail, delay_s
+        self.judged: list[tuple[str, list[tuple[str, str]], float | None]] = []
+
+    async def judge_route(self, text: str, categories: list[tuple[str, str]], *, timeout_s: float | None = None) -> RouteVerdict:
+        self.judged.append((text, categories, timeout_s))
+        await asyncio.sleep(self.judge_delay_s)
+        if self.judge_fail:
+            raise ModelServerError("Triton model function_call is not ready", status=503)
+        return RouteVerdict(answer=self.answer, p={n: self.p for n, _ in categories}, p_none=self.p_none)
+
+
+def judged_config(judge: Any = True, threshold: float = 0.3) -> Config:
+    """config(threshold) with ``overrides.routing_preference_judge: judge``."""
+    raw = raw_config(llm_providers=CONFIG_PROVIDERS, model_server={"mode": "remote", "endpoint": "grpc://127.0.0.1:1"},
+                     overrides={"routing_preference_threshold": threshold, "routing_preference_judge": judge})
+    return build_config(raw, env=ENV)
+
+
+NEAR = f"discuss this 0@0.50 {CHAT}@0.53"  # code generation 0.50, ordinary chat 0.53: within the default band (0.06)
+FAR = f"discuss this 0@0.50 {CHAT}@0.80"  # ordinary chat far closer: the embedding alone decides
+
+
+async def test_a_turn_in_the_judges_band_is_settled_by_the_judge() -> None:
+    metrics = Metrics()
+    models = Judging(p=0.8, p_none=0.2)  # P(code generation) / (P + P(none)) = 0.8 >= 0.6
+    router = PreferenceRouter(cfg=judged_config(), models=models, metrics=metrics)
+    route = await router.route(request(NEAR))
+    assert (route.provider.name, route.preference, route.decided_by) == ("coder", "code generation", "judge")
+    assert models.judged[-1] == (NEAR, [("code generation", "writing new code from a description"),
+                                        ("summarization", "summarizing documents")], 1.5)
+    assert metrics.route_decisions.labels("code generation", "judge")._value.get() == 1
+    # the judge leaning to none: the default, where the embedding alone also sent it
+    router = PreferenceRouter(cfg=judged_config(), models=Judging(p=0.5, p_none=0.5), metrics=Metrics())
+    route = await router.route(request(NEAR))
+    assert (route.provider.name, route.preference, route.decided_by) == ("general", None, "none")
+    # no probabilities from the runtime: its answer decides
+    router = PreferenceRouter(cfg=judged_config(), models=Judging(p=0.0, p_none=0.0, answer="code generation"), metrics=Metrics())
+    assert (await router.route(request(NEAR))).preference == "code generation"
+
+
+async def test_a_preference_near_ordinary_chat_can_be_turned_away_by_the_judge() -> None:
+    # the embedding's match (0.55 vs 0.50 ordinary: in the band) is sent to the default when the judge says other
+    router = PreferenceRouter(cfg=judged_config(), models=Judging(p=0.1, p_none=0.9), metrics=Metrics())
+    route = await router.route(request(f"discuss this 0@0.55 {CHAT}@0.50"))
+    assert (route.provider.name, route.preference, route.decided_by) == ("general", None, "none")
+    router = PreferenceRouter(cfg=config(threshold=0.3), models=Judging(p=0.1, p_none=0.9), metrics=Metrics())
+    assert (await router.route(request(f"discuss this 0@0.55 {CHAT}@0.50"))).preference == "code generation"  # no judge configured
+
+
+async def test_outside_the_band_and_for_a_named_task_the_judge_is_not_asked() -> None:
+    models = Judging(p=0.9, p_none=0.1)
+    router = PreferenceRouter(cfg=judged_config(), models=models, metrics=Metrics())
+    assert (await router.route(request(FAR))).preference is None
+    assert (await router.route(request("write a parser 0@0.9"))).decided_by == "embedding"
+    assert (await router.route(request(f"Summarize the ideas {CHAT}@0.7"))).decided_by == "named"
+    assert [t for t, _, _ in models.judged] == ["hello"]  # only the start-up pre-fill of its listing
+
+
+async def test_the_band_and_the_share_are_configurable() -> None:
+    models = Judging(p=0.55, p_none=0.45)
+    router = PreferenceRouter(cfg=judged_config({"band": 0.5, "threshold": 0.5, "timeout": "3s"}), models=models, metrics=Metrics())
+    assert (await router.route(request(FAR))).decided_by == "judge"  # 0.3 apart: in a band of 0.5; 0.55 >= 0.5
+    assert models.judged[-1][2] == 3.0
+    cfg = judged_config({"band": 0.01})
+    assert cfg.routing_judge is not None and (cfg.routing_judge.band, cfg.routing_judge.threshold) == (0.01, 0.6)
+    assert judged_config(False).routing_judge is None
+
+
+async def test_a_judge_that_fails_or_is_slow_leaves_the_embeddings_decision(caplog: pytest.LogCaptureFixture) -> None:
+    for models, why in ((Judging(fail=True), "function_call is not ready"), (Judging(delay_s=0.3), "did not answer within 0.1 s")):
+        metrics = Metrics()
+        router = PreferenceRouter(cfg=judged_config({"timeout": "0.1s"}), models=models, metrics=metrics)
+        await router.warm()
+        if router._prefill is not None:
+            await asyncio.gather(router._prefill, return_exceptions=True)
+        with caplog.at_level(logging.WARNING, logger="sidegate.preferences"):
+            route = await router.route(request(f"discuss this 0@0.55 {CHAT}@0.50"))
+        assert (route.provider.name, route.preference, route.decided_by) == ("coder", "code generation", "embedding")
+        assert why in caplog.text and "the embedding's decision stands" in caplog.text
+        assert metrics.model_errors.labels("route_judge")._value.get() == 1
+
+
+async def test_the_judges_listing_is_pre_filled_once_at_start() -> None:
+    models = Judging()
+    router = PreferenceRouter(cfg=judged_config(), models=models, metrics=Metrics())
+    await router.warm()
+    await router.warm()
+    assert router._prefill is not None
+    await router._prefill
+    assert [(t, s) for t, _, s in models.judged] == [("hello", JUDGE_PREFILL_TIMEOUT_S)]
+    without = Judging()
+    await PreferenceRouter(cfg=config(), models=without, metrics=Metrics()).warm()
+    assert without.judged == []
+
+
+def test_the_judge_loads_function_call_and_is_warned_about_without_preferences() -> None:
+    assert needed_models(judged_config()) == ["prompt_embed", "function_call"]
+    assert needed_models(config()) == ["prompt_embed"]
+    raw = raw_config(llm_providers=[CONFIG_PROVIDERS[0]], model_server={"mode": "remote", "endpoint": "grpc://127.0.0.1:1"},
+                     overrides={"routing_preference_judge": True})
+    cfg = build_config(raw, env=ENV)
+    assert "function_call" not in needed_models(cfg)
+    assert any(w.startswith("overrides.routing_preference_judge: no provider has routing_preferences") for w in cfg.warnings)
+
+
+def test_envoy_waits_for_the_judge_longer_than_its_deadline() -> None:
+    # a slow judge must end in the embedding's decision, not in Envoy's ext_proc_timeout
+    def built(judge: Any, message_timeout: str | None = None) -> Config:
+        raw = raw_config(llm_providers=CONFIG_PROVIDERS, model_server={"mode": "remote", "endpoint": "grpc://127.0.0.1:1"},
+                         overrides={"routing_preference_judge": judge})
+        raw["ext_proc"].pop("message_timeout")
+        if message_timeout is not None:
+            raw["ext_proc"]["message_timeout"] = message_timeout
+        return build_config(raw, env=ENV)
+
+    assert built(False).ext_proc.message_timeout_s == 10.0  # derived: nothing slower configured
+    assert built(True).ext_proc.message_timeout_s == 11.5  # + the judge's 1.5 s
+    assert built({"timeout": "20s"}).ext_proc.message_timeout_s == 30.0
+    cfg = built(True, "3s")
+    assert cfg.ext_proc.message_timeout_s == 3.0
+    assert any(w.startswith("ext_proc.message_timeout: 3 s is shorter than a preference-routing decision with its judge") for w in cfg.warnings)
+    assert not any("preference-routing decision" in w for w in built(True, "10s").warnings)
+
+
+@pytest.mark.parametrize(("judge", "path", "words"), [
+    ("yes", "overrides.routing_preference_judge", "expected true or false or a mapping"),
+    ({"band": -0.1}, "overrides.routing_preference_judge.band", "expected at least 0"),
+    ({"threshold": 1.5}, "overrides.routing_preference_judge.threshold", "expected at most 1"),
+    ({"timeout": "soon"}, "overrides.routing_preference_judge.timeout", "expected a duration"),
+    ({"margin": 0.1}, "overrides.routing_preference_judge.margin", "unknown key 'margin' (allowed: band, threshold, timeout)"),
+])
+def test_a_bad_judge_setting_is_refused_with_the_key_path(judge: Any, path: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        judged_config(judge)
+    assert info.value.path == path and words in info.value.message, str(info.value)

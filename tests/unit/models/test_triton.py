@@ -189,3 +189,27 @@ def test_a_call_past_its_deadline_is_504_and_left_to_finish_not_cancelled() -> N
     err, waited, ended = asyncio.run(scenario())
     assert (err.status, err.code) == (504, "model_server_timeout") and waited < 0.25
     assert ended == ["finished"]
+
+
+def test_the_route_judge_sends_the_categories_and_checks_the_answer() -> None:
+    client = TritonClient.__new__(TritonClient)  # no channel: the stream is stood in for below
+    sent: list[Any] = []
+    answers: list[Any] = [{"answer": "code", "p": {"code": 0.7, "maths": 0.1}, "p_none": 0.2},
+                          {"answer": "poetry", "p": {}, "p_none": 0.0}, {"verdict": "yes"}]
+
+    async def answer(inputs: Any, timeout_s: float, headers: Any) -> Any:
+        sent.append({i.name(): i for i in inputs})
+        return answers.pop(0)
+
+    client._function_call_answer = answer  # type: ignore[method-assign]
+    models = TritonModels(client, timeout_s=10, timeouts={"function_call": 30})
+    verdict = asyncio.run(models.judge_route("write a parser", [("code", "writing code"), ("maths", "solving problems")], timeout_s=1.5))
+    assert (verdict.answer, verdict.p, verdict.p_none) == ("code", {"code": 0.7, "maths": 0.1}, 0.2)
+    assert verdict.share("code") == pytest.approx(0.7 / 0.9) and verdict.share("other") == pytest.approx(0.0)
+    doc = lambda name: json.loads(sent[0][name]._get_content()[4:])  # noqa: E731  (BYTES: a 4-byte length, then the JSON)
+    assert doc("MESSAGES") == [{"role": "user", "content": "write a parser"}]
+    assert doc("TOOLS") == {"judge": "route", "categories": [{"name": "code", "description": "writing code"},
+                                                             {"name": "maths", "description": "solving problems"}]}
+    for bad in ("an answer that is not a category", "the guard's answer"):
+        with pytest.raises(ModelServerError, match="unexpected route judge answer"):
+            asyncio.run(models.judge_route("write a parser", [("code", "writing code")], timeout_s=1.5))

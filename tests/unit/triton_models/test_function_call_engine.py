@@ -392,3 +392,19 @@ def test_odd_targets_and_conversations_get_a_route_with_valid_arguments(fc: Any,
         tool = next(t for t in ODD_TOOLS if engine.normalize_tool(t).name == r["name"])
         assert r["name"] in candidates
         assert_valid(r, tool)
+
+
+ROUTE_CATEGORIES = [("code generation", "writing new code: functions, scripts, classes or programs"),
+                    ("translation", "translating text from one language into another")]
+
+
+def test_judge_route_sorts_a_request_and_keeps_its_listing_cached(fc: Any) -> None:
+    first = fc.judge_route("Translate 'good morning, how are you?' into French", ROUTE_CATEGORIES)
+    assert first["answer"] == "translation"
+    p = first["p"]
+    assert set(p) == {"code generation", "translation"} and p["translation"] > max(p["code generation"], first["p_none"])
+    again = fc.judge_route("Write a Python function that reverses a linked list", ROUTE_CATEGORIES)
+    assert again["answer"] == "code generation"
+    assert again["usage"]["cache_n"] > 100  # the listing of the categories came from the judge's slot
+    with pytest.raises(ValueError, match="empty"):
+        fc.judge_route("   ", ROUTE_CATEGORIES)

@@ -29,6 +29,10 @@ Tensors (``config.pbtxt``; ``max_batch_size: 0``, one JSON document per request)
   message fenced as data and cut to its start and end: ``FunctionCaller.judge``). ``TOOL_CALLS``
   is then ``{"model", "tool_calls": [], "judge": "guard", "verdict": "yes"|"no", "p_yes": 0.93,
   "usage": {...}}`` (``p_yes`` null where the runtime gives no logprobs).
+* Preference routing's judge (issue 19): ``TOOLS`` ``{"judge": "route", "categories": [{"name",
+  "description"}, ...]}``: which category the last user message asks for, or none
+  (``FunctionCaller.judge_route``). ``TOOL_CALLS`` is then ``{"model", "tool_calls": [], "judge":
+  "route", "answer": name | null, "p": {name: mass}, "p_none": mass, "usage": {...}}``.
 
 Decoupled: ``execute`` hands each request to a worker thread
 (``sidegate_models.backend.DecoupledWorker``) and returns at once; the worker sends exactly one
@@ -68,7 +72,7 @@ from sidegate_models.function_call.prompt import JUDGE_KINDS
 
 _INPUTS = {"MESSAGES": "TYPE_STRING", "TOOLS": "TYPE_STRING"}
 # the chooser's KV cache when a filler has the tool slots: its listing of every target (~60
-# tokens a target) and the judge's prompt (~300), in windows of n_ctx tokens
+# tokens a target) and the judges' prompts (guard ~300, routing preferences), in windows of n_ctx tokens
 CHOOSER_KV_WINDOWS = 3
 _OUTPUTS = {"TOOL_CALLS": "TYPE_STRING"}
 
@@ -200,15 +204,20 @@ class TritonPythonModel:
                                 "function": {"name": result["name"], "arguments": "{}"}, "missing": []}]}
 
     def _judge(self, messages: list, tools: dict) -> dict:
-        """``TOOLS`` ``{"judge": "guard"}``: the engine's yes/no on the last user message."""
-        unknown = set(tools) - {"judge"}
+        """``TOOLS`` ``{"judge": "guard"}``: the engine's yes/no on the last user message;
+        ``{"judge": "route", "categories": [...]}``: preference routing's judge on it."""
+        unknown = set(tools) - {"judge", "categories"}
         if unknown:
             raise BadRequest(f"TOOLS: unknown keys beside judge: {sorted(unknown)}")
         if tools["judge"] not in JUDGE_KINDS:
             raise BadRequest(f"TOOLS.judge must be one of {list(JUDGE_KINDS)}, got {tools['judge']!r}")
+        if ("categories" in tools) != (tools["judge"] == "route"):
+            raise BadRequest("TOOLS.categories goes with judge \"route\", and only with it")
         text = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), None)
         if not isinstance(text, str) or not text.strip():
             raise BadRequest("the judge needs MESSAGES with a last user turn whose content is non-empty text")
+        if tools["judge"] == "route":
+            return self._judge_route(text, tools["categories"])
         try:
             out = self.engine.judge(text)
         except ValueError as exc:
@@ -217,6 +226,17 @@ class TritonPythonModel:
             raise BadRequest(f"the judge's prompt does not fit the model's window: {exc}") from exc
         return {"model": self.engine.model_name, "tool_calls": [], "judge": tools["judge"], "verdict": out["verdict"],
                 "p_yes": out.get("p_yes"), "usage": out.get("usage", {})}
+
+    def _judge_route(self, text: str, categories: object) -> dict:
+        """``TOOLS`` ``{"judge": "route", "categories": [{"name", "description"}, ...]}``."""
+        if not isinstance(categories, list) or not categories or not all(
+                isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("description", ""), str)
+                for c in categories):
+            raise BadRequest("TOOLS.categories must be a non-empty list of {\"name\": str, \"description\": str}")
+        with _refusals_as_bad_requests():
+            out = self.engine.judge_route(text, [(c["name"], c.get("description", "")) for c in categories])
+        return {"model": self.engine.model_name, "tool_calls": [], "judge": "route", "answer": out["answer"], "p": out["p"],
+                "p_none": out["p_none"], "usage": out.get("usage", {})}
 
 
 @contextlib.contextmanager

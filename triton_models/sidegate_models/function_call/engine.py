@@ -71,6 +71,9 @@ from sidegate_models.function_call.prompt import (
     describe_tool,
     judge_mass,
     judge_user,
+    route_mass,
+    route_prompt,
+    route_user,
     shortened,
     transcript,
 )
@@ -151,14 +154,15 @@ class FunctionCaller:
         p = xllamacpp.CommonParams()
         p.model.path = self.model_path
         # one llama.cpp slot per recently used tool, plus two more: one kept for the chooser's
-        # prompt (choose: every tool listed), the last for the guard's judge (judge: its fixed
-        # policy), so neither evicts a tool's prompt. The slots share ONE KV cache of
+        # prompt (choose: every tool listed), one for the guard's judge (judge: its fixed
+        # policy), and the last for preference routing's judge (judge_route: the config's
+        # preferences listed), so none evicts a tool's prompt. The slots share ONE KV cache of
         # KV_WINDOWS x n_ctx tokens (unified): a tool's prompt takes ~300-700 tokens, not a
         # window, so 16 tools fit the memory that 4 private windows of n_ctx took before (a
         # config with 13-20 targets re-evaluated a ~300-token prefix on most calls: 2.2 s
         # against 0.43 s cached, 1.5B on 2 threads; decode speed the same); when it fills up the
         # runtime frees other slots' cells, and one prompt may use the whole cache
-        p.n_parallel = n_slots + 2
+        p.n_parallel = n_slots + 3
         p.n_ctx = n_ctx * kv_windows
         p.kv_unified = True
         p.cache_prompt = True
@@ -365,6 +369,31 @@ class FunctionCaller:
         verdict = ("yes" if p_yes >= 0.5 else "no") if p_yes is not None else ("yes" if said.startswith("y") else "no")
         return {"verdict": verdict, "p_yes": p_yes, "answer": said,
                 "usage": {**stats, "seconds": round(time.perf_counter() - t0, 4)}}
+
+    def judge_route(self, text: str, categories: list[tuple[str, str]]) -> dict[str, JSON]:
+        """Preference routing's judge: which of ``categories`` ((name, description) pairs, e.g. a
+        config's routing preferences; listed in the order given, the same bytes on every call, so
+        the listing stays cached in this judge's own slot) the request ``text`` asks for, or none.
+        ``{"answer": name | None, "p": {name: mass, ...}, "p_none": mass, "usage": {...}}``: the
+        constrained answer (None: "other") and the first token's probability mass per category and
+        for "other", read from the top alternatives before the grammar (all 0 where the runtime
+        gives none). Only the request's first words are read (:func:`route_user`).
+        ValueError for an empty request or bad categories."""
+        if not text.strip():
+            raise ValueError("judge_route: the request is empty")
+        system, grammar, other = route_prompt(categories)
+        names = [name for name, _ in categories]
+        stats: dict[str, int] = {}
+        t0 = time.perf_counter()
+        with self._lock:
+            self.last_top_logprobs = {}
+            answer = self._complete(system, route_user(text), "", grammar, stop=None, stats=stats,
+                                    max_tokens=16, slot=self.n_slots + 2, top_logprobs=CHOICE_TOP_LOGPROBS)
+            top = dict(self.last_top_logprobs)
+        mass = route_mass(top, [*names, other])
+        said = answer.strip()
+        return {"answer": said if said in names else None, "p": {n: round(mass[n], 6) for n in names},
+                "p_none": round(mass[other], 6), "usage": {**stats, "seconds": round(time.perf_counter() - t0, 4)}}
 
     def close(self) -> None:
         self._server = None
