@@ -13,7 +13,8 @@ PACKAGE = MODELS / "sidegate_models"
 MODEL_PYS = sorted(MODELS.glob("*/1/model.py"))
 # the engine's modules, each allowed to import only those before it
 ENGINE_ORDER = ["schema", "grammar", "grounding", "prompt", "engine"]
-ENGINE_DEPS = {"schema": set(), "grammar": {"schema"}, "grounding": {"schema"}, "prompt": {"schema"},
+# prompt builds the route judge's grammar over the preference names with grammar's literals
+ENGINE_DEPS = {"schema": set(), "grammar": {"schema"}, "grounding": {"schema"}, "prompt": {"schema", "grammar"},
                "engine": {"schema", "grammar", "grounding", "prompt"}}
 
 
