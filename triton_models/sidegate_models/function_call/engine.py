@@ -356,19 +356,12 @@ class FunctionCaller:
         else the decoded answer. ValueError for an empty message."""
         if not text.strip():
             raise ValueError("judge: the message is empty")
-        stats: dict[str, int] = {}
-        t0 = time.perf_counter()
-        with self._lock:
-            self.last_top_logprobs = {}
-            answer = self._complete(JUDGE_SYSTEM, judge_user(text), "", JUDGE_GRAMMAR, stop=None, stats=stats,
-                                    max_tokens=2, slot=self.n_slots + 1, top_logprobs=CHOICE_TOP_LOGPROBS)
-            top = dict(self.last_top_logprobs)
+        answer, top, usage = self._judged(JUDGE_SYSTEM, judge_user(text), JUDGE_GRAMMAR, max_tokens=2, slot=self.n_slots + 1)
         y, n = judge_mass(top)
         p_yes = round(y / (y + n), 6) if y + n > 0 else None
         said = answer.strip().lower()
         verdict = ("yes" if p_yes >= 0.5 else "no") if p_yes is not None else ("yes" if said.startswith("y") else "no")
-        return {"verdict": verdict, "p_yes": p_yes, "answer": said,
-                "usage": {**stats, "seconds": round(time.perf_counter() - t0, 4)}}
+        return {"verdict": verdict, "p_yes": p_yes, "answer": said, "usage": usage}
 
     def judge_route(self, text: str, categories: list[tuple[str, str]]) -> dict[str, JSON]:
         """Preference routing's judge: which of ``categories`` ((name, description) pairs, e.g. a
@@ -383,17 +376,24 @@ class FunctionCaller:
             raise ValueError("judge_route: the request is empty")
         system, grammar, other = route_prompt(categories)
         names = [name for name, _ in categories]
+        answer, top, usage = self._judged(system, route_user(text), grammar, max_tokens=16, slot=self.n_slots + 2)
+        mass = route_mass(top, [*names, other])
+        said = answer.strip()
+        return {"answer": said if said in names else None, "p": {n: round(mass[n], 6) for n in names},
+                "p_none": round(mass[other], 6), "usage": usage}
+
+    def _judged(self, system: str, user: str, grammar: str, *, max_tokens: int,
+                slot: int) -> tuple[str, dict[str, float], dict[str, JSON]]:
+        """One judge's constrained answer in its own ``slot`` (its fixed system turn stays cached
+        there): (the answer, its first token's top alternatives before the grammar, the usage)."""
         stats: dict[str, int] = {}
         t0 = time.perf_counter()
         with self._lock:
             self.last_top_logprobs = {}
-            answer = self._complete(system, route_user(text), "", grammar, stop=None, stats=stats,
-                                    max_tokens=16, slot=self.n_slots + 2, top_logprobs=CHOICE_TOP_LOGPROBS)
+            answer = self._complete(system, user, "", grammar, stop=None, stats=stats, max_tokens=max_tokens, slot=slot,
+                                    top_logprobs=CHOICE_TOP_LOGPROBS)
             top = dict(self.last_top_logprobs)
-        mass = route_mass(top, [*names, other])
-        said = answer.strip()
-        return {"answer": said if said in names else None, "p": {n: round(mass[n], 6) for n in names},
-                "p_none": round(mass[other], 6), "usage": {**stats, "seconds": round(time.perf_counter() - t0, 4)}}
+        return answer, top, {**stats, "seconds": round(time.perf_counter() - t0, 4)}
 
     def close(self) -> None:
         self._server = None
