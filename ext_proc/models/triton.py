@@ -359,7 +359,13 @@ class TritonClient:
         if model not in self.unhealthy:
             return False
         if not self.replicas:
-            await self._reload_here(model, timeout_s)
+            # only a stub that is still dead (or a model not loaded): a mark set by a request that
+            # failed during the previous reload would otherwise reload the fresh model again,
+            # overlapping that reload's ensemble load, and tritonserver 2.51 once aborted on it
+            # ("malloc(): unaligned tcache chunk detected" in libtriton_python.so, two reloads
+            # 3 ms apart in its log: test_triton's dead prompt_embed stub test)
+            if await self.stub_dead(model, timeout_s=timeout_s) or not await self._loaded(model, timeout_s):
+                await self._reload_here(model, timeout_s)
         else:  # one replica at a time, only those whose stub is dead: the others keep serving
             for url in self.replicas:
                 async with TritonClient(url, auto_reload=False) as replica:
@@ -368,6 +374,13 @@ class TritonClient:
                         await replica._reload_here(model, timeout_s)
         self.unhealthy.discard(model)
         return True
+
+    async def _loaded(self, model: str, timeout_s: float) -> bool:
+        """Whether Triton has ``model`` loaded and READY (whatever its stub's health)."""
+        try:
+            return bool(await self._client.is_model_ready(model, client_timeout=timeout_s))
+        except (InferenceServerException, grpc.RpcError, OSError):
+            return False
 
     async def _reload_here(self, model: str, timeout_s: float) -> None:
         ensembles = [e for e, steps in ENSEMBLE_STEPS.items() if model in steps and await self.ready(models=[e], timeout_s=timeout_s)]
