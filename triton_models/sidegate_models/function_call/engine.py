@@ -153,7 +153,7 @@ class FunctionCaller:
         self.none_margin = NONE_MARGIN if none_margin is None else none_margin
         p = xllamacpp.CommonParams()
         p.model.path = self.model_path
-        # one llama.cpp slot per recently used tool, plus two more: one kept for the chooser's
+        # one llama.cpp slot per recently used tool, plus three more: one kept for the chooser's
         # prompt (choose: every tool listed), one for the guard's judge (judge: its fixed
         # policy), and the last for preference routing's judge (judge_route: the config's
         # preferences listed), so none evicts a tool's prompt. The slots share ONE KV cache of
@@ -318,8 +318,10 @@ class FunctionCaller:
         ``Weather_1_GetWeather`` is ~5 tokens, most of them forced once the first is chosen;
         greedy decoding gives the same name either way."""
         matches = [n for n in names if n.startswith(head)]
-        if not head or len(matches) == 1 or not matches:
-            return matches[0] if len(matches) == 1 else head
+        if len(matches) == 1:
+            return matches[0]
+        if not head or not matches:
+            return head
         rests = [gbnf_literal(n[len(head):]) for n in matches if n != head]
         grammar = "root ::= (" + " | ".join(rests) + (")?\n" if head in matches else ")\n")
         return head + self._complete(system, convo, head, grammar, stop=None, stats=stats, slot=self.n_slots)
