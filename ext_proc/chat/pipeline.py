@@ -333,10 +333,12 @@ class IngressPipeline:
         return Uncertain(tuple(self._index.names[int(i)] for i in order), best)
 
     async def _judge(self, verdict: Uncertain, req: ChatRequest) -> tuple[PromptTarget | None, ToolCall | None]:
-        """The function-calling model chooses among ``verdict.candidates`` or none, and fills the
-        chosen target's arguments in the same call. None chosen: the default target, else the
-        LLM. A judge that cannot answer (refused, unavailable, slow) falls back to the threshold
-        alone, as without a judge."""
+        """The function-calling model says whether the prompt is for one of ``verdict.candidates``
+        (the top-ranked few) or none; the target is the top-ranked one (the ranking picks the
+        right target more often than the model does: ``FunctionCaller.choose``, ``ranked``), its
+        arguments filled in the same call. None: the default target, else the LLM. A judge that
+        cannot answer (refused, unavailable, slow) falls back to the threshold alone, as without
+        a judge."""
         assert self.models is not None
         try:
             with self._stage("function_call") as span:

@@ -73,9 +73,10 @@ class Models(Protocol):
 
     async def choose_call(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], candidates: list[str], *,
                           timeout_s: float | None = None) -> tuple[str, ToolCall] | None:
-        """One model call: which of ``candidates`` (names among ``tools``, all of which the model's
-        prompt lists, in this fixed order) the conversation asks for, and its arguments; None when
-        it asks for none of them. ``candidates == []``: only evaluates (caches) the listing."""
+        """One model call: is the conversation for one of ``candidates`` (names among ``tools``,
+        best first by the gateway's ranking; the model's prompt lists every tool, in this fixed
+        order)? The first candidate and its arguments when it is; None when it asks for none of
+        them. ``candidates == []``: only evaluates (caches) the listing."""
 
     async def judge_guard(self, text: str, *, timeout_s: float | None = None) -> JudgeVerdict:
         """The cascade's judge on ``text``: is it a jailbreak / prompt injection? (``function_call``

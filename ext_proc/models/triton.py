@@ -235,10 +235,13 @@ class TritonClient:
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], candidates: list[str], *, timeout_s: float,
         headers: dict[str, str] | None = None,
     ) -> dict[str, Any] | None:
-        """``function_call`` as a chooser: one of ``candidates`` (names of ``tools``, which the
-        model's prompt lists in the order given) or none, and the chosen one's arguments, in one
-        request. ``{"name", "arguments", "missing"}``, or None when the model chose none."""
-        inputs = _json_inputs(MESSAGES=messages, TOOLS={"tools": tools, "candidates": candidates, "allow_none": True})
+        """``function_call`` as a gate: the first of ``candidates`` (names of ``tools``, best
+        first by the gateway's ranking; the model's prompt lists every tool in the order given)
+        or none, and its arguments, in one request (``"ranked": true``: the model says whether the
+        request is for one of the candidates, the ranking says which). ``{"name", "arguments",
+        "missing"}``, or None when the model said none."""
+        inputs = _json_inputs(MESSAGES=messages, TOOLS={"tools": tools, "candidates": candidates, "allow_none": True,
+                                                        "ranked": True})
         return _first_tool_call(await self._function_call_answer(inputs, timeout_s, headers))
 
     async def function_judge(

@@ -395,7 +395,7 @@ def test_bad_input_gets_a_route_or_a_clarifying_question_never_a_5xx(pipe: Pipel
     _, path = make_config(tmp_path, pipe.llm, pipe.app, with_default=True)
     raw = yaml.safe_load(path.read_text())
     raw["prompt_targets"] = odd_targets("app")
-    raw.pop("overrides", None)  # the default cascade: confident 0.65, the judge's band down to 0.20
+    raw.pop("overrides", None)  # the default cascade: confident 0.55, the judge's band down to 0.20
     raw["model_server"] = {"mode": "remote", "endpoint": f"grpc://127.0.0.1:{pipe.cfg.model_server.grpc_port}"}
     path.write_text(yaml.safe_dump(raw))
     cfg = load_config(path)

@@ -213,3 +213,25 @@ def test_the_route_judge_sends_the_categories_and_checks_the_answer() -> None:
     for bad in ("an answer that is not a category", "the guard's answer"):
         with pytest.raises(ModelServerError, match="unexpected route judge answer"):
             asyncio.run(models.judge_route("write a parser", [("code", "writing code")], timeout_s=1.5))
+
+
+def test_the_intent_judge_asks_the_model_to_gate_the_ranked_candidates() -> None:
+    """The gateway's ranking picks among the candidates (best first); the model only says whether
+    the prompt is for one of them: ``"ranked": true`` with ``allow_none``."""
+    client = TritonClient.__new__(TritonClient)  # no channel: the stream is stood in for below
+    sent: list[Any] = []
+    answers: list[Any] = [{"model": "m", "tool_calls": [{"id": "call_1", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city": "Paris"}'}, "missing": []}]}, {"model": "m", "tool_calls": []}]
+
+    async def answer(inputs: Any, timeout_s: float, headers: Any) -> Any:
+        sent.append({i.name(): i for i in inputs})
+        return answers.pop(0)
+
+    client._function_call_answer = answer  # type: ignore[method-assign]
+    models = TritonModels(client, timeout_s=10, timeouts={"function_call": 30})
+    messages = [{"role": "user", "content": "weather in Paris"}]
+    out = asyncio.run(models.choose_call(messages, [TOOL], ["get_weather"]))
+    assert out is not None and out[0] == "get_weather" and out[1].arguments == {"city": "Paris"}
+    tools = json.loads(sent[0]["TOOLS"]._get_content()[4:])  # BYTES: a 4-byte length, then the JSON
+    assert tools == {"tools": [TOOL], "candidates": ["get_weather"], "allow_none": True, "ranked": True}
+    assert asyncio.run(models.choose_call(messages, [TOOL], ["get_weather"])) is None  # none: the default target

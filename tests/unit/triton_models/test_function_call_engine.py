@@ -341,6 +341,17 @@ def test_choose_picks_among_the_candidates_or_none(fc: Any) -> None:
     assert fc.choose(user("hello"), TOOLS, [], True) is None  # the start-up pre-fill: the listing only
 
 
+def test_ranked_the_model_only_gates_and_the_first_candidate_is_the_answer(fc: Any) -> None:
+    """``ranked``: the caller's ranking picks the target, the model only says whether the request is
+    for one of the candidates: a weather prompt ranked trains first goes to trains; a poem to none."""
+    weather = user("What's the weather in Paris for 3 days?")
+    assert TOOLS[fc.choose(weather, TOOLS, ["get_weather", "find_trains"], True)] is WEATHER  # the model's own pick
+    assert TOOLS[fc.choose(weather, TOOLS, ["find_trains", "get_weather"], True, ranked=True)] is TRAINS
+    assert fc.choose(user("Write me a poem about autumn leaves."), TOOLS, ["get_weather", "find_trains"], True, ranked=True) is None
+    r = fc.choose_and_call(weather, TOOLS, ["get_weather", "find_trains"], ranked=True)
+    assert r is not None and r["name"] == "get_weather" and r["arguments"].get("days") == 3
+
+
 def test_choose_and_call_fills_the_chosen_tool_and_keeps_the_listing_cached(fc: Any) -> None:
     before = dict(fc._slots)
     r = fc.choose_and_call(user("What's the exchange rate from US dollars to euros?"), TOOLS, ["get_exchange_rate", "get_weather"])

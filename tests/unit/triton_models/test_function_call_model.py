@@ -42,8 +42,8 @@ class FakeEngine:
         self.seen.append(("call", tool["function"]["name"], None))
         return {"name": tool["function"]["name"], "arguments": {"city": "Paris"}, "missing": [], "usage": {}}
 
-    def choose_and_call(self, messages: Any, tools: list[dict[str, Any]], candidates: Any, allow_none: bool) -> Any:
-        self.seen.append(("choose_and_call", candidates, allow_none))
+    def choose_and_call(self, messages: Any, tools: list[dict[str, Any]], candidates: Any, allow_none: bool, ranked: bool = False) -> Any:
+        self.seen.append(("choose_and_call", candidates, allow_none, ranked))
         if self.choice is None:
             return None
         return self.call(messages, tools[self.choice])
@@ -88,7 +88,13 @@ def test_a_choice_among_candidates_is_filled_in_the_same_request(model_module: A
     model = _model(model_module, choice=2)
     out = model._tool_calls(USER, {"tools": TOOLS, "candidates": ["trains", "weather"], "allow_none": True})
     assert out["tool_calls"][0]["function"]["name"] == "trains" and json.loads(out["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris"}
-    assert model.engine.seen[0] == ("choose_and_call", ["trains", "weather"], True)
+    assert model.engine.seen[0] == ("choose_and_call", ["trains", "weather"], True, False)
+
+
+def test_a_ranked_choice_reaches_the_engine(model_module: Any) -> None:
+    model = _model(model_module, choice=0)
+    model._tool_calls(USER, {"tools": TOOLS, "candidates": ["weather", "trains"], "allow_none": True, "ranked": True})
+    assert model.engine.seen[0] == ("choose_and_call", ["weather", "trains"], True, True)
 
 
 def test_none_chosen_is_an_empty_tool_call_list(model_module: Any) -> None:
@@ -109,6 +115,8 @@ def test_the_old_shapes_still_work(model_module: Any) -> None:
     ({"tools": TOOLS, "candidates": ["nope"], "allow_none": True}, "not in TOOLS.tools"),
     ({"tools": TOOLS, "candidates": "weather"}, "list of tool names"),
     ({"tools": TOOLS, "allow_none": "yes"}, "true or false"),
+    ({"tools": TOOLS, "candidates": ["weather"], "ranked": True}, "only with allow_none"),
+    ({"tools": TOOLS, "allow_none": True, "ranked": "yes"}, "ranked must be true or false"),
     ({"tools": TOOLS, "candidates": []}, "nothing to choose"),
     ({"tools": TOOLS, "pick": 1}, "unknown keys"),
     ({"tools": []}, "non-empty JSON list"),
