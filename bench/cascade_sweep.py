@@ -1,0 +1,191 @@
+"""Intent's cascade swept in process on BFCL: where the confident cut-off and the judge's none margin sit, and who picks the target.
+
+The choices behind ``ext_proc.chat.intent.CONFIDENT_THRESHOLD`` and the function_call engine's
+``NONE_MARGIN`` (and the ``ranked`` gate) were made with this part, on the DEV half; it measures
+what ``pipeline_eval`` does not isolate: per prompt, the intent verdict and the judge's answer
+with the first token's probabilities, so every (cut-off, margin, who picks) is scored from ONE
+pass of the model.
+
+* Items and configs as ``pipeline_eval`` builds them (``select`` then ``build_groups``: merged
+  configs of at most ``--max-targets`` targets per set, the same seed), converted by the gateway's
+  own config loader; out-of-scope sets are right when no non-default target is chosen.
+* Intent: all-MiniLM-L6-v2 in process (``bench/intent_eval.py``'s ``Embedder``, its disk cache)
+  into the gateway's ``IntentIndex`` (views, embedding + BM25 ranking), on the last user turn
+  (the pipeline's second look at earlier turns is not simulated: BFCL's prompts are one turn).
+* Judge: the function_call engine in process (``FunctionCaller``, the default weights, ``--threads``
+  llama.cpp threads), the gateway's listing (every target, config order) and its
+  ``JUDGE_CANDIDATES`` top-ranked candidates, ``allow_none``; every prompt over the unrelated
+  cut-off is judged once, whatever its score, and its answer and ``p_none``/``p_cand`` kept.
+* Sweep: for each confident cut-off and none margin, a prompt under ``UNRELATED_THRESHOLD`` goes to
+  the default target, one at or over the cut-off to the top-ranked target, the rest to the judge:
+  none when the model answered none or ``log p_none >= log p_cand - margin``; otherwise the model's
+  pick ("model picks") or the top-ranked candidate ("ranked", what the gateway does).
+
+  python -m bench cascade_sweep [--half dev] [--limit 80] [--confident 0.55,0.65] [--margins 1,1.5,2]
+
+Prints the table and writes ``bench/results/cascade_sweep.json`` (every prompt's record). The
+half and the limit of the shipped choice: ``--half dev --limit 80`` (400 prompts, ~25 min on 2
+cores with the 1.5B).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+if str(ROOT / "triton_models") not in sys.path:
+    sys.path.insert(0, str(ROOT / "triton_models"))
+from bench._harness import load_caption, percentile, print_table, write_results  # noqa: E402
+from bench.pipeline_eval import ALL_SETS, IN_SCOPE  # noqa: E402
+
+PART = "cascade_sweep"
+MODES = ("model picks", "ranked")
+
+
+def decide(rec: dict[str, Any], confident: float, margin: float, ranked: bool, unrelated: float) -> tuple[str | None, str]:
+    """(the target chosen for one prompt's record, how: unrelated | confident | judged)."""
+    if rec["best"] < unrelated:
+        return None, "unrelated"
+    if rec["best"] >= confident:
+        return rec["top"][0], "confident"
+    judge = rec.get("judge") or {}
+    pick = judge.get("text")
+    if pick is None or pick not in rec["top"]:  # the model answered none (or nothing usable)
+        return None, "judged"
+    if "p_none" in judge and math.log(judge["p_none"] + 1e-12) >= math.log(judge["p_cand"] + 1e-12) - margin:
+        return None, "judged"
+    return (rec["top"][0] if ranked else pick), "judged"
+
+
+def score(records: Sequence[dict[str, Any]], confident: float, margin: float, ranked: bool, unrelated: float) -> dict[str, Any]:
+    """Per set the share right; in scope / out of scope pooled; the share of in-scope prompts judged."""
+    per: dict[str, list[bool]] = {}
+    judged_in = 0
+    for rec in records:
+        got, how = decide(rec, confident, margin, ranked, unrelated)
+        per.setdefault(rec["set"], []).append(got == rec["want"])
+        judged_in += how == "judged" and rec["want"] is not None
+    ins = [ok for s in IN_SCOPE for ok in per.get(s, [])]
+    outs = [ok for s, oks in per.items() if s not in IN_SCOPE for ok in oks]
+    rate = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return {"in_scope": rate(ins), "out_of_scope": rate(outs), "judged_in_scope": judged_in / len(ins) if ins else float("nan"),
+            "sets": {s: rate(v) for s, v in per.items()}}
+
+
+def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One pass: every selected prompt's intent verdict and (over the unrelated cut-off) the judge's answer."""
+    import numpy as np
+    import yaml
+
+    from bench import pipeline_eval as pe
+    from bench.intent_eval import INSTALL, Embedder, bfcl_dir
+    from ext_proc.chat.intent import JUDGE_CANDIDATES, UNRELATED_THRESHOLD, IntentIndex
+    from ext_proc.chat.targets import tool_schema
+    from ext_proc.config import load_config
+    from sidegate_models import weights
+    from sidegate_models.function_call.engine import FunctionCaller
+
+    folder = bfcl_dir()
+    if folder is None:
+        raise SystemExit(f"BFCL data not found: {INSTALL}")
+    items = []
+    for name in args.sets:
+        loaded, _ = pe.load_set(folder, name)
+        items += pe.select(loaded, args.half, args.limit, args.seed)
+    groups = pe.build_groups(items, args.max_targets)
+    print(f"{len(items)} prompts in {len(groups)} configs; loading the embedder and {weights.DEFAULT_MODEL} ...", flush=True)
+    embedder = Embedder(args.threads, None if args.no_cache else Path("/tmp/sidegate-intent-cache"))
+    fc = FunctionCaller(model_path=str(weights.resolve(weights.DEFAULT_MODEL)), n_threads=args.threads, warmup=False)
+    records: list[dict[str, Any]] = []
+    try:
+        for g in groups:
+            raw = pe.group_config(g, app_port=1, ports=pe.Ports(*range(20000, 20006)), model_server={})
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "config.yaml"
+                path.write_text(yaml.safe_dump(raw))
+                cfg = load_config(path)
+            targets = [t for t in cfg.prompt_targets if not t.default]
+            _, views, _ = IntentIndex.layout(targets)
+            vectors = embedder.embed(views)
+            index = IntentIndex.for_targets(targets, np.stack([vectors[v] for v in views]))
+            tools = [tool_schema(t) for t in targets]
+            started = time.perf_counter()
+            fc.choose([{"role": "user", "content": "hello"}], tools, [], allow_none=True)  # the listing, as the start-up pre-fill
+            print(f"{g.key}: {len(tools)} targets, listing evaluated in {time.perf_counter() - started:.1f} s", flush=True)
+            for it in g.items:
+                text = next(m for m in reversed(it.messages) if m.get("role") == "user")["content"]
+                text = text if isinstance(text, str) else str(text)
+                vec = embedder.embed([text])[text]
+                scores = index.scores(vec)
+                ranking = index.ranking(scores, text)
+                order = [index.names[int(i)] for i in np.argsort(-ranking, kind="stable")]
+                rec: dict[str, Any] = {"id": it.id, "set": it.set, "want": it.answer_target if it.in_scope else None,
+                                       "best": round(float(np.max(scores)), 4), "top": order[:JUDGE_CANDIDATES]}
+                if rec["best"] >= UNRELATED_THRESHOLD:
+                    started = time.perf_counter()
+                    i = fc.choose(it.messages, tools, rec["top"], allow_none=True)
+                    # last_choice has the name the model wrote and the probabilities, or nothing
+                    # when it wrote none: then "text" is None
+                    rec["judge"] = {"text": fc.last_choice.get("text"),
+                                    **{k: v for k, v in fc.last_choice.items() if k in ("p_none", "p_cand")},
+                                    "answer": None if i is None else tools[i]["function"]["name"],
+                                    "seconds": round(time.perf_counter() - started, 3)}
+                records.append(rec)
+                if args.verbose:
+                    print(rec, flush=True)
+    finally:
+        fc.close()
+    return records
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench cascade_sweep", description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--half", choices=("dev", "test"), default="dev")
+    ap.add_argument("--limit", type=int, default=80, help="items per set (default 80)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sets", default=",".join(ALL_SETS), type=lambda s: [x for x in s.split(",") if x])
+    ap.add_argument("--max-targets", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2, help="llama.cpp and torch threads")
+    ap.add_argument("--confident", default="0.5,0.55,0.6,0.65", type=lambda s: [float(x) for x in s.split(",")])
+    ap.add_argument("--margins", default="1,1.5,2,2.5,3", type=lambda s: [float(x) for x in s.split(",")])
+    ap.add_argument("--no-cache", action="store_true", help="recompute every embedding")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    ap.add_argument("--verbose", "-v", action="store_true")
+    args = ap.parse_args(argv)
+    from ext_proc.chat.intent import CONFIDENT_THRESHOLD, UNRELATED_THRESHOLD
+    from sidegate_models.function_call.prompt import NONE_MARGIN
+
+    started = time.time()
+    records = collect(args)
+    rows, table = [], []
+    for ranked in (False, True):
+        for confident in args.confident:
+            for margin in args.margins:
+                s = score(records, confident, margin, ranked, UNRELATED_THRESHOLD)
+                shipped = ranked and confident == CONFIDENT_THRESHOLD and margin == NONE_MARGIN
+                rows.append({"who_picks": MODES[ranked], "confident": confident, "none_margin": margin, "shipped": shipped, **s})
+                table.append([MODES[ranked] + (" (shipped)" if shipped else ""), confident, margin, s["in_scope"], s["out_of_scope"],
+                              s["in_scope"] + s["out_of_scope"], s["judged_in_scope"], *(s["sets"].get(n) for n in args.sets)])
+    judged = [r["judge"]["seconds"] for r in records if r.get("judge")]
+    print_table("cascade swept (in process): routed right in scope, kept away out of scope",
+                ["who picks", "confident", "none margin", "in scope", "out of scope", "sum", "in scope judged", *args.sets], table,
+                caption=load_caption(f"{args.half} half, {args.limit} per set, {len(records)} prompts; judge p50 "
+                                     f"{percentile(judged, 50):.2f} s over {len(judged)} calls, {args.threads} threads"), digits=3)
+    path = write_results(PART, {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "verbose")},
+                                "unrelated_threshold": UNRELATED_THRESHOLD, "judge_p50_s": percentile(judged, 50),
+                                "rows": rows, "records": records, "total_s": round(time.time() - started, 1)}, results_dir=args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
