@@ -81,6 +81,26 @@ def score(records: Sequence[dict[str, Any]], confident: float, margin: float, ra
             "sets": {s: rate(v) for s, v in per.items()}}
 
 
+BANDS = (0.2, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+BAND_MARGIN = 1.0  # the none margin before the third round: the bands compare the picks at it
+
+
+def bands(records: Sequence[dict[str, Any]], unrelated: float, margin: float = BAND_MARGIN) -> list[list[Any]]:
+    """Per band of the best embedding score: in-scope prompts, how many the ranking has right
+    first, how many the model picks right (its own pick, none at ``margin``); out-of-scope
+    prompts and how many the model keeps away."""
+    rows = []
+    for lo, hi in zip(BANDS, BANDS[1:]):
+        inside = [r for r in records if lo <= r["best"] < hi]
+        ins = [r for r in inside if r["want"] is not None]
+        outs = [r for r in inside if r["want"] is None]
+        model = [decide(r, math.inf, margin, False, unrelated)[0] for r in ins]
+        kept = sum(decide(r, math.inf, margin, False, unrelated)[0] is None for r in outs)
+        rows.append([f"{lo:.2f}-{hi:.2f}", len(ins), sum(r["top"][0] == r["want"] for r in ins),
+                     sum(m == r["want"] for m, r in zip(model, ins)), len(outs), kept])
+    return rows
+
+
 def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One pass: every selected prompt's intent verdict and (over the unrelated cut-off) the judge's answer."""
     import numpy as np
@@ -180,9 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ["who picks", "confident", "none margin", "in scope", "out of scope", "sum", "in scope judged", *args.sets], table,
                 caption=load_caption(f"{args.half} half, {args.limit} per set, {len(records)} prompts; judge p50 "
                                      f"{percentile(judged, 50):.2f} s over {len(judged)} calls, {args.threads} threads"), digits=3)
+    band_rows = bands(records, UNRELATED_THRESHOLD)
+    print_table(f"who picks better, per band of the best embedding score (the model's none at margin {BAND_MARGIN:g})",
+                ["band", "in scope", "ranking's first right", "model's pick right", "out of scope", "model kept away"], band_rows)
     path = write_results(PART, {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "verbose")},
                                 "unrelated_threshold": UNRELATED_THRESHOLD, "judge_p50_s": percentile(judged, 50),
-                                "rows": rows, "records": records, "total_s": round(time.time() - started, 1)}, results_dir=args.out)
+                                "rows": rows, "bands": band_rows, "records": records, "total_s": round(time.time() - started, 1)}, results_dir=args.out)
     print(f"wrote {path}")
     return 0
 

@@ -38,3 +38,12 @@ def test_score_pools_in_scope_and_out_of_scope_and_counts_the_judged() -> None:
     assert (s["in_scope"], s["out_of_scope"], s["judged_in_scope"]) == (1.0, 0.5, 0.5)
     s = score(records, 0.55, 1.5, False, 0.2)
     assert s["in_scope"] == pytest.approx(0.5) and s["sets"] == {"multiple": 0.5, "irrelevance": 0.5}
+
+
+def test_bands_compare_the_rankings_first_with_the_models_pick() -> None:
+    from bench.cascade_sweep import bands
+
+    records = [rec(0.47, "a"), rec(0.48, "b"), rec(0.49, None, text=None, set_="irrelevance"), rec(0.3, "a")]
+    rows = {row[0]: row[1:] for row in bands(records, 0.2)}
+    assert rows["0.45-0.50"] == [2, 1, 1, 1, 1]  # 2 in scope: ranking right once, the model ("b") once; 1 out, kept away
+    assert rows["0.20-0.45"] == [1, 1, 0, 0, 0]
