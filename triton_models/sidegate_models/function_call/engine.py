@@ -268,7 +268,8 @@ class FunctionCaller:
         none rule are the same, so only what a name answer maps to changes. On the BFCL dev
         halves (400 prompts, the 1.5B) the gateway's ranking (embedding + BM25) had the right
         target first more often than the model picked it, in every score band: e.g. 30 of 32 in
-        0.45-0.50 against 25 (bench/README.md, pipeline_eval, third round).
+        0.45-0.50 against 25; on the test halves the two were even (bench/README.md,
+        pipeline_eval, third round).
 
         The prompt lists ALL ``tools``, in the order given, with the same bytes on every call (see
         :func:`choice_prompt`), so with a fixed tool list only the conversation is evaluated after
