@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,13 +103,12 @@ def bands(records: Sequence[dict[str, Any]], unrelated: float, margin: float = B
 def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One pass: every selected prompt's intent verdict and (over the unrelated cut-off) the judge's answer."""
     import numpy as np
-    import yaml
 
     from bench import pipeline_eval as pe
     from bench.intent_eval import INSTALL, Embedder, bfcl_dir
     from ext_proc.chat.intent import JUDGE_CANDIDATES, UNRELATED_THRESHOLD, IntentIndex
     from ext_proc.chat.targets import tool_schema
-    from ext_proc.config import load_config
+    from ext_proc.config import build_config
     from sidegate_models import weights
     from sidegate_models.function_call.engine import FunctionCaller
 
@@ -128,11 +126,7 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     try:
         for g in groups:
-            raw = pe.group_config(g, app_port=1, ports=pe.Ports(*range(20000, 20006)), model_server={})
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "config.yaml"
-                path.write_text(yaml.safe_dump(raw))
-                cfg = load_config(path)
+            cfg = build_config(pe.group_config(g, app_port=1, ports=pe.Ports(*range(20000, 20006)), model_server={}))
             targets = [t for t in cfg.prompt_targets if not t.default]
             _, views, _ = IntentIndex.layout(targets)
             vectors = embedder.embed(views)

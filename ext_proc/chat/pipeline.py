@@ -336,9 +336,9 @@ class IngressPipeline:
         """The function-calling model says whether the prompt is for one of ``verdict.candidates``
         (the top-ranked few) or none; the target is the top-ranked one (on BFCL's dev halves the
         ranking picked right more often than the model, on the test halves as often:
-        ``FunctionCaller.choose``, ``ranked``), its arguments filled in the same call. None: the default target, else the LLM. A judge that
-        cannot answer (refused, unavailable, slow) falls back to the threshold alone, as without
-        a judge."""
+        ``FunctionCaller.choose``, ``ranked``), its arguments filled in the same call. None: the
+        default target, else the LLM. A judge that cannot answer (refused, unavailable, slow)
+        falls back to the threshold alone, as without a judge."""
         assert self.models is not None
         try:
             with self._stage("function_call") as span:

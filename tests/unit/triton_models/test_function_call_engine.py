@@ -347,6 +347,7 @@ def test_ranked_the_model_only_gates_and_the_first_candidate_is_the_answer(fc: A
     weather = user("What's the weather in Paris for 3 days?")
     assert TOOLS[fc.choose(weather, TOOLS, ["get_weather", "find_trains"], True)] is WEATHER  # the model's own pick
     assert TOOLS[fc.choose(weather, TOOLS, ["find_trains", "get_weather"], True, ranked=True)] is TRAINS
+    assert fc.last_choice_usage["predicted_n"] == 1  # a candidate's first token: the rest of its name is not decoded
     assert fc.choose(user("Write me a poem about autumn leaves."), TOOLS, ["get_weather", "find_trains"], True, ranked=True) is None
     r = fc.choose_and_call(weather, TOOLS, ["get_weather", "find_trains"], ranked=True)
     assert r is not None and r["name"] == "get_weather" and r["arguments"].get("days") == 3

@@ -304,7 +304,12 @@ class FunctionCaller:
                     if attempt + 1 == CONTEXT_ATTEMPTS:
                         raise
                     convo = self._cut(convo, exc, reserve=16, stats=stats)
-            text = self._rest_of_name(system, convo, text, allowed + ([none] if allow_none else []), stats)
+            if ranked and allow_none and not none.startswith(text) and any(n.startswith(text) for n in allowed):
+                # a candidate, and which one does not matter (the answer is the first): the rest
+                # of its name is not decoded
+                text = next(n for n in allowed if n.startswith(text))
+            else:
+                text = self._rest_of_name(system, convo, text, allowed + ([none] if allow_none else []), stats)
         self.last_choice_usage = stats
         text = text.strip()
         if weigh and text in allowed:
