@@ -21,7 +21,17 @@ pass of the model.
   none when the model answered none or ``log p_none >= log p_cand - margin``; otherwise the model's
   pick ("model picks") or the top-ranked candidate ("ranked", what the gateway does).
 
-  python -m bench cascade_sweep [--half dev] [--limit 80] [--confident 0.55,0.65] [--margins 1,1.5,2]
+* ``--gate fill|question`` (issue 14, fourth round): also asks the model, in the ranking's first
+  candidate's OWN prompt (the one its arguments are filled from, so the conversation it evaluates
+  would be cached for the call), whether the request is for that target: ``fill``, the filling
+  instructions told to answer none for a request that is not (:func:`_fill_with_none`),
+  first token ``{`` or none; ``question``, the unchanged filling prompt with a yes/no question
+  after the conversation. A second table scores the gate alone (it would replace the chooser and
+  save its pass over the conversation) and the gate's log ratio added to the chooser's, against
+  the chooser alone, on the same prompts. Slow: each judged prompt evaluates its target's whole
+  prompt (~400-700 tokens, 7-12 s on 2 cores; the gateway pre-fills it at start-up).
+
+  python -m bench cascade_sweep [--half dev] [--limit 80] [--confident 0.55,0.65] [--margins 1,1.5,2] [--gate fill]
 
 Prints the table and writes ``bench/results/cascade_sweep.json`` (every prompt's record). The
 half and the limit of the shipped choice: ``--half dev --limit 80`` (400 prompts, ~25 min on 2
@@ -80,6 +90,115 @@ def score(records: Sequence[dict[str, Any]], confident: float, margin: float, ra
             "sets": {s: rate(v) for s, v in per.items()}}
 
 
+def _fill_with_none(instructions: str) -> str:
+    """The filling instructions told to answer none for a request the function does not serve,
+    with two worked none examples: the ``fill`` gate's prompt (as it would replace INSTRUCTIONS)."""
+    told = instructions.replace(
+        "For each parameter write",
+        "First decide whether the user's last message asks for what this function does. If it does not (the request is "
+        "about something else, only about a related topic, or for something this function cannot do), answer none.\n"
+        "Otherwise, for each parameter write")
+    answer = 'Answer: {"restaurant": "Luigi\'s", "people": 4, "date": null, "seating": "outdoor", "notes": null}\n'
+    told = told.replace(answer, answer + "Conversation:\nUser: Which restaurants near me serve vegan food?\nAnswer: none\n"
+                                          "Conversation:\nUser: How long should I cook spaghetti?\nAnswer: none\n")
+    if told.count("answer none") != 1 or told.count("Answer: none") != 2:
+        raise RuntimeError("the function_call INSTRUCTIONS changed: update cascade_sweep's fill gate")
+    return told
+
+
+GATE_QUESTION = ("\n\nQuestion: does the user's last message ask for what the function {name} does "
+                 "(not for something else, and not only about a related topic)? Answer yes or no.")
+
+
+def gate_request(kind: str, instructions: str, tool_text: str, name: str, convo: str) -> tuple[str, str, str]:
+    """(system, user, grammar) of one gate: ``fill`` (first token ``{`` or none) or ``question`` (yes or no)."""
+    if kind == "fill":
+        return _fill_with_none(instructions) + tool_text, convo, 'root ::= "{" | "none"\n'
+    if not convo.endswith("\nAnswer:"):
+        raise ValueError("a transcript ends with its answer cue")
+    return instructions + tool_text, convo[: -len("\nAnswer:")] + GATE_QUESTION.format(name=name), 'root ::= "yes" | "no"\n'
+
+
+def gate_mass(kind: str, top: dict[str, float]) -> tuple[float, float]:
+    """(p of the answer saying the request is not for the tool, p of it saying it is): the first
+    token's top alternatives before the grammar."""
+    p_not = p_is = 0.0
+    for token, logprob in top.items():
+        t = token.strip().lower()
+        if not t:
+            continue
+        if (kind == "fill" and "none".startswith(t)) or (kind == "question" and t in ("no", "n")):
+            p_not += math.exp(logprob)
+        elif (kind == "fill" and t.startswith("{")) or (kind == "question" and "yes".startswith(t)):
+            p_is += math.exp(logprob)
+    return p_not, p_is
+
+
+def log_ratio(p: float, q: float) -> float:
+    return math.log(p + 1e-12) - math.log(q + 1e-12)
+
+
+def gate_decide(rec: dict[str, Any], confident: float, threshold: float, with_chooser: bool, unrelated: float) -> str | None:
+    """The target for one prompt when the gate decides none (``with_chooser``: the chooser's none
+    answer still stands, and the two log ratios are added) at ``threshold``; the ranking picks."""
+    if rec["best"] < unrelated:
+        return None
+    if rec["best"] >= confident:
+        return rec["top"][0]
+    gate = rec.get("gate") or {}
+    if "p_none" not in gate:
+        return None
+    value = log_ratio(gate["p_none"], gate["p_call"])
+    if with_chooser:
+        judge = rec.get("judge") or {}
+        if judge.get("text") is None or judge["text"] not in rec["top"] or "p_none" not in judge:
+            return None
+        value += log_ratio(judge["p_none"], judge["p_cand"])
+    return None if value >= threshold else rec["top"][0]
+
+
+def auc(records: Sequence[dict[str, Any]], value: Any) -> float:
+    """How well ``value(record)`` (higher: more likely none) ranks out-of-scope prompts over
+    in-scope ones whose top-ranked target is right, among the prompts with a gate record."""
+    pos = [value(r) for r in records if r.get("gate") and r["want"] is not None and r["top"][0] == r["want"]]
+    neg = [value(r) for r in records if r.get("gate") and r["want"] is None]
+    pairs = [(n > p) + 0.5 * (n == p) for p in pos for n in neg]
+    return sum(pairs) / len(pairs) if pairs else float("nan")
+
+
+def chooser_value(rec: dict[str, Any]) -> float:
+    judge = rec.get("judge") or {}
+    if "p_none" in judge:
+        return log_ratio(judge["p_none"], judge["p_cand"])
+    return 99.0 if judge.get("text") is None else -99.0
+
+
+def gate_value(rec: dict[str, Any]) -> float:
+    return log_ratio(rec["gate"]["p_none"], rec["gate"]["p_call"])
+
+
+GATE_THRESHOLDS = (-2.5, -3.0, -3.5, -4.0, -4.5)
+SUM_THRESHOLDS = (-3.0, -4.0, -4.5, -5.0, -5.5, -6.0)
+
+
+def gate_rows(records: Sequence[dict[str, Any]], confident: float, margins: Sequence[float], unrelated: float) -> list[list[Any]]:
+    """The chooser alone (ranked, each margin), the gate alone and the two added, at ``confident``."""
+    ins = [r for r in records if r["want"] is not None]
+    outs = [r for r in records if r["want"] is None]
+
+    def rates(pick: Any) -> tuple[float, float]:
+        return (sum(pick(r) == r["want"] for r in ins) / max(len(ins), 1), sum(pick(r) is None for r in outs) / max(len(outs), 1))
+
+    rows: list[list[Any]] = []
+    for m in margins:
+        rows.append(["the chooser's none (margin)", m, *rates(lambda r: decide(r, confident, m, True, unrelated)[0])])
+    for t in GATE_THRESHOLDS:
+        rows.append(["the gate alone (threshold)", t, *rates(lambda r: gate_decide(r, confident, t, False, unrelated))])
+    for t in SUM_THRESHOLDS:
+        rows.append(["chooser + gate (threshold on the sum)", t, *rates(lambda r: gate_decide(r, confident, t, True, unrelated))])
+    return [[*row, row[2] + row[3]] for row in rows]
+
+
 BANDS = (0.2, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 BAND_MARGIN = 1.0  # the none margin before the third round: the bands compare the picks at it
 
@@ -111,6 +230,8 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     from ext_proc.config import build_config
     from sidegate_models import weights
     from sidegate_models.function_call.engine import FunctionCaller
+    from sidegate_models.function_call.prompt import INSTRUCTIONS, CHOICE_TOP_LOGPROBS, describe_tool, transcript
+    from sidegate_models.function_call.schema import normalize_tool
 
     folder = bfcl_dir()
     if folder is None:
@@ -153,6 +274,16 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
                                     **{k: v for k, v in fc.last_choice.items() if k in ("p_none", "p_cand")},
                                     "answer": None if i is None else tools[i]["function"]["name"],
                                     "seconds": round(time.perf_counter() - started, 3)}
+                    if args.gate:
+                        tool = normalize_tool(next(x for x in tools if x["function"]["name"] == rec["top"][0]))
+                        stats: dict[str, int] = {}
+                        convo = fc._capped(transcript(it.messages)[0], stats)
+                        system, user, grammar = gate_request(args.gate, INSTRUCTIONS, describe_tool(tool), tool.name, convo)
+                        started = time.perf_counter()
+                        fc._complete(system, user, "", grammar, None, stats, max_tokens=1, top_logprobs=CHOICE_TOP_LOGPROBS)
+                        p_not, p_is = gate_mass(args.gate, fc.last_top_logprobs)
+                        rec["gate"] = {"p_none": p_not, "p_call": p_is, "seconds": round(time.perf_counter() - started, 3),
+                                       "prompt_n": stats.get("prompt_n", 0)}
                 records.append(rec)
                 if args.verbose:
                     print(rec, flush=True)
@@ -171,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp and torch threads")
     ap.add_argument("--confident", default="0.5,0.55,0.6,0.65", type=lambda s: [float(x) for x in s.split(",")])
     ap.add_argument("--margins", default="1,1.5,2,2.5,3", type=lambda s: [float(x) for x in s.split(",")])
+    ap.add_argument("--gate", choices=("fill", "question"), default=None,
+                    help="also gate each judged prompt in its first candidate's own prompt (slow: see the docstring)")
     ap.add_argument("--no-cache", action="store_true", help="recompute every embedding")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     ap.add_argument("--verbose", "-v", action="store_true")
@@ -197,7 +330,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     band_rows = bands(records, UNRELATED_THRESHOLD)
     print_table(f"who picks better, per band of the best embedding score (the model's none at margin {BAND_MARGIN:g})",
                 ["band", "in scope", "ranking's first right", "model's pick right", "out of scope", "model kept away"], band_rows)
-    path = write_results(PART, {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "verbose")},
+    gated: list[list[Any]] = []
+    if args.gate:
+        gated = gate_rows(records, CONFIDENT_THRESHOLD, args.margins, UNRELATED_THRESHOLD)
+        aucs = {"chooser": auc(records, chooser_value), "gate": auc(records, gate_value),
+                "sum": auc(records, lambda r: chooser_value(r) + gate_value(r))}
+        seconds = [r["gate"]["seconds"] for r in records if r.get("gate")]
+        print_table(f"the {args.gate} gate in the first candidate's own prompt against the chooser's none (ranked, confident "
+                    f"{CONFIDENT_THRESHOLD:g})", ["rule", "at", "in scope", "out of scope", "sum"], gated,
+                    caption=f"AUC (out of scope over in scope with the right first target): chooser {aucs['chooser']:.3f}, "
+                            f"gate {aucs['gate']:.3f}, sum {aucs['sum']:.3f}; gate p50 {percentile(seconds, 50):.2f} s "
+                            "with its target's prompt evaluated", digits=3)
+    path = write_results(PART, {"gate_rows": gated, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "verbose")},
                                 "unrelated_threshold": UNRELATED_THRESHOLD, "judge_p50_s": percentile(judged, 50),
                                 "rows": rows, "bands": band_rows, "records": records, "total_s": round(time.time() - started, 1)}, results_dir=args.out)
     print(f"wrote {path}")

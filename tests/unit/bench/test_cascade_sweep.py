@@ -47,3 +47,47 @@ def test_bands_compare_the_rankings_first_with_the_models_pick() -> None:
     rows = {row[0]: row[1:] for row in bands(records, 0.2)}
     assert rows["0.45-0.50"] == [2, 1, 1, 1, 1]  # 2 in scope: ranking right once, the model ("b") once; 1 out, kept away
     assert rows["0.20-0.45"] == [1, 1, 0, 0, 0]
+
+
+def gated(best: float, want: str | None, gate_none: float, judge_text: str | None = "a", set_: str = "multiple") -> dict:
+    r = rec(best, want, text=judge_text, p_none=0.05, p_cand=0.95, set_=set_)  # the chooser: log ratio -2.94
+    return {**r, "gate": {"p_none": gate_none, "p_call": 1 - gate_none}}
+
+
+def test_the_gate_alone_decides_none_on_its_own_log_ratio_and_the_sum_adds_the_choosers() -> None:
+    from bench.cascade_sweep import gate_decide
+
+    r = gated(0.4, "a", gate_none=0.05)  # gate log ratio -2.94
+    assert gate_decide(r, 0.55, -3.5, False, 0.2) is None  # -2.94 >= -3.5: none
+    assert gate_decide(r, 0.55, -2.5, False, 0.2) == "a"
+    assert gate_decide(r, 0.55, -5.5, True, 0.2) == "a"  # with the chooser's: -5.89 < -5.5
+    assert gate_decide(r, 0.55, -6.0, True, 0.2) is None
+    assert gate_decide(gated(0.4, "a", 0.0001, judge_text=None), 0.55, -3.5, True, 0.2) is None  # the chooser said none
+    assert gate_decide(gated(0.7, "a", 0.9), 0.55, -3.5, False, 0.2) == "a"  # confident: no gate
+    assert gate_decide(gated(0.1, "a", 0.0), 0.55, -3.5, False, 0.2) is None  # unrelated
+
+
+def test_gate_rows_and_auc_score_the_same_prompts() -> None:
+    from bench.cascade_sweep import auc, chooser_value, gate_rows, gate_value
+
+    records = [gated(0.4, "a", 0.001), gated(0.4, "a", 0.01), gated(0.4, None, 0.2, set_="irrelevance"), gated(0.4, None, 0.02, set_="irrelevance")]
+    assert auc(records, gate_value) == 1.0  # both out-of-scope ratios over both in-scope ones
+    assert auc(records, chooser_value) == 0.5  # the chooser gave all four the same ratio
+    rows = {(row[0].split(" (")[0], row[1]): row[2:] for row in gate_rows(records, 0.55, [1.5], 0.2)}
+    # gate log ratios: in scope -6.91, -4.60; out of scope -1.39, -3.89
+    assert rows[("the gate alone", -3.5)] == [1.0, 0.5, 1.5]
+    assert rows[("the gate alone", -4.0)] == [1.0, 1.0, 2.0]
+    assert rows[("the chooser's none", 1.5)] == [1.0, 0.0, 1.0]  # the chooser leans to the candidate on all four
+
+
+def test_the_gate_prompts() -> None:
+    from bench.cascade_sweep import _fill_with_none, gate_mass, gate_request
+
+    from sidegate_models.function_call.prompt import INSTRUCTIONS
+
+    system, user, grammar = gate_request("fill", INSTRUCTIONS, "Function: f\n", "f", "Conversation:\nUser: hi\nAnswer:")
+    assert system == _fill_with_none(INSTRUCTIONS) + "Function: f\n" and user.endswith("Answer:") and '"none"' in grammar
+    system, user, grammar = gate_request("question", INSTRUCTIONS, "Function: f\n", "f", "Conversation:\nUser: hi\nAnswer:")
+    assert system == INSTRUCTIONS + "Function: f\n" and "User: hi\n\nQuestion: does" in user and "function f does" in user
+    assert gate_mass("fill", {"{": math.log(0.6), ' {"': math.log(0.1), "None": math.log(0.2), "x": math.log(0.1)}) == pytest.approx((0.2, 0.7))
+    assert gate_mass("question", {"yes": math.log(0.7), "No": math.log(0.2), "maybe": math.log(0.1)}) == pytest.approx((0.2, 0.7))
