@@ -83,6 +83,27 @@ def test_grounding() -> None:
     assert not engine.grounded(7, text, loose=True)  # required numbers: still checked
 
 
+@pytest.mark.parametrize("value, text, kept", [
+    # a date the model rewrote into the parameter's ISO format is the user's when its year, month
+    # and day are each in the text (BFCL live: "April 11th, 2023" for a 'YYYY-MM-DD' date was dropped)
+    ("2023-04-11", "Can you tell me the forecast for Pacifica on April 11th, 2023?", True),
+    ("2023-03-02", "the forecast for Sydney on the 2nd of march 2023? today is 2023.10.1", True),
+    ("2023-03-02", "on 3/2/2023", True),
+    ("2023-09-05", "on Sept 5th 2023", True),
+    ("2023-04-01 12:00:00", "the time of the request as '2023-04-01 12:00:00'", True),
+    ("2024-03-10T15:32:00Z", "from 15:30 to 15:32. Today is March 10 of 2024", True),
+    ("2024-03-10T00:00:00Z", "Today is March 10 of 2024", True),  # midnight: the day's start, no time needed
+    ("2023-05-07T15:00:00", "May 7, 2023 at 3pm", True),
+    # invented: a parameter's example date, a year the user did not say, another time
+    ("2019-03-01", "Can you tell me the forecast for Pacifica on April 11th, 2023?", False),
+    ("2023-04-11", "the forecast for April 11th", False),
+    ("2024-03-10T16:32:00Z", "from 15:30 to 15:32. Today is March 10 of 2024", False),
+    ("2023-05-07T15:00:00", "May 7, 2023 at 3am", False),
+])
+def test_grounding_reads_dates_the_user_wrote_in_words(value: str, text: str, kept: bool) -> None:
+    assert engine.grounded(value, text) is kept
+
+
 def test_described_default() -> None:
     d = engine.described_default
     assert d({"type": "integer", "description": "The size of the deck. Default is 52."}) == 52

@@ -72,6 +72,53 @@ def _word_in(word: str, vocab: set[str]) -> bool:
     return False
 
 
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+           "november", "december")
+_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8,
+             "ninth": 9, "tenth": 10, "eleventh": 11, "twelfth": 12, "thirteenth": 13, "fourteenth": 14,
+             "fifteenth": 15, "sixteenth": 16, "seventeenth": 17, "eighteenth": 18, "nineteenth": 19, "twentieth": 20,
+             "thirtieth": 30}
+_ISO_DATE = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})(?:[T ](\d{1,2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?")
+_CLOCK = re.compile(r"(?<!\d)(\d{1,2})(?::(\d{2}))?\s*(am|pm|a\.m\.|p\.m\.)?(?![\d])", re.IGNORECASE)
+
+
+def _date_grounded(value: str, user_text: str) -> bool | None:
+    """Whether an ISO date or date-time ``value`` is the one the user wrote in words or digits
+    ("April 11th, 2023", "the 2nd of march 2023", "3/2/2023", "15:32"); None when ``value`` is
+    not one. A model must rewrite a date into the format a parameter asks for, so its digits are
+    rarely the user's; the year, month, day (and a time other than midnight) must each be there:
+    a year or a time the user did not give is invented."""
+    m = _ISO_DATE.fullmatch(value.strip())
+    if m is None:
+        return None
+    year, month, day = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        return False
+    words = _words(user_text)
+    nums = numbers_in(user_text) | {float(n) for w in words for n in re.findall(r"^(\d+)(?:st|nd|rd|th)$", w)}
+    nums |= {float(int(n)) for n in re.findall(r"\d+", user_text)}  # "2023.10.1", "3/2/2023": every run of digits
+    vocab = set(words)
+    month_name = _MONTHS[month - 1]
+    if not (month in nums or month_name in vocab or month_name[:3] in vocab or (month_name[:4] in vocab and month == 9)):
+        return False
+    if not (day in nums or any(_ORDINALS.get(w) == day for w in words)):
+        return False
+    if year not in nums:
+        return False
+    if m.group(4) is not None:
+        hour, minute = int(m.group(4)), int(m.group(5))
+        if (hour, minute) != (0, 0):
+            clocks = set()
+            for c in _CLOCK.finditer(user_text):
+                h, mi, half = int(c.group(1)), int(c.group(2) or 0), (c.group(3) or "").lower().replace(".", "")
+                if c.group(2) is None and not half:
+                    continue  # a bare number is not a time
+                clocks.add(((h % 12) + (12 if half == "pm" else 0) if half else h, mi))
+            if (hour, minute) not in clocks:
+                return False
+    return True
+
+
 def grounded(value: JSON, user_text: str, name: str = "", *, loose: bool = False) -> bool:
     """Whether ``value`` is supported by the user's words (used to drop invented arguments).
 
@@ -93,6 +140,9 @@ def grounded(value: JSON, user_text: str, name: str = "", *, loose: bool = False
         nums = numbers_in(user_text)
         return any(abs(value - n) <= 1e-9 * max(1.0, abs(n)) for n in nums)
     if isinstance(value, str):
+        as_date = _date_grounded(value, user_text)
+        if as_date is not None:
+            return as_date
         norm_v = " ".join(_words(value))
         norm_t = " ".join(_words(user_text))
         if not norm_v:
