@@ -60,6 +60,10 @@ PART = "cascade_sweep"
 MODES = ("model picks", "ranked")
 
 
+def log_ratio(p: float, q: float) -> float:
+    return math.log(p + 1e-12) - math.log(q + 1e-12)
+
+
 def decide(rec: dict[str, Any], confident: float, margin: float, ranked: bool, unrelated: float) -> tuple[str | None, str]:
     """(the target chosen for one prompt's record, how: unrelated | confident | judged)."""
     if rec["best"] < unrelated:
@@ -70,7 +74,7 @@ def decide(rec: dict[str, Any], confident: float, margin: float, ranked: bool, u
     pick = judge.get("text")
     if pick is None or pick not in rec["top"]:  # the model answered none (or nothing usable)
         return None, "judged"
-    if "p_none" in judge and math.log(judge["p_none"] + 1e-12) >= math.log(judge["p_cand"] + 1e-12) - margin:
+    if "p_none" in judge and log_ratio(judge["p_none"], judge["p_cand"]) >= -margin:
         return None, "judged"
     return (rec["top"][0] if ranked else pick), "judged"
 
@@ -122,20 +126,19 @@ def gate_request(kind: str, instructions: str, tool_text: str, name: str, convo:
 def gate_mass(kind: str, top: dict[str, float]) -> tuple[float, float]:
     """(p of the answer saying the request is not for the tool, p of it saying it is): the first
     token's top alternatives before the grammar."""
+    from sidegate_models.function_call.prompt import judge_mass
+
+    if kind == "question":  # the guard judge's yes/no reading
+        p_yes, p_no = judge_mass(top)
+        return p_no, p_yes
     p_not = p_is = 0.0
     for token, logprob in top.items():
         t = token.strip().lower()
-        if not t:
-            continue
-        if (kind == "fill" and "none".startswith(t)) or (kind == "question" and t in ("no", "n")):
+        if t and "none".startswith(t):
             p_not += math.exp(logprob)
-        elif (kind == "fill" and t.startswith("{")) or (kind == "question" and "yes".startswith(t)):
+        elif t.startswith("{"):
             p_is += math.exp(logprob)
     return p_not, p_is
-
-
-def log_ratio(p: float, q: float) -> float:
-    return math.log(p + 1e-12) - math.log(q + 1e-12)
 
 
 def gate_decide(rec: dict[str, Any], confident: float, threshold: float, with_chooser: bool, unrelated: float) -> str | None:

@@ -95,11 +95,11 @@ def _date_grounded(value: str, user_text: str) -> bool | None:
     if not (1 <= month <= 12 and 1 <= day <= 31):
         return False
     words = _words(user_text)
-    nums = numbers_in(user_text) | {float(n) for w in words for n in re.findall(r"^(\d+)(?:st|nd|rd|th)$", w)}
-    nums |= {float(int(n)) for n in re.findall(r"\d+", user_text)}  # "2023.10.1", "3/2/2023": every run of digits
-    vocab = set(words)
+    # every run of digits too: "11th", "2023.10.1", "3/2/2023"
+    nums = numbers_in(user_text) | {float(int(n)) for n in re.findall(r"\d+", user_text)}
     month_name = _MONTHS[month - 1]
-    if not (month in nums or month_name in vocab or month_name[:3] in vocab or (month_name[:4] in vocab and month == 9)):
+    spellings = {month_name, month_name[:3]} | ({"sept"} if month == 9 else set())
+    if not (month in nums or spellings & set(words)):
         return False
     if not (day in nums or any(_ORDINALS.get(w) == day for w in words)):
         return False
