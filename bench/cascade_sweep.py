@@ -230,7 +230,6 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     from bench.intent_eval import INSTALL, Embedder, bfcl_dir
     from ext_proc.chat.intent import JUDGE_CANDIDATES, UNRELATED_THRESHOLD, IntentIndex
     from ext_proc.chat.targets import tool_schema
-    from ext_proc.config import build_config
     from sidegate_models import weights
     from sidegate_models.function_call.engine import FunctionCaller
     from sidegate_models.function_call.prompt import INSTRUCTIONS, CHOICE_TOP_LOGPROBS, describe_tool, transcript
@@ -250,7 +249,7 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     try:
         for g in groups:
-            cfg = build_config(pe.group_config(g, app_port=1, ports=pe.Ports(*range(20000, 20006)), model_server={}))
+            cfg = pe.offline_config(g)
             targets = [t for t in cfg.prompt_targets if not t.default]
             _, views, _ = IntentIndex.layout(targets)
             vectors = embedder.embed(views)

@@ -58,7 +58,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from bench import pipeline_eval as pe
     from bench.intent_eval import INSTALL, bfcl_dir
     from ext_proc.chat.targets import tool_schema
-    from ext_proc.config import build_config
     from sidegate_models import weights
     from sidegate_models.function_call import engine
 
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         for n, it in enumerate(items, 1):
             group = pe.build_groups([it], 20)[0]
-            cfg = build_config(pe.group_config(group, app_port=1, ports=pe.Ports(*range(20000, 20006)), model_server={}))
+            cfg = pe.offline_config(group)
             target = next(t for t in cfg.prompt_targets if t.name == it.answer_target)
             started = time.perf_counter()
             result = fc.call(it.messages, tool_schema(target))

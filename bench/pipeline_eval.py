@@ -375,6 +375,14 @@ def group_config(
     return raw
 
 
+def offline_config(group: Group) -> Any:
+    """:func:`group_config` loaded by the gateway's own loader, for parts that run the models in
+    process (no servers: the ports and the app are placeholders)."""
+    from ext_proc.config import build_config
+
+    return build_config(group_config(group, app_port=1, ports=Ports(*range(20000, 20006)), model_server={}))
+
+
 # --------------------------------------------------------------------------- outcomes and scoring
 
 
