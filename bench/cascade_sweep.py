@@ -31,6 +31,11 @@ pass of the model.
   the chooser alone, on the same prompts. Slow: each judged prompt evaluates its target's whole
   prompt (~400-700 tokens, 7-12 s on 2 cores; the gateway pre-fills it at start-up).
 
+* ``--fill``: also fills the ranking's first candidate of every judged prompt (``FunctionCaller.call``,
+  grounding included) and scores the filling's evidence as a none rule (:func:`fill_decide`): a
+  request for which the target's filling finds no value the user gave, or leaves a required one
+  missing, is perhaps not for that target (a third table).
+
   python -m bench cascade_sweep [--half dev] [--limit 80] [--confident 0.55,0.65] [--margins 1,1.5,2] [--gate fill]
 
 Prints the table and writes ``bench/results/cascade_sweep.json`` (every prompt's record). The
@@ -202,6 +207,37 @@ def gate_rows(records: Sequence[dict[str, Any]], confident: float, margins: Sequ
     return [[*row, row[2] + row[3]] for row in rows]
 
 
+FILL_RULES = ("no value", "a required value missing")
+
+
+def fill_decide(rec: dict[str, Any], confident: float, margin: float, unrelated: float, rule: str) -> str | None:
+    """The gateway's choice (ranked) for one record, then, for a judged prompt routed to a target
+    with parameters, none when its filling found no value the user gave (``no value``) or left a
+    required one missing (``a required value missing``): the filling's evidence that the request
+    is not for that target (``--fill``)."""
+    got, how = decide(rec, confident, margin, True, unrelated)
+    fill = rec.get("fill")
+    if how != "judged" or got is None or not fill or not fill["params"]:
+        return got
+    weak = fill["arguments"] == 0 if rule == FILL_RULES[0] else fill["missing"] > 0
+    return None if weak else got
+
+
+def fill_rows(records: Sequence[dict[str, Any]], confident: float, margins: Sequence[float], unrelated: float) -> list[list[Any]]:
+    """The chooser alone and with each filling rule, per margin, at ``confident``: in scope, out of scope, sum."""
+    ins = [r for r in records if r["want"] is not None]
+    outs = [r for r in records if r["want"] is None]
+    rows: list[list[Any]] = []
+    for m in margins:
+        for rule in (None, *FILL_RULES):
+            pick = [(r, decide(r, confident, m, True, unrelated)[0] if rule is None else fill_decide(r, confident, m, unrelated, rule))
+                    for r in records]
+            a = sum(p == r["want"] for r, p in pick if r["want"] is not None) / max(len(ins), 1)
+            b = sum(p is None for r, p in pick if r["want"] is None) / max(len(outs), 1)
+            rows.append([m, rule or "the chooser alone", a, b, a + b])
+    return rows
+
+
 BANDS = (0.2, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 BAND_MARGIN = 1.0  # the none margin before the third round: the bands compare the picks at it
 
@@ -286,6 +322,13 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
                         p_not, p_is = gate_mass(args.gate, fc.last_top_logprobs)
                         rec["gate"] = {"p_none": p_not, "p_call": p_is, "seconds": round(time.perf_counter() - started, 3),
                                        "prompt_n": stats.get("prompt_n", 0)}
+                if args.fill and rec["best"] < max(args.confident) and "judge" in rec:
+                    tool = next(x for x in tools if x["function"]["name"] == rec["top"][0])
+                    started = time.perf_counter()
+                    filled = fc.call(it.messages, tool)
+                    rec["fill"] = {"params": len((tool["function"].get("parameters") or {}).get("properties") or {}),
+                                   "arguments": len(filled.get("arguments") or {}), "missing": len(filled.get("missing") or []),
+                                   "seconds": round(time.perf_counter() - started, 3)}
                 records.append(rec)
                 if args.verbose:
                     print(rec, flush=True)
@@ -306,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--margins", default="1,1.5,2,2.5,3", type=lambda s: [float(x) for x in s.split(",")])
     ap.add_argument("--gate", choices=("fill", "question"), default=None,
                     help="also gate each judged prompt in its first candidate's own prompt (slow: see the docstring)")
+    ap.add_argument("--fill", action="store_true",
+                    help="also fill the first candidate of every judged prompt and score its evidence as a none rule (slower)")
     ap.add_argument("--no-cache", action="store_true", help="recompute every embedding")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     ap.add_argument("--verbose", "-v", action="store_true")
@@ -343,7 +388,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     caption=f"AUC (out of scope over in scope with the right first target): chooser {aucs['chooser']:.3f}, "
                             f"gate {aucs['gate']:.3f}, sum {aucs['sum']:.3f}; gate p50 {percentile(seconds, 50):.2f} s "
                             "with its target's prompt evaluated", digits=3)
-    path = write_results(PART, {"gate_rows": gated, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "verbose")},
+    filled: list[list[Any]] = []
+    if args.fill:
+        filled = fill_rows(records, CONFIDENT_THRESHOLD, args.margins, UNRELATED_THRESHOLD)
+        seconds = [r["fill"]["seconds"] for r in records if r.get("fill")]
+        print_table(f"the filling's evidence as a none rule for judged prompts (ranked, confident {CONFIDENT_THRESHOLD:g})",
+                    ["none margin", "rule", "in scope", "out of scope", "sum"], filled,
+                    caption=f"{len(seconds)} judged prompts filled, p50 {percentile(seconds, 50):.2f} s a call", digits=3)
+    path = write_results(PART, {"gate_rows": gated, "fill_rows": filled, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "verbose")},
                                 "unrelated_threshold": UNRELATED_THRESHOLD, "judge_p50_s": percentile(judged, 50),
                                 "rows": rows, "bands": band_rows, "records": records, "total_s": round(time.time() - started, 1)}, results_dir=args.out)
     print(f"wrote {path}")

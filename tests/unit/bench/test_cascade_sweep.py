@@ -91,3 +91,16 @@ def test_the_gate_prompts() -> None:
     assert system == INSTRUCTIONS + "Function: f\n" and "User: hi\n\nQuestion: does" in user and "function f does" in user
     assert gate_mass("fill", {"{": math.log(0.6), ' {"': math.log(0.1), "None": math.log(0.2), "x": math.log(0.1)}) == pytest.approx((0.2, 0.7))
     assert gate_mass("question", {"yes": math.log(0.7), "No": math.log(0.2), "maybe": math.log(0.1)}) == pytest.approx((0.2, 0.7))
+
+
+def test_the_fillings_evidence_turns_only_judged_routed_prompts_to_none() -> None:
+    from bench.cascade_sweep import FILL_RULES, fill_decide
+
+    empty = {"params": 2, "arguments": 0, "missing": 1}
+    partial = {"params": 2, "arguments": 1, "missing": 1}
+    assert fill_decide({**rec(0.4, "a"), "fill": empty}, 0.55, 1.5, 0.2, FILL_RULES[0]) is None  # judged, nothing the user gave
+    assert fill_decide({**rec(0.4, "a"), "fill": partial}, 0.55, 1.5, 0.2, FILL_RULES[0]) == "a"
+    assert fill_decide({**rec(0.4, "a"), "fill": partial}, 0.55, 1.5, 0.2, FILL_RULES[1]) is None  # a required value missing
+    assert fill_decide({**rec(0.6, "a"), "fill": empty}, 0.55, 1.5, 0.2, FILL_RULES[0]) == "a"  # confident: not judged
+    assert fill_decide({**rec(0.4, "a"), "fill": {"params": 0, "arguments": 0, "missing": 0}}, 0.55, 1.5, 0.2, FILL_RULES[0]) == "a"
+    assert fill_decide(rec(0.4, "a"), 0.55, 1.5, 0.2, FILL_RULES[0]) == "a"  # not filled
