@@ -13,7 +13,8 @@ import pytest
 
 from ext_proc.chat.endpoints import EndpointClient
 from ext_proc.chat.intent import CONFIDENT_THRESHOLD, JUDGE_CANDIDATES, UNRELATED_THRESHOLD
-from ext_proc.chat.pipeline import IngressPipeline, Uncertain
+from ext_proc.chat.completions import Immediate
+from ext_proc.chat.pipeline import FUNCTION_CALL_MODEL, IngressPipeline, Uncertain
 from ext_proc.config import build_config
 from ext_proc.errors import ModelServerError
 from ext_proc.metrics import Metrics
@@ -146,10 +147,12 @@ def _axis(i: int) -> np.ndarray:
 
 
 class CascadeModels(Models):
-    def __init__(self, names: list[str], choice: str | None = None, refuse_choice: ModelServerError | None = None) -> None:
+    def __init__(self, names: list[str], choice: str | None = None, refuse_choice: ModelServerError | None = None,
+                 arguments: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.names = names
         self.choice = choice
+        self.arguments = {"city": "Paris"} if arguments is None else arguments
         self.refuse_choice = refuse_choice
         self.choose_tools: list[list[str]] = []
 
@@ -173,7 +176,7 @@ class CascadeModels(Models):
             raise self.refuse_choice
         if self.choice is None:
             return None
-        return self.choice, ToolCall(arguments={"city": "Paris"}, missing=[])
+        return self.choice, ToolCall(arguments=self.arguments, missing=[k for k, v in self.arguments.items() if v is None])
 
 
 def cascade(models: CascadeModels, **extra: Any) -> IngressPipeline:
@@ -229,6 +232,20 @@ def test_the_judge_saying_none_sends_the_prompt_to_the_default_target_or_else_th
     pipe = cascade(CascadeModels(NAMES, choice=None))
     pipe.default_target = None  # no default: the LLM
     assert decide(pipe, "SCORE=0.4 TARGET=weather what is love")[2] is None
+
+
+def test_a_judged_prompt_without_a_value_its_target_requires_goes_to_the_default_target_a_confident_one_is_asked() -> None:
+    models = CascadeModels(NAMES, choice="weather", arguments={"city": None})
+    pipe = cascade(models)
+    assert decide(pipe, "SCORE=0.4 TARGET=weather what is the capital of peru")[2:] == ("fallback", None)
+    pipe.default_target = None  # no default: the LLM
+    assert decide(pipe, "SCORE=0.4 TARGET=weather what is the capital of peru")[2] is None
+    # confident: the target's own clarifying question, as before
+    reply = asyncio.run(pipe(pipe.cfg, {}, parse_chat_request(json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "SCORE=0.8 TARGET=weather the forecast please"}]}).encode())))
+    assert isinstance(reply, Immediate) and models.calls == ["weather"]
+    answer = json.loads(reply.body)
+    assert answer["model"] == FUNCTION_CALL_MODEL and "city" in answer["choices"][0]["message"]["content"]
 
 
 def test_a_target_without_parameters_can_be_chosen_and_has_no_arguments() -> None:
