@@ -210,14 +210,14 @@ def gate_rows(records: Sequence[dict[str, Any]], confident: float, margins: Sequ
 FILL_RULES = ("no value", "a required value missing")
 
 
-def fill_decide(rec: dict[str, Any], confident: float, margin: float, unrelated: float, rule: str) -> str | None:
+def fill_decide(rec: dict[str, Any], confident: float, margin: float, unrelated: float, rule: str | None) -> str | None:
     """The gateway's choice (ranked) for one record, then, for a judged prompt routed to a target
     with parameters, none when its filling found no value the user gave (``no value``) or left a
     required one missing (``a required value missing``): the filling's evidence that the request
-    is not for that target (``--fill``)."""
+    is not for that target (``--fill``). ``rule`` None: the chooser alone."""
     got, how = decide(rec, confident, margin, True, unrelated)
     fill = rec.get("fill")
-    if how != "judged" or got is None or not fill or not fill["params"]:
+    if rule is None or how != "judged" or got is None or not fill or not fill["params"]:
         return got
     weak = fill["arguments"] == 0 if rule == FILL_RULES[0] else fill["missing"] > 0
     return None if weak else got
@@ -230,8 +230,7 @@ def fill_rows(records: Sequence[dict[str, Any]], confident: float, margins: Sequ
     rows: list[list[Any]] = []
     for m in margins:
         for rule in (None, *FILL_RULES):
-            pick = [(r, decide(r, confident, m, True, unrelated)[0] if rule is None else fill_decide(r, confident, m, unrelated, rule))
-                    for r in records]
+            pick = [(r, fill_decide(r, confident, m, unrelated, rule)) for r in records]
             a = sum(p == r["want"] for r, p in pick if r["want"] is not None) / max(len(ins), 1)
             b = sum(p is None for r, p in pick if r["want"] is None) / max(len(outs), 1)
             rows.append([m, rule or "the chooser alone", a, b, a + b])
@@ -263,7 +262,7 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     import numpy as np
 
     from bench import pipeline_eval as pe
-    from bench.intent_eval import INSTALL, Embedder, bfcl_dir
+    from bench.intent_eval import Embedder
     from ext_proc.chat.intent import JUDGE_CANDIDATES, UNRELATED_THRESHOLD, IntentIndex
     from ext_proc.chat.targets import tool_schema
     from sidegate_models import weights
@@ -271,13 +270,7 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     from sidegate_models.function_call.prompt import INSTRUCTIONS, CHOICE_TOP_LOGPROBS, describe_tool, transcript
     from sidegate_models.function_call.schema import normalize_tool
 
-    folder = bfcl_dir()
-    if folder is None:
-        raise SystemExit(f"BFCL data not found: {INSTALL}")
-    items = []
-    for name in args.sets:
-        loaded, _ = pe.load_set(folder, name)
-        items += pe.select(loaded, args.half, args.limit, args.seed)
+    items = pe.selected_items(args.sets, args.half, args.limit, args.seed)
     groups = pe.build_groups(items, args.max_targets)
     print(f"{len(items)} prompts in {len(groups)} configs; loading the embedder and {weights.DEFAULT_MODEL} ...", flush=True)
     embedder = Embedder(args.threads, None if args.no_cache else Path("/tmp/sidegate-intent-cache"))

@@ -56,21 +56,14 @@ def summarize(records: Sequence[dict[str, Any]], sets: Sequence[str]) -> list[li
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from bench import pipeline_eval as pe
-    from bench.intent_eval import INSTALL, bfcl_dir
     from ext_proc.chat.targets import tool_schema
     from sidegate_models import weights
     from sidegate_models.function_call import engine
 
-    folder = bfcl_dir()
-    if folder is None:
-        raise SystemExit(f"BFCL data not found: {INSTALL}")
     if args.instructions is not None:
         engine.INSTRUCTIONS = args.instructions.read_text()  # the engine reads its module's name at each call
     checker, how = pe.load_checker()
-    items = []
-    for name in args.sets:
-        loaded, _ = pe.load_set(folder, name)
-        items += pe.select(loaded, args.half, args.limit, args.seed)
+    items = pe.selected_items(args.sets, args.half, args.limit, args.seed)
     print(f"{len(items)} items, checker: {how}; loading {args.weights} ...", flush=True)
     fc = engine.FunctionCaller(model_path=str(weights.resolve(args.weights)), n_threads=args.threads, warmup=False)
     records: list[dict[str, Any]] = []

@@ -287,6 +287,15 @@ def select(items: Sequence[Item], half: str, limit: int | None, seed: int) -> li
     return chosen if limit is None else chosen[:limit]
 
 
+def selected_items(sets: Sequence[str], half: str, limit: int | None, seed: int) -> list[Item]:
+    """:func:`select` over each of ``sets``, in order, as the in-process parts take them; exits
+    with what to install when BFCL's data is not there."""
+    folder = bfcl_dir()
+    if folder is None:
+        raise SystemExit(f"BFCL data not found: {INSTALL}")
+    return [it for name in sets for it in select(load_set(folder, name)[0], half, limit, seed)]
+
+
 # --------------------------------------------------------------------------- grouping and configs
 
 

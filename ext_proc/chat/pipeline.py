@@ -405,7 +405,7 @@ class IngressPipeline:
                         "sidegate.function_call.arguments_size": len(json.dumps(call.arguments, default=str)),
                         "sidegate.function_call.missing": ",".join(call.missing),
                     })
-            found = {k: v for k, v in call.arguments.items() if v is not None and k not in call.missing}
+            found = _given(call)
             args, missing, problems = finalize_arguments(target, {**gathered, **found})
             if missing:
                 state = PendingState(target=target.name, arguments={k: v for k, v in args.items() if k in {**gathered, **found}})
@@ -453,11 +453,15 @@ class IngressPipeline:
         return Forward(provider=provider, body=json.dumps(body).encode(), response_metadata=metadata, route=route)
 
 
+def _given(call: ToolCall) -> dict[str, Any]:
+    """The arguments of ``call`` that have a value (the model's ``missing`` ones and nulls left out)."""
+    return {k: v for k, v in call.arguments.items() if v is not None and k not in call.missing}
+
+
 def _unfilled(target: PromptTarget, call: ToolCall) -> bool:
     """Whether ``call`` (the function-calling model's arguments for ``target``) leaves a required
-    parameter without a value: none the user gave, and no default."""
-    found = {k: v for k, v in call.arguments.items() if v is not None and k not in call.missing}
-    return bool(finalize_arguments(target, found)[1])
+    parameter without a value: none the user gave, and no default (what ``_run_target`` would ask for)."""
+    return bool(finalize_arguments(target, _given(call))[1])
 
 
 def _conversation(req: ChatRequest) -> list[dict[str, Any]]:
