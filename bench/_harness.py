@@ -121,10 +121,22 @@ def git_commit() -> dict[str, Any]:
     return {"commit": sha, "dirty": bool(status)}
 
 
+def llama_cpp_runtime() -> str | None:
+    """Which llama.cpp build serves function_call and the judges here: ``native`` (``make native``,
+    AVX-512) or ``prebuilt`` (the pinned AVX2 wheel); None without xllamacpp."""
+    try:
+        import xllamacpp
+    except ImportError:
+        return None
+    return "native" if "AVX512 = 1" in str(xllamacpp.get_system_info()) else "prebuilt"
+
+
 def machine_info() -> dict[str, Any]:
-    """Facts every result file carries: date, load average, CPU count, git commit, command."""
+    """Facts every result file carries: date, load average, CPU count, git commit, command, the
+    llama.cpp runtime (LLM latencies differ by ~1.4x in prompt evaluation between the two)."""
     one, five, fifteen = loadavg()
     return {
+        "llama_cpp_runtime": llama_cpp_runtime(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command(),
         "git": git_commit(),

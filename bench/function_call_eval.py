@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the bench package importa
 from bench._harness import RESULTS_DIR, load_caption, memory_kib, percentile, print_table, write_results  # noqa: E402
 from sidegate_models import function_call as engine  # noqa: E402  (triton_models/sidegate_models/function_call/)
 from sidegate_models import weights  # noqa: E402
+from sidegate_models.native import has_avx512  # noqa: E402
 
 PART = "function_call"  # bench/results/function_call.json
 DEV_SLICE = (300, 400)
@@ -307,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"model": args.model, "gguf": os.path.basename(path), "threads": fc.n_threads,
                            "ground": args.ground, "values_only": not args.object_mode,
                            "load_s": round(load_s, 2), "warmup_s": round(warm_s, 2),
-                           "loadavg_start": round(load_avg[0], 2), "n_slots": args.slots, "n_ctx_per_slot": args.ctx}
+                           "loadavg_start": round(load_avg[0], 2), "n_slots": args.slots, "n_ctx_per_slot": args.ctx,
+                           "runtime": "native" if has_avx512(fc.runtime_info) else "prebuilt", "runtime_info": fc.runtime_info}
     if not args.skip_latency:
         out["latency"] = run_latency(fc, args.latency_repeats)
     if not args.skip_bfcl:
@@ -322,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     out["rss_mb"] = {"before_load": rss_before, "end": rss_mb()}
     fc.close()
 
-    key = f"{args.model}{'/dev' if args.dev else ''}/{fc.n_threads}t"
+    key = f"{args.model}{'/dev' if args.dev else ''}/{fc.n_threads}t{'/native' if out['runtime'] == 'native' else ''}"
     runs = _previous_runs()
     earlier, record = runs.get(key, {}), dict(out)
     for part in ("latency", "bfcl"):  # a run that skipped a part keeps the last measured one
@@ -332,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     b, lat = out.get("bfcl", {}), out.get("latency", {})
     print_table(
         "function_call: BFCL simple_python exact arguments, weather latency (3 params)",
-        ["model", "threads", "slots", "BFCL acc", "n", "split", "parse+validate", "p50 s", "p90 s", "p50 after switch s",
+        ["model", "runtime", "threads", "slots", "BFCL acc", "n", "split", "parse+validate", "p50 s", "p90 s", "p50 after switch s",
          "RSS MB", "load avg"],
-        [[args.model, fc.n_threads, args.slots, b.get("accuracy"), b.get("n"), b.get("split"), b.get("valid_rate"),
+        [[args.model, out["runtime"], fc.n_threads, args.slots, b.get("accuracy"), b.get("n"), b.get("split"), b.get("valid_rate"),
           lat.get("p50_s"), lat.get("p90_s"), lat.get("after_switch", {}).get("p50_s"), out["rss_mb"]["end"],
           f"{out['loadavg_start']}->{out['loadavg_end']}"]],
         caption=load_caption(f"load {load_s:.1f}s, warm-up {warm_s:.1f}s"), digits=3)

@@ -68,7 +68,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python bench/pipeline_eval.py` as well as `python -m bench pipeline_eval`
-from bench._harness import free_port, load_caption, percentile, print_table, write_results  # noqa: E402
+from bench._harness import free_port, llama_cpp_runtime, load_caption, percentile, print_table, write_results  # noqa: E402
 from bench.intent_eval import BFCL_PACKAGE, INSTALL, bfcl_dir, sha256_file, split_of, target_name  # noqa: E402
 from ext_proc.names import GUARD_HEADER  # noqa: E402  (the header a client sees on a blocked prompt)
 
@@ -630,7 +630,7 @@ def _print_tables(summary: dict[str, Any], meta: dict[str, Any]) -> None:
                      s["latency_ms"].get("all", {}).get("p50_ms"), s["latency_ms"].get("all", {}).get("p99_ms")])
     print_table(
         f"pipeline_eval: BFCL v4 through Envoy + ext_proc + Triton, {meta['half']} half"
-        + (f", limit {meta['limit']} per set" if meta["limit"] else ""),
+        + (f", limit {meta['limit']} per set" if meta["limit"] else "") + (f", {meta['llama_cpp_runtime']} llama.cpp" if meta.get("llama_cpp_runtime") else ""),
         ["set", "scope", "items in half", "skipped (not expressible)", "n run", "configs", "routing acc",
          "args exact | routed", "clarified", "default/LLM", "foreign target", "blocked", "5xx", "other non-200",
          "config not started", "p50 ms", "p99 ms"],
@@ -785,7 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "configs": sum(g.set == name for g in groups), **summarize_set(recs, name in IN_SCOPE)}
     meta = {"half": args.half, "limit": args.limit, "seed": args.seed, "max_targets": args.max_targets,
             "guard": not args.no_guard, "threshold": args.threshold if args.threshold is not None else "config default",
-            "checker": checker_name, "function_call": function_call or "config default"}
+            "checker": checker_name, "function_call": function_call or "config default", "llama_cpp_runtime": llama_cpp_runtime()}
     _print_tables(summary, meta)
     results = {
         "what": "BFCL v4 prompts through the real ingress pipeline (Envoy + ext_proc + Triton on CPU); targets' endpoints "

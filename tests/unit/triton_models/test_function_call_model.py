@@ -214,6 +214,7 @@ class RecordingCaller:
         self.kw, self.model_path, self.model_name = kw, kw["model_path"], kw.get("model_name") or "custom"
         self.load_s = self.warmup_s = 0.0
         self.n_threads = 2
+        self.runtime = "llama.cpp runtime: prebuilt (AVX2)"
         RecordingCaller.built.append(kw)
 
 

@@ -128,7 +128,7 @@ class TritonPythonModel:
             if engine is not None:
                 pb_utils.Logger.log_info(
                     f"function_call {role}: {engine.model_path} loaded in {engine.load_s:.1f}s, warm-up {engine.warmup_s:.1f}s, "
-                    f"{engine.n_threads} threads")
+                    f"{engine.n_threads} threads; {engine.runtime}")
 
     def execute(self, requests: list) -> None:
         self._worker.submit(requests)

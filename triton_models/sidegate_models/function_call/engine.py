@@ -89,6 +89,7 @@ from sidegate_models.function_call.schema import (
     value_kinds,
 )
 from sidegate_models.host import auto_threads, memory_params
+from sidegate_models.native import describe
 
 __all__ = ["FunctionCaller", "WEATHER_TOOL"]
 
@@ -186,6 +187,8 @@ class FunctionCaller:
         except RuntimeError as exc:
             raise RuntimeError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
         self.load_s = time.perf_counter() - t0
+        self.runtime_info = str(xllamacpp.get_system_info())  # what llama.cpp was compiled for (make native: AVX-512)
+        self.runtime = describe(self.runtime_info)
         self.warmup_s = 0.0
         if warmup:
             self.warm_up()
