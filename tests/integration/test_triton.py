@@ -393,6 +393,7 @@ async def test_guard_without_prompt_embed_is_a_clear_error(guard_triton: Triton)
     """Unloading a step of the ensemble takes the guard down with it: its error names the steps
     it needs (nothing is taken for a dead stub), and loading them again brings it back."""
     async with TritonClient(guard_triton.url) as c:
+        old_stub = stub_of(guard_triton, MODEL)
         await c.unload_model(MODEL, timeout_s=30)
         deadline = time.monotonic() + 30
         while await c.ready(models=[MODEL]) and time.monotonic() < deadline:
@@ -404,6 +405,14 @@ async def test_guard_without_prompt_embed_is_a_clear_error(guard_triton: Triton)
             assert f"needs {MODEL} and {HEAD} loaded" in info.value.message, info.value.message
             assert not c.unhealthy  # not taken for a dead stub
         finally:
+            # the model is not READY as soon as its unload starts, but its instance is torn down
+            # after: loading it again before its stub is gone overlapped the two, and tritonserver
+            # 2.51 aborted a minute later ("tcache_thread_shutdown(): unaligned tcache chunk
+            # detected"; the next test then found no stubs at all). Load it once the unload is done.
+            deadline = time.monotonic() + 60
+            while old_stub in guard_triton.stubs():
+                assert time.monotonic() < deadline, f"{MODEL}'s stub {old_stub} still runs 60 s after its unload"
+                await asyncio.sleep(0.1)
             await c.load_model(MODEL, timeout_s=90)
             await c.load_model(GUARD, timeout_s=90)
         _, flagged = await c.guard(ATTACKS[0], timeout_s=5)
