@@ -128,7 +128,9 @@ def llama_cpp_runtime() -> str | None:
         import xllamacpp
     except ImportError:
         return None
-    return "native" if "AVX512 = 1" in str(xllamacpp.get_system_info()) else "prebuilt"
+    from sidegate_models.native import kind
+
+    return kind(str(xllamacpp.get_system_info()))
 
 
 def machine_info() -> dict[str, Any]:

@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the bench package importa
 from bench._harness import RESULTS_DIR, load_caption, memory_kib, percentile, print_table, write_results  # noqa: E402
 from sidegate_models import function_call as engine  # noqa: E402  (triton_models/sidegate_models/function_call/)
 from sidegate_models import weights  # noqa: E402
-from sidegate_models.native import has_avx512  # noqa: E402
+from sidegate_models.native import kind  # noqa: E402
 
 PART = "function_call"  # bench/results/function_call.json
 DEV_SLICE = (300, 400)
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                            "ground": args.ground, "values_only": not args.object_mode,
                            "load_s": round(load_s, 2), "warmup_s": round(warm_s, 2),
                            "loadavg_start": round(load_avg[0], 2), "n_slots": args.slots, "n_ctx_per_slot": args.ctx,
-                           "runtime": "native" if has_avx512(fc.runtime_info) else "prebuilt", "runtime_info": fc.runtime_info}
+                           "runtime": kind(fc.runtime_info), "runtime_info": fc.runtime_info}
     if not args.skip_latency:
         out["latency"] = run_latency(fc, args.latency_repeats)
     if not args.skip_bfcl:

@@ -38,7 +38,7 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["REQUIREMENTS", "RuntimeBuildError", "cmake_args", "cpu_flags", "describe", "features", "has_avx512", "main", "requirement_line", "wheel_cache"]
+__all__ = ["REQUIREMENTS", "RuntimeBuildError", "cmake_args", "cpu_flags", "describe", "features", "has_avx512", "kind", "main", "requirement_line", "wheel_cache"]
 
 REQUIREMENTS = Path(__file__).resolve().parents[1] / "function_call" / "requirements.txt"
 PACKAGE = "xllamacpp"
@@ -108,6 +108,18 @@ def has_avx512(system_info: str) -> bool:
     return "AVX512 = 1" in system_info
 
 
+def kind(system_info: str) -> str:
+    """``native`` (built by ``make native``, AVX-512) or ``prebuilt`` (the pinned AVX2 wheel)."""
+    return "native" if has_avx512(system_info) else "prebuilt"
+
+
+def _pinned_requirements(folder: str, pin: str, hashes: list[str]) -> str:
+    """A requirements file in ``folder`` that pins ``pin`` by ``hashes`` (for pip --require-hashes)."""
+    req = Path(folder) / "requirements.txt"
+    req.write_text(f"{pin} " + " ".join(f"--hash=sha256:{h}" for h in hashes) + "\n")
+    return str(req)
+
+
 def describe(system_info: str, flags: set[str] | None = None) -> str:
     """One line for a log: which runtime ``system_info`` (``xllamacpp.get_system_info()``) is, and
     ``make native`` when this CPU (``flags``, default ``/proc/cpuinfo``'s) could run a faster one."""
@@ -161,13 +173,12 @@ def build(args: list[str], pin: str, hashes: list[str]) -> Path:
     if shutil.which("cmake") is None or shutil.which("c++") is None:
         raise RuntimeBuildError("building llama.cpp needs cmake and a C++ compiler: apt-get install cmake g++, then rerun make native")
     with tempfile.TemporaryDirectory(prefix="sidegate-native-") as tmp:
-        req = Path(tmp) / "requirements.txt"
-        req.write_text(f"{pin} " + " ".join(f"--hash=sha256:{h}" for h in hashes) + "\n")
+        req = _pinned_requirements(tmp, pin, hashes)
         env = {**os.environ, "CMAKE_ARGS": " ".join(args), "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)}
         env.pop("XLLAMACPP_RELEASE", None)
         print(f"native runtime: building {pin} from source with {' '.join(a for a in args if 'AVX' in a and a.endswith('=ON'))}")
         # --no-cache-dir: pip's wheel cache is keyed by the source alone, not by CMAKE_ARGS
-        _run(_pip("wheel", "--no-deps", "--no-binary", PACKAGE, "--no-cache-dir", "--require-hashes", "-r", str(req),
+        _run(_pip("wheel", "--no-deps", "--no-binary", PACKAGE, "--no-cache-dir", "--require-hashes", "-r", req,
                   "-w", str(Path(tmp) / "out")), "building llama.cpp", env=env, minutes=_BUILD_MINUTES)
         wheels = sorted((Path(tmp) / "out").glob(f"{PACKAGE}-*.whl"))
         if not wheels:
@@ -185,8 +196,9 @@ def install_native(cpuinfo: str | None = None) -> int:
         print("native runtime: this CPU has no AVX-512; the prebuilt runtime (AVX2) is already the fast one. Nothing to do.")
         return 0
     pin, hashes = requirement_line()
-    if has_avx512(features()):
-        print(f"native runtime: already installed ({features()})")
+    installed = features()
+    if has_avx512(installed):
+        print(f"native runtime: already installed ({installed})")
         return 0
     wheel = build(args, pin, hashes)
     _run(_pip("install", "-q", "--no-deps", "--force-reinstall", str(wheel)), "installing the native runtime")
@@ -200,9 +212,8 @@ def install_native(cpuinfo: str | None = None) -> int:
 def install_prebuilt() -> int:
     pin, hashes = requirement_line()
     with tempfile.TemporaryDirectory(prefix="sidegate-native-") as tmp:
-        req = Path(tmp) / "requirements.txt"
-        req.write_text(f"{pin} " + " ".join(f"--hash=sha256:{h}" for h in hashes) + "\n")
-        _run(_pip("install", "-q", "--no-deps", "--force-reinstall", "--only-binary", PACKAGE, "--require-hashes", "-r", str(req)),
+        _run(_pip("install", "-q", "--no-deps", "--force-reinstall", "--only-binary", PACKAGE, "--require-hashes", "-r",
+                  _pinned_requirements(tmp, pin, hashes)),
              "installing the prebuilt runtime")
     print(f"prebuilt runtime: installed ({features()})")
     return 0
