@@ -92,6 +92,8 @@ T = TypeVar("T")
 # the gRPC deadline of a call is its caller's deadline plus this: the caller stops waiting at its
 # own deadline (504), the call itself goes on, so that gRPC cancels only calls to a hung model
 RPC_GRACE_S = 30.0
+UNLOAD_POLL_S = 0.05  # how often unload_model asks the repository index whether the unload is done
+DEAD_TEARDOWN_S = 5.0  # how long a dead-stub reload waits for the dead instance's unload (~1 s; see _reload_here)
 
 
 def _drop_outcome(calls: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
@@ -344,9 +346,27 @@ class TritonClient:
         log.info("Triton model %s loaded", model)
 
     async def unload_model(self, model: str, *, timeout_s: float) -> None:
-        """Unload ``model`` through the repository API (returns once Triton accepted the request)."""
+        """Unload ``model`` through the repository API; returns once the unload is done.
+
+        Triton answers the unload request at once and tears the instance down after: the
+        repository index says UNLOADING until the python stub has exited (~1 s here), then
+        UNAVAILABLE. A load started in between overlapped the two, and tritonserver 2.51 aborted
+        ("unaligned tcache chunk detected"), so this waits for the index to leave UNLOADING.
+        """
         with self._model_server_errors("unload", model, timeout_s):
             await self._client.unload_model(model, client_timeout=timeout_s)
+            await self._until_unloaded(model, timeout_s)
+        log.info("Triton model %s unloaded", model)
+
+    async def _until_unloaded(self, model: str, timeout_s: float) -> None:
+        """Returns once Triton's repository index no longer lists ``model`` as UNLOADING;
+        TimeoutError after ``timeout_s``."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                index = await self._client.get_model_repository_index(as_json=True, client_timeout=timeout_s)
+                if not any(m.get("name") == model and m.get("state") == "UNLOADING" for m in index.get("models", [])):
+                    return
+                await asyncio.sleep(UNLOAD_POLL_S)
 
     async def reload_unhealthy(self, model: str, *, timeout_s: float = 120.0) -> bool:
         """Reload ``model`` if its stub was seen dead; returns whether a reload happened.
@@ -387,7 +407,17 @@ class TritonClient:
 
     async def _reload_here(self, model: str, timeout_s: float) -> None:
         ensembles = [e for e, steps in ENSEMBLE_STEPS.items() if model in steps and await self.ready(models=[e], timeout_s=timeout_s)]
-        await self.unload_model(model, timeout_s=timeout_s)
+        with self._model_server_errors("unload", model, timeout_s):
+            await self._client.unload_model(model, client_timeout=timeout_s)
+            # a dead stub's instance is torn down in ~1 s, and loading before that overlapped the
+            # two (see unload_model). But once a request has failed on the dead stub, tritonserver
+            # 2.51 never finishes that unload (UNLOADING for good, nothing left to tear down), so
+            # after DEAD_TEARDOWN_S the fresh instance is loaded beside it
+            try:
+                await self._until_unloaded(model, min(DEAD_TEARDOWN_S, timeout_s))
+            except TimeoutError:
+                log.warning("Triton model %s: the dead instance is still UNLOADING after %g s; loading a fresh one",
+                            model, min(DEAD_TEARDOWN_S, timeout_s))
         await self.load_model(model, timeout_s=timeout_s)
         for ensemble in ensembles:  # only those that were loaded: this server may serve the step alone
             await self.load_model(ensemble, timeout_s=timeout_s)

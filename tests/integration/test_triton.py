@@ -395,24 +395,18 @@ async def test_guard_without_prompt_embed_is_a_clear_error(guard_triton: Triton)
     async with TritonClient(guard_triton.url) as c:
         old_stub = stub_of(guard_triton, MODEL)
         await c.unload_model(MODEL, timeout_s=30)
-        deadline = time.monotonic() + 30
-        while await c.ready(models=[MODEL]) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
         try:
+            # the unload is done when unload_model returns: Triton answers the request at once and
+            # tears the instance down after, and a load in between made tritonserver 2.51 abort a
+            # minute later ("tcache_thread_shutdown(): unaligned tcache chunk detected"; the next
+            # test then found no stubs at all)
+            assert old_stub not in guard_triton.stubs() and not await c.ready(models=[MODEL])
             with pytest.raises(ModelServerError) as info:
                 await c.guard("hello", timeout_s=5)
             assert info.value.status == 503 and info.value.code == "model_server_unavailable", info.value
             assert f"needs {MODEL} and {HEAD} loaded" in info.value.message, info.value.message
             assert not c.unhealthy  # not taken for a dead stub
         finally:
-            # the model is not READY as soon as its unload starts, but its instance is torn down
-            # after: loading it again before its stub is gone overlapped the two, and tritonserver
-            # 2.51 aborted a minute later ("tcache_thread_shutdown(): unaligned tcache chunk
-            # detected"; the next test then found no stubs at all). Load it once the unload is done.
-            deadline = time.monotonic() + 60
-            while old_stub in guard_triton.stubs():
-                assert time.monotonic() < deadline, f"{MODEL}'s stub {old_stub} still runs 60 s after its unload"
-                await asyncio.sleep(0.1)
             await c.load_model(MODEL, timeout_s=90)
             await c.load_model(GUARD, timeout_s=90)
         _, flagged = await c.guard(ATTACKS[0], timeout_s=5)
@@ -457,12 +451,13 @@ async def test_a_guard_head_of_your_own_comes_from_the_weights_parameter(tmp_pat
 
 
 @pytest.mark.slow
-async def test_a_dead_prompt_embed_stub_under_the_guard_is_reloaded(guard_triton: Triton) -> None:
+async def test_a_dead_prompt_embed_stub_under_the_guard_is_reloaded(guard_triton: Triton, caplog: pytest.LogCaptureFixture) -> None:
     """The guard's embeddings come from the ensemble's prompt_embed step: when prompt_embed's stub
     dies, the guard's error names prompt_embed and the client reloads prompt_embed (not the
     healthy head), then the guard serves again."""
     async with TritonClient(guard_triton.url) as c:
         embed_stub = stub_of(guard_triton, MODEL)
+        log_start = len(guard_triton.log.read_text())
         os.kill(embed_stub, signal.SIGKILL)
         await asyncio.sleep(0.2)
         with pytest.raises(ModelServerError) as info:
@@ -479,6 +474,12 @@ async def test_a_dead_prompt_embed_stub_under_the_guard_is_reloaded(guard_triton
                 await asyncio.sleep(0.25)
         assert flagged and MODEL not in c.unhealthy
         assert stub_of(guard_triton, MODEL) != embed_stub
+        # the fresh instance was loaded once the dead one was unloaded (a load that overlapped a
+        # teardown made tritonserver 2.51 abort), or once the client saw that its unload never
+        # ends (2.51 leaves a dead stub that failed a request UNLOADING for good)
+        log = guard_triton.log.read_text()[log_start:]
+        unloaded, loading = log.find(f"successfully unloaded '{MODEL}'"), log.find(f'"loading: {MODEL}:')
+        assert loading >= 0 and (0 <= unloaded < loading or f"{MODEL}: the dead instance is still UNLOADING" in caplog.text), log
 
 
 # ------------------------------------------ configs/gpu.pbtxt on a real GPU (skipped without one)

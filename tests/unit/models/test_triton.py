@@ -10,6 +10,7 @@ import pytest
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
 from ext_proc.errors import ModelServerError, render_error
+from ext_proc.models import triton
 from ext_proc.models.triton import RPC_GRACE_S, TritonClient, TritonModels
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
@@ -147,6 +148,79 @@ def test_the_model_whose_stub_died_is_the_one_reloaded(model: str, message: str,
     err, unhealthy = asyncio.run(seen())
     assert err.code == "model_server_unhealthy" and unhealthy == {dead}
     assert err.message.startswith(f"Triton model {dead}" + (f" (a step of {model})" if dead != model else " crashed"))
+
+
+class Repository:
+    """Stands in for Triton's repository API: an unload is answered at once and stays UNLOADING
+    for ``teardown`` index reads (the python stub still exiting); records each load with the state
+    the model was in when it came."""
+
+    def __init__(self, teardown: int) -> None:
+        self.teardown, self.state, self.loads = teardown, "READY", []
+
+    async def unload_model(self, model: str, **kwargs: Any) -> None:
+        self.state = "UNLOADING"
+
+    async def get_model_repository_index(self, **kwargs: Any) -> dict[str, Any]:
+        if self.state == "UNLOADING":
+            self.teardown -= 1
+            if self.teardown < 0:
+                self.state = "UNAVAILABLE"
+        return {"models": [{"name": "other", "state": "READY"}, {"name": "prompt_embed", "state": self.state}]}
+
+    async def load_model(self, model: str, **kwargs: Any) -> None:
+        self.loads.append((model, self.state))
+        self.state = "READY"
+
+    async def is_server_ready(self, **kwargs: Any) -> bool:
+        return True
+
+    async def is_model_ready(self, model: str, **kwargs: Any) -> bool:
+        return False  # no ensemble loaded: the reload loads the step alone
+
+
+def test_a_reload_loads_again_only_once_the_unload_is_done() -> None:
+    """Loading while the old instance was still torn down made tritonserver 2.51 abort: the
+    dead-stub reload's load must come after the index leaves UNLOADING."""
+
+    async def reload() -> list[tuple[str, str]]:
+        client = TritonClient("grpc://127.0.0.1:1", auto_reload=False)
+        repository = Repository(teardown=3)
+        client._client = repository  # type: ignore[assignment]
+        await client._reload_here("prompt_embed", timeout_s=5)
+        return repository.loads
+
+    assert asyncio.run(reload()) == [("prompt_embed", "UNAVAILABLE")]
+
+
+def test_a_dead_instance_that_stays_unloading_does_not_block_its_reload(monkeypatch: pytest.MonkeyPatch,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """tritonserver 2.51 never finishes unloading a dead stub's instance once a request failed on
+    it: the reload waits DEAD_TEARDOWN_S, then loads the fresh instance beside it."""
+    monkeypatch.setattr(triton, "DEAD_TEARDOWN_S", 0.2)
+
+    async def reload() -> list[tuple[str, str]]:
+        client = TritonClient("grpc://127.0.0.1:1", auto_reload=False)
+        repository = Repository(teardown=10**9)
+        client._client = repository  # type: ignore[assignment]
+        await client._reload_here("prompt_embed", timeout_s=5)
+        return repository.loads
+
+    assert asyncio.run(reload()) == [("prompt_embed", "UNLOADING")]
+    assert "prompt_embed: the dead instance is still UNLOADING after 0.2 s; loading a fresh one" in caplog.text
+
+
+def test_an_unload_that_never_ends_is_504_naming_the_model() -> None:
+    async def unload() -> ModelServerError:
+        client = TritonClient("grpc://127.0.0.1:1", auto_reload=False)
+        client._client = Repository(teardown=10**9)  # type: ignore[assignment]
+        with pytest.raises(ModelServerError) as info:
+            await client.unload_model("prompt_embed", timeout_s=0.2)
+        return info.value
+
+    err = asyncio.run(unload())
+    assert (err.status, err.code) == (504, "model_server_timeout")
+    assert err.message == "Triton model prompt_embed did not answer within 0.2 s (unload)"
 
 
 def test_an_ensemble_whose_step_was_unloaded_says_what_it_needs() -> None:
