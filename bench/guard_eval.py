@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import importlib.util
 import json
 import os
@@ -209,9 +210,14 @@ class LiveJudge:
     """The function_call engine's ``judge`` in process (as bench/function_call_eval.py loads it);
     answers cached by sha256 of the text under the cache folder (P(yes) and the live seconds)."""
 
-    def __init__(self, model: str, threads: int, cache_dir: Path) -> None:
+    def __init__(self, model: str, threads: int, cache_dir: Path, policy: str | None = None) -> None:
+        from sidegate_models.function_call import engine
+
         self.model, self.threads = model, threads
-        self.path = cache_dir / f"judge-{Path(model).name}.json"
+        if policy is not None:  # --judge-policy: another system turn for the judge (what the engine reads)
+            engine.JUDGE_SYSTEM = policy
+        self.policy_sha = hashlib.sha256(engine.JUDGE_SYSTEM.encode()).hexdigest()[:12]
+        self.path = cache_dir / f"judge-{Path(model).name}-{self.policy_sha}.json"
         self.cache: dict[str, list] = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.engine = None
         self.live = 0
@@ -365,8 +371,10 @@ def calibrate_band(judge: LiveJudge, head, embed, threshold: float) -> dict:
 
 def judge_report(args, head, embed, threshold: float) -> int:
     """--judge: calibrate (or take --judge-band/--judge-threshold), then R1 and R2 with and without the judge."""
-    judge = LiveJudge(args.judge_model, args.judge_threads, args.cache_dir)
-    results: dict = {"model": "prompt_guard + function_call judge", "judge_model": args.judge_model, "threshold": threshold}
+    policy = args.judge_policy.read_text() if args.judge_policy else None
+    judge = LiveJudge(args.judge_model, args.judge_threads, args.cache_dir, policy)
+    results: dict = {"model": "prompt_guard + function_call judge", "judge_model": args.judge_model, "threshold": threshold,
+                     "judge_policy": str(args.judge_policy or "JUDGE_SYSTEM"), "judge_policy_sha256": judge.policy_sha}
     band = parse_band(args.judge_band)
     if band is None:
         cal = calibrate_band(judge, head, embed, threshold)
@@ -441,6 +449,8 @@ def main(argv=None) -> int:
     ap.add_argument("--judge-threshold", type=float, default=0.5, help="with --judge-band: the judge's P(yes) cut")
     ap.add_argument("--judge-model", default="qwen2.5-coder-1.5b", help="packaged model name or GGUF path (function_call's default)")
     ap.add_argument("--judge-threads", type=int, default=2)
+    ap.add_argument("--judge-policy", type=Path, default=None,
+                    help="a text file to use as the judge's system turn instead of JUDGE_SYSTEM (a variant to measure)")
     ap.add_argument("--judge-cap", type=int, default=JUDGE_REPORT_CAP, help="band rows judged per class and report source")
     args = ap.parse_args(argv)
     band = parse_band(args.judge_band)
