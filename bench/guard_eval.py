@@ -217,7 +217,7 @@ class LiveJudge:
         if policy is not None:  # --judge-policy: another system turn for the judge (what the engine reads)
             engine.JUDGE_SYSTEM = policy
         self.policy_sha = hashlib.sha256(engine.JUDGE_SYSTEM.encode()).hexdigest()[:12]
-        self.path = cache_dir / f"judge-{Path(model).name}-{self.policy_sha}.json"
+        self.path = cache_dir / f"judge-{Path(model).name}.json"
         self.cache: dict[str, list] = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.engine = None
         self.live = 0
@@ -233,8 +233,12 @@ class LiveJudge:
 
     def __call__(self, texts: list[str]) -> list[tuple[float, float]]:
         out = []
+        from sidegate_models.function_call import engine
+
         for i, t in enumerate(texts):
-            key = GS.text_hash(t)
+            # keyed by all the judge reads, its system turn and its user turn: a changed policy,
+            # question or excerpt length is asked again, never answered from another's cache
+            key = hashlib.sha256(f"{engine.JUDGE_SYSTEM}\0{engine.judge_user(t)}".encode()).hexdigest()
             if key not in self.cache:
                 if self.engine is None:
                     self._load()
