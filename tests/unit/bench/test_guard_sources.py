@@ -229,3 +229,27 @@ def test_extra_sources_drop_rows_near_a_report_only_row_and_split_by_hash(monkey
     assert not (set(parts["train"]) & set(parts["validation"])) and not (set(parts["train"]) & set(parts["test"]))
     assert all(T.hash_split(t) == s for s, texts in parts.items() for t in texts)
     T._extra_cache.clear()
+
+
+def test_the_judges_cache_answers_only_what_the_judge_read_before(E, tmp_path, monkeypatch):
+    """A cached answer is reused for the same system and user turn; a changed policy asks again
+    (keyed by the text alone, a changed JUDGE_SYSTEM once reused the old policy's answers)."""
+    from sidegate_models.function_call import engine
+
+    monkeypatch.setattr(engine, "JUDGE_SYSTEM", engine.JUDGE_SYSTEM)  # restored after the test
+    asked = []
+
+    class Engine:
+        def judge(self, text):
+            asked.append((engine.JUDGE_SYSTEM, text))
+            return {"p_yes": 0.25, "verdict": "no", "usage": {"seconds": 0.5, "prompt_n": 40}}
+
+    def live(policy=None):
+        judge = E.LiveJudge("qwen2.5-coder-1.5b", 2, tmp_path, policy)
+        judge.engine = Engine()  # no model loaded
+        return judge
+
+    assert live()(["hello there"]) == [(0.25, 0.5)]
+    assert live()(["hello there"]) == [(0.25, 0.5)] and len(asked) == 1  # from the cache file
+    live("Another policy. Answer yes or no.")(["hello there"])
+    assert len(asked) == 2 and asked[1] == ("Another policy. Answer yes or no.", "hello there")
