@@ -208,7 +208,9 @@ MAX_CHAT_SHARE = 0.10  # the issue's target: the judge sees <= 10 % of ordinary 
 
 class LiveJudge:
     """The function_call engine's ``judge`` in process (as bench/function_call_eval.py loads it);
-    answers cached by sha256 of the text under the cache folder (P(yes) and the live seconds)."""
+    answers (P(yes) and the live seconds) cached under the cache folder by the sha256 of all the
+    judge reads, its system turn and its user turn: a changed policy, question or excerpt length
+    is asked again, never answered from another's cache."""
 
     def __init__(self, model: str, threads: int, cache_dir: Path, policy: str | None = None) -> None:
         from sidegate_models.function_call import engine
@@ -216,6 +218,7 @@ class LiveJudge:
         self.model, self.threads = model, threads
         if policy is not None:  # --judge-policy: another system turn for the judge (what the engine reads)
             engine.JUDGE_SYSTEM = policy
+        self.prompts = engine  # the module whose JUDGE_SYSTEM and judge_user the engine calls with
         self.policy_sha = hashlib.sha256(engine.JUDGE_SYSTEM.encode()).hexdigest()[:12]
         self.path = cache_dir / f"judge-{Path(model).name}.json"
         self.cache: dict[str, list] = json.loads(self.path.read_text()) if self.path.is_file() else {}
@@ -233,12 +236,8 @@ class LiveJudge:
 
     def __call__(self, texts: list[str]) -> list[tuple[float, float]]:
         out = []
-        from sidegate_models.function_call import engine
-
         for i, t in enumerate(texts):
-            # keyed by all the judge reads, its system turn and its user turn: a changed policy,
-            # question or excerpt length is asked again, never answered from another's cache
-            key = hashlib.sha256(f"{engine.JUDGE_SYSTEM}\0{engine.judge_user(t)}".encode()).hexdigest()
+            key = hashlib.sha256(f"{self.prompts.JUDGE_SYSTEM}\0{self.prompts.judge_user(t)}".encode()).hexdigest()
             if key not in self.cache:
                 if self.engine is None:
                     self._load()
