@@ -345,17 +345,27 @@ class TritonClient:
             await self._client.load_model(model, client_timeout=timeout_s)
         log.info("Triton model %s loaded", model)
 
-    async def unload_model(self, model: str, *, timeout_s: float) -> None:
+    async def unload_model(self, model: str, *, timeout_s: float, settle_s: float | None = None) -> None:
         """Unload ``model`` through the repository API; returns once the unload is done.
 
         Triton answers the unload request at once and tears the instance down after: the
         repository index says UNLOADING until the python stub has exited (~1 s here), then
         UNAVAILABLE. A load started in between overlapped the two, and tritonserver 2.51 aborted
-        ("unaligned tcache chunk detected"), so this waits for the index to leave UNLOADING.
+        ("unaligned tcache chunk detected"), so this waits for the index to leave UNLOADING:
+        within ``timeout_s`` (else ``504 model_server_timeout``), or, with ``settle_s``, at most
+        that long and then returns with a warning (the dead-stub reload: see ``_reload_here``).
         """
         with self._model_server_errors("unload", model, timeout_s):
             await self._client.unload_model(model, client_timeout=timeout_s)
-            await self._until_unloaded(model, timeout_s)
+            if settle_s is None:
+                await self._until_unloaded(model, timeout_s)
+            else:
+                try:
+                    await self._until_unloaded(model, settle_s)
+                except TimeoutError:
+                    log.warning("Triton model %s: the dead instance is still UNLOADING after %g s; loading a fresh one",
+                                model, settle_s)
+                    return
         log.info("Triton model %s unloaded", model)
 
     async def _until_unloaded(self, model: str, timeout_s: float) -> None:
@@ -407,17 +417,11 @@ class TritonClient:
 
     async def _reload_here(self, model: str, timeout_s: float) -> None:
         ensembles = [e for e, steps in ENSEMBLE_STEPS.items() if model in steps and await self.ready(models=[e], timeout_s=timeout_s)]
-        with self._model_server_errors("unload", model, timeout_s):
-            await self._client.unload_model(model, client_timeout=timeout_s)
-            # a dead stub's instance is torn down in ~1 s, and loading before that overlapped the
-            # two (see unload_model). But once a request has failed on the dead stub, tritonserver
-            # 2.51 never finishes that unload (UNLOADING for good, nothing left to tear down), so
-            # after DEAD_TEARDOWN_S the fresh instance is loaded beside it
-            try:
-                await self._until_unloaded(model, min(DEAD_TEARDOWN_S, timeout_s))
-            except TimeoutError:
-                log.warning("Triton model %s: the dead instance is still UNLOADING after %g s; loading a fresh one",
-                            model, min(DEAD_TEARDOWN_S, timeout_s))
+        # a dead stub's instance is torn down in ~1 s, and loading before that overlapped the two
+        # (see unload_model). But once a request has failed on the dead stub, tritonserver 2.51
+        # never finishes that unload (UNLOADING for good, nothing left to tear down), so after
+        # DEAD_TEARDOWN_S the fresh instance is loaded beside it
+        await self.unload_model(model, timeout_s=timeout_s, settle_s=min(DEAD_TEARDOWN_S, timeout_s))
         await self.load_model(model, timeout_s=timeout_s)
         for ensemble in ensembles:  # only those that were loaded: this server may serve the step alone
             await self.load_model(ensemble, timeout_s=timeout_s)
