@@ -32,7 +32,7 @@ from ext_proc.config import REPLICA_PORT_STEP, REPO_ROOT, Config
 from ext_proc.control.envoy_bin import envoy_binary
 from ext_proc.control.model_repo import needed_models, render_model_repository
 from ext_proc.control.triton_server import health_url as triton_health_url
-from ext_proc.control.triton_server import remove_shm, shm_prefix, triton_command
+from ext_proc.control.triton_server import python_env_dirs, remove_python_envs, remove_shm, shm_prefix, triton_command
 from ext_proc.names import MULTIPROC_ENV
 
 __all__ = ["Service", "Supervisor", "home", "read_state", "services_for"]
@@ -318,6 +318,9 @@ class Supervisor:
         self._restart_times: dict[str, list[float]] = {}
         self._state_lock = threading.Lock()  # the watch loop and restart threads all write it
         self._restarting: set[str] = set()  # restarted services whose health check (and later models) a thread awaits
+        # Triton: the python backend's scratch dirs in /tmp before each spawn, and the one each server made (once it serves)
+        self._envs_before: dict[str, set[Path]] = {}
+        self._envs: dict[str, set[Path]] = {}
 
     # -- state -------------------------------------------------------------------------------
     def write_state(self) -> None:
@@ -352,8 +355,18 @@ class Supervisor:
             preexec_fn=_die_with_parent,  # noqa: PLW1509
         )
         log.close()
+        if svc.cleanup_shm:
+            self._envs_before[svc.name] = python_env_dirs()
         self.procs[svc.name] = proc
         svc.pid = proc.pid
+
+    def _clean_after(self, svc: Service, proc: subprocess.Popen[bytes]) -> None:
+        """What an exited Triton may leave: python stubs that outlive a SIGKILLed server (its
+        process group), its /dev/shm regions and its python backend's scratch dir in /tmp."""
+        if svc.cleanup_shm:
+            _kill_group(proc.pid)
+            remove_shm(svc.cleanup_shm)
+            remove_python_envs(self._envs.pop(svc.name, ()))
 
     def _wait_healthy(self, svc: Service) -> bool:
         deadline = time.monotonic() + svc.start_timeout
@@ -362,6 +375,8 @@ class Supervisor:
             if proc.poll() is not None:
                 return False
             if http_ok(svc.health_url, svc.health_expect):
+                if svc.name in self._envs_before:  # serving: its python backend has made its scratch dir
+                    self._envs[svc.name] = python_env_dirs() - self._envs_before.pop(svc.name)
                 return True
             time.sleep(0.1)
         return False
@@ -443,9 +458,7 @@ class Supervisor:
                     self.procs.pop(svc.name)
                     continue
                 svc.restarts += 1
-                if svc.cleanup_shm:  # Triton: its python stubs may outlive a SIGKILLed server
-                    _kill_group(proc.pid)
-                    remove_shm(svc.cleanup_shm)
+                self._clean_after(svc, proc)
                 self._event(svc, f"restarting (exited {code})")
                 self._restarting.add(svc.name)
                 self._spawn(svc)
@@ -474,9 +487,7 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(5)
-            if svc.cleanup_shm:
-                _kill_group(proc.pid)
-                remove_shm(svc.cleanup_shm)
+            self._clean_after(svc, proc)
             self._event(svc, "stopped")
         with contextlib.suppress(OSError):
             state_path().unlink()

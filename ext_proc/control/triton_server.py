@@ -14,6 +14,7 @@ Usage (what ``sidegate up --local-cpu`` and the integration tests do)::
     ...
     proc.terminate(); proc.wait()
     remove_shm(shm_prefix(8000))        # regions a killed server leaves in /dev/shm
+    remove_python_envs(new_dirs)        # its python backend's scratch dir in /tmp, likewise
 
 Why the pieces are needed (measured with nvidia-pytriton 0.7.0 = Triton 2.51):
 
@@ -57,6 +58,8 @@ __all__ = [
     "health_url",
     "pytriton_root",
     "remove_shm",
+    "python_env_dirs",
+    "remove_python_envs",
     "shm_prefix",
     "shm_regions",
     "triton_command",
@@ -64,6 +67,8 @@ __all__ = [
 ]
 
 SHM_DIR = Path("/dev/shm")
+# where the python backend makes its scratch dir, python_env_XXXXXX (a fixed path in libtriton_python.so)
+PYTHON_ENV_DIR = Path("/tmp")
 
 
 class TritonNotFound(RuntimeError):
@@ -183,6 +188,29 @@ def remove_shm(prefix: str) -> list[Path]:
     for path in shm_regions(prefix):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+            removed.append(path)
+    return removed
+
+
+def python_env_dirs() -> set[Path]:
+    """The python backend's scratch dirs on this host (``/tmp/python_env_XXXXXX``).
+
+    The backend makes one when it initializes and removes it when it is finalized, so a server
+    that is SIGKILLed, or exits on its exit timeout (a model stuck unloading), leaves its own
+    behind: take this before the server starts and again once it serves, and the difference is
+    that server's.
+    """
+    return set(PYTHON_ENV_DIR.glob("python_env_*"))
+
+
+def remove_python_envs(dirs: Iterable[Path]) -> list[Path]:
+    """Remove those of ``dirs`` that are left and empty (the backend extracts nothing there unless a
+    model sets ``EXECUTION_ENV_PATH``, and then a dir with something in it is kept); returns what
+    was removed."""
+    removed = []
+    for path in dirs:
+        with contextlib.suppress(OSError):
+            path.rmdir()
             removed.append(path)
     return removed
 

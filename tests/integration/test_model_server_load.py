@@ -29,6 +29,7 @@ import yaml
 
 from ext_proc.config import Config, load_config
 from ext_proc.control import supervisor as sv
+from ext_proc.control.triton_server import python_env_dirs
 from testkit import free_port, gateway_config
 from testkit.fake_provider import FakeProvider
 
@@ -121,6 +122,7 @@ def test_a_killed_triton_answers_the_guard_again_before_the_llm_has_reloaded(tmp
     home = tmp_path / "home"
     monkeypatch.setenv("SIDEGATE_HOME", str(home))  # read_state() here, and the sidegate commands
     env = {**os.environ, "SIDEGATE_HOME": str(home)}
+    envs_before = python_env_dirs()
     with FakeProvider(name="fake-llm") as llm:
         raw = gateway_config([{"name": "llm", "provider_interface": "openai", "endpoint": llm.base_url, "model": "m", "default": True}],
                              listeners={"ingress_traffic": {"timeout": "30s"}})
@@ -168,6 +170,8 @@ def test_a_killed_triton_answers_the_guard_again_before_the_llm_has_reloaded(tmp
         finally:
             down = subprocess.run([sys.executable, "-m", "ext_proc", "down"], env=env, capture_output=True, text=True, timeout=120)
             assert down.returncode == 0, down.stderr
+    # the killed server could not remove its python backend's scratch dir: the supervisor did
+    assert python_env_dirs() <= envs_before, f"tritonserver scratch dirs left in /tmp: {sorted(python_env_dirs() - envs_before)}"
 
 
 # -------------------------------------------------------------------- replicas behind Envoy

@@ -37,6 +37,8 @@ import numpy as np
 from ext_proc.control.triton_server import (
     gpu_names,
     health_url,
+    python_env_dirs,
+    remove_python_envs,
     remove_shm,
     shm_prefix,
     shm_regions,
@@ -98,6 +100,7 @@ def serve(tmp: Path, models: list[str], config_name: str | None = None, repo: Pa
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     prefix = shm_prefix(http_port)
     shm_before = set(os.listdir("/dev/shm"))
+    envs_before = python_env_dirs()
     argv, env = triton_command(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                                models=models, config_name=config_name, backend_dir=tmp / "backends", exit_timeout_s=2)
     log = tmp / "tritonserver.log"
@@ -126,8 +129,10 @@ def serve(tmp: Path, models: list[str], config_name: str | None = None, repo: Pa
         deadline = time.monotonic() + 10
         while stubs_of(prefix) and time.monotonic() < deadline:
             time.sleep(0.1)
-        # a server whose stub died exits on its exit timeout and leaves its regions behind
+        # a server whose stub died exits on its exit timeout and leaves its regions behind, and its
+        # python backend's scratch dir in /tmp (as sidegate's supervisor does, the server's own)
         remove_shm(prefix)
+        remove_python_envs(python_env_dirs() - envs_before)
         assert stubs_of(prefix) == [], "python stubs outlived tritonserver and its process group"
         assert shm_regions(prefix) == []
         leftover = {n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith(prefix)}

@@ -1,4 +1,5 @@
-"""ext_proc/triton_server.py without starting Triton: which local mode `sidegate up` picks."""
+"""ext_proc/triton_server.py without starting Triton: which local mode `sidegate up` picks, what is
+swept after a server."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ext_proc.control.triton_server import default_local_mode, gpu_check, gpu_names
+from ext_proc.control import triton_server
+from ext_proc.control.triton_server import default_local_mode, gpu_check, gpu_names, python_env_dirs, remove_python_envs
 
 H100 = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-b6d9cb47-abc7-641a-ac3c-6338315cec3f)"
 
@@ -60,3 +62,22 @@ def test_gpu_check_names_what_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_pa
     fake_nvidia_smi(tmp_path, monkeypatch, H100)
     torch_version(monkeypatch, "2.13.0")
     assert gpu_check() == ("GPU 0: NVIDIA H100 80GB HBM3", None)
+
+
+def test_a_servers_python_backend_scratch_dir_is_swept_only_when_empty(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A SIGKILLed tritonserver leaves /tmp/python_env_XXXXXX behind (its python backend removes it
+    only when finalized): the supervisor removes the one that server made, never one with
+    something in it (an EXECUTION_ENV_PATH extracted there) and never another server's."""
+    monkeypatch.setattr(triton_server, "PYTHON_ENV_DIR", tmp_path)
+    (tmp_path / "python_env_OTHER1").mkdir()  # another server's, there before ours started
+    before = python_env_dirs()
+    ours, extracted = tmp_path / "python_env_abc123", tmp_path / "python_env_def456"
+    ours.mkdir()
+    extracted.mkdir()
+    (extracted / "bin").mkdir()
+    (tmp_path / "unrelated").mkdir()
+    made = python_env_dirs() - before
+    assert made == {ours, extracted}
+    assert remove_python_envs(made) == [ours]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["python_env_OTHER1", "python_env_def456", "unrelated"]
+    assert remove_python_envs([ours]) == []  # already gone (a server that exited cleanly removed its own): nothing to do
