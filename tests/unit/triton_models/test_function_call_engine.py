@@ -10,6 +10,7 @@ reason, when xllamacpp or the weight packages are not installed
 from __future__ import annotations
 
 import copy
+import datetime
 import importlib.util
 import json
 import os
@@ -22,6 +23,8 @@ import pytest
 
 from sidegate_models import function_call as engine
 from sidegate_models import host, weights
+from sidegate_models.function_call import grounding
+from sidegate_models.function_call.prompt import date_note
 
 MODEL_DIR = Path(__file__).resolve().parents[3] / "triton_models" / "function_call"
 
@@ -100,8 +103,56 @@ def test_grounding() -> None:
     ("2024-03-10T16:32:00Z", "from 15:30 to 15:32. Today is March 10 of 2024", False),
     ("2023-05-07T15:00:00", "May 7, 2023 at 3am", False),
 ])
-def test_grounding_reads_dates_the_user_wrote_in_words(value: str, text: str, kept: bool) -> None:
+def test_grounding_reads_dates_the_user_wrote_in_words(value: str, text: str, kept: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grounding, "today", lambda: SUNDAY)
     assert engine.grounded(value, text) is kept
+
+
+SUNDAY = datetime.date(2026, 12, 6)
+
+
+@pytest.mark.parametrize("value, text, kept", [
+    # a date named relative to today is the user's when it is that day (today: Sunday 2026-12-06)
+    ("2026-12-07", "reserve a room in Eastside tomorrow for two hours", True),
+    ("2026-12-08", "the day after tomorrow", True),
+    ("2026-12-06T15:00:00", "today at 3pm", True),
+    ("2026-12-11", "a table on Friday", True),
+    ("2026-12-18", "a table next Friday", True),  # the coming one or the one after: both said "next Friday"
+    ("2027-03-03", "March 3rd please", True),  # no year written at all: this year or the next
+    # invented: the model's training years for "tomorrow", another day, a year the user did not say
+    ("2023-04-01", "reserve a room in Eastside tomorrow for two hours", False),
+    ("2026-12-09", "reserve a room in Eastside tomorrow for two hours", False),
+    ("2026-12-25", "a table next Friday", False),
+    ("2023-03-03", "March 3rd please", False),
+    ("2026-03-03", "March 3rd, the year after 2025 was a good one", False),  # a year is written: it must be this one
+    ("2026-12-06T16:00:00", "today at 3pm", False),
+])
+def test_grounding_reads_dates_named_relative_to_today(value: str, text: str, kept: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grounding, "today", lambda: SUNDAY)
+    assert engine.grounded(value, text) is kept
+    # a required date is checked too: an invented one is no rephrasing ("US dollars" -> "USD" is)
+    assert engine.grounded(value, text, loose=True) is kept
+
+
+def test_a_format_copied_from_the_description_is_no_value_and_a_clock_is_read() -> None:
+    for placeholder in ("YYYY-MM-DD", "HH:MM", "MM/DD/YYYY", "YYYY-MM-DDTHH:MM:SS"):
+        assert not engine.grounded(placeholder, "a room at Central for 2 hours", loose=True)
+    assert engine.grounded("MD", "ship it to Baltimore", loose=True)  # a state code is no format
+    assert engine.grounded("19:00", "a table at 7pm") and engine.grounded("19:00:00", "at 19:00")
+    assert not engine.grounded("19:00", "a table for 7") and not engine.grounded("10:00", "room 10")
+
+
+def test_the_model_is_told_today_only_when_a_date_is_to_work_out() -> None:
+    tool = engine.normalize_tool({"name": "reserve_room", "parameters": {"type": "object", "properties": {
+        "branch": {"type": "string"}, "date": {"type": "string", "description": "the day, YYYY-MM-DD"},
+        "hours": {"type": "integer"}}}})
+    assert date_note(tool, "a room tomorrow for two hours", SUNDAY) == "Today is Sunday, 2026-12-06.\n"
+    assert date_note(tool, "a room on Friday or Monday", SUNDAY) == "Today is Sunday, 2026-12-06. Friday is 2026-12-11. Monday is 2026-12-07.\n"
+    assert date_note(tool, "a room on the 3rd of May", SUNDAY) == "Today is Sunday, 2026-12-06.\n"
+    assert date_note(tool, "a room on 2026-12-12", SUNDAY) == ""  # nothing to work out
+    assert date_note(tool, "may I have a room for two hours", SUNDAY) == ""
+    undated = engine.normalize_tool({"name": "f", "parameters": {"type": "object", "properties": {"days": {"type": "integer"}}}})
+    assert date_note(undated, "the weather tomorrow", SUNDAY) == ""
 
 
 def test_described_default() -> None:
@@ -351,6 +402,27 @@ def test_choice_prompt_lists_every_tool_in_order_with_the_same_bytes_and_a_none_
     long = engine.normalize_tool({"name": "f", "description": "word " * 200})
     line = engine.choice_prompt([long])[0].rsplit("\n", 1)[-1]
     assert line.startswith("- f(): word") and len(line) < 220  # long descriptions are cut: the listing must fit a slot
+
+
+ROOM: dict[str, Any] = {"name": "reserve_room", "description": "Book a study room at a branch for a date and a number of hours.",
+                        "parameters": {"type": "object", "properties": {
+                            "branch": {"type": "string", "description": "the library branch"},
+                            "date": {"type": "string", "description": "the day, YYYY-MM-DD"},
+                            "hours": {"type": "integer", "description": "how many hours"}}, "required": ["branch", "date", "hours"]}}
+
+
+@pytest.mark.parametrize("text, date", [
+    ("reserve a room in Eastside tomorrow for two hours", "2026-12-07"),
+    ("a room at Eastside on Friday for 3 hours", "2026-12-11"),
+    ("a room at Eastside on 2026-12-20 for 3 hours", "2026-12-20"),
+    ("a room at Eastside for 2 hours", None),  # no date: asked for, never "2023-04-01" nor "YYYY-MM-DD"
+])
+def test_a_required_date_is_the_one_the_user_named_or_asked_for(fc: Any, monkeypatch: pytest.MonkeyPatch, text: str,
+                                                                  date: str | None) -> None:
+    monkeypatch.setattr(grounding, "today", lambda: SUNDAY)
+    result = fc.call(user(text), ROOM)
+    assert result["arguments"].get("date") == date
+    assert ("date" in result["missing"]) is (date is None)
 
 
 def test_choose_picks_among_the_candidates_or_none(fc: Any) -> None:

@@ -13,8 +13,9 @@ PACKAGE = MODELS / "sidegate_models"
 MODEL_PYS = sorted(MODELS.glob("*/1/model.py"))
 # the engine's modules, each allowed to import only those before it
 ENGINE_ORDER = ["schema", "grammar", "grounding", "prompt", "engine"]
-# prompt builds the route judge's grammar over the preference names with grammar's literals
-ENGINE_DEPS = {"schema": set(), "grammar": {"schema"}, "grounding": {"schema"}, "prompt": {"schema", "grammar"},
+# prompt builds the route judge's grammar over the preference names with grammar's literals, and
+# tells the model today's date when grounding finds a date to work out in the user's words
+ENGINE_DEPS = {"schema": set(), "grammar": {"schema"}, "grounding": {"schema"}, "prompt": {"schema", "grammar", "grounding"},
                "engine": {"schema", "grammar", "grounding", "prompt"}}
 
 

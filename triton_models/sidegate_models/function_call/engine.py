@@ -56,6 +56,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from sidegate_models.function_call.grammar import Grammar, gbnf_literal, parse_value, salvage, stop_strings
+from sidegate_models.function_call import grounding
 from sidegate_models.function_call.grounding import grounded, numbers_in, split_off
 from sidegate_models.function_call.prompt import (
     CHOICE_TOP_LOGPROBS,
@@ -68,6 +69,7 @@ from sidegate_models.function_call.prompt import (
     ToolTooLong,
     choice_mass,
     choice_prompt,
+    date_note,
     describe_tool,
     judge_mass,
     judge_user,
@@ -220,6 +222,7 @@ class FunctionCaller:
         (values-only mode), then ``{"type": "result", "result": {...}}``."""
         t = normalize_tool(tool)
         convo, user_text = transcript(messages)
+        convo = date_note(t, user_text, grounding.today()) + convo  # after the cached prefix: a date to work out
         raw: dict[str, JSON] = {}
         stats = {"prompt_n": 0, "cache_n": 0, "predicted_n": 0, "calls": 0}
         convo = self._capped(convo, stats)

@@ -7,6 +7,7 @@ value is in the user's words (numbers, number words, phrases, echoed parameter n
 
 from __future__ import annotations
 
+import datetime
 import re
 
 from sidegate_models.function_call.schema import JSON
@@ -82,41 +83,103 @@ _ISO_DATE = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})(?:[T ](\d{1,2}):(\d{2})(?::
 _CLOCK = re.compile(r"(?<!\d)(\d{1,2})(?::(\d{2}))?\s*(am|pm|a\.m\.|p\.m\.)?(?![\d])", re.IGNORECASE)
 
 
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_YEAR = re.compile(r"(?<!\d)(?:19|20)\d{2}(?!\d)")
+# a date or time format ("YYYY-MM-DD", "HH:MM", "MM/DD/YYYY"): doubled format letters and a separator
+_PLACEHOLDER = re.compile(r"(?=.*(?:YY|MM|DD|dd|HH|hh|mm|SS|ss))(?=.*[-/:.])[YyMDdHhmSsTZ:/. -]+")
+_TIME = re.compile(r"(\d{1,2}):(\d{2})(?::\d{2})?")
+_MAY_MAR = re.compile(r"\b(may|mar)\.?\s+\d|\d(st|nd|rd|th)?\s+(of\s+)?(may|mar)\b", re.IGNORECASE)
+
+
+def today() -> datetime.date:
+    """The date relative dates are read against ("tomorrow"): this host's."""
+    return datetime.date.today()
+
+
+def weekdays_named(user_text: str, ref: datetime.date) -> dict[str, datetime.date]:
+    """Each weekday ``user_text`` names, capitalized, with its next date from ``ref`` (``ref``
+    itself when it is that day)."""
+    return {w.capitalize(): ref + datetime.timedelta(days=(_WEEKDAYS.index(w) - ref.weekday()) % 7)
+            for w in dict.fromkeys(_words(user_text)) if w in _WEEKDAYS}
+
+
+def named_dates(user_text: str, ref: datetime.date) -> set[datetime.date]:
+    """The dates ``user_text`` names relative to ``ref``: today (tonight, this morning ...),
+    tomorrow, the day after tomorrow, yesterday, and a weekday (its next one from ``ref``, ``ref``
+    itself when it is that day, and the one a week later after "next")."""
+    words = _words(user_text)
+    joined = " ".join(words)
+    out: set[datetime.date] = set()
+    if {"today", "tonight"} & set(words) or re.search(r"\bthis (morning|afternoon|evening)\b", joined):
+        out.add(ref)
+    if "tomorrow" in words:
+        out.add(ref + datetime.timedelta(days=2 if "day after tomorrow" in joined else 1))
+    if "yesterday" in words:
+        out.add(ref - datetime.timedelta(days=2 if "day before yesterday" in joined else 1))
+    for i, w in enumerate(words):
+        if w in _WEEKDAYS:
+            ahead = (_WEEKDAYS.index(w) - ref.weekday()) % 7
+            out.add(ref + datetime.timedelta(days=ahead))
+            if i > 0 and words[i - 1] == "next":
+                out.add(ref + datetime.timedelta(days=ahead + 7))
+    return out
+
+
+def date_to_work_out(user_text: str, ref: datetime.date) -> bool:
+    """Whether ``user_text`` gives a date whose ISO form needs today's date: one named relative to
+    ``ref`` ("tomorrow", "on Friday") or a month with no year written anywhere ("March 3rd")."""
+    if _YEAR.search(user_text):
+        return False
+    months = {*_MONTHS, *(m[:3] for m in _MONTHS)} - {"may", "mar"}  # "may I ...", "mar" the verb: only beside a number
+    return (bool(named_dates(user_text, ref)) or bool(set(_words(user_text)) & months)
+            or _MAY_MAR.search(user_text) is not None)
+
+
 def _date_grounded(value: str, user_text: str) -> bool | None:
     """Whether an ISO date or date-time ``value`` is the one the user wrote in words or digits
-    ("April 11th, 2023", "the 2nd of march 2023", "3/2/2023", "15:32"); None when ``value`` is
-    not one. A model must rewrite a date into the format a parameter asks for, so its digits are
-    rarely the user's; the year, month, day (and a time other than midnight) must each be there:
-    a year or a time the user did not give is invented."""
+    ("April 11th, 2023", "the 2nd of march 2023", "3/2/2023", "15:32") or named ("tomorrow", "on
+    Friday": :func:`named_dates`, read against :func:`today`); None when ``value`` is not one. A
+    model must rewrite a date into the format a parameter asks for, so its digits are rarely the
+    user's; the year, month, day (and a time other than midnight) must each be there, except a
+    year when the user wrote none at all: then this year or the next (the model is told today's
+    date then: ``prompt.date_note``). Any other year, or a time the user did not give, is invented."""
     m = _ISO_DATE.fullmatch(value.strip())
     if m is None:
         return None
     year, month, day = int(m.group(1)), int(m.group(2)), int(m.group(3))
-    if not (1 <= month <= 12 and 1 <= day <= 31):
+    try:
+        date = datetime.date(year, month, day)
+    except ValueError:
         return False
-    words = _words(user_text)
-    # every run of digits too: "11th", "2023.10.1", "3/2/2023"
-    nums = numbers_in(user_text) | {float(int(n)) for n in re.findall(r"\d+", user_text)}
-    month_name = _MONTHS[month - 1]
-    spellings = {month_name, month_name[:3]} | ({"sept"} if month == 9 else set())
-    if not (month in nums or spellings & set(words)):
-        return False
-    if not (day in nums or any(_ORDINALS.get(w) == day for w in words)):
-        return False
-    if year not in nums:
-        return False
+    ref = today()
+    if date not in named_dates(user_text, ref):
+        words = _words(user_text)
+        # every run of digits too: "11th", "2023.10.1", "3/2/2023"
+        nums = numbers_in(user_text) | {float(int(n)) for n in re.findall(r"\d+", user_text)}
+        month_name = _MONTHS[month - 1]
+        spellings = {month_name, month_name[:3]} | ({"sept"} if month == 9 else set())
+        if not (month in nums or spellings & set(words)):
+            return False
+        if not (day in nums or any(_ORDINALS.get(w) == day for w in words)):
+            return False
+        if year not in nums and (_YEAR.search(user_text) or year not in (ref.year, ref.year + 1)):
+            return False
     if m.group(4) is not None:
         hour, minute = int(m.group(4)), int(m.group(5))
-        if (hour, minute) != (0, 0):
-            clocks = set()
-            for c in _CLOCK.finditer(user_text):
-                h, mi, half = int(c.group(1)), int(c.group(2) or 0), (c.group(3) or "").lower().replace(".", "")
-                if c.group(2) is None and not half:
-                    continue  # a bare number is not a time
-                clocks.add(((h % 12) + (12 if half == "pm" else 0) if half else h, mi))
-            if (hour, minute) not in clocks:
-                return False
+        if (hour, minute) != (0, 0) and (hour, minute) not in _clocks(user_text):
+            return False
     return True
+
+
+def _clocks(user_text: str) -> set[tuple[int, int]]:
+    """The times of day ``user_text`` gives, 24-hour ("3pm" -> (15, 0), "15:32"); a bare number is not one."""
+    out = set()
+    for c in _CLOCK.finditer(user_text):
+        h, mi, half = int(c.group(1)), int(c.group(2) or 0), (c.group(3) or "").lower().replace(".", "")
+        if c.group(2) is None and not half:
+            continue
+        out.add(((h % 12) + (12 if half == "pm" else 0) if half else h, mi))
+    return out
 
 
 def grounded(value: JSON, user_text: str, name: str = "", *, loose: bool = False) -> bool:
@@ -126,11 +189,17 @@ def grounded(value: JSON, user_text: str, name: str = "", *, loose: bool = False
     appear as a phrase or have every word present; a boolean is kept when the parameter's
     name is echoed by the user (``include_forecast`` ← "with the forecast"); lists need every
     element grounded; objects are kept. ``loose`` (used for required parameters, where a
-    model must often rephrase: "US dollars" → "USD") checks numbers only: an invented number
-    is the usual way a small model fills a required parameter the user never gave.
+    model must often rephrase: "US dollars" → "USD") checks numbers and dates only: an invented
+    number, or a date ("2023-04-01" for "tomorrow" when the model was not told today's date), is
+    the usual way a small model fills a required parameter the user never gave.
     """
     if value is None:
         return False
+    if isinstance(value, str) and _PLACEHOLDER.fullmatch(value.strip()):
+        return False  # "YYYY-MM-DD", "HH:MM": a format copied from the parameter's description, never a value
+    if loose and isinstance(value, str):
+        as_date = _date_grounded(value, user_text)
+        return True if as_date is None else as_date
     if loose and (isinstance(value, bool) or not isinstance(value, (int, float))):
         return True
     if isinstance(value, bool):
@@ -143,6 +212,9 @@ def grounded(value: JSON, user_text: str, name: str = "", *, loose: bool = False
         as_date = _date_grounded(value, user_text)
         if as_date is not None:
             return as_date
+        clock = _TIME.fullmatch(value.strip())
+        if clock and (int(clock.group(1)), int(clock.group(2))) in _clocks(user_text):
+            return True  # "19:00" for "7pm"
         norm_v = " ".join(_words(value))
         norm_t = " ".join(_words(user_text))
         if not norm_v:
