@@ -138,6 +138,7 @@ def test_a_format_copied_from_the_description_is_no_value_and_a_clock_is_read() 
     for placeholder in ("YYYY-MM-DD", "HH:MM", "MM/DD/YYYY", "YYYY-MM-DDTHH:MM:SS"):
         assert not engine.grounded(placeholder, "a room at Central for 2 hours", loose=True)
     assert engine.grounded("MD", "ship it to Baltimore", loose=True)  # a state code is no format
+    assert engine.grounded("DD-MM-YYYY", "export the dates as DD-MM-YYYY", loose=True)  # a format the user asked for
     assert engine.grounded("19:00", "a table at 7pm") and engine.grounded("19:00:00", "at 19:00")
     assert not engine.grounded("19:00", "a table for 7") and not engine.grounded("10:00", "room 10")
 

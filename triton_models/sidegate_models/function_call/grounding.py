@@ -195,8 +195,8 @@ def grounded(value: JSON, user_text: str, name: str = "", *, loose: bool = False
     """
     if value is None:
         return False
-    if isinstance(value, str) and _PLACEHOLDER.fullmatch(value.strip()):
-        return False  # "YYYY-MM-DD", "HH:MM": a format copied from the parameter's description, never a value
+    if isinstance(value, str) and _PLACEHOLDER.fullmatch(value.strip()) and value.strip() not in user_text:
+        return False  # "YYYY-MM-DD", "HH:MM": a format copied from the parameter's description (unless the user asked for it)
     if loose and isinstance(value, str):
         as_date = _date_grounded(value, user_text)
         return True if as_date is None else as_date
