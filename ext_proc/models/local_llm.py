@@ -37,8 +37,9 @@ def add_routes(app: web.Application, client: Any, *, timeout_s: float) -> None:
             params["max_tokens"] = req.body["max_completion_tokens"]
         messages = [{"role": m["role"], "content": content_text(m.get("content"))} for m in req.messages]
         chunks = client.chat(messages, params, timeout_s=timeout_s, headers=_trace(request))
+        model = req.model or "sidegate-local"
         if req.stream:
-            return await _stream(request, chunks)
+            return await _stream(request, _named(chunks, model))
         content: list[str] = []
         usage = None
         try:
@@ -48,9 +49,16 @@ def add_routes(app: web.Application, client: Any, *, timeout_s: float) -> None:
                     content.append((choice.get("delta") or {}).get("content") or "")
         except SidegateError as exc:
             return _error(exc)
-        return web.json_response(chat_completion("".join(content), model=req.model or "sidegate-local", usage=usage))
+        return web.json_response(chat_completion("".join(content), model=model, usage=usage))
 
     app.router.add_post("/v1/chat/completions", chat_completions)
+
+
+async def _named(chunks: Any, model: str) -> Any:
+    """``chunks`` with the model the request named (the provider's configured ``model``), as the
+    JSON answer has it: llama.cpp's chunks name its weights ("qwen2.5-coder-0.5b")."""
+    async for chunk in chunks:
+        yield {**chunk, "model": model}
 
 
 async def _stream(request: web.Request, chunks: Any) -> web.StreamResponse:

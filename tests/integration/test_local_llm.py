@@ -58,8 +58,10 @@ def test_local_model_streams_tokens(local: Config) -> None:
         temperature=0,
         stream=True,
     )
-    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    chunks = list(stream)
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(pieces) > 3  # token by token, not one blob
+    assert {c.model for c in chunks} == {"qwen-local"}  # the provider's model, as the JSON answer names it
     assert "1" in "".join(pieces) and "4" in "".join(pieces)
 
 
