@@ -116,12 +116,11 @@ def named_dates(user_text: str, ref: datetime.date) -> set[datetime.date]:
         out.add(ref + datetime.timedelta(days=2 if "day after tomorrow" in joined else 1))
     if "yesterday" in words:
         out.add(ref - datetime.timedelta(days=2 if "day before yesterday" in joined else 1))
-    for i, w in enumerate(words):
-        if w in _WEEKDAYS:
-            ahead = (_WEEKDAYS.index(w) - ref.weekday()) % 7
-            out.add(ref + datetime.timedelta(days=ahead))
-            if i > 0 and words[i - 1] == "next":
-                out.add(ref + datetime.timedelta(days=ahead + 7))
+    coming = weekdays_named(user_text, ref)
+    out.update(coming.values())
+    for before, w in zip(words, words[1:]):
+        if before == "next" and w in _WEEKDAYS:
+            out.add(coming[w.capitalize()] + datetime.timedelta(days=7))
     return out
 
 

@@ -8,9 +8,8 @@ and, when the tool itself fills the window, refused (:class:`ToolTooLong`).
 
 from __future__ import annotations
 
-import math
-
 import datetime
+import math
 
 from sidegate_models.function_call.grammar import gbnf_literal
 from sidegate_models.function_call.grounding import date_to_work_out, weekdays_named
