@@ -57,6 +57,7 @@ __all__ = [
     "RoutingJudge",
     "DEFAULT_CONFIG",
     "SCHEMA_PATH",
+    "ext_proc_message_bytes",
     "load_config",
     "parse_duration",
 ]
@@ -66,6 +67,7 @@ DEFAULT_CONFIG = REPO_ROOT / "config" / "default.yaml"
 SCHEMA_PATH = REPO_ROOT / "config" / "sidegate.schema.json"
 
 DEFAULT_BODY_LIMIT = 8 * 1024 * 1024
+UPSTREAM_READ_BYTES = 1024 * 1024  # Envoy's default per_connection_buffer_limit_bytes of a cluster: one upstream read
 # Every port sidegate listens on by default, by the config key that changes it: the one table the
 # section builders, the port-collision check and the model server's replicas read
 DEFAULT_PORTS: dict[str, int] = {
@@ -1582,3 +1584,14 @@ def _model_server(ms: dict[str, Any], source: str) -> ModelServer:
         timeout_explicit=common is not None,
         timeouts=timeouts,
     )
+
+
+def ext_proc_message_bytes(max_body_bytes: int) -> int:
+    """The largest gRPC message Envoy and the ext_proc service may exchange for a listener whose
+    buffer limit is ``max_body_bytes``. A STREAMED body is not cut at that limit: what Envoy held
+    while the service answered the response headers goes out as one chunk, the limit plus the
+    upstream reads that crossed it (9,437,106 bytes measured under the 8 MiB default, 78 bytes
+    under the old bound of limit + 1 MiB: a 100 MB stream was reset when the service was slow to
+    answer its headers). A chunk may come back larger (a translation, metadata added), hence twice
+    the limit and room for the rest of the ProcessingRequest around it."""
+    return 2 * (max_body_bytes + UPSTREAM_READ_BYTES) + 1024 * 1024

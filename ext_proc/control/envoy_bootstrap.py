@@ -153,7 +153,7 @@ from envoy_data_plane.envoy.type.matcher.v3 import RegexMatchAndSubstitute, Rege
 from envoy_data_plane.envoy.type.v3 import CodecClientType, Percent
 from envoy_data_plane.google.protobuf import Any, Struct
 
-from ext_proc.config import AZURE_INTERFACE, Agent, Config, LlmProvider, Upstream, is_ip
+from ext_proc.config import AZURE_INTERFACE, Agent, Config, LlmProvider, Upstream, ext_proc_message_bytes, is_ip
 from ext_proc.config import Endpoint as EndpointCfg
 from ext_proc.config import Listener as ListenerCfg
 from ext_proc.names import (AGENT_LISTENER_PREFIX, ANTHROPIC_VERSION, ANTHROPIC_VERSION_HEADER, LISTENER_METADATA, PROVIDER_HINT_HEADER,
@@ -183,7 +183,6 @@ OTEL_TRACER = "envoy.tracers.opentelemetry"
 # the client's own credentials and sidegate's routing headers never reach an upstream
 REMOVED_CLIENT_HEADERS = ("authorization", "x-api-key", "api-key", UPSTREAM_HEADER, PROVIDER_HINT_HEADER)
 RETRY_ON = "connect-failure,refused-stream,reset,5xx,retriable-status-codes"
-GRPC_SLACK_BYTES = 1024 * 1024  # room for the rest of a ProcessingRequest/Response around a body
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
@@ -873,7 +872,7 @@ def _ext_proc_filter(cfg: Config, listener: ListenerCfg, stat_prefix: str, metad
         grpc_service=GrpcService(
             envoy_grpc=GrpcServiceEnvoyGrpc(
                 cluster_name=EXT_PROC_CLUSTER,
-                max_receive_message_length=listener.max_body_bytes + GRPC_SLACK_BYTES,
+                max_receive_message_length=ext_proc_message_bytes(listener.max_body_bytes),
             ),
             timeout=timeout,
             initial_metadata=[HeaderValue(key=LISTENER_METADATA, value=metadata or stat_prefix)],

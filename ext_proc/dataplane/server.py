@@ -26,7 +26,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 
 from ext_proc import telemetry
-from ext_proc.config import Config
+from ext_proc.config import Config, ext_proc_message_bytes
 from ext_proc.dataplane import routes
 from ext_proc.errors import NotFound, render_error
 from ext_proc.names import LISTENER_METADATA
@@ -213,7 +213,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
 
 def grpc_options(cfg: Config) -> list[tuple[str, int]]:
-    limit = max(cfg.ingress.max_body_bytes, cfg.egress.max_body_bytes) + 1024 * 1024
+    """The server's options: messages as large as any listener's Envoy may send (agent listeners included)."""
+    limit = max(ext_proc_message_bytes(lst.max_body_bytes) for lst in (cfg.ingress, cfg.egress, *(a.listener for a in cfg.agent_listeners)))
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),

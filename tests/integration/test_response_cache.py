@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +29,7 @@ import pytest
 from aiohttp import web
 
 from ext_proc.config import Config
+from ext_proc.control import supervisor as sv
 from testkit import gateway_config
 from testkit.fake_provider import FakeProvider
 from testkit.redis_server import RedisServer
@@ -67,12 +71,15 @@ class HugeStreamProvider(FakeProvider):
                      "choices": [{"index": 0, "delta": {"content": chr(97 + i % 26) * 64 * 1024}, "finish_reason": None}]}
             events.append(b"data: " + json.dumps(chunk).encode() + b"\n\n")
         self.stream = b"".join(events) + b"data: [DONE]\n\n"
+        self.before_stream: Callable[[], None] | None = None  # called before the stream's headers go out
 
     async def _chat(self, request: web.Request, body: Any) -> web.StreamResponse:
         if not body.get("stream"):
             return web.json_response({"id": "chatcmpl-h", "object": "chat.completion", "created": 0, "model": "model-huge",
                                       "choices": [{"index": 0, "message": {"role": "assistant", "content": "j" * HUGE_BYTES},
                                                    "finish_reason": "stop"}]})
+        if self.before_stream is not None:
+            self.before_stream()
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
         view = memoryview(self.stream)
@@ -92,6 +99,7 @@ class Stack:
     tools: ToolCallProvider
     huge: HugeStreamProvider
     redis: RedisServer | None
+    supervisor: sv.Supervisor
 
     def base(self, listener: str) -> str:
         return f"http://127.0.0.1:{getattr(self.cfg, listener).port}"
@@ -117,8 +125,8 @@ def start(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer | None) -
         extra: dict[str, Any] = {"response_cache": {"ttl": "600s"}}
         if redis is not None:
             extra["shared_store"] = {"type": "redis", "url": redis.url, "timeout": "200ms", "prefix": "cache-it:"}
-        with running_stack(tmp_path_factory, gateway_config(providers, **extra)) as (cfg, _):
-            yield Stack(cfg=cfg, llm=llm, tools=tools, huge=huge, redis=redis)
+        with running_stack(tmp_path_factory, gateway_config(providers, **extra)) as (cfg, supervisor):
+            yield Stack(cfg=cfg, llm=llm, tools=tools, huge=huge, redis=redis, supervisor=supervisor)
 
 
 @pytest.fixture(scope="module")
@@ -267,19 +275,24 @@ def test_a_corrupt_or_foreign_entry_is_a_miss_answered_by_the_provider_and_writt
         assert again.headers["x-sidegate-cache"] == "hit" and len(stack.llm.requests) == 1
 
 
+def read_huge_stream(stack: Stack) -> None:
+    """Asks egress for the huge SSE answer and checks it arrives byte for byte (a cache miss)."""
+    body = {"model": "model-huge", "messages": ask("tell me everything"), "stream": True}
+    request = urllib.request.Request(stack.base("egress") + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"authorization": "Bearer sk-client", "content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as r:  # noqa: S310 (loopback)
+        assert r.status == 200 and r.headers["x-sidegate-cache"] == "miss"
+        got, size = hashlib.sha256(), 0
+        while chunk := r.read(1 << 20):
+            got.update(chunk)
+            size += len(chunk)
+    assert size == len(stack.huge.stream) and got.digest() == hashlib.sha256(stack.huge.stream).digest()
+
+
 def test_a_100_mb_answer_reaches_the_client_whole_and_is_not_stored(stack: Stack) -> None:
     stack.huge.clear()
-    body = {"model": "model-huge", "messages": ask("tell me everything"), "stream": True}
     for _ in range(2):
-        request = urllib.request.Request(stack.base("egress") + "/v1/chat/completions", data=json.dumps(body).encode(),
-                                         headers={"authorization": "Bearer sk-client", "content-type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as r:  # noqa: S310 (loopback)
-            assert r.status == 200 and r.headers["x-sidegate-cache"] == "miss"
-            got, size = hashlib.sha256(), 0
-            while chunk := r.read(1 << 20):
-                got.update(chunk)
-                size += len(chunk)
-        assert size == len(stack.huge.stream) and got.digest() == hashlib.sha256(stack.huge.stream).digest()
+        read_huge_stream(stack)
     assert len(stack.huge.requests) == 2  # the first was not stored: the second went to the provider too
     assert 'sidegate_response_cache_not_stored_total{reason="too_large"}' in stack.metrics()
     # JSON: more than Envoy may buffer (the listener's max_body_bytes, 8 MiB) goes through unread
@@ -289,6 +302,28 @@ def test_a_100_mb_answer_reaches_the_client_whole_and_is_not_stored(stack: Stack
         assert r.http_response.status_code == 200 and r.headers["x-sidegate-cache"] == "miss"
         assert r.parse().choices[0].message.content == "j" * HUGE_BYTES
     assert len(stack.huge.requests) == 2
+
+
+def test_a_100_mb_stream_reaches_the_client_whole_when_ext_proc_answers_its_headers_late(stack: Stack) -> None:
+    """The ext_proc service frozen (SIGSTOP) for 1 s as a 100 MB stream starts: Envoy holds what the
+    provider sends meanwhile (the listener's 8 MiB buffer limit plus the upstream reads that crossed
+    it) and hands it to the service as one body chunk once the headers are answered. That chunk is
+    over the listener's limit + 1 MiB, the gRPC message bound before, which reset the stream
+    mid-answer (seen in CI, on a loaded machine: IncompleteRead)."""
+    pid = stack.supervisor.procs["ext_proc"].pid
+
+    def stall() -> None:
+        os.kill(pid, signal.SIGSTOP)
+        threading.Timer(1.0, os.kill, (pid, signal.SIGCONT)).start()
+
+    stack.huge.clear()
+    stack.huge.before_stream = stall
+    try:
+        read_huge_stream(stack)
+    finally:
+        stack.huge.before_stream = None
+        os.kill(pid, signal.SIGCONT)
+    assert len(stack.huge.requests) == 1
 
 
 def test_metrics_count_hits_misses_bypasses_and_bytes(stack: Stack) -> None:

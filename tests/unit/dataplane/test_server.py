@@ -13,11 +13,11 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from ext_proc.config import build_config
+from ext_proc.config import build_config, ext_proc_message_bytes
 from ext_proc.dataplane.routes import Services
-from ext_proc.dataplane.server import create_server
+from ext_proc.dataplane.server import create_server, grpc_options
 from ext_proc.metrics import Metrics
-from testkit import gateway_config
+from testkit import free_port, gateway_config
 
 PROVIDERS = [
     {"name": "alpha", "provider_interface": "openai", "endpoint": "http://127.0.0.1:1/v1", "model": "model-a", "default": True},
@@ -246,3 +246,17 @@ async def test_the_server_ends_the_stream_after_the_last_message_envoy_sends(stu
             assert await asyncio.wait_for(call.read(), 5) is not grpc.aio.EOF
         assert await asyncio.wait_for(call.read(), 5) is grpc.aio.EOF
         assert await call.code() == grpc.StatusCode.OK
+
+
+def test_the_service_takes_the_largest_body_chunk_envoy_may_send_on_any_listener() -> None:
+    """In STREAMED mode Envoy may send, as one chunk, its buffer limit plus the upstream reads that
+    crossed it (9,437,106 bytes measured under 8 MiB). The service's gRPC bound covers that for
+    every listener, an agent listener with a larger limit included, and matches Envoy's own."""
+    raw = gateway_config(PROVIDERS, agents=[{"id": "a", "url": "http://127.0.0.1:7001"}])
+    raw["listeners"]["agent_traffic"] = [{"type": "agent", "name": "svc", "port": free_port(), "max_body_bytes": 32 << 20,
+                                          "agents": [{"id": "a", "description": "answers anything"}]}]
+    cfg = build_config(raw, env={})
+    options = dict(grpc_options(cfg))
+    assert options["grpc.max_receive_message_length"] == ext_proc_message_bytes(32 << 20) >= (32 << 20) + (2 << 20)
+    assert options["grpc.max_send_message_length"] == options["grpc.max_receive_message_length"]
+    assert ext_proc_message_bytes(8 << 20) > 9_437_106 + (1 << 20)
