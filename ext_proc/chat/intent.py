@@ -37,8 +37,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["CONFIDENT_THRESHOLD", "JUDGE_CANDIDATES", "LEXICAL_WEIGHT", "UNRELATED_THRESHOLD", "MEAN_WEIGHT", "IntentIndex", "LexicalIndex", "choose", "lexical_words", "name_words",
-           "retry_query", "target_scores", "target_text", "target_views"]
+__all__ = ["CONFIDENT_THRESHOLD", "JUDGE_CANDIDATES", "LEXICAL_WEIGHT", "UNRELATED_THRESHOLD", "MEAN_WEIGHT", "IntentIndex", "LexicalIndex",
+           "asks_what_a_term_means", "choose", "lexical_words", "name_words", "retry_query", "target_scores", "target_text", "target_views"]
 
 MEAN_WEIGHT = 0.2  # weight of the mean over a target's views; the rest goes to the best view
 LEXICAL_WEIGHT = 0.55  # ranking = embedding score + this x lexical score (in [0, 1]); the threshold ignores it
@@ -59,6 +59,28 @@ EARLIER_TURNS = 2  # user turns joined before the last one for the second look
 CONFIDENT_THRESHOLD = 0.55
 UNRELATED_THRESHOLD = 0.20
 JUDGE_CANDIDATES = 3
+
+# A turn that asks what a term means ("What is a deductible?", "what does copay mean", "define
+# coinsurance", "how do refills work?") asks for knowledge, not for something to be done with the
+# user's data, yet it embeds nearest the target its term names: "What is a prescription refill?"
+# scores 0.875 against "Request a refill of a prescription by its Rx number" (a confident match,
+# which asked for the Rx number), "What is a deductible?" went to Arch's insurance demo's
+# update_deductible. Such a turn is never a confident match: the function-calling model decides, and
+# a target whose required values the turn does not carry sends it to the default target (a
+# glossary target, "define_term(term)", still gets it). Narrow on purpose: a whole turn of one of
+# these forms, its term at most four words, no digits, no "I"/"my"/"we"...: none of BFCL's 1,500
+# in-scope prompts (live_multiple, multiple, live_simple) has one, 2 of its 1,111 out-of-scope do.
+_TERM = r"[a-z][a-z'-]*(?: [a-z][a-z'-]*){0,3}"
+_DEFINITION = re.compile(
+    rf"(?:what(?:'s| is) an? {_TERM}|what is meant by {_TERM}|what are (?!the |some |all ){_TERM}|what does (?:an? |the )?{_TERM} mean"
+    rf"|(?:define|explain) (?:an? |the )?{_TERM}|how (?:does|do) (?:an? |the )?{_TERM} work)\s*[?.!]*", re.IGNORECASE)
+_PERSONAL = re.compile(r"\b(?:i|i'm|me|my|mine|we|our|us|you|your)\b", re.IGNORECASE)
+
+
+def asks_what_a_term_means(text: str) -> bool:
+    """Whether the whole turn ``text`` asks what a term is or means (see ``_DEFINITION``)."""
+    text = " ".join(text.split())
+    return _DEFINITION.fullmatch(text) is not None and _PERSONAL.search(text) is None
 
 
 class _Param(Protocol):

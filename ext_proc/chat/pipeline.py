@@ -29,7 +29,7 @@ from ext_proc.chat.completions import Decision, Forward, synthesized
 from ext_proc.chat.endpoints import EndpointClient
 from ext_proc.chat.preferences import PreferenceRouter
 from ext_proc.chat.providers import routable
-from ext_proc.chat.intent import CONFIDENT_THRESHOLD, JUDGE_CANDIDATES, UNRELATED_THRESHOLD, IntentIndex, retry_query
+from ext_proc.chat.intent import CONFIDENT_THRESHOLD, JUDGE_CANDIDATES, UNRELATED_THRESHOLD, IntentIndex, asks_what_a_term_means, retry_query
 from ext_proc.chat.targets import PendingState, clarifying_question, endpoint_request, finalize_arguments, tool_schema
 from ext_proc.config import Config, PromptTarget
 from ext_proc.errors import MalformedRequest, ModelServerError
@@ -297,8 +297,10 @@ class IngressPipeline:
             await self.warm()
             with self._stage("intent") as span:
                 (vec,) = await self.models.embed([text])
-                target = self._best(vec, text, span)
-                retry = retry_query(text, earlier) if not isinstance(target, PromptTarget) else None
+                # a question about what a term means is never a confident match, nor a follow-up
+                defining = asks_what_a_term_means(text)
+                target = self._best(vec, text, span, defining=defining)
+                retry = retry_query(text, earlier) if not isinstance(target, PromptTarget) and not defining else None
                 if retry is not None:
                     (vec,) = await self.models.embed([retry])
                     second = self._best(vec, retry, span)
@@ -314,20 +316,25 @@ class IngressPipeline:
             return None
         return target or self.default_target
 
-    def _best(self, vec: npt.NDArray[np.float32], text: str, span: Any = telemetry.NO_SPAN) -> PromptTarget | Uncertain | None:
+    def _best(self, vec: npt.NDArray[np.float32], text: str, span: Any = telemetry.NO_SPAN, *,
+              defining: bool = False) -> PromptTarget | Uncertain | None:
         """The verdict for ``text`` (embedded as ``vec``), targets ranked by embedding + lexical
         score (``ext_proc.chat.intent``), decided on the best embedding score: at least
         :attr:`confident`, the top-ranked target; under :attr:`unrelated`, None (the default
         target or the LLM, no model call); in between, :class:`Uncertain` with the top
-        ``JUDGE_CANDIDATES`` for the function-calling model to choose from (or none)."""
+        ``JUDGE_CANDIDATES`` for the function-calling model to choose from (or none).
+        ``defining`` (the turn asks what a term means: ``asks_what_a_term_means``): never
+        confident while there is a judge."""
         assert self._index is not None
         scores = self._index.scores(vec)
         best = float(np.max(scores)) if len(scores) else float("-inf")
         span.set_attribute("sidegate.intent.score", best)
+        if defining:
+            span.set_attribute("sidegate.intent.asks_what_a_term_means", True)
         if best < self.unrelated:
             return None
         ranking = self._index.ranking(scores, text)
-        if best >= self.confident:
+        if best >= self.confident and not (defining and self.judge):
             return self.targets[self._index.names[int(np.argmax(ranking))]]
         order = np.argsort(-ranking, kind="stable")[:JUDGE_CANDIDATES]
         return Uncertain(tuple(self._index.names[int(i)] for i in order), best)

@@ -155,13 +155,15 @@ class CascadeModels(Models):
         self.arguments = {"city": "Paris"} if arguments is None else arguments
         self.refuse_choice = refuse_choice
         self.choose_tools: list[list[str]] = []
+        self.fixed: dict[str, tuple[float, str]] = {}  # a prompt's exact text -> (score, target), for prompts without a tag
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         rows = []
         for text in texts:
             m = re.search(r"SCORE=([0-9.]+) TARGET=(\w+)", text)
-            if m:
-                a, i = float(m.group(1)), self.names.index(m.group(2))
+            if m or text in self.fixed:
+                a, name = (float(m.group(1)), m.group(2)) if m else self.fixed[text]
+                i = self.names.index(name)
                 rows.append(a * _axis(i) + np.sqrt(1 - a * a) * _axis(DIM - 1))
             else:  # a target view: the axis of the (longest) target name it contains
                 (i,) = [j for j, n in enumerate(self.names) if n.replace("_", " ") in text][-1:]
@@ -246,6 +248,32 @@ def test_a_judged_prompt_without_a_value_its_target_requires_goes_to_the_default
     assert isinstance(reply, Immediate) and models.calls == ["weather"]
     answer = json.loads(reply.body)
     assert answer["model"] == FUNCTION_CALL_MODEL and "city" in answer["choices"][0]["message"]["content"]
+
+
+def test_a_question_about_what_a_term_means_is_judged_even_when_its_embedding_is_confident() -> None:
+    """"What is a prescription refill?" embeds 0.875 from a refill target: knowledge asked for, not a
+    refill. The judge decides it; without the value the target requires it goes to the default target
+    (it used to get the target's clarifying question), with one (a glossary-like target) to the target."""
+    models = CascadeModels(NAMES, choice="weather", arguments={"city": None})
+    models.fixed.update({"What is a weather front?": (0.9, "weather"), "how do trains work": (0.7, "trains")})
+    pipe = cascade(models)
+    assert decide(pipe, "What is a weather front?") == ("judged", ("weather", "currency", "trains"), "fallback", None)
+    models.arguments = {"city": "front"}
+    judged, _, target, call = decide(pipe, "What is a weather front?")
+    assert (judged, target, call.arguments) == ("judged", "weather", {"city": "front"})
+    models.choice = None
+    assert decide(pipe, "how do trains work")[2] == "fallback"
+    # not such a question: confident, no model call
+    assert decide(pipe, "SCORE=0.9 TARGET=weather what is the weather in Paris") == "weather" and len(models.choices) == 3
+    # an earlier turn is no second look for it ("3 days please" is a follow-up, "what is a weather front?" not)
+    assert decide(pipe, "SCORE=0.9 TARGET=trains a train to Lyon", "which day?", "What is a weather front?")[0] == "judged"
+
+
+def test_without_a_judge_a_question_about_a_term_is_decided_by_the_threshold_as_before() -> None:
+    models = CascadeModels(["ping"])  # no target with parameters: no judge
+    models.fixed["What is a ping?"] = (0.9, "ping")
+    pipe = cascade(models)
+    assert not pipe.judge and decide(pipe, "What is a ping?") == "ping" and models.choices == []
 
 
 def test_a_target_without_parameters_can_be_chosen_and_has_no_arguments() -> None:
