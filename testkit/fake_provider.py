@@ -23,6 +23,7 @@ the instance's :attr:`FakeProvider.defaults`, see :class:`Behaviour`):
 ``x-fake-status: 503``     answer that status (>= 400) with an OpenAI error JSON
 ``x-fake-delay-ms: 250``   wait before sending the response headers (errors included)
 ``x-fake-chunk-delay-ms``  wait between SSE frames
+``x-fake-end-delay-ms``    wait after the last SSE frame ([DONE], message_stop) before ending the stream
 ``x-fake-chunks: 40``      exactly N content chunks (the reply's words are grouped, or
                            repeated cyclically when there are fewer than N)
 ``x-fake-reply: text``     the reply content (default ``"{name} says: {last user text}"``)
@@ -94,6 +95,7 @@ class Behaviour:
     status: int | None = None  # >= 400: answer this error
     delay_ms: int = 0  # before the response headers
     chunk_delay_ms: int = 0  # between SSE frames
+    end_delay_ms: int = 0  # after the last SSE frame, before the stream's end (the HTTP chunked terminator)
     chunks: int | None = None  # number of content chunks (and words) in the reply
     reply: str | None = None  # reply content; None: "{name} says: {last user text}"
     chunk_chars: int | None = None  # content pieces of this many characters instead of words
@@ -401,12 +403,14 @@ class FakeProvider:
         status = forced or num("x-fake-status") or b.status
         delay = num("x-fake-delay-ms")
         chunk_delay = num("x-fake-chunk-delay-ms")
+        end_delay = num("x-fake-end-delay-ms")
         chunks = num("x-fake-chunks")
         chunk_chars = num("x-fake-chunk-chars")
         return Behaviour(
             status=status,
             delay_ms=b.delay_ms if delay is None else delay,
             chunk_delay_ms=b.chunk_delay_ms if chunk_delay is None else chunk_delay,
+            end_delay_ms=b.end_delay_ms if end_delay is None else end_delay,
             chunks=b.chunks if chunks is None else chunks,
             reply=h.get("x-fake-reply", b.reply),
             chunk_chars=b.chunk_chars if chunk_chars is None else chunk_chars,
@@ -460,6 +464,8 @@ class FakeProvider:
             if i and b.chunk_delay_ms > 0:
                 await asyncio.sleep(b.chunk_delay_ms / 1000)
             await resp.write(f)
+        if b.end_delay_ms > 0:
+            await asyncio.sleep(b.end_delay_ms / 1000)
         await resp.write_eof()
         return resp
 
@@ -526,6 +532,8 @@ class FakeProvider:
             if i and b.chunk_delay_ms > 0:
                 await asyncio.sleep(b.chunk_delay_ms / 1000)
             await resp.write(f)
+        if b.end_delay_ms > 0:
+            await asyncio.sleep(b.end_delay_ms / 1000)
         await resp.write_eof()
         return resp
 
@@ -601,6 +609,8 @@ class FakeProvider:
             if i and b.chunk_delay_ms > 0:
                 await asyncio.sleep(b.chunk_delay_ms / 1000)
             await resp.write(f)  # one HTTP chunk per SSE frame, sent as soon as it is written
+        if b.end_delay_ms > 0:
+            await asyncio.sleep(b.end_delay_ms / 1000)
         await resp.write_eof()
         return resp
 

@@ -458,16 +458,27 @@ class Collector:
         self._parts: list[bytes] = []
         self._size = 0
         self.refused = ""  # why it will not be stored ("" while it still may)
+        self._last_event_in_chunk = False  # the chunk fed last carried what may be a stream's last event
 
     def feed(self, chunk: bytes) -> None:
         if self.refused or not chunk:
             return
+        self._last_event_in_chunk = self.streaming and (b"[DONE]" in chunk or b"message_stop" in chunk)
         self._size += len(chunk)
         if self._size > self.max_bytes:
             self.refused = "too_large"
             self._parts = []  # stop holding it: a huge answer costs nothing extra
             return
         self._parts.append(chunk)
+
+    def ended(self) -> bool:
+        """Whether a stream's answer is decided before its connection ends: its last event (OpenAI's
+        ``[DONE]``, Anthropic's ``message_stop``) was fed, or it will not be stored anyway. A client
+        SDK stops reading at that event, so an identical request can follow before the end of the
+        HTTP stream reaches the gateway: storing at the event makes that request a hit."""
+        if self.refused:
+            return True
+        return self._last_event_in_chunk and _stream_refusal(b"".join(self._parts), self.client_api) != "incomplete"
 
     def finish(self) -> bytes | None:
         """The whole answer when it may be stored (else None, with :attr:`refused` saying why)."""

@@ -344,7 +344,7 @@ class ChatProcessor(PassThrough):
                 reply = Continue(body=translated)
         if self.collector is not None:
             self.collector.feed(reply.body if isinstance(reply, Continue) and reply.body is not None else body)
-            if end_of_stream:
+            if end_of_stream or (self.streaming and self.collector.ended()):
                 await self._store()
         return reply
 

@@ -182,6 +182,24 @@ def test_sse_answer_is_replayed_as_a_stream_the_sdk_reads(stack: Stack) -> None:
     assert json_form.headers["x-sidegate-cache"] == "miss"  # not streamed: another entry
 
 
+def test_a_stream_is_stored_at_its_last_event_though_the_provider_ends_it_later(stack: Stack) -> None:
+    """The openai SDK stops reading at ``[DONE]`` and closes the connection. A provider that ends its
+    stream a second after that event (``x-fake-end-delay-ms``) never got its end through the gateway, so
+    the answer was not stored and the identical request after it was a miss (seen once in a loaded run
+    as a flaky replay test). The answer is whole at its last event and stored there."""
+    stack.llm.clear()
+    msgs = ask("hold the line")
+
+    def run() -> tuple[str, str]:
+        raw = stack.client(**{"x-fake-end-delay-ms": "1000"}).chat.completions.with_raw_response.create(
+            model="model-a", messages=msgs, stream=True)
+        return raw.headers["x-sidegate-cache"], "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+
+    assert run() == ("miss", "fake-llm says: hold the line")
+    assert run() == ("hit", "fake-llm says: hold the line")
+    assert len(stack.llm.requests) == 1
+
+
 def test_anthropic_client_hits_in_its_own_api(stack: Stack) -> None:
     stack.llm.clear()
     client = anthropic.Anthropic(base_url=stack.base("egress"), api_key="sk-client", max_retries=0, timeout=10)

@@ -314,6 +314,29 @@ def test_an_answer_over_the_bound_is_dropped_as_it_comes() -> None:
     assert c._parts == [] and c.finish() is None
 
 
+def test_a_stream_is_decided_at_its_last_event_before_the_connection_ends() -> None:
+    """A client SDK stops reading at [DONE] / message_stop, so an identical request can follow before
+    the HTTP stream's end reaches the gateway: the answer is whole (storable) at that event."""
+    c = Collector(client_api="openai", streaming=True, max_bytes=1 << 20)
+    c.feed(sse(CHUNK, done=False))
+    assert not c.ended()
+    c.feed(sse({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "say data: [DONE] twice"}}]}, done=False))
+    assert not c.ended()  # "[DONE]" inside a delta is no last event
+    c.feed(b"data: [DONE]\n\n")
+    assert c.ended() and c.finish() is not None
+    anthropic = Collector(client_api="anthropic", streaming=True, max_bytes=1 << 20)
+    anthropic.feed(b"event: message_start\ndata: {\"type\": \"message_start\"}\n\n")
+    assert not anthropic.ended()
+    anthropic.feed(b"event: message_stop\ndata: {\"type\": \"message_stop\"}\n\n")
+    assert anthropic.ended()
+    tools = Collector(client_api="openai", streaming=True, max_bytes=1 << 20)
+    tools.feed(sse(TOOL_CHUNK))
+    assert tools.ended() and tools.finish() is None and tools.refused == "tool_calls"  # decided: not stored
+    big = Collector(client_api="openai", streaming=True, max_bytes=10)
+    big.feed(b"data: " + b"x" * 20)
+    assert big.ended() and big.refused == "too_large"
+
+
 # --------------------------------------------------------------------------- config
 
 
