@@ -129,7 +129,12 @@ def test_with_the_judge_function_call_settles_the_decision(tmp_path_factory: pyt
         raw = gateway_config(providers(general, special), model_server={
             "mode": "local-cpu", "http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port(), "timeout": "30s"})
         raw["overrides"] = {"routing_preference_judge": {"band": 2.0, "timeout": "30s"}}
+        # the judge's deadline decides, as a user's config without ext_proc.message_timeout gets it (derived, longer
+        # than the judge's timeout): testkit's 5 s answered 504 ext_proc_timeout when the first judged turn came
+        # while the judge's listing was still pre-filling on a loaded machine
+        del raw["ext_proc"]["message_timeout"]
         with running_stack(tmp_path_factory, raw) as (cfg, _):
+            assert cfg.ext_proc.message_timeout_s > 30
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{cfg.egress.port}/v1", api_key="sk-client", max_retries=0, timeout=60)
             code = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": CODE}])
             assert code.headers["x-sidegate-route"] == "code generation" and code.headers["x-sidegate-provider"] == "coder"
