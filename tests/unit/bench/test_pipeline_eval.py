@@ -12,8 +12,10 @@ import yaml
 
 from bench import pipeline_eval as pe
 from bench.intent_eval import split_of
+from ext_proc.chat.intent import asks_what_a_term_means
 from ext_proc.chat.targets import tool_schema
 from ext_proc.config import load_config
+from ext_proc.wire.openai import content_text
 
 WEATHER = {
     "name": "weather.get_forecast",
@@ -228,6 +230,21 @@ def test_every_bfcl_item_converts_to_a_valid_config_when_installed(tmp_path: Pat
             path = tmp_path / f"{g.set}.yaml"
             path.write_text(yaml.safe_dump(raw))
             load_config(path)
+
+
+def test_no_bfcl_in_scope_prompt_only_asks_what_a_term_means_when_installed() -> None:
+    """README's figure for intent's definition-question rule (ext_proc.chat.intent.asks_what_a_term_means):
+    none of BFCL's in-scope prompts has that form, 2 of its out-of-scope ones do, so the rule cannot
+    change pipeline_eval's figures."""
+    folder = pe.bfcl_dir()
+    if folder is None:
+        pytest.skip("bfcl-eval is not installed")
+    counts = {}
+    for scope, sets in (("in", pe.IN_SCOPE), ("out", pe.OUT_OF_SCOPE)):
+        items = [it for name in sets for it in pe.load_set(folder, name)[0]]
+        last = [content_text(next(m for m in reversed(it.messages) if m["role"] == "user")["content"]) for it in items]
+        counts[scope] = (len(items), sum(asks_what_a_term_means(t) for t in last))
+    assert counts == {"in": (1500, 0), "out": (1111, 2)}
 
 
 def test_tables_print(capsys: pytest.CaptureFixture[str]) -> None:
