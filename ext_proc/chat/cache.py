@@ -459,11 +459,13 @@ class Collector:
         self._size = 0
         self.refused = ""  # why it will not be stored ("" while it still may)
         self._last_event_in_chunk = False  # the chunk fed last carried what may be a stream's last event
+        self._whole = False  # ended() parsed the parts fed so far: a whole answer that may be stored
 
     def feed(self, chunk: bytes) -> None:
         if self.refused or not chunk:
             return
         self._last_event_in_chunk = self.streaming and (b"[DONE]" in chunk or b"message_stop" in chunk)
+        self._whole = False
         self._size += len(chunk)
         if self._size > self.max_bytes:
             self.refused = "too_large"
@@ -478,7 +480,13 @@ class Collector:
         HTTP stream reaches the gateway: storing at the event makes that request a hit."""
         if self.refused:
             return True
-        return self._last_event_in_chunk and _stream_refusal(b"".join(self._parts), self.client_api) != "incomplete"
+        if not self._last_event_in_chunk:
+            return False
+        why = _stream_refusal(b"".join(self._parts), self.client_api)
+        if why == "incomplete":
+            return False
+        self.refused, self._whole = why, not why  # parsed once: finish() does not parse it again
+        return True
 
     def finish(self) -> bytes | None:
         """The whole answer when it may be stored (else None, with :attr:`refused` saying why)."""
@@ -486,6 +494,8 @@ class Collector:
             return None
         body = b"".join(self._parts)
         self._parts = []
+        if self._whole:
+            return body
         why = _stream_refusal(body, self.client_api) if self.streaming else _json_refusal(body, self.client_api)
         if why:
             self.refused = why
