@@ -116,6 +116,21 @@ class RecordedRequest:
     received_monotonic: float  # time.monotonic(), for measuring gaps between requests
 
 
+async def _stream(request: web.Request, headers: dict[str, str], frames: list[bytes], b: Behaviour) -> web.StreamResponse:
+    """``frames`` as a streamed answer, one HTTP chunk each (sent as soon as it is written), paced by
+    ``b.chunk_delay_ms``, the stream ended ``b.end_delay_ms`` after the last one."""
+    resp = web.StreamResponse(headers=headers)
+    await resp.prepare(request)
+    for i, f in enumerate(frames):
+        if i and b.chunk_delay_ms > 0:
+            await asyncio.sleep(b.chunk_delay_ms / 1000)
+        await resp.write(f)
+    if b.end_delay_ms > 0:
+        await asyncio.sleep(b.end_delay_ms / 1000)
+    await resp.write_eof()
+    return resp
+
+
 def _error(status: int, message: str, *, code: str | None = None, param: str | None = None) -> web.Response:
     kind, default_code = _ERROR_KINDS.get(status, ("server_error" if status >= 500 else "invalid_request_error", f"http_{status}"))
     body = {"error": {"message": message, "type": kind, "param": param, "code": code or default_code}}
@@ -458,16 +473,7 @@ class FakeProvider:
                    event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
                                            "usage": {"output_tokens": usage["output_tokens"]}}),
                    event("message_stop", {})]
-        resp = web.StreamResponse(headers={**headers, "content-type": "text/event-stream", "cache-control": "no-cache"})
-        await resp.prepare(request)
-        for i, f in enumerate(frames):
-            if i and b.chunk_delay_ms > 0:
-                await asyncio.sleep(b.chunk_delay_ms / 1000)
-            await resp.write(f)
-        if b.end_delay_ms > 0:
-            await asyncio.sleep(b.end_delay_ms / 1000)
-        await resp.write_eof()
-        return resp
+        return await _stream(request, {**headers, "content-type": "text/event-stream", "cache-control": "no-cache"}, frames, b)
 
     async def _converse(self, request: web.Request, body: Any, model: str, *, stream: bool) -> web.StreamResponse:
         """Bedrock's Converse (JSON) and ConverseStream (event-stream) answers. Checks what Bedrock
@@ -526,16 +532,7 @@ class FakeProvider:
                        event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": arguments[5:]}}}),
                        event("contentBlockStop", {"contentBlockIndex": 1})]
         frames += [event("messageStop", {"stopReason": stop}), event("metadata", {"usage": usage, "metrics": {"latencyMs": 12}})]
-        resp = web.StreamResponse(headers={**headers, "content-type": "application/vnd.amazon.eventstream"})
-        await resp.prepare(request)
-        for i, f in enumerate(frames):
-            if i and b.chunk_delay_ms > 0:
-                await asyncio.sleep(b.chunk_delay_ms / 1000)
-            await resp.write(f)
-        if b.end_delay_ms > 0:
-            await asyncio.sleep(b.end_delay_ms / 1000)
-        await resp.write_eof()
-        return resp
+        return await _stream(request, {**headers, "content-type": "application/vnd.amazon.eventstream"}, frames, b)
 
     async def _chat(self, request: web.Request, body: Any) -> web.StreamResponse:
         b = self._behaviour(request)
@@ -603,16 +600,7 @@ class FakeProvider:
             frames.append(frame([], usage))
         frames.append(b"data: [DONE]\n\n")
 
-        resp = web.StreamResponse(headers={**headers, "content-type": "text/event-stream", "cache-control": "no-cache"})
-        await resp.prepare(request)
-        for i, f in enumerate(frames):
-            if i and b.chunk_delay_ms > 0:
-                await asyncio.sleep(b.chunk_delay_ms / 1000)
-            await resp.write(f)  # one HTTP chunk per SSE frame, sent as soon as it is written
-        if b.end_delay_ms > 0:
-            await asyncio.sleep(b.end_delay_ms / 1000)
-        await resp.write_eof()
-        return resp
+        return await _stream(request, {**headers, "content-type": "text/event-stream", "cache-control": "no-cache"}, frames, b)
 
 
 def main(argv: list[str] | None = None) -> None:
