@@ -178,6 +178,19 @@ def accuracy(items: Sequence[Item], predicted: Sequence[str]) -> float:
     return sum(p == it.label for it, p in zip(items, predicted)) / max(len(items), 1)
 
 
+def accuracy_per_label(items: Sequence[Item], predicted: Sequence[str], labels: Sequence[str]) -> dict[str, float | None]:
+    """Per label, the accuracy on the items with it (None for a label none of them has)."""
+    return {lab: accuracy([it for it in items if it.label == lab], [p for it, p in zip(items, predicted) if it.label == lab])
+            if any(it.label == lab for it in items) else None for lab in labels}
+
+
+def embedded_index(embedder: Embedder, preferences: Sequence[RoutingPreference], *, ordinary: bool = True) -> PreferenceIndex:
+    """The request path's index of ``preferences`` (with or without the ordinary-chat lines), embedded by ``embedder``."""
+    views = preference_views(preferences, ordinary=ordinary)
+    vecs = embedder.embed(views)
+    return preference_index(preferences, np.stack([vecs[v] for v in views]))
+
+
 def query(item: Item, whole: bool = False) -> str:
     """What the request path embeds for ``item`` (:func:`routing_text`; ``whole``: the whole turn, for comparison)."""
     return item.text if whole else routing_text(item.text)
@@ -345,9 +358,7 @@ def plano_template(embedder: Embedder, plano: Sequence[Item]) -> tuple[list[str]
     threshold (nothing was chosen on these rows), per half and over both, against "always the
     default": (labels, table rows, results)."""
     prefs = plano_preferences()
-    views = preference_views(prefs)
-    view_vecs = embedder.embed(views)
-    index = preference_index(prefs, np.stack([view_vecs[v] for v in views]))
+    index = embedded_index(embedder, prefs)
     vectors = embedder.embed([query(it) for it in plano] + [wider_text(it.text) for it in plano])
     labels = [p.name for p in prefs] + [NONE]
     rows: list[Sequence[Any]] = []
@@ -356,10 +367,10 @@ def plano_template(embedder: Embedder, plano: Sequence[Item]) -> tuple[list[str]
     for half in ("dev", "test", "both"):
         sub = [it for it in plano if half in ("both", it.half)]
         predicted = [route_item(index, it, vectors, DEFAULT_ROUTING_THRESHOLD) for it in sub]
-        per = {lab: accuracy([it for it in sub if it.label == lab], [p for it, p in zip(sub, predicted) if it.label == lab]) for lab in labels}
-        baseline = sum(it.label == NONE for it in sub) / max(len(sub), 1)
-        rows.append([half, len(sub), accuracy(sub, predicted), *per.values(), baseline])
-        out[half] = {"n": len(sub), "accuracy": accuracy(sub, predicted), "per_label": per, "baseline_always_default": baseline,
+        per = accuracy_per_label(sub, predicted, labels)
+        acc, baseline = accuracy(sub, predicted), sum(it.label == NONE for it in sub) / max(len(sub), 1)
+        rows.append([half, len(sub), acc, *per.values(), baseline])
+        out[half] = {"n": len(sub), "accuracy": acc, "per_label": per, "baseline_always_default": baseline,
                      "counts": dict(Counter(it.label for it in sub)),
                      "misses": [{"label": it.label, "predicted": p, "text": it.text[:120]} for it, p in zip(sub, predicted) if p != it.label]}
     return labels, rows, out
@@ -385,12 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"routing_eval: {exc}", file=sys.stderr)
         return 2
     embedder = Embedder(args.threads, args.cache_dir)
-    views = preference_views(PREFERENCES)
-    view_vecs = embedder.embed(views)
-    index = preference_index(PREFERENCES, np.stack([view_vecs[v] for v in views]))
+    index = embedded_index(embedder, PREFERENCES)
     # the rule before the ordinary-chat lines and the named-task step
-    alone = dataclasses.replace(preference_index(PREFERENCES, np.stack([view_vecs[v] for v in preference_views(PREFERENCES, ordinary=False)])),
-                                named={})
+    alone = dataclasses.replace(embedded_index(embedder, PREFERENCES, ordinary=False), named={})
     vectors = embedder.embed([query(it) for it in items] + [wider_text(it.text) for it in items] + [it.text for it in items])
     dev = [it for it in items if it.half == "dev"]
     shown = [it for it in items if it.half == args.half]
@@ -411,8 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = Counter(it.label for it in shown)
 
     def per_label(subset: Sequence[Item], predicted: Sequence[str]) -> dict[str, float | None]:
-        return {lab: accuracy([it for it in subset if it.label == lab], [p for it, p in zip(subset, predicted) if it.label == lab])
-                if any(it.label == lab for it in subset) else None for lab in labels}
+        return accuracy_per_label(subset, predicted, labels)
 
     by_source: list[Sequence[Any]] = []
     for name, (ix, t, lexical) in variants.items():
