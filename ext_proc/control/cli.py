@@ -70,10 +70,18 @@ def validate(config: str | None, no_envoy: bool) -> None:
             what = "Envoy refuses the bootstrap rendered from it" if isinstance(exc, EnvoyRefused) else "cannot run Envoy"
             err_console.print(f"[red]config error[/red] {cfg.source}: {what}:\n{exc}")
             raise SystemExit(2) from exc
-    console.print(
-        f"[green]ok[/green] {cfg.source}: {len(cfg.llm_providers)} provider(s), {len(cfg.prompt_targets)} prompt target(s), "
-        f"{len(cfg.endpoints)} endpoint(s)"
-    )
+    console.print(f"[green]ok[/green] {cfg.source}: {summary(cfg)}")
+
+
+def summary(cfg: Config) -> str:
+    """What a config sets up, in one line: providers (with their routing preferences), prompt
+    targets, endpoints, and each agent listener with its agents (plano's agent-only configs have
+    no prompt targets, and "0 prompt target(s)" alone read as if the agents had been dropped)."""
+    preferences = sum(len(p.routing_preferences) for p in cfg.llm_providers)
+    parts = [f"{len(cfg.llm_providers)} provider(s)" + (f" with {preferences} routing preference(s)" if preferences else ""),
+             f"{len(cfg.prompt_targets)} prompt target(s)", f"{len(cfg.endpoints)} endpoint(s)"]
+    parts += [f"agent listener {a.listener.name} (:{a.listener.port}) with {len(a.agents)} agent(s)" for a in cfg.agent_listeners]
+    return ", ".join(parts)
 
 
 @main.command()

@@ -61,3 +61,24 @@ def test_logs_of_triton_replicas(sidegate_home: Path) -> None:
     assert every.output.splitlines() == ["triton-1 | triton-1 last", "triton-2 | triton-2 last"]
     one = CliRunner().invoke(main, ["logs", "triton-2", "-n", "1"])
     assert one.output.splitlines() == ["triton-2 last"]
+
+
+def test_validate_counts_agent_listeners_and_routing_preferences(monkeypatch: pytest.MonkeyPatch) -> None:
+    """plano's agent-only configs have no prompt targets: the summary names what they do set up."""
+    from ext_proc.control import cli
+
+    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=400))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    published = Path(__file__).parents[2] / "data" / "arch_configs" / "plano-HEAD"
+    travel = published / "demos__agent_orchestration__travel_agents__config.yaml"
+    out = CliRunner().invoke(main, ["validate", "--no-envoy", str(travel)])
+    assert out.exit_code == 0, out.output
+    assert cli.console.file.getvalue().strip() == (
+        f"ok {travel}: 2 provider(s), 0 prompt target(s), 0 endpoint(s), agent listener travel_booking_service (:8001) with 2 agent(s)")
+
+    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=400))
+    template = published / "cli__planoai__templates__preference_aware_routing.yaml"
+    out = CliRunner().invoke(main, ["validate", "--no-envoy", str(template)])
+    assert out.exit_code == 0, out.output
+    assert "provider(s) with 2 routing preference(s), 0 prompt target(s)" in cli.console.file.getvalue()
