@@ -66,6 +66,7 @@ if str(ROOT) not in sys.path:
 from bench._harness import load_caption, load_module, print_table, write_results
 from bench import guard_sources as GS
 from sidegate_models import classifier as C  # the guard's head, as prompt_guard_head serves it
+from sidegate_models.guard_text import guard_text  # what ext_proc sends prompt_guard (base64 decoded)
 
 GUARD_DIR = ROOT / "triton_models" / "prompt_guard"
 PART = "guard"  # bench/results/guard.json
@@ -103,6 +104,13 @@ def mini_corpus() -> tuple[list[str], dict] | None:
         "rows": len(fixtures),
         "sha256": C.sha256_file(path),
     }
+
+
+def score(head, embed, texts: list[str]) -> np.ndarray:
+    """P(attack) per text as the served path computes it: ext_proc sends prompt_guard the text
+    base64-decoded (sidegate_models.guard_text), which the ensemble embeds and the head scores."""
+    read = [guard_text(t) for t in texts]
+    return head.predict_proba(embed(read), read)
 
 
 def judge_share(probs: np.ndarray, band: tuple[float, float] | None) -> float:
@@ -337,11 +345,11 @@ def calibrate_band(judge: LiveJudge, head, embed, threshold: float) -> dict:
         t, y, _ = T.load_any(src, "validation")
         texts += t
         ys.append(y)
-        ps.append(head.predict_proba(embed(t), t))
+        ps.append(score(head, embed, t))
         srcs += [src] * len(t)
     y, p, srcs_a = np.concatenate(ys), np.concatenate(ps), np.array(srcs)
     taken, wide_w = band_sample(texts, y, p, JUDGE_WIDE_BAND, JUDGE_CALIBRATION_CAP)
-    answers = judge([texts[i] for i in taken])
+    answers = judge([guard_text(texts[i]) for i in taken])
     judged = {i: a[0] for i, a in zip(taken, answers)}
     labelled = np.flatnonzero(np.isin(srcs_a, ("s-labs", "neuralchemy")))
     chat = np.flatnonzero(np.isin(srcs_a, ("chat-turns", "bfcl")))
@@ -406,10 +414,10 @@ def judge_report(args, head, embed, threshold: float) -> int:
         src = sources[name]
         texts = [t for t, _ in src.rows]
         y = np.array([lab for _, lab in src.rows], dtype=np.int64)
-        p = head.predict_proba(embed(texts), texts)
+        p = score(head, embed, texts)
         rows = np.asarray(GS.f1_rows(src))  # R1: every row; R2: its attacks + the 2,000-row benign sample
         taken, _ = band_sample(texts, y, p, band, args.judge_cap, rows)
-        answers = judge([texts[i] for i in taken])
+        answers = judge([guard_text(texts[i]) for i in taken])
         judged = {i: a[0] for i, a in zip(taken, answers)}
         lat += [a[1] for a in answers]
         alone = cascade_metrics(y, p, threshold, None, {}, jt, rows)
@@ -484,7 +492,7 @@ def main(argv=None) -> int:
     for src in T.SOURCES:
         texts, y, prov = T.load_split(src, "test")
         datasets[src] = (texts, y, prov)
-    probs = {src: head.predict_proba(embed(d[0]), d[0]) for src, d in datasets.items()}
+    probs = {src: score(head, embed, d[0]) for src, d in datasets.items()}
     benign_sets = {}
     extra_benign = [s for s in getattr(T, "EXTRA_SOURCES", ()) if s in T.ALL_SOURCES and s in ("chitchat", "edgy")]
     for src in (*T.BENIGN_SOURCES, *extra_benign):
@@ -523,7 +531,7 @@ def main(argv=None) -> int:
             results["fpr_only"][src] = "skipped: bfcl-eval is not installed"
             continue
         texts, _, prov = d
-        p = head.predict_proba(embed(texts), texts)
+        p = score(head, embed, texts)
         r = {"n": len(texts)}
         for name, t in (("threshold", threshold), ("0.5", 0.5)):
             r[f"fpr_at_{name}"] = round(float((p >= t).mean()), 4)
@@ -541,7 +549,7 @@ def main(argv=None) -> int:
     else:
         results["recall_only"]["jailbreak-corpus-mini"] = "skipped: jailbreak-corpus-mini-py is not installed"
     for label, (texts, prov) in extra:
-        p = head.predict_proba(embed(texts), texts)
+        p = score(head, embed, texts)
         hit = p >= threshold
         results["recall_only"][label] = {
             "n": len(texts),
@@ -558,9 +566,9 @@ def main(argv=None) -> int:
     for src, d in benign_sets.items():
         if d is not None:
             texts = d[0]
-            per_source[f"{src} test"] = {"role": "trained-on source, test split", **source_metrics(d[1], head.predict_proba(embed(texts), texts), threshold, band)}
+            per_source[f"{src} test"] = {"role": "trained-on source, test split", **source_metrics(d[1], score(head, embed, texts), threshold, band)}
     for label, (texts, prov) in extra:
-        per_source[label] = {"role": "unseen", **source_metrics(np.ones(len(texts)), head.predict_proba(embed(texts), texts), threshold, band)}
+        per_source[label] = {"role": "unseen", **source_metrics(np.ones(len(texts)), score(head, embed, texts), threshold, band)}
     results["judge_band"] = list(band) if band else None
     results["report_only"] = sorted(GS.REPORT_ONLY)
     results["sources"] = {}
@@ -573,7 +581,7 @@ def main(argv=None) -> int:
                 continue
             texts = [t for t, _ in src.rows]
             y = np.array([lab for _, lab in src.rows], dtype=np.int64)
-            p = head.predict_proba(embed(texts), texts)
+            p = score(head, embed, texts)
             r = {"role": src.role, **source_metrics(y, p, threshold, band, GS.f1_rows(src) if src.f1_benign_sample else None)}
             r["dropped"] = src.dropped
             r["provenance"] = src.provenance

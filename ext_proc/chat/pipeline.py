@@ -37,6 +37,7 @@ from ext_proc.metrics import Metrics
 from ext_proc.models.base import Models, ToolCall
 from ext_proc.names import ARCH_STATE_KEY, GUARD_HEADER
 from ext_proc.wire.openai import ChatRequest, content_text
+from sidegate_models.guard_text import guard_text
 
 __all__ = ["FUNCTION_CALL_MODEL", "GUARD_MODEL", "IngressPipeline", "Uncertain"]
 
@@ -224,21 +225,23 @@ class IngressPipeline:
         sure of; with ``jailbreak.judge`` set, a probability in the judge's band ``[lo, hi)`` is
         decided by the function_call model's yes/no instead (:meth:`_judge_guard`). A classifier
         or judge that fails or is too slow follows ``fail_open``: True lets the prompt through,
-        False refuses it (the model server's error)."""
+        False refuses it (the model server's error). Both read base64 in the prompt decoded
+        (``sidegate_models.guard_text``): base64 itself read as an attack to the classifier."""
         assert self.cfg.jailbreak is not None
         jb = self.cfg.jailbreak
         if self.models is None:
             raise ModelServerError("the jailbreak guard is configured but no model server is: set model_server in the config")
+        read = guard_text(text)  # base64 runs decoded (or named binary): sidegate_models.guard_text
         try:
             with self._stage("guard") as span:
-                verdict = await self.models.guard(text)
+                verdict = await self.models.guard(read)
                 threshold = jb.threshold
                 blocked = verdict.flagged if threshold is None else verdict.probability >= threshold
                 span.set_attributes({"sidegate.guard.score": float(verdict.probability)})
                 if telemetry.include_prompts():
                     span.set_attribute("sidegate.prompt", text)
                 if jb.judge is not None and jb.judge.in_band(verdict.probability):
-                    blocked = await self._judge_guard(text, span)
+                    blocked = await self._judge_guard(read, span)
                 span.set_attribute("sidegate.guard.verdict", "blocked" if blocked else "allowed")
         except ModelServerError:
             if jb.fail_open:

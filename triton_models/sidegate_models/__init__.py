@@ -14,6 +14,7 @@ folder (pyproject.toml), and Triton's python stub takes its ``site-packages`` fr
   (``python -m sidegate_models.weights``);
 * :mod:`.encoder`: ``prompt_embed``'s numpy BERT encoder;
 * :mod:`.classifier`: the prompt guard's numpy head (and the MiniLM embedder for use outside Triton);
+* :mod:`.guard_text`: what the guard reads of a prompt (base64 decoded), for ext_proc and ``bench/``;
 * :mod:`.function_call`: the function-calling engine (schema, grammar, grounding, prompt, engine).
 
 Only :mod:`.backend` needs Triton; the rest imports with numpy (``encoder`` also needs
