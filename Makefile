@@ -44,7 +44,7 @@ up: install
 ## make test: install, then type-check the package (mypy --strict, pyproject's [tool.mypy]) and run every test (what .ci/run runs)
 test: install
 	$(BIN)/python -m mypy
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=20
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit
