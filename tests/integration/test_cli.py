@@ -223,6 +223,9 @@ def test_up_local_gpu_guards_and_routes_with_the_models_on_the_gpu(tmp_path: Pat
         assert down.returncode == 0, down.stderr
 
 
+# its `up` may take 400 s (it starts Triton with function_call and pre-fills a target that overflows
+# the window): 65 s of its call on an idle 2-core machine, half of pytest-timeout's 120 s hang guard
+@pytest.mark.timeout(600)
 def test_up_names_a_target_function_call_refuses_and_its_requests_get_a_400_saying_what_to_change(tmp_path: Path) -> None:
     """A prompt target whose parameter schema alone overflows function_call's window (the 6 x 2,048
     tokens of KV cache its slots share):
