@@ -190,6 +190,11 @@ def _check(cfg: Config, models: tuple[str, ...]) -> list[str]:
         if _loopback(e.upstream.host):
             warnings.append(f"endpoints.{name}: {e.upstream.host}:{e.upstream.port} is reached in the app's network namespace: "
                             f"the app container must listen on port {e.upstream.port}")
+    for agent in cfg.agents.values():  # plano's demos name their agents at localhost
+        if _loopback(agent.upstream.host):
+            warnings.append(f"agents.{agent.id}: {agent.upstream.host}:{agent.upstream.port} is reached in the app's network namespace "
+                            f"once deployed: run the agent in the app's pod (listening on port {agent.upstream.port}), or set its url "
+                            f"to the agent's service address")
     return warnings
 
 

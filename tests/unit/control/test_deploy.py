@@ -320,6 +320,21 @@ def test_loopback_provider_is_named_in_a_warning(tmp_path: Path) -> None:
     assert warning.startswith("llm_providers[0].endpoint: 127.0.0.1:11434 is the app's network namespace")
 
 
+def test_loopback_agents_are_named_in_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "agents.yaml"
+    path.write_text(yaml.safe_dump({
+        "version": "v0.3.0",
+        "agents": [{"id": "weather_agent", "url": "http://localhost:10510"}, {"id": "flight_agent", "url": "http://flights.travel.svc:80"}],
+        "model_providers": [{"model": "openai/gpt-4o-mini", "access_key": "$OPENAI_API_KEY", "default": True}],
+        "listeners": [{"type": "agent", "name": "travel", "port": 8001,
+                       "agents": [{"id": "weather_agent", "description": "weather forecasts"},
+                                  {"id": "flight_agent", "description": "flight status"}]}],
+    }))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    (warning,) = load_for_deploy(path).warnings
+    assert warning.startswith("agents.weather_agent: localhost:10510 is reached in the app's network namespace once deployed")
+
+
 def test_cli_deploy(config_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
     result = CliRunner().invoke(main, ["deploy", str(config_path), "--target", "k8s", "--out", str(out), "--app-name", "shop"])
