@@ -294,7 +294,7 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
                 scores = index.scores(vec)
                 ranking = index.ranking(scores, text)
                 order = [index.names[int(i)] for i in np.argsort(-ranking, kind="stable")]
-                rec: dict[str, Any] = {"id": it.id, "set": it.set, "want": it.answer_target if it.in_scope else None,
+                rec: dict[str, Any] = {"id": it.id, "set": it.set, "text": text, "want": it.answer_target if it.in_scope else None,
                                        "best": round(float(np.max(scores)), 4), "top": order[:JUDGE_CANDIDATES]}
                 if rec["best"] >= UNRELATED_THRESHOLD:
                     started = time.perf_counter()
