@@ -224,16 +224,18 @@ class Judge:
     """The function_call model in process (the weights Triton's function_call serves), asked as
     preference routing's judge (``FunctionCaller.judge_route``), with its verdicts kept per prompt."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, preferences: Sequence[RoutingPreference] = PREFERENCES, *, engine: Any = None) -> None:
+        """``engine``: another Judge's FunctionCaller, to ask about other ``preferences`` without loading the model twice."""
         triton = str(ROOT / "triton_models")
         if triton not in sys.path:
             sys.path.insert(0, triton)
-        from sidegate_models import function_call as engine
+        from sidegate_models import function_call
         from sidegate_models import weights
 
-        self.fc = engine.FunctionCaller(model_path=str(weights.resolve(weights.DEFAULT_MODEL)), n_threads=threads, warmup=False)
+        self.fc = engine or function_call.FunctionCaller(model_path=str(weights.resolve(weights.DEFAULT_MODEL)), n_threads=threads,
+                                                         warmup=False)
         self.model = weights.DEFAULT_MODEL
-        self.categories = [(p.name, p.description) for p in PREFERENCES]
+        self.categories = [(p.name, p.description) for p in preferences]
         self.verdicts: dict[str, RouteVerdict] = {}
         self.seconds: dict[str, float] = {}
         self.fc.judge_route("hello", self.categories)  # evaluates (caches) the listing, as the gateway's pre-fill does
@@ -353,10 +355,11 @@ def through_stack(items: Sequence[Item], expected: Sequence[str], judged: Sequen
         restore_home()
 
 
-def plano_template(embedder: Embedder, plano: Sequence[Item]) -> tuple[list[str], list[Sequence[Any]], dict[str, Any]]:
+def plano_template(embedder: Embedder, plano: Sequence[Item], judge: Judge | None = None) -> tuple[list[str], list[Sequence[Any]], dict[str, Any]]:
     """plano's published preference pair decided by the request path's rule at the config default
     threshold (nothing was chosen on these rows), per half and over both, against "always the
-    default": (labels, table rows, results)."""
+    default": (labels, table rows, results). ``judge`` (asked about plano's pair): also with the
+    judge at its config defaults (band and threshold chosen on the main set's dev half, not here)."""
     prefs = plano_preferences()
     index = embedded_index(embedder, prefs)
     vectors = embedder.embed([query(it) for it in plano] + [wider_text(it.text) for it in plano])
@@ -373,6 +376,15 @@ def plano_template(embedder: Embedder, plano: Sequence[Item]) -> tuple[list[str]
         out[half] = {"n": len(sub), "accuracy": acc, "per_label": per, "baseline_always_default": baseline,
                      "counts": dict(Counter(it.label for it in sub)),
                      "misses": [{"label": it.label, "predicted": p, "text": it.text[:120]} for it, p in zip(sub, predicted) if p != it.label]}
+        if judge is not None:
+            routed = [judged_route(index, it, vectors, DEFAULT_ROUTING_THRESHOLD, judge, DEFAULT_ROUTING_JUDGE_BAND,
+                                   DEFAULT_ROUTING_JUDGE_THRESHOLD) for it in sub]
+            judged = [p for p, _ in routed]
+            asked = sum(j for _, j in routed)
+            per_j = accuracy_per_label(sub, judged, labels)
+            rows.append([f"{half}, with the judge ({asked} judged)", len(sub), accuracy(sub, judged), *per_j.values(), baseline])
+            out[half]["with_judge"] = {"accuracy": accuracy(sub, judged), "per_label": per_j, "judged": asked,
+                                       "band": DEFAULT_ROUTING_JUDGE_BAND, "threshold": DEFAULT_ROUTING_JUDGE_THRESHOLD}
     return labels, rows, out
 
 
@@ -476,6 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        *per_label([it for it in shown if it.source == src], [p for it, p in zip(shown, predicted) if it.source == src]).values()]
                       for src in SOURCES]
     rows += [None, *by_source]
+    # plano's pair, here: --stack frees the judge's engine before the stack starts
+    plano_judge = Judge(args.threads, plano_preferences(), engine=judge.fc) if judge is not None else None
+    plano_labels, plano_rows, results["plano_template"] = plano_template(embedder, plano, plano_judge)
 
     # ---- latency of one decision: embed the prompt (no cache), then score and choose
     embedder.encode(["warm up"])
@@ -530,7 +545,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ["judged prompts", "routed p50 ms", "added p50 ms", "target p50 s"],
                         [[stack["judged"], stack["judged_routed_p50_ms"], stack["judged_added_p50_ms"], TARGET_JUDGE_P50_S]],
                         caption=load_caption())
-    plano_labels, plano_rows, results["plano_template"] = plano_template(embedder, plano)
     print_table(f"routing_eval: a published config nothing here was tuned on, plano's preference pair ({PLANO_TEMPLATE.name}), "
                 f"config default threshold {DEFAULT_ROUTING_THRESHOLD:.2f}", ["half", "n", "accuracy", *plano_labels, "always the default"],
                 plano_rows, caption=load_caption(), digits=3)
