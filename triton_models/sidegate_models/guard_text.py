@@ -17,7 +17,9 @@ words ("internationalization" is valid base64) and random tokens decode to bytes
 text, and are left as they are unless they are at least ``BINARY_RUN`` characters long, mix upper
 case, lower case and digits, and have few "/", "-" or "_" (URL and file paths, and "a/b/c" word
 lists, are in base64's alphabet too; hex digests have no upper case). Once only: a second layer is
-read as its first layer's base64.
+read as its first layer's base64. What this gives up: an attack in base64 of bytes that are not
+UTF-8 text (UTF-16, gzip) reads as ``BINARY``, where before any long base64 was flagged; a model
+would have to decode it twice to follow it.
 
 Used by ext_proc before it calls ``prompt_guard`` (and the guard's judge), and by
 ``bench/guard_eval.py`` before it scores, so the figures are those of the served path.
@@ -34,6 +36,7 @@ __all__ = ["BINARY", "BINARY_RUN", "MIN_RUN", "guard_text"]
 MIN_RUN = 16  # characters: 12 bytes decoded, shorter runs are words and ids more often than payloads
 BINARY_RUN = 64  # characters (48 bytes): a run this long that is base64 of bytes that are not text reads as BINARY
 BINARY = "(binary data)"
+SCAN_CHARS = 65_536  # a longer text is read at its start and end only (the classifier reads 4,096 characters)
 MAX_SEPARATOR_SHARE = 20  # a run with more than one "/", "-" or "_" in this many characters is a path, not base64
 _RUN = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{%d,}={0,2}(?![A-Za-z0-9+/_=-])" % MIN_RUN)
 
@@ -69,7 +72,16 @@ def _looks_random(body: str) -> bool:
 
 def guard_text(text: str) -> str:
     """``text`` with every base64 run that decodes to readable text replaced by that text, and every
-    long one that decodes to other bytes by ``BINARY``."""
+    long one that decodes to other bytes by ``BINARY``; of a text longer than twice ``SCAN_CHARS``,
+    only in its first and last ``SCAN_CHARS`` characters (what the guard reads: the classifier its
+    start, the judge its start and end), so an 8 MiB prompt costs ~10 ms here, not ~1.4 s of
+    ext_proc's event loop."""
     if len(text) < MIN_RUN:
         return text
+    if len(text) <= 2 * SCAN_CHARS:
+        return _sub(text)
+    return _sub(text[:SCAN_CHARS]) + text[SCAN_CHARS:-SCAN_CHARS] + _sub(text[-SCAN_CHARS:])
+
+
+def _sub(text: str) -> str:
     return _RUN.sub(lambda m: _read(m.group(0)), text)

@@ -46,3 +46,16 @@ def test_base64_of_other_bytes_is_named_when_long_and_kept_when_short() -> None:
 ])
 def test_text_that_is_not_base64_reads_as_written(text: str) -> None:
     assert guard_text(text) == text
+
+
+def test_a_long_text_is_read_at_its_start_and_end_only() -> None:
+    """What the guard reads of a long prompt: the classifier its start, the judge its start and end;
+    the middle of an 8 MiB prompt is not decoded (it would cost ext_proc's event loop ~1 s)."""
+    from sidegate_models.guard_text import SCAN_CHARS
+
+    wrapped = base64.b64encode(ATTACK.encode()).decode()
+    filler = "lorem ipsum dolor sit amet " * (SCAN_CHARS // 10)
+    text = f"{wrapped} {filler}{wrapped} {filler}{wrapped}"
+    read = guard_text(text)
+    assert read.startswith(f"{ATTACK} lorem") and read.endswith(f"amet {ATTACK}")
+    assert read.count(wrapped) == 1 and len(read) == len(text) - 2 * (len(wrapped) - len(ATTACK))
