@@ -355,32 +355,36 @@ def through_stack(items: Sequence[Item], expected: Sequence[str], judged: Sequen
         restore_home()
 
 
-def plano_template(embedder: Embedder, plano: Sequence[Item], judge: Judge | None = None) -> tuple[list[str], list[Sequence[Any]], dict[str, Any]]:
+def plano_template(embedder: Embedder, plano: Sequence[Item], engine: Any = None,
+                   threads: int = 2) -> tuple[list[str], list[Sequence[Any]], dict[str, Any]]:
     """plano's published preference pair decided by the request path's rule at the config default
     threshold (nothing was chosen on these rows), per half and over both, against "always the
-    default": (labels, table rows, results). ``judge`` (asked about plano's pair): also with the
-    judge at its config defaults (band and threshold chosen on the main set's dev half, not here)."""
+    default": (labels, table rows, results). ``engine`` (a :class:`Judge`'s FunctionCaller): also
+    with the judge asked about plano's pair at its config defaults (band and threshold chosen on the
+    main set's dev half, not here)."""
     prefs = plano_preferences()
     index = embedded_index(embedder, prefs)
     vectors = embedder.embed([query(it) for it in plano] + [wider_text(it.text) for it in plano])
     labels = [p.name for p in prefs] + [NONE]
+    predicted = {it.key: route_item(index, it, vectors, DEFAULT_ROUTING_THRESHOLD) for it in plano}
+    judge = Judge(threads, prefs, engine=engine) if engine is not None else None
+    routed = {it.key: judged_route(index, it, vectors, DEFAULT_ROUTING_THRESHOLD, judge, DEFAULT_ROUTING_JUDGE_BAND,
+                                   DEFAULT_ROUTING_JUDGE_THRESHOLD) for it in plano} if judge is not None else {}
     rows: list[Sequence[Any]] = []
     out: dict[str, Any] = {"template": str(PLANO_TEMPLATE.relative_to(ROOT)), "threshold": DEFAULT_ROUTING_THRESHOLD,
                            "preferences": [{"name": p.name, "description": p.description} for p in prefs]}
     for half in ("dev", "test", "both"):
         sub = [it for it in plano if half in ("both", it.half)]
-        predicted = [route_item(index, it, vectors, DEFAULT_ROUTING_THRESHOLD) for it in sub]
-        per = accuracy_per_label(sub, predicted, labels)
-        acc, baseline = accuracy(sub, predicted), sum(it.label == NONE for it in sub) / max(len(sub), 1)
+        got = [predicted[it.key] for it in sub]
+        per = accuracy_per_label(sub, got, labels)
+        acc, baseline = accuracy(sub, got), sum(it.label == NONE for it in sub) / max(len(sub), 1)
         rows.append([half, len(sub), acc, *per.values(), baseline])
         out[half] = {"n": len(sub), "accuracy": acc, "per_label": per, "baseline_always_default": baseline,
                      "counts": dict(Counter(it.label for it in sub)),
-                     "misses": [{"label": it.label, "predicted": p, "text": it.text[:120]} for it, p in zip(sub, predicted) if p != it.label]}
-        if judge is not None:
-            routed = [judged_route(index, it, vectors, DEFAULT_ROUTING_THRESHOLD, judge, DEFAULT_ROUTING_JUDGE_BAND,
-                                   DEFAULT_ROUTING_JUDGE_THRESHOLD) for it in sub]
-            judged = [p for p, _ in routed]
-            asked = sum(j for _, j in routed)
+                     "misses": [{"label": it.label, "predicted": p, "text": it.text[:120]} for it, p in zip(sub, got) if p != it.label]}
+        if routed:
+            judged = [routed[it.key][0] for it in sub]
+            asked = sum(routed[it.key][1] for it in sub)
             per_j = accuracy_per_label(sub, judged, labels)
             rows.append([f"{half}, with the judge ({asked} judged)", len(sub), accuracy(sub, judged), *per_j.values(), baseline])
             out[half]["with_judge"] = {"accuracy": accuracy(sub, judged), "per_label": per_j, "judged": asked,
@@ -489,8 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       for src in SOURCES]
     rows += [None, *by_source]
     # plano's pair, here: --stack frees the judge's engine before the stack starts
-    plano_judge = Judge(args.threads, plano_preferences(), engine=judge.fc) if judge is not None else None
-    plano_labels, plano_rows, results["plano_template"] = plano_template(embedder, plano, plano_judge)
+    plano_labels, plano_rows, results["plano_template"] = plano_template(embedder, plano, judge.fc if judge is not None else None,
+                                                                         args.threads)
 
     # ---- latency of one decision: embed the prompt (no cache), then score and choose
     embedder.encode(["warm up"])
