@@ -294,7 +294,7 @@ def test_arch_config_loads_with_typed_values(tmp_path: Path) -> None:
     assert (days.type, days.required, days.has_default) == ("integer", True, False)
     fx_target = targets["currency_exchange"]
     assert fx_target.parameters[0].in_path and fx_target.parameters[0].type == "string"
-    assert fx_target.endpoint.http_method == "POST"  # Arch's default
+    assert fx_target.endpoint.http_method == "GET"  # Arch's default (its HttpMethod enum's, since 0.1.6)
     assert fx_target.endpoint.path == "/v1/latest?base=USD&symbols={currency_symbol}"
     assert fx_target.system_prompt.startswith("You are a helpful assistant. Show me")
     assert fx_target.auto_llm_dispatch_on_response

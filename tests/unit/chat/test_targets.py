@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -16,7 +17,7 @@ from ext_proc.chat.targets import (
     finalize_arguments,
     tool_schema,
 )
-from ext_proc.config import build_config
+from ext_proc.config import build_config, load_config
 
 RAW = {
     "version": "v0.1",
@@ -46,6 +47,7 @@ RAW = {
     ],
 }
 CFG = build_config(RAW, env={})
+ARCH_CONFIGS = Path(__file__).resolve().parents[2] / "data" / "arch_configs"
 WEATHER, RATE = CFG.prompt_targets
 
 
@@ -136,6 +138,18 @@ def test_get_endpoint_fills_path_url_encoded_and_rest_goes_to_query() -> None:
     call = endpoint_request(RATE, {"currency_symbol": "GBP/X Y", "amount": 2.5, "verbose": True})
     assert call.method == "GET" and call.json_body is None
     assert call.path == "/exchange/GBP%2FX%20Y?amount=2.5&verbose=true"
+
+
+@pytest.mark.parametrize("demo", ["demos__advanced__currency_exchange__config.yaml", "demos__advanced__stock_quote__config.yaml"])
+def test_a_target_without_http_method_is_called_with_get_as_arch_does(demo: str) -> None:
+    """plano's currency and stock demos call public GET APIs (Frankfurter, Twelve Data) and say no
+    http_method: Arch's default is GET. sidegate POSTed a JSON body, which both APIs refuse."""
+    cfg = load_config(ARCH_CONFIGS / "plano-HEAD" / demo, env={"OPENAI_API_KEY": "k", "TWELVEDATA_API_KEY": "td"})
+    target = next(t for t in cfg.prompt_targets if t.parameters)
+    args = {p.name: "GBP" if "currency" in p.name else "AAPL" for p in target.parameters if p.required}
+    call = endpoint_request(target, args)
+    assert call.method == "GET" and call.json_body is None
+    assert call.path in ("/v1/latest?base=USD&symbols=GBP", "/quote?symbol=AAPL")
 
 
 def test_pending_state_round_trips_and_ignores_foreign_metadata() -> None:
