@@ -270,6 +270,11 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     from sidegate_models.function_call.prompt import INSTRUCTIONS, CHOICE_TOP_LOGPROBS, describe_tool, transcript
     from sidegate_models.function_call.schema import normalize_tool
 
+    if args.examples != "auto":  # one set for every config, to compare with the served choice
+        import functools
+
+        from sidegate_models.function_call import engine, prompt
+        engine.choice_prompt = functools.partial(prompt.choice_prompt, examples=prompt.CHOICE_EXAMPLES[int(args.examples)])
     items = pe.selected_items(args.sets, args.half, args.limit, args.seed)
     groups = pe.build_groups(items, args.max_targets)
     print(f"{len(items)} prompts in {len(groups)} configs; loading the embedder and {weights.DEFAULT_MODEL} ...", flush=True)
@@ -344,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="also gate each judged prompt in its first candidate's own prompt (slow: see the docstring)")
     ap.add_argument("--fill", action="store_true",
                     help="also fill the first candidate of every judged prompt and score its evidence as a none rule (slower)")
+    ap.add_argument("--examples", choices=("auto", "0", "1"), default="auto",
+                    help="the chooser's worked examples: auto (the set furthest from the listing's subject, as served) "
+                         "or that set of prompt.CHOICE_EXAMPLES for every config (0: the weather/currency set, alone before)")
     ap.add_argument("--no-cache", action="store_true", help="recompute every embedding")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     ap.add_argument("--verbose", "-v", action="store_true")

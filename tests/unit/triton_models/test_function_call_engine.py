@@ -405,6 +405,26 @@ def test_choice_prompt_lists_every_tool_in_order_with_the_same_bytes_and_a_none_
     assert line.startswith("- f(): word") and len(line) < 220  # long descriptions are cut: the listing must fit a slot
 
 
+
+def test_the_chooser_shows_worked_examples_on_another_subject_than_the_listed_functions() -> None:
+    """The model copies an example's name for a request that fits it: with the weather and
+    currency examples, "convert 100 eur" put 60 % of the first token on "convert" and left a
+    listed currency_exchange at 27 %, so the chooser answered none. A listing on the examples'
+    subject gets the other set; each set's own listing gets the other one too."""
+    from sidegate_models.function_call.prompt import CHOICE_EXAMPLES, choice_examples
+
+    def listing(*tools: dict[str, Any]) -> list[Any]:
+        return [engine.normalize_tool(t) for t in tools]
+
+    library = {"name": "renewLoan", "description": "Renew a library book loan for more weeks."}
+    parcel = {"name": "track_parcel", "description": "Where a parcel is on its way."}
+    assert choice_examples(listing(EXCHANGE)) is CHOICE_EXAMPLES[1]
+    assert "convert_currency" not in engine.choice_prompt(listing(WEATHER, EXCHANGE))[0]
+    assert "renew_loan" not in engine.choice_prompt(listing(library, parcel))[0]
+    assert choice_examples(listing(PING, TRAINS)) is CHOICE_EXAMPLES[0]  # no subject in common: the first set
+    system, none = engine.choice_prompt(listing(PING))
+    assert "-> get_weather\n" in system and f"-> {none}\n" in system and "{none}" not in system
+
 ROOM: dict[str, Any] = {"name": "reserve_room", "description": "Book a study room at a branch for a date and a number of hours.",
                         "parameters": {"type": "object", "properties": {
                             "branch": {"type": "string", "description": "the library branch"},

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
+from dataclasses import dataclass
 
 from sidegate_models.function_call.grammar import gbnf_literal
 from sidegate_models.function_call.grounding import date_to_work_out, weekdays_named
@@ -161,20 +163,73 @@ CHOICE_PROMPT = (
     "You route a user's request to one of the functions listed below, or to none of them.\n"
     "Answer with the name of the function that does what the user asks in their last message. If no function does it "
     "(the request is about something else, or only about a related topic), answer {none}.\n\n"
-    "Examples, with other functions (get_weather(city, days): weather forecast for a city; "
-    "convert_currency(amount, source, target): convert money between currencies):\n"
-    "User: Is it going to rain in Oslo tomorrow? -> get_weather\n"
-    "User: What time is it in Oslo? -> {none}\n"
-    "User: What is the population of Norway? -> {none}\n"
-    "User: How much is 20 dollars in kroner? -> convert_currency\n"
-    "User: Which currency do they use in Japan? -> {none}\n\n"
+    "Examples, with other functions ({examples}\n\n"
     "Functions:\n{functions}")
 
 
-def choice_prompt(tools: list[Tool]) -> tuple[str, str]:
+@dataclass(frozen=True)
+class ChoiceExamples:
+    """One set of the chooser's worked examples: two functions of their own, two requests for them
+    and three on a related topic answered none; ``topic`` are the word stems (:func:`_stems`) that
+    say a listed function is on the same subject as these examples."""
+
+    text: str
+    topic: frozenset[str]
+
+
+# The examples' functions must not be on a listed function's subject: the model copies an
+# example's name for a request that fits it. With a listed currency_exchange, "convert 100 eur" put
+# 60 % of the first token on "convert" (convert_currency) and 27 % on "currency", which counts for
+# neither a candidate nor none, so the chooser answered none; "what is the weather today?" went
+# to "get" (get_weather), which begins a listed get_info_for_energy_source. So a listing on the
+# first set's subject (weather, money) gets the second set (library loans, parcels), whichever
+# shares fewer stems with it (:func:`choice_examples`); the first on a tie. Measured on BFCL's dev
+# half (bench/README.md, issue 14, eighth round): 28 of its 41 configs get the second set, routed
+# as with the first set alone to within a few prompts (in scope 0.821 either way, out of scope
+# 0.581 against 0.594); the second set for all 41: 0.825 / 0.569.
+CHOICE_EXAMPLES = (
+    ChoiceExamples(
+        "get_weather(city, days): weather forecast for a city; "
+        "convert_currency(amount, source, target): convert money between currencies):\n"
+        "User: Is it going to rain in Oslo tomorrow? -> get_weather\n"
+        "User: What time is it in Oslo? -> {none}\n"
+        "User: What is the population of Norway? -> {none}\n"
+        "User: How much is 20 dollars in kroner? -> convert_currency\n"
+        "User: Which currency do they use in Japan? -> {none}",
+        frozenset({"weath", "rain", "forec", "tempe", "clima", "curre", "conve", "money", "excha", "dolla"})),
+    ChoiceExamples(
+        "renew_loan(book_title, weeks): extend a library book loan; "
+        "track_parcel(tracking_number): where a parcel is on its way):\n"
+        "User: Can I keep Dune for two more weeks? -> renew_loan\n"
+        "User: Who wrote Dune? -> {none}\n"
+        "User: When does the library close today? -> {none}\n"
+        "User: Where is my package 1Z999AA1? -> track_parcel\n"
+        "User: How much does it cost to post a letter to France? -> {none}",
+        frozenset({"renew", "loan", "book", "libra", "parce", "packa", "track", "shipm", "deliv", "post", "lette", "mail",
+                   "courie", "borro"})),
+)
+
+
+def _stems(text: str) -> set[str]:
+    """Lower-case words of 4+ letters cut to their first 5 ("currencies" -> "curre"), from names
+    split at ``_`` and camelCase too: enough to tell two subjects apart."""
+    text = re.sub(r"([a-z])([A-Z])", r"\1 \2", text).replace("_", " ")
+    return {w[:5] for w in re.findall(r"[a-z]{4,}", text.lower())}
+
+
+def choice_examples(tools: list[Tool]) -> ChoiceExamples:
+    """The set of worked examples whose subject is furthest from the listed functions'."""
+    listed: set[str] = set()
+    for t in tools:
+        listed |= _stems(f"{t.name} {t.description}")
+    return min(CHOICE_EXAMPLES, key=lambda ex: len(ex.topic & listed))
+
+
+def choice_prompt(tools: list[Tool], examples: ChoiceExamples | None = None) -> tuple[str, str]:
     """(the chooser's system prompt, its word for "no tool"). Every tool in the order given, one
-    line each ("- name(param, ...): description", long descriptions cut at a word), so the same
-    tool list always gives the same bytes and llama.cpp's prefix cache keeps it."""
+    line each ("- name(param, ...): description", long descriptions cut at a word), after the
+    worked examples furthest from their subject (``examples``: these instead), so the same tool
+    list always gives the same bytes and llama.cpp's prefix cache keeps it."""
     none = next(n for n in NONE_CHOICES if n not in {t.name for t in tools})
     lines = []
     for t in tools:
@@ -182,7 +237,8 @@ def choice_prompt(tools: list[Tool]) -> tuple[str, str]:
         if len(desc) > CHOICE_DESCRIPTION_CHARS:
             desc = desc[:CHOICE_DESCRIPTION_CHARS].rsplit(" ", 1)[0] + " ..."
         lines.append(f"- {t.name}({', '.join(t.properties)}){': ' + desc if desc else ''}")
-    return CHOICE_PROMPT.format(functions="\n".join(lines), none=none), none
+    shown = (examples or choice_examples(tools)).text.format(none=none)
+    return CHOICE_PROMPT.format(functions="\n".join(lines), none=none, examples=shown), none
 
 
 CONTEXT_ATTEMPTS = 4  # a conversation over the window is cut and tried again, at most this many times in all
