@@ -1233,8 +1233,10 @@ def _targets(raw: dict[str, Any], endpoints: dict[str, Endpoint], env: dict[str,
                 where = f"{at}.endpoint.http_headers.{hk}"
                 headers[hk] = _ENV_IN_TEXT.sub(lambda m: _resolve_env(m.group(0), env, source, where)[0], hv)
             # GET when unset, as Arch (its HttpMethod's default): its demos that call public GET APIs
-            # (currency_exchange, stock_quote) leave http_method out, those that POST say so
-            tep = TargetEndpoint(name=e["name"], path=path, http_method=e.get("http_method", "GET").upper(), http_headers=headers)
+            # (currency_exchange, stock_quote) leave http_method out, those that POST say so; the
+            # default target is POSTed the conversation (endpoint_request), as Arch always does
+            method = e.get("http_method", "POST" if t.get("default") else "GET").upper()
+            tep = TargetEndpoint(name=e["name"], path=path, http_method=method, http_headers=headers)
         targets.append(
             PromptTarget(
                 name=t["name"],

@@ -429,7 +429,7 @@ class IngressPipeline:
             return await self._to_llm(req, headers, system_prompt=target.system_prompt or self.cfg.system_prompt)
         with self._stage("endpoint") as span:
             span.set_attributes({"sidegate.target": target.name, "sidegate.endpoint": target.endpoint.name})
-            reply = await self.endpoints.call(target, endpoint_request(target, args), headers)
+            reply = await self.endpoints.call(target, endpoint_request(target, args, req.messages), headers)
             span.set_attributes({"http.response.status_code": reply.status, "sidegate.endpoint.reply_size": len(reply.body)})
         if not target.auto_llm_dispatch_on_response:
             return synthesized(req, reply.text, model=target.name)

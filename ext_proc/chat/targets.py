@@ -202,8 +202,12 @@ class EndpointCall:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def endpoint_request(target: PromptTarget, args: dict[str, Any]) -> EndpointCall:
-    """Fill ``{name}`` placeholders (URL-encoded); the rest goes to the query (GET) or JSON body (POST)."""
+def endpoint_request(target: PromptTarget, args: dict[str, Any], messages: list[dict[str, Any]] | None = None) -> EndpointCall:
+    """Fill ``{name}`` placeholders (URL-encoded); the rest goes to the query (GET) or JSON body (POST).
+
+    The ``default: true`` target's POST body also carries the conversation as the client sent it,
+    ``{"messages": [...]}``, as Arch sends it: the prompt it serves matched no other target, so
+    its endpoint has nothing else to go on (plano's RAG demo's default target summarises it)."""
     assert target.endpoint is not None
     ep = target.endpoint
     path = ep.path
@@ -222,7 +226,7 @@ def endpoint_request(target: PromptTarget, args: dict[str, Any]) -> EndpointCall
             query = urlencode([(k, _as_text(v)) for k, v in rest.items()])
             path += ("&" if "?" in path else "?") + query
     else:
-        body = rest
+        body = {"messages": messages or [], **rest} if target.default else rest
     return EndpointCall(method=ep.http_method, path=path, json_body=body, headers=dict(ep.http_headers))
 
 

@@ -215,6 +215,8 @@ def test_hello_goes_to_the_default_target_and_its_reply_comes_back_verbatim(pipe
     text, _, _ = ask(pipe, [{"role": "user", "content": "hello"}], stream=stream)
     assert json.loads(text) == DEFAULT_REPLY
     assert len(pipe.calls("/default")) == 1 and pipe.llm.requests == []
+    # the conversation goes with it, as Arch sends it: the default target has nothing else to go on
+    assert pipe.calls("/default")[0].json == {"messages": [{"role": "user", "content": "hello"}]}
 
 
 @pytest.mark.parametrize(("status", "expected"), [(404, 404), (500, 500)])

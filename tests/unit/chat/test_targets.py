@@ -152,6 +152,21 @@ def test_a_target_without_http_method_is_called_with_get_as_arch_does(demo: str)
     assert call.path in ("/v1/latest?base=USD&symbols=GBP", "/quote?symbol=AAPL")
 
 
+def test_the_default_target_is_posted_the_conversation_as_arch_does() -> None:
+    """plano's RAG demo: its default target ("Summarize the user's request ...") got ``{}``."""
+    cfg = load_config(ARCH_CONFIGS / "plano-HEAD" / "demos__advanced__multi_turn_rag__config.yaml", env={"OPENAI_API_KEY": "k"})
+    default = next(t for t in cfg.prompt_targets if t.default)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "what is wind?"}]
+    call = endpoint_request(default, {}, messages)
+    assert (call.method, call.path, call.json_body) == ("POST", "/default_target", {"messages": messages})
+    unset = json.loads(json.dumps(RAW))  # no http_method on a default target: POST too (Arch always POSTs it)
+    unset["prompt_targets"].append({"name": "fallback", "default": True, "description": "anything else",
+                                    "endpoint": {"name": "app", "path": "/fallback"}})
+    fallback = build_config(unset, env={}).prompt_targets[-1]
+    assert endpoint_request(fallback, {}, messages[-1:]).json_body == {"messages": messages[-1:]}
+    assert endpoint_request(RATE, {"currency_symbol": "GBP"}, messages).json_body is None  # other targets: their arguments only
+
+
 def test_pending_state_round_trips_and_ignores_foreign_metadata() -> None:
     st = PendingState(target="get_current_weather", arguments={"location": "Seattle"})
     meta = {"x-arch-state": st.encode()}
