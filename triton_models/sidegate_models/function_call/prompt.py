@@ -206,7 +206,7 @@ CHOICE_EXAMPLES = (
         "User: Where is my package 1Z999AA1? -> track_parcel\n"
         "User: How much does it cost to post a letter to France? -> {none}",
         frozenset({"renew", "loan", "book", "libra", "parce", "packa", "track", "shipm", "deliv", "post", "lette", "mail",
-                   "courie", "borro"})),
+                   "couri", "borro"})),
 )
 
 
