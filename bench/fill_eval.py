@@ -13,10 +13,15 @@ grounding, the weights) can be measured on more items in less time:
   grounding and ``missing`` included); the arguments are judged by BFCL's own checker as
   ``pipeline_eval.score`` judges an endpoint's body. A required parameter left missing (the gateway
   would ask a clarifying question) is a miss, as it is there.
+* ``--sets followups``: conversations where the last user turn changes or adds one value ("and
+  for euros?", "make it 3 people", "4 days please" after a clarifying question), written for this
+  part in BFCL's format (``bench/data/followups.jsonl``, 42 items over 13 tools, split into
+  halves as BFCL's are); the expected arguments are those after the last turn. BFCL's own
+  prompts are single turns, so they do not measure this.
 * ``--instructions FILE``: the filling prompt's fixed instructions (``prompt.INSTRUCTIONS``) read
   from FILE instead, to compare a variant with the shipped prompt on the same items (run both).
 
-  python -m bench fill_eval [--half dev|test] [--limit 25] [--sets live_multiple,...] [--instructions FILE]
+  python -m bench fill_eval [--half dev|test] [--limit 25] [--sets live_multiple,...,followups] [--instructions FILE]
 
 Prints a table per set and writes ``bench/results/fill_eval.json`` with every item's arguments,
 the expected ones and the checker's reason for each miss.
@@ -40,6 +45,17 @@ from bench._harness import load_caption, percentile, print_table, write_results 
 from bench.pipeline_eval import IN_SCOPE  # noqa: E402
 
 PART = "fill_eval"
+FOLLOWUPS = "followups"
+FOLLOWUPS_FILE = ROOT / "bench" / "data" / "followups.jsonl"
+SETS = (*IN_SCOPE, FOLLOWUPS)
+
+
+def followup_items(half: str, limit: int | None, seed: int) -> list[Any]:
+    """The ``half`` of :data:`FOLLOWUPS_FILE` as ``pipeline_eval`` items (BFCL's row format)."""
+    from bench import pipeline_eval as pe
+
+    rows = pe._jsonl(FOLLOWUPS_FILE)
+    return pe.select([pe.convert_item(r, FOLLOWUPS, r["ground_truth"][0]) for r in rows], half, limit, seed)
 
 
 def summarize(records: Sequence[dict[str, Any]], sets: Sequence[str]) -> list[list[Any]]:
@@ -63,7 +79,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.instructions is not None:
         engine.INSTRUCTIONS = args.instructions.read_text()  # the engine reads its module's name at each call
     checker, how = pe.load_checker()
-    items = pe.selected_items(args.sets, args.half, args.limit, args.seed)
+    bfcl = [s for s in args.sets if s != FOLLOWUPS]
+    items = pe.selected_items(bfcl, args.half, args.limit, args.seed) if bfcl else []
+    if FOLLOWUPS in args.sets:
+        items += followup_items(args.half, args.limit, args.seed)
     print(f"{len(items)} items, checker: {how}; loading {args.weights} ...", flush=True)
     fc = engine.FunctionCaller(model_path=str(weights.resolve(args.weights)), n_threads=args.threads, warmup=False)
     records: list[dict[str, Any]] = []
@@ -103,9 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sidegate_models import weights
 
         args.weights = weights.DEFAULT_MODEL
-    unknown = [s for s in args.sets if s not in IN_SCOPE]
+    unknown = [s for s in args.sets if s not in SETS]
     if unknown:
-        ap.error(f"--sets: {', '.join(unknown)} (in scope only: {', '.join(IN_SCOPE)})")
+        ap.error(f"--sets: {', '.join(unknown)} (one of: {', '.join(SETS)})")
     started = time.perf_counter()
     records = run(args)
     rows = summarize(records, args.sets)
