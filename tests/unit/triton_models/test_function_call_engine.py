@@ -302,6 +302,13 @@ def test_next_turn_completes_the_call(fc: Any) -> None:
     assert r["arguments"] == {"location": "Paris", "days": 4} and r["missing"] == []
 
 
+def test_a_follow_up_that_changes_one_value_keeps_the_others(fc: Any) -> None:
+    r = fc.call([{"role": "user", "content": "Weather in Berlin for 2 days, in fahrenheit"},
+                 {"role": "assistant", "content": "Berlin: 55°F and 59°F."},
+                 {"role": "user", "content": "and in Munich?"}], WEATHER)
+    assert r["arguments"] == {"location": "Munich", "days": 2, "units": "fahrenheit"}
+
+
 def test_enum_respected(fc: Any) -> None:
     r = fc.call(user("Give me a 5 day forecast for Tokyo in fahrenheit"), WEATHER)
     assert r["arguments"] == {"location": "Tokyo", "days": 5, "units": "fahrenheit"}

@@ -18,6 +18,11 @@ from sidegate_models.function_call.grammar import gbnf_literal
 from sidegate_models.function_call.grounding import date_to_work_out, weekdays_named
 from sidegate_models.function_call.schema import JSON, Tool, dump, value_kinds
 
+# The second and third worked conversations are follow-ups that change one value and keep the others:
+# with the first alone, the 1.5B copied the earlier value for "and in Houston?" or "we are 7 now" (it
+# favours the values of the first, fullest request). On bench/data/followups.jsonl (fill_eval --sets
+# followups): dev 17 -> 21 of 26, test 11 -> 12 of 16; BFCL's single turns 55 of 75 either way
+# (bench/README.md, issue 14, ninth round). ~120 tokens more per tool's prefix, evaluated once per slot.
 INSTRUCTIONS = """You fill in the arguments of a function call from a conversation.
 For each parameter write the value the user gave, as JSON of the parameter's type.
 Copy names, places, dates and numbers the way the user wrote them.
@@ -36,6 +41,16 @@ Parameters:
 Conversation:
 User: Get me a table for 4 at Luigi's, outside please.
 Answer: {"restaurant": "Luigi's", "people": 4, "date": null, "seating": "outdoor", "notes": null}
+Conversation:
+User: Get me a table for 4 at Luigi's, outside please.
+Assistant: Which day?
+User: Friday. Oh, and we are 5 now.
+Answer: {"restaurant": "Luigi's", "people": 5, "date": "Friday", "seating": "outdoor", "notes": null}
+Conversation:
+User: A table for 2 at Nopa on Saturday, indoors.
+Assistant: Booked: Nopa, 2 people, Saturday, indoor.
+User: and at Zuni?
+Answer: {"restaurant": "Zuni", "people": 2, "date": "Saturday", "seating": "indoor", "notes": null}
 
 Now the real function.
 """
