@@ -22,7 +22,7 @@ from sidegate_models.function_call.schema import JSON, Tool, dump, value_kinds
 # with the first alone, the 1.5B copied the earlier value for "and in Houston?" or "we are 7 now" (it
 # favours the values of the first, fullest request). On bench/data/followups.jsonl (fill_eval --sets
 # followups): dev 17 -> 21 of 26, test 11 -> 12 of 16; BFCL's single turns 55 of 75 either way
-# (bench/README.md, issue 14, ninth round). ~120 tokens more per tool's prefix, evaluated once per slot.
+# (bench/README.md, issue 14, ninth round). 145 tokens more per tool's prefix, evaluated once per slot.
 INSTRUCTIONS = """You fill in the arguments of a function call from a conversation.
 For each parameter write the value the user gave, as JSON of the parameter's type.
 Copy names, places, dates and numbers the way the user wrote them.
