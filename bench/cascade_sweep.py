@@ -59,7 +59,7 @@ if str(ROOT) not in sys.path:
 if str(ROOT / "triton_models") not in sys.path:
     sys.path.insert(0, str(ROOT / "triton_models"))
 from bench._harness import load_caption, percentile, print_table, write_results  # noqa: E402
-from bench.pipeline_eval import ALL_SETS, IN_SCOPE  # noqa: E402
+from bench.pipeline_eval import ALL_SETS, IN_SCOPE, USER_IN, USER_SETS  # noqa: E402
 
 PART = "cascade_sweep"
 MODES = ("model picks", "ranked")
@@ -92,8 +92,8 @@ def score(records: Sequence[dict[str, Any]], confident: float, margin: float, ra
         got, how = decide(rec, confident, margin, ranked, unrelated)
         per.setdefault(rec["set"], []).append(got == rec["want"])
         judged_in += how == "judged" and rec["want"] is not None
-    ins = [ok for s in IN_SCOPE for ok in per.get(s, [])]
-    outs = [ok for s, oks in per.items() if s not in IN_SCOPE for ok in oks]
+    ins = [ok for s, oks in per.items() if s in (*IN_SCOPE, USER_IN) for ok in oks]
+    outs = [ok for s, oks in per.items() if s not in (*IN_SCOPE, USER_IN) for ok in oks]
     rate = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     return {"in_scope": rate(ins), "out_of_scope": rate(outs), "judged_in_scope": judged_in / len(ins) if ins else float("nan"),
             "sets": {s: rate(v) for s, v in per.items()}}
@@ -277,6 +277,8 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
         engine.choice_prompt = functools.partial(prompt.choice_prompt, examples=prompt.CHOICE_EXAMPLES[int(args.examples)])
     items = pe.selected_items(args.sets, args.half, args.limit, args.seed)
     groups = pe.build_groups(items, args.max_targets)
+    if args.user_configs:
+        groups += pe.user_config_groups(args.half)
     print(f"{len(items)} prompts in {len(groups)} configs; loading the embedder and {weights.DEFAULT_MODEL} ...", flush=True)
     embedder = Embedder(args.threads, None if args.no_cache else Path("/tmp/sidegate-intent-cache"))
     fc = FunctionCaller(model_path=str(weights.resolve(weights.DEFAULT_MODEL)), n_threads=args.threads, warmup=False)
@@ -341,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=80, help="items per set (default 80)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sets", default=",".join(ALL_SETS), type=lambda s: [x for x in s.split(",") if x])
+    ap.add_argument("--user-configs", action="store_true", help="also the half's small configs of bench/data/user_configs.jsonl")
     ap.add_argument("--max-targets", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp and torch threads")
     ap.add_argument("--confident", default="0.5,0.55,0.6,0.65", type=lambda s: [float(x) for x in s.split(",")])
@@ -361,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.time()
     records = collect(args)
+    set_names = [*args.sets, *(USER_SETS if args.user_configs else ())]
     rows, table = [], []
     for ranked in (False, True):
         for confident in args.confident:
@@ -369,10 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shipped = ranked and confident == CONFIDENT_THRESHOLD and margin == NONE_MARGIN
                 rows.append({"who_picks": MODES[ranked], "confident": confident, "none_margin": margin, "shipped": shipped, **s})
                 table.append([MODES[ranked] + (" (shipped)" if shipped else ""), confident, margin, s["in_scope"], s["out_of_scope"],
-                              s["in_scope"] + s["out_of_scope"], s["judged_in_scope"], *(s["sets"].get(n) for n in args.sets)])
+                              s["in_scope"] + s["out_of_scope"], s["judged_in_scope"], *(s["sets"].get(n) for n in set_names)])
     judged = [r["judge"]["seconds"] for r in records if r.get("judge")]
     print_table("cascade swept (in process): routed right in scope, kept away out of scope",
-                ["who picks", "confident", "none margin", "in scope", "out of scope", "sum", "in scope judged", *args.sets], table,
+                ["who picks", "confident", "none margin", "in scope", "out of scope", "sum", "in scope judged", *set_names], table,
                 caption=load_caption(f"{args.half} half, {args.limit} per set, {len(records)} prompts; judge p50 "
                                      f"{percentile(judged, 50):.2f} s over {len(judged)} calls, {args.threads} threads"), digits=3)
     band_rows = bands(records, UNRELATED_THRESHOLD)

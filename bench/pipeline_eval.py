@@ -76,6 +76,15 @@ PART = "pipeline_eval"
 IN_SCOPE = ("live_multiple", "multiple", "live_simple")
 OUT_OF_SCOPE = ("irrelevance", "live_irrelevance")
 ALL_SETS = IN_SCOPE + OUT_OF_SCOPE
+# Small configs as a new user writes them (bench/data/user_configs.jsonl, BFCL's row format plus
+# "config"): each config is one group of its own, never merged; its in-scope prompts are the set
+# USER_IN (routing only: ground_truth names the target, no arguments), the others USER_OUT. Halves
+# by sha256 of the config's name, so a test config was never seen; the configs tried by hand
+# before the file was written are dev (SEEN_CONFIGS).
+USER_IN, USER_OUT = "user_configs", "user_configs_out"
+USER_SETS = (USER_IN, USER_OUT)
+USER_CONFIGS_FILE = ROOT / "bench" / "data" / "user_configs.jsonl"
+SEEN_CONFIGS = ("helpdesk", "pharmacy")  # helpdesk: session 22's trial; pharmacy: session 18's
 
 DEFAULT_TARGET = "pipeline_eval_default"  # not a BFCL name (checked: a clash skips the item)
 APP_ENDPOINT = "eval_app"
@@ -280,6 +289,23 @@ def load_set(folder: Path, set_name: str) -> tuple[list[Item], dict[str, Any]]:
     return items, {"provenance": prov, "skipped": skipped}
 
 
+def user_config_half(config: str) -> str:
+    return "dev" if config in SEEN_CONFIGS else split_of(config)
+
+
+def user_config_groups(half: str) -> list[Group]:
+    """The ``half`` of :data:`USER_CONFIGS_FILE`: one group per config, in file order."""
+    groups: dict[str, Group] = {}
+    for row in _jsonl(USER_CONFIGS_FILE):
+        if user_config_half(row["config"]) != half:
+            continue
+        truth = row.get("ground_truth")
+        item = convert_item(row, USER_IN if truth else USER_OUT, truth[0] if truth else None)
+        item.half = half
+        groups.setdefault(row["config"], Group(USER_IN, len(groups))).add(item)
+    return list(groups.values())
+
+
 def select(items: Sequence[Item], half: str, limit: int | None, seed: int) -> list[Item]:
     """The ``half`` items, shuffled by ``seed``, the first ``limit`` of them (all when None)."""
     chosen = [it for it in items if it.half == half]
@@ -454,7 +480,7 @@ def score(item: Item, outcome: Outcome, checker: Checker | None) -> dict[str, An
         r["routed_right"] = outcome.kind in ("default", "llm")
         return r
     r["routed_right"] = chosen == item.answer_target
-    if not r["routed_right"]:
+    if not r["routed_right"] or item.set == USER_IN:  # the user configs' prompts are scored on routing only
         return r
     if outcome.kind != "target":
         r["args_exact"], r["why"] = False, "clarifying question instead of a call"
@@ -491,7 +517,8 @@ def summarize_set(records: Sequence[dict[str, Any]], in_scope: bool) -> dict[str
     n = len(records)
     kinds = Counter(r["outcome"] for r in records)
     routed = [r for r in records if r["routed_right"]]
-    exact = sum(bool(r.get("args_exact")) for r in routed)
+    judged = [r for r in routed if r.get("args_exact") is not None]  # none for the user configs (routing only)
+    exact = sum(bool(r["args_exact"]) for r in judged)
     statuses = Counter(r["status"] for r in records if r["status"] != 200 and r["outcome"] != "not_started")
     lat: dict[str, dict[str, Any]] = {}
     for kind in OUTCOMES:
@@ -502,8 +529,8 @@ def summarize_set(records: Sequence[dict[str, Any]], in_scope: bool) -> dict[str
     out = {
         "n": n,
         "routing_accuracy": _rate(len(routed), n),
-        "args_exact_given_routed": _rate(exact, len(routed)) if in_scope else None,
-        "args_exact_overall": _rate(exact, n) if in_scope else None,
+        "args_exact_given_routed": _rate(exact, len(judged)) if in_scope else None,
+        "args_exact_overall": _rate(exact, n) if in_scope and judged else None,
         "clarification_rate": _rate(kinds["clarified"], n),
         "default_or_llm_rate": _rate(kinds["default"] + kinds["llm"], n),
         "foreign_target_rate": _rate(sum(r["foreign"] for r in records), n),
@@ -622,7 +649,7 @@ async def send_all(port: int, items: Sequence[Item], *, timeout_s: int, verbose:
 def _print_tables(summary: dict[str, Any], meta: dict[str, Any]) -> None:
     rows = []
     for name, s in summary.items():
-        scope = "in" if name in IN_SCOPE else "out"
+        scope = "in" if name in (*IN_SCOPE, USER_IN) else "out"
         rows.append([name, scope, s["half_items"], s["skipped_not_expressible"], s["n"], s["configs"], s["routing_accuracy"],
                      s["args_exact_given_routed"], s["clarification_rate"], s["default_or_llm_rate"], s["foreign_target_rate"],
                      s["outcomes"].get("blocked", 0), s["status_5xx"], sum(s["non_200"].values()) - s["status_5xx"],
@@ -652,6 +679,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="items per set (default: all of the half)")
     ap.add_argument("--seed", type=int, default=0, help="shuffle of the half before --limit")
     ap.add_argument("--sets", default=",".join(ALL_SETS), help=f"comma-separated, from {', '.join(ALL_SETS)}")
+    ap.add_argument("--user-configs", action="store_true", help=f"also the half's configs of {USER_CONFIGS_FILE.name} "
+                    "(each its own config; --limit does not apply)")
     ap.add_argument("--max-targets", type=int, default=20, help="prompt targets per merged config (the default target not counted)")
     ap.add_argument("--no-guard", action="store_true", help="configure no jailbreak guard")
     ap.add_argument("--threshold", type=float, default=None, help="intent threshold override (default: the config default)")
@@ -688,7 +717,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "skipped_ids": [s["id"] for s in skipped],
                       "lossy_notes_in_run": dict(Counter(n for it in chosen[name] for n in it.notes))}
     groups = [g for name in sets for g in build_groups(chosen[name], args.max_targets)]
-    print(f"{sum(len(v) for v in chosen.values())} items in {len(groups)} configs "
+    if args.user_configs:
+        user = user_config_groups(args.half)
+        groups += user
+        for name in USER_SETS:
+            n = sum(it.set == name for g in user for it in g.items)
+            data[name] = {"file": str(USER_CONFIGS_FILE.relative_to(ROOT)), "sha256": sha256_file(USER_CONFIGS_FILE),
+                          "half_items": n, "skipped_not_expressible": 0}
+        sets = [*sets, *USER_SETS]
+    print(f"{sum(len(g.items) for g in groups)} items in {len(groups)} configs "
           f"({', '.join(f'{n}: {sum(g.set == n for g in groups)}' for n in sets)})", flush=True)
 
     home = Path(tempfile.mkdtemp(prefix="sidegate-pipeline-eval-"))
@@ -782,7 +819,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in sets:
         recs = [r for r in records if r["set"] == name]
         summary[name] = {"half_items": data[name]["half_items"], "skipped_not_expressible": data[name]["skipped_not_expressible"],
-                         "configs": sum(g.set == name for g in groups), **summarize_set(recs, name in IN_SCOPE)}
+                         "configs": sum(any(it.set == name for it in g.items) for g in groups),
+                         **summarize_set(recs, name in (*IN_SCOPE, USER_IN))}
     meta = {"half": args.half, "limit": args.limit, "seed": args.seed, "max_targets": args.max_targets,
             "guard": not args.no_guard, "threshold": args.threshold if args.threshold is not None else "config default",
             "checker": checker_name, "function_call": function_call or "config default", "llama_cpp_runtime": llama_cpp_runtime()}

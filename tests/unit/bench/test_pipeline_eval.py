@@ -256,3 +256,32 @@ def test_tables_print(capsys: pytest.CaptureFixture[str]) -> None:
     pe._print_tables(summary, {"half": "test", "limit": 5, "checker": "x"})
     out = capsys.readouterr().out
     assert "multiple" in out and "irrelevance" in out and "latency per outcome" in out
+
+
+def test_user_configs_are_one_config_each_and_split_by_config(tmp_path: Path) -> None:
+    """bench/data/user_configs.jsonl: every row converts; each config is one group of its own in one
+    half (the configs tried by hand first are dev); its in-scope prompts name one of its own
+    targets; both halves have in- and out-of-scope prompts; a clarifying question for the right
+    target counts as routed right and no arguments are judged."""
+    rows = pe._jsonl(pe.USER_CONFIGS_FILE)
+    configs = {r["config"] for r in rows}
+    assert set(pe.SEEN_CONFIGS) <= configs and len(configs) >= 6
+    seen: set[str] = set()
+    for half in ("dev", "test"):
+        groups = pe.user_config_groups(half)
+        for g in groups:
+            (config,) = {it.id.rsplit("_", 1)[0] for it in g.items}
+            assert config not in seen and pe.user_config_half(config.removeprefix("user_")) == half
+            seen.add(config)
+            assert {it.set for it in g.items} == set(pe.USER_SETS)
+            assert all(it.answer_target in g.targets for it in g.items if it.in_scope)
+            raw = pe.group_config(g, app_port=1234, ports=pe.Ports(*range(20001, 20007)),
+                                  model_server={"mode": "remote", "endpoint": "grpc://127.0.0.1:8001"})
+            (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+            load_config(tmp_path / "c.yaml")
+    assert seen == {f"user_{c}" for c in configs}
+    assert all(pe.user_config_half(c) == "dev" for c in pe.SEEN_CONFIGS)
+    item = next(it for g in pe.user_config_groups("dev") for it in g.items if it.in_scope)
+    asked = pe.score(item, pe.Outcome("clarified", 200, target=item.answer_target), None)
+    assert asked["routed_right"] and asked["args_exact"] is None
+    assert not pe.score(item, pe.Outcome("default", 200, target=pe.DEFAULT_TARGET), None)["routed_right"]
