@@ -36,6 +36,9 @@ pass of the model.
   request for which the target's filling finds no value the user gave, or leaves a required one
   missing, is perhaps not for that target (a third table).
 
+* ``--user-configs``: also the half's small configs of ``bench/data/user_configs.jsonl`` (each its
+  own config; issue 14, tenth round: the none margin was chosen on them beside BFCL).
+
   python -m bench cascade_sweep [--half dev] [--limit 80] [--confident 0.55,0.65] [--margins 1,1.5,2] [--gate fill]
 
 Prints the table and writes ``bench/results/cascade_sweep.json`` (every prompt's record). The
@@ -59,7 +62,7 @@ if str(ROOT) not in sys.path:
 if str(ROOT / "triton_models") not in sys.path:
     sys.path.insert(0, str(ROOT / "triton_models"))
 from bench._harness import load_caption, percentile, print_table, write_results  # noqa: E402
-from bench.pipeline_eval import ALL_SETS, IN_SCOPE, USER_IN, USER_SETS  # noqa: E402
+from bench.pipeline_eval import ALL_SETS, SCORED_IN_SCOPE, USER_SETS  # noqa: E402
 
 PART = "cascade_sweep"
 MODES = ("model picks", "ranked")
@@ -92,8 +95,8 @@ def score(records: Sequence[dict[str, Any]], confident: float, margin: float, ra
         got, how = decide(rec, confident, margin, ranked, unrelated)
         per.setdefault(rec["set"], []).append(got == rec["want"])
         judged_in += how == "judged" and rec["want"] is not None
-    ins = [ok for s, oks in per.items() if s in (*IN_SCOPE, USER_IN) for ok in oks]
-    outs = [ok for s, oks in per.items() if s not in (*IN_SCOPE, USER_IN) for ok in oks]
+    ins = [ok for s, oks in per.items() if s in SCORED_IN_SCOPE for ok in oks]
+    outs = [ok for s, oks in per.items() if s not in SCORED_IN_SCOPE for ok in oks]
     rate = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     return {"in_scope": rate(ins), "out_of_scope": rate(outs), "judged_in_scope": judged_in / len(ins) if ins else float("nan"),
             "sets": {s: rate(v) for s, v in per.items()}}
@@ -279,7 +282,7 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     groups = pe.build_groups(items, args.max_targets)
     if args.user_configs:
         groups += pe.user_config_groups(args.half)
-    print(f"{len(items)} prompts in {len(groups)} configs; loading the embedder and {weights.DEFAULT_MODEL} ...", flush=True)
+    print(f"{sum(len(g.items) for g in groups)} prompts in {len(groups)} configs; loading the embedder and {weights.DEFAULT_MODEL} ...", flush=True)
     embedder = Embedder(args.threads, None if args.no_cache else Path("/tmp/sidegate-intent-cache"))
     fc = FunctionCaller(model_path=str(weights.resolve(weights.DEFAULT_MODEL)), n_threads=args.threads, warmup=False)
     records: list[dict[str, Any]] = []

@@ -35,6 +35,9 @@ stack (Envoy -> ext_proc -> Triton: guard, intent, function_call -> the target's
   kept (counted as notes): nested ``properties`` of object parameters (the config has no place for
   them), enum values of another type than the parameter (dropped), defaults of another type or
   ``null`` (dropped; the parameter stays optional).
+* ``--user-configs``: also the half's configs of ``bench/data/user_configs.jsonl`` (8 small configs as a
+  new user writes them, 118 prompts: requests that lack a value, follow-ups, how-to questions on the
+  config's subject; each its own config, halves by sha256 of the config's name; routing only).
 * Held-out discipline: every item is dev or test by sha256 of its id (``intent_eval.split_of``);
   ``--half`` (default test) picks one. Anything tuned (prompts, thresholds, scoring) is tuned on
   dev; report test.
@@ -83,6 +86,7 @@ ALL_SETS = IN_SCOPE + OUT_OF_SCOPE
 # before the file was written are dev (SEEN_CONFIGS).
 USER_IN, USER_OUT = "user_configs", "user_configs_out"
 USER_SETS = (USER_IN, USER_OUT)
+SCORED_IN_SCOPE = (*IN_SCOPE, USER_IN)  # the sets whose prompts are for a target
 USER_CONFIGS_FILE = ROOT / "bench" / "data" / "user_configs.jsonl"
 SEEN_CONFIGS = ("helpdesk", "pharmacy")  # helpdesk: session 22's trial; pharmacy: session 18's
 
@@ -649,7 +653,7 @@ async def send_all(port: int, items: Sequence[Item], *, timeout_s: int, verbose:
 def _print_tables(summary: dict[str, Any], meta: dict[str, Any]) -> None:
     rows = []
     for name, s in summary.items():
-        scope = "in" if name in (*IN_SCOPE, USER_IN) else "out"
+        scope = "in" if name in SCORED_IN_SCOPE else "out"
         rows.append([name, scope, s["half_items"], s["skipped_not_expressible"], s["n"], s["configs"], s["routing_accuracy"],
                      s["args_exact_given_routed"], s["clarification_rate"], s["default_or_llm_rate"], s["foreign_target_rate"],
                      s["outcomes"].get("blocked", 0), s["status_5xx"], sum(s["non_200"].values()) - s["status_5xx"],
@@ -820,7 +824,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         recs = [r for r in records if r["set"] == name]
         summary[name] = {"half_items": data[name]["half_items"], "skipped_not_expressible": data[name]["skipped_not_expressible"],
                          "configs": sum(any(it.set == name for it in g.items) for g in groups),
-                         **summarize_set(recs, name in (*IN_SCOPE, USER_IN))}
+                         **summarize_set(recs, name in SCORED_IN_SCOPE)}
     meta = {"half": args.half, "limit": args.limit, "seed": args.seed, "max_targets": args.max_targets,
             "guard": not args.no_guard, "threshold": args.threshold if args.threshold is not None else "config default",
             "checker": checker_name, "function_call": function_call or "config default", "llama_cpp_runtime": llama_cpp_runtime()}
