@@ -350,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-targets", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp and torch threads")
     ap.add_argument("--confident", default="0.5,0.55,0.6,0.65", type=lambda s: [float(x) for x in s.split(",")])
-    ap.add_argument("--margins", default="1,1.5,2,2.5,3", type=lambda s: [float(x) for x in s.split(",")])
+    ap.add_argument("--margins", default="0.5,1,1.5,2,2.5,3", type=lambda s: [float(x) for x in s.split(",")])
     ap.add_argument("--gate", choices=("fill", "question"), default=None,
                     help="also gate each judged prompt in its first candidate's own prompt (slow: see the docstring)")
     ap.add_argument("--fill", action="store_true",
