@@ -310,6 +310,11 @@ def user_config_groups(half: str) -> list[Group]:
     return list(groups.values())
 
 
+def configs_with(groups: Sequence[Group], set_name: str) -> int:
+    """How many of ``groups`` hold an item of ``set_name`` (a user config holds both of USER_SETS)."""
+    return sum(any(it.set == set_name for it in g.items) for g in groups)
+
+
 def select(items: Sequence[Item], half: str, limit: int | None, seed: int) -> list[Item]:
     """The ``half`` items, shuffled by ``seed``, the first ``limit`` of them (all when None)."""
     chosen = [it for it in items if it.half == half]
@@ -724,13 +729,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.user_configs:
         user = user_config_groups(args.half)
         groups += user
+        source = {"file": str(USER_CONFIGS_FILE.relative_to(ROOT)), "sha256": sha256_file(USER_CONFIGS_FILE)}
         for name in USER_SETS:
-            n = sum(it.set == name for g in user for it in g.items)
-            data[name] = {"file": str(USER_CONFIGS_FILE.relative_to(ROOT)), "sha256": sha256_file(USER_CONFIGS_FILE),
-                          "half_items": n, "skipped_not_expressible": 0}
+            data[name] = {**source, "half_items": sum(it.set == name for g in user for it in g.items), "skipped_not_expressible": 0}
         sets = [*sets, *USER_SETS]
     print(f"{sum(len(g.items) for g in groups)} items in {len(groups)} configs "
-          f"({', '.join(f'{n}: {sum(g.set == n for g in groups)}' for n in sets)})", flush=True)
+          f"({', '.join(f'{n}: {configs_with(groups, n)}' for n in sets)})", flush=True)
 
     home = Path(tempfile.mkdtemp(prefix="sidegate-pipeline-eval-"))
     function_call: dict[str, Any] = {}
@@ -823,8 +827,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in sets:
         recs = [r for r in records if r["set"] == name]
         summary[name] = {"half_items": data[name]["half_items"], "skipped_not_expressible": data[name]["skipped_not_expressible"],
-                         "configs": sum(any(it.set == name for it in g.items) for g in groups),
-                         **summarize_set(recs, name in SCORED_IN_SCOPE)}
+                         "configs": configs_with(groups, name), **summarize_set(recs, name in SCORED_IN_SCOPE)}
     meta = {"half": args.half, "limit": args.limit, "seed": args.seed, "max_targets": args.max_targets,
             "guard": not args.no_guard, "threshold": args.threshold if args.threshold is not None else "config default",
             "checker": checker_name, "function_call": function_call or "config default", "llama_cpp_runtime": llama_cpp_runtime()}
