@@ -36,8 +36,9 @@ pass of the model.
   request for which the target's filling finds no value the user gave, or leaves a required one
   missing, is perhaps not for that target (a third table).
 
-* ``--user-configs``: also the half's small configs of ``bench/data/user_configs.jsonl`` (each its
-  own config; issue 14, tenth round: the none margin was chosen on them beside BFCL).
+* ``--user-configs [FILE]``: also the half's small configs of ``bench/data/user_configs.jsonl`` (each its
+  own config; issue 14, tenth round: the none margin was chosen on them beside BFCL), or of FILE
+  (``bench/data/user_configs_2.jsonl``: held out whole, all test; eleventh round).
 
   python -m bench cascade_sweep [--half dev] [--limit 80] [--confident 0.55,0.65] [--margins 1,1.5,2] [--gate fill]
 
@@ -65,15 +66,42 @@ from bench._harness import load_caption, percentile, print_table, write_results 
 from bench.pipeline_eval import ALL_SETS, SCORED_IN_SCOPE, USER_SETS  # noqa: E402
 
 PART = "cascade_sweep"
-MODES = ("model picks", "ranked")
+MODES = {(False, False): "model picks", (True, False): "ranked", (True, True): "ranked, or a sure distinct pick"}
 
 
 def log_ratio(p: float, q: float) -> float:
     return math.log(p + 1e-12) - math.log(q + 1e-12)
 
 
-def decide(rec: dict[str, Any], confident: float, margin: float, ranked: bool, unrelated: float) -> tuple[str | None, str]:
-    """(the target chosen for one prompt's record, how: unrelated | confident | judged)."""
+def first_token(rec: dict[str, Any]) -> str | None:
+    """The judge's first answer token as the grammar let it through: the likeliest of its top
+    alternatives that begins a candidate's name (or none), consistent with the name it wrote."""
+    judge = rec.get("judge") or {}
+    top, pick = judge.get("top_logprobs") or {}, judge.get("text")
+    tokens = [t for t in top if t and pick is not None and pick.startswith(t)]
+    return max(tokens, key=top.__getitem__) if tokens else None
+
+
+def sure_pick(rec: dict[str, Any]) -> str | None:
+    """What the engine's ranked choice with ``distinct`` answers instead of the first candidate
+    (``FunctionCaller.choose``): the model's pick when it is a distinct candidate, its first token
+    does not begin the first's name and the candidates' mass is at least ``PICK_SURE``; else None."""
+    from sidegate_models.function_call.prompt import PICK_SURE
+
+    judge = rec.get("judge") or {}
+    pick, first, token = judge.get("text"), rec["top"][0], first_token(rec)
+    if pick is None or pick == first or pick not in rec.get("distinct", ()) or token is None or first.startswith(token):
+        return None
+    begun = [n for n in rec["top"] if n.startswith(token)]
+    if not set(begun) <= set(rec["distinct"]) or judge.get("p_cand", 0.0) < PICK_SURE:
+        return None
+    return str(pick)
+
+
+def decide(rec: dict[str, Any], confident: float, margin: float, ranked: bool, unrelated: float,
+           sure: bool = False) -> tuple[str | None, str]:
+    """(the target chosen for one prompt's record, how: unrelated | confident | judged).
+    ``sure`` (with ``ranked``): the model's sure pick of a distinct candidate replaces the first."""
     if rec["best"] < unrelated:
         return None, "unrelated"
     if rec["best"] >= confident:
@@ -84,15 +112,18 @@ def decide(rec: dict[str, Any], confident: float, margin: float, ranked: bool, u
         return None, "judged"
     if "p_none" in judge and log_ratio(judge["p_none"], judge["p_cand"]) >= -margin:
         return None, "judged"
+    if ranked and sure and (other := sure_pick(rec)) is not None:
+        return other, "judged"
     return (rec["top"][0] if ranked else pick), "judged"
 
 
-def score(records: Sequence[dict[str, Any]], confident: float, margin: float, ranked: bool, unrelated: float) -> dict[str, Any]:
+def score(records: Sequence[dict[str, Any]], confident: float, margin: float, ranked: bool, unrelated: float,
+          sure: bool = False) -> dict[str, Any]:
     """Per set the share right; in scope / out of scope pooled; the share of in-scope prompts judged."""
     per: dict[str, list[bool]] = {}
     judged_in = 0
     for rec in records:
-        got, how = decide(rec, confident, margin, ranked, unrelated)
+        got, how = decide(rec, confident, margin, ranked, unrelated, sure)
         per.setdefault(rec["set"], []).append(got == rec["want"])
         judged_in += how == "judged" and rec["want"] is not None
     ins = [ok for s, oks in per.items() if s in SCORED_IN_SCOPE for ok in oks]
@@ -213,13 +244,15 @@ def gate_rows(records: Sequence[dict[str, Any]], confident: float, margins: Sequ
 FILL_RULES = ("no value", "a required value missing")
 
 
-def fill_decide(rec: dict[str, Any], confident: float, margin: float, unrelated: float, rule: str | None) -> str | None:
-    """The gateway's choice (ranked) for one record, then, for a judged prompt routed to a target
-    with parameters, none when its filling found no value the user gave (``no value``) or left a
-    required one missing (``a required value missing``): the filling's evidence that the request
-    is not for that target (``--fill``). ``rule`` None: the chooser alone."""
-    got, how = decide(rec, confident, margin, True, unrelated)
-    fill = rec.get("fill")
+def fill_decide(rec: dict[str, Any], confident: float, margin: float, unrelated: float, rule: str | None,
+                sure: bool = False) -> str | None:
+    """The gateway's choice (ranked; ``sure``: or the model's sure distinct pick) for one record,
+    then, for a judged prompt routed to a target with parameters, none when its filling found no
+    value the user gave (``no value``) or left a required one missing (``a required value
+    missing``): the filling's evidence that the request is not for that target (``--fill``).
+    ``rule`` None: the chooser alone."""
+    got, how = decide(rec, confident, margin, True, unrelated, sure)
+    fill = rec.get("fill") if got == rec["top"][0] else rec.get("fill_pick")
     if rule is None or how != "judged" or got is None or not fill or not fill["params"]:
         return got
     weak = fill["arguments"] == 0 if rule == FILL_RULES[0] else fill["missing"] > 0
@@ -231,12 +264,13 @@ def fill_rows(records: Sequence[dict[str, Any]], confident: float, margins: Sequ
     ins = [r for r in records if r["want"] is not None]
     outs = [r for r in records if r["want"] is None]
     rows: list[list[Any]] = []
-    for m in margins:
-        for rule in (None, *FILL_RULES):
-            pick = [(r, fill_decide(r, confident, m, unrelated, rule)) for r in records]
-            a = sum(p == r["want"] for r, p in pick if r["want"] is not None) / max(len(ins), 1)
-            b = sum(p is None for r, p in pick if r["want"] is None) / max(len(outs), 1)
-            rows.append([m, rule or "the chooser alone", a, b, a + b])
+    for sure in (False, True):
+        for m in margins:
+            for rule in (None, *FILL_RULES):
+                pick = [(r, fill_decide(r, confident, m, unrelated, rule, sure)) for r in records]
+                a = sum(p == r["want"] for r, p in pick if r["want"] is not None) / max(len(ins), 1)
+                b = sum(p is None for r, p in pick if r["want"] is None) / max(len(outs), 1)
+                rows.append([MODES[True, sure], m, rule or "the chooser alone", a, b, a + b])
     return rows
 
 
@@ -281,7 +315,7 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     items = pe.selected_items(args.sets, args.half, args.limit, args.seed)
     groups = pe.build_groups(items, args.max_targets)
     if args.user_configs:
-        groups += pe.user_config_groups(args.half)
+        groups += pe.user_config_groups(args.half, Path(args.user_configs))
     print(f"{sum(len(g.items) for g in groups)} prompts in {len(groups)} configs; loading the embedder and {weights.DEFAULT_MODEL} ...", flush=True)
     embedder = Embedder(args.threads, None if args.no_cache else Path("/tmp/sidegate-intent-cache"))
     fc = FunctionCaller(model_path=str(weights.resolve(weights.DEFAULT_MODEL)), n_threads=args.threads, warmup=False)
@@ -306,6 +340,7 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
                 order = [index.names[int(i)] for i in np.argsort(-ranking, kind="stable")]
                 rec: dict[str, Any] = {"id": it.id, "set": it.set, "text": text, "want": it.answer_target if it.in_scope else None,
                                        "best": round(float(np.max(scores)), 4), "top": order[:JUDGE_CANDIDATES]}
+                rec["distinct"] = index.distinct(order[0], rec["top"][1:])  # what the gateway sends the engine
                 if rec["best"] >= UNRELATED_THRESHOLD:
                     started = time.perf_counter()
                     i = fc.choose(it.messages, tools, rec["top"], allow_none=True)
@@ -313,6 +348,7 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
                     # when it wrote none: then "text" is None
                     rec["judge"] = {"text": fc.last_choice.get("text"),
                                     **{k: v for k, v in fc.last_choice.items() if k in ("p_none", "p_cand")},
+                                    **({"top_logprobs": dict(fc.last_top_logprobs)} if fc.last_choice else {}),
                                     "answer": None if i is None else tools[i]["function"]["name"],
                                     "seconds": round(time.perf_counter() - started, 3)}
                     if args.gate:
@@ -332,6 +368,14 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
                     rec["fill"] = {"params": len((tool["function"].get("parameters") or {}).get("properties") or {}),
                                    "arguments": len(filled.get("arguments") or {}), "missing": len(filled.get("missing") or []),
                                    "seconds": round(time.perf_counter() - started, 3)}
+                    if (other := sure_pick(rec)) is not None:  # the engine would fill the model's pick instead
+                        tool = next(x for x in tools if x["function"]["name"] == other)
+                        started = time.perf_counter()
+                        filled = fc.call(it.messages, tool)
+                        rec["fill_pick"] = {"params": len((tool["function"].get("parameters") or {}).get("properties") or {}),
+                                            "arguments": len(filled.get("arguments") or {}),
+                                            "missing": len(filled.get("missing") or []),
+                                            "seconds": round(time.perf_counter() - started, 3)}
                 records.append(rec)
                 if args.verbose:
                     print(rec, flush=True)
@@ -346,7 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=80, help="items per set (default 80)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sets", default=",".join(ALL_SETS), type=lambda s: [x for x in s.split(",") if x])
-    ap.add_argument("--user-configs", action="store_true", help="also the half's small configs of bench/data/user_configs.jsonl")
+    ap.add_argument("--user-configs", nargs="?", const=str(ROOT / "bench" / "data" / "user_configs.jsonl"), default=None, metavar="FILE",
+                    help="also the half's small configs of bench/data/user_configs.jsonl, or of FILE "
+                         "(bench/data/user_configs_2.jsonl: held out whole, --half test)")
     ap.add_argument("--max-targets", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp and torch threads")
     ap.add_argument("--confident", default="0.5,0.55,0.6,0.65", type=lambda s: [float(x) for x in s.split(",")])
@@ -369,13 +415,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = collect(args)
     set_names = [*args.sets, *(USER_SETS if args.user_configs else ())]
     rows, table = [], []
-    for ranked in (False, True):
+    for ranked, sure in MODES:
         for confident in args.confident:
             for margin in args.margins:
-                s = score(records, confident, margin, ranked, UNRELATED_THRESHOLD)
-                shipped = ranked and confident == CONFIDENT_THRESHOLD and margin == NONE_MARGIN
-                rows.append({"who_picks": MODES[ranked], "confident": confident, "none_margin": margin, "shipped": shipped, **s})
-                table.append([MODES[ranked] + (" (shipped)" if shipped else ""), confident, margin, s["in_scope"], s["out_of_scope"],
+                s = score(records, confident, margin, ranked, UNRELATED_THRESHOLD, sure)
+                shipped = ranked and sure and confident == CONFIDENT_THRESHOLD and margin == NONE_MARGIN
+                rows.append({"who_picks": MODES[ranked, sure], "confident": confident, "none_margin": margin, "shipped": shipped, **s})
+                table.append([MODES[ranked, sure] + (" (shipped)" if shipped else ""), confident, margin, s["in_scope"], s["out_of_scope"],
                               s["in_scope"] + s["out_of_scope"], s["judged_in_scope"], *(s["sets"].get(n) for n in set_names)])
     judged = [r["judge"]["seconds"] for r in records if r.get("judge")]
     print_table("cascade swept (in process): routed right in scope, kept away out of scope",
@@ -401,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         filled = fill_rows(records, CONFIDENT_THRESHOLD, args.margins, UNRELATED_THRESHOLD)
         seconds = [r["fill"]["seconds"] for r in records if r.get("fill")]
         print_table(f"the filling's evidence as a none rule for judged prompts (ranked, confident {CONFIDENT_THRESHOLD:g})",
-                    ["none margin", "rule", "in scope", "out of scope", "sum"], filled,
+                    ["who picks", "none margin", "rule", "in scope", "out of scope", "sum"], filled,
                     caption=f"{len(seconds)} judged prompts filled, p50 {percentile(seconds, 50):.2f} s a call", digits=3)
     path = write_results(PART, {"gate_rows": gated, "fill_rows": filled, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "verbose")},
                                 "unrelated_threshold": UNRELATED_THRESHOLD, "judge_p50_s": percentile(judged, 50),

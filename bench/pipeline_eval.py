@@ -35,9 +35,10 @@ stack (Envoy -> ext_proc -> Triton: guard, intent, function_call -> the target's
   kept (counted as notes): nested ``properties`` of object parameters (the config has no place for
   them), enum values of another type than the parameter (dropped), defaults of another type or
   ``null`` (dropped; the parameter stays optional).
-* ``--user-configs``: also the half's configs of ``bench/data/user_configs.jsonl`` (8 small configs as a
+* ``--user-configs [FILE]``: also the half's configs of ``bench/data/user_configs.jsonl`` (8 small configs as a
   new user writes them, 118 prompts: requests that lack a value, follow-ups, how-to questions on the
-  config's subject; each its own config, halves by sha256 of the config's name; routing only).
+  config's subject; each its own config, halves by sha256 of the config's name; routing only), or of
+  FILE: ``bench/data/user_configs_2.jsonl`` (6 more, 81 prompts, written later, held out whole: all test).
 * Held-out discipline: every item is dev or test by sha256 of its id (``intent_eval.split_of``);
   ``--half`` (default test) picks one. Anything tuned (prompts, thresholds, scoring) is tuned on
   dev; report test.
@@ -89,6 +90,11 @@ USER_SETS = (USER_IN, USER_OUT)
 SCORED_IN_SCOPE = (*IN_SCOPE, USER_IN)  # the sets whose prompts are for a target
 USER_CONFIGS_FILE = ROOT / "bench" / "data" / "user_configs.jsonl"
 SEEN_CONFIGS = ("helpdesk", "pharmacy")  # helpdesk: session 22's trial; pharmacy: session 18's
+# Six more configs (restaurant, car rental, library, telecom, clinic, food delivery), written in
+# #14's eleventh round before any run of them, after the first file's test half had been read
+# while choosing (the sure-pick rule): held out whole, every config of it is test.
+USER_CONFIGS_2_FILE = ROOT / "bench" / "data" / "user_configs_2.jsonl"
+HELD_OUT_FILES = (USER_CONFIGS_2_FILE,)
 
 DEFAULT_TARGET = "pipeline_eval_default"  # not a BFCL name (checked: a clash skips the item)
 APP_ENDPOINT = "eval_app"
@@ -293,15 +299,18 @@ def load_set(folder: Path, set_name: str) -> tuple[list[Item], dict[str, Any]]:
     return items, {"provenance": prov, "skipped": skipped}
 
 
-def user_config_half(config: str) -> str:
+def user_config_half(config: str, path: Path = USER_CONFIGS_FILE) -> str:
+    if path.resolve() in {p.resolve() for p in HELD_OUT_FILES}:
+        return "test"
     return "dev" if config in SEEN_CONFIGS else split_of(config)
 
 
-def user_config_groups(half: str) -> list[Group]:
-    """The ``half`` of :data:`USER_CONFIGS_FILE`: one group per config, in file order."""
+def user_config_groups(half: str, path: Path = USER_CONFIGS_FILE) -> list[Group]:
+    """The ``half`` of a user configs file (:data:`USER_CONFIGS_FILE` or one of
+    :data:`HELD_OUT_FILES`, all test): one group per config, in file order."""
     groups: dict[str, Group] = {}
-    for row in _jsonl(USER_CONFIGS_FILE):
-        if user_config_half(row["config"]) != half:
+    for row in _jsonl(path):
+        if user_config_half(row["config"], path) != half:
             continue
         truth = row.get("ground_truth")
         item = convert_item(row, USER_IN if truth else USER_OUT, truth[0] if truth else None)
@@ -688,8 +697,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="items per set (default: all of the half)")
     ap.add_argument("--seed", type=int, default=0, help="shuffle of the half before --limit")
     ap.add_argument("--sets", default=",".join(ALL_SETS), help=f"comma-separated, from {', '.join(ALL_SETS)}")
-    ap.add_argument("--user-configs", action="store_true", help=f"also the half's configs of {USER_CONFIGS_FILE.name} "
-                    "(each its own config; --limit does not apply)")
+    ap.add_argument("--user-configs", nargs="?", const=str(USER_CONFIGS_FILE), default=None, metavar="FILE",
+                    help=f"also the half's configs of a user configs file (default {USER_CONFIGS_FILE.name}; "
+                         f"{USER_CONFIGS_2_FILE.name}: held out whole, --half test); each its own config, --limit does not apply")
     ap.add_argument("--max-targets", type=int, default=20, help="prompt targets per merged config (the default target not counted)")
     ap.add_argument("--no-guard", action="store_true", help="configure no jailbreak guard")
     ap.add_argument("--threshold", type=float, default=None, help="intent threshold override (default: the config default)")
@@ -727,9 +737,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "lossy_notes_in_run": dict(Counter(n for it in chosen[name] for n in it.notes))}
     groups = [g for name in sets for g in build_groups(chosen[name], args.max_targets)]
     if args.user_configs:
-        user = user_config_groups(args.half)
+        user_file = Path(args.user_configs).resolve()
+        user = user_config_groups(args.half, user_file)
         groups += user
-        source = {"file": str(USER_CONFIGS_FILE.relative_to(ROOT)), "sha256": sha256_file(USER_CONFIGS_FILE)}
+        source = {"file": str(user_file.relative_to(ROOT)) if user_file.is_relative_to(ROOT) else str(user_file),
+                  "sha256": sha256_file(user_file)}
         for name in USER_SETS:
             data[name] = {**source, "half_items": sum(it.set == name for g in user for it in g.items), "skipped_not_expressible": 0}
         sets = [*sets, *USER_SETS]

@@ -29,6 +29,7 @@ not help); figures: bench/README.md, section "intent_eval".
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["CONFIDENT_THRESHOLD", "JUDGE_CANDIDATES", "LEXICAL_WEIGHT", "UNRELATED_THRESHOLD", "MEAN_WEIGHT", "IntentIndex", "LexicalIndex",
+__all__ = ["CONFIDENT_THRESHOLD", "DISTINCT_BELOW", "JUDGE_CANDIDATES", "LEXICAL_WEIGHT", "UNRELATED_THRESHOLD", "MEAN_WEIGHT", "IntentIndex", "LexicalIndex",
            "asks_what_a_term_means", "choose", "lexical_words", "name_words", "retry_query", "target_scores", "target_text", "target_views"]
 
 MEAN_WEIGHT = 0.2  # weight of the mean over a target's views; the rest goes to the best view
@@ -59,6 +60,13 @@ EARLIER_TURNS = 2  # user turns joined before the last one for the second look
 CONFIDENT_THRESHOLD = 0.55
 UNRELATED_THRESHOLD = 0.20
 JUDGE_CANDIDATES = 3
+# Two targets whose "name: description" views are at least this close (cosine) do nearly the same
+# thing (BFCL's merged configs: Movies_1_FindMovies and Movies_3_FindMovies 0.79, book_hotel and
+# hotel_book 0.83); below it they are different actions (cancel_order / return_item 0.40,
+# transfer_money / account_balance 0.55). Between near twins the ranking's lexical evidence picks
+# better than the 1.5B; between different actions the model's sure pick does (#14, eleventh round):
+# the gateway lets the model's pick replace the ranking's first only for candidates under this.
+DISTINCT_BELOW = 0.7
 
 # A turn that asks what a term means ("What is a deductible?", "what does copay mean", "define
 # coinsurance", "how do refills work?") asks for knowledge, not for something to be done with the
@@ -258,6 +266,7 @@ class IntentIndex:
     owners: npt.NDArray[np.intp]  # per view: index into names
     matrix: npt.NDArray[np.float32]  # per view: its unit-norm embedding
     lexical: LexicalIndex | None = None  # per target: its words (None: rank by the embedding alone)
+    heads: tuple[int, ...] | None = None  # per target: the row of its "name: description" view (for_targets)
 
     @staticmethod
     def layout(targets: Iterable[_Target]) -> tuple[list[str], list[str], list[int]]:
@@ -287,7 +296,25 @@ class IntentIndex:
     def for_targets(cls, targets: Sequence[_Target], matrix: npt.NDArray[np.float32]) -> IntentIndex:
         """The index of ``targets`` from the embeddings of ``layout(targets)``'s views."""
         names, views, owners = cls.layout(targets)
-        return cls.build(names, views, owners, matrix, [target_text(t) for t in targets])
+        index = cls.build(names, views, owners, matrix, [target_text(t) for t in targets])
+        heads = []
+        for i, t in enumerate(targets):
+            head = f"{name_words(t.name)}: {t.description.strip()}"
+            heads.append(next((k for k, (v, o) in enumerate(zip(views, owners)) if o == i and v == head),
+                              owners.index(i)))  # no description: the name's view
+        return dataclasses.replace(index, heads=tuple(heads))
+
+    def likeness(self, a: str, b: str) -> float:
+        """Cosine between two targets' "name: description" views (built by :meth:`for_targets`;
+        without them, between their first views): how nearly they do the same thing."""
+        i, j = self.names.index(a), self.names.index(b)
+        owners = self.owners.tolist()
+        ri, rj = (self.heads[i], self.heads[j]) if self.heads is not None else (owners.index(i), owners.index(j))
+        return float(self.matrix[ri] @ self.matrix[rj])
+
+    def distinct(self, first: str, others: Iterable[str]) -> list[str]:
+        """Those of ``others`` that do something else than ``first`` (:data:`DISTINCT_BELOW`)."""
+        return [n for n in others if n != first and self.likeness(first, n) < DISTINCT_BELOW]
 
     def scores(self, vec: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         """Per target, the embedding score (:func:`target_scores`): what the threshold reads."""

@@ -346,14 +346,21 @@ class IngressPipeline:
         """The function-calling model says whether the prompt is for one of ``verdict.candidates``
         (the top-ranked few) or none; the target is the top-ranked one (on BFCL's dev halves the
         ranking picked right more often than the model, on the test halves as often:
-        ``FunctionCaller.choose``, ``ranked``), its arguments filled in the same call. None: the
+        ``FunctionCaller.choose``, ``ranked``), or the model's own pick when it is sure of a
+        candidate that does something else than the top-ranked one (``IntentIndex.distinct``:
+        "It arrived broken, I want to send it back" is ``return_item``, not the ``cancel_order``
+        the ranking put first), its arguments filled in the same call. None: the
         default target, else the LLM. A judge that cannot answer (refused, unavailable, slow)
         falls back to the threshold alone, as without a judge."""
         assert self.models is not None
         try:
             with self._stage("function_call") as span:
-                out = await self.models.choose_call(_conversation(req), self._tools, list(verdict.candidates))
+                assert self._index is not None
+                first, *others = verdict.candidates
+                distinct = self._index.distinct(first, others)
+                out = await self.models.choose_call(_conversation(req), self._tools, list(verdict.candidates), distinct=distinct)
                 span.set_attributes({"sidegate.function_call.candidates": ",".join(verdict.candidates),
+                                     "sidegate.function_call.distinct": ",".join(distinct),
                                      "sidegate.function_call.choice": out[0] if out else ""})
         except ModelServerError as exc:
             # refused (400: the listing of every target does not fit the model's window), or not

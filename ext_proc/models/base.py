@@ -72,11 +72,13 @@ class Models(Protocol):
         ``prefill``: only evaluate (cache) the tool's prompt prefix; no arguments."""
 
     async def choose_call(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], candidates: list[str], *,
-                          timeout_s: float | None = None) -> tuple[str, ToolCall] | None:
+                          timeout_s: float | None = None, distinct: list[str] | None = None) -> tuple[str, ToolCall] | None:
         """One model call: is the conversation for one of ``candidates`` (names among ``tools``,
         best first by the gateway's ranking; the model's prompt lists every tool, in this fixed
-        order)? The first candidate and its arguments when it is; None when it asks for none of
-        them. ``candidates == []``: only evaluates (caches) the listing."""
+        order)? The first candidate and its arguments when it is, or the model's own pick when
+        that is one of ``distinct`` (candidates that do something else than the first) and the
+        model is sure of it; None when it asks for none of them. ``candidates == []``: only
+        evaluates (caches) the listing."""
 
     async def judge_guard(self, text: str, *, timeout_s: float | None = None) -> JudgeVerdict:
         """The cascade's judge on ``text``: is it a jailbreak / prompt injection? (``function_call``

@@ -235,15 +235,18 @@ class TritonClient:
 
     async def function_choose(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], candidates: list[str], *, timeout_s: float,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, distinct: list[str] | None = None,
     ) -> dict[str, Any] | None:
         """``function_call`` as a gate: the first of ``candidates`` (names of ``tools``, best
         first by the gateway's ranking; the model's prompt lists every tool in the order given)
         or none, and its arguments, in one request (``"ranked": true``: the model says whether the
-        request is for one of the candidates, the ranking says which). ``{"name", "arguments",
-        "missing"}``, or None when the model said none."""
-        inputs = _json_inputs(MESSAGES=messages, TOOLS={"tools": tools, "candidates": candidates, "allow_none": True,
-                                                        "ranked": True})
+        request is for one of the candidates, the ranking says which, unless the model is sure of
+        one of ``distinct``: ``"distinct"``). ``{"name", "arguments", "missing"}``, or None when
+        the model said none."""
+        choice: dict[str, Any] = {"tools": tools, "candidates": candidates, "allow_none": True, "ranked": True}
+        if distinct:
+            choice["distinct"] = distinct
+        inputs = _json_inputs(MESSAGES=messages, TOOLS=choice)
         return _first_tool_call(await self._function_call_answer(inputs, timeout_s, headers))
 
     async def function_judge(
@@ -569,9 +572,10 @@ class TritonModels:
         return ToolCall(arguments=out.get("arguments") or {}, missing=list(out.get("missing") or []))
 
     async def choose_call(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], candidates: list[str], *,
-                          timeout_s: float | None = None) -> tuple[str, ToolCall] | None:
+                          timeout_s: float | None = None, distinct: list[str] | None = None) -> tuple[str, ToolCall] | None:
         deadline = self.timeout_for(FUNCTION_CALL_MODEL) if timeout_s is None else timeout_s
-        out = await self.client.function_choose(messages, tools, candidates, timeout_s=deadline, headers=telemetry.inject() or None)
+        out = await self.client.function_choose(messages, tools, candidates, timeout_s=deadline, headers=telemetry.inject() or None,
+                                                distinct=distinct)
         if out is None:
             return None
         return out["name"], ToolCall(arguments=out.get("arguments") or {}, missing=list(out.get("missing") or []))

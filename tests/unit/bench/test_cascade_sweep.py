@@ -104,3 +104,31 @@ def test_the_fillings_evidence_turns_only_judged_routed_prompts_to_none() -> Non
     assert fill_decide({**rec(0.6, "a"), "fill": empty}, 0.55, 1.5, 0.2, FILL_RULES[0]) == "a"  # confident: not judged
     assert fill_decide({**rec(0.4, "a"), "fill": {"params": 0, "arguments": 0, "missing": 0}}, 0.55, 1.5, 0.2, FILL_RULES[0]) == "a"
     assert fill_decide(rec(0.4, "a"), 0.55, 1.5, 0.2, FILL_RULES[0]) == "a"  # not filled
+
+
+def test_the_sure_pick_of_a_distinct_candidate_replaces_the_first_as_the_engine_does() -> None:
+    """``sure``: the model's pick replaces the ranking's first when the gateway marked it distinct,
+    its first token does not begin the first's name, and the candidates' mass is at least
+    PICK_SURE; its own filling then decides the required-value rule."""
+    from bench.cascade_sweep import FILL_RULES, fill_decide, sure_pick
+
+    def picked(top_logprobs: dict, distinct: list, p_cand: float = 0.9, text: str = "return_item") -> dict:
+        r = rec(0.4, "return_item", text=text, p_none=0.05, p_cand=p_cand)
+        r["top"], r["distinct"] = ["cancel_order", "return_item", "cancel_purchase"], distinct
+        r["judge"]["top_logprobs"] = top_logprobs
+        return r
+
+    sure = picked({"return": -0.1, "cancel": -2.5, "none": -4.0}, ["return_item"])
+    assert sure_pick(sure) == "return_item"
+    assert decide(sure, 0.55, 0.5, True, 0.2, sure=True) == ("return_item", "judged")
+    assert decide(sure, 0.55, 0.5, True, 0.2) == ("cancel_order", "judged")  # ranked alone: the first
+    assert sure_pick(picked({"return": -0.1}, [])) is None  # not distinct: a near twin of the first
+    assert sure_pick(picked({"return": -0.1}, ["return_item"], p_cand=0.5)) is None  # not sure enough
+    # a first token that begins the first's name too reads as agreement
+    assert sure_pick(picked({"cancel": -0.1}, ["cancel_purchase"], text="cancel_purchase")) is None
+    assert sure_pick(picked({}, ["return_item"])) is None  # no probabilities recorded
+    empty = {"params": 1, "arguments": 0, "missing": 1}
+    full = {"params": 1, "arguments": 1, "missing": 0}
+    assert fill_decide({**sure, "fill": empty, "fill_pick": full}, 0.55, 0.5, 0.2, FILL_RULES[1], sure=True) == "return_item"
+    assert fill_decide({**sure, "fill": full, "fill_pick": empty}, 0.55, 0.5, 0.2, FILL_RULES[1], sure=True) is None
+    assert fill_decide({**sure, "fill": full, "fill_pick": empty}, 0.55, 0.5, 0.2, FILL_RULES[1]) == "cancel_order"

@@ -285,3 +285,25 @@ def test_user_configs_are_one_config_each_and_split_by_config(tmp_path: Path) ->
     asked = pe.score(item, pe.Outcome("clarified", 200, target=item.answer_target), None)
     assert asked["routed_right"] and asked["args_exact"] is None
     assert not pe.score(item, pe.Outcome("default", 200, target=pe.DEFAULT_TARGET), None)["routed_right"]
+
+
+def test_the_second_user_configs_file_is_held_out_whole(tmp_path: Path) -> None:
+    """bench/data/user_configs_2.jsonl (written after the first file's test half had been read):
+    every config is test, whatever its hash; every row converts into a config of its own with
+    in- and out-of-scope prompts, and no config name or prompt id repeats the first file's."""
+    path = pe.USER_CONFIGS_2_FILE
+    rows = pe._jsonl(path)
+    configs = {r["config"] for r in rows}
+    assert len(configs) == 6 and not configs & {r["config"] for r in pe._jsonl(pe.USER_CONFIGS_FILE)}
+    assert pe.user_config_groups("dev", path) == []
+    groups = pe.user_config_groups("test", path)
+    assert len(groups) == len(configs) and sum(len(g.items) for g in groups) == len(rows)
+    assert not {it.id for g in groups for it in g.items} & {r["id"] for r in pe._jsonl(pe.USER_CONFIGS_FILE)}
+    for g in groups:
+        assert {it.set for it in g.items} == set(pe.USER_SETS)
+        assert all(it.answer_target in g.targets for it in g.items if it.in_scope)
+        raw = pe.group_config(g, app_port=1234, ports=pe.Ports(*range(20001, 20007)),
+                              model_server={"mode": "remote", "endpoint": "grpc://127.0.0.1:8001"})
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+        load_config(tmp_path / "c.yaml")
+    assert all(pe.user_config_half(c, path) == "test" for c in configs)

@@ -136,3 +136,29 @@ def test_hybrid_ranking_keeps_the_threshold_on_the_embedding() -> None:
     chosen, best = index.choose(vec, "register a new postgres server host", 0.9)
     assert chosen == 1 and best == pytest.approx(float(scores.max()))
     assert index.choose(vec, "list the servers", float(scores.max()) + 1e-3) == (None, pytest.approx(float(scores.max())))
+
+
+def test_likeness_reads_the_name_and_description_views_and_distinct_leaves_out_near_twins() -> None:
+    """Two targets are compared by their "name: description" views (a target without a
+    description by its name's view); distinct() keeps those under DISTINCT_BELOW."""
+    targets = [_target("cancel_order", "Cancel an order that has not shipped", (("order_id", "the order"),)),
+               _target("return_item", "Return a delivered item for a refund", (("order_id", "the order"),)),
+               _target("cancel_purchase", "Cancel a purchase before it ships"),
+               _target("ping")]
+    names, views, owners = intent.IntentIndex.layout(targets)
+    m = np.zeros((len(views), 4), dtype=np.float32)
+    for row, (text, owner) in enumerate(zip(views, owners)):
+        m[row, owner] = 1.0  # every view of a target on its own axis ...
+    heads = {"cancel order: Cancel an order that has not shipped": [1, 0, 0, 0],
+             "return item: Return a delivered item for a refund": [0.4, 0.9165, 0, 0],  # ... but these two
+             "cancel purchase: Cancel a purchase before it ships": [0.8, 0, 0.6, 0]}
+    for row, text in enumerate(views):
+        if text in heads:
+            m[row] = heads[text]
+    index = intent.IntentIndex.for_targets(targets, m)
+    assert index.likeness("cancel_order", "return_item") == pytest.approx(0.4)
+    assert index.likeness("cancel_purchase", "cancel_order") == pytest.approx(0.8)  # near twins
+    assert index.likeness("cancel_order", "ping") == pytest.approx(0.0)  # ping: its name's view
+    assert intent.DISTINCT_BELOW == 0.7
+    assert index.distinct("cancel_order", ["return_item", "cancel_purchase", "ping"]) == ["return_item", "ping"]
+    assert index.distinct("cancel_order", ["cancel_order"]) == []

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ext_proc.chat.endpoints import EndpointClient
-from ext_proc.chat.intent import CONFIDENT_THRESHOLD, JUDGE_CANDIDATES, UNRELATED_THRESHOLD
+from ext_proc.chat.intent import CONFIDENT_THRESHOLD, DISTINCT_BELOW, JUDGE_CANDIDATES, UNRELATED_THRESHOLD
 from ext_proc.chat.completions import Immediate
 from ext_proc.chat.pipeline import FUNCTION_CALL_MODEL, IngressPipeline, Uncertain
 from ext_proc.config import build_config
@@ -58,7 +58,7 @@ class Models:
         return ToolCall(arguments={}, missing=["city"])
 
     async def choose_call(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], candidates: list[str], *,
-                          timeout_s: float | None = None) -> tuple[str, ToolCall] | None:
+                          timeout_s: float | None = None, distinct: list[str] | None = None) -> tuple[str, ToolCall] | None:
         self.choices.append(list(candidates))
         self.deadlines.append(timeout_s)
         return None
@@ -155,7 +155,9 @@ class CascadeModels(Models):
         self.arguments = {"city": "Paris"} if arguments is None else arguments
         self.refuse_choice = refuse_choice
         self.choose_tools: list[list[str]] = []
+        self.distincts: list[list[str] | None] = []
         self.fixed: dict[str, tuple[float, str]] = {}  # a prompt's exact text -> (score, target), for prompts without a tag
+        self.alike: dict[str, str] = {}  # a target -> another whose views its own lie near (cosine 0.8): near twins
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         rows = []
@@ -167,12 +169,14 @@ class CascadeModels(Models):
                 rows.append(a * _axis(i) + np.sqrt(1 - a * a) * _axis(DIM - 1))
             else:  # a target view: the axis of the (longest) target name it contains
                 (i,) = [j for j, n in enumerate(self.names) if n.replace("_", " ") in text][-1:]
-                rows.append(_axis(i))
+                twin = self.alike.get(self.names[i])
+                rows.append(_axis(i) if twin is None else 0.6 * _axis(i) + 0.8 * _axis(self.names.index(twin)))
         return np.stack(rows).astype(np.float32)
 
     async def choose_call(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], candidates: list[str], *,
-                          timeout_s: float | None = None) -> tuple[str, ToolCall] | None:
+                          timeout_s: float | None = None, distinct: list[str] | None = None) -> tuple[str, ToolCall] | None:
         self.choices.append(list(candidates))
+        self.distincts.append(distinct)
         self.choose_tools.append([t["function"]["name"] for t in tools])
         if self.refuse_choice is not None:
             raise self.refuse_choice
@@ -226,6 +230,20 @@ def test_an_uncertain_prompt_is_judged_among_the_top_candidates_with_every_targe
     assert models.choose_tools == [NAMES]  # the same listing, same order, every call: llama.cpp keeps it cached
     decide(pipe, "SCORE=0.3 TARGET=trains a train to Lyon")
     assert models.choose_tools == [NAMES, NAMES] and models.calls == []  # no second model call for the arguments
+
+
+def test_the_models_own_pick_may_replace_the_first_candidate_only_among_those_that_do_something_else() -> None:
+    """The judge is told which candidates do something else than the top-ranked one (their
+    "name: description" views under DISTINCT_BELOW); a near twin of it is not among them, and the
+    name the model answers is the target."""
+    models = CascadeModels(NAMES, choice="currency")
+    models.alike = {"trains": "weather"}
+    pipe = cascade(models)
+    judged, candidates, target, _ = decide(pipe, "SCORE=0.4 TARGET=weather 3 days of Paris")
+    assert judged == "judged" and candidates[:2] == ("weather", "trains")
+    assert pipe._index is not None and pipe._index.likeness("weather", "trains") >= DISTINCT_BELOW
+    assert models.distincts == [[c for c in candidates[2:]]] and models.distincts[0]
+    assert target == "currency"
 
 
 def test_the_judge_saying_none_sends_the_prompt_to_the_default_target_or_else_the_llm() -> None:

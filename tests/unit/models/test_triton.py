@@ -291,7 +291,10 @@ def test_the_route_judge_sends_the_categories_and_checks_the_answer() -> None:
 
 def test_the_intent_judge_asks_the_model_to_gate_the_ranked_candidates() -> None:
     """The gateway's ranking picks among the candidates (best first); the model only says whether
-    the prompt is for one of them: ``"ranked": true`` with ``allow_none``."""
+    the prompt is for one of them: ``"ranked": true`` with ``allow_none``; ``"distinct"`` only when
+    the gateway names candidates the model's sure pick may replace the first with."""
+    OTHER = {"type": "function", "function": {"name": "get_time", "description": "the time in a city",
+                                              "parameters": {"type": "object", "properties": {}}}}
     client = TritonClient.__new__(TritonClient)  # no channel: the stream is stood in for below
     sent: list[Any] = []
     answers: list[Any] = [{"model": "m", "tool_calls": [{"id": "call_1", "type": "function", "function": {
@@ -309,3 +312,8 @@ def test_the_intent_judge_asks_the_model_to_gate_the_ranked_candidates() -> None
     tools = json.loads(sent[0]["TOOLS"]._get_content()[4:])  # BYTES: a 4-byte length, then the JSON
     assert tools == {"tools": [TOOL], "candidates": ["get_weather"], "allow_none": True, "ranked": True}
     assert asyncio.run(models.choose_call(messages, [TOOL], ["get_weather"])) is None  # none: the default target
+    answers.append({"model": "m", "tool_calls": []})
+    asyncio.run(models.choose_call(messages, [TOOL, OTHER], ["get_weather", "get_time"], distinct=["get_time"]))
+    tools = json.loads(sent[-1]["TOOLS"]._get_content()[4:])
+    assert tools == {"tools": [TOOL, OTHER], "candidates": ["get_weather", "get_time"], "allow_none": True, "ranked": True,
+                     "distinct": ["get_time"]}

@@ -24,7 +24,7 @@ import pytest
 from sidegate_models import function_call as engine
 from sidegate_models import host, weights
 from sidegate_models.function_call import grounding
-from sidegate_models.function_call.prompt import date_note
+from sidegate_models.function_call.prompt import PICK_SURE, date_note
 
 MODEL_DIR = Path(__file__).resolve().parents[3] / "triton_models" / "function_call"
 
@@ -472,6 +472,21 @@ def test_ranked_the_model_only_gates_and_the_first_candidate_is_the_answer(fc: A
     assert fc.choose(user("Write me a poem about autumn leaves."), TOOLS, ["get_weather", "find_trains"], True, ranked=True) is None
     r = fc.choose_and_call(weather, TOOLS, ["get_weather", "find_trains"], ranked=True)
     assert r is not None and r["name"] == "get_weather" and r["arguments"].get("days") == 3
+
+
+def test_ranked_the_models_sure_pick_of_a_distinct_candidate_replaces_the_first(fc: Any) -> None:
+    """``distinct``: candidates the caller marks as doing something else than the first; the
+    model's own pick among them, when it is sure (PICK_SURE), is the answer. Not marked distinct,
+    the same pick leaves the first candidate as the answer."""
+    weather = user("What's the weather in Paris for 3 days?")
+    assert TOOLS[fc.choose(weather, TOOLS, ["find_trains", "get_weather"], True, ranked=True, distinct=["get_weather"])] is WEATHER
+    assert fc.last_choice["picked"] is True and fc.last_choice["p_cand"] >= PICK_SURE
+    assert TOOLS[fc.choose(weather, TOOLS, ["find_trains", "get_weather", "ping"], True, ranked=True, distinct=["ping"])] is TRAINS
+    assert "picked" not in fc.last_choice
+    r = fc.choose_and_call(weather, TOOLS, ["find_trains", "get_weather"], ranked=True, distinct=["get_weather"])
+    assert r is not None and r["name"] == "get_weather" and r["arguments"].get("days") == 3
+    assert fc.choose(user("Write me a poem about autumn leaves."), TOOLS, ["find_trains", "get_weather"], True, ranked=True,
+                     distinct=["get_weather"]) is None
 
 
 def test_choose_and_call_fills_the_chosen_tool_and_keeps_the_listing_cached(fc: Any) -> None:

@@ -42,8 +42,9 @@ class FakeEngine:
         self.seen.append(("call", tool["function"]["name"], None))
         return {"name": tool["function"]["name"], "arguments": {"city": "Paris"}, "missing": [], "usage": {}}
 
-    def choose_and_call(self, messages: Any, tools: list[dict[str, Any]], candidates: Any, allow_none: bool, ranked: bool = False) -> Any:
-        self.seen.append(("choose_and_call", candidates, allow_none, ranked))
+    def choose_and_call(self, messages: Any, tools: list[dict[str, Any]], candidates: Any, allow_none: bool, ranked: bool = False,
+                        distinct: Any = ()) -> Any:
+        self.seen.append(("choose_and_call", candidates, allow_none, ranked, *([list(distinct)] if distinct else [])))
         if self.choice is None:
             return None
         return self.call(messages, tools[self.choice])
@@ -95,6 +96,9 @@ def test_a_ranked_choice_reaches_the_engine(model_module: Any) -> None:
     model = _model(model_module, choice=0)
     model._tool_calls(USER, {"tools": TOOLS, "candidates": ["weather", "trains"], "allow_none": True, "ranked": True})
     assert model.engine.seen[0] == ("choose_and_call", ["weather", "trains"], True, True)
+    model._tool_calls(USER, {"tools": TOOLS, "candidates": ["weather", "trains", "currency"], "allow_none": True, "ranked": True,
+                             "distinct": ["currency"]})
+    assert model.engine.seen[-2] == ("choose_and_call", ["weather", "trains", "currency"], True, True, ["currency"])
 
 
 def test_none_chosen_is_an_empty_tool_call_list(model_module: Any) -> None:
@@ -118,6 +122,12 @@ def test_the_old_shapes_still_work(model_module: Any) -> None:
     ({"tools": TOOLS, "candidates": ["weather"], "ranked": True}, "only with allow_none"),
     ({"tools": TOOLS, "allow_none": True, "ranked": "yes"}, "ranked must be true or false"),
     ({"tools": TOOLS, "candidates": []}, "nothing to choose"),
+    ({"tools": TOOLS, "candidates": ["weather", "trains"], "allow_none": True, "ranked": True, "distinct": "trains"},
+     "distinct must be a list"),
+    ({"tools": TOOLS, "candidates": ["weather", "trains"], "allow_none": True, "ranked": True, "distinct": ["weather"]},
+     "after the first"),
+    ({"tools": TOOLS, "candidates": ["weather", "trains"], "allow_none": True, "distinct": ["trains"]}, "of a ranked choice"),
+    ({"tools": TOOLS, "allow_none": True, "ranked": True, "distinct": ["trains"]}, "candidates given"),
     ({"tools": TOOLS, "pick": 1}, "unknown keys"),
     ({"tools": []}, "non-empty JSON list"),
 ])

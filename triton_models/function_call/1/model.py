@@ -14,7 +14,9 @@ Tensors (``config.pbtxt``; ``max_batch_size: 0``, one JSON document per request)
   ``allow_none`` only evaluates (caches) the listing: the gateway's start-up pre-fill.
   ``"ranked": true`` (with ``allow_none``): the candidates come best first from the caller's
   ranking, and the model only says whether the request is for one of them; the answer is then
-  the first candidate, or none (``FunctionCaller.choose``).
+  the first candidate, or none (``FunctionCaller.choose``). ``"distinct": ["name", ...]``
+  (with ``ranked``): candidates after the first that do something else than it; the model's own
+  pick among them is the answer when the model is sure of it.
   ``{"tools": [tool], "prefill": true}`` evaluates (caches) one tool's prompt prefix: the
   pre-fill of a prompt target; ``tool_calls`` then names the tool with ``{}`` arguments.
 * ``TOOL_CALLS`` BYTES [1] — one JSON object::
@@ -164,7 +166,7 @@ class TritonPythonModel:
             return self._judge(messages, tools)
         if isinstance(tools, dict) and "prefill" in tools:
             return self._prefill(tools)
-        candidates, allow_none, ranked = parse_choice(tools)
+        candidates, allow_none, ranked, distinct = parse_choice(tools)
         if isinstance(tools, dict) and "tools" in tools:
             tools = tools["tools"]
         if isinstance(tools, dict):
@@ -176,7 +178,7 @@ class TritonPythonModel:
                 tool = tools[self.engine.choose(messages, tools)]
                 result = self.fill.call(messages, tool)
             else:
-                result = self.engine.choose_and_call(messages, tools, candidates, allow_none, ranked)
+                result = self.engine.choose_and_call(messages, tools, candidates, allow_none, ranked, distinct)
         if result is None:  # the chooser answered that no tool serves the request
             return {"model": self.engine.model_name, "tool_calls": [], "usage": dict(self.engine.last_choice_usage)}
         return {
@@ -256,16 +258,18 @@ def _refusals_as_bad_requests() -> Iterator[None]:
         raise BadRequest(f"the prompt does not fit the model's window: {exc}") from exc
 
 
-def parse_choice(tools: object) -> tuple[list[str] | None, bool, bool]:
-    """(candidates, allow_none, ranked) of a ``TOOLS`` document: ``{"tools": [...], "candidates":
-    [names], "allow_none": true, "ranked": false}`` chooses among ``candidates`` (default: all the
-    tools) or none; ``ranked``: the first candidate or none. A plain list or one tool object is
-    (None, False, False), as before. Wrong shapes are :class:`BadRequest`."""
+def parse_choice(tools: object) -> tuple[list[str] | None, bool, bool, list[str]]:
+    """(candidates, allow_none, ranked, distinct) of a ``TOOLS`` document: ``{"tools": [...],
+    "candidates": [names], "allow_none": true, "ranked": false, "distinct": [names]}`` chooses
+    among ``candidates`` (default: all the tools) or none; ``ranked``: the first candidate or
+    none, or the model's sure pick among ``distinct`` (candidates after the first that do
+    something else than it). A plain list or one tool object is (None, False, False, []), as
+    before. Wrong shapes are :class:`BadRequest`."""
     if not (isinstance(tools, dict) and "tools" in tools):
-        return None, False, False
-    unknown = set(tools) - {"tools", "candidates", "allow_none", "ranked"}
+        return None, False, False, []
+    unknown = set(tools) - {"tools", "candidates", "allow_none", "ranked", "distinct"}
     if unknown:
-        raise BadRequest(f"TOOLS: unknown keys {sorted(unknown)} (expected tools, candidates, allow_none, ranked)")
+        raise BadRequest(f"TOOLS: unknown keys {sorted(unknown)} (expected tools, candidates, allow_none, ranked, distinct)")
     candidates = tools.get("candidates")
     if candidates is not None and (not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates)):
         raise BadRequest("TOOLS.candidates must be a list of tool names")
@@ -284,4 +288,10 @@ def parse_choice(tools: object) -> tuple[list[str] | None, bool, bool]:
     if not isinstance(ranked, bool) or (ranked and not allow_none):
         raise BadRequest("TOOLS.ranked must be true or false, and true only with allow_none: true "
                          "(the first candidate or none)")
-    return candidates, allow_none, ranked
+    distinct = tools.get("distinct", [])
+    if not isinstance(distinct, list) or not all(isinstance(d, str) for d in distinct):
+        raise BadRequest("TOOLS.distinct must be a list of candidate names")
+    if distinct and (not ranked or candidates is None or not set(distinct) <= set(candidates[1:])):
+        raise BadRequest("TOOLS.distinct names candidates after the first of a ranked choice "
+                         "(ranked: true, candidates given)")
+    return candidates, allow_none, ranked, distinct

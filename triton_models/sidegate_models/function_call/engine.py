@@ -53,7 +53,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from sidegate_models.function_call.grammar import Grammar, gbnf_literal, parse_value, salvage, stop_strings
 from sidegate_models.function_call import grounding
@@ -65,6 +65,7 @@ from sidegate_models.function_call.prompt import (
     JUDGE_GRAMMAR,
     JUDGE_SYSTEM,
     NONE_MARGIN,
+    PICK_SURE,
     ContextTooLong,
     ToolTooLong,
     choice_mass,
@@ -264,7 +265,8 @@ class FunctionCaller:
         return {"name": t.name, "arguments": {}, "missing": [], "usage": {**stats, "seconds": round(time.perf_counter() - t0, 4)}}
 
     def choose(self, messages: list[dict[str, JSON]], tools: list[dict[str, JSON]],
-               candidates: list[str] | None = None, allow_none: bool = False, ranked: bool = False) -> int | None:
+               candidates: list[str] | None = None, allow_none: bool = False, ranked: bool = False,
+               distinct: Sequence[str] = ()) -> int | None:
         """Index of the tool the conversation asks for (a grammar over the names); None when
         ``allow_none`` and the model answers that no tool serves the request.
 
@@ -275,7 +277,15 @@ class FunctionCaller:
         halves (400 prompts, the 1.5B) the gateway's ranking (embedding + BM25) had the right
         target first more often than the model picked it, in every score band: e.g. 30 of 32 in
         0.45-0.50 against 25; on the test halves the two were even (bench/README.md,
-        pipeline_eval, third round).
+        pipeline_eval, third round). Those BFCL disagreements were mostly between near twins
+        (``Movies_1_FindMovies`` / ``Movies_3_FindMovies``); between different actions
+        ("It arrived broken. I want to send it back.": ``cancel_order`` ranked first,
+        ``return_item`` the model's pick at 0.98) the model was right more often (#14, eleventh
+        round). So ``distinct``: candidates the caller marks as doing something else than the
+        first. The model's own pick among them is the answer when its first token does not begin
+        the first candidate's name (a shared prefix, such as ``Payment_1_``, reads as agreement)
+        and the first token's mass on the candidates is at least ``PICK_SURE``; ``last_choice``
+        then has ``"picked": true``.
 
         The prompt lists ALL ``tools``, in the order given, with the same bytes on every call (see
         :func:`choice_prompt`), so with a fixed tool list only the conversation is evaluated after
@@ -310,10 +320,14 @@ class FunctionCaller:
                     if attempt + 1 == CONTEXT_ATTEMPTS:
                         raise
                     convo = self._cut(convo, exc, reserve=16, stats=stats)
-            if ranked and allow_none and not none.startswith(text) and any(n.startswith(text) for n in allowed):
-                # a candidate, and which one does not matter (the answer is the first): the rest
-                # of its name is not decoded
-                text = next(n for n in allowed if n.startswith(text))
+            begun = [n for n in allowed if n.startswith(text)]
+            if ranked and allow_none and not none.startswith(text) and begun:
+                # a candidate. Unless it can only be a distinct one (then it may be the answer), which
+                # one does not matter (the answer is the first): the rest of its name is not decoded
+                if begun[0] == allowed[0] or not set(begun) <= set(distinct):
+                    text = begun[0]
+                else:
+                    text = self._rest_of_name(system, convo, text, begun, stats)
             else:
                 text = self._rest_of_name(system, convo, text, allowed + ([none] if allow_none else []), stats)
         self.last_choice_usage = stats
@@ -325,6 +339,9 @@ class FunctionCaller:
             self.last_choice = {"text": text, "p_none": p_none, "p_cand": p_cand}
             if math.log(p_none + 1e-12) >= math.log(p_cand + 1e-12) - self.none_margin:
                 return None
+            if ranked and text != allowed[0] and text in distinct and p_cand >= PICK_SURE:
+                self.last_choice["picked"] = True
+                return names.index(text)  # sure of a different action than the ranking's first
         if ranked and allow_none and text in allowed:
             return names.index(allowed[0])
         if text in allowed:
@@ -349,7 +366,8 @@ class FunctionCaller:
         return head + self._complete(system, convo, head, grammar, stop=None, stats=stats, slot=self.n_slots)
 
     def choose_and_call(self, messages: list[dict[str, JSON]], tools: list[dict[str, JSON]],
-                        candidates: list[str] | None = None, allow_none: bool = True, ranked: bool = False) -> dict[str, JSON] | None:
+                        candidates: list[str] | None = None, allow_none: bool = True, ranked: bool = False,
+                        distinct: Sequence[str] = ()) -> dict[str, JSON] | None:
         """:meth:`choose`, then :meth:`call` on the chosen tool: ``{"name", "arguments",
         "missing", "usage"}``, or None when no tool serves the request. A tool without
         parameters is chosen like any other; its call generates nothing.
@@ -360,7 +378,7 @@ class FunctionCaller:
         to ~8,000 tokens (132 s to pre-fill, against 16 s), each choice took 1.8-3.7 s instead of
         0.8-1.8 s (every step attends over the whole listing), and it routed worse."""
         t0 = time.perf_counter()
-        index = self.choose(messages, tools, candidates, allow_none, ranked)
+        index = self.choose(messages, tools, candidates, allow_none, ranked, distinct)
         choice_s = time.perf_counter() - t0
         if index is None:
             return None

@@ -153,6 +153,14 @@ CHOICE_TOP_LOGPROBS = 20  # alternatives of the chooser's first token read to we
 # 0.803 against 0.762 + 0.836, follow-ups 12 against 8 of 19: more in-scope prompts and follow-ups
 # reach their target, a few more near misses do too (bench/README.md, pipeline_eval, tenth round).
 NONE_MARGIN = 0.5
+# A ranked choice (the gateway's ranking first, the model as the gate) takes the model's own pick
+# instead of the first candidate when the pick is a candidate the caller marked distinct from the
+# first (a different action, not a near twin), its first token does not begin the first's name,
+# and the first token's mass on the candidates is at least this. Chosen on the judged in-scope
+# prompts where the model's pick and the ranking's first differ (#14, eleventh round: BFCL dev and
+# test and both halves of bench/data/user_configs.jsonl, 21 prompts: the wrong picks of a distinct
+# target had a mass of 0.24-0.48, the right ones 0.63-0.98 but one, 0.95).
+PICK_SURE = 0.6
 
 
 def choice_mass(top: dict[str, float], none: str, allowed: list[str]) -> tuple[float, float]:
