@@ -258,6 +258,17 @@ def test_tables_print(capsys: pytest.CaptureFixture[str]) -> None:
     assert "multiple" in out and "irrelevance" in out and "latency per outcome" in out
 
 
+def _check_user_config(g: pe.Group, tmp_path: Path) -> None:
+    """One user config: in- and out-of-scope prompts, in-scope ones name its own targets, and the
+    gateway's loader takes the config pipeline_eval writes for it."""
+    assert {it.set for it in g.items} == set(pe.USER_SETS)
+    assert all(it.answer_target in g.targets for it in g.items if it.in_scope)
+    raw = pe.group_config(g, app_port=1234, ports=pe.Ports(*range(20001, 20007)),
+                          model_server={"mode": "remote", "endpoint": "grpc://127.0.0.1:8001"})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    load_config(tmp_path / "c.yaml")
+
+
 def test_user_configs_are_one_config_each_and_split_by_config(tmp_path: Path) -> None:
     """bench/data/user_configs.jsonl: every row converts; each config is one group of its own in one
     half (the configs tried by hand first are dev); its in-scope prompts name one of its own
@@ -273,12 +284,7 @@ def test_user_configs_are_one_config_each_and_split_by_config(tmp_path: Path) ->
             (config,) = {it.id.rsplit("_", 1)[0] for it in g.items}
             assert config not in seen and pe.user_config_half(config.removeprefix("user_")) == half
             seen.add(config)
-            assert {it.set for it in g.items} == set(pe.USER_SETS)
-            assert all(it.answer_target in g.targets for it in g.items if it.in_scope)
-            raw = pe.group_config(g, app_port=1234, ports=pe.Ports(*range(20001, 20007)),
-                                  model_server={"mode": "remote", "endpoint": "grpc://127.0.0.1:8001"})
-            (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-            load_config(tmp_path / "c.yaml")
+            _check_user_config(g, tmp_path)
     assert seen == {f"user_{c}" for c in configs}
     assert all(pe.user_config_half(c) == "dev" for c in pe.SEEN_CONFIGS)
     item = next(it for g in pe.user_config_groups("dev") for it in g.items if it.in_scope)
@@ -300,10 +306,5 @@ def test_the_second_user_configs_file_is_held_out_whole(tmp_path: Path) -> None:
     assert len(groups) == len(configs) and sum(len(g.items) for g in groups) == len(rows)
     assert not {it.id for g in groups for it in g.items} & {r["id"] for r in pe._jsonl(pe.USER_CONFIGS_FILE)}
     for g in groups:
-        assert {it.set for it in g.items} == set(pe.USER_SETS)
-        assert all(it.answer_target in g.targets for it in g.items if it.in_scope)
-        raw = pe.group_config(g, app_port=1234, ports=pe.Ports(*range(20001, 20007)),
-                              model_server={"mode": "remote", "endpoint": "grpc://127.0.0.1:8001"})
-        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-        load_config(tmp_path / "c.yaml")
+        _check_user_config(g, tmp_path)
     assert all(pe.user_config_half(c, path) == "test" for c in configs)
