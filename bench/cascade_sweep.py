@@ -75,7 +75,8 @@ def log_ratio(p: float, q: float) -> float:
 
 def first_token(rec: dict[str, Any]) -> str | None:
     """The judge's first answer token as the grammar let it through: the likeliest of its top
-    alternatives that begins a candidate's name (or none), consistent with the name it wrote."""
+    alternatives (before the grammar) that begins the name it wrote; None when none does, or
+    the record has no alternatives (records before the eleventh round)."""
     judge = rec.get("judge") or {}
     top, pick = judge.get("top_logprobs") or {}, judge.get("text")
     tokens = [t for t in top if t and pick is not None and pick.startswith(t)]
