@@ -295,6 +295,17 @@ def bands(records: Sequence[dict[str, Any]], unrelated: float, margin: float = B
     return rows
 
 
+def _fill(fc: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """Fill the target ``name`` (``FunctionCaller.call``, grounding included): what ``--fill``
+    records, its parameter count, the arguments found, the required ones missing, the time."""
+    tool = next(x for x in tools if x["function"]["name"] == name)
+    started = time.perf_counter()
+    filled = fc.call(messages, tool)
+    return {"params": len((tool["function"].get("parameters") or {}).get("properties") or {}),
+            "arguments": len(filled.get("arguments") or {}), "missing": len(filled.get("missing") or []),
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
 def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One pass: every selected prompt's intent verdict and (over the unrelated cut-off) the judge's answer."""
     import numpy as np
@@ -363,20 +374,9 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
                         rec["gate"] = {"p_none": p_not, "p_call": p_is, "seconds": round(time.perf_counter() - started, 3),
                                        "prompt_n": stats.get("prompt_n", 0)}
                 if args.fill and rec["best"] < max(args.confident) and "judge" in rec:
-                    tool = next(x for x in tools if x["function"]["name"] == rec["top"][0])
-                    started = time.perf_counter()
-                    filled = fc.call(it.messages, tool)
-                    rec["fill"] = {"params": len((tool["function"].get("parameters") or {}).get("properties") or {}),
-                                   "arguments": len(filled.get("arguments") or {}), "missing": len(filled.get("missing") or []),
-                                   "seconds": round(time.perf_counter() - started, 3)}
+                    rec["fill"] = _fill(fc, it.messages, tools, rec["top"][0])
                     if (other := sure_pick(rec)) is not None:  # the engine would fill the model's pick instead
-                        tool = next(x for x in tools if x["function"]["name"] == other)
-                        started = time.perf_counter()
-                        filled = fc.call(it.messages, tool)
-                        rec["fill_pick"] = {"params": len((tool["function"].get("parameters") or {}).get("properties") or {}),
-                                            "arguments": len(filled.get("arguments") or {}),
-                                            "missing": len(filled.get("missing") or []),
-                                            "seconds": round(time.perf_counter() - started, 3)}
+                        rec["fill_pick"] = _fill(fc, it.messages, tools, other)
                 records.append(rec)
                 if args.verbose:
                     print(rec, flush=True)
