@@ -305,11 +305,11 @@ class IntentIndex:
         return dataclasses.replace(index, heads=tuple(heads))
 
     def likeness(self, a: str, b: str) -> float:
-        """Cosine between two targets' "name: description" views (built by :meth:`for_targets`;
-        without them, between their first views): how nearly they do the same thing."""
-        i, j = self.names.index(a), self.names.index(b)
-        owners = self.owners.tolist()
-        ri, rj = (self.heads[i], self.heads[j]) if self.heads is not None else (owners.index(i), owners.index(j))
+        """Cosine between two targets' "name: description" views (an index built by
+        :meth:`for_targets`, which finds them): how nearly they do the same thing."""
+        if self.heads is None:
+            raise ValueError("likeness needs an index built by IntentIndex.for_targets")
+        ri, rj = self.heads[self.names.index(a)], self.heads[self.names.index(b)]
         return float(self.matrix[ri] @ self.matrix[rj])
 
     def distinct(self, first: str, others: Iterable[str]) -> list[str]:

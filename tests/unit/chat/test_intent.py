@@ -162,3 +162,5 @@ def test_likeness_reads_the_name_and_description_views_and_distinct_leaves_out_n
     assert intent.DISTINCT_BELOW == 0.7
     assert index.distinct("cancel_order", ["return_item", "cancel_purchase", "ping"]) == ["return_item", "ping"]
     assert index.distinct("cancel_order", ["cancel_order"]) == []
+    with pytest.raises(ValueError, match="for_targets"):
+        intent.IntentIndex.build(names, views, owners, m).likeness("cancel_order", "ping")
