@@ -38,7 +38,8 @@ pass of the model.
 
 * ``--user-configs [FILE]``: also the half's small configs of ``bench/data/user_configs.jsonl`` (each its
   own config; issue 14, tenth round: the none margin was chosen on them beside BFCL), or of FILE
-  (``bench/data/user_configs_2.jsonl``: held out whole, all test; eleventh round).
+  (``bench/data/user_configs_2.jsonl``: held out whole, all test; eleventh round; ``user_configs_3.jsonl``:
+  dev whole, ``user_configs_4.jsonl``: held out whole; twelfth round).
 
   python -m bench cascade_sweep [--half dev] [--limit 80] [--confident 0.55,0.65] [--margins 1,1.5,2] [--gate fill]
 
@@ -393,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sets", default=",".join(ALL_SETS), type=lambda s: [x for x in s.split(",") if x])
     ap.add_argument("--user-configs", nargs="?", const=str(ROOT / "bench" / "data" / "user_configs.jsonl"), default=None, metavar="FILE",
                     help="also the half's small configs of bench/data/user_configs.jsonl, or of FILE "
-                         "(bench/data/user_configs_2.jsonl: held out whole, --half test)")
+                         "(user_configs_3.jsonl: dev whole; user_configs_2.jsonl, user_configs_4.jsonl: held out whole, --half test)")
     ap.add_argument("--max-targets", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp and torch threads")
     ap.add_argument("--confident", default="0.5,0.55,0.6,0.65", type=lambda s: [float(x) for x in s.split(",")])

@@ -94,7 +94,13 @@ SEEN_CONFIGS = ("helpdesk", "pharmacy")  # helpdesk: session 22's trial; pharmac
 # #14's eleventh round before any run of them, after the first file's test half had been read
 # while choosing (the sure-pick rule): held out whole, every config of it is test.
 USER_CONFIGS_2_FILE = ROOT / "bench" / "data" / "user_configs_2.jsonl"
-HELD_OUT_FILES = (USER_CONFIGS_2_FILE,)
+# Twelve more (#14's twelfth round), written together before any run of them: the third file's six
+# (insurance, courier, salon, cinema, utility, university) are dev whole, to choose on; the
+# fourth's six (vet, concerts, apartments, payroll, bike share, parking) are held out whole.
+USER_CONFIGS_3_FILE = ROOT / "bench" / "data" / "user_configs_3.jsonl"
+USER_CONFIGS_4_FILE = ROOT / "bench" / "data" / "user_configs_4.jsonl"
+HELD_OUT_FILES = (USER_CONFIGS_2_FILE, USER_CONFIGS_4_FILE)
+DEV_FILES = (USER_CONFIGS_3_FILE,)
 
 DEFAULT_TARGET = "pipeline_eval_default"  # not a BFCL name (checked: a clash skips the item)
 APP_ENDPOINT = "eval_app"
@@ -302,12 +308,14 @@ def load_set(folder: Path, set_name: str) -> tuple[list[Item], dict[str, Any]]:
 def user_config_half(config: str, path: Path = USER_CONFIGS_FILE) -> str:
     if path.resolve() in {p.resolve() for p in HELD_OUT_FILES}:
         return "test"
+    if path.resolve() in {p.resolve() for p in DEV_FILES}:
+        return "dev"
     return "dev" if config in SEEN_CONFIGS else split_of(config)
 
 
 def user_config_groups(half: str, path: Path = USER_CONFIGS_FILE) -> list[Group]:
-    """The ``half`` of a user configs file (:data:`USER_CONFIGS_FILE` or one of
-    :data:`HELD_OUT_FILES`, all test): one group per config, in file order."""
+    """The ``half`` of a user configs file (:data:`USER_CONFIGS_FILE`, one of :data:`HELD_OUT_FILES`,
+    all test, or of :data:`DEV_FILES`, all dev): one group per config, in file order."""
     groups: dict[str, Group] = {}
     for row in _jsonl(path):
         if user_config_half(row["config"], path) != half:
@@ -699,7 +707,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sets", default=",".join(ALL_SETS), help=f"comma-separated, from {', '.join(ALL_SETS)}")
     ap.add_argument("--user-configs", nargs="?", const=str(USER_CONFIGS_FILE), default=None, metavar="FILE",
                     help=f"also the half's configs of a user configs file (default {USER_CONFIGS_FILE.name}; "
-                         f"{USER_CONFIGS_2_FILE.name}: held out whole, --half test); each its own config, --limit does not apply")
+                         f"{USER_CONFIGS_3_FILE.name}: dev whole; {USER_CONFIGS_2_FILE.name}, {USER_CONFIGS_4_FILE.name}: held out "
+                         "whole, --half test); each its own config, --limit does not apply")
     ap.add_argument("--max-targets", type=int, default=20, help="prompt targets per merged config (the default target not counted)")
     ap.add_argument("--no-guard", action="store_true", help="configure no jailbreak guard")
     ap.add_argument("--threshold", type=float, default=None, help="intent threshold override (default: the config default)")

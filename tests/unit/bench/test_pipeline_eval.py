@@ -293,18 +293,25 @@ def test_user_configs_are_one_config_each_and_split_by_config(tmp_path: Path) ->
     assert not pe.score(item, pe.Outcome("default", 200, target=pe.DEFAULT_TARGET), None)["routed_right"]
 
 
-def test_the_second_user_configs_file_is_held_out_whole(tmp_path: Path) -> None:
-    """bench/data/user_configs_2.jsonl (written after the first file's test half had been read):
-    every config is test, whatever its hash; every row converts into a config of its own with
-    in- and out-of-scope prompts, and no config name or prompt id repeats the first file's."""
-    path = pe.USER_CONFIGS_2_FILE
-    rows = pe._jsonl(path)
-    configs = {r["config"] for r in rows}
-    assert len(configs) == 6 and not configs & {r["config"] for r in pe._jsonl(pe.USER_CONFIGS_FILE)}
-    assert pe.user_config_groups("dev", path) == []
-    groups = pe.user_config_groups("test", path)
-    assert len(groups) == len(configs) and sum(len(g.items) for g in groups) == len(rows)
-    assert not {it.id for g in groups for it in g.items} & {r["id"] for r in pe._jsonl(pe.USER_CONFIGS_FILE)}
-    for g in groups:
-        _check_user_config(g, tmp_path)
-    assert all(pe.user_config_half(c, path) == "test" for c in configs)
+def test_the_later_user_configs_files_are_dev_or_held_out_whole(tmp_path: Path) -> None:
+    """bench/data/user_configs_2.jsonl (written after the first file's test half had been read) and
+    _3 / _4 (written together, before any run of them): the second's and the fourth's configs are
+    all test, the third's all dev, whatever their hash; no config name or prompt id repeats an
+    earlier file's; every row converts into a config of its own with in- and out-of-scope prompts."""
+    seen_configs = {r["config"] for r in pe._jsonl(pe.USER_CONFIGS_FILE)}
+    seen_ids = {r["id"] for r in pe._jsonl(pe.USER_CONFIGS_FILE)}
+    for path, half, other in ((pe.USER_CONFIGS_2_FILE, "test", "dev"), (pe.USER_CONFIGS_3_FILE, "dev", "test"),
+                              (pe.USER_CONFIGS_4_FILE, "test", "dev")):
+        rows = pe._jsonl(path)
+        configs = {r["config"] for r in rows}
+        assert len(configs) == 6 and not configs & seen_configs
+        assert pe.user_config_groups(other, path) == []
+        groups = pe.user_config_groups(half, path)
+        assert len(groups) == len(configs) and sum(len(g.items) for g in groups) == len(rows)
+        ids = {it.id for g in groups for it in g.items}
+        assert not ids & seen_ids
+        for g in groups:
+            _check_user_config(g, tmp_path)
+        assert all(pe.user_config_half(c, path) == half for c in configs)
+        seen_configs |= configs
+        seen_ids |= ids
