@@ -118,17 +118,31 @@ build compose create describe do draft explain generate get give list make produ
 """.split()))
 
 
+# British -ise / -yse spellings ("summarise", "analysed", "organisation"), written as their -ize /
+# -yze forms before stemming, so that a request and a preference spelled the other way share a stem
+# (the stemmer gives "summaris" for "summarise" and "summar" for "summarize"); applied to both sides,
+# so a word that only looks British ("promise" -> "promize") still meets itself
+_BRITISH = re.compile(r"^([a-z']{3,}[iy])s(e|ed|es|ing|ation|ations)$")
+
+
+def _us(word: str) -> str:
+    return _BRITISH.sub(r"\1z\2", word)
+
+
+def _words(text: str) -> list[str]:
+    """The words of ``text`` (lower case, US -ize spellings) that are not request fillers."""
+    return [_us(w) for w in _WORDS.findall(text.lower()) if w not in _FILLERS]
+
+
 def _stems(text: str) -> set[str]:
-    return set(_STEMMER.stemWords([w for w in _WORDS.findall(text.lower()) if w not in _FILLERS]))
+    return set(_STEMMER.stemWords(_words(text)))
 
 
 def lead_word(text: str) -> str | None:
     """The stem of the first word of ``text`` that is not a request filler ("Can you summarize the
     book" -> "summar"), None without one."""
-    for w in _WORDS.findall(text.lower()):
-        if w not in _FILLERS:
-            return str(_STEMMER.stemWord(w))
-    return None
+    words = _words(text)
+    return str(_STEMMER.stemWord(words[0])) if words else None
 
 
 def routing_text(text: str) -> str:

@@ -255,10 +255,11 @@ async def test_a_turn_that_starts_by_naming_a_preference_goes_to_it() -> None:
     metrics = Metrics()
     router = PreferenceRouter(cfg=config(), models=Embedder(), metrics=metrics)
     # the embedding is nearest to code generation, and ordinary chat nearer still: the first word decides
-    for prompt in (f"Summarize the ideas 0@0.4 {CHAT}@0.7", f"Can you please summarize {CHAT}@0.9"):
+    for prompt in (f"Summarize the ideas 0@0.4 {CHAT}@0.7", f"Can you please summarize {CHAT}@0.9",
+                   f"Please summarise the ideas {CHAT}@0.9"):  # the British spelling too
         route = await router.route(request(prompt))
         assert (route.provider.name, route.preference, route.decided_by) == ("reader", "summarization", "named")
-    assert metrics.route_decisions.labels("summarization", "named")._value.get() == 2
+    assert metrics.route_decisions.labels("summarization", "named")._value.get() == 3
     # later in the turn it is only a word: the embedding decides
     route = await router.route(request(f"this long article: summarize {CHAT}@0.9"))
     assert route.preference is None
@@ -271,6 +272,10 @@ def test_lead_word() -> None:
     assert lead_word("Can you please summarize this article?") == "summar"
     assert lead_word("How would you translate this") == "translat"
     assert lead_word("please, can you") is None
+    # British spellings stem as the American ones do: "summarise" is a request to summarize
+    assert lead_word("Please summarise this report") == lead_word("summarize it") == lead_word("summarization")
+    assert lead_word("Could you analyse these figures") == lead_word("analyze") != lead_word("analysis")
+    assert lead_word("Promise me") == lead_word("promise") and lead_word("noise") == "nois"
     assert lead_word("") is None
 
 
