@@ -45,8 +45,10 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -330,8 +332,18 @@ def through_stack(items: Sequence[Item], expected: Sequence[str], judged: Sequen
                 for _ in range(60):
                     if ask(text, "auto")[0] < 1500:
                         break
+            def model_errors() -> dict[str, float]:
+                """ext_proc's failed model calls by stage (``route``, ``route_judge``: a judge that fails
+                or misses its deadline leaves the embedding's decision)."""
+                url = f"http://127.0.0.1:{cfg.ext_proc.http_port}/metrics"
+                with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 (loopback)
+                    text = r.read().decode()
+                return {m: float(v) for m, v in re.findall(r'^sidegate_model_server_errors_total\{model="([^"]+)"\} (\S+)$', text, re.M)}
+
             routed, plain, agree, statuses = [], [], 0, Counter()
             routed_judged: list[float] = []
+            disagree: list[dict[str, Any]] = []
+            errors_before = model_errors()
             flags = list(judged) if judged is not None else [False] * len(items)
             for it, want, was_judged in zip(items, expected, flags):
                 for model in ("default-model", "auto") if len(plain) % 2 else ("auto", "default-model"):
@@ -340,11 +352,15 @@ def through_stack(items: Sequence[Item], expected: Sequence[str], judged: Sequen
                     if model == "auto":
                         (routed_judged if was_judged else routed).append(ms)
                         agree += (route or NONE) == want
+                        if (route or NONE) != want:
+                            disagree.append({"text": it.text[:80], "bench": want, "stack": route or NONE,
+                                             "judged": was_judged, "ms": round(ms, 1)})
                     else:
                         plain.append(ms)
+            errors = {m: n - errors_before.get(m, 0.0) for m, n in model_errors().items() if n > errors_before.get(m, 0.0)}
             out = {"n": len(items), "routed_p50_ms": median(routed), "not_routed_p50_ms": median(plain),
                    "added_p50_ms": median(routed) - median(plain), "agree_with_bench": agree / max(len(items), 1),
-                   "statuses": dict(statuses)}
+                   "statuses": dict(statuses), "disagree": disagree, "model_errors": errors}
             if routed_judged:
                 out.update(judged=len(routed_judged), judged_routed_p50_ms=median(routed_judged),
                            judged_added_p50_ms=median(routed_judged) - median(plain))
@@ -541,9 +557,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["stack"] = stack
         print_table("routing_eval: through the stack (egress, Envoy + ext_proc + Triton prompt_embed, a fake provider)"
                     + (", the judge on (Triton function_call)" if judge_out is not None else ""),
-                    ["prompts", "routed p50 ms", "not routed p50 ms", "added p50 ms", "same route as above", "statuses"],
+                    ["prompts", "routed p50 ms", "not routed p50 ms", "added p50 ms", "same route as above", "statuses",
+                     "failed model calls"],
                     [[stack["n"], stack["routed_p50_ms"], stack["not_routed_p50_ms"], stack["added_p50_ms"],
-                      stack["agree_with_bench"], json.dumps(stack["statuses"])]], caption=load_caption())
+                      stack["agree_with_bench"], json.dumps(stack["statuses"]), json.dumps(stack["model_errors"])]],
+                    caption=load_caption())
+        for d in stack["disagree"]:
+            print(f"  not the bench's route: {d['text']!r}: bench {d['bench']}, stack {d['stack']}"
+                  f"{' (judged)' if d['judged'] else ''}, {d['ms']:.0f} ms")
         if "judged" in stack:
             print_table("routing_eval: through the stack, the judged prompts (embedding + function_call's judge)",
                         ["judged prompts", "routed p50 ms", "added p50 ms", "target p50 s"],
