@@ -332,6 +332,7 @@ def through_stack(items: Sequence[Item], expected: Sequence[str], judged: Sequen
                 for _ in range(60):
                     if ask(text, "auto")[0] < 1500:
                         break
+
             def model_errors() -> dict[str, float]:
                 """ext_proc's failed model calls by stage (``route``, ``route_judge``: a judge that fails
                 or misses its deadline leaves the embedding's decision)."""
