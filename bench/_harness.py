@@ -56,6 +56,7 @@ __all__ = [
     "SidegateStack",
     "client_run",
     "cpu_seconds",
+    "ext_proc_counters",
     "free_port",
     "git_commit",
     "load_caption",
@@ -367,6 +368,14 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+def ext_proc_counters(http_port: int, name: str) -> dict[str, float]:
+    """The labelled samples of the counter ``name`` on ext_proc's ``/metrics`` (its HTTP port), by
+    their label text (``model="route_judge"``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as r:  # noqa: S310 (loopback)
+        text = r.read().decode()
+    return {labels: float(v) for labels, v in re.findall(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$", text, re.M)}
 
 
 def _http_ok(url: str, expect: str | None = None) -> bool:

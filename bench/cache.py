@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +30,7 @@ from bench._harness import (  # noqa: E402
     FakeProviderProcess,
     SidegateStack,
     client_run,
+    ext_proc_counters,
     load_caption,
     median,
     print_table,
@@ -43,9 +42,7 @@ BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "conten
 
 
 def upstream_responses(stack: SidegateStack) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{stack.cfg.ext_proc.http_port}/metrics", timeout=5) as r:  # noqa: S310 (loopback)
-        text = r.read().decode()
-    return sum(float(v) for v in re.findall(r"^sidegate_upstream_responses_total\{[^}]*\} (\S+)$", text, re.M))
+    return sum(ext_proc_counters(stack.cfg.ext_proc.http_port, "sidegate_upstream_responses_total").values())
 
 
 def main(argv: list[str] | None = None) -> int:

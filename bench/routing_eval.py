@@ -45,10 +45,8 @@ import dataclasses
 import importlib.util
 import json
 import os
-import re
 import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._harness import load_caption, median, percentile, print_table, use_home, write_results  # noqa: E402
+from bench._harness import ext_proc_counters, load_caption, median, percentile, print_table, use_home, write_results  # noqa: E402
 from bench.guard_sources import PackageMissing, _sharegpt_first_turns, package_file, text_hash  # noqa: E402
 from bench.intent_eval import DEFAULT_CACHE, Embedder  # noqa: E402
 from ext_proc.chat.preferences import (  # noqa: E402
@@ -336,10 +334,8 @@ def through_stack(items: Sequence[Item], expected: Sequence[str], judged: Sequen
             def model_errors() -> dict[str, float]:
                 """ext_proc's failed model calls by stage (``route``, ``route_judge``: a judge that fails
                 or misses its deadline leaves the embedding's decision)."""
-                url = f"http://127.0.0.1:{cfg.ext_proc.http_port}/metrics"
-                with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 (loopback)
-                    text = r.read().decode()
-                return {m: float(v) for m, v in re.findall(r'^sidegate_model_server_errors_total\{model="([^"]+)"\} (\S+)$', text, re.M)}
+                counts = ext_proc_counters(cfg.ext_proc.http_port, "sidegate_model_server_errors_total")
+                return {labels.removeprefix('model="').removesuffix('"'): n for labels, n in counts.items()}
 
             routed, plain, agree, statuses = [], [], 0, Counter()
             routed_judged: list[float] = []

@@ -213,3 +213,36 @@ def test_overhead_headline_reads_issue_21s_figures_from_one_run() -> None:
     assert got["req/s ext_proc.workers 2 / 1"] == (1.75, True)
     missing = headline([row(1, "envoy", 2000, 0.5), row(1, "egress", 600, 1.8, 0.9)])
     assert math.isnan(missing[-1]["value"]) and not missing[-1]["met"] and not missing[0]["met"]
+
+
+def test_ext_proc_counters_reads_one_counters_labelled_samples() -> None:
+    """What the cache and routing benches read from ext_proc's /metrics: one counter's samples by
+    their labels, not its _created twin, another counter, or a comment."""
+    import http.server
+    import threading
+
+    text = ('# HELP sidegate_model_server_errors_total Failed calls to the model server\n'
+            'sidegate_model_server_errors_total{model="route_judge"} 6.0\n'
+            'sidegate_model_server_errors_total{model="route"} 0.0\n'
+            'sidegate_model_server_errors_created{model="route"} 1.7e9\n'
+            'sidegate_upstream_responses_total{provider="p"} 3.0\n').encode()
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.end_headers()
+            self.wfile.write(text)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        assert h.ext_proc_counters(port, "sidegate_model_server_errors_total") == {'model="route_judge"': 6.0, 'model="route"': 0.0}
+        assert h.ext_proc_counters(port, "sidegate_upstream_responses_total") == {'provider="p"': 3.0}
+        assert h.ext_proc_counters(port, "sidegate_absent_total") == {}
+    finally:
+        server.shutdown()
+        server.server_close()
