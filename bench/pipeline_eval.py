@@ -101,6 +101,8 @@ USER_CONFIGS_3_FILE = ROOT / "bench" / "data" / "user_configs_3.jsonl"
 USER_CONFIGS_4_FILE = ROOT / "bench" / "data" / "user_configs_4.jsonl"
 HELD_OUT_FILES = (USER_CONFIGS_2_FILE, USER_CONFIGS_4_FILE)
 DEV_FILES = (USER_CONFIGS_3_FILE,)
+# the files whose every config is one half, whatever its hash (by resolved path)
+_WHOLE_FILES = {**{p.resolve(): "test" for p in HELD_OUT_FILES}, **{p.resolve(): "dev" for p in DEV_FILES}}
 
 DEFAULT_TARGET = "pipeline_eval_default"  # not a BFCL name (checked: a clash skips the item)
 APP_ENDPOINT = "eval_app"
@@ -306,10 +308,8 @@ def load_set(folder: Path, set_name: str) -> tuple[list[Item], dict[str, Any]]:
 
 
 def user_config_half(config: str, path: Path = USER_CONFIGS_FILE) -> str:
-    if path.resolve() in {p.resolve() for p in HELD_OUT_FILES}:
-        return "test"
-    if path.resolve() in {p.resolve() for p in DEV_FILES}:
-        return "dev"
+    if (whole := _WHOLE_FILES.get(path.resolve())) is not None:
+        return whole
     return "dev" if config in SEEN_CONFIGS else split_of(config)
 
 
