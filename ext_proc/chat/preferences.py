@@ -111,13 +111,6 @@ that the then this to us want we what will with would you your
 """.split())
 _WORDS = re.compile(r"[a-z][a-z']*")
 _STEMMER = snowballstemmer.stemmer("english")  # not thread-safe: the event loop's thread only
-# verbs that ask for something to be produced without saying which task: never a named task
-# ("Generate a poem" is no request for the preference "code generation")
-_GENERIC = frozenset(_STEMMER.stemWords("""
-build compose create describe do draft explain generate get give list make produce provide show tell write
-""".split()))
-
-
 # British -ise / -yse spellings ("summarise", "analysed", "organisation"), written as their -ize /
 # -yze forms before stemming, so that a request and a preference spelled the other way share a stem
 # (the stemmer gives "summaris" for "summarise" and "summar" for "summarize"); applied to both sides,
@@ -127,6 +120,13 @@ _BRITISH = re.compile(r"^([a-z']{3,}[iy])s(e|ed|es|ing|ation|ations)$")
 
 def _us(word: str) -> str:
     return _BRITISH.sub(r"\1z\2", word)
+
+
+# verbs that ask for something to be produced without saying which task: never a named task
+# ("Generate a poem" is no request for the preference "code generation")
+_GENERIC = frozenset(_STEMMER.stemWords([_us(w) for w in """
+build compose create describe do draft explain generate get give list make produce provide show tell write
+""".split()]))
 
 
 def _words(text: str) -> list[str]:
