@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -57,6 +58,31 @@ def _settings_for(cfg: Config, name: str) -> ModelSettings:
     return settings
 
 
+def _sized(cfg: Config, name: str, settings: ModelSettings) -> ModelSettings:
+    """``settings`` with what sidegate sizes from the config where the user set nothing:
+    function_call's ``kv_windows`` (its KV cache, allocated at load) from this config's targets
+    and judges, so two targets do not hold the memory sixteen would."""
+    if name != "function_call" or settings.parameters.get("kv_windows"):
+        return settings
+    from sidegate_models.function_call.engine import kv_windows_for
+    from tritonclient.grpc import model_config_pb2
+
+    from ext_proc.chat.targets import tool_schema
+
+    written = text_format.Parse((MODELS_DIR / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()).parameters
+
+    def number(key: str) -> int:
+        value = settings.parameters.get(key) or (written[key].string_value if key in written else "")
+        return int(value) if value.isdigit() else 0
+
+    windows = kv_windows_for(
+        [tool_schema(t) for t in cfg.prompt_targets if t.parameters], n_ctx=number("n_ctx") or 2048,
+        n_slots=number("n_slots") or 16, guard_judge=cfg.jailbreak is not None and cfg.jailbreak.judge is not None,
+        route_categories=[(rp.name, rp.description) for p in cfg.llm_providers for rp in p.routing_preferences]
+        if cfg.routing_judge is not None else ())
+    return replace(settings, parameters={**settings.parameters, "kv_windows": str(windows)})
+
+
 def _apply(config_text: str, settings: ModelSettings, name: str) -> str:
     from tritonclient.grpc import model_config_pb2
 
@@ -87,7 +113,7 @@ def render_model_repository(cfg: Config, dest: Path) -> Path:
         out = dest / name
         (out / "configs").mkdir(parents=True)
         os.symlink(src / "1", out / "1")
-        settings = _settings_for(cfg, name)
+        settings = _sized(cfg, name, _settings_for(cfg, name))
         # a model without configs/gpu.pbtxt (an ensemble, the numpy guard head) runs config.pbtxt
         # under --model-config-name=gpu too, as Triton falls back to it
         for rel in ("config.pbtxt", "configs/gpu.pbtxt"):

@@ -89,3 +89,18 @@ def test_rendering_again_drops_models_the_config_no_longer_needs(tmp_path: Path)
     assert (out / "prompt_guard").is_dir()
     render_model_repository(config(tmp_path, [LOCAL]), out)
     assert sorted(p.name for p in out.iterdir()) == ["chat_llm"]
+
+
+def test_function_calls_kv_cache_is_sized_from_the_config_unless_the_user_sets_it(tmp_path: Path) -> None:
+    def windows(**extra: Any) -> str:
+        out = render_model_repository(config(tmp_path, [OPENAI], **extra), tmp_path / "repo")
+        cpu, gpu = parsed(out / "function_call" / "config.pbtxt"), parsed(out / "function_call" / "configs" / "gpu.pbtxt")
+        assert cpu.parameters["kv_windows"] == gpu.parameters["kv_windows"]
+        return str(cpu.parameters["kv_windows"].string_value)
+
+    assert parsed(MODELS_DIR / "function_call" / "config.pbtxt").parameters["kv_windows"].string_value == ""  # the model's own: 6
+    targets = [{**PARAM_TARGET, "name": f"target_{i}", "description": f"Target number {i}, which does its own thing."} for i in range(12)]
+    assert windows(prompt_targets=targets[:1]) == "2"
+    assert windows(prompt_targets=targets) == "6"
+    assert windows(prompt_targets=targets, model_server={"models": {"function_call": {"parameters": {"n_slots": 2}}}}) == "2"
+    assert windows(prompt_targets=targets[:1], model_server={"models": {"function_call": {"parameters": {"kv_windows": 5}}}}) == "5"

@@ -204,6 +204,32 @@ def test_shorten_drops_the_oldest_turns_then_keeps_both_ends_of_the_last() -> No
     assert len(cut) <= 420 and "Weather in Oslo for 3 days." in cut and cut.endswith("Thanks!\nAnswer:") and " [...] " in cut
 
 
+def _tool(name: str, description: str = "Do a thing.", params: int = 2) -> dict[str, Any]:
+    props = {f"p{i}": {"type": "string", "description": f"the {i}th value " * 8} for i in range(params)}
+    return {"type": "function", "function": {"name": name, "description": description,
+                                             "parameters": {"type": "object", "properties": props, "required": []}}}
+
+
+def test_the_kv_cache_follows_the_config_from_two_windows_to_the_most() -> None:
+    from sidegate_models.function_call.engine import KV_WINDOWS, MIN_KV_WINDOWS, kv_windows_for
+
+    assert kv_windows_for([], n_ctx=2048, n_slots=16) == MIN_KV_WINDOWS == 2
+    two = kv_windows_for([WEATHER, _tool("get_exchange_rate")], n_ctx=2048, n_slots=16)
+    four = kv_windows_for([_tool(f"t{i}") for i in range(4)], n_ctx=2048, n_slots=16)
+    many = kv_windows_for([_tool(f"t{i}", params=6) for i in range(16)], n_ctx=2048, n_slots=16)
+    assert two == 2 and two <= four < many == KV_WINDOWS == 6
+    # a smaller window needs more of them; only the n_slots longest prompts keep a slot
+    assert kv_windows_for([_tool(f"t{i}") for i in range(4)], n_ctx=1024, n_slots=16) > four
+    assert kv_windows_for([_tool(f"t{i}", params=6) for i in range(16)], n_ctx=2048, n_slots=1) < KV_WINDOWS
+    # the judges' prompts are counted when the config turns them on
+    base = kv_windows_for([_tool("a")], n_ctx=512, n_slots=16)
+    assert kv_windows_for([_tool("a")], n_ctx=512, n_slots=16, guard_judge=True) > base
+    assert kv_windows_for([_tool("a")], n_ctx=512, n_slots=16, route_categories=[("code", "writing code"), ("math", "maths")]) > base
+    # a tool the decoder cannot express never holds a slot
+    bad = {"type": "function", "function": {"name": "bad", "parameters": {"type": "string"}}}
+    assert kv_windows_for([bad], n_ctx=2048, n_slots=16) == MIN_KV_WINDOWS
+
+
 def test_slots_follow_tools_least_recently_used_first() -> None:
     fc = engine.FunctionCaller.__new__(engine.FunctionCaller)  # routing only: no model loaded
     fc.n_slots, fc._slots = 2, OrderedDict()

@@ -223,7 +223,7 @@ class RecordingCaller:
     def __init__(self, **kw: Any) -> None:
         self.kw, self.model_path, self.model_name = kw, kw["model_path"], kw.get("model_name") or "custom"
         self.load_s = self.warmup_s = 0.0
-        self.n_threads = 2
+        self.n_threads, self.n_ctx, self.kv_windows = 2, 2048, kw.get("kv_windows", 6)
         self.runtime = "llama.cpp runtime: prebuilt (AVX2)"
         RecordingCaller.built.append(kw)
 

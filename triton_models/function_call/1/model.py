@@ -48,8 +48,9 @@ Parameters (``config.pbtxt`` ``parameters``; all strings): ``weights`` (a packag
 from ``sidegate_models.weights`` or a GGUF path: the chooser among targets and the guard's judge),
 ``fill_weights`` (the filler, which fills every tool's arguments; empty: the same engine),
 ``weights_dir`` (cache for assembled weights; default
-``$SIDEGATE_HOME/models``), ``n_threads`` (0 = the cores that are free at load), ``n_ctx`` (the
-slots share a KV cache of 6 x ``n_ctx`` tokens), ``n_slots`` (tools whose prompts stay cached),
+``$SIDEGATE_HOME/models``), ``n_threads`` (0 = the cores that are free at load), ``n_ctx`` and
+``kv_windows`` (the slots share a KV cache of ``kv_windows`` x ``n_ctx`` tokens; ``kv_windows``
+empty: 6, which ``sidegate up`` sizes from the config), ``n_slots`` (tools whose prompts stay cached),
 ``n_gpu_layers``, ``ground`` (``all``/``optional``/``none``), ``decode`` (``values``/``object``),
 ``warmup`` (``true``/``false``), ``mmap`` (``true`` maps the GGUF instead of reading it),
 ``kv_cache`` (``q8_0``/``f16``), ``max_chars`` (the conversation's most recent characters the
@@ -93,6 +94,8 @@ class TritonPythonModel:
         # resolve() re-hashes the cached GGUF (~0.5 s for the 1.5B): once when both are the same weights
         fill_path = path if fill_spec == spec else weights.resolve(fill_spec, dest_dir=Path(weights_dir) if weights_dir else None)
         n_slots = int(params.get("n_slots") or 16)
+        # the KV cache of the engine that holds the tool slots (`sidegate up` renders it for the config)
+        kv_windows = int(params.get("kv_windows") or KV_WINDOWS)
         common = dict(
             n_threads=int(params.get("n_threads") or 0),
             n_ctx=int(params.get("n_ctx") or 2048),
@@ -110,12 +113,12 @@ class TritonPythonModel:
         # tool slots; the chooser then keeps only its own two slots
         self.filler: FunctionCaller | None = None
         if fill_path != path:
-            self.filler = FunctionCaller(model_path=str(fill_path), n_slots=n_slots,
+            self.filler = FunctionCaller(model_path=str(fill_path), n_slots=n_slots, kv_windows=kv_windows,
                                          model_name=fill_spec if fill_spec in weights.MODELS else None, **common)
         self.engine = FunctionCaller(
             model_path=str(path),
             n_slots=1 if self.filler else n_slots,
-            kv_windows=CHOOSER_KV_WINDOWS if self.filler else KV_WINDOWS,
+            kv_windows=CHOOSER_KV_WINDOWS if self.filler else kv_windows,
             none_margin=float(params["none_margin"]) if params.get("none_margin") else None,
             model_name=spec if spec in weights.MODELS else None,
             filler=self.filler,
@@ -130,7 +133,7 @@ class TritonPythonModel:
             if engine is not None:
                 pb_utils.Logger.log_info(
                     f"function_call {role}: {engine.model_path} loaded in {engine.load_s:.1f}s, warm-up {engine.warmup_s:.1f}s, "
-                    f"{engine.n_threads} threads; {engine.runtime}")
+                    f"{engine.n_threads} threads, KV cache {engine.kv_windows} x {engine.n_ctx} tokens; {engine.runtime}")
 
     def execute(self, requests: list) -> None:
         self._worker.submit(requests)

@@ -94,13 +94,51 @@ from sidegate_models.function_call.schema import (
 from sidegate_models.host import auto_threads, memory_params
 from sidegate_models.native import describe
 
-__all__ = ["FunctionCaller", "WEATHER_TOOL"]
+__all__ = ["FunctionCaller", "WEATHER_TOOL", "kv_windows_for"]
 
 log = logging.getLogger("sidegate.function_call")
 
 # the KV cache all slots share, in windows of n_ctx tokens (what 4 tool slots + chooser + judge
-# took when each slot had a private window: the same memory, ~118 MB for the 1.5B in q8_0)
+# took when each slot had a private window: the same memory, ~180 MB for the 1.5B in q8_0), where
+# nothing sized it for a config (kv_windows_for: what `sidegate up` renders)
 KV_WINDOWS = 6
+MIN_KV_WINDOWS = 2
+# kv_windows_for's reading of a prompt's length: Qwen's tokenizer gave 3.7-3.9 characters a
+# token on the tool prompts and the chooser's listing, so 3 errs on the side of room
+CHARS_PER_TOKEN = 3.0
+# what a slot holds beside its fixed prompt: the conversation (max_chars 2000 is ~530 tokens of
+# prose) and the answer
+CONVERSATION_TOKENS = 600
+
+
+def kv_windows_for(tools: Sequence[dict[str, JSON]], *, n_ctx: int, n_slots: int, guard_judge: bool = False,
+                   route_categories: Sequence[tuple[str, str]] = ()) -> int:
+    """How many windows of ``n_ctx`` tokens the shared KV cache needs for this config: the
+    fixed prompt of each tool that keeps a slot (its instructions and description; the
+    ``n_slots`` longest), the chooser's listing of every tool, the guard judge's policy and the
+    route judge's listing, each with room for a conversation; between :data:`MIN_KV_WINDOWS`
+    and :data:`KV_WINDOWS`. The cache is allocated (and its memory touched) at load, ~30 MB a
+    window of 2,048 tokens for the 1.5B in q8_0, so a config of two targets need not hold what
+    sixteen would; a config that needs more than it gets only re-evaluates evicted prompts."""
+    def tokens(text: str) -> float:
+        return len(text) / CHARS_PER_TOKEN + CONVERSATION_TOKENS
+
+    prompts, listed = [], []
+    for tool in tools:
+        try:
+            t = normalize_tool(tool)
+        except UnsupportedSchema:  # refused per request: it never holds a slot
+            continue
+        listed.append(t)
+        prompts.append(tokens(INSTRUCTIONS + describe_tool(t)))
+    need = sum(sorted(prompts, reverse=True)[:max(n_slots, 1)])
+    if listed:
+        need += tokens(choice_prompt(listed)[0])
+    if guard_judge:
+        need += tokens(JUDGE_SYSTEM)
+    if route_categories:
+        need += tokens(route_prompt(list(route_categories))[0])
+    return max(MIN_KV_WINDOWS, min(KV_WINDOWS, math.ceil(need / n_ctx)))
 
 
 class FunctionCaller:
@@ -149,6 +187,7 @@ class FunctionCaller:
         self.filler = filler
         self.n_slots = n_slots
         self.n_ctx = n_ctx
+        self.kv_windows = kv_windows
         # tool prompt -> slot, least recently used first (see _slot)
         self._slots: OrderedDict[str, int] = OrderedDict()
         self.last_choice_usage: dict[str, int] = {}

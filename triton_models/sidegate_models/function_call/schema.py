@@ -88,7 +88,7 @@ def _normalize(schema: JSON, where: str) -> dict[str, JSON]:
         else:
             schema["type"] = mapped
     elif isinstance(t, list):
-        mapped_list = []
+        mapped_list: list[str] = []
         for x in t:
             if not isinstance(x, str) or x.lower() not in _TYPE_ALIASES:
                 raise UnsupportedSchema(f"{where}: unknown type {x!r}")
