@@ -77,6 +77,9 @@ class EndpointClient:
             raise UpstreamError(f"{where} answered more than {_MAX_REPLY} bytes", code="endpoint_reply_too_large")
         if not 200 <= reply.status < 300:
             detail = reply.text[:300].strip()
+            if reply.status == 405:  # the method is the config's (GET when http_method is left out, as in Arch)
+                other = "POST" if call.method == "GET" else "GET"
+                detail += f" (the endpoint does not take {call.method}: set prompt_targets[{target.name}].endpoint.http_method: {other} if it expects {other})"
             raise UpstreamError(
                 f"{where} answered {reply.status}" + (f": {detail}" if detail else ""),
                 status=reply.status if 400 <= reply.status < 600 else 502,

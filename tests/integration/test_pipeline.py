@@ -219,7 +219,7 @@ def test_hello_goes_to_the_default_target_and_its_reply_comes_back_verbatim(pipe
     assert pipe.calls("/default")[0].json == {"messages": [{"role": "user", "content": "hello"}]}
 
 
-@pytest.mark.parametrize(("status", "expected"), [(404, 404), (500, 500)])
+@pytest.mark.parametrize(("status", "expected"), [(404, 404), (405, 405), (500, 500)])
 def test_endpoint_errors_propagate_with_a_body_naming_target_endpoint_and_status(pipe: Pipeline, status: int, expected: int) -> None:
     pipe.app.fail_next(status=status)
     with pytest.raises(openai.APIStatusError) as err:
@@ -227,6 +227,8 @@ def test_endpoint_errors_propagate_with_a_body_naming_target_endpoint_and_status
     assert err.value.status_code == expected
     message = err.value.response.json()["error"]["message"]
     assert "get_exchange_rate" in message and "'app'" in message and str(status) in message
+    # an endpoint that refuses the method says which setting to change (GET here: http_method left out, as in Arch)
+    assert ("http_method: POST" in message) == (status == 405)
 
 
 def test_endpoint_timeout_is_504(pipe: Pipeline) -> None:
