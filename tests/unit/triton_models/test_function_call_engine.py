@@ -225,6 +225,7 @@ def test_the_kv_cache_follows_the_config_from_two_windows_to_the_most() -> None:
     base = kv_windows_for([_tool("a")], n_ctx=512, n_slots=16)
     assert kv_windows_for([_tool("a")], n_ctx=512, n_slots=16, guard_judge=True) > base
     assert kv_windows_for([_tool("a")], n_ctx=512, n_slots=16, route_categories=[("code", "writing code"), ("math", "maths")]) > base
+    assert kv_windows_for([_tool("a")], n_ctx=512, n_slots=16, route_categories=[("code", "a"), ("code", "b")]) == base
     # a tool the decoder cannot express never holds a slot
     bad = {"type": "function", "function": {"name": "bad", "parameters": {"type": "string"}}}
     assert kv_windows_for([bad], n_ctx=2048, n_slots=16) == MIN_KV_WINDOWS

@@ -137,7 +137,10 @@ def kv_windows_for(tools: Sequence[dict[str, JSON]], *, n_ctx: int, n_slots: int
     if guard_judge:
         need += tokens(JUDGE_SYSTEM)
     if route_categories:
-        need += tokens(route_prompt(list(route_categories))[0])
+        try:
+            need += tokens(route_prompt(list(route_categories))[0])
+        except ValueError:  # names the judge refuses (empty, repeated): it never runs, nothing to hold
+            pass
     return max(MIN_KV_WINDOWS, min(KV_WINDOWS, math.ceil(need / n_ctx)))
 
 
