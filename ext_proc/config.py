@@ -1503,6 +1503,27 @@ ENSEMBLE_HEADS = {ensemble: steps[-1] for ensemble, steps in ENSEMBLE_STEPS.item
 _PARAMETER_KEY = re.compile(r'^\s*key:\s*"([^"]+)"', re.MULTILINE)
 
 
+# the parameters each model reads as a number (its initialize(): int() or float()): a value that is
+# none is refused at validate, naming its key, rather than failing the model's load in Triton
+NUMBER_PARAMETERS: dict[str, dict[str, type]] = {
+    "function_call": {"n_ctx": int, "kv_windows": int, "n_slots": int, "max_chars": int, "n_gpu_layers": int, "none_margin": float},
+    "chat_llm": {"n_ctx": int, "max_tokens": int, "n_gpu_layers": int},
+    "prompt_embed": {"max_tokens": int, "max_chars": int, "cache_size": int},
+    "prompt_guard": {"threshold": float},
+}
+
+
+def _is_number(value: Any, kind: type) -> bool:
+    """Whether ``value`` (YAML's, or a string) reads as ``kind`` (int or float), as the model reads it."""
+    if isinstance(value, bool):
+        return False
+    try:
+        kind(str(value).strip())
+    except ValueError:
+        return False
+    return True
+
+
 def _model_settings(name: str, settings: dict[str, Any], source: str) -> ModelSettings:
     """``model_server.models.<name>``; each ``parameters`` key must be one the model reads (a
     key of its ``config.pbtxt`` parameters, where each is documented): a typo would otherwise be
@@ -1518,6 +1539,10 @@ def _model_settings(name: str, settings: dict[str, Any], source: str) -> ModelSe
         if key not in known:
             raise ConfigError(source, at, f"{name} has no parameter {key!r} (its parameters: {', '.join(known)}; "
                                           f"each is described in triton_models/{folder}/config.pbtxt)")
+        kind = NUMBER_PARAMETERS.get(name, {}).get(key)
+        if kind is not None and not _is_number(raw[key], kind):
+            raise ConfigError(source, at, f"must be {'a whole number' if kind is int else 'a number'}, not {raw[key]!r} "
+                                          f"(triton_models/{folder}/config.pbtxt describes it)")
     parameters = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}
     own_settings = {k: v for k, v in settings.items() if k != "timeout"}
     timeout = parse_duration(settings["timeout"]) if "timeout" in settings else None

@@ -521,10 +521,15 @@ def test_model_parameters_must_be_ones_the_model_reads(tmp_path: Path) -> None:
     refused(path, "model_server.models.chat_llm.parameters.n_threads", "model_server.models.chat_llm.threads")
     path = vary(tmp_path, model_server={"models": {"prompt_guard": {"parameters": {"threshold": [0.5]}}}})
     refused(path, "model_server.models.prompt_guard.parameters.threshold")
-    path = vary(tmp_path, model_server={"models": {"function_call": {"parameters": {"n_ctx": 4096, "mmap": False}},
+    # a number the model reads with int() / float(): refused at validate, not at Triton's load
+    for model, key, value, want in (("function_call", "kv_windows", "many", "a whole number"), ("function_call", "n_ctx", 2048.5, "a whole number"),
+                                    ("chat_llm", "max_tokens", True, "a whole number"), ("prompt_guard", "threshold", "high", "a number")):
+        path = vary(tmp_path, model_server={"models": {model: {"parameters": {key: value}}}})
+        refused(path, f"model_server.models.{model}.parameters.{key}", want, repr(value))
+    path = vary(tmp_path, model_server={"models": {"function_call": {"parameters": {"n_ctx": 4096, "mmap": False, "kv_windows": "3"}},
                                                    "prompt_guard": {"parameters": {"threshold": 0.9}}}})
     models = load_config(path, env=ENV).model_server.models
-    assert models["function_call"].parameters == {"n_ctx": "4096", "mmap": "false"}  # as Triton reads them: strings
+    assert models["function_call"].parameters == {"n_ctx": "4096", "mmap": "false", "kv_windows": "3"}  # as Triton reads them: strings
     assert models["prompt_guard"].parameters == {"threshold": "0.9"}
 
 
