@@ -38,23 +38,20 @@ def main(argv: list[str]) -> int:
     emb = T.embed_cached(texts, sha["model.safetensors"], T.DEFAULT_CACHE, lambda: C.MiniLMEmbedder(
         weights, expected_sha256=sha, threads=2, max_tokens=T.EMBEDDER["max_tokens"], max_chars=T.EMBEDDER["max_chars"]))
     shipped = {v["source"] for v in json.loads((HERE / "1" / C.ARTEFACT_JSON).read_text())["validation_data"]}
+    # every validation row's source, and the rows each table line scores (the same for every head)
+    origin = np.array([s for s in T.ALL_SOURCES for _ in val[s][0]])
+    y = np.concatenate([val[s][1] for s in T.ALL_SOURCES])
+    lines = {**{s: origin == s for s in T.ALL_SOURCES}, "pooled": np.ones(len(y), dtype=bool),
+             "s-labs+neuralchemy": np.isin(origin, list(T.SOURCES)),
+             # the sources the shipped head was validated on: a new source's own rows cannot decide alone
+             "pooled, shipped's sources": np.isin(origin, sorted(shipped))}
     out = {}
     for d in dirs:
         head = C.GuardHead.load(d)
         prob = head.predict_proba(emb, texts)
         t = float(head.threshold)
-        rows, off = {}, 0
-        for s in T.ALL_SOURCES:
-            n = len(val[s][0])
-            rows[s] = T.binary_metrics(val[s][1], (prob[off:off + n] >= t).astype(int))
-            off += n
-        y = np.concatenate([val[s][1] for s in T.ALL_SOURCES])
-        rows["pooled"] = T.binary_metrics(y, (prob >= t).astype(int))
-        pi = np.concatenate([np.arange(len(val[s][0])) * 0 + (s in T.SOURCES) for s in T.ALL_SOURCES]).astype(bool)
-        rows["s-labs+neuralchemy"] = T.binary_metrics(y[pi], (prob[pi] >= t).astype(int))
-        # the sources the shipped head was validated on: a new source's own rows cannot decide alone
-        oi = np.concatenate([np.full(len(val[s][0]), s in shipped) for s in T.ALL_SOURCES]).astype(bool)
-        rows["pooled, shipped's sources"] = T.binary_metrics(y[oi], (prob[oi] >= t).astype(int))
+        flagged = (prob >= t).astype(int)
+        rows = {name: T.binary_metrics(y[rows_of], flagged[rows_of]) for name, rows_of in lines.items()}
         out[str(d)] = {"threshold": t, "metrics": rows}
         print(f"== {d} (threshold {t:.4f})")
         print(f"{'validation':28s} {'n':>6s} {'recall':>7s} {'F1':>6s} {'FPR %':>6s}")
