@@ -324,6 +324,12 @@ class ModelSettings:
     parameters: dict[str, str] = field(default_factory=dict)  # other keys of the model's config.pbtxt parameters
     timeout_s: float | None = None  # the deadline of one call to this model (None: model_server.timeout or its default)
 
+    def positive(self, key: str, default: int) -> int:
+        """The parameter ``key`` where the user set a whole number over 0, else ``default`` (the
+        model's own, as its config.pbtxt writes it)."""
+        value = self.parameters.get(key, "")
+        return int(value) if value.isdigit() and int(value) > 0 else default
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelServer:

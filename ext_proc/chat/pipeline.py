@@ -31,7 +31,7 @@ from ext_proc.chat.preferences import PreferenceRouter
 from ext_proc.chat.providers import routable
 from ext_proc.chat.intent import CONFIDENT_THRESHOLD, JUDGE_CANDIDATES, UNRELATED_THRESHOLD, IntentIndex, asks_what_a_term_means, retry_query
 from ext_proc.chat.targets import PendingState, clarifying_question, endpoint_request, finalize_arguments, tool_schema
-from ext_proc.config import Config, PromptTarget
+from ext_proc.config import Config, ModelSettings, PromptTarget
 from ext_proc.errors import MalformedRequest, ModelServerError
 from ext_proc.metrics import Metrics
 from ext_proc.models.base import Models, ToolCall
@@ -122,9 +122,7 @@ class IngressPipeline:
         if models is None:
             return 0
         if limit is None:
-            settings = self.cfg.model_server.models.get("function_call")
-            slots = (settings.parameters if settings else {}).get("n_slots", "")
-            limit = int(slots) if slots.isdigit() and int(slots) > 0 else FUNCTION_CALL_SLOTS
+            limit = self.cfg.model_server.models.get("function_call", ModelSettings()).positive("n_slots", FUNCTION_CALL_SLOTS)
         filled = 0
         self.refused, self.unfilled = {}, {}
         deadline = self.cfg.model_server.prefill_timeout_s

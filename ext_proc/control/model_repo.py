@@ -70,14 +70,10 @@ def _sized(cfg: Config, name: str, settings: ModelSettings) -> ModelSettings:
     from ext_proc.chat.targets import tool_schema
 
     written = text_format.Parse((MODELS_DIR / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()).parameters
-
-    def number(key: str) -> int:
-        value = settings.parameters.get(key) or (written[key].string_value if key in written else "")
-        return int(value) if value.isdigit() else 0
-
     windows = kv_windows_for(
-        [tool_schema(t) for t in cfg.prompt_targets if t.parameters], n_ctx=number("n_ctx") or 2048,
-        n_slots=number("n_slots") or 16, guard_judge=cfg.jailbreak is not None and cfg.jailbreak.judge is not None,
+        [tool_schema(t) for t in cfg.prompt_targets if t.parameters],
+        n_ctx=settings.positive("n_ctx", int(written["n_ctx"].string_value)),
+        n_slots=settings.positive("n_slots", int(written["n_slots"].string_value)), guard_judge=cfg.jailbreak is not None and cfg.jailbreak.judge is not None,
         route_categories=[(rp.name, rp.description) for p in cfg.llm_providers for rp in p.routing_preferences]
         if cfg.routing_judge is not None else ())
     return replace(settings, parameters={**settings.parameters, "kv_windows": str(windows)})
