@@ -411,7 +411,7 @@ class ModelServer:
 class SharedStore:
     """``shared_store``: where state shared by every ext_proc process lives (token budgets)."""
 
-    type: str = "memory"  # memory: this process only | redis
+    type: str = "memory"  # memory: this host (the ext_proc process, or one file its workers share) | redis
     url: str | None = None  # redis://host:port/db
     fail_open: bool = True  # Redis unavailable: count in this process (True) or answer 503 (False)
     prefix: str = "sidegate:"  # every key sidegate writes starts with it (a Redis shared with other apps)

@@ -14,9 +14,11 @@ When the provider's answer reports ``usage.total_tokens``, the difference to the
 charged too, so long answers use up the budget they cost: the bucket may go below zero and later
 requests wait until it refills.
 
-Where the buckets live (``shared_store``): in this process (``memory``, the default: each ext_proc
-process has its own budget, empty after a restart), or in Redis (``redis``): every process on one
-Redis shares one budget, and a restart keeps it. A charge or a settlement is one Lua script run
+Where the buckets live (``shared_store``): on this host (``memory``, the default: in the ext_proc
+process, or, with ``ext_proc.workers`` > 1, in a SQLite file every worker of one ``sidegate up``
+shares, :class:`FileBuckets`, so the limit holds for the gateway and not once per worker; empty
+after ``sidegate up`` starts again), or in Redis (``redis``): every process on one Redis shares
+one budget, and a restart keeps it. A charge or a settlement is one Lua script run
 by Redis (atomic: no read-modify-write race between processes), on Redis's own clock. Redis down,
 slow (``shared_store.timeout``) or answering nonsense: with ``fail_open`` (the default) the
 request is counted in this process's buckets instead, logged and counted in
@@ -27,20 +29,25 @@ stored value is corrupt starts full again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
+import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, cast
 
 from ext_proc.chat.shared_store import redis_client, redis_errors
 from ext_proc.config import LlmProvider, RateLimit, SharedStore
 from ext_proc.errors import RateLimited, SidegateError
+from ext_proc.names import BUCKETS_ENV
 from ext_proc.wire.openai import content_text
 
-__all__ = ["Charge", "MemoryBuckets", "RateLimiter", "RedisBuckets", "StoreUnavailable", "estimate_tokens"]
+__all__ = ["Charge", "FileBuckets", "MemoryBuckets", "RateLimiter", "RedisBuckets", "StoreUnavailable", "estimate_tokens"]
 
 log = logging.getLogger("sidegate.ratelimit")
 
@@ -114,6 +121,112 @@ class MemoryBuckets:
         for k in buckets:
             b = self._refilled(k, now)
             b.level = min(k.capacity, b.level - delta)
+
+
+class FileBuckets:
+    """Buckets in a SQLite file that several processes on one host share: the ext_proc workers of
+    one ``sidegate up`` (``ext_proc.workers`` > 1 with ``shared_store.type: memory``), so a limit
+    holds for the gateway, not for each worker, and a restarted worker keeps the budget.
+
+    One ``BEGIN IMMEDIATE`` transaction per take or settlement (SQLite's write lock: no
+    read-modify-write race between processes), the wall clock (every process on the host agrees),
+    WAL without fsync (a budget is not worth a disk flush; a crash of the host forgets it, as
+    ``memory`` always did). A file that cannot be used (locked longer than ``timeout_s``, unreadable,
+    a disk error) counts the request in ``fallback``, this process's buckets, with a warning."""
+
+    _CLEAN_EVERY = 1000  # takes between two sweeps of buckets that have refilled (idle ones go)
+
+    def __init__(self, path: str | Path, *, fallback: MemoryBuckets | None = None, timeout_s: float = 0.25,
+                 clock: Callable[[], float] = time.time, on_error: Callable[[str], None] | None = None) -> None:
+        self.path = str(path)
+        self._clock = clock
+        self._timeout_s = timeout_s
+        self._fallback = fallback or MemoryBuckets()
+        self._on_error = on_error or (lambda kind: None)
+        self._db: sqlite3.Connection | None = None
+        self._takes = 0
+        self._last_log = 0.0
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = sqlite3.connect(self.path, timeout=self._timeout_s, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=OFF")
+                db.execute("CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, level REAL NOT NULL, "
+                           "stamp REAL NOT NULL, capacity REAL NOT NULL, rate REAL NOT NULL)")
+            except sqlite3.Error:
+                db.close()
+                raise
+            self._db = db
+        return self._db
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        kind = type(exc).__name__
+        self._on_error(kind)
+        if time.monotonic() - self._last_log > 10:  # one line per 10 s, not one per request
+            self._last_log = time.monotonic()
+            log.warning("token budgets file %s failed (%s: %s): counting in this process", self.path, kind, exc)
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None  # opened again on the next call
+
+    def _levels(self, db: sqlite3.Connection, buckets: list[BucketKey], now: float) -> list[float]:
+        out = []
+        for k in buckets:
+            row = db.execute("SELECT level, stamp FROM buckets WHERE key = ?", (k.key,)).fetchone()
+            level = k.capacity if row is None else min(k.capacity, row[0] + max(0.0, now - row[1]) * k.rate)
+            out.append(level)
+        return out
+
+    def _store(self, db: sqlite3.Connection, buckets: list[BucketKey], levels: list[float], now: float) -> None:
+        db.executemany("INSERT OR REPLACE INTO buckets (key, level, stamp, capacity, rate) VALUES (?, ?, ?, ?, ?)",
+                       [(k.key, lv, now, k.capacity, k.rate) for k, lv in zip(buckets, levels, strict=True)])
+
+    def _transaction(self, change: Callable[[sqlite3.Connection, float], Any]) -> Any:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            out = change(db, self._clock())
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return out
+
+    async def take(self, buckets: list[BucketKey], amount: int) -> tuple[bool, list[float]]:
+        def change(db: sqlite3.Connection, now: float) -> tuple[bool, list[float]]:
+            levels = self._levels(db, buckets, now)
+            ok = all(level >= amount for level in levels)
+            if ok:
+                self._store(db, buckets, [level - amount for level in levels], now)
+            self._takes += 1
+            if self._takes % self._CLEAN_EVERY == 0:
+                db.execute("DELETE FROM buckets WHERE level + (? - stamp) * rate >= capacity", (now,))
+            return ok, levels
+
+        try:
+            return cast(tuple[bool, list[float]], self._transaction(change))
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return await self._fallback.take(buckets, amount)
+
+    async def add(self, buckets: list[BucketKey], delta: float) -> None:
+        def change(db: sqlite3.Connection, now: float) -> None:
+            levels = self._levels(db, buckets, now)
+            self._store(db, buckets, [min(k.capacity, level - delta) for k, level in zip(buckets, levels, strict=True)], now)
+
+        try:
+            self._transaction(change)
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            await self._fallback.add(buckets, delta)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 # KEYS: the buckets; ARGV: amount, then capacity and rate of each bucket. Redis's clock, so every
@@ -242,7 +355,8 @@ class _Limit:
 
 class RateLimiter:
     def __init__(self, rules: Iterable[RateLimit], *, clock: Callable[[], float] = time.monotonic,
-                 store: SharedStore | None = None, on_store_error: Callable[[str], None] | None = None) -> None:
+                 store: SharedStore | None = None, on_store_error: Callable[[str], None] | None = None,
+                 buckets_file: str | None = None) -> None:
         self._limits = []
         for r in rules:
             ident = hashlib.sha256(f"{r.model}|{r.tokens}|{r.unit}|{r.selector_key}|{r.selector_value}".encode()).hexdigest()[:12]
@@ -252,6 +366,9 @@ class RateLimiter:
         self.buckets: Buckets = memory
         if store is not None and store.type == "redis" and self._limits:
             self.buckets = RedisBuckets(store, fallback=memory, on_error=on_store_error)
+        elif self._limits and (shared_file := buckets_file if buckets_file is not None else os.environ.get(BUCKETS_ENV)):
+            # several ext_proc workers on this host: one budget for all of them, not one each
+            self.buckets = FileBuckets(shared_file, fallback=memory, on_error=on_store_error)
 
     def __bool__(self) -> bool:
         return bool(self._limits)

@@ -2,7 +2,8 @@
 supervisor, against a fake provider (issue 21 items 3 and 5): both workers serve, /metrics sums
 them, a worker killed mid-stream fails only its own requests, a stopped (slow) worker leaves the
 rotation and comes back, a body of exactly ``max_body_bytes`` goes through and one byte more is 413;
-with ``ext_proc.count_tokens: false`` a JSON answer takes 3 gRPC messages, not 4 (issue 21 item 2)."""
+with ``ext_proc.count_tokens: false`` a JSON answer takes 3 gRPC messages, not 4 (issue 21 item 2);
+a token rate limit holds for the two workers together, not once per worker."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.integration
 
 MAX_BODY = 65536
 USER = [{"role": "user", "content": "hello workers"}]
+BUDGET_USER = "budget-test"
 
 
 @dataclass
@@ -74,6 +76,8 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
                                "access_key": "sk-workers"}])
         raw["ext_proc"].update(workers=2, port=free_ports_spaced(2, 1), http_port=free_ports_spaced(2, 1), count_tokens=False)
         raw["listeners"]["egress_traffic"]["max_body_bytes"] = MAX_BODY
+        # a budget for one user only (the other tests send no x-user-id): 500 tokens a day
+        raw["ratelimits"] = [{"model": "m", "selector": {"key": "x-user-id", "value": BUDGET_USER}, "limit": {"tokens": 500, "unit": "day"}}]
         with running_stack(tmp_path_factory, raw) as (cfg, supervisor):
             watcher = threading.Thread(target=supervisor.watch, daemon=True)  # restarts what dies, as `sidegate up` does
             watcher.start()
@@ -118,6 +122,21 @@ def test_each_worker_is_a_service_and_both_serve_and_metrics_sum_them(workers: W
     for i in range(2):
         url = f"http://127.0.0.1:{workers.cfg.ext_proc.worker_ports(i)[1]}/metrics"
         assert _sum(workers.get(url), "sidegate_requests_total") - before == 40
+
+
+def test_a_rate_limit_holds_for_both_workers_together(workers: Workers) -> None:
+    """500 tokens a day for one user: 4 requests of 104 tokens fit, whichever worker takes them
+    (each worker with a budget of its own admitted up to 8 of these 12)."""
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "abc " * 100}]}).encode()  # 100 + 4 tokens
+    # a 4-word answer: the provider's usage (100 + 4 words) is the estimate, nothing to settle
+    headers = {"x-user-id": BUDGET_USER, "x-fake-reply": "ok ok ok ok"}
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: workers.post(body, headers), range(12)))
+    statuses = sorted(r[0] for r in results)
+    assert statuses == [200] * 4 + [429] * 8, statuses
+    refused = json.loads(next(r[2] for r in results if r[0] == 429))
+    assert refused["error"]["code"] == "rate_limit_exceeded" and BUDGET_USER in refused["error"]["message"]
+    assert all(int(r[1]["retry-after"]) > 0 for r in results if r[0] == 429)
 
 
 def test_without_token_counting_a_json_answer_skips_ext_proc_and_arrives_whole(workers: Workers) -> None:
