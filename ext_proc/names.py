@@ -67,6 +67,9 @@ INVALID_INPUT_MARK = "invalid input"
 # ext_proc.workers > 1: the directory every worker writes its metrics to (prometheus_client's
 # multiprocess mode reads this variable when it is imported), set by whoever starts the workers
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-# ext_proc.workers > 1 with shared_store.type memory: the SQLite file that holds the token budgets
-# of ratelimits for every worker of one `sidegate up` (one host), set by whoever starts the workers
-BUCKETS_ENV = "SIDEGATE_BUCKETS_FILE"
+# ext_proc.workers > 1 with shared_store.type memory: the directory of the SQLite files every worker
+# of one `sidegate up` (one host) shares, the token budgets of ratelimits and the response cache,
+# set by whoever starts the workers
+WORKERS_STATE_ENV = "SIDEGATE_WORKERS_STATE"
+BUCKETS_FILE = "ratelimit-buckets.sqlite"
+CACHE_FILE = "response-cache.sqlite"

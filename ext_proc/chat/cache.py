@@ -13,9 +13,10 @@ non-200 answers, answers with tool calls, answers over ``max_entry_bytes`` (coll
 the bound: a huge answer costs no extra memory), streams that did not end properly (no ``[DONE]`` /
 ``message_stop``, or an error event).
 
-Where entries live (``shared_store``): this process (:class:`MemoryStore`, LRU, bounded by
-``max_memory_bytes``, entries expire after ``ttl``) or Redis (:class:`RedisStore`, ``SET .. PX
-ttl``). Redis failing or slower than ``shared_store.timeout``: the request bypasses the cache (never
+Where entries live (``shared_store``): this host (:class:`MemoryStore` in the process, LRU, bounded by
+``max_memory_bytes``, entries expire after ``ttl``; with ``ext_proc.workers`` > 1, :class:`FileStore`,
+the same in a SQLite file every worker of one ``sidegate up`` shares) or Redis (:class:`RedisStore`, ``SET .. PX
+ttl``). Redis (or the file) failing or slower than ``shared_store.timeout``: the request bypasses the cache (never
 an error), counted in ``sidegate_shared_store_errors``. An entry that is corrupt, or written by
 another version, is a miss, and the answer overwrites it.
 
@@ -37,22 +38,25 @@ exact matching only, for :data:`EMBED_BACKOFF_S`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import hashlib
 import json
 import logging
 import re
+import sqlite3
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from ext_proc.chat.shared_store import redis_client, redis_errors
+from ext_proc.chat.shared_store import open_sqlite, redis_client, redis_errors, workers_file
 from ext_proc.config import ResponseCache, SharedStore
+from ext_proc.names import CACHE_FILE
 from ext_proc.models.base import Models
 from ext_proc.wire.openai import content_text
 
@@ -60,6 +64,7 @@ __all__ = [
     "CacheEntry",
     "CacheStore",
     "Collector",
+    "FileStore",
     "MemoryStore",
     "RedisStore",
     "ResponseCacheService",
@@ -318,6 +323,79 @@ class MemoryStore:
         self.size = 0
 
 
+class FileStore:
+    """Entries in a SQLite file that the ext_proc workers of one ``sidegate up`` share
+    (``ext_proc.workers`` > 1 with ``shared_store.type: memory``), so an answer one worker stored is
+    a hit on every worker: least recently used go first beyond ``max_bytes``; each expires after its
+    TTL, on the wall clock. Each call is one transaction; a file locked longer than ``timeout_s`` or
+    unusable raises :class:`StoreFailed` (the request bypasses the cache)."""
+
+    def __init__(self, path: str, *, max_bytes: int, timeout_s: float = 0.25, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+
+    def _run(self, change: Callable[[sqlite3.Connection, float], Any]) -> Any:
+        try:
+            if self._db is None:
+                self._db = open_sqlite(self.path, self._timeout_s, "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, "
+                                       "value BLOB NOT NULL, expires REAL NOT NULL, used REAL NOT NULL, size INTEGER NOT NULL)")
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                out = change(db, self._clock())
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return out
+        except sqlite3.Error as exc:
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = None  # opened again on the next call
+            raise StoreFailed(type(exc).__name__) from exc
+
+    async def get(self, key: str) -> bytes | None:
+        def change(db: sqlite3.Connection, now: float) -> bytes | None:
+            row = db.execute("SELECT value, expires FROM entries WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            if row[1] <= now:
+                db.execute("DELETE FROM entries WHERE key = ?", (key,))
+                return None
+            db.execute("UPDATE entries SET used = ? WHERE key = ?", (now, key))
+            return bytes(row[0])
+
+        return cast(bytes | None, self._run(change))
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        cost = len(key) + len(value)
+
+        def change(db: sqlite3.Connection, now: float) -> None:
+            db.execute("DELETE FROM entries WHERE key = ? OR expires <= ?", (key, now))
+            if cost > self.max_bytes:
+                return
+            (size,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()
+            if size + cost > self.max_bytes:  # the least recently used go until the new entry fits
+                for old, old_size in db.execute("SELECT key, size FROM entries ORDER BY used").fetchall():
+                    db.execute("DELETE FROM entries WHERE key = ?", (old,))
+                    size -= old_size
+                    if size + cost <= self.max_bytes:
+                        break
+            db.execute("INSERT INTO entries (key, value, expires, used, size) VALUES (?, ?, ?, ?, ?)",
+                       (key, value, now + ttl_s, now, cost))
+
+        self._run(change)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
 class RedisStore:
     """Entries in Redis (``SET key value PX ttl``), shared by every process on it; every call is
     bounded by ``shared_store.timeout`` and raises :class:`StoreFailed` on any failure."""
@@ -369,6 +447,8 @@ class ResponseCacheService:
             self.store = store
         elif shared.type == "redis":
             self.store = RedisStore(shared)
+        elif (shared_file := workers_file(CACHE_FILE)) is not None:  # several workers: one cache for all of them
+            self.store = FileStore(shared_file, max_bytes=settings.max_memory_bytes, timeout_s=shared.timeout_s)
         else:
             self.store = MemoryStore(max_bytes=settings.max_memory_bytes)
         self._on_store_error = on_store_error or (lambda kind: None)

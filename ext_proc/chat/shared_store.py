@@ -1,18 +1,47 @@
 """What the rate limits (ratelimit.py) and the response cache (cache.py) share about ``shared_store``:
-how a Redis connection is opened, and what counts as Redis failing.
+how a Redis connection is opened, and what counts as Redis failing; and, for ``type: memory`` with
+``ext_proc.workers`` > 1, where the SQLite files every worker of one ``sidegate up`` shares are, and
+how one is opened.
 
 Both bound every call by ``shared_store.timeout`` and treat a failure the same way (count it, then
-fall back: count locally, or bypass the cache), so a slow Redis is a failing one.
+fall back: count locally, or bypass the cache), so a slow Redis is a failing one; a SQLite file
+locked longer than that, or unusable, too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
 from typing import Any
 
 from ext_proc.config import SharedStore
+from ext_proc.names import WORKERS_STATE_ENV
 
-__all__ = ["redis_client", "redis_errors"]
+__all__ = ["open_sqlite", "redis_client", "redis_errors", "workers_file"]
+
+
+def workers_file(name: str) -> str | None:
+    """The file ``name`` in the directory the ext_proc workers of one ``sidegate up`` share (the
+    supervisor names it in the environment), or None for an ext_proc process on its own."""
+    shared = os.environ.get(WORKERS_STATE_ENV)
+    return os.path.join(shared, name) if shared else None
+
+
+def open_sqlite(path: str, timeout_s: float, schema: str) -> sqlite3.Connection:
+    """A connection to a SQLite file several processes use at once: autocommit (callers take the
+    write lock with ``BEGIN IMMEDIATE``), a lock held by another process waited for at most
+    ``timeout_s``, WAL without fsync (budgets and cached answers are not worth a disk flush: a
+    crash of the host forgets them, as a process's memory would)."""
+    db = sqlite3.connect(path, timeout=timeout_s, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute(schema)
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
 
 
 def redis_client(store: SharedStore) -> Any:

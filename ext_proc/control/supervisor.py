@@ -33,7 +33,7 @@ from ext_proc.control.envoy_bin import envoy_binary
 from ext_proc.control.model_repo import needed_models, render_model_repository
 from ext_proc.control.triton_server import health_url as triton_health_url
 from ext_proc.control.triton_server import python_env_dirs, remove_python_envs, remove_shm, shm_prefix, triton_command
-from ext_proc.names import BUCKETS_ENV, MULTIPROC_ENV
+from ext_proc.names import MULTIPROC_ENV, WORKERS_STATE_ENV
 
 __all__ = ["Service", "Supervisor", "home", "read_state", "services_for"]
 
@@ -250,7 +250,8 @@ def ext_proc_services(cfg: Config, config_path: str, model_server: str | None, e
     ``ext_proc-1`` .. ``ext_proc-N`` (worker i on port + i - 1, http_port + i - 1), each started,
     watched and restarted on its own; they write their metrics to one directory (prometheus_client's
     multiprocess mode, emptied here) and every worker's /metrics shows the sum, and keep the token
-    budgets of ``ratelimits`` in one SQLite file (removed here), one budget for all of them."""
+    budgets of ``ratelimits`` and the response cache in SQLite files of one directory (emptied
+    here): one budget and one cache for all of them."""
     py = sys.executable
     e = cfg.ext_proc
     # embedding retries while Triton starts (<= 60 s), then <= 4 pre-fills of ~7 s each (a
@@ -264,11 +265,12 @@ def ext_proc_services(cfg: Config, config_path: str, model_server: str | None, e
     metrics_dir = home() / "run" / "ext_proc-metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
-    # the token budgets of ratelimits (shared_store.type memory): one file for every worker, so a
-    # limit holds for the gateway, not once per worker; a new `up` starts with full budgets
-    buckets_file = home() / "run" / "ratelimit-buckets.sqlite"
-    for leftover in (buckets_file, buckets_file.with_name(buckets_file.name + "-wal"), buckets_file.with_name(buckets_file.name + "-shm")):
-        leftover.unlink(missing_ok=True)
+    # the token budgets of ratelimits and the response cache (shared_store.type memory): files every
+    # worker shares, so a limit holds for the gateway, not once per worker, and an answer cached by
+    # one worker is a hit on the others; a new `up` starts with full budgets and an empty cache
+    state_dir = home() / "run" / "ext_proc-state"
+    shutil.rmtree(state_dir, ignore_errors=True)
+    state_dir.mkdir(parents=True)
     out = []
     for i in range(e.workers):
         grpc_port, http_port = e.worker_ports(i)
@@ -278,7 +280,7 @@ def ext_proc_services(cfg: Config, config_path: str, model_server: str | None, e
             health_url=f"http://{e.address}:{http_port}/healthz",
             listens=f"grpc://{e.address}:{grpc_port}, http://{e.address}:{http_port}/metrics (worker {i + 1}/{e.workers})",
             warm_timeout=warm_timeout,
-            env={**env, MULTIPROC_ENV: str(metrics_dir), BUCKETS_ENV: str(buckets_file)},
+            env={**env, MULTIPROC_ENV: str(metrics_dir), WORKERS_STATE_ENV: str(state_dir)},
         ))
     return out
 

@@ -231,3 +231,23 @@ def test_a_worker_killed_mid_stream_fails_its_own_requests_and_the_rest_go_on(wo
     assert [workers.post()[0] for _ in range(10)] == [200] * 10  # once it is out of the rotation (or back), nothing fails
     assert _wait(lambda: sup.procs["ext_proc-1"].pid != victim.pid and next(
         s for s in sup.services if s.name == "ext_proc-1").status == "healthy", timeout=30)
+
+
+def test_an_answer_one_worker_cached_is_a_hit_on_the_other(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """response_cache with the default (memory) store and two workers: the provider answers once,
+    whichever worker gets the repeats (each worker with a cache of its own missed once more)."""
+    with FakeProvider(name="fake-c") as fp:
+        raw = gateway_config([{"name": "p", "provider_interface": "openai", "endpoint": fp.base_url, "model": "m", "default": True,
+                               "access_key": "sk-cache"}])
+        raw["ext_proc"].update(workers=2, port=free_ports_spaced(2, 1), http_port=free_ports_spaced(2, 1))
+        raw["response_cache"] = {"ttl": "600s"}
+        with running_stack(tmp_path_factory, raw) as (cfg, _):
+            one = Workers(cfg, fp, _)
+            body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "cached once for both workers"}]}).encode()
+            status, headers, first = one.post(body)
+            assert status == 200 and headers["x-sidegate-cache"] == "miss"
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                repeats = list(pool.map(lambda _: one.post(body), range(12)))
+            assert [(r[0], r[1]["x-sidegate-cache"]) for r in repeats] == [(200, "hit")] * 12
+            assert all(r[2] == first for r in repeats)
+            assert len(fp.requests) == 1

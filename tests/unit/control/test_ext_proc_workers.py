@@ -10,7 +10,7 @@ import pytest
 from ext_proc.config import ConfigError, cpu_limit, free_cores
 from ext_proc.control import supervisor as sv
 from ext_proc.control.envoy_bootstrap import EXT_PROC_CLUSTER, bootstrap_dict
-from ext_proc.names import BUCKETS_ENV, MULTIPROC_ENV
+from ext_proc.names import BUCKETS_FILE, MULTIPROC_ENV, WORKERS_STATE_ENV
 from testkit.configs import cfg_from, raw_config
 
 
@@ -91,11 +91,12 @@ def test_the_supervisor_starts_each_worker_as_its_own_service(tmp_path: Path, mo
     assert [s.health_url for s in services] == ["http://127.0.0.1:8080/healthz", "http://127.0.0.1:8081/healthz"]
     metrics_dir = Path(services[0].env[MULTIPROC_ENV])
     assert metrics_dir.is_dir() and services[1].env[MULTIPROC_ENV] == str(metrics_dir)
-    # one file of token budgets for both, left over from an earlier `up` removed: full budgets again
-    buckets = Path(services[0].env[BUCKETS_ENV])
-    assert services[1].env[BUCKETS_ENV] == str(buckets) and buckets.parent.is_dir() and not buckets.exists()
-    buckets.write_text("left over")
+    # one directory of shared state (token budgets, response cache) for both, emptied: what an
+    # earlier `up` left there (a spent budget, cached answers) is gone
+    state = Path(services[0].env[WORKERS_STATE_ENV])
+    assert services[1].env[WORKERS_STATE_ENV] == str(state) and state.is_dir() and not any(state.iterdir())
+    (state / BUCKETS_FILE).write_text("left over")
     sv.ext_proc_services(cfg, "x.yaml", None, {})
-    assert not buckets.exists()
+    assert state.is_dir() and not any(state.iterdir())
     (one,) = sv.ext_proc_services(_cfg(workers=1), "x.yaml", None, {})
-    assert one.name == "ext_proc" and MULTIPROC_ENV not in one.env and BUCKETS_ENV not in one.env and "--worker" not in one.argv
+    assert one.name == "ext_proc" and MULTIPROC_ENV not in one.env and WORKERS_STATE_ENV not in one.env and "--worker" not in one.argv

@@ -1,7 +1,9 @@
-"""Token budgets shared by the ext_proc workers of one ``sidegate up`` (``ext_proc.workers`` > 1,
-``shared_store.type: memory``): one SQLite file, so a limit holds for the gateway and not once
-per worker. Real OS processes take from one file at once; a file that is locked or cannot be
-opened counts in the process instead, with a warning, and never fails a request."""
+"""State the ext_proc workers of one ``sidegate up`` share (``ext_proc.workers`` > 1,
+``shared_store.type: memory``): token budgets in one SQLite file, so a limit holds for the gateway
+and not once per worker (real OS processes take from one file at once), and the response cache in
+another, so an answer one worker stored is a hit on the others. A file that is locked or cannot be
+opened counts the budget in the process (with a warning) or bypasses the cache: never a failed
+request."""
 
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from ext_proc.chat.cache import CacheEntry, FileStore, MemoryStore, ResponseCacheService, StoreFailed
 from ext_proc.chat.ratelimit import FileBuckets, MemoryBuckets, RateLimiter, RedisBuckets
-from ext_proc.config import LlmProvider, RateLimit, SharedStore, Upstream
+from ext_proc.config import LlmProvider, RateLimit, ResponseCache, SharedStore, Upstream
 from ext_proc.errors import RateLimited
-from ext_proc.names import BUCKETS_ENV
+from ext_proc.names import BUCKETS_FILE, CACHE_FILE, WORKERS_STATE_ENV
 
 # per day: over the few seconds a test takes the bucket refills ~1 token, less than one request
 RULE = RateLimit(model="m", tokens=10_000, unit="day")
@@ -130,11 +133,84 @@ async def test_a_file_locked_longer_than_the_timeout_counts_locally_then_the_fil
 
 
 def test_the_limiter_takes_the_file_the_supervisor_names_only_for_memory_budgets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(BUCKETS_ENV, str(tmp_path / "b.sqlite"))
+    monkeypatch.setenv(WORKERS_STATE_ENV, str(tmp_path))
     assert isinstance(RateLimiter([RULE]).buckets, FileBuckets)
     assert isinstance(RateLimiter([RULE], store=SharedStore()).buckets, FileBuckets)
     assert isinstance(RateLimiter([RULE], store=SharedStore(type="redis", url="redis://127.0.0.1:1/0")).buckets, RedisBuckets)
     assert isinstance(RateLimiter([]).buckets, MemoryBuckets)  # no limits: nothing opened
-    monkeypatch.delenv(BUCKETS_ENV)
+    assert RateLimiter([RULE]).buckets.path == str(tmp_path / BUCKETS_FILE)  # type: ignore[attr-defined]
+    monkeypatch.delenv(WORKERS_STATE_ENV)
     assert isinstance(RateLimiter([RULE]).buckets, MemoryBuckets)  # one worker: its own process
-    assert not (tmp_path / "b.sqlite").exists()  # opened on the first request, not before
+    assert not (tmp_path / BUCKETS_FILE).exists()  # opened on the first request, not before
+
+
+# --------------------------------------------------------------------------- the response cache
+
+
+async def test_two_workers_share_cached_answers_with_expiry_and_least_recently_used_first(tmp_path: Path) -> None:
+    now = [0.0]
+
+    def clock() -> float:  # every call a moment later, so "least recently used" has an order
+        now[0] += 0.001
+        return now[0]
+
+    path = str(tmp_path / CACHE_FILE)
+    a, b = FileStore(path, max_bytes=300, clock=clock), FileStore(path, max_bytes=300, clock=clock)
+    try:
+        await a.put("a", b"x" * 90, ttl_s=10)
+        assert await b.get("a") == b"x" * 90  # stored by one worker, a hit on the other
+        await b.put("b", b"x" * 90, ttl_s=10)
+        assert await a.get("a") == b"x" * 90  # a is now the most recently used
+        await a.put("c", b"x" * 90, ttl_s=10)  # 3 x 91 bytes fit
+        await b.put("d", b"x" * 90, ttl_s=10)  # b goes
+        assert await a.get("b") is None
+        assert {k for k in "acd" if await b.get(k)} == {"a", "c", "d"}
+        now[0] += 10
+        assert await a.get("a") is None  # expired
+        await b.put("huge", b"x" * 400, ttl_s=10)  # larger than the whole store: not kept
+        assert await a.get("huge") is None
+        await a.put("c", b"y", ttl_s=10)  # overwritten in place
+        assert await b.get("c") == b"y"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_locked_or_unusable_cache_file_is_a_store_failure_not_a_wait(tmp_path: Path) -> None:
+    path = tmp_path / CACHE_FILE
+    store = FileStore(str(path), max_bytes=1000, timeout_s=0.1)
+    await store.put("k", b"v", ttl_s=10)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreFailed) as info:
+            await store.get("k")
+        assert info.value.kind == "OperationalError"
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert await store.get("k") == b"v"  # opened again, the entry still there
+    await store.close()
+    with pytest.raises(StoreFailed):
+        await FileStore(str(tmp_path / "no-such-dir" / CACHE_FILE), max_bytes=1000).get("k")
+
+
+async def test_the_cache_takes_the_workers_file_and_bypasses_when_it_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = ResponseCache(ttl_s=60)
+    assert isinstance(ResponseCacheService(settings, SharedStore()).store, MemoryStore)  # one process: its own memory
+    monkeypatch.setenv(WORKERS_STATE_ENV, str(tmp_path))
+    one, two = ResponseCacheService(settings, SharedStore()), ResponseCacheService(settings, SharedStore())
+    assert isinstance(one.store, FileStore) and one.store.path == str(tmp_path / CACHE_FILE)
+    key = one.key(listener="egress", client_api="openai", provider="p", model="m", body={"messages": [{"role": "user", "content": "hi"}]})
+    assert (await two.lookup(key, {})).result == "miss"
+    assert await one.put(key, CacheEntry(body=b'{"ok": true}', content_type="application/json", provider="p"))
+    hit = await two.lookup(key, {})
+    assert hit.result == "hit" and hit.entry is not None and hit.entry.body == b'{"ok": true}'
+    await one.close()
+    await two.close()
+    errors: list[str] = []
+    monkeypatch.setenv(WORKERS_STATE_ENV, str(tmp_path / "gone"))
+    broken = ResponseCacheService(settings, SharedStore(), on_store_error=errors.append)
+    found = await broken.lookup(key, {})
+    assert found.result == "bypass" and found.reason == "store_error" and errors == ["OperationalError"]
+    await broken.close()
