@@ -54,7 +54,7 @@ from typing import Any, Literal, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
-from ext_proc.chat.shared_store import open_sqlite, redis_client, redis_errors, workers_file
+from ext_proc.chat.shared_store import in_transaction, open_sqlite, redis_client, redis_errors, workers_file
 from ext_proc.config import ResponseCache, SharedStore
 from ext_proc.names import CACHE_FILE
 from ext_proc.models.base import Models
@@ -342,15 +342,8 @@ class FileStore:
             if self._db is None:
                 self._db = open_sqlite(self.path, self._timeout_s, "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, "
                                        "value BLOB NOT NULL, expires REAL NOT NULL, used REAL NOT NULL, size INTEGER NOT NULL)")
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                out = change(db, self._clock())
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return out
+            now = self._clock()
+            return in_transaction(self._db, lambda db: change(db, now))
         except sqlite3.Error as exc:
             if self._db is not None:
                 with contextlib.suppress(sqlite3.Error):

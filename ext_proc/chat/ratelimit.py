@@ -38,9 +38,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar
 
-from ext_proc.chat.shared_store import open_sqlite, redis_client, redis_errors, workers_file
+from ext_proc.chat.shared_store import in_transaction, open_sqlite, redis_client, redis_errors, workers_file
 from ext_proc.config import LlmProvider, RateLimit, SharedStore
 from ext_proc.errors import RateLimited, SidegateError
 from ext_proc.names import BUCKETS_FILE
@@ -49,6 +49,7 @@ from ext_proc.wire.openai import content_text
 __all__ = ["Charge", "FileBuckets", "MemoryBuckets", "RateLimiter", "RedisBuckets", "StoreUnavailable", "estimate_tokens"]
 
 log = logging.getLogger("sidegate.ratelimit")
+T = TypeVar("T")
 
 _MAX_BUCKETS = 10_000  # per limit: selector values beyond this share the oldest buckets' fate (evicted)
 
@@ -174,16 +175,9 @@ class FileBuckets:
         db.executemany("INSERT OR REPLACE INTO buckets (key, level, stamp, capacity, rate) VALUES (?, ?, ?, ?, ?)",
                        [(k.key, lv, now, k.capacity, k.rate) for k, lv in zip(buckets, levels, strict=True)])
 
-    def _transaction(self, change: Callable[[sqlite3.Connection, float], Any]) -> Any:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            out = change(db, self._clock())
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return out
+    def _transaction(self, change: Callable[[sqlite3.Connection, float], T]) -> T:
+        now = self._clock()
+        return in_transaction(self._conn(), lambda db: change(db, now))
 
     async def take(self, buckets: list[BucketKey], amount: int) -> tuple[bool, list[float]]:
         def change(db: sqlite3.Connection, now: float) -> tuple[bool, list[float]]:
@@ -197,7 +191,7 @@ class FileBuckets:
             return ok, levels
 
         try:
-            return cast(tuple[bool, list[float]], self._transaction(change))
+            return self._transaction(change)
         except sqlite3.Error as exc:
             self._failed(exc)
             return await self._fallback.take(buckets, amount)

@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ext_proc.config import SharedStore
 from ext_proc.names import WORKERS_STATE_ENV
 
-__all__ = ["open_sqlite", "redis_client", "redis_errors", "workers_file"]
+__all__ = ["in_transaction", "open_sqlite", "redis_client", "redis_errors", "workers_file"]
+
+T = TypeVar("T")
 
 
 def workers_file(name: str) -> str | None:
@@ -57,3 +60,16 @@ def redis_errors() -> tuple[type[BaseException], ...]:
     import redis
 
     return (redis.RedisError, OSError, asyncio.TimeoutError)
+
+
+def in_transaction(db: sqlite3.Connection, change: Callable[[sqlite3.Connection], T]) -> T:
+    """``change`` under SQLite's write lock (``BEGIN IMMEDIATE``: no read-modify-write race between
+    processes), committed, or rolled back when it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        out = change(db)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return out

@@ -17,31 +17,13 @@ import pytest
 
 from ext_proc.chat.cache import CacheEntry, FileStore, MemoryStore, ResponseCacheService, StoreFailed
 from ext_proc.chat.ratelimit import FileBuckets, MemoryBuckets, RateLimiter, RedisBuckets
-from ext_proc.config import LlmProvider, RateLimit, ResponseCache, SharedStore, Upstream
+from ext_proc.config import RateLimit, ResponseCache, SharedStore
 from ext_proc.errors import RateLimited
 from ext_proc.names import BUCKETS_FILE, CACHE_FILE, WORKERS_STATE_ENV
+from tests.unit.chat.test_shared_budgets import admitted, msgs, provider
 
 # per day: over the few seconds a test takes the bucket refills ~1 token, less than one request
 RULE = RateLimit(model="m", tokens=10_000, unit="day")
-
-
-def provider() -> LlmProvider:
-    return LlmProvider(name="p", interface="openai", model="m", default=True, upstream=Upstream(host="127.0.0.1", port=1, tls=False))
-
-
-def msgs(chars: int) -> list[dict[str, str]]:
-    return [{"role": "user", "content": "x" * chars}]  # chars / 4 + 4 tokens
-
-
-async def admitted(limiter: RateLimiter, n: int, chars: int = 400) -> int:
-    ok = 0
-    for _ in range(n):
-        try:
-            await limiter.admit(provider(), {}, msgs(chars))
-            ok += 1
-        except RateLimited:
-            pass
-    return ok
 
 
 def _worker(path: str, start: object, out: object) -> None:
@@ -50,7 +32,7 @@ def _worker(path: str, start: object, out: object) -> None:
         rl = RateLimiter([RULE], buckets_file=path)
         try:
             start.wait()  # type: ignore[attr-defined]
-            return await admitted(rl, 60)
+            return await admitted(rl, 60, 400)
         finally:
             await rl.close()
     out.put(asyncio.run(run()))  # type: ignore[attr-defined]
@@ -100,7 +82,7 @@ async def test_a_file_that_cannot_be_opened_counts_in_the_process_and_says_so(tm
     rl = RateLimiter([RULE], buckets_file=str(tmp_path / "no-such-dir" / "buckets.sqlite"), on_store_error=errors.append)
     try:
         with caplog.at_level(logging.WARNING, logger="sidegate.ratelimit"):
-            assert await admitted(rl, 100) == 96  # this process's own bucket, no request refused for it
+            assert await admitted(rl, 100, 400) == 96  # this process's own bucket, no request refused for it
         assert errors and set(errors) == {"OperationalError"}
         assert "counting in this process" in caplog.text and "no-such-dir" in caplog.text
     finally:
@@ -115,17 +97,17 @@ async def test_a_file_locked_longer_than_the_timeout_counts_locally_then_the_fil
     rl = RateLimiter([RULE], buckets_file=str(path))
     rl.buckets = buckets
     try:
-        await admitted(rl, 1)  # the file exists and holds the bucket: 10,000 - 104
+        await admitted(rl, 1, 400)  # the file exists and holds the bucket: 10,000 - 104
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another worker stuck inside a transaction
         try:
-            assert await admitted(rl, 1) == 1
+            assert await admitted(rl, 1, 400) == 1
             assert errors == ["OperationalError"]  # "database is locked", after 0.1 s, not forever
             assert memory._buckets  # counted in this process meanwhile
         finally:
             other.execute("ROLLBACK")
             other.close()
-        assert await admitted(rl, 1) == 1
+        assert await admitted(rl, 1, 400) == 1
         (level,) = sqlite3.connect(path).execute("SELECT level FROM buckets").fetchone()
         assert 10_000 - 2 * 104 <= level < 10_000 - 2 * 104 + 2  # two takes in the file, the locked one not
     finally:
