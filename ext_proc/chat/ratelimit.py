@@ -352,7 +352,8 @@ class RateLimiter:
             self.buckets = RedisBuckets(store, fallback=memory, on_error=on_store_error)
         elif self._limits and (shared_file := buckets_file if buckets_file is not None else workers_file(BUCKETS_FILE)):
             # several ext_proc workers on this host: one budget for all of them, not one each
-            self.buckets = FileBuckets(shared_file, fallback=memory, on_error=on_store_error)
+            self.buckets = FileBuckets(shared_file, fallback=memory, on_error=on_store_error,
+                                       timeout_s=store.timeout_s if store is not None else SharedStore.timeout_s)
 
     def __bool__(self) -> bool:
         return bool(self._limits)
