@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 
 import aiohttp
@@ -75,6 +76,14 @@ class EndpointClient:
             raise UpstreamError(f"{where} could not be reached through Envoy's internal listener: {exc}", code="endpoint_unavailable") from exc
         if len(reply.body) > _MAX_REPLY:
             raise UpstreamError(f"{where} answered more than {_MAX_REPLY} bytes", code="endpoint_reply_too_large")
+        envoy_says = _envoy_local_reply(reply)
+        if envoy_says == "upstream_unavailable":  # Envoy could not connect: the app did not answer anything
+            up = endpoint.upstream
+            raise UpstreamError(f"{where} could not be reached at {up.host}:{up.port}: is the app running and listening there? "
+                                f"(endpoints.{endpoint.name}.endpoint; Envoy: {_envoy_reason(reply)})", code="endpoint_unavailable")
+        if envoy_says == "upstream_timeout":
+            raise UpstreamError(f"{where} did not answer within {endpoint.timeout_s:g}s (endpoints.{endpoint.name}.timeout)",
+                                status=504, code="endpoint_timeout")
         if not 200 <= reply.status < 300:
             detail = reply.text[:300].strip()
             if reply.status == 405:  # the method is the config's (GET when http_method is left out, as in Arch)
@@ -90,3 +99,30 @@ class EndpointClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _envoy_error(reply: EndpointReply) -> dict[str, object] | None:
+    if reply.status not in (502, 503, 504) or not reply.content_type.startswith("application/json"):
+        return None
+    try:
+        error = json.loads(reply.body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error if isinstance(error, dict) else None
+
+
+def _envoy_local_reply(reply: EndpointReply) -> str | None:
+    """The code of Envoy's own answer (the bootstrap's local reply mappers, ``sidegate ...``
+    messages) when the endpoint could not be reached or timed out, None for the app's answers."""
+    error = _envoy_error(reply)
+    if error is None or not str(error.get("message", "")).startswith("sidegate "):
+        return None
+    code = error.get("code")
+    return code if code in ("upstream_unavailable", "upstream_timeout") else None
+
+
+def _envoy_reason(reply: EndpointReply) -> str:
+    """Envoy's reason in its local reply: the text in the message's last parentheses."""
+    message = str((_envoy_error(reply) or {}).get("message", ""))
+    start = message.find("(")
+    return message[start + 1:].rstrip(")") if start >= 0 else message

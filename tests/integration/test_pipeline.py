@@ -239,6 +239,9 @@ def test_endpoint_timeout_is_504(pipe: Pipeline) -> None:
     finally:
         pipe.app.set_defaults(delay_ms=0)
     assert err.value.status_code == 504
+    error = err.value.response.json()["error"]
+    assert error["code"] == "endpoint_timeout" and "get_exchange_rate" in error["message"]
+    assert "did not answer within" in error["message"] and "endpoints.app.timeout" in error["message"]
 
 
 def test_streaming_llm_answers_pass_through_as_sse(pipe: Pipeline) -> None:
