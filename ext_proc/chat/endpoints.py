@@ -122,7 +122,8 @@ def _envoy_local_reply(reply: EndpointReply) -> str | None:
 
 
 def _envoy_reason(reply: EndpointReply) -> str:
-    """Envoy's reason in its local reply: the text in the message's last parentheses."""
+    """Envoy's reason in its local reply: what follows the message's first parenthesis, the
+    mapper's ``(%LOCAL_REPLY_BODY%)`` (the reason itself may hold parentheses)."""
     message = str((_envoy_error(reply) or {}).get("message", ""))
     start = message.find("(")
     return message[start + 1:].rstrip(")") if start >= 0 else message
