@@ -39,6 +39,18 @@ __all__ = ["API_PATHS", "Exchange"]
 API_PATHS = {"openai": CHAT_COMPLETIONS_PATH, "anthropic": MESSAGES_PATH}
 
 
+def _openai_error(body: bytes) -> bool:
+    """Whether an error body is OpenAI's ``{"error": {"message", "type", "param", "code"}}`` and
+    nothing else: what Envoy's local replies (provider unreachable, silent, a body too large) and
+    sidegate write, never an Anthropic (``"type": "error"`` beside it) or Bedrock (``message``) one."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        return False
+    error = payload.get("error") if isinstance(payload, dict) and set(payload) == {"error"} else None
+    return isinstance(error, dict) and isinstance(error.get("message"), str) and isinstance(error.get("code"), str)
+
+
 class Exchange:
     """One request's translation between ``client`` (its API) and the provider the router chose."""
 
@@ -152,7 +164,8 @@ class Exchange:
             return self._stream.feed(chunk) + (self._stream.close() if end_of_stream else b"")
         if not self._status_ok:
             if self.upstream == "anthropic":
-                return anthropic.error_body_to_chat(chunk, self._status)
+                # Envoy's own answer (provider unreachable or silent) is OpenAI-shaped already: its code stays
+                return None if _openai_error(chunk) else anthropic.error_body_to_chat(chunk, self._status)
             return anthropic.error_body_to_messages(chunk, self._status)
         if self.upstream == "anthropic":
             return json.dumps(anthropic.message_to_chat_completion(chunk, model=self.model)).encode()
@@ -168,7 +181,7 @@ class Exchange:
                 return chat
             return self._stream.feed(chat) + (self._stream.close() if end_of_stream else b"")
         if not self._status_ok:
-            error = bedrock.error_body_to_chat(chunk, self._status, self._error_type)
+            error = chunk if _openai_error(chunk) else bedrock.error_body_to_chat(chunk, self._status, self._error_type)
             return anthropic.error_body_to_messages(error, self._status) if self.client == "anthropic" else error
         completion = bedrock.converse_to_chat_completion(chunk, model=self.model)
         if self.client == "anthropic":

@@ -98,3 +98,36 @@ def test_an_anthropic_client_reads_bedrocks_answer_and_error_in_anthropics_shape
     ex.start_response(status="429", streaming=False, error_type="ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/")
     error = json.loads(ex.response(b'{"message": "Too many requests"}', streaming=False, end_of_stream=True) or b"")
     assert error == {"type": "error", "error": {"type": "rate_limit_error", "message": "Too many requests"}}
+
+
+# Envoy's local reply when a provider cannot be reached (the bootstrap's mapper, %UPSTREAM_CLUSTER% filled)
+UNREACHABLE = json.dumps({"error": {"code": "upstream_unavailable", "param": None, "type": "upstream_error",
+                                    "message": "sidegate could not reach the upstream provider_claude (upstream connect error ...)"}}).encode()
+
+
+@pytest.mark.parametrize("provider", [CLAUDE, BEDROCK], ids=["anthropic", "bedrock"])
+def test_envoys_own_error_reaches_an_openai_client_as_written_whatever_the_provider_speaks(provider) -> None:  # type: ignore[no-untyped-def]
+    """A provider that is down is 502 upstream_unavailable for an OpenAI client (README's errors
+    table), not the provider's error translator's reading of Envoy's JSON (code lost, or the whole
+    JSON as the message)."""
+    ex = Exchange("openai")
+    ex.upstream_body(ex.parse(CHAT), None, provider)
+    ex.start_response(status="502", streaming=False)
+    out = ex.response(UNREACHABLE, streaming=False, end_of_stream=True)
+    assert json.loads(out if out is not None else UNREACHABLE) == json.loads(UNREACHABLE)
+    # the provider's own errors are still translated
+    ex = Exchange("openai")
+    ex.upstream_body(ex.parse(CHAT), None, provider)
+    ex.start_response(status="529", streaming=False)
+    own = (b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}' if provider is CLAUDE
+           else b'{"message": "Overloaded"}')
+    error = json.loads(ex.response(own, streaming=False, end_of_stream=True) or b"")["error"]
+    assert error["message"] == "Overloaded" and error["code"] != "upstream_unavailable"
+
+
+def test_envoys_own_error_reaches_an_anthropic_client_in_its_shape() -> None:
+    ex = Exchange("anthropic")
+    ex.upstream_body(ex.parse(MESSAGES), None, OAI)
+    ex.start_response(status="502", streaming=False)
+    error = json.loads(ex.response(UNREACHABLE, streaming=False, end_of_stream=True) or b"")
+    assert error["type"] == "error" and error["error"]["message"].startswith("sidegate could not reach the upstream provider_claude")
