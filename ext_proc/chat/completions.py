@@ -284,8 +284,10 @@ class ChatProcessor(PassThrough):
                                                max_bytes=self.cache.settings.max_entry_bytes)
         return Continue(
             set_headers=set_headers,
-            # a translated or guarded stream has another length: Envoy sends it chunked
-            remove_headers=("content-length",) if (self.exchange.translating or self.stream_guard) and not end_of_stream else (),
+            # a translated or guarded stream, or an error an Anthropic client gets in its shape, has
+            # another length: Envoy sends it chunked
+            remove_headers=("content-length",) if (self.exchange.translating or self.stream_guard or self._anthropic_error())
+            and not end_of_stream else (),
             response_body_mode="STREAMED" if self.streaming else ("NONE" if end_of_stream or pass_through or not self._reads_json_body()
                                                                   else "BUFFERED"),
         )
@@ -293,10 +295,16 @@ class ChatProcessor(PassThrough):
     def _reads_json_body(self) -> bool:
         """Whether anything here reads this request's JSON answer: token counting
         (ext_proc.count_tokens), a rate-limit charge to settle, the response cache filling after a
-        miss, an Anthropic translation, x-arch-state metadata. If not, Envoy is told not to send it
+        miss, an Anthropic translation, x-arch-state metadata, an error an Anthropic client must get
+        in its shape (Envoy's own, when the provider is down). If not, Envoy is told not to send it
         (one gRPC round trip less; ext_proc's stream ends with the response headers)."""
         return (self.cfg.ext_proc.count_tokens or self.charge is not None or self.collector is not None
-                or self.exchange.translating or bool(self.response_metadata) or self.answer_guard is not None)
+                or self.exchange.translating or bool(self.response_metadata) or self.answer_guard is not None
+                or self._anthropic_error())
+
+    def _anthropic_error(self) -> bool:
+        """An error answer to an Anthropic client: Envoy's own (provider down) is rewritten in Anthropic's shape."""
+        return self.exchange.client == "anthropic" and not self.outcome.startswith("upstream_2")
 
     def _served_by(self, attempt: str) -> LlmProvider | None:
         """The fallback that answered (None: the provider itself), as Envoy's failover chain assigns attempts."""

@@ -157,6 +157,8 @@ class Exchange:
     def response(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes | None:
         """The provider's bytes in the client's API (None: unchanged)."""
         if not self.translating:
+            if self.client == "anthropic" and not self._status_ok and not streaming and _openai_error(chunk):
+                return anthropic.error_body_to_messages(chunk, self._status)  # Envoy's own (provider down) in Anthropic's shape
             return None
         if self.upstream == "bedrock":
             return self._from_bedrock(chunk, streaming=streaming, end_of_stream=end_of_stream)

@@ -24,7 +24,7 @@ import pytest
 
 from ext_proc.config import Config
 from ext_proc.control import supervisor as sv
-from testkit import gateway_config
+from testkit import free_port, gateway_config
 from testkit.fake_provider import FakeProvider
 from tests.integration.conftest import running_stack
 
@@ -53,6 +53,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
              "access_key": "$CLAUDE_KEY"},
             {"name": "oai", "provider_interface": "openai", "endpoint": oai.base_url, "model": "gpt-test", "default": True,
              "access_key": "sk-oai-key"},
+            # nothing listens there: Envoy answers for it
+            {"name": "claude_down", "provider_interface": "anthropic", "endpoint": f"http://127.0.0.1:{free_port()}",
+             "model": "claude-down", "access_key": "$CLAUDE_KEY"},
         ]
         with running_stack(tmp_path_factory, gateway_config(providers), {"CLAUDE_KEY": CLAUDE_KEY}) as (cfg, supervisor):
             yield Stack(cfg=cfg, claude=claude, oai=oai, supervisor=supervisor)
@@ -146,3 +149,19 @@ def test_a_malformed_messages_request_is_an_anthropic_400_and_not_forwarded(stac
     assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
     assert "max_tokens" in body["error"]["message"]
     assert stack.oai.requests == [] and stack.claude.requests == []
+
+
+def test_an_anthropic_provider_that_is_down_is_a_502_naming_it_in_each_clients_shape(stack: Stack) -> None:
+    """Envoy's own answer (OpenAI-shaped): an OpenAI client gets it as written, code
+    upstream_unavailable (not read as Anthropic's error and recoded); an Anthropic client, whose
+    request to an Anthropic provider is not translated, gets it as Anthropic's error."""
+    with pytest.raises(openai.APIStatusError) as info:
+        oai_client(stack).chat.completions.create(model="claude-down", messages=USER)
+    assert info.value.status_code == 502
+    error = info.value.response.json()["error"]
+    assert error["code"] == "upstream_unavailable" and "provider_claude_down" in error["message"]
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        claude_client(stack).messages.create(model="claude-down", max_tokens=20, messages=USER)  # type: ignore[arg-type]
+    assert caught.value.status_code == 502
+    body = caught.value.response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "api_error" and "provider_claude_down" in body["error"]["message"]

@@ -131,3 +131,16 @@ def test_envoys_own_error_reaches_an_anthropic_client_in_its_shape() -> None:
     ex.start_response(status="502", streaming=False)
     error = json.loads(ex.response(UNREACHABLE, streaming=False, end_of_stream=True) or b"")
     assert error["type"] == "error" and error["error"]["message"].startswith("sidegate could not reach the upstream provider_claude")
+
+
+def test_envoys_own_error_reaches_an_anthropic_client_of_an_anthropic_provider_in_its_shape() -> None:
+    """No translation between the two (same API), but Envoy's answer is OpenAI-shaped: an Anthropic
+    client gets it as Anthropic's error; the provider's own errors pass on untouched."""
+    ex = Exchange("anthropic")
+    ex.upstream_body(ex.parse(MESSAGES), None, CLAUDE)
+    assert not ex.translating
+    ex.start_response(status="502", streaming=False)
+    error = json.loads(ex.response(UNREACHABLE, streaming=False, end_of_stream=True) or b"")
+    assert error["type"] == "error" and error["error"]["message"].startswith("sidegate could not reach the upstream provider_claude")
+    own = b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}'
+    assert ex.response(own, streaming=False, end_of_stream=True) is None
