@@ -642,6 +642,9 @@ def chat_request_to_messages(body: Mapping[str, Any], *, default_max_tokens: int
         else:
             raise _bad(f"{path}.role", f"role {role!r} is not translated to Anthropic", "unsupported_parameter")
 
+    if not turns:  # OpenAI answers a conversation of system messages alone; Anthropic refuses it
+        raise _bad("messages", "the provider's API needs a user message besides the system ones (Anthropic's and Bedrock's do, "
+                               "OpenAI's does not): send the request as a user message", "invalid_value")
     out: dict[str, Any] = {"model": body.get("model"), "messages": [{"role": r, "content": _block_content(b)} for r, b in turns]}
     if system:
         out["system"] = "\n\n".join(system)

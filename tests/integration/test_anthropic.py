@@ -165,3 +165,14 @@ def test_an_anthropic_provider_that_is_down_is_a_502_naming_it_in_each_clients_s
     assert caught.value.status_code == 502
     body = caught.value.response.json()
     assert body["type"] == "error" and body["error"]["type"] == "api_error" and "provider_claude_down" in body["error"]["message"]
+
+
+def test_system_messages_alone_for_an_anthropic_provider_are_a_400_naming_what_to_send(stack: Stack) -> None:
+    """OpenAI answers a conversation of system messages alone; Anthropic refuses one: sidegate says
+    so before anything is forwarded, not the provider's "messages: Field required"."""
+    stack.claude.clear()
+    with pytest.raises(openai.BadRequestError) as info:
+        oai_client(stack).chat.completions.create(model="claude-test", messages=[{"role": "system", "content": "Summarize: the meeting moved."}])
+    error = info.value.response.json()["error"]
+    assert error["param"] == "messages" and "send the request as a user message" in error["message"]
+    assert stack.claude.requests == []

@@ -510,6 +510,12 @@ def test_max_tokens_prefers_max_completion_tokens_and_defaults_to_4096() -> None
         ),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id: is required for role 'tool'", "messages[0].tool_call_id"),
         ({"messages": [{"role": "function", "name": "f", "content": "x"}]}, "messages[0].role: role 'function' is not translated to Anthropic", "messages[0].role"),
+        (
+            {"messages": [{"role": "system", "content": "Summarize: the meeting moved to 3pm."}]},
+            "messages: the provider's API needs a user message besides the system ones (Anthropic's and Bedrock's do, "
+            "OpenAI's does not): send the request as a user message",
+            "messages",
+        ),
         ({"messages": [], "functions": [{"name": "f"}]}, "functions: legacy function calling is not translated to Anthropic: use 'tools' and 'tool_choice'", "functions"),
         ({"messages": [], "n": 2}, "n: Anthropic returns one choice: 'n' must be 1", "n"),
         ({"messages": [], "response_format": {"type": "json_object"}}, "response_format: response_format 'json_object' is not translated to Anthropic", "response_format"),
