@@ -76,8 +76,11 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
                                "access_key": "sk-workers"}])
         raw["ext_proc"].update(workers=2, port=free_ports_spaced(2, 1), http_port=free_ports_spaced(2, 1), count_tokens=False)
         raw["listeners"]["egress_traffic"]["max_body_bytes"] = MAX_BODY
-        # a budget for one user only (the other tests send no x-user-id): 500 tokens a day
+        # a budget for one user only (the other tests send no x-user-id): 500 tokens a day; the
+        # workers' file waits up to 5 s for a lock (a worker descheduled while it holds it, on a
+        # loaded machine, would otherwise send the other to count in its own process)
         raw["ratelimits"] = [{"model": "m", "selector": {"key": "x-user-id", "value": BUDGET_USER}, "limit": {"tokens": 500, "unit": "day"}}]
+        raw["shared_store"] = {"type": "memory", "timeout": "5s"}
         with running_stack(tmp_path_factory, raw) as (cfg, supervisor):
             watcher = threading.Thread(target=supervisor.watch, daemon=True)  # restarts what dies, as `sidegate up` does
             watcher.start()
@@ -241,6 +244,7 @@ def test_an_answer_one_worker_cached_is_a_hit_on_the_other(tmp_path_factory: pyt
                                "access_key": "sk-cache"}])
         raw["ext_proc"].update(workers=2, port=free_ports_spaced(2, 1), http_port=free_ports_spaced(2, 1))
         raw["response_cache"] = {"ttl": "600s"}
+        raw["shared_store"] = {"type": "memory", "timeout": "5s"}  # a lock waited for, not a bypass, on a loaded machine
         with running_stack(tmp_path_factory, raw) as (cfg, _):
             one = Workers(cfg, fp, _)
             body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "cached once for both workers"}]}).encode()
