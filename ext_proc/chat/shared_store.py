@@ -17,9 +17,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ext_proc.config import SharedStore
-from ext_proc.names import WORKERS_STATE_ENV
+from ext_proc.names import BUCKETS_FILE, CACHE_FILE, WORKERS_STATE_ENV
 
-__all__ = ["in_transaction", "open_sqlite", "redis_client", "redis_errors", "workers_file"]
+__all__ = ["in_transaction", "open_sqlite", "prepare_workers_state", "redis_client", "redis_errors", "workers_file"]
 
 T = TypeVar("T")
 
@@ -31,11 +31,26 @@ def workers_file(name: str) -> str | None:
     return os.path.join(shared, name) if shared else None
 
 
+def prepare_workers_state(directory: str | os.PathLike[str]) -> None:
+    """Put the workers' shared files in WAL mode before any worker opens them (the supervisor does
+    it, once): switching a file to WAL takes an exclusive lock that SQLite does not wait for, so
+    workers opening a new file at once got "database is locked" right away, whatever the timeout
+    (seen in CI: one worker then counted a request in its own budget). A file already in WAL mode
+    opens while another process writes."""
+    for name in (BUCKETS_FILE, CACHE_FILE):
+        db = sqlite3.connect(os.path.join(directory, name))
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        finally:
+            db.close()
+
+
 def open_sqlite(path: str, timeout_s: float, schema: str) -> sqlite3.Connection:
     """A connection to a SQLite file several processes use at once: autocommit (callers take the
     write lock with ``BEGIN IMMEDIATE``), a lock held by another process waited for at most
     ``timeout_s``, WAL without fsync (budgets and cached answers are not worth a disk flush: a
-    crash of the host forgets them, as a process's memory would)."""
+    crash of the host forgets them, as a process's memory would). Several processes opening one
+    new file at once: :func:`prepare_workers_state` first."""
     db = sqlite3.connect(path, timeout=timeout_s, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=WAL")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ext_proc.config import REPLICA_PORT_STEP, REPO_ROOT, Config
+from ext_proc.chat.shared_store import prepare_workers_state
 from ext_proc.control.envoy_bin import envoy_binary
 from ext_proc.control.model_repo import needed_models, render_model_repository
 from ext_proc.control.triton_server import health_url as triton_health_url
@@ -271,6 +272,7 @@ def ext_proc_services(cfg: Config, config_path: str, model_server: str | None, e
     state_dir = home() / "run" / "ext_proc-state"
     shutil.rmtree(state_dir, ignore_errors=True)
     state_dir.mkdir(parents=True)
+    prepare_workers_state(state_dir)
     out = []
     for i in range(e.workers):
         grpc_port, http_port = e.worker_ports(i)

@@ -11,12 +11,14 @@ import asyncio
 import logging
 import multiprocessing
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
 from ext_proc.chat.cache import CacheEntry, FileStore, MemoryStore, ResponseCacheService, StoreFailed
 from ext_proc.chat.ratelimit import FileBuckets, MemoryBuckets, RateLimiter, RedisBuckets
+from ext_proc.chat.shared_store import prepare_workers_state
 from ext_proc.config import RateLimit, ResponseCache, SharedStore
 from ext_proc.errors import RateLimited
 from ext_proc.names import BUCKETS_FILE, CACHE_FILE, WORKERS_STATE_ENV
@@ -45,7 +47,8 @@ def _worker(path: str, start: object, out: object) -> None:
 def test_two_worker_processes_share_one_budget_exactly(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
-    path = str(tmp_path / "buckets.sqlite")
+    prepare_workers_state(tmp_path)  # as the supervisor does before it starts the workers
+    path = str(tmp_path / BUCKETS_FILE)
     procs = [ctx.Process(target=_worker, args=(path, start, out)) for _ in range(2)]
     for p in procs:
         p.start()
@@ -57,6 +60,42 @@ def test_two_worker_processes_share_one_budget_exactly(tmp_path: Path) -> None:
     # 2 x 60 requests of 104 tokens against 10,000: 96 fit, whichever worker gets them (each
     # worker with its own budget would admit 60 + 60)
     assert sum(n for n, _ in results) == 96 and all(failed == 0 for _, failed in results), results
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "new file"])
+async def test_a_worker_opening_the_file_while_another_writes_waits_once_the_file_is_prepared(tmp_path: Path, prepared: bool) -> None:
+    """Two workers' first requests at once: one holds the write lock while the other opens the file.
+    On a file the supervisor prepared (WAL mode) the second waits its turn; on a new file its
+    switch to WAL failed at once with "database is locked" and it counted in its own budget (seen
+    in CI: 5 requests admitted against a budget of 4)."""
+    if prepared:
+        prepare_workers_state(tmp_path)
+    path = tmp_path / BUCKETS_FILE
+    holding, release = threading.Event(), threading.Event()
+
+    def other_worker() -> None:  # its own connection, in its own thread, inside a write transaction
+        db = sqlite3.connect(path, isolation_level=None, timeout=5)
+        db.execute("CREATE TABLE IF NOT EXISTS other (k TEXT)")
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO other VALUES ('x')")
+        holding.set()
+        release.wait(5)
+        db.execute("COMMIT")
+        db.close()
+
+    writer = threading.Thread(target=other_worker)
+    writer.start()
+    assert holding.wait(5)
+    errors: list[str] = []
+    rl = RateLimiter([RULE], buckets_file=str(path), store=SharedStore(timeout_s=5.0), on_store_error=errors.append)
+    threading.Timer(0.2, release.set).start()  # the other worker's transaction ends 0.2 s later
+    try:
+        assert await admitted(rl, 1, 400) == 1
+        assert errors == ([] if prepared else ["OperationalError"])
+    finally:
+        release.set()
+        writer.join(5)
+        await rl.close()
 
 
 async def test_a_settlement_and_a_restart_are_seen_through_the_file(tmp_path: Path) -> None:

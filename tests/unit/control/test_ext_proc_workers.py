@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ import pytest
 from ext_proc.config import ConfigError, cpu_limit, free_cores
 from ext_proc.control import supervisor as sv
 from ext_proc.control.envoy_bootstrap import EXT_PROC_CLUSTER, bootstrap_dict
-from ext_proc.names import BUCKETS_FILE, MULTIPROC_ENV, WORKERS_STATE_ENV
+from ext_proc.names import BUCKETS_FILE, CACHE_FILE, MULTIPROC_ENV, WORKERS_STATE_ENV
 from testkit.configs import cfg_from, raw_config
 
 
@@ -92,11 +94,15 @@ def test_the_supervisor_starts_each_worker_as_its_own_service(tmp_path: Path, mo
     metrics_dir = Path(services[0].env[MULTIPROC_ENV])
     assert metrics_dir.is_dir() and services[1].env[MULTIPROC_ENV] == str(metrics_dir)
     # one directory of shared state (token budgets, response cache) for both, emptied: what an
-    # earlier `up` left there (a spent budget, cached answers) is gone
+    # earlier `up` left there (a spent budget, cached answers) is gone; the two files are created in
+    # WAL mode before any worker opens them (shared_store.prepare_workers_state)
     state = Path(services[0].env[WORKERS_STATE_ENV])
-    assert services[1].env[WORKERS_STATE_ENV] == str(state) and state.is_dir() and not any(state.iterdir())
-    (state / BUCKETS_FILE).write_text("left over")
+    assert services[1].env[WORKERS_STATE_ENV] == str(state)
+    for name in (BUCKETS_FILE, CACHE_FILE):
+        assert sqlite3.connect(state / name).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert sqlite3.connect(state / name).execute("SELECT name FROM sqlite_master").fetchall() == []
+    (state / "left-over").write_text("spent budget")
     sv.ext_proc_services(cfg, "x.yaml", None, {})
-    assert state.is_dir() and not any(state.iterdir())
+    assert sorted(p.name for p in state.iterdir() if not p.name.endswith(("-wal", "-shm"))) == sorted([BUCKETS_FILE, CACHE_FILE])
     (one,) = sv.ext_proc_services(_cfg(workers=1), "x.yaml", None, {})
     assert one.name == "ext_proc" and MULTIPROC_ENV not in one.env and WORKERS_STATE_ENV not in one.env and "--worker" not in one.argv
