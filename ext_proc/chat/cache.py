@@ -38,7 +38,6 @@ exact matching only, for :data:`EMBED_BACKOFF_S`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import difflib
 import hashlib
 import json
@@ -49,12 +48,12 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from ext_proc.chat.shared_store import in_transaction, open_sqlite, redis_client, redis_errors, workers_file
+from ext_proc.chat.shared_store import SharedFile, redis_client, redis_errors, workers_file
 from ext_proc.config import ResponseCache, SharedStore
 from ext_proc.names import CACHE_FILE
 from ext_proc.models.base import Models
@@ -76,6 +75,7 @@ __all__ = [
     "wants_bypass",
 ]
 
+T = TypeVar("T")
 log = logging.getLogger("sidegate.cache")
 
 VERSION = 1
@@ -331,24 +331,15 @@ class FileStore:
     unusable raises :class:`StoreFailed` (the request bypasses the cache)."""
 
     def __init__(self, path: str, *, max_bytes: int, timeout_s: float = 0.25, clock: Callable[[], float] = time.time) -> None:
-        self.path = path
+        self.file = SharedFile(path, "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, value BLOB NOT NULL, "
+                               "expires REAL NOT NULL, used REAL NOT NULL, size INTEGER NOT NULL)", timeout_s=timeout_s, clock=clock)
+        self.path = self.file.path
         self.max_bytes = max_bytes
-        self._timeout_s = timeout_s
-        self._clock = clock
-        self._db: sqlite3.Connection | None = None
 
-    def _run(self, change: Callable[[sqlite3.Connection, float], Any]) -> Any:
+    def _run(self, change: Callable[[sqlite3.Connection, float], T]) -> T:
         try:
-            if self._db is None:
-                self._db = open_sqlite(self.path, self._timeout_s, "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, "
-                                       "value BLOB NOT NULL, expires REAL NOT NULL, used REAL NOT NULL, size INTEGER NOT NULL)")
-            now = self._clock()
-            return in_transaction(self._db, lambda db: change(db, now))
+            return self.file.run(change)
         except sqlite3.Error as exc:
-            if self._db is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.close()
-                self._db = None  # opened again on the next call
             raise StoreFailed(type(exc).__name__) from exc
 
     async def get(self, key: str) -> bytes | None:
@@ -362,7 +353,7 @@ class FileStore:
             db.execute("UPDATE entries SET used = ? WHERE key = ?", (now, key))
             return bytes(row[0])
 
-        return cast(bytes | None, self._run(change))
+        return self._run(change)
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
         cost = len(key) + len(value)
@@ -384,9 +375,7 @@ class FileStore:
         self._run(change)
 
     async def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self.file.close()
 
 
 class RedisStore:

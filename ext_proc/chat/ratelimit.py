@@ -29,7 +29,6 @@ stored value is corrupt starts full again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import math
@@ -38,9 +37,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
-from ext_proc.chat.shared_store import in_transaction, open_sqlite, redis_client, redis_errors, workers_file
+from ext_proc.chat.shared_store import SharedFile, redis_client, redis_errors, workers_file
 from ext_proc.config import LlmProvider, RateLimit, SharedStore
 from ext_proc.errors import RateLimited, SidegateError
 from ext_proc.names import BUCKETS_FILE
@@ -49,7 +48,6 @@ from ext_proc.wire.openai import content_text
 __all__ = ["Charge", "FileBuckets", "MemoryBuckets", "RateLimiter", "RedisBuckets", "StoreUnavailable", "estimate_tokens"]
 
 log = logging.getLogger("sidegate.ratelimit")
-T = TypeVar("T")
 
 _MAX_BUCKETS = 10_000  # per limit: selector values beyond this share the oldest buckets' fate (evicted)
 
@@ -137,20 +135,13 @@ class FileBuckets:
 
     def __init__(self, path: str | Path, *, fallback: MemoryBuckets | None = None, timeout_s: float = 0.25,
                  clock: Callable[[], float] = time.time, on_error: Callable[[str], None] | None = None) -> None:
-        self.path = str(path)
-        self._clock = clock
-        self._timeout_s = timeout_s
+        self.file = SharedFile(path, "CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, level REAL NOT NULL, "
+                               "stamp REAL NOT NULL, capacity REAL NOT NULL, rate REAL NOT NULL)", timeout_s=timeout_s, clock=clock)
+        self.path = self.file.path
         self._fallback = fallback or MemoryBuckets()
         self._on_error = on_error or (lambda kind: None)
-        self._db: sqlite3.Connection | None = None
         self._takes = 0
         self._last_log = 0.0
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            self._db = open_sqlite(self.path, self._timeout_s, "CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, "
-                                   "level REAL NOT NULL, stamp REAL NOT NULL, capacity REAL NOT NULL, rate REAL NOT NULL)")
-        return self._db
 
     def _failed(self, exc: sqlite3.Error) -> None:
         kind = type(exc).__name__
@@ -158,10 +149,6 @@ class FileBuckets:
         if time.monotonic() - self._last_log > 10:  # one line per 10 s, not one per request
             self._last_log = time.monotonic()
             log.warning("token budgets file %s failed (%s: %s): counting in this process", self.path, kind, exc)
-        if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-            self._db = None  # opened again on the next call
 
     def _levels(self, db: sqlite3.Connection, buckets: list[BucketKey], now: float) -> list[float]:
         out = []
@@ -175,10 +162,6 @@ class FileBuckets:
         db.executemany("INSERT OR REPLACE INTO buckets (key, level, stamp, capacity, rate) VALUES (?, ?, ?, ?, ?)",
                        [(k.key, lv, now, k.capacity, k.rate) for k, lv in zip(buckets, levels, strict=True)])
 
-    def _transaction(self, change: Callable[[sqlite3.Connection, float], T]) -> T:
-        now = self._clock()
-        return in_transaction(self._conn(), lambda db: change(db, now))
-
     async def take(self, buckets: list[BucketKey], amount: int) -> tuple[bool, list[float]]:
         def change(db: sqlite3.Connection, now: float) -> tuple[bool, list[float]]:
             levels = self._levels(db, buckets, now)
@@ -191,7 +174,7 @@ class FileBuckets:
             return ok, levels
 
         try:
-            return self._transaction(change)
+            return self.file.run(change)
         except sqlite3.Error as exc:
             self._failed(exc)
             return await self._fallback.take(buckets, amount)
@@ -202,15 +185,13 @@ class FileBuckets:
             self._store(db, buckets, [min(k.capacity, level - delta) for k, level in zip(buckets, levels, strict=True)], now)
 
         try:
-            self._transaction(change)
+            self.file.run(change)
         except sqlite3.Error as exc:
             self._failed(exc)
             await self._fallback.add(buckets, delta)
 
     async def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self.file.close()
 
 
 # KEYS: the buckets; ARGV: amount, then capacity and rate of each bucket. Redis's clock, so every

@@ -11,15 +11,17 @@ locked longer than that, or unusable, too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ext_proc.config import SharedStore
 from ext_proc.names import BUCKETS_FILE, CACHE_FILE, WORKERS_STATE_ENV
 
-__all__ = ["in_transaction", "open_sqlite", "prepare_workers_state", "redis_client", "redis_errors", "workers_file"]
+__all__ = ["SharedFile", "in_transaction", "open_sqlite", "prepare_workers_state", "redis_client", "redis_errors", "workers_file"]
 
 T = TypeVar("T")
 
@@ -88,3 +90,33 @@ def in_transaction(db: sqlite3.Connection, change: Callable[[sqlite3.Connection]
         raise
     db.execute("COMMIT")
     return out
+
+
+class SharedFile:
+    """One SQLite file of the workers' shared state (:func:`open_sqlite` with ``schema``), opened on
+    first use and again after a failure: the budgets' and the response cache's common part."""
+
+    def __init__(self, path: str | os.PathLike[str], schema: str, *, timeout_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.path = str(path)
+        self.schema = schema
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+
+    def run(self, change: Callable[[sqlite3.Connection, float], T]) -> T:
+        """``change(db, now)`` in one write transaction (:func:`in_transaction`), on the wall clock;
+        a ``sqlite3.Error`` closes the connection (opened again on the next call) and propagates."""
+        try:
+            if self._db is None:
+                self._db = open_sqlite(self.path, self.timeout_s, self.schema)
+            now = self._clock()
+            return in_transaction(self._db, lambda db: change(db, now))
+        except sqlite3.Error:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None

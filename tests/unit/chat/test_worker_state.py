@@ -165,7 +165,7 @@ def test_the_limiter_takes_the_file_the_supervisor_names_only_for_memory_budgets
     assert isinstance(RateLimiter([]).buckets, MemoryBuckets)  # no limits: nothing opened
     in_file = RateLimiter([RULE], store=SharedStore(timeout_s=0.05)).buckets
     assert isinstance(in_file, FileBuckets) and in_file.path == str(tmp_path / BUCKETS_FILE)
-    assert in_file._timeout_s == 0.05  # shared_store.timeout: how long a locked file is waited for
+    assert in_file.file.timeout_s == 0.05  # shared_store.timeout: how long a locked file is waited for
     monkeypatch.delenv(WORKERS_STATE_ENV)
     assert isinstance(RateLimiter([RULE]).buckets, MemoryBuckets)  # one worker: its own process
     assert not (tmp_path / BUCKETS_FILE).exists()  # opened on the first request, not before
