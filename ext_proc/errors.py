@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from ext_proc.names import ERROR_HEADER
 
 __all__ = [
+    "openai_error_of",
     "MalformedRequest",
     "MethodNotAllowed",
     "ModelServerError",
@@ -115,3 +117,17 @@ def render_error(exc: BaseException, *, request_id: str = "") -> RenderedError:
     if retry_after is not None:
         headers["retry-after"] = str(retry_after)
     return RenderedError(status=status, body=json.dumps(body).encode(), headers=headers)
+
+
+def openai_error_of(body: bytes) -> dict[str, Any] | None:
+    """The ``error`` object of a body that is OpenAI's error and nothing else,
+    ``{"error": {"message": str, "code": str, ...}}``: what :func:`render_error` and Envoy's local
+    replies (the bootstrap's mappers) write; None for anything else (a provider's or an app's own)."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    error = payload.get("error") if isinstance(payload, dict) and set(payload) == {"error"} else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str) and isinstance(error.get("code"), str):
+        return error
+    return None

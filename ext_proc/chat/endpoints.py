@@ -15,7 +15,6 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 
 import aiohttp
@@ -23,7 +22,7 @@ import aiohttp
 from ext_proc import telemetry
 from ext_proc.chat.targets import EndpointCall
 from ext_proc.config import Config, PromptTarget
-from ext_proc.errors import UpstreamError
+from ext_proc.errors import UpstreamError, openai_error_of
 from ext_proc.names import UPSTREAM_HEADER
 
 __all__ = ["EndpointClient", "EndpointReply", "FORWARDED_HEADERS"]
@@ -76,11 +75,11 @@ class EndpointClient:
             raise UpstreamError(f"{where} could not be reached through Envoy's internal listener: {exc}", code="endpoint_unavailable") from exc
         if len(reply.body) > _MAX_REPLY:
             raise UpstreamError(f"{where} answered more than {_MAX_REPLY} bytes", code="endpoint_reply_too_large")
-        envoy_says = _envoy_local_reply(reply)
+        envoy_says, reason = _envoy_local_reply(reply)
         if envoy_says == "upstream_unavailable":  # Envoy could not connect: the app did not answer anything
             up = endpoint.upstream
             raise UpstreamError(f"{where} could not be reached at {up.host}:{up.port}: is the app running and listening there? "
-                                f"(endpoints.{endpoint.name}.endpoint; Envoy: {_envoy_reason(reply)})", code="endpoint_unavailable")
+                                f"(endpoints.{endpoint.name}.endpoint; Envoy: {reason})", code="endpoint_unavailable")
         if envoy_says == "upstream_timeout":
             raise UpstreamError(f"{where} did not answer within {endpoint.timeout_s:g}s (endpoints.{endpoint.name}.timeout)",
                                 status=504, code="endpoint_timeout")
@@ -101,29 +100,16 @@ class EndpointClient:
             await self._session.close()
 
 
-def _envoy_error(reply: EndpointReply) -> dict[str, object] | None:
-    if reply.status not in (502, 503, 504) or not reply.content_type.startswith("application/json"):
-        return None
-    try:
-        error = json.loads(reply.body).get("error")
-    except (ValueError, AttributeError):
-        return None
-    return error if isinstance(error, dict) else None
-
-
-def _envoy_local_reply(reply: EndpointReply) -> str | None:
+def _envoy_local_reply(reply: EndpointReply) -> tuple[str | None, str]:
     """The code of Envoy's own answer (the bootstrap's local reply mappers, ``sidegate ...``
-    messages) when the endpoint could not be reached or timed out, None for the app's answers."""
-    error = _envoy_error(reply)
-    if error is None or not str(error.get("message", "")).startswith("sidegate "):
-        return None
-    code = error.get("code")
-    return code if code in ("upstream_unavailable", "upstream_timeout") else None
-
-
-def _envoy_reason(reply: EndpointReply) -> str:
-    """Envoy's reason in its local reply: what follows the message's first parenthesis, the
-    mapper's ``(%LOCAL_REPLY_BODY%)`` (the reason itself may hold parentheses)."""
-    message = str((_envoy_error(reply) or {}).get("message", ""))
+    messages) when the endpoint could not be reached or timed out, None for the app's answers; and
+    Envoy's reason: what follows the message's first parenthesis, the mapper's
+    ``(%LOCAL_REPLY_BODY%)`` (the reason itself may hold parentheses)."""
+    if reply.status not in (502, 503, 504) or not reply.content_type.startswith("application/json"):
+        return None, ""
+    error = openai_error_of(reply.body)
+    message = str(error["message"]) if error is not None else ""
+    if error is None or not message.startswith("sidegate ") or error["code"] not in ("upstream_unavailable", "upstream_timeout"):
+        return None, ""
     start = message.find("(")
-    return message[start + 1:].rstrip(")") if start >= 0 else message
+    return str(error["code"]), (message[start + 1:].rstrip(")") if start >= 0 else message)

@@ -28,7 +28,7 @@ import json
 from typing import Any
 
 from ext_proc.config import LlmProvider
-from ext_proc.errors import RenderedError, SidegateError, render_error
+from ext_proc.errors import RenderedError, SidegateError, openai_error_of, render_error
 from ext_proc.names import CHAT_COMPLETIONS_PATH, MESSAGES_PATH
 from ext_proc.processor import Immediate
 from ext_proc.wire import anthropic, bedrock
@@ -37,18 +37,6 @@ from ext_proc.wire.openai import ChatRequest, parse_chat_request, usage_from_bod
 __all__ = ["API_PATHS", "Exchange"]
 
 API_PATHS = {"openai": CHAT_COMPLETIONS_PATH, "anthropic": MESSAGES_PATH}
-
-
-def _openai_error(body: bytes) -> bool:
-    """Whether an error body is OpenAI's ``{"error": {"message", "type", "param", "code"}}`` and
-    nothing else: what Envoy's local replies (provider unreachable, silent, a body too large) and
-    sidegate write, never an Anthropic (``"type": "error"`` beside it) or Bedrock (``message``) one."""
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        return False
-    error = payload.get("error") if isinstance(payload, dict) and set(payload) == {"error"} else None
-    return isinstance(error, dict) and isinstance(error.get("message"), str) and isinstance(error.get("code"), str)
 
 
 class Exchange:
@@ -157,7 +145,7 @@ class Exchange:
     def response(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes | None:
         """The provider's bytes in the client's API (None: unchanged)."""
         if not self.translating:
-            if self.client == "anthropic" and not self._status_ok and not streaming and _openai_error(chunk):
+            if self.client == "anthropic" and not self._status_ok and not streaming and openai_error_of(chunk) is not None:
                 return anthropic.error_body_to_messages(chunk, self._status)  # Envoy's own (provider down) in Anthropic's shape
             return None
         if self.upstream == "bedrock":
@@ -166,8 +154,8 @@ class Exchange:
             return self._stream.feed(chunk) + (self._stream.close() if end_of_stream else b"")
         if not self._status_ok:
             if self.upstream == "anthropic":
-                # Envoy's own answer (provider unreachable or silent) is OpenAI-shaped already: its code stays
-                return None if _openai_error(chunk) else anthropic.error_body_to_chat(chunk, self._status)
+                # Envoy's own answer (provider unreachable or silent) is OpenAI's shape already: its code stays
+                return None if openai_error_of(chunk) is not None else anthropic.error_body_to_chat(chunk, self._status)
             return anthropic.error_body_to_messages(chunk, self._status)
         if self.upstream == "anthropic":
             return json.dumps(anthropic.message_to_chat_completion(chunk, model=self.model)).encode()
@@ -183,7 +171,7 @@ class Exchange:
                 return chat
             return self._stream.feed(chat) + (self._stream.close() if end_of_stream else b"")
         if not self._status_ok:
-            error = chunk if _openai_error(chunk) else bedrock.error_body_to_chat(chunk, self._status, self._error_type)
+            error = chunk if openai_error_of(chunk) is not None else bedrock.error_body_to_chat(chunk, self._status, self._error_type)
             return anthropic.error_body_to_messages(error, self._status) if self.client == "anthropic" else error
         completion = bedrock.converse_to_chat_completion(chunk, model=self.model)
         if self.client == "anthropic":
