@@ -56,6 +56,7 @@ import yaml
 from envoy_data_plane.envoy.config.accesslog.v3 import (
     AccessLog,
     AccessLogFilter,
+    AndFilter,
     ExtensionFilter,
     ResponseFlagFilter,
 )
@@ -156,8 +157,9 @@ from envoy_data_plane.google.protobuf import Any, Struct
 from ext_proc.config import AZURE_INTERFACE, Agent, Config, LlmProvider, Upstream, ext_proc_message_bytes, is_ip
 from ext_proc.config import Endpoint as EndpointCfg
 from ext_proc.config import Listener as ListenerCfg
-from ext_proc.names import (AGENT_LISTENER_PREFIX, ANTHROPIC_VERSION, ANTHROPIC_VERSION_HEADER, LISTENER_METADATA, PROVIDER_HINT_HEADER,
-                             UPSTREAM_HEADER)
+from ext_proc.names import (AGENT_LISTENER_PREFIX, ANTHROPIC_VERSION, ANTHROPIC_VERSION_HEADER, ERROR_HEADER, LISTENER_METADATA,
+                             MESSAGES_PATH, PROVIDER_HINT_HEADER, UPSTREAM_HEADER)
+from ext_proc.wire.anthropic import anthropic_error_type
 
 __all__ = [
     "ACCESS_LOG_FIELDS",
@@ -731,7 +733,7 @@ def _no_upstream_route() -> Route:
         direct_response=DirectResponseAction(
             status=503, body=DataSource(inline_string=json.dumps(NO_UPSTREAM_BODY))
         ),
-        response_headers_to_add=[_header("content-type", "application/json")],
+        response_headers_to_add=[_header("content-type", "application/json"), _header(ERROR_HEADER, "no_upstream")],
     )
 
 
@@ -769,97 +771,75 @@ def _cel_filter(expression: str) -> AccessLogFilter:
     )
 
 
+# A request on Anthropic's path that ext_proc has not forwarded yet: its path is still the
+# client's (ext_proc rewrites it, and sets x-sidegate-upstream, only when it forwards; a client's
+# own x-sidegate-upstream is removed before any filter). Envoy's errors before that point (body
+# too large, ext_proc down or silent) are answered in Anthropic's shape there; after it, ext_proc
+# itself puts Envoy's replies (provider down or silent) in the client's shape.
+_ANTHROPIC_CLIENT = f'request.path.startsWith("{MESSAGES_PATH}") && !("{UPSTREAM_HEADER}" in request.headers)'
+
+
+def _mappers(flt: AccessLogFilter, status: int, message: str, type_: str, code: str, *,
+             anthropic: bool) -> list[ResponseMapper]:
+    """One of Envoy's errors as sidegate's error (status, ``x-sidegate-error: code``, OpenAI's
+    JSON), preceded when ``anthropic`` by its variant in Anthropic's JSON for Anthropic's clients
+    (the first mapper that matches wins)."""
+    headers = [_header(ERROR_HEADER, code)]
+    mappers = [ResponseMapper(filter=flt, status_code=status, headers_to_add=headers,
+                              body_format_override=_json_body(_error_json(message, type_, code)))]
+    if anthropic:
+        body = {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}
+        mappers.insert(0, ResponseMapper(
+            filter=AccessLogFilter(and_filter=AndFilter(filters=[_cel_filter(_ANTHROPIC_CLIENT), flt])),
+            status_code=status, headers_to_add=headers, body_format_override=_json_body(body)))
+    return mappers
+
+
 def _local_reply_config(listener: ListenerCfg, *, ext_proc: bool) -> LocalReplyConfig:
-    """Envoy's own error replies as OpenAI-style JSON.
+    """Envoy's own error replies as sidegate's errors: OpenAI-style JSON, Anthropic's on its path
+    before ext_proc has forwarded the request (listeners with ext_proc: the internal listener's
+    caller is ext_proc, which reads OpenAI's shape).
 
     Only mappers with filters: the ext_proc service's immediate responses are local replies
     too and must keep their body untouched, so there is no catch-all ``body_format``. What
     each filter matches was measured on Envoy 1.40 (see ``envoy/README.md``)."""
-    mappers = [
-        # the listener's buffer limit (per_connection_buffer_limit_bytes) hit while buffering
-        ResponseMapper(
-            filter=_cel_filter('response.code_details == "request_payload_too_large"'),
-            status_code=413,
-            body_format_override=_json_body(
-                _error_json(
-                    f"the request body is larger than this listener's limit of {listener.max_body_bytes} bytes "
-                    f"(listeners.{listener.name}.max_body_bytes)",
-                    "invalid_request_error",
-                    "request_too_large",
-                )
-            ),
-        ),
-        # a BUFFERED (non-streaming) upstream response over the same limit: Envoy answers 500
-        ResponseMapper(
-            filter=_cel_filter('response.code_details == "response_payload_too_large"'),
-            status_code=502,
-            body_format_override=_json_body(
-                _error_json(
-                    f"the response of the upstream %UPSTREAM_CLUSTER% is larger than this listener's limit of "
-                    f"{listener.max_body_bytes} bytes (listeners.{listener.name}.max_body_bytes); "
-                    "ask for a streamed response or raise the limit",
-                    "upstream_error",
-                    "response_too_large",
-                )
-            ),
-        ),
-    ]
+    # the listener's buffer limit (per_connection_buffer_limit_bytes) hit while buffering
+    mappers = _mappers(
+        _cel_filter('response.code_details == "request_payload_too_large"'), 413,
+        f"the request body is larger than this listener's limit of {listener.max_body_bytes} bytes "
+        f"(listeners.{listener.name}.max_body_bytes)",
+        "invalid_request_error", "request_too_large", anthropic=ext_proc)
+    # a BUFFERED (non-streaming) upstream response over the same limit: Envoy answers 500
+    mappers += _mappers(
+        _cel_filter('response.code_details == "response_payload_too_large"'), 502,
+        f"the response of the upstream %UPSTREAM_CLUSTER% is larger than this listener's limit of "
+        f"{listener.max_body_bytes} bytes (listeners.{listener.name}.max_body_bytes); "
+        "ask for a streamed response or raise the limit",
+        "upstream_error", "response_too_large", anthropic=False)
     if ext_proc:
-        mappers += [
-            # no reply from the ext_proc service within message_timeout: 504, no response flag
-            ResponseMapper(
-                filter=_cel_filter(f'response.code_details == "{EXT_PROC_TIMEOUT_DETAILS}"'),
-                status_code=504,
-                body_format_override=_json_body(
-                    _error_json(
-                        "the sidegate ext_proc service did not answer in time (ext_proc.message_timeout); "
-                        "check it with `sidegate status` and `sidegate logs ext_proc`",
-                        "server_error",
-                        "ext_proc_timeout",
-                    )
-                ),
-            ),
-            # the ext_proc service unreachable or failing (failure_mode_allow false): Envoy
-            # answers 500 with no response flag and details ext_proc_error_gRPC_error_<status>{...}
-            ResponseMapper(
-                filter=_cel_filter(f'response.code_details.startsWith("{EXT_PROC_ERROR_DETAILS}")'),
-                status_code=503,
-                body_format_override=_json_body(
-                    _error_json(
-                        "the sidegate ext_proc service is unreachable or failed, so the request was not forwarded: "
-                        "check it with `sidegate status` (%RESPONSE_CODE_DETAILS%)",
-                        "server_error",
-                        "ext_proc_unavailable",
-                    )
-                ),
-            ),
-        ]
-    mappers += [
-        # upstream timeout (route timeout: UT) or upstream silent past the route idle_timeout (SI)
-        ResponseMapper(
-            filter=_flags_filter(TIMEOUT_FLAGS),
-            status_code=504,
-            body_format_override=_json_body(
-                _error_json(
-                    "sidegate timed out waiting for the upstream %UPSTREAM_CLUSTER% (%LOCAL_REPLY_BODY%)",
-                    "upstream_error",
-                    "upstream_timeout",
-                )
-            ),
-        ),
-        # connection refused / reset / no healthy host / DNS failure, retries exhausted
-        ResponseMapper(
-            filter=_flags_filter(UNREACHABLE_FLAGS),
-            status_code=502,
-            body_format_override=_json_body(
-                _error_json(
-                    "sidegate could not reach the upstream %UPSTREAM_CLUSTER% (%LOCAL_REPLY_BODY%)",
-                    "upstream_error",
-                    "upstream_unavailable",
-                )
-            ),
-        ),
-    ]
+        # no reply from the ext_proc service within message_timeout: 504, no response flag
+        mappers += _mappers(
+            _cel_filter(f'response.code_details == "{EXT_PROC_TIMEOUT_DETAILS}"'), 504,
+            "the sidegate ext_proc service did not answer in time (ext_proc.message_timeout); "
+            "check it with `sidegate status` and `sidegate logs ext_proc`",
+            "server_error", "ext_proc_timeout", anthropic=True)
+        # the ext_proc service unreachable or failing (failure_mode_allow false): Envoy
+        # answers 500 with no response flag and details ext_proc_error_gRPC_error_<status>{...}
+        mappers += _mappers(
+            _cel_filter(f'response.code_details.startsWith("{EXT_PROC_ERROR_DETAILS}")'), 503,
+            "the sidegate ext_proc service is unreachable or failed, so the request was not forwarded: "
+            "check it with `sidegate status` (%RESPONSE_CODE_DETAILS%)",
+            "server_error", "ext_proc_unavailable", anthropic=True)
+    # upstream timeout (route timeout: UT) or upstream silent past the route idle_timeout (SI)
+    mappers += _mappers(
+        _flags_filter(TIMEOUT_FLAGS), 504,
+        "sidegate timed out waiting for the upstream %UPSTREAM_CLUSTER% (%LOCAL_REPLY_BODY%)",
+        "upstream_error", "upstream_timeout", anthropic=False)
+    # connection refused / reset / no healthy host / DNS failure, retries exhausted
+    mappers += _mappers(
+        _flags_filter(UNREACHABLE_FLAGS), 502,
+        "sidegate could not reach the upstream %UPSTREAM_CLUSTER% (%LOCAL_REPLY_BODY%)",
+        "upstream_error", "upstream_unavailable", anthropic=False)
     return LocalReplyConfig(mappers=mappers)
 
 

@@ -81,6 +81,7 @@ __all__ = [
     "MessagesRequest",
     "MessagesToChatStream",
     "MessagesUsageScanner",
+    "anthropic_error_type",
     "chat_completion_to_message",
     "chat_request_to_messages",
     "error_body_to_chat",
@@ -908,7 +909,8 @@ def _anthropic_event(kind: str, payload: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + json.dumps({"type": kind, **payload}, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _anthropic_error_type(status: int, given: Any = None) -> str:
+def anthropic_error_type(status: int, given: Any = None) -> str:
+    """Anthropic's error type for a status (``given`` when it is one of Anthropic's types)."""
     if isinstance(given, str) and given in _ANTHROPIC_ERROR_TYPES.values():
         return given
     if status in _ANTHROPIC_ERROR_TYPES:
@@ -1140,7 +1142,7 @@ class ChatToMessagesStream:
         if chunk.get("error") is not None:
             error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
             return self._error(
-                _anthropic_error_type(500, error.get("type")), str(error.get("message") or "the provider reported an error mid-stream")
+                anthropic_error_type(500, error.get("type")), str(error.get("message") or "the provider reported an error mid-stream")
             )
         out = [self._start(chunk)]
         if isinstance(chunk.get("usage"), dict):
@@ -1247,7 +1249,7 @@ def render_anthropic_error(exc: BaseException, *, request_id: str = "") -> Rende
     """
     rendered = render_error(exc, request_id=request_id)
     error = json.loads(rendered.body)["error"]
-    body: dict[str, Any] = {"type": "error", "error": {"type": _anthropic_error_type(rendered.status, error["type"]), "message": error["message"]}}
+    body: dict[str, Any] = {"type": "error", "error": {"type": anthropic_error_type(rendered.status, error["type"]), "message": error["message"]}}
     if request_id:
         body["request_id"] = request_id
     return RenderedError(status=rendered.status, body=json.dumps(body).encode(), headers=rendered.headers)
@@ -1272,11 +1274,11 @@ def _upstream_error(raw: bytes, status: int) -> tuple[str | None, str]:
 def error_body_to_chat(raw: bytes, status: int) -> bytes:
     """An upstream error body (Anthropic's shape, or anything) as OpenAI's ``{"error": {...}}``."""
     etype, message = _upstream_error(raw, status)
-    etype = etype or _anthropic_error_type(status)
+    etype = etype or anthropic_error_type(status)
     return json.dumps({"error": {"message": message, "type": etype, "param": None, "code": etype}}).encode()
 
 
 def error_body_to_messages(raw: bytes, status: int) -> bytes:
     """An upstream error body (OpenAI's shape, or anything) as Anthropic's ``{"type": "error", ...}``."""
     etype, message = _upstream_error(raw, status)
-    return json.dumps({"type": "error", "error": {"type": _anthropic_error_type(status, etype), "message": message}}).encode()
+    return json.dumps({"type": "error", "error": {"type": anthropic_error_type(status, etype), "message": message}}).encode()

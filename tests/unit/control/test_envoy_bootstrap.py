@@ -303,6 +303,12 @@ def test_internal_listener_routes_endpoints_and_providers() -> None:
     assert seconds(route(d, "internal", "provider_openai")["route"]["idle_timeout"]) == 20
 
 
+def _mapper_code(m: dict[str, Any]) -> str:
+    (header,) = m["headers_to_add"]
+    assert header["header"]["key"] == "x-sidegate-error"
+    return str(header["header"]["value"])
+
+
 def test_local_replies_only_rewrite_envoys_own_errors() -> None:
     d = bootstrap_dict(cfg_from())
     for name in ("ingress", "egress", "internal"):
@@ -310,13 +316,19 @@ def test_local_replies_only_rewrite_envoys_own_errors() -> None:
         assert "body_format" not in lrc  # the ext_proc service's own replies keep their body
         mappers = lrc["mappers"]
         assert all("filter" in m for m in mappers)
-        by_code = {m["body_format_override"]["json_format"]["error"]["code"]: m for m in mappers}
+        openai = [m for m in mappers if "error" in m["body_format_override"]["json_format"]
+                  and "type" not in m["body_format_override"]["json_format"]]
+        anthropic = [m for m in mappers if m not in openai]
+        by_code = {_mapper_code(m): m for m in openai}
+        for m in openai:
+            assert m["body_format_override"]["json_format"]["error"]["code"] == _mapper_code(m)
         expected = {"request_too_large": 413, "response_too_large": 502, "upstream_timeout": 504, "upstream_unavailable": 502}
         if name != "internal":
             expected |= {"ext_proc_timeout": 504, "ext_proc_unavailable": 503}
         assert {code: m["status_code"] for code, m in by_code.items()} == expected
         for m in mappers:
             assert m["body_format_override"]["content_type"] == "application/json"
+        for m in openai:
             assert m["body_format_override"]["json_format"]["error"]["param"] is None
         assert set(by_code["upstream_unavailable"]["filter"]["response_flag_filter"]["flags"]) >= {"UF", "URX", "UH", "UO"}
         assert set(by_code["upstream_timeout"]["filter"]["response_flag_filter"]["flags"]) >= {"UT", "SI"}
@@ -324,6 +336,25 @@ def test_local_replies_only_rewrite_envoys_own_errors() -> None:
         assert f"{limit} bytes" in by_code["request_too_large"]["body_format_override"]["json_format"]["error"]["message"]
         if name != "internal":
             assert "sidegate status" in by_code["ext_proc_unavailable"]["body_format_override"]["json_format"]["error"]["message"]
+
+        # Anthropic's shape for the errors Envoy gives before ext_proc forwards, each just before
+        # its OpenAI mapper (the first match wins), on listeners with ext_proc only
+        if name == "internal":
+            assert anthropic == []
+            continue
+        types = {_mapper_code(m): (m["status_code"], m["body_format_override"]["json_format"]["error"]["type"]) for m in anthropic}
+        assert types == {"request_too_large": (413, "request_too_large"), "ext_proc_timeout": (504, "timeout_error"),
+                         "ext_proc_unavailable": (503, "api_error")}
+        for m in anthropic:
+            body = m["body_format_override"]["json_format"]
+            assert body["type"] == "error" and set(body["error"]) == {"type", "message"}
+            twin = by_code[_mapper_code(m)]
+            assert mappers.index(m) == mappers.index(twin) - 1
+            assert body["error"]["message"] == twin["body_format_override"]["json_format"]["error"]["message"]
+            first, second = m["filter"]["and_filter"]["filters"]
+            assert second == twin["filter"]
+            assert first["extension_filter"]["typed_config"]["expression"] == (
+                'request.path.startsWith("/v1/messages") && !("x-sidegate-upstream" in request.headers)')
 
 
 def test_access_log_is_json_on_stdout() -> None:
@@ -475,6 +506,12 @@ def error_of(body: bytes) -> dict[str, Any]:
     return err
 
 
+def anthropic_error_of(body: bytes) -> dict[str, Any]:
+    payload = json.loads(body)
+    assert payload["type"] == "error" and set(payload["error"]) == {"type", "message"}
+    return dict(payload["error"])
+
+
 @pytest.mark.integration
 def test_live_envoy_injects_the_key_from_its_environment(upstream: int, tmp_path: Path) -> None:
     cfg = _live_config(upstream)
@@ -500,12 +537,19 @@ def test_live_envoy_injects_the_key_from_its_environment(upstream: int, tmp_path
 
         status, headers, body = envoy.post(cfg.internal.port, {"x-sidegate-upstream": "provider_nope"})
         assert (status, headers["content-type"], error_of(body)["code"]) == (503, "application/json", "no_upstream")
+        assert headers["x-sidegate-error"] == "no_upstream"
 
         # ingress with the ext_proc service down (failure_mode_allow false): 503, not Envoy's bare 500
         status, headers, body = envoy.post(cfg.ingress.port, {})
-        assert (status, headers["content-type"]) == (503, "application/json")
+        assert (status, headers["content-type"], headers["x-sidegate-error"]) == (503, "application/json", "ext_proc_unavailable")
         err = error_of(body)
         assert err["code"] == "ext_proc_unavailable" and "sidegate status" in err["message"]
+        # an Anthropic client gets it in Anthropic's shape, the code in the header
+        for port in (cfg.ingress.port, cfg.egress.port):
+            status, headers, body = envoy.post(port, {}, path="/v1/messages?beta=true")
+            assert (status, headers["content-type"], headers["x-sidegate-error"]) == (503, "application/json", "ext_proc_unavailable")
+            err = anthropic_error_of(body)
+            assert err["type"] == "api_error" and "sidegate status" in err["message"]
     finally:
         envoy.stop()
 
@@ -526,15 +570,23 @@ def test_live_envoy_routes_on_the_ext_proc_choice_and_maps_its_own_errors(upstre
         assert status == 503 and error_of(body)["code"] == "no_upstream"
 
         status, headers, body = envoy.post(port, {"x-test-route": "provider_keyed"}, body=b"x" * 5000)
-        assert (status, headers["content-type"]) == (413, "application/json")
+        assert (status, headers["content-type"], headers["x-sidegate-error"]) == (413, "application/json", "request_too_large")
         err = error_of(body)
         assert err["code"] == "request_too_large" and "4096 bytes" in err["message"]
+        status, headers, body = envoy.post(port, {"x-test-route": "provider_keyed"}, body=b"x" * 5000, path="/v1/messages")
+        assert (status, headers["x-sidegate-error"]) == (413, "request_too_large")
+        err = anthropic_error_of(body)
+        assert err["type"] == "request_too_large" and "4096 bytes" in err["message"]
 
         status, _, body = envoy.post(port, {"x-test-route": "provider_keyed"}, path="/v1/slow")
         assert status == 504 and error_of(body)["code"] == "upstream_timeout"  # silent past timeout: 1s
 
         status, _, body = envoy.post(port, {"x-test-route": "provider_dead"})
         assert status == 502 and error_of(body)["code"] == "upstream_unavailable"
+        # once forwarded, Envoy's reply stays OpenAI's: ext_proc puts it in the client's shape
+        # (its path may be the provider's API by then, not the client's)
+        status, headers, body = envoy.post(port, {"x-test-route": "provider_dead"}, path="/v1/messages")
+        assert (status, headers["x-sidegate-error"], error_of(body)["code"]) == (502, "upstream_unavailable", "upstream_unavailable")
     finally:
         envoy.stop()
         server.stop(0)
