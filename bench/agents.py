@@ -24,6 +24,13 @@ process): N conversations of the chosen half, each request sent to the agent lis
 body to the egress listener (a pass-through to the same fake), in turn on one keep-alive
 connection each; added = p50(agent listener) - p50(egress). Every request's last turn is new to
 prompt_embed (the conversation's earlier turns were sent before, as a client would).
+
+Turns that fit no agent: the ShareGPT first turns of preference routing's set
+(``bench/routing_eval.py``: code generation, summarization, translation, creative writing and
+prompts fitting none of those; its math rows left out, since the calculator agent fits many of
+them), same halves as there, each sent as a conversation's first turn: the share that goes to the
+default agent. They were not read one by one against the eight agents: a few fit one ("Summarize
+the first message" and the messaging agent), so 1.0 is not the ceiling.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import numpy as np
 
 from bench._harness import FakeProviderProcess, SidegateStack, load_caption, loadavg, print_table, write_results
 from bench.intent_eval import Embedder, bfcl_dir, sha256_file, split_of
-from ext_proc.chat.agent_choice import CONTEXT_TURNS, AgentSpec, agent_index, agent_views, decide
+from ext_proc.chat.agent_choice import ANCHOR_LINES, CONTEXT_TURNS, AgentSpec, agent_anchors, agent_index, agent_views, decide
 
 # system (BFCL class, its func_doc file) -> the agent a user would configure for it
 AGENTS: dict[str, tuple[str, str, str]] = {
@@ -211,8 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     views = agent_views(specs)[1]
     vv = embedder.embed(views)
     index = agent_index(specs, np.stack([vv[v] for v in views]))
+    lines = embedder.embed(list(ANCHOR_LINES))
+    anchors = agent_anchors(index, np.stack([lines[a] for a in ANCHOR_LINES]))
     vectors = embedder.embed([x for t in chosen for x in t.texts])
-    result = evaluate(chosen, index, vectors)
+    result = evaluate(chosen, index, vectors, anchors=anchors)
+    result["without_anchors"] = {k: evaluate(chosen, index, vectors)[k] for k in ("accuracy", "accuracy_first", "accuracy_follow_ups")}
+    from bench.routing_eval import load_set
+
+    unrelated = [it for it in load_set()[0] if it.label != "math" and (args.half == "all" or it.half == args.half)]
+    uvecs = embedder.embed([it.text for it in unrelated])
+    result["unrelated_turns"] = len(unrelated)
+    result["unrelated_to_default"] = float(np.mean([decide(index, [it.text], [uvecs[it.text]], default=DEFAULT_AGENT, anchors=anchors).how
+                                                    == "default" for it in unrelated]))
+    result["unrelated_to_default_without_anchors"] = float(np.mean([decide(index, [it.text], [uvecs[it.text]], default=DEFAULT_AGENT).how
+                                                                    == "default" for it in unrelated]))
     # latency of one request's decision, in process: a new turn embedded alone (prompt_embed has the
     # earlier turns in its cache from the conversation's previous requests), and nothing cached
     # (all its user turns in one batch); both plus the decision itself
@@ -222,10 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     for t in timed:
         t0 = time.perf_counter()
         (last,) = embedder.encode(t.texts[:1])
-        decide(index, t.texts, [last, *(vectors[x] for x in t.texts[1:])], default=DEFAULT_AGENT)
+        decide(index, t.texts, [last, *(vectors[x] for x in t.texts[1:])], default=DEFAULT_AGENT, anchors=anchors)
         lat_new.append((time.perf_counter() - t0) * 1000.0)
         t0 = time.perf_counter()
-        decide(index, t.texts, list(embedder.encode(t.texts)), default=DEFAULT_AGENT)
+        decide(index, t.texts, list(embedder.encode(t.texts)), default=DEFAULT_AGENT, anchors=anchors)
         lat_cold.append((time.perf_counter() - t0) * 1000.0)
     result["decision_ms_p50"] = statistics.median(lat_new) if lat_new else None
     result["decision_ms_p90"] = float(np.percentile(lat_new, 90)) if lat_new else None
@@ -240,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         ("accuracy, follow-up turns", result["accuracy_follow_ups"], f"{result['follow_ups']} turns"),
         ("accuracy, topic changes", result["accuracy_topic_changes"], f"{result['topic_changes']} turns"),
         ("baseline: always the default agent", result["baseline_default"], AGENTS["GorillaFileSystem"][1]),
+        ("without the ordinary-chat lines: all / first turns", f"{result['without_anchors']['accuracy']:.3f} / "
+         f"{result['without_anchors']['accuracy_first']:.3f}", "the score threshold alone"),
+        ("unrelated first turns to the default agent", result["unrelated_to_default"],
+         f"{result['unrelated_turns']} ShareGPT turns; {result['unrelated_to_default_without_anchors']:.3f} without the lines"),
         ("decision p50 ms: new turn embedded", result["decision_ms_p50"], f"target <= 30; {len(lat_new)} requests"),
         ("decision p90 ms: new turn embedded", result["decision_ms_p90"], ""),
         ("decision p50 ms: every turn embedded", result["decision_cold_ms_p50"], f"nothing cached: up to {1 + CONTEXT_TURNS} texts"),

@@ -12,9 +12,14 @@ oldest first as a hidden Markov chain whose state is the agent: between two turn
 stays with its agent with probability ``STAY``, else moves to any other (:func:`decide`, the
 forward pass). So a follow-up that says little ("and sort it by line") stays with the agent the
 conversation is with, and a turn that clearly names another topic moves it, with no state kept
-by sidegate nor returned by the client. Nothing fits (every turn's best embedding score under
-``UNRELATED_SCORE``): the listener's default agent (plano's rule: ``default: true``, else the first).
-Chosen on the dev half of ``bench/agents.py``'s set (figures: bench/README.md, section "agents").
+by sidegate nor returned by the client. Nothing fits (every turn is nearer to what people ask any
+chat model for than to every agent: :data:`ANCHOR_LINES`, preference routing's ordinary-chat lines
+and a few kinds of small talk, embedded with the agents; those near an agent's view left out; or
+its best score is under ``UNRELATED_SCORE``): the listener's default agent (plano's rule:
+``default: true``, else the first). A greeting or "thanks" scores 0.26-0.38 against any agent
+(short texts are near everything in MiniLM), so no score threshold alone tells it from a
+request (a tenth of BFCL's first turns score under 0.29). Chosen on the dev half of
+``bench/agents.py``'s set (figures: bench/README.md, section "agents").
 """
 
 from __future__ import annotations
@@ -27,14 +32,27 @@ import numpy as np
 import numpy.typing as npt
 
 from ext_proc.chat.intent import IntentIndex, name_words, target_text
+from ext_proc.chat.preferences import ANCHOR_OVERLAP, ORDINARY_CHAT
 
-__all__ = ["CONTEXT_TURNS", "STAY", "TEMPERATURE", "UNRELATED_SCORE", "AgentChoice", "AgentSpec", "agent_index", "capabilities",
-           "agent_views", "decide"]
+__all__ = ["ANCHOR_LINES", "CONTEXT_TURNS", "SMALL_TALK", "STAY", "TEMPERATURE", "UNRELATED_SCORE", "AgentChoice", "AgentSpec",
+           "agent_anchors", "agent_index", "capabilities", "agent_views", "decide"]
 
 CONTEXT_TURNS = 2  # earlier user turns read besides the last one (1, 2 and 3 scored the same on dev; 2 keeps "ok" + "and tomorrow?" in context)
 TEMPERATURE = 0.02  # a turn's ranking -> its distribution over the agents: softmax(ranking / TEMPERATURE)
 STAY = 0.7  # probability that the next turn is for the same agent
 UNRELATED_SCORE = 0.10  # every turn's best embedding score under this: the default agent
+# kinds of small talk a conversation with an agent listener starts or ends with, which preference
+# routing's ORDINARY_CHAT ("casual conversation") does not catch: "hi" is 0.31 from it
+SMALL_TALK = (
+    "hello, hi, good morning",
+    "thanks, thank you",
+    "ok, sure, yes, no",
+    "goodbye, see you",
+    "who are you and what can you do",
+    "a joke or a riddle",
+)
+# what people ask any chat model for: a turn nearer to one of these than to every agent fits none
+ANCHOR_LINES = ORDINARY_CHAT + SMALL_TALK
 
 
 @dataclass(frozen=True)
@@ -92,22 +110,36 @@ def agent_index(agents: Sequence[AgentSpec], matrix: npt.NDArray[np.float32]) ->
     return IntentIndex.build(names, views, owners, matrix, [target_text(a) for a in agents])
 
 
+def agent_anchors(index: IntentIndex, lines: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The embedded :data:`ANCHOR_LINES` (``lines``, unit rows) a turn is compared with: those
+    within ``ANCHOR_OVERLAP`` of a view of an agent are left out (an agent for "writing emails"
+    gets the emails)."""
+    lines = np.asarray(lines, dtype=np.float32)
+    keep = [i for i in range(len(lines)) if float(np.max(index.matrix @ lines[i])) < ANCHOR_OVERLAP]
+    return lines[keep]
+
+
 def decide(index: IntentIndex, texts: Sequence[str], vecs: Sequence[npt.NDArray[np.float32]], *, default: int,
-           temperature: float = TEMPERATURE, stay: float = STAY, unrelated: float = UNRELATED_SCORE) -> AgentChoice:
+           anchors: npt.NDArray[np.float32] | None = None, temperature: float = TEMPERATURE, stay: float = STAY,
+           unrelated: float = UNRELATED_SCORE) -> AgentChoice:
     """``texts``: the last user turn first, then the earlier user turns, most recent first (at most
-    ``CONTEXT_TURNS``); ``vecs``: their unit embeddings; ``default``: the listener's default agent."""
+    ``CONTEXT_TURNS``); ``vecs``: their unit embeddings; ``default``: the listener's default agent;
+    ``anchors``: :func:`agent_anchors` (None: the score threshold alone tells what fits none). A turn
+    fits some agent when its best embedding score reaches ``unrelated`` and beats every anchor."""
     n = len(index.names)
     if n == 1:
         return AgentChoice(0, "only", 0.0)
     if not texts:
         return AgentChoice(default, "default", float("-inf"))
     posterior: npt.NDArray[np.float64] | None = None
-    best_any = last_best = float("-inf")
+    last_best = float("-inf")
+    fits_any = last_fits = False
     last_top = 0
     for text, vec in reversed(list(zip(texts, vecs))):  # oldest first
         scores = index.scores(vec)
         last_best = float(np.max(scores))
-        best_any = max(best_any, last_best)
+        last_fits = last_best >= unrelated and (anchors is None or not len(anchors) or last_best > float(np.max(anchors @ vec)))
+        fits_any = fits_any or last_fits
         ranking = index.ranking(scores, text)
         last_top = int(np.argmax(ranking))
         evidence = np.exp((ranking - ranking.max()) / temperature)
@@ -115,8 +147,8 @@ def decide(index: IntentIndex, texts: Sequence[str], vecs: Sequence[npt.NDArray[
         posterior = prior * evidence
         posterior /= posterior.sum()
     assert posterior is not None
-    if best_any < unrelated:
+    if not fits_any:
         return AgentChoice(default, "default", last_best)
     chosen = int(np.argmax(posterior))
     # match: the last turn alone points there too; context: the earlier turns decided
-    return AgentChoice(chosen, "match" if chosen == last_top and last_best >= unrelated else "context", last_best)
+    return AgentChoice(chosen, "match" if chosen == last_top and last_fits else "context", last_best)

@@ -22,8 +22,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from ext_proc import telemetry
-from ext_proc.chat.agent_choice import CONTEXT_TURNS, AgentChoice, AgentSpec, agent_index, agent_views, decide
+from ext_proc.chat.agent_choice import ANCHOR_LINES, CONTEXT_TURNS, AgentChoice, AgentSpec, agent_anchors, agent_index, agent_views, decide
 from ext_proc.chat.completions import request_problem, request_span, synthesized
 from ext_proc.chat.intent import IntentIndex
 from ext_proc.chat.output_guard import AnswerGuard, StreamGuard, replacement, system_prompts
@@ -55,6 +58,7 @@ class AgentRouter:
         self.metrics = metrics
         self.specs = [AgentSpec(a.id, a.description) for a in listener.agents]
         self._index: IntentIndex | None = None
+        self._anchors: npt.NDArray[np.float32] | None = None
         self._lock = asyncio.Lock()
 
     async def warm(self) -> None:
@@ -64,8 +68,12 @@ class AgentRouter:
         async with self._lock:
             if self._index is None:
                 views = agent_views(self.specs)[1]
-                self._index = agent_index(self.specs, await self.models.embed(views))
-                log.info("agent listener %s: embedded %d agents (%d views)", self.listener.listener.name, len(self.specs), len(views))
+                matrix = await self.models.embed([*views, *ANCHOR_LINES])
+                index = agent_index(self.specs, matrix[:len(views)])
+                self._anchors = agent_anchors(index, matrix[len(views):])
+                self._index = index
+                log.info("agent listener %s: embedded %d agents (%d views, %d of %d ordinary-chat lines kept)", self.listener.listener.name,
+                         len(self.specs), len(views), len(self._anchors), len(ANCHOR_LINES))
 
     async def choose(self, req: ChatRequest) -> AgentChoice:
         """The agent for ``req``; the default one when the embedding model is unavailable (logged, counted)."""
@@ -84,7 +92,7 @@ class AgentRouter:
         except ModelServerError as exc:
             log.warning("agent listener %s: prompt_embed unavailable (%s): to the default agent", self.listener.listener.name, exc.message)
             return AgentChoice(self.listener.default_index, "unavailable", float("-inf"))
-        return decide(self._index, texts, list(vecs), default=self.listener.default_index)
+        return decide(self._index, texts, list(vecs), default=self.listener.default_index, anchors=self._anchors)
 
 
 Guard = Callable[[str], Awaitable[bool]]

@@ -2,7 +2,7 @@
 two fake OpenAI agents and a dead one, the real openai SDK as the client:
 * a conversation goes to the agent whose description fits it, JSON and SSE (the stream as the agent
   sent it), with ``x-sidegate-agent`` naming it; a follow-up that names no topic stays there, a turn
-  about the other agent's topic moves;
+  about the other agent's topic moves; small talk, or a request for no agent, goes to the default one;
 * an agent that is down is a 502 naming it.
 """
 
@@ -71,6 +71,19 @@ def test_a_conversation_goes_to_the_agent_that_fits_and_a_follow_up_stays(stack:
     raw = client.chat.completions.with_raw_response.create(model="any", messages=moved)
     assert raw.headers["x-sidegate-agent"] == "flight_agent"
     assert json.loads(stack.flights.requests[-1].body)["messages"] == moved  # the conversation as the client sent it
+
+
+def test_small_talk_and_requests_for_no_agent_go_to_the_default_one(stack: Stack) -> None:
+    client = stack.client()
+    for text in ("hi there!", "Help me write a cover letter for a nursing job"):
+        raw = client.chat.completions.with_raw_response.create(model="any", messages=turns(text))
+        assert raw.headers["x-sidegate-agent"] == "flight_agent", text  # default: true
+    raw = client.chat.completions.with_raw_response.create(
+        model="any", messages=turns("Will it rain in Oslo tomorrow?", "Light rain, 8 degrees.", "thanks!"))
+    assert raw.headers["x-sidegate-agent"] == "weather_agent"  # small talk after a request stays with its agent
+    url = f"http://127.0.0.1:{stack.cfg.ext_proc.http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310
+        assert 'sidegate_agent_routes_total{agent="flight_agent",how="default",listener="travel"}' in r.read().decode()
 
 
 def test_a_stream_comes_back_as_the_agent_sent_it(stack: Stack) -> None:

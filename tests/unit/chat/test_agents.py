@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ext_proc.chat.agent_choice import AgentSpec, agent_index, agent_views, capabilities, decide
+from ext_proc.chat.agent_choice import ANCHOR_LINES, AgentSpec, agent_anchors, agent_index, agent_views, capabilities, decide
 from ext_proc.chat.agents import AgentProcessor, AgentRouter, user_turns
 from ext_proc.config import ConfigError, build_config
 from ext_proc.control.envoy_bootstrap import bootstrap_dict
@@ -29,7 +29,7 @@ from testkit.ports import free_port
 # A fake embedding: each agent owns an axis; a text embeds on the axes of the topic words it has
 # (weather, flight, hotel), anything else on an axis no agent has.
 TOPICS = {"weather": ("weather", "rain", "forecast", "sunny"), "flights": ("flight", "fly", "plane", "airport"),
-          "hotels": ("hotel", "room", "stay")}
+          "hotels": ("hotel", "room", "stay"), "small talk": ("hello", "thank", "joke")}
 DIM = 8
 
 
@@ -106,6 +106,36 @@ def test_a_conversation_that_fits_no_agent_goes_to_the_default() -> None:
     assert (first.index, first.how) == (0, "default")  # no default: true -> the first (plano's rule)
 
 
+def anchors_of(index: Any) -> Any:
+    return agent_anchors(index, np.stack([_vec(line) for line in ANCHOR_LINES]))
+
+
+def test_a_turn_nearer_to_ordinary_chat_than_to_every_agent_fits_none() -> None:
+    index = index_of(SPECS)
+    anchors = anchors_of(index)
+    texts = ["hello hello, thank you, what a sunny day"]  # 0.33 from the weather agent: over UNRELATED_SCORE
+    vecs = [_vec(t) for t in texts]
+    assert decide(index, texts, vecs, default=2).index == 0  # the score alone: the weather agent
+    assert (decide(index, texts, vecs, default=2, anchors=anchors).how) == "default"
+    # a turn nearer to an agent than to any anchor still goes there
+    texts = ["hello, will it rain in Paris tomorrow? the forecast says sunny"]
+    c = decide(index, texts, [_vec(t) for t in texts], default=2, anchors=anchors)
+    assert (c.index, c.how) == (0, "match")
+    # small talk after a request stays with the conversation's agent
+    texts = ["thank you, thank you!", "book me a flight to Rome"]
+    c = decide(index, texts, [_vec(t) for t in texts], default=2, anchors=anchors)
+    assert (c.index, c.how) == (1, "context")
+
+
+def test_an_ordinary_chat_line_near_an_agents_view_is_left_out() -> None:
+    # "brainstorming ideas ..." embeds on the weather axis in the fake ("b-rain-storming"): that
+    # agent's territory, so it is not a line that says "none"
+    index = index_of(SPECS)
+    kept = anchors_of(index)
+    assert len(kept) == len(ANCHOR_LINES) - 1
+    assert not any(np.allclose(row, _vec("brainstorming ideas and suggestions")) for row in kept)
+
+
 def test_each_capability_a_description_lists_is_a_view_of_its_own() -> None:
     assert capabilities("Stock trading: prices, watchlists and orders") == ["prices", "watchlists", "orders"]
     assert capabilities("Flights.\nCapabilities:\n  * Shows delays\n  * Shows gates; terminals") == [
@@ -143,6 +173,19 @@ def test_plano_travel_demo_sends_weather_to_the_weather_agent_and_flights_to_the
                         ("Is my flight UA 123 delayed?", "flight_agent")]:
         choice = decide(index, [text], list(encoder.encode([text])), default=0)
         assert (index.names[choice.index], choice.how) == (agent, "match"), text
+    # with the ordinary-chat lines, as the agent listener decides: small talk and requests for neither
+    # agent go to the default (the weather agent without any score below UNRELATED_SCORE before)
+    anchors = agent_anchors(index, encoder.encode(list(ANCHOR_LINES)))
+    for text, agent, how in [("Is my flight UA 123 delayed?", "flight_agent", "match"),
+                             ("Will it rain in Paris tomorrow?", "weather_agent", "match"),
+                             ("hey!", "weather_agent", "default"), ("thanks a lot", "weather_agent", "default"),
+                             ("what can you help me with?", "weather_agent", "default"),
+                             ("Write me a cover letter for a nursing job", "weather_agent", "default")]:
+        choice = decide(index, [text], list(encoder.encode([text])), default=0, anchors=anchors)
+        assert (index.names[choice.index], choice.how) == (agent, how), text
+    # a follow-up thanks stays with the flight agent
+    texts = ["thanks a lot", "Is my flight UA 123 delayed?"]
+    assert index.names[decide(index, texts, list(encoder.encode(texts)), default=0, anchors=anchors).index] == "flight_agent"
 
 
 def test_user_turns_are_the_last_first_and_at_most_two_earlier() -> None:
