@@ -31,6 +31,11 @@ prompts fitting none of those; its math rows left out, since the calculator agen
 them), same halves as there, each sent as a conversation's first turn: the share that goes to the
 default agent. They were not read one by one against the eight agents: a few fit one ("Summarize
 the first message" and the messaging agent), so 1.0 is not the ceiling.
+
+A second config nothing here was tuned on, whose agents do the generic tasks the ordinary-chat
+lines stand beside: preference routing's five preferences as agents (their one-line
+descriptions) and a general agent as the default (:data:`GENERAL_AGENT`), over the same ShareGPT
+turns with their routing-set labels (the general agent for "none"), math included.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ AGENTS: dict[str, tuple[str, str, str]] = {
                           "climate, headlights, brakes, cruise control, navigation, distance between cities and whether the car can make a trip."),
 }
 DEFAULT_AGENT = 0  # the baseline: always the first agent (plano's default without default: true)
+GENERAL_AGENT = AgentSpec("general_agent", "A general assistant for everything else: questions, advice, conversation.")
 _CALL = re.compile(r"\s*([\w.]+)\(")
 
 
@@ -197,6 +203,27 @@ def stack_latency(turns: list[Turn], conversations: int) -> dict[str, Any]:
             "added_p50_ms": p50["agent"] - p50["egress"], "agent_p90_ms": float(np.percentile(lat["agent"], 90))}
 
 
+def task_agents(embedder: Any, half: str) -> dict[str, Any]:
+    """The second config (module docstring): accuracy with and without the ordinary-chat lines."""
+    from bench.routing_eval import NONE, PREFERENCES, load_set
+
+    specs = [*(AgentSpec(p.name.replace(" ", "_") + "_agent", p.description) for p in PREFERENCES), GENERAL_AGENT]
+    label = {p.name: i for i, p in enumerate(PREFERENCES)} | {NONE: len(PREFERENCES)}
+    views = agent_views(specs)[1]
+    vv = embedder.embed([*views, *ANCHOR_LINES])
+    index = agent_index(specs, np.stack([vv[v] for v in views]))
+    anchors = agent_anchors(index, np.stack([vv[a] for a in ANCHOR_LINES]))
+    items = [it for it in load_set()[0] if half == "all" or it.half == half]
+    vecs = embedder.embed([it.text for it in items])
+    out: dict[str, Any] = {"turns": len(items), "fitting_none": sum(it.label == NONE for it in items)}
+    for key, kw in (("with", {"anchors": anchors}), ("without", {})):
+        right = [decide(index, [it.text], [vecs[it.text]], default=label[NONE], **kw).index == label[it.label] for it in items]
+        out[key] = {"accuracy": float(np.mean(right)),
+                    "fitting_one": float(np.mean([r for r, it in zip(right, items) if it.label != NONE])),
+                    "fitting_none": float(np.mean([r for r, it in zip(right, items) if it.label == NONE]))}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench agents", description=__doc__.split("\n", 1)[0])
     ap.add_argument("--half", choices=("dev", "test", "all"), default="test")
@@ -232,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     == "default" for it in unrelated]))
     result["unrelated_to_default_without_anchors"] = float(np.mean([decide(index, [it.text], [uvecs[it.text]], default=DEFAULT_AGENT).how
                                                                     == "default" for it in unrelated]))
+    result["task_agents"] = task_agents(embedder, args.half)
     # latency of one request's decision, in process: a new turn embedded alone (prompt_embed has the
     # earlier turns in its cache from the conversation's previous requests), and nothing cached
     # (all its user turns in one batch); both plus the decision itself
@@ -263,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
          f"{result['without_anchors']['accuracy_first']:.3f}", "the score threshold alone"),
         ("unrelated first turns to the default agent", result["unrelated_to_default"],
          f"{result['unrelated_turns']} ShareGPT turns; {result['unrelated_to_default_without_anchors']:.3f} without the lines"),
+        ("task agents + a general default: all turns right", f"{result['task_agents']['with']['accuracy']:.3f} / "
+         f"{result['task_agents']['without']['accuracy']:.3f}", f"with / without the lines; {result['task_agents']['turns']} turns"),
+        ("task agents: turns fitting an agent / fitting none", f"{result['task_agents']['with']['fitting_one']:.3f} / "
+         f"{result['task_agents']['with']['fitting_none']:.3f}", f"without the lines {result['task_agents']['without']['fitting_one']:.3f} / "
+         f"{result['task_agents']['without']['fitting_none']:.3f}"),
         ("decision p50 ms: new turn embedded", result["decision_ms_p50"], f"target <= 30; {len(lat_new)} requests"),
         ("decision p90 ms: new turn embedded", result["decision_ms_p90"], ""),
         ("decision p50 ms: every turn embedded", result["decision_cold_ms_p50"], f"nothing cached: up to {1 + CONTEXT_TURNS} texts"),
