@@ -47,6 +47,7 @@ import datetime
 import json
 import os
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any as _AnyType
 from urllib.parse import urlsplit
@@ -771,12 +772,15 @@ def _cel_filter(expression: str) -> AccessLogFilter:
     )
 
 
-# A request on Anthropic's path that ext_proc has not forwarded yet: its path is still the
-# client's (ext_proc rewrites it, and sets x-sidegate-upstream, only when it forwards; a client's
-# own x-sidegate-upstream is removed before any filter). Envoy's errors before that point (body
-# too large, ext_proc down or silent) are answered in Anthropic's shape there; after it, ext_proc
-# itself puts Envoy's replies (provider down or silent) in the client's shape.
-_ANTHROPIC_CLIENT = f'request.path.startsWith("{MESSAGES_PATH}") && !("{UPSTREAM_HEADER}" in request.headers)'
+# A request on Anthropic's path that ext_proc has not forwarded yet (no cluster chosen: until
+# ext_proc names one, the request matches the no_upstream route, which has none): its path is
+# still the client's, which ext_proc rewrites when it forwards to a provider of the other API.
+# Envoy's errors before that point (body too large, ext_proc down or silent) are answered in
+# Anthropic's shape there. After it, ext_proc itself puts Envoy's replies (provider down or
+# silent) in the client's shape; the path no longer tells the client's API, so an ext_proc that
+# is silent on the answer stays OpenAI's. (x-sidegate-upstream cannot tell: the route removes it
+# from the request's headers when it forwards, and the reply is built from those.) Measured on 1.40.
+_ANTHROPIC_CLIENT = f'request.path.startsWith("{MESSAGES_PATH}") && !has(xds.cluster_name)'
 
 
 def _mappers(flt: AccessLogFilter, status: int, message: str, type_: str, code: str, *,
@@ -795,7 +799,23 @@ def _mappers(flt: AccessLogFilter, status: int, message: str, type_: str, code: 
     return mappers
 
 
-def _local_reply_config(listener: ListenerCfg, *, ext_proc: bool) -> LocalReplyConfig:
+def _upstream_mappers(waited: str, reached: str, flt: AccessLogFilter | None = None) -> list[ResponseMapper]:
+    """Envoy's 504 (route timeout UT, or silent past the route's idle_timeout SI) and 502
+    (connection refused or reset, no healthy host, DNS failure, retries exhausted) as
+    "timed out waiting for ``waited``" and "could not reach ``reached``", ``flt`` narrowing which
+    requests they are for."""
+    def both(flags: AccessLogFilter) -> AccessLogFilter:
+        return flags if flt is None else AccessLogFilter(and_filter=AndFilter(filters=[flt, flags]))
+
+    return [
+        *_mappers(both(_flags_filter(TIMEOUT_FLAGS)), 504, f"sidegate timed out waiting for {waited} (%LOCAL_REPLY_BODY%)",
+                  "upstream_error", "upstream_timeout", anthropic=False),
+        *_mappers(both(_flags_filter(UNREACHABLE_FLAGS)), 502, f"sidegate could not reach {reached} (%LOCAL_REPLY_BODY%)",
+                  "upstream_error", "upstream_unavailable", anthropic=False),
+    ]
+
+
+def _local_reply_config(listener: ListenerCfg, *, ext_proc: bool, providers: Sequence[LlmProvider] = ()) -> LocalReplyConfig:
     """Envoy's own error replies as sidegate's errors: OpenAI-style JSON, Anthropic's on its path
     before ext_proc has forwarded the request (listeners with ext_proc: the internal listener's
     caller is ext_proc, which reads OpenAI's shape).
@@ -830,16 +850,14 @@ def _local_reply_config(listener: ListenerCfg, *, ext_proc: bool) -> LocalReplyC
             "the sidegate ext_proc service is unreachable or failed, so the request was not forwarded: "
             "check it with `sidegate status` (%RESPONSE_CODE_DETAILS%)",
             "server_error", "ext_proc_unavailable", anthropic=True)
-    # upstream timeout (route timeout: UT) or upstream silent past the route idle_timeout (SI)
-    mappers += _mappers(
-        _flags_filter(TIMEOUT_FLAGS), 504,
-        "sidegate timed out waiting for the upstream %UPSTREAM_CLUSTER% (%LOCAL_REPLY_BODY%)",
-        "upstream_error", "upstream_timeout", anthropic=False)
-    # connection refused / reset / no healthy host / DNS failure, retries exhausted
-    mappers += _mappers(
-        _flags_filter(UNREACHABLE_FLAGS), 502,
-        "sidegate could not reach the upstream %UPSTREAM_CLUSTER% (%LOCAL_REPLY_BODY%)",
-        "upstream_error", "upstream_unavailable", anthropic=False)
+    # a provider with fallbacks: Envoy names the failover cluster (failover_<name>), which is no
+    # provider; say which providers were tried (the request's x-sidegate-upstream is the provider's)
+    for p in providers:
+        if p.fallbacks:
+            tried = ", ".join(repr(name) for name in p.fallbacks)
+            mappers += _upstream_mappers(f"provider {p.name!r} or its fallbacks {tried}", f"provider {p.name!r} nor its fallbacks {tried}",
+                                         _cel_filter(f'xds.cluster_name == "{p.route_cluster}"'))
+    mappers += _upstream_mappers("the upstream %UPSTREAM_CLUSTER%", "the upstream %UPSTREAM_CLUSTER%")
     return LocalReplyConfig(mappers=mappers)
 
 
@@ -891,8 +909,10 @@ def _router_filter() -> HttpFilter:
 
 
 def _listener(
-    name: str, listener: ListenerCfg, routes: list[Route], *, ext_proc_filter: HttpFilter | None, tracing: HttpConnectionManagerTracing | None = None
+    name: str, listener: ListenerCfg, routes: list[Route], *, ext_proc_filter: HttpFilter | None, tracing: HttpConnectionManagerTracing | None = None,
+    providers: Sequence[LlmProvider] = (),
 ) -> Listener:
+    """``providers``: those the listener routes to (their failover chains' errors name them)."""
     # internal: no ext_proc; the caller (the ext_proc service itself) names the upstream
     http_filters = [ext_proc_filter, _router_filter()] if ext_proc_filter else [_router_filter()]
     early = [_strip_client_routing()] if ext_proc_filter else []
@@ -907,7 +927,7 @@ def _listener(
         generate_request_id=True,
         route_config=_route_config(name, routes),
         http_filters=http_filters,
-        local_reply_config=_local_reply_config(listener, ext_proc=ext_proc_filter is not None),
+        local_reply_config=_local_reply_config(listener, ext_proc=ext_proc_filter is not None, providers=providers),
         early_header_mutation_extensions=early,
         access_log=_access_log(name),
     )
@@ -928,10 +948,11 @@ def build_bootstrap(cfg: Config) -> Bootstrap:
     tracing = _tracing(cfg)
     for name, lcfg in (("ingress", cfg.ingress), ("egress", cfg.egress)):
         routes = [_provider_route(p, lcfg) for p in cfg.llm_providers]
-        listeners.append(_listener(name, lcfg, routes, ext_proc_filter=_ext_proc_filter(cfg, lcfg, name), tracing=tracing))
+        listeners.append(_listener(name, lcfg, routes, ext_proc_filter=_ext_proc_filter(cfg, lcfg, name), tracing=tracing,
+                                   providers=cfg.llm_providers))
     internal_routes = [_endpoint_route(e) for e in cfg.endpoints.values()]
     internal_routes += [_provider_route(p, cfg.internal) for p in cfg.llm_providers]
-    listeners.append(_listener("internal", cfg.internal, internal_routes, ext_proc_filter=None, tracing=tracing))
+    listeners.append(_listener("internal", cfg.internal, internal_routes, ext_proc_filter=None, tracing=tracing, providers=cfg.llm_providers))
     for al in cfg.agent_listeners:  # plano's agent listeners (issue 19): routes to their own agents only
         lcfg, stat = al.listener, f"agent_{al.listener.name}"
         routes = [_agent_route(cfg.agents[r.id], lcfg) for r in al.agents]

@@ -336,6 +336,7 @@ def test_local_replies_only_rewrite_envoys_own_errors() -> None:
         assert f"{limit} bytes" in by_code["request_too_large"]["body_format_override"]["json_format"]["error"]["message"]
         if name != "internal":
             assert "sidegate status" in by_code["ext_proc_unavailable"]["body_format_override"]["json_format"]["error"]["message"]
+        assert "%UPSTREAM_CLUSTER%" in by_code["upstream_unavailable"]["body_format_override"]["json_format"]["error"]["message"]
 
         # Anthropic's shape for the errors Envoy gives before ext_proc forwards, each just before
         # its OpenAI mapper (the first match wins), on listeners with ext_proc only
@@ -354,7 +355,7 @@ def test_local_replies_only_rewrite_envoys_own_errors() -> None:
             first, second = m["filter"]["and_filter"]["filters"]
             assert second == twin["filter"]
             assert first["extension_filter"]["typed_config"]["expression"] == (
-                'request.path.startsWith("/v1/messages") && !("x-sidegate-upstream" in request.headers)')
+                'request.path.startsWith("/v1/messages") && !has(xds.cluster_name)')
 
 
 def test_access_log_is_json_on_stdout() -> None:
@@ -415,12 +416,17 @@ def _ext_proc_server(port: int) -> Any:
     class Servicer(pb_grpc.ExternalProcessorServicer):
         def Process(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
             target = ""
+            slow = 0.0
             for req in requests:
                 kind = req.WhichOneof("request")
                 if kind == "request_headers":
                     headers = {h.key: h.raw_value.decode() for h in req.request_headers.headers.headers}
                     target = headers.get("x-test-route", "")
+                    slow = float(headers.get("x-test-slow-response", "0"))
                     yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+                elif kind == "response_headers" and slow:
+                    time.sleep(slow)  # past the message timeout: Envoy answers for the service
+                    return
                 elif kind == "request_body":
                     common = pb.CommonResponse(clear_route_cache=True)
                     if target:  # no choice: no mutation (Envoy then keeps the route it had)
@@ -493,6 +499,8 @@ def _live_config(upstream_port: int, **ext_proc: Any) -> Config:
              "access_key": "$SG_TEST_KEY", "model": "m", "default": True},
             {"name": "dead", "provider_interface": "openai", "endpoint": f"http://127.0.0.1:{free_port()}/v1",
              "model": "d", "retries": 1},
+            {"name": "gone", "provider_interface": "openai", "endpoint": f"http://127.0.0.1:{free_port()}/v1",
+             "model": "g", "fallbacks": ["dead"]},
         ],
     )
     raw["listeners"]["egress_traffic"].update(timeout="1s", max_body_bytes=4096)
@@ -583,10 +591,31 @@ def test_live_envoy_routes_on_the_ext_proc_choice_and_maps_its_own_errors(upstre
 
         status, _, body = envoy.post(port, {"x-test-route": "provider_dead"})
         assert status == 502 and error_of(body)["code"] == "upstream_unavailable"
+        # a failover chain whose every provider is down names them, not its cluster
+        status, _, body = envoy.post(port, {"x-test-route": "provider_gone"})
+        err = error_of(body)
+        assert (status, err["code"]) == (502, "upstream_unavailable")
+        assert err["message"].startswith("sidegate could not reach provider 'gone' nor its fallbacks 'dead' ("), err["message"]
         # once forwarded, Envoy's reply stays OpenAI's: ext_proc puts it in the client's shape
         # (its path may be the provider's API by then, not the client's)
         status, headers, body = envoy.post(port, {"x-test-route": "provider_dead"}, path="/v1/messages")
         assert (status, headers["x-sidegate-error"], error_of(body)["code"]) == (502, "upstream_unavailable", "upstream_unavailable")
+    finally:
+        envoy.stop()
+        server.stop(0)
+
+
+@pytest.mark.integration
+def test_live_envoy_answers_a_silent_service_in_the_shape_of_the_clients_api_until_it_forwards(upstream: int, tmp_path: Path) -> None:
+    cfg = _live_config(upstream, message_timeout="1s")
+    server = _ext_proc_server(cfg.ext_proc.port)
+    envoy = LiveEnvoy(cfg, tmp_path, env=cfg.secret_env())
+    try:
+        # forwarded, then the service is silent on the answer: by then the path may be the
+        # provider's API (ext_proc rewrites it), so Envoy's reply keeps OpenAI's shape
+        status, headers, body = envoy.post(cfg.egress.port, {"x-test-route": "provider_keyed", "x-test-slow-response": "2"},
+                                           path="/v1/messages")
+        assert (status, headers["x-sidegate-error"], error_of(body)["code"]) == (504, "ext_proc_timeout", "ext_proc_timeout")
     finally:
         envoy.stop()
         server.stop(0)
