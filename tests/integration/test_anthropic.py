@@ -167,6 +167,20 @@ def test_an_anthropic_provider_that_is_down_is_a_502_naming_it_in_each_clients_s
     assert body["type"] == "error" and body["error"]["type"] == "api_error" and "provider_claude_down" in body["error"]["message"]
 
 
+def test_a_body_over_the_limit_is_an_anthropic_413_for_an_anthropic_client_and_not_forwarded(stack: Stack) -> None:
+    """Envoy's own answer before ext_proc forwards anything, in the shape of the client's API."""
+    stack.oai.clear()
+    stack.claude.clear()
+    limit = stack.cfg.egress.max_body_bytes
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        claude_client(stack).messages.create(model="claude-test", max_tokens=20, messages=[{"role": "user", "content": "x" * (limit + 1)}])
+    assert caught.value.status_code == 413 and caught.value.response.headers["x-sidegate-error"] == "request_too_large"
+    body = caught.value.response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "request_too_large"
+    assert f"{limit} bytes" in body["error"]["message"] and "max_body_bytes" in body["error"]["message"]
+    assert stack.oai.requests == [] and stack.claude.requests == []
+
+
 def test_system_messages_alone_for_an_anthropic_provider_are_a_400_naming_what_to_send(stack: Stack) -> None:
     """OpenAI answers a conversation of system messages alone; Anthropic refuses one: sidegate says
     so before anything is forwarded, not the provider's "messages: Field required"."""
