@@ -6,7 +6,7 @@ Lifecycle: both servers start on one uvloop event loop; SIGTERM or SIGINT flips 
 
 Warming: with a model server, the service embeds the prompt targets and pre-fills function_call's
 prompt prefix of each target in the background after it starts. /healthz answers 200 throughout
-and says how far that got in ``warm`` ("embedding prompt targets", "pre-filling function_call
+and says how far that got in ``warm`` ("embedding prompt targets, agents", "pre-filling function_call
 prompts (1/2)", then "done" or "done: ..." with what was left out: a target function_call refuses,
 a pre-fill that failed or timed out); ``sidegate up`` waits for "done" so that its first request
 does not queue behind a ~7 s pre-fill, and prints what follows "done: " as a warning.
@@ -96,14 +96,17 @@ def _models(cfg: Config) -> Models | None:
 
 
 async def _warm(services: Services, state: dict[str, bool | str], *, refill: bool = True) -> None:
-    """Embed the prompt-target descriptions now rather than on the first request (retry while
+    """Embed the prompt-target, preference and agent descriptions now rather than on the first request (retry while
     Triton starts), then fill function_call's cached prompt prefix of each target; ``state["warm"]``
     (shown by /healthz) says which step is running. ``refill``: go on to :func:`_refill` (one
     worker of several does: the prefixes are Triton's, shared by all)."""
     if services.models is None:
         state["warm"] = "done"
         return
-    state["warm"] = "embedding prompt targets"
+    what = [name for name, present in (("prompt targets", any(not t.default for t in services.cfg.prompt_targets)),
+                                       ("routing preferences", services.ingress.preferences is not None),
+                                       ("agents", services.agents)) if present]
+    state["warm"] = f"embedding {', '.join(what) or 'nothing'}"
     for attempt in range(30):
         try:
             await services.ingress.warm()

@@ -18,14 +18,18 @@ from ext_proc.models.triton import TritonClient, TritonModels
 
 
 class Ingress:
-    def __init__(self, refused: dict[str, str], unfilled: dict[str, str] | None = None) -> None:
+    def __init__(self, refused: dict[str, str], unfilled: dict[str, str] | None = None, state: dict[str, bool | str] | None = None) -> None:
         self.refused: dict[str, str] = {}
         self.unfilled: dict[str, str] = {}
         self._refuse = refused
         self._unfill = unfilled or {}
+        self.preferences = None
+        self.state = state
+        self.seen: str | None = None
 
     async def warm(self) -> None:
-        return None
+        if self.state is not None:
+            self.seen = str(self.state["warm"])
 
     async def prefill_function_call(self, progress: Any = None) -> int:
         self.refused, self.unfilled = dict(self._refuse), dict(self._unfill)
@@ -34,8 +38,28 @@ class Ingress:
 
 def warm_state(refused: dict[str, str], unfilled: dict[str, str] | None = None) -> str:
     state: dict[str, bool | str] = {}
-    asyncio.run(_warm(SimpleNamespace(models=object(), ingress=Ingress(refused, unfilled), agents={}), state))  # type: ignore[arg-type]
+    services = SimpleNamespace(models=object(), ingress=Ingress(refused, unfilled), agents={}, cfg=SimpleNamespace(prompt_targets=()))
+    asyncio.run(_warm(services, state))  # type: ignore[arg-type]
     return str(state["warm"])
+
+
+class Agents:
+    async def warm(self) -> None:
+        return None
+
+
+def test_the_warm_state_says_what_is_being_embedded() -> None:
+    def first_state(targets: Sequence[Any], agents: dict[str, Any]) -> str | None:
+        state: dict[str, bool | str] = {}
+        ingress = Ingress({}, state=state)
+        asyncio.run(_warm(SimpleNamespace(models=object(), ingress=ingress, agents=agents,  # type: ignore[arg-type]
+                                          cfg=SimpleNamespace(prompt_targets=targets)), state))
+        return ingress.seen
+
+    default, target = SimpleNamespace(default=True), SimpleNamespace(default=False)
+    assert first_state([default], {"travel": Agents()}) == "embedding agents"  # plano's agent demo: no prompt targets
+    assert first_state([target, default], {}) == "embedding prompt targets"
+    assert first_state([target], {"travel": Agents()}) == "embedding prompt targets, agents"
 
 
 def test_warm_is_done_when_every_target_was_pre_filled() -> None:
