@@ -29,8 +29,9 @@ from ext_proc import telemetry
 from ext_proc.config import Config, ext_proc_message_bytes
 from ext_proc.dataplane import routes
 from ext_proc.errors import NotFound, render_error
-from ext_proc.names import LISTENER_METADATA
+from ext_proc.names import LISTENER_METADATA, MESSAGES_PATH
 from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Processor, Reply
+from ext_proc.wire.anthropic import render_anthropic_error
 
 __all__ = ["ExternalProcessor", "create_server"]
 
@@ -126,7 +127,9 @@ class _NotServed(PassThrough):
     async def request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Reply:
         served = ", ".join(routes.served_paths(self.listener)) or "nothing"
         err = NotFound(f"sidegate's {self.listener} listener does not serve {self.path!r} (it serves: {served})")
-        return Immediate.from_error(render_error(err, request_id=headers.get("x-request-id", "")), details="not_found")
+        # an anthropic SDK's request (an agent listener's /v1/messages, /v1/messages/batches) gets Anthropic's shape
+        render = render_anthropic_error if self.path.startswith(MESSAGES_PATH) else render_error
+        return Immediate.from_error(render(err, request_id=headers.get("x-request-id", "")), details="not_found")
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]  # xds-protos ships no stubs: the base is Any

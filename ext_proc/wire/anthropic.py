@@ -1245,11 +1245,12 @@ def render_anthropic_error(exc: BaseException, *, request_id: str = "") -> Rende
     ``{"type": "error", "error": {"type": "invalid_request_error", "message": ...}, "request_id": ...}``.
 
     Status and headers (``content-type``, the sidegate error code header, ``retry-after``,
-    ``x-request-id``) are render_error's; the error type is Anthropic's for the status.
+    ``x-request-id``) are render_error's; the error type is the one Anthropic answers that status
+    with (404 ``not_found_error``, 413 ``request_too_large``, ...; as Envoy's own replies get it).
     """
     rendered = render_error(exc, request_id=request_id)
     error = json.loads(rendered.body)["error"]
-    body: dict[str, Any] = {"type": "error", "error": {"type": anthropic_error_type(rendered.status, error["type"]), "message": error["message"]}}
+    body: dict[str, Any] = {"type": "error", "error": {"type": anthropic_error_type(rendered.status), "message": error["message"]}}
     if request_id:
         body["request_id"] = request_id
     return RenderedError(status=rendered.status, body=json.dumps(body).encode(), headers=rendered.headers)

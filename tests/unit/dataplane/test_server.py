@@ -142,6 +142,11 @@ async def test_unknown_path_is_404_and_get_is_405_and_empty_body_is_400(stub) ->
     s, _ = stub
     (r,) = await exchange(s, "egress", headers_msg(path="/v1/embeddings?x=1"))
     assert error_of(r)[0] == 404
+    # an anthropic SDK's path gets Anthropic's error shape
+    (r,) = await exchange(s, "egress", headers_msg(path="/v1/messages/batches"))
+    status, err = error_of(r)
+    assert status == 404 and err["type"] == "error" and err["error"]["type"] == "not_found_error"
+    assert "'/v1/messages/batches'" in err["error"]["message"]
     (r,) = await exchange(s, "ingress", headers_msg(method="GET", eos=True))
     assert error_of(r)[0] == 405
     (r,) = await exchange(s, "egress", headers_msg(eos=True))
