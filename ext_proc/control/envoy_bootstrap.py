@@ -851,12 +851,12 @@ def _local_reply_config(listener: ListenerCfg, *, ext_proc: bool, providers: Seq
             "check it with `sidegate status` (%RESPONSE_CODE_DETAILS%)",
             "server_error", "ext_proc_unavailable", anthropic=True)
     # a provider with fallbacks: Envoy names the failover cluster (failover_<name>), which is no
-    # provider; say which providers were tried (the request's x-sidegate-upstream is the provider's)
+    # provider; say which providers were tried
     for p in providers:
         if p.fallbacks:
             tried = ", ".join(repr(name) for name in p.fallbacks)
             mappers += _upstream_mappers(f"provider {p.name!r} or its fallbacks {tried}", f"provider {p.name!r} nor its fallbacks {tried}",
-                                         _cel_filter(f'xds.cluster_name == "{p.route_cluster}"'))
+                                         _cel_filter(f"xds.cluster_name == {json.dumps(p.route_cluster)}"))
     mappers += _upstream_mappers("the upstream %UPSTREAM_CLUSTER%", "the upstream %UPSTREAM_CLUSTER%")
     return LocalReplyConfig(mappers=mappers)
 
