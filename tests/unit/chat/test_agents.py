@@ -136,6 +136,15 @@ def test_an_ordinary_chat_line_near_an_agents_view_is_left_out() -> None:
     assert not any(np.allclose(row, _vec("brainstorming ideas and suggestions")) for row in kept)
 
 
+def test_agents_that_cover_every_ordinary_chat_line_leave_the_score_threshold_alone() -> None:
+    index = index_of(SPECS)
+    none = agent_anchors(index, np.stack([_vec("sunny weather")] * 3))  # every line within ANCHOR_OVERLAP of an agent
+    assert none.shape == (0, DIM)
+    texts = ["hello hello, thank you, what a sunny day"]
+    c = decide(index, texts, [_vec(t) for t in texts], default=2, anchors=none)
+    assert (c.index, c.how) == (0, "match")  # as without lines
+
+
 def test_each_capability_a_description_lists_is_a_view_of_its_own() -> None:
     assert capabilities("Stock trading: prices, watchlists and orders") == ["prices", "watchlists", "orders"]
     assert capabilities("Flights.\nCapabilities:\n  * Shows delays\n  * Shows gates; terminals") == [
