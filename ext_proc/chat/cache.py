@@ -53,7 +53,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from ext_proc.chat.shared_store import SharedFile, redis_client, redis_errors, workers_file
+from ext_proc.chat.shared_store import FailureLog, SharedFile, redis_client, redis_errors, workers_file
 from ext_proc.config import ResponseCache, SharedStore
 from ext_proc.names import CACHE_FILE
 from ext_proc.models.base import Models
@@ -434,13 +434,11 @@ class ResponseCacheService:
         else:
             self.store = MemoryStore(max_bytes=settings.max_memory_bytes)
         self._on_store_error = on_store_error or (lambda kind: None)
-        self._last_log = 0.0
+        self._log = FailureLog(log)
 
     def _failed(self, exc: StoreFailed, doing: str) -> None:
         self._on_store_error(exc.kind)
-        if time.monotonic() - self._last_log > 10:  # one line per 10 s, not one per request
-            self._last_log = time.monotonic()
-            log.warning("response cache: %s the shared store failed (%s): bypassing the cache", doing, exc.kind)
+        self._log.warning("response cache: %s the shared store failed (%s): bypassing the cache", doing, exc.kind)
 
     def key(self, *, listener: str, client_api: str, provider: str, model: str | None, body: Mapping[str, Any]) -> str:
         return cache_key(prefix=self.prefix, listener=listener, client_api=client_api, provider=provider, model=model, body=body)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ext_proc.chat.shared_store import SharedFile, redis_client, redis_errors, workers_file
+from ext_proc.chat.shared_store import FailureLog, SharedFile, redis_client, redis_errors, workers_file
 from ext_proc.config import LlmProvider, RateLimit, SharedStore
 from ext_proc.errors import RateLimited, SidegateError
 from ext_proc.names import BUCKETS_FILE
@@ -141,14 +141,12 @@ class FileBuckets:
         self._fallback = fallback or MemoryBuckets()
         self._on_error = on_error or (lambda kind: None)
         self._takes = 0
-        self._last_log = 0.0
+        self._log = FailureLog(log)
 
     def _failed(self, exc: sqlite3.Error) -> None:
         kind = type(exc).__name__
         self._on_error(kind)
-        if time.monotonic() - self._last_log > 10:  # one line per 10 s, not one per request
-            self._last_log = time.monotonic()
-            log.warning("token budgets file %s failed (%s: %s): counting in this process", self.path, kind, exc)
+        self._log.warning("token budgets file %s failed (%s: %s): counting in this process", self.path, kind, exc)
 
     def _levels(self, db: sqlite3.Connection, buckets: list[BucketKey], now: float) -> list[float]:
         out = []
@@ -258,15 +256,13 @@ class RedisBuckets:
         self._add = self._redis.register_script(_ADD_LUA)
         self._fallback = fallback or MemoryBuckets()
         self._on_error = on_error or (lambda kind: None)
-        self._last_log = 0.0
+        self._log = FailureLog(log)
 
     def _failed(self, exc: BaseException) -> None:
         kind = type(exc).__name__
         self._on_error(kind)
-        if time.monotonic() - self._last_log > 10:  # one line per 10 s, not one per request
-            self._last_log = time.monotonic()
-            log.warning("shared store %s failed (%s: %s): %s", self.store.url, kind, exc,
-                        "counting in this process" if self.store.fail_open else "answering 503")
+        self._log.warning("shared store %s failed (%s: %s): %s", self.store.url, kind, exc,
+                          "counting in this process" if self.store.fail_open else "answering 503")
         if not self.store.fail_open:
             raise StoreUnavailable(f"the shared store (Redis at {self.store.url}) is unavailable ({kind}): "
                                    "token budgets cannot be checked; set shared_store.fail_open: true to count locally meanwhile")

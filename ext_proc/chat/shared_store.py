@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -21,7 +22,8 @@ from typing import Any, TypeVar
 from ext_proc.config import SharedStore
 from ext_proc.names import BUCKETS_FILE, CACHE_FILE, WORKERS_STATE_ENV
 
-__all__ = ["SharedFile", "in_transaction", "open_sqlite", "prepare_workers_state", "redis_client", "redis_errors", "workers_file"]
+__all__ = ["FailureLog", "SharedFile", "in_transaction", "open_sqlite", "prepare_workers_state", "redis_client", "redis_errors",
+           "workers_file"]
 
 T = TypeVar("T")
 
@@ -120,3 +122,19 @@ class SharedFile:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._db = None
+
+
+class FailureLog:
+    """Warnings about a shared store that keeps failing: one line per ``every_s`` seconds, not one
+    per request (the failures themselves are counted by the caller)."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 10.0) -> None:
+        self.logger = logger
+        self.every_s = every_s
+        self._last = 0.0
+
+    def warning(self, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last > self.every_s:
+            self._last = now
+            self.logger.warning(msg, *args)

@@ -18,6 +18,7 @@ import pytest
 
 from ext_proc.chat.cache import CacheEntry, FileStore, MemoryStore, ResponseCacheService, StoreFailed
 from ext_proc.chat.ratelimit import FileBuckets, MemoryBuckets, RateLimiter, RedisBuckets
+from ext_proc.chat import shared_store
 from ext_proc.chat.shared_store import prepare_workers_state
 from ext_proc.config import RateLimit, ResponseCache, SharedStore
 from ext_proc.errors import RateLimited
@@ -241,3 +242,15 @@ async def test_the_cache_takes_the_workers_file_and_bypasses_when_it_fails(tmp_p
     found = await broken.lookup(key, {})
     assert found.result == "bypass" and found.reason == "store_error" and errors == ["OperationalError"]
     await broken.close()
+
+
+def test_a_store_that_keeps_failing_is_logged_once_per_interval(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    monkeypatch.setattr(shared_store.time, "monotonic", lambda: now[0])
+    failures = shared_store.FailureLog(logging.getLogger("sidegate.test"), every_s=10)
+    with caplog.at_level(logging.WARNING, logger="sidegate.test"):
+        for _ in range(5):
+            failures.warning("store %s failed", "x")
+        now[0] += 10.5
+        failures.warning("store %s failed", "y")
+    assert [r.getMessage() for r in caplog.records] == ["store x failed", "store y failed"]
