@@ -70,10 +70,10 @@ class IngressPipeline:
         self.metrics = metrics
         self.targets = {t.name: t for t in cfg.prompt_targets}
         self.default_target = next((t for t in cfg.prompt_targets if t.default), None)
-        self._intent_targets = [t for t in cfg.prompt_targets if not t.default]
+        self.intent_targets = [t for t in cfg.prompt_targets if not t.default]  # what intent matches: every target but the default
         # every intent target as a tool, in config order: the chooser's prompt lists them all, so
         # its bytes never change and llama.cpp keeps it cached (the candidates go in the grammar)
-        self._tools = [tool_schema(t) for t in self._intent_targets]
+        self._tools = [tool_schema(t) for t in self.intent_targets]
         # the function-calling model judges uncertain matches where it is loaded at all (a target
         # with parameters); otherwise the threshold alone decides, as before
         self.judge = models is not None and any(t.parameters for t in cfg.prompt_targets)
@@ -169,12 +169,12 @@ class IngressPipeline:
         """
         if self.preferences is not None:
             await self.preferences.warm()
-        if self.models is None or not self._intent_targets:
+        if self.models is None or not self.intent_targets:
             return
         async with self._index_lock:
             if self._index is None:
-                _, views, _ = IntentIndex.layout(self._intent_targets)
-                self._index = IntentIndex.for_targets(self._intent_targets, await self.models.embed(views))
+                _, views, _ = IntentIndex.layout(self.intent_targets)
+                self._index = IntentIndex.for_targets(self.intent_targets, await self.models.embed(views))
                 log.info("embedded %d prompt targets (%d views)", len(self._index.names), len(views))
 
     # -- the router ---------------------------------------------------------------------------
@@ -288,10 +288,10 @@ class IngressPipeline:
         ("what's the weather like in boston") it matches the weather target again.
         """
         if self.models is None:
-            if self._intent_targets:
+            if self.intent_targets:
                 raise ModelServerError("prompt targets need the intent model, and no model server is configured")
             return self.default_target
-        if not self._intent_targets or not text.strip():
+        if not self.intent_targets or not text.strip():
             return self.default_target
         earlier = [content_text(m.get("content")) for m in req.messages[:-1] if m.get("role") == "user"]
         try:

@@ -103,7 +103,7 @@ async def _warm(services: Services, state: dict[str, bool | str], *, refill: boo
     if services.models is None:
         state["warm"] = "done"
         return
-    what = [name for name, present in (("prompt targets", any(not t.default for t in services.cfg.prompt_targets)),
+    what = [name for name, present in (("prompt targets", services.ingress.intent_targets),
                                        ("routing preferences", services.ingress.preferences is not None),
                                        ("agents", services.agents)) if present]
     state["warm"] = f"embedding {', '.join(what) or 'nothing'}"

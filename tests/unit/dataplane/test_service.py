@@ -18,7 +18,9 @@ from ext_proc.models.triton import TritonClient, TritonModels
 
 
 class Ingress:
-    def __init__(self, refused: dict[str, str], unfilled: dict[str, str] | None = None, state: dict[str, bool | str] | None = None) -> None:
+    def __init__(self, refused: dict[str, str], unfilled: dict[str, str] | None = None, state: dict[str, bool | str] | None = None,
+                 intent_targets: Sequence[Any] = ()) -> None:
+        self.intent_targets = list(intent_targets)
         self.refused: dict[str, str] = {}
         self.unfilled: dict[str, str] = {}
         self._refuse = refused
@@ -38,7 +40,7 @@ class Ingress:
 
 def warm_state(refused: dict[str, str], unfilled: dict[str, str] | None = None) -> str:
     state: dict[str, bool | str] = {}
-    services = SimpleNamespace(models=object(), ingress=Ingress(refused, unfilled), agents={}, cfg=SimpleNamespace(prompt_targets=()))
+    services = SimpleNamespace(models=object(), ingress=Ingress(refused, unfilled), agents={})
     asyncio.run(_warm(services, state))  # type: ignore[arg-type]
     return str(state["warm"])
 
@@ -49,16 +51,15 @@ class Agents:
 
 
 def test_the_warm_state_says_what_is_being_embedded() -> None:
-    def first_state(targets: Sequence[Any], agents: dict[str, Any]) -> str | None:
+    def first_state(intent_targets: Sequence[Any], agents: dict[str, Any]) -> str | None:
         state: dict[str, bool | str] = {}
-        ingress = Ingress({}, state=state)
-        asyncio.run(_warm(SimpleNamespace(models=object(), ingress=ingress, agents=agents,  # type: ignore[arg-type]
-                                          cfg=SimpleNamespace(prompt_targets=targets)), state))
+        ingress = Ingress({}, state=state, intent_targets=intent_targets)
+        asyncio.run(_warm(SimpleNamespace(models=object(), ingress=ingress, agents=agents), state))  # type: ignore[arg-type]
         return ingress.seen
 
-    default, target = SimpleNamespace(default=True), SimpleNamespace(default=False)
-    assert first_state([default], {"travel": Agents()}) == "embedding agents"  # plano's agent demo: no prompt targets
-    assert first_state([target, default], {}) == "embedding prompt targets"
+    target = SimpleNamespace(name="get_weather")
+    assert first_state([], {"travel": Agents()}) == "embedding agents"  # plano's agent demo: no prompt targets
+    assert first_state([target], {}) == "embedding prompt targets"
     assert first_state([target], {"travel": Agents()}) == "embedding prompt targets, agents"
 
 
