@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ext_proc.config import REPLICA_PORT_STEP, REPO_ROOT, Config
 from ext_proc.chat.shared_store import prepare_workers_state
+from ext_proc.config import REPLICA_PORT_STEP, REPO_ROOT, Config
 from ext_proc.control.envoy_bin import envoy_binary
 from ext_proc.control.model_repo import needed_models, render_model_repository
 from ext_proc.control.triton_server import health_url as triton_health_url
@@ -263,15 +263,17 @@ def ext_proc_services(cfg: Config, config_path: str, model_server: str | None, e
         return [Service(name="ext_proc", argv=argv, health_url=f"http://{e.address}:{e.http_port}/healthz",
                         listens=f"grpc://{e.address}:{e.port}, http://{e.address}:{e.http_port}/metrics",
                         warm_timeout=warm_timeout, env=env)]
-    metrics_dir = home() / "run" / "ext_proc-metrics"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
+    def emptied(name: str) -> Path:  # what an earlier `up` left there goes
+        path = home() / "run" / name
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    metrics_dir = emptied("ext_proc-metrics")
     # the token budgets of ratelimits and the response cache (shared_store.type memory): files every
     # worker shares, so a limit holds for the gateway, not once per worker, and an answer cached by
     # one worker is a hit on the others; a new `up` starts with full budgets and an empty cache
-    state_dir = home() / "run" / "ext_proc-state"
-    shutil.rmtree(state_dir, ignore_errors=True)
-    state_dir.mkdir(parents=True)
+    state_dir = emptied("ext_proc-state")
     prepare_workers_state(state_dir)
     out = []
     for i in range(e.workers):
