@@ -203,17 +203,23 @@ def stack_latency(turns: list[Turn], conversations: int) -> dict[str, Any]:
             "added_p50_ms": p50["agent"] - p50["egress"], "agent_p90_ms": float(np.percentile(lat["agent"], 90))}
 
 
-def task_agents(embedder: Any, half: str) -> dict[str, Any]:
-    """The second config (module docstring): accuracy with and without the ordinary-chat lines."""
-    from bench.routing_eval import NONE, PREFERENCES, load_set
-
-    specs = [*(AgentSpec(p.name.replace(" ", "_") + "_agent", p.description) for p in PREFERENCES), GENERAL_AGENT]
-    label = {p.name: i for i, p in enumerate(PREFERENCES)} | {NONE: len(PREFERENCES)}
+def embedded_agents(embedder: Any, specs: list[AgentSpec]) -> tuple[Any, Any]:
+    """(index, anchors) of ``specs`` as the agent listener builds them: their views and the
+    ordinary-chat lines embedded in one call."""
     views = agent_views(specs)[1]
     vv = embedder.embed([*views, *ANCHOR_LINES])
     index = agent_index(specs, np.stack([vv[v] for v in views]))
-    anchors = agent_anchors(index, np.stack([vv[a] for a in ANCHOR_LINES]))
-    items = [it for it in load_set()[0] if half == "all" or it.half == half]
+    return index, agent_anchors(index, np.stack([vv[a] for a in ANCHOR_LINES]))
+
+
+def task_agents(embedder: Any, items: list[Any]) -> dict[str, Any]:
+    """The second config (module docstring) over the routing set's ``items``: accuracy with and
+    without the ordinary-chat lines."""
+    from bench.routing_eval import NONE, PREFERENCES
+
+    specs = [*(AgentSpec(p.name.replace(" ", "_") + "_agent", p.description) for p in PREFERENCES), GENERAL_AGENT]
+    label = {p.name: i for i, p in enumerate(PREFERENCES)} | {NONE: len(PREFERENCES)}
+    index, anchors = embedded_agents(embedder, specs)
     vecs = embedder.embed([it.text for it in items])
     out: dict[str, Any] = {"turns": len(items), "fitting_none": sum(it.label == NONE for it in items)}
     for key, kw in (("with", {"anchors": anchors}), ("without", {})):
@@ -242,24 +248,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(chosen)} turns of {len({t.conv for t in chosen})} conversations ({args.half} half); embedding ...", flush=True)
     embedder = Embedder(args.threads, args.cache)
     specs = [AgentSpec(name, description) for _, name, description in AGENTS.values()]
-    views = agent_views(specs)[1]
-    vv = embedder.embed(views)
-    index = agent_index(specs, np.stack([vv[v] for v in views]))
-    lines = embedder.embed(list(ANCHOR_LINES))
-    anchors = agent_anchors(index, np.stack([lines[a] for a in ANCHOR_LINES]))
+    index, anchors = embedded_agents(embedder, specs)
     vectors = embedder.embed([x for t in chosen for x in t.texts])
     result = evaluate(chosen, index, vectors, anchors=anchors)
-    result["without_anchors"] = {k: evaluate(chosen, index, vectors)[k] for k in ("accuracy", "accuracy_first", "accuracy_follow_ups")}
+    bare = evaluate(chosen, index, vectors)
+    result["without_anchors"] = {k: bare[k] for k in ("accuracy", "accuracy_first", "accuracy_follow_ups")}
     from bench.routing_eval import load_set
 
-    unrelated = [it for it in load_set()[0] if it.label != "math" and (args.half == "all" or it.half == args.half)]
+    sharegpt = [it for it in load_set()[0] if args.half == "all" or it.half == args.half]
+    unrelated = [it for it in sharegpt if it.label != "math"]
     uvecs = embedder.embed([it.text for it in unrelated])
     result["unrelated_turns"] = len(unrelated)
-    result["unrelated_to_default"] = float(np.mean([decide(index, [it.text], [uvecs[it.text]], default=DEFAULT_AGENT, anchors=anchors).how
-                                                    == "default" for it in unrelated]))
-    result["unrelated_to_default_without_anchors"] = float(np.mean([decide(index, [it.text], [uvecs[it.text]], default=DEFAULT_AGENT).how
-                                                                    == "default" for it in unrelated]))
-    result["task_agents"] = task_agents(embedder, args.half)
+    for key, kw in (("unrelated_to_default", {"anchors": anchors}), ("unrelated_to_default_without_anchors", {})):
+        result[key] = float(np.mean([decide(index, [it.text], [uvecs[it.text]], default=DEFAULT_AGENT, **kw).how == "default"
+                                     for it in unrelated]))
+    result["task_agents"] = task_agents(embedder, sharegpt)
     # latency of one request's decision, in process: a new turn embedded alone (prompt_embed has the
     # earlier turns in its cache from the conversation's previous requests), and nothing cached
     # (all its user turns in one batch); both plus the decision itself
