@@ -53,7 +53,7 @@ import numpy as np
 
 from bench._harness import FakeProviderProcess, SidegateStack, load_caption, loadavg, print_table, write_results
 from bench.intent_eval import Embedder, bfcl_dir, sha256_file, split_of
-from ext_proc.chat.agent_choice import ANCHOR_LINES, CONTEXT_TURNS, AgentSpec, agent_anchors, agent_index, agent_views, decide
+from ext_proc.chat.agent_choice import CONTEXT_TURNS, AgentSpec, agent_decider, agent_texts, decide
 
 # system (BFCL class, its func_doc file) -> the agent a user would configure for it
 AGENTS: dict[str, tuple[str, str, str]] = {
@@ -206,10 +206,9 @@ def stack_latency(turns: list[Turn], conversations: int) -> dict[str, Any]:
 def embedded_agents(embedder: Any, specs: list[AgentSpec]) -> tuple[Any, Any]:
     """(index, anchors) of ``specs`` as the agent listener builds them: their views and the
     ordinary-chat lines embedded in one call."""
-    views = agent_views(specs)[1]
-    vv = embedder.embed([*views, *ANCHOR_LINES])
-    index = agent_index(specs, np.stack([vv[v] for v in views]))
-    return index, agent_anchors(index, np.stack([vv[a] for a in ANCHOR_LINES]))
+    texts = agent_texts(specs)
+    vv = embedder.embed(texts)
+    return agent_decider(specs, np.stack([vv[t] for t in texts]))
 
 
 def task_agents(embedder: Any, items: list[Any]) -> dict[str, Any]:

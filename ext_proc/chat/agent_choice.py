@@ -35,7 +35,7 @@ from ext_proc.chat.intent import IntentIndex, name_words, target_text
 from ext_proc.chat.preferences import ANCHOR_OVERLAP, ORDINARY_CHAT
 
 __all__ = ["ANCHOR_LINES", "CONTEXT_TURNS", "SMALL_TALK", "STAY", "TEMPERATURE", "UNRELATED_SCORE", "AgentChoice", "AgentSpec",
-           "agent_anchors", "agent_index", "capabilities", "agent_views", "decide"]
+           "agent_anchors", "agent_decider", "agent_index", "agent_texts", "agent_views", "capabilities", "decide"]
 
 CONTEXT_TURNS = 2  # earlier user turns read besides the last one (1, 2 and 3 scored the same on dev; 2 keeps "ok" + "and tomorrow?" in context)
 TEMPERATURE = 0.02  # a turn's ranking -> its distribution over the agents: softmax(ranking / TEMPERATURE)
@@ -117,6 +117,18 @@ def agent_anchors(index: IntentIndex, lines: npt.NDArray[np.float32]) -> npt.NDA
     lines = np.asarray(lines, dtype=np.float32)
     keep = [i for i in range(len(lines)) if float(np.max(index.matrix @ lines[i])) < ANCHOR_OVERLAP]
     return lines[keep]
+
+
+def agent_texts(agents: Sequence[AgentSpec]) -> list[str]:
+    """What an agent listener embeds once: its agents' views (:func:`agent_views`), then :data:`ANCHOR_LINES`."""
+    return [*agent_views(agents)[1], *ANCHOR_LINES]
+
+
+def agent_decider(agents: Sequence[AgentSpec], matrix: npt.NDArray[np.float32]) -> tuple[IntentIndex, npt.NDArray[np.float32]]:
+    """(:func:`agent_index`, :func:`agent_anchors`) from the embeddings of :func:`agent_texts`, in its order."""
+    n = len(agent_views(agents)[1])
+    index = agent_index(agents, matrix[:n])
+    return index, agent_anchors(index, matrix[n:])
 
 
 def decide(index: IntentIndex, texts: Sequence[str], vecs: Sequence[npt.NDArray[np.float32]], *, default: int,

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ext_proc import telemetry
-from ext_proc.chat.agent_choice import ANCHOR_LINES, CONTEXT_TURNS, AgentChoice, AgentSpec, agent_anchors, agent_index, agent_views, decide
+from ext_proc.chat.agent_choice import ANCHOR_LINES, CONTEXT_TURNS, AgentChoice, AgentSpec, agent_decider, agent_texts, decide
 from ext_proc.chat.completions import request_problem, request_span, synthesized
 from ext_proc.chat.intent import IntentIndex
 from ext_proc.chat.output_guard import AnswerGuard, StreamGuard, replacement, system_prompts
@@ -67,13 +67,11 @@ class AgentRouter:
             return
         async with self._lock:
             if self._index is None:
-                views = agent_views(self.specs)[1]
-                matrix = await self.models.embed([*views, *ANCHOR_LINES])
-                index = agent_index(self.specs, matrix[:len(views)])
-                self._anchors = agent_anchors(index, matrix[len(views):])
+                texts = agent_texts(self.specs)
+                index, self._anchors = agent_decider(self.specs, await self.models.embed(texts))
                 self._index = index
                 log.info("agent listener %s: embedded %d agents (%d views, %d of %d ordinary-chat lines kept)", self.listener.listener.name,
-                         len(self.specs), len(views), len(self._anchors), len(ANCHOR_LINES))
+                         len(self.specs), len(texts) - len(ANCHOR_LINES), len(self._anchors), len(ANCHOR_LINES))
 
     async def choose(self, req: ChatRequest) -> AgentChoice:
         """The agent for ``req``; the default one when the embedding model is unavailable (logged, counted)."""
