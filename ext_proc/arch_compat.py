@@ -66,8 +66,10 @@ _PROVIDER_LISTS = ("llm_providers", "model_providers")
 # Keys sidegate reads (the schema checks their types) but does not act on: what happens instead.
 _TOP_LEVEL_WARNINGS = {
     "filters": "kept, but filter chains are not implemented yet: no request or response passes through these filters",
-    "routing": "router model and session-affinity settings are not implemented: a request goes to the provider of the "
-               "model it names, else to the default provider",
+    "routing": "router model, session-affinity and budget settings are not implemented: routing_preferences are matched "
+               "locally on the user's turns (a tool step goes where the user turn that started it went); a request that "
+               "names a model a provider serves is not re-routed unless overrides.route_named_models is true (plano "
+               "re-routes it: set that for Claude Code or Codex, which always name a model)",
     "state_storage": "conversation state is not stored: every request must carry its whole conversation (no "
                      "previous_response_id)",
     "model_metrics_sources": "cost- and latency-aware model selection is not implemented: these sources are not read",

@@ -593,6 +593,9 @@ class Config:
     routing_threshold: float = 0.0
     # overrides.routing_preference_judge: the function_call model decides the turns near the ordinary-chat line (None: off)
     routing_judge: RoutingJudge | None = None
+    # overrides.route_named_models: routing preferences also decide for a request that names a provider's
+    # model (plano's way; Claude Code and Codex always name one); no preference fits -> the named model's provider
+    route_named_models: bool = False
     output_guards: OutputGuards | None = None  # prompt_guards.output_guards (None: answers are not checked)
 
     @property
@@ -875,6 +878,7 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         **agent_parts,
         routing_threshold=float(overrides.get("routing_preference_threshold", DEFAULT_ROUTING_THRESHOLD)),
         routing_judge=_routing_judge(overrides.get("routing_preference_judge")),
+        route_named_models=bool(overrides.get("route_named_models", False)),
         output_guards=_output_guards((raw.get("prompt_guards") or {}).get("output_guards"), env, source),
     )
 

@@ -18,7 +18,7 @@ from ext_proc import telemetry
 from ext_proc.chat.cache import CacheEntry, Collector, ResponseCacheService, context_key
 from ext_proc.chat.output_guard import AnswerGuard, Leak, StreamGuard, replacement, system_prompts
 from ext_proc.chat.preferences import PreferenceRouter
-from ext_proc.chat.providers import body_for, choose_provider, passthrough_key, routable
+from ext_proc.chat.providers import body_for, choose_provider, passthrough_key, provider_for_model, routable
 from ext_proc.chat.ratelimit import Charge, RateLimiter
 from ext_proc.chat.translate import Exchange
 from ext_proc.config import Config, Listener, LlmProvider
@@ -76,11 +76,16 @@ async def egress_router(cfg: Config, headers: dict[str, str], req: ChatRequest) 
 
 def preference_egress_router(preferences: PreferenceRouter) -> Router:
     """Egress with ``routing_preferences``: hint header, model name, else the provider whose
-    preference fits the conversation (:class:`PreferenceRouter`), else the default provider."""
+    preference fits the conversation (:class:`PreferenceRouter`), else the default provider. With
+    ``overrides.route_named_models`` the preference decides before the model name, and the model
+    name's provider takes what fits no preference."""
     async def route(cfg: Config, headers: dict[str, str], req: ChatRequest) -> Decision:
         if not preferences.active or not routable(cfg, headers, req):
             return await egress_router(cfg, headers, req)
-        found = await preferences.route(req)
+        named = provider_for_model(cfg, req.model) if req.model else None
+        found = await preferences.route(req, fallback=named[0] if named is not None else None)
+        if found.preference is None and named is not None:
+            return Forward(provider=named[0], body=body_for(named[0], req, model=named[1]))
         return Forward(provider=found.provider, body=body_for(found.provider, req), route=found.preference)
     return route
 

@@ -446,8 +446,8 @@ class IngressPipeline:
     async def _to_llm(self, req: ChatRequest, headers: dict[str, str], *, system_prompt: str | None,
                       metadata: dict[str, Any] | None = None) -> Forward:
         """To the provider whose routing preference fits the conversation, else the default provider
-        (a request with a provider hint or a provider's model is not re-routed: it goes to the
-        default, as without preferences); ``system_prompt`` goes first, our ``metadata`` never goes upstream."""
+        (a request with a provider hint, or a provider's model unless ``overrides.route_named_models``,
+        is not re-routed: it goes to the default, as without preferences); ``system_prompt`` goes first, our ``metadata`` never goes upstream."""
         provider = self.cfg.default_provider
         route: str | None = None
         if self.preferences is not None and self.preferences.active and routable(self.cfg, headers, req):

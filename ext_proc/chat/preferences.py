@@ -32,7 +32,8 @@ preferences and "other"): :func:`judge_decision`. A judge that fails or is slow 
 embedding's decision.
 
 Only requests that name no provider are routed: a ``x-arch-llm-provider-hint`` header or a
-``model`` some provider serves decides as before (DESIGN.md, "preference routing").
+``model`` some provider serves decides as before (DESIGN.md, "preference routing"), unless
+``overrides.route_named_models`` lets preferences decide for a named model too (plano's way).
 ``bench/routing_eval.py`` evaluates these same functions on a held-out half.
 """
 
@@ -60,7 +61,7 @@ from ext_proc.wire.openai import ChatRequest, content_text
 
 __all__ = ["ANCHOR_OVERLAP", "HEAD_WORDS", "JUDGE_PREFILL_TIMEOUT_S", "ORDINARY_CHAT", "ORDINARY_WORDS", "ROUTE_DEADLINE_S", "Decision",
            "PreferenceIndex", "PreferenceRouter", "Route", "in_judge_band", "judge_decision", "lead_word", "preference_index",
-           "preference_views", "routing_text", "wider_text"]
+           "preference_views", "routing_text", "user_turns", "wider_text"]
 
 log = logging.getLogger("sidegate.preferences")
 
@@ -71,6 +72,8 @@ ROUTE_DEADLINE_S = ROUTE_EMBED_DEADLINE_S
 # the judge's listing of the preferences is evaluated once in the background at start (its first call
 # evaluates the whole listing: seconds on 2 cores), under this deadline
 JUDGE_PREFILL_TIMEOUT_S = 120.0
+# text an agent harness adds to a user turn for the model, not the user's words (an unclosed one runs to the end)
+_HARNESS_TEXT = re.compile(r"<system-reminder>.*?(?:</system-reminder>|\Z)", re.S)
 HEAD_WORDS = 6  # words of a turn's head that are embedded (4 to 6 did best on the dev half; 8 and more worse)
 # words of a turn's wider head, embedded too (in the same call) for the comparison with ordinary chat only:
 # "I want to build a fun" (6 words) says less about what kind of request it is than its first 12 words
@@ -143,6 +146,15 @@ def lead_word(text: str) -> str | None:
     book" -> "summar"), None without one."""
     words = _words(text)
     return str(_STEMMER.stemWord(words[0])) if words else None
+
+
+def user_turns(req: ChatRequest) -> list[str]:
+    """The text of each user turn of ``req``, oldest first, without what an agent harness adds for the
+    model (Claude Code's ``<system-reminder>`` blocks: project notes, todo lists, before or after the
+    user's words); turns with no text left (a tool result, reminders only) are left out, so each
+    step of a tool loop is routed by the user turn that started it."""
+    texts = (_HARNESS_TEXT.sub("", content_text(m.get("content"))) for m in req.messages if m.get("role") == "user")
+    return [t for t in texts if t.strip()]
 
 
 def routing_text(text: str) -> str:
@@ -326,19 +338,21 @@ class PreferenceRouter:
         except ModelServerError as exc:
             log.warning("preference routing's judge did not pre-fill its listing (%s): its first call will take longer", exc.message)
 
-    async def route(self, req: ChatRequest) -> Route:
-        """The provider for ``req``'s conversation: its best-fitting preference's, else the default."""
+    async def route(self, req: ChatRequest, *, fallback: LlmProvider | None = None) -> Route:
+        """The provider for ``req``'s conversation: its best-fitting preference's, else ``fallback``
+        (default: the default provider)."""
         default = self.cfg.default_provider
         assert default is not None or self.cfg.llm_providers, "a config with preferences has providers"
-        fallback = default or self.cfg.llm_providers[0]
-        text = req.last_user_text
+        fallback = fallback or default or self.cfg.llm_providers[0]
+        turns = user_turns(req)
+        text = turns[-1] if turns else ""
         started = time.perf_counter()
         judge = self.cfg.routing_judge
         deadline = ROUTE_DEADLINE_S + (judge.timeout_s if judge is not None else 0.0)
         with telemetry.span("route") as span:
             try:
                 if text.strip():
-                    name, score, why = await asyncio.wait_for(self._best(text, req), deadline)
+                    name, score, why = await asyncio.wait_for(self._best(text, turns[-2] if len(turns) > 1 else None), deadline)
                 else:
                     name, score, why = None, float("-inf"), "below"
                 decided_by = "none" if name is None else "named" if why == "named" else "judge" if why == "judged" else "embedding"
@@ -347,7 +361,7 @@ class PreferenceRouter:
                     f"prompt_embed did not answer within {deadline:g} s" if judge is None else
                     f"prompt_embed and function_call's judge did not answer within {deadline:g} s")
                 self.metrics.model_errors.labels("route").inc()
-                log.warning("routing preferences not matched, sending the request to the default provider %s: %s", fallback.name, why)
+                log.warning("routing preferences not matched, sending the request to provider %s: %s", fallback.name, why)
                 name, score, decided_by = None, float("-inf"), "unavailable"
             elapsed = time.perf_counter() - started
             self.metrics.stage_seconds.labels("route").observe(elapsed)
@@ -359,7 +373,7 @@ class PreferenceRouter:
         provider = self.owners[name] if name is not None else fallback
         return Route(provider=provider, preference=name, score=score, decided_by=decided_by)
 
-    async def _best(self, text: str, req: ChatRequest) -> tuple[str | None, float, str]:
+    async def _best(self, text: str, earlier: str | None) -> tuple[str | None, float, str]:
         """(the preference that fits, or None; the best embedding score; the decision's ``why``):
         the head of the last user turn (settled by the judge when it is configured and the turn is
         in its band), then that of the user turn before it when no preference reached the threshold
@@ -373,12 +387,9 @@ class PreferenceRouter:
         first = await self._decide(query, wider_text(text), threshold)
         decision = await self._judged(first, text)
         best = decision.score
-        if decision.found is None and first.why == "below":
-            earlier = [content_text(m.get("content")) for m in req.messages[:-1] if m.get("role") == "user"]
-            earlier = [t for t in earlier if t.strip()]
-            if earlier:
-                decision = await self._decide(routing_text(earlier[-1]), wider_text(earlier[-1]), threshold)
-                best = max(best, decision.score)
+        if decision.found is None and first.why == "below" and earlier is not None:
+            decision = await self._decide(routing_text(earlier), wider_text(earlier), threshold)
+            best = max(best, decision.score)
         return (self._index.names[decision.found] if decision.found is not None else None), best, decision.why
 
     async def _judged(self, decision: Decision, text: str) -> Decision:

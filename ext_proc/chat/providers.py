@@ -56,8 +56,11 @@ def choose_provider(cfg: Config, headers: dict[str, str], req: ChatRequest) -> P
 
 def routable(cfg: Config, headers: dict[str, str], req: ChatRequest) -> bool:
     """Whether routing preferences may choose the provider: the request carries no provider hint and
-    names no model a provider serves (DESIGN.md, "preference routing": those are never re-routed)."""
-    return not headers.get(PROVIDER_HINT_HEADER) and (not req.model or provider_for_model(cfg, req.model) is None)
+    names no model a provider serves (DESIGN.md, "preference routing": those are not re-routed), or
+    ``overrides.route_named_models`` lets preferences decide for a named model too (plano's way)."""
+    if headers.get(PROVIDER_HINT_HEADER):
+        return False
+    return cfg.route_named_models or not req.model or provider_for_model(cfg, req.model) is None
 
 
 def _same_family(a: str, b: str) -> bool:

@@ -108,6 +108,46 @@ def test_anthropic_messages_are_routed_too(stack: Stack) -> None:
     assert [r.json["model"] for r in stack.special.requests] == ["code-model"]  # translated to chat completions for coder
 
 
+def test_claude_code_naming_its_model_is_re_routed_with_route_named_models(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """plano's Claude Code router demo: the client always names its model. With overrides.route_named_models
+    a code request goes to the code generation preference's provider (an OpenAI one, the stream translated
+    back), a tool step that follows it goes there too, and a request that fits no preference goes to the
+    provider of the model it names. The user's words decide, not Claude Code's <system-reminder> blocks."""
+    with FakeProvider(name="fake-claude") as claude, FakeProvider(name="fake-special") as special:
+        raw = gateway_config([
+            {"name": "sonnet", "provider_interface": "anthropic", "endpoint": claude.base_url, "model": "claude-sonnet-4-6",
+             "default": True, "access_key": "sk-claude"},
+            *providers(claude, special)[1:]], model_server={
+            "mode": "local-cpu", "http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port(), "timeout": "30s"})
+        raw["overrides"] = {"route_named_models": True}
+        with running_stack(tmp_path_factory, raw) as (cfg, _):
+            client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{cfg.egress.port}", api_key="sk-client", max_retries=0, timeout=30)
+            reminder = {"type": "text", "text": "<system-reminder>\nAs you answer the user's questions, you can use this context:\n"
+                                                "# claudeMd\nSummarize your changes at the end.\n</system-reminder>"}
+            first = {"role": "user", "content": [reminder, {"type": "text", "text": CODE}]}
+            kw: dict[str, Any] = {
+                "model": "claude-sonnet-4-6", "max_tokens": 32000,
+                "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+                "tools": [{"name": "Bash", "description": "Run a shell command",
+                           "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}}]}
+            tool_step = [first, {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls"}}]},
+                         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "fib.py"}]}]
+            for messages in ([first], tool_step):
+                with client.messages.stream(messages=messages, **kw) as stream:
+                    text = "".join(stream.text_stream)
+                    assert stream.response.headers["x-sidegate-route"] == "code generation"
+                    assert stream.response.headers["x-sidegate-provider"] == "coder"
+                assert text.startswith("fake-special says: ") and text.endswith(CODE)  # the reminder reaches the model
+            assert [r.json["model"] for r in special.requests] == ["code-model", "code-model"]  # chat completions, translated
+            assert special.requests[-1].json["messages"][-1] == {"role": "tool", "tool_call_id": "toolu_1", "content": "fib.py"}
+            other = client.messages.with_raw_response.create(messages=[{"role": "user", "content": UNRELATED}], **kw)
+            assert other.headers["x-sidegate-provider"] == "sonnet" and "x-sidegate-route" not in other.headers
+            assert [(r.path, r.json["model"]) for r in claude.requests] == [("/v1/messages", "claude-sonnet-4-6")]
+            hinted = client.messages.with_raw_response.create(messages=[{"role": "user", "content": CODE}],
+                                                              extra_headers={"x-arch-llm-provider-hint": "sonnet"}, **kw)
+            assert hinted.headers["x-sidegate-provider"] == "sonnet" and "x-sidegate-route" not in hinted.headers
+
+
 def test_model_server_down_goes_to_the_default_provider(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Preferences configured, the model server unreachable: the default provider answers (never a 5xx) and the log says why."""
     with FakeProvider(name="fake-general") as general, FakeProvider(name="fake-special") as special:
@@ -120,7 +160,7 @@ def test_model_server_down_goes_to_the_default_provider(tmp_path_factory: pytest
             assert answer.headers["x-sidegate-provider"] == "general" and "x-sidegate-route" not in answer.headers
             assert special.requests == [] and len(general.requests) == 1
             log = "\n".join(p.read_text() for p in (sv.home() / "logs").glob("*.log"))
-            assert "routing preferences not matched, sending the request to the default provider general" in log
+            assert "routing preferences not matched, sending the request to provider general" in log
 
 
 def test_with_the_judge_function_call_settles_the_decision(tmp_path_factory: pytest.TempPathFactory) -> None:

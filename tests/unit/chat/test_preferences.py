@@ -23,6 +23,7 @@ from ext_proc.chat.preferences import (
     lead_word,
     preference_index,
     preference_views,
+    user_turns,
 )
 from ext_proc.config import Config, ConfigError, RoutingPreference, build_config
 from ext_proc.control.model_repo import needed_models
@@ -81,9 +82,11 @@ CONFIG_PROVIDERS = [
 ]
 
 
-def config(threshold: float = 0.5, extra: list[dict[str, Any]] | None = None, **over: Any) -> Config:
+def config(threshold: float = 0.5, extra: list[dict[str, Any]] | None = None, *, route_named_models: bool | None = None,
+           **over: Any) -> Config:
     providers = [*CONFIG_PROVIDERS, *(extra or [])]
-    raw = raw_config(llm_providers=providers, overrides={"routing_preference_threshold": threshold},
+    named = {} if route_named_models is None else {"route_named_models": route_named_models}
+    raw = raw_config(llm_providers=providers, overrides={"routing_preference_threshold": threshold, **named},
                      model_server={"mode": "remote", "endpoint": "grpc://127.0.0.1:1"}, **over)
     return build_config(raw, env=ENV)
 
@@ -148,7 +151,7 @@ async def test_a_failing_model_server_sends_the_request_to_the_default(caplog: p
     with caplog.at_level(logging.WARNING, logger="sidegate.preferences"):
         route = await router.route(request("write a parser AXIS=0 SCORE=0.9"))
     assert (route.provider.name, route.preference, route.decided_by) == ("general", None, "unavailable")
-    assert "sending the request to the default provider general" in caplog.text
+    assert "sending the request to provider general" in caplog.text
     assert "prompt_embed is not ready" in caplog.text
     assert metrics.route_decisions.labels("none", "unavailable")._value.get() == 1
 
@@ -177,6 +180,56 @@ async def test_egress_routes_only_requests_that_name_no_provider() -> None:
     assert isinstance(d, Forward) and (d.provider.name, d.route) == ("reader", None)
     d = await route(cfg, {"x-arch-llm-provider-hint": "general"}, request(code, model="auto"))  # the hint decides
     assert isinstance(d, Forward) and (d.provider.name, d.route) == ("general", None)
+
+
+async def test_with_route_named_models_a_named_model_is_re_routed_and_keeps_its_provider_when_nothing_fits() -> None:
+    """plano's way (Claude Code and Codex always name a model): the preference decides first; a request
+    that fits none goes to the provider of the model it names, with that model; the hint still decides."""
+    cfg = config(route_named_models=True)
+    assert cfg.route_named_models and not config().route_named_models
+    metrics = Metrics()
+    route = preference_egress_router(PreferenceRouter(cfg=cfg, models=Embedder(), metrics=metrics))
+    d = await route(cfg, {}, request("write a parser AXIS=0 SCORE=0.9", model="llama"))
+    assert isinstance(d, Forward) and (d.provider.name, d.route) == ("coder", "code generation")
+    assert d.body is not None and json.loads(d.body)["model"] == "code-model"
+    d = await route(cfg, {}, request("hello AXIS=1 SCORE=0.1", model="llama"))  # fits nothing: the named model's provider
+    assert isinstance(d, Forward) and (d.provider.name, d.route, d.body) == ("reader", None, None)
+    d = await route(cfg, {}, request("hello AXIS=1 SCORE=0.1", model="groq/llama"))  # family/model: sent as the provider reads it
+    assert isinstance(d, Forward) and d.provider.name == "reader" and d.body is not None and json.loads(d.body)["model"] == "llama"
+    d = await route(cfg, {}, request("hello AXIS=1 SCORE=0.1", model="auto"))  # a model no provider serves: the default
+    assert isinstance(d, Forward) and (d.provider.name, d.route) == ("general", None)
+    d = await route(cfg, {"x-arch-llm-provider-hint": "general"}, request("write a parser AXIS=0 SCORE=0.9", model="llama"))
+    assert isinstance(d, Forward) and (d.provider.name, d.route) == ("general", None)
+    assert metrics.route_decisions.labels("code generation", "embedding")._value.get() == 1
+
+
+async def test_a_named_models_provider_takes_the_request_when_the_model_server_fails(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config(route_named_models=True)
+    route = preference_egress_router(PreferenceRouter(cfg=cfg, models=Embedder(fail=True), metrics=Metrics()))
+    with caplog.at_level(logging.WARNING, logger="sidegate.preferences"):
+        d = await route(cfg, {}, request("write a parser AXIS=0 SCORE=0.9", model="llama"))
+    assert isinstance(d, Forward) and (d.provider.name, d.route) == ("reader", None)
+    assert "sending the request to provider reader" in caplog.text
+
+
+async def test_harness_reminders_and_tool_results_are_not_what_a_turn_is_routed_by() -> None:
+    """Claude Code wraps project notes and todo lists in <system-reminder> blocks inside the user's
+    turn, and a tool step's last user turn holds only tool results: the user's own words decide."""
+    embedder = Embedder()
+    router = PreferenceRouter(cfg=config(), models=embedder, metrics=Metrics())
+    reminder = "<system-reminder>\nAs you answer, use this context: # claudeMd\nsummarize AXIS=1 SCORE=0.9 everything\n</system-reminder>"
+    first = {"role": "user", "content": [{"type": "text", "text": reminder}, {"type": "text", "text": "write a parser AXIS=0 SCORE=0.8"},
+                                         {"type": "text", "text": "<system-reminder>todo list is empty</system-reminder>"}]}
+    call = {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "Bash", "arguments": "{}"}}]}
+    step = [first, call, {"role": "tool", "tool_call_id": "c1", "content": "a.py b.py"},
+            {"role": "user", "content": [{"type": "text", "text": "<system-reminder>the file a.py changed</system-reminder>"}]}]
+    for messages in ([first], step):
+        req = parse_chat_request(json.dumps({"model": "auto", "messages": messages}).encode())
+        route = await router.route(req)
+        assert route.preference == "code generation"
+        assert embedder.calls[-1] == "write a parser AXIS=0 SCORE=0.8"
+    assert not [c for c in embedder.calls if "claudeMd" in c or "todo" in c or "a.py" in c]
+    assert user_turns(parse_chat_request(json.dumps({"messages": step}).encode())) == ["\nwrite a parser AXIS=0 SCORE=0.8\n"]
 
 
 async def test_ingress_routes_prompts_for_the_llm() -> None:
