@@ -15,7 +15,8 @@ Routes: ``POST …/chat/completions`` (any prefix: ``/v1/…``, ``/openai/v1/…
 Anthropic's ``POST …/messages`` and Amazon Bedrock's ``POST /model/{modelId}/converse`` and
 ``/converse-stream`` (JSON, and AWS event-stream binary framing: see :func:`event_frame`; a Bedrock
 API key as ``Authorization: Bearer``, or an AWS SigV4 signature by a key of :data:`FAKE_AWS_KEYS`, checked
-by :func:`check_sigv4`; ``x-fake-tool: NAME`` answers with a call of that tool);
+by :func:`check_sigv4`); ``x-fake-tool: NAME`` answers, on each API, the reply text and then a
+call of that tool with arguments ``{"q": <last user text>}`` (streamed in two argument pieces);
 anything else is a 404 OpenAI error. Per-request control through request headers (they win over
 the instance's :attr:`FakeProvider.defaults`, see :class:`Behaviour`):
 
@@ -433,14 +434,15 @@ class FakeProvider:
 
     async def _messages(self, request: web.Request, body: Any) -> web.StreamResponse:
         """``POST /v1/messages`` as Anthropic answers it: a message, or its SSE event sequence.
-        Checks what Anthropic checks first: ``x-api-key``, ``anthropic-version``, ``max_tokens``."""
+        Checks what Anthropic checks first: the key (``x-api-key`` or a bearer token), ``anthropic-version``, ``max_tokens``."""
         b = self._behaviour(request)
         if b.delay_ms > 0:
             await asyncio.sleep(b.delay_ms / 1000)
         if b.status is not None and b.status >= 400:
             kind = {429: "rate_limit_error", 529: "overloaded_error"}.get(b.status, "api_error")
             return _anthropic_error(b.status, f"{self.name}: simulated error {b.status}", kind)
-        if not request.headers.get("x-api-key"):
+        # the key as x-api-key, or as a bearer token (what the anthropic SDK 2.x sends for api_key)
+        if not request.headers.get("x-api-key") and not request.headers.get("authorization", "").startswith("Bearer "):
             return _anthropic_error(401, "x-api-key header is required", "authentication_error")
         if not request.headers.get("anthropic-version"):
             return _anthropic_error(400, "anthropic-version: header is required", "invalid_request_error")
@@ -454,10 +456,18 @@ class FakeProvider:
         content = "".join(pieces)
         usage = {"input_tokens": sum(len(_text(m.get("content")).split()) for m in body["messages"] if isinstance(m, dict)),
                  "output_tokens": len(content.split())}
+        tool = request.headers.get("x-fake-tool")
+        tools = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
+        if tool is not None and tool not in tools:
+            return _anthropic_error(400, f"x-fake-tool {tool!r} is not in tools ({tools})", "invalid_request_error")
         mid = f"msg_{uuid.uuid4().hex[:24]}"
         headers = {"x-fake-provider": self.name, "request-id": f"req_{uuid.uuid4().hex[:16]}"}
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": content}]
+        if tool is not None:
+            blocks.append({"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:20]}", "name": tool, "input": {"q": last_user}})
+        stop = "tool_use" if tool is not None else "end_turn"
         message = {"id": mid, "type": "message", "role": "assistant", "model": model,
-                   "content": [{"type": "text", "text": content}], "stop_reason": "end_turn", "stop_sequence": None, "usage": usage}
+                   "content": blocks, "stop_reason": stop, "stop_sequence": None, "usage": usage}
         if not body.get("stream"):
             return web.json_response(message, headers=headers)
 
@@ -469,8 +479,14 @@ class FakeProvider:
                   event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
                   event("ping", {})]
         frames += [event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": p}}) for p in pieces]
-        frames += [event("content_block_stop", {"index": 0}),
-                   event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        frames.append(event("content_block_stop", {"index": 0}))
+        if tool is not None:
+            arguments = json.dumps(blocks[1]["input"])
+            frames += [event("content_block_start", {"index": 1, "content_block": {**blocks[1], "input": {}}}),
+                       *(event("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": piece}})
+                         for piece in (arguments[:5], arguments[5:])),
+                       event("content_block_stop", {"index": 1})]
+        frames += [event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},
                                            "usage": {"output_tokens": usage["output_tokens"]}}),
                    event("message_stop", {})]
         return await _stream(request, {**headers, "content-type": "text/event-stream", "cache-control": "no-cache"}, frames, b)
@@ -557,6 +573,16 @@ class FakeProvider:
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         headers = {"x-fake-provider": self.name, "x-request-id": f"req_{uuid.uuid4().hex[:16]}"}
+        tool = request.headers.get("x-fake-tool")
+        tools = [(t.get("function") or {}).get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
+        if tool is not None and tool not in tools:
+            return _error(400, f"x-fake-tool {tool!r} is not in tools ({tools})", param="tools")
+        call = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                "function": {"name": tool, "arguments": json.dumps({"q": last_user})}} if tool is not None else None
+        finish = "tool_calls" if call is not None else "stop"
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if call is not None:
+            message["tool_calls"] = [call]
 
         if not body.get("stream"):
             return web.json_response(
@@ -567,7 +593,7 @@ class FakeProvider:
                     "model": model,
                     "system_fingerprint": "fp_fake",
                     "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": None, "finish_reason": "stop"}
+                        {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
                     ],
                     "usage": usage,
                 },
@@ -595,7 +621,13 @@ class FakeProvider:
 
         frames = [frame([delta({"role": "assistant", "content": ""})])]
         frames += [frame([delta({"content": p})]) for p in pieces]
-        frames.append(frame([delta({}, "stop")]))
+        if call is not None:  # OpenAI's shape: the call's id, type and name first, then its arguments in pieces
+            arguments = call["function"]["arguments"]
+            frames += [frame([delta({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
+                                                     "function": {"name": tool, "arguments": ""}}]})]),
+                       *(frame([delta({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})])
+                         for piece in (arguments[:5], arguments[5:]))]
+        frames.append(frame([delta({}, finish)]))
         if include_usage:
             frames.append(frame([], usage))
         frames.append(b"data: [DONE]\n\n")

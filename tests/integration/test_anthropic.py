@@ -127,6 +127,64 @@ def test_an_anthropic_client_streams_from_an_openai_provider(stack: Stack) -> No
     assert final.stop_reason == "end_turn"
 
 
+WEATHER = {"name": "weather", "description": "the weather in a city", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_anthropic_clients_tool_loop_through_an_openai_provider(stack: Stack, stream: bool) -> None:
+    """Claude Code's main path when a router sends it to an OpenAI model: tools, a tool_use answer
+    (streamed as input_json_delta), then the tool_result turn, each translated both ways."""
+    stack.oai.clear()
+    client = claude_client(stack)
+    kw: dict[str, Any] = {"model": "gpt-test", "max_tokens": 100, "tools": [WEATHER], "extra_headers": {"x-fake-tool": "weather"}}
+    ask = [{"role": "user", "content": "rain in Oslo?"}]
+    if stream:
+        with client.messages.stream(messages=ask, **kw) as s:
+            message = s.get_final_message()
+    else:
+        message = client.messages.create(messages=ask, **kw)
+    assert message.stop_reason == "tool_use"
+    text, use = message.content
+    assert text.type == "text" and text.text == "fake-oai says: rain in Oslo?"
+    assert use.type == "tool_use" and (use.name, use.input) == ("weather", {"q": "rain in Oslo?"})
+    (seen,) = stack.oai.requests
+    assert seen.json["tools"] == [{"type": "function", "function": {"name": "weather", "description": "the weather in a city",
+                                                                    "parameters": WEATHER["input_schema"]}}]
+    reply = client.messages.create(model="gpt-test", max_tokens=100, tools=[WEATHER], messages=[  # type: ignore[list-item]
+        *ask, {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in message.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny, 12 C"}]}])
+    assert reply.stop_reason == "end_turn" and reply.content[0].type == "text"
+    sent = stack.oai.requests[-1].json["messages"]
+    assert sent[-2]["tool_calls"] == [{"id": use.id, "type": "function", "function": {"name": "weather", "arguments": '{"q": "rain in Oslo?"}'}}]
+    assert sent[-1] == {"role": "tool", "tool_call_id": use.id, "content": "sunny, 12 C"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_openai_clients_tool_loop_through_an_anthropic_provider(stack: Stack, stream: bool) -> None:
+    stack.claude.clear()
+    client = oai_client(stack)
+    tool = {"type": "function", "function": {"name": "weather", "description": "the weather in a city", "parameters": WEATHER["input_schema"]}}
+    kw: dict[str, Any] = {"model": "claude-test", "tools": [tool], "extra_headers": {"x-fake-tool": "weather"}}
+    ask = [{"role": "user", "content": "rain in Oslo?"}]
+    if stream:
+        with client.chat.completions.stream(messages=ask, **kw) as s:
+            answer = s.get_final_completion()
+    else:
+        answer = client.chat.completions.create(messages=ask, **kw)
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "fake-claude says: rain in Oslo?"
+    (call,) = choice.message.tool_calls or []
+    assert (call.function.name, json.loads(call.function.arguments)) == ("weather", {"q": "rain in Oslo?"})
+    (seen,) = stack.claude.requests
+    assert seen.json["tools"] == [WEATHER]
+    client.chat.completions.create(model="claude-test", tools=[tool], messages=[  # type: ignore[list-item]
+        *ask, choice.message.model_dump(exclude_none=True, exclude={"parsed", "refusal"}),
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 12 C"}])
+    sent = stack.claude.requests[-1].json["messages"]
+    assert sent[-2]["content"][-1] == {"type": "tool_use", "id": call.id, "name": "weather", "input": {"q": "rain in Oslo?"}}
+    assert sent[-1]["content"] == [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 12 C"}]
+
+
 def test_an_anthropic_client_to_an_anthropic_provider_is_passed_through_with_the_configured_key(stack: Stack) -> None:
     stack.claude.clear()
     with claude_client(stack).messages.stream(model="claude-test", max_tokens=50, messages=USER) as stream:  # type: ignore[arg-type]

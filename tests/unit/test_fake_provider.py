@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import openai
 import pytest
 
@@ -184,3 +185,44 @@ def test_chunk_content_joins_back() -> None:
         assert len(chunk_content(text, n)) == n and "".join(chunk_content(text, n)) == text
     assert chunk_content(text, 0) == []
     assert len(chunk_content("one", 4)) == 4
+
+
+TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}
+ANTHROPIC_TOOL = {"name": "weather", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_call_in_openais_shape_as_the_sdk_reads_it(fp: FakeProvider, stream: bool) -> None:
+    client = openai.OpenAI(base_url=fp.base_url, api_key="sk-test", max_retries=0)
+    kw: dict[str, object] = {"model": "m", "messages": [{"role": "user", "content": "rain in Oslo?"}], "tools": [TOOL],
+                             "extra_headers": {"x-fake-tool": "weather"}}
+    if stream:
+        with client.chat.completions.stream(**kw) as s:  # type: ignore[arg-type]
+            answer = s.get_final_completion()
+    else:
+        answer = client.chat.completions.create(**kw)  # type: ignore[call-overload]
+    choice = answer.choices[0]
+    call = choice.message.tool_calls[0]
+    assert (choice.finish_reason, call.function.name, json.loads(call.function.arguments)) == ("tool_calls", "weather", {"q": "rain in Oslo?"})
+    assert choice.message.content == "fake-a says: rain in Oslo?"
+    with pytest.raises(openai.BadRequestError, match="not in tools"):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], extra_headers={"x-fake-tool": "weather"})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_use_in_anthropics_shape_as_the_sdk_reads_it(fp: FakeProvider, stream: bool) -> None:
+    client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{fp.port}", api_key="sk-test", max_retries=0)
+    kw: dict[str, object] = {"model": "claude", "max_tokens": 64, "messages": [{"role": "user", "content": "rain in Oslo?"}],
+                             "tools": [ANTHROPIC_TOOL], "extra_headers": {"x-fake-tool": "weather"}}
+    if stream:
+        with client.messages.stream(**kw) as s:  # type: ignore[arg-type]
+            message = s.get_final_message()
+    else:
+        message = client.messages.create(**kw)  # type: ignore[call-overload]
+    assert message.stop_reason == "tool_use"
+    text, use = message.content
+    assert text.type == "text" and text.text == "fake-a says: rain in Oslo?"
+    assert use.type == "tool_use" and (use.name, use.input) == ("weather", {"q": "rain in Oslo?"})
+    with pytest.raises(anthropic.BadRequestError, match="not in tools"):
+        client.messages.create(model="claude", max_tokens=8, messages=[{"role": "user", "content": "x"}],
+                               extra_headers={"x-fake-tool": "weather"})
