@@ -67,6 +67,10 @@ DEFAULT_CONFIG = REPO_ROOT / "config" / "default.yaml"
 SCHEMA_PATH = REPO_ROOT / "config" / "sidegate.schema.json"
 
 DEFAULT_BODY_LIMIT = 8 * 1024 * 1024
+# how long a provider or an agent may stay silent (before its first byte, between stream chunks) by
+# default: a reasoning model answers its first byte after minutes (plano's default is 300s,
+# for the same reason); Arch's older demos wrote 30s, which cut gpt-5 and o-series answers with a 504
+DEFAULT_LISTENER_TIMEOUT = "300s"
 UPSTREAM_READ_BYTES = 1024 * 1024  # Envoy's default per_connection_buffer_limit_bytes of a cluster: one upstream read
 # Every port sidegate listens on by default, by the config key that changes it: the one table the
 # section builders, the port-collision check and the model server's replicas read
@@ -786,7 +790,7 @@ def _listener(raw: dict[str, Any], name: str, source: str) -> Listener:
         name=name,
         address=_ip_address(d.get("address", "127.0.0.1"), source, f"listeners.{name}.address"),
         port=_port(d, f"listeners.{name}.port"),
-        timeout_s=parse_duration(d.get("timeout", "30s")),
+        timeout_s=parse_duration(d.get("timeout", DEFAULT_LISTENER_TIMEOUT)),
         max_body_bytes=d.get("max_body_bytes", DEFAULT_BODY_LIMIT),
     )
 
@@ -940,7 +944,7 @@ def _agents(raw: dict[str, Any], source: str, paths: list[str], warnings: list[s
             raise ConfigError(source, f"{at}.port", f"port {port} is already used by {taken[port]}")
         taken[port] = f"{at}.port"
         listener = Listener(name=name, address=_ip_address(lst.get("address", "127.0.0.1"), source, f"{at}.address"), port=port,
-                            timeout_s=parse_duration(lst.get("timeout", "30s")), max_body_bytes=lst.get("max_body_bytes", DEFAULT_BODY_LIMIT))
+                            timeout_s=parse_duration(lst.get("timeout", DEFAULT_LISTENER_TIMEOUT)), max_body_bytes=lst.get("max_body_bytes", DEFAULT_BODY_LIMIT))
         if not seen:
             warnings.append(f"{at}.agents: none of agent listener {name!r}'s agents is defined (known agents: {known}): "
                             "the listener is not served")

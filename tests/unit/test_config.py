@@ -309,7 +309,7 @@ def test_arch_config_loads_with_typed_values(tmp_path: Path) -> None:
 
 def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, "version: v0.1\n"), env={})
-    assert (cfg.ingress.address, cfg.ingress.port, cfg.ingress.timeout_s) == ("127.0.0.1", 10000, 30.0)
+    assert (cfg.ingress.address, cfg.ingress.port, cfg.ingress.timeout_s) == ("127.0.0.1", 10000, 300.0)
     assert cfg.llm_providers == () and cfg.prompt_targets == () and cfg.endpoints == {}
     assert cfg.default_provider is None and cfg.jailbreak_message is None
     assert cfg.ext_proc.message_timeout_s == 10.0 and not cfg.ext_proc.failure_mode_allow
