@@ -24,6 +24,7 @@ __all__ = [
     "INVALID_INPUT_MARK",
     "LISTENER_METADATA",
     "MESSAGES_PATH",
+    "RESPONSES_PATH",
     "OUTPUT_BLOCKED",
     "PROVIDER_HEADER",
     "PROVIDER_HINT_HEADER",
@@ -55,6 +56,7 @@ ANTHROPIC_VERSION_HEADER = "anthropic-version"  # required by the Messages API; 
 ANTHROPIC_VERSION = "2023-06-01"
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"  # OpenAI's (and every OpenAI-compatible provider's)
 MESSAGES_PATH = "/v1/messages"  # Anthropic's
+RESPONSES_PATH = "/v1/responses"  # OpenAI's Responses API (presented over chat completions: wire/responses.py)
 
 # -- Triton ↔ ext_proc --------------------------------------------------------------------------
 # Triton 2.51's python backend, for a request that reaches a crashed stub (its message, not ours)

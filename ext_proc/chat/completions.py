@@ -163,7 +163,7 @@ class ChatProcessor(PassThrough):
                 decision = await self.router(self.cfg, self.headers, req)
             if isinstance(decision, Immediate):
                 self.outcome = "answered"
-                return self._tagged(self.exchange.answer(decision))
+                return self._tagged(self.exchange.present_answer(self.exchange.answer(decision)))
             sent = req  # what goes upstream: the router's body, parsed once when something here reads it
             if decision.body is not None and (self.ratelimits or decision.provider.fallbacks or self.cache):
                 sent = parse_chat_request(decision.body)
@@ -231,8 +231,8 @@ class ChatProcessor(PassThrough):
         if found.entry is not None:
             self.outcome = "cache_hit"
             self.log.debug("answered from the response cache (provider %s)", found.entry.provider)
-            return Immediate(status=200, body=found.entry.body, details="cache_hit", headers={
-                "content-type": found.entry.content_type, CACHE_HEADER: "hit", PROVIDER_HEADER: found.entry.provider})
+            return self.exchange.present_answer(Immediate(status=200, body=found.entry.body, details="cache_hit", headers={
+                "content-type": found.entry.content_type, CACHE_HEADER: "hit", PROVIDER_HEADER: found.entry.provider}))
         if found.result == "miss":
             self.cache_key = key
         return None
@@ -257,6 +257,7 @@ class ChatProcessor(PassThrough):
         pass_through = (not self.streaming and not end_of_stream and size.isdigit() and isinstance(listener, Listener)
                         and int(size) > listener.max_body_bytes and not self.exchange.translating)
         self.exchange.start_response(status=status, streaming=self.streaming, error_type=headers.get("x-amzn-errortype"))
+        self.exchange.start_presenting(streaming=self.streaming)
         guarded = self.answer_guard is not None and status.startswith("2") and not end_of_stream
         if guarded and pass_through:  # too large to buffer, so it cannot be checked: never sent unchecked
             assert isinstance(listener, Listener)
@@ -291,8 +292,8 @@ class ChatProcessor(PassThrough):
             set_headers=set_headers,
             # a translated or guarded stream, or an error an Anthropic client gets in its shape, has
             # another length: Envoy sends it chunked
-            remove_headers=("content-length",) if (self.exchange.translating or self.stream_guard or self._anthropic_error())
-            and not end_of_stream else (),
+            remove_headers=("content-length",) if (self.exchange.translating or self.exchange.presenting or self.stream_guard
+                                                   or self._anthropic_error()) and not end_of_stream else (),
             response_body_mode="STREAMED" if self.streaming else ("NONE" if end_of_stream or pass_through or not self._reads_json_body()
                                                                   else "BUFFERED"),
         )
@@ -300,12 +301,12 @@ class ChatProcessor(PassThrough):
     def _reads_json_body(self) -> bool:
         """Whether anything here reads this request's JSON answer: token counting
         (ext_proc.count_tokens), a rate-limit charge to settle, the response cache filling after a
-        miss, an Anthropic translation, x-arch-state metadata, an error an Anthropic client must get
+        miss, an Anthropic translation, a Responses client's answer, x-arch-state metadata, an error an Anthropic client must get
         in its shape (Envoy's own, when the provider is down). If not, Envoy is told not to send it
         (one gRPC round trip less; ext_proc's stream ends with the response headers)."""
         return (self.cfg.ext_proc.count_tokens or self.charge is not None or self.collector is not None
-                or self.exchange.translating or bool(self.response_metadata) or self.answer_guard is not None
-                or self._anthropic_error())
+                or self.exchange.translating or self.exchange.presenting or bool(self.response_metadata)
+                or self.answer_guard is not None or self._anthropic_error())
 
     def _anthropic_error(self) -> bool:
         """An error answer to an Anthropic client: Envoy's own (provider down) is rewritten in Anthropic's shape."""
@@ -321,6 +322,22 @@ class ChatProcessor(PassThrough):
         return None if name == self.provider.name else self.cfg.provider(name)
 
     async def response_body(self, body: bytes, end_of_stream: bool) -> Reply:
+        reply = await self._response_body(body, end_of_stream)
+        if self.provider is None or not self.exchange.presenting:
+            return reply
+        # a Responses API client: everything above (translation, output guards, cache) saw chat completions
+        chat = reply.body if isinstance(reply, Continue) and reply.body is not None else body
+        try:
+            presented = self.exchange.present(chat, streaming=self.streaming, end_of_stream=end_of_stream)
+        except SidegateError as exc:  # a chat answer that cannot be presented (no choices)
+            return self._error(exc)
+        if presented is None:
+            return reply
+        assert isinstance(reply, Continue)
+        headers = {k: v for k, v in reply.set_headers.items() if k != "content-length"}
+        return Continue(body=presented, set_headers=headers, remove_headers=reply.remove_headers)
+
+    async def _response_body(self, body: bytes, end_of_stream: bool) -> Reply:
         if self.provider is None:
             return CONTINUE
         if self.streaming:
@@ -450,7 +467,8 @@ class ChatProcessor(PassThrough):
             self.llm_span = None
 
     def finish(self) -> None:
-        self.metrics.requests.labels(self.listener, "messages" if self.exchange.client == "anthropic" else "chat_completions", self.outcome).inc()
+        api = {"anthropic": "messages", "responses": "responses"}.get(self.exchange.presented, "chat_completions")
+        self.metrics.requests.labels(self.listener, api, self.outcome).inc()
         if self.span is not None:
             self._end_llm_span()
             self.span.set_attribute("sidegate.outcome", self.outcome)

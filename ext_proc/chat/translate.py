@@ -1,6 +1,6 @@
 """Between the API a client speaks and the API its provider speaks: OpenAI chat completions,
-Anthropic Messages, or (provider side only) Amazon Bedrock's Converse API (DESIGN.md, "provider
-families", "Anthropic API on the listeners").
+Anthropic Messages, OpenAI's Responses API (client side only), or (provider side only) Amazon
+Bedrock's Converse API (DESIGN.md, "provider families", "Anthropic API on the listeners").
 
 Inside, a chat request is always OpenAI-shaped (:class:`~ext_proc.wire.openai.ChatRequest`): the
 router and the prompt pipeline see one shape. :class:`Exchange` does the rest for one request:
@@ -12,6 +12,11 @@ router and the prompt pipeline see one shape. :class:`Exchange` does the rest fo
   chunk: its usage read in the provider's shape, its bytes turned into the client's API;
 * :meth:`Exchange.answer`: an answer sidegate writes itself (guard, clarifying question, an error),
   built in OpenAI's shape, in the client's API.
+
+A Responses API client is an OpenAI chat client inside (``client`` is ``openai``: the output
+guards, the response cache and the metadata see chat completions); its request is translated on
+the way in, and :meth:`Exchange.present` / :meth:`Exchange.present_answer` turn the chat answer into
+a ``response`` object or its event stream as the last step before it leaves (``presented``).
 
 Usage::
 
@@ -29,14 +34,14 @@ from typing import Any
 
 from ext_proc.config import LlmProvider
 from ext_proc.errors import RenderedError, SidegateError, openai_error_of, render_error
-from ext_proc.names import CHAT_COMPLETIONS_PATH, MESSAGES_PATH
+from ext_proc.names import CHAT_COMPLETIONS_PATH, MESSAGES_PATH, RESPONSES_PATH
 from ext_proc.processor import Immediate
-from ext_proc.wire import anthropic, bedrock
+from ext_proc.wire import anthropic, bedrock, responses
 from ext_proc.wire.openai import ChatRequest, parse_chat_request, usage_from_body, usage_from_sse
 
 __all__ = ["API_PATHS", "Exchange"]
 
-API_PATHS = {"openai": CHAT_COMPLETIONS_PATH, "anthropic": MESSAGES_PATH}
+API_PATHS = {"openai": CHAT_COMPLETIONS_PATH, "anthropic": MESSAGES_PATH, "responses": RESPONSES_PATH}
 
 
 class Exchange:
@@ -44,7 +49,9 @@ class Exchange:
 
     def __init__(self, client: str = "openai") -> None:
         assert client in API_PATHS, client
-        self.client = client
+        self.presented = client  # the API the client gets its answer in
+        self.client = "openai" if client == "responses" else client  # the API everything before presenting sees
+        self._presenter: responses.ChatToResponsesStream | None = None
         self.upstream = client  # the provider's API, once chosen
         self.model: str | None = None
         self._status = 200
@@ -64,7 +71,15 @@ class Exchange:
         return self.upstream != self.client
 
     # -- request ------------------------------------------------------------------------------
+    @property
+    def presenting(self) -> bool:
+        """A Responses API client: the chat answer is presented as a ``response`` at the end."""
+        return self.presented == "responses"
+
     def parse(self, body: bytes) -> ChatRequest:
+        if self.presenting:
+            self._chat_body = responses.responses_request_to_chat(body)
+            return parse_chat_request(json.dumps(self._chat_body).encode())
         if self.client == "openai":
             return parse_chat_request(body)
         self._chat_body = anthropic.messages_request_to_chat(anthropic.parse_messages_request(body).body)
@@ -83,6 +98,8 @@ class Exchange:
             options = chat_in.get("stream_options")
             self._include_usage = isinstance(options, dict) and options.get("include_usage") is True
             return json.dumps(bedrock.chat_request_to_converse(chat_in)).encode(), path
+        if self.presenting and not self.translating:  # chat completions, whatever the client's path was
+            return (body if body is not None else json.dumps(self._chat_body).encode()), CHAT_COMPLETIONS_PATH
         if not self.translating and (self.client == "openai" or body is None):
             return body, None
         chat: dict[str, Any] = json.loads(body) if body is not None else self._chat_body or dict(req.body)
@@ -178,9 +195,41 @@ class Exchange:
             return json.dumps(anthropic.chat_completion_to_message(completion, model=self.model)).encode()
         return json.dumps(completion).encode()
 
+    # -- a Responses API client --------------------------------------------------------------
+    def start_presenting(self, *, streaming: bool) -> None:
+        """The provider's answer begins: a 2xx stream is presented event by event."""
+        if self.presenting and streaming and self._status_ok:
+            self._presenter = responses.ChatToResponsesStream(request=self._chat_body or {}, model=self.model)
+
+    def present(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes | None:
+        """The chat answer's bytes as the Responses client gets them (None: unchanged: not presenting,
+        or an error, whose JSON is the same in both APIs)."""
+        if not self.presenting or not self._status_ok:
+            return None
+        if streaming:
+            if self._presenter is None:
+                return None
+            return self._presenter.feed(chunk) + (self._presenter.close() if end_of_stream else b"")
+        if not end_of_stream:
+            return b""  # a buffered JSON answer comes whole
+        return json.dumps(responses.chat_completion_to_response(chunk, request=self._chat_body or {})).encode()
+
+    def present_answer(self, reply: Immediate) -> Immediate:
+        """An answer sidegate holds whole (its own, or a cached one), chat-shaped, as the Responses client gets it."""
+        if not self.presenting or reply.status != 200:
+            return reply
+        if "text/event-stream" in reply.headers.get("content-type", ""):
+            stream = responses.ChatToResponsesStream(request=self._chat_body or {})
+            body = stream.feed(reply.body) + stream.close()
+        else:
+            body = json.dumps(responses.chat_completion_to_response(reply.body, request=self._chat_body or {})).encode()
+        headers = {k: v for k, v in reply.headers.items() if k.lower() != "content-length"}
+        return Immediate(status=reply.status, body=body, headers=headers, details=reply.details)
+
     # -- sidegate's own answers ---------------------------------------------------------------
     def answer(self, reply: Immediate) -> Immediate:
-        """An answer sidegate wrote (OpenAI-shaped) in the client's API."""
+        """An answer sidegate wrote (OpenAI-shaped) in the client's API (a Responses client's: chat,
+        until :meth:`present_answer`)."""
         if self.client == "openai":
             return reply
         ctype = reply.headers.get("content-type", "")

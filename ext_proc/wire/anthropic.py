@@ -845,7 +845,7 @@ def _tool_id() -> str:
 # SSE
 
 
-class _SSEReader:
+class SSEReader:
     """Incremental ``text/event-stream`` parser: bytes in, complete ``(event, data)`` pairs out."""
 
     def __init__(self) -> None:
@@ -933,7 +933,7 @@ class MessagesToChatStream:
     """
 
     def __init__(self, *, model: str | None = None, include_usage: bool = False, created: int | None = None) -> None:
-        self._reader = _SSEReader()
+        self._reader = SSEReader()
         self._model = model
         self._include_usage = include_usage
         self._created = created if created is not None else int(time.time())
@@ -1056,7 +1056,7 @@ class ChatToMessagesStream:
     """
 
     def __init__(self, *, model: str | None = None, message_id: str | None = None) -> None:
-        self._reader = _SSEReader()
+        self._reader = SSEReader()
         self._model = model
         self._id = message_id
         self._started = False
@@ -1207,7 +1207,7 @@ class MessagesUsageScanner:
     """
 
     def __init__(self) -> None:
-        self._reader = _SSEReader()
+        self._reader = SSEReader()
         self._usage: dict[str, Any] = {}
 
     def feed(self, chunk: bytes) -> dict[str, Any] | None:

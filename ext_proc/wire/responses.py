@@ -1,0 +1,496 @@
+"""OpenAI's Responses API (``POST /v1/responses``) on the listeners, as a view of chat completions.
+
+The OpenAI SDK's ``client.responses``, the Agents SDK and Codex speak it. Inside sidegate a request
+is always a chat completion (:mod:`ext_proc.wire.openai`): the guard, the prompt pipeline, the
+routing and every provider family see that one shape. So a Responses request is translated into a
+chat-completions body on the way in, and the chat answer (JSON, or its SSE chunks) is presented
+as a Responses object or its event stream on the way out, whatever API the provider speaks:
+
+* :func:`responses_request_to_chat`: the request (checked as OpenAI checks it: ``param`` is the
+  path of what is wrong) -> a chat-completions body;
+* :func:`chat_completion_to_response`: a ``chat.completion`` -> a ``response`` object;
+* :class:`ChatToResponsesStream`: ``chat.completion.chunk`` SSE -> the Responses event stream
+  (``response.created`` ... ``response.completed``), in the order and with the item identities
+  the ``openai`` SDK's stream accumulator checks.
+
+sidegate keeps no state: a request must carry its whole conversation in ``input``.
+``previous_response_id``, ``conversation``, ``background`` and stored prompts are refused with what
+to send instead, as are tools other than ``function`` (web search, file search, code interpreter,
+computer use, MCP and image generation run inside OpenAI and have no chat-completions form). What
+has no chat-completions form and changes no answer is dropped: ``store`` (every answer says
+``store: false``), ``include``, ``truncation``, ``prompt_cache_key``, ``safety_identifier``,
+``stream_options``, ``reasoning.summary``, ``reasoning`` items in ``input``. A model's reasoning is
+not returned (chat completions carry none).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from ext_proc.errors import MalformedRequest, UpstreamError
+from ext_proc.wire.anthropic import SSEReader, load_answer
+from ext_proc.wire.openai import json_object
+
+__all__ = ["ChatToResponsesStream", "chat_completion_to_response", "responses_request_to_chat"]
+
+# request keys copied to chat completions as they are
+_SAME = ("model", "temperature", "top_p", "parallel_tool_calls", "user", "service_tier", "top_logprobs", "stream")
+# request keys that change nothing sidegate can do (documented above)
+_DROPPED = {"store", "include", "truncation", "prompt_cache_key", "safety_identifier", "stream_options", "metadata",
+            "max_tool_calls", "prompt_cache_retention"}
+_REFUSED = {
+    "previous_response_id": "sidegate stores no responses: send the whole conversation in input (earlier turns as "
+                            "message items, tool calls as function_call and function_call_output items)",
+    "conversation": "sidegate stores no conversations: send the whole conversation in input",
+    "background": "background responses are not supported through sidegate: send the request without background",
+    "prompt": "stored prompt templates are not supported through sidegate: send instructions and input instead",
+}
+_KNOWN = set(_SAME) | _DROPPED | set(_REFUSED) | {"input", "instructions", "tools", "tool_choice", "max_output_tokens", "text",
+                                                   "reasoning"}
+_FINISH_STATUS = {"length": ("incomplete", "max_output_tokens"), "content_filter": ("incomplete", "content_filter")}
+
+
+def _bad(param: str, message: str, code: str = "invalid_value") -> MalformedRequest:
+    return MalformedRequest(f"{param}: {message}", code=code, param=param)
+
+
+def _obj(v: Any) -> dict[str, Any]:
+    """``v`` when it is a JSON object, else an empty one (provider JSON is read defensively)."""
+    return v if isinstance(v, dict) else {}
+
+
+def _created(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else int(time.time())
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Request
+
+
+def responses_request_to_chat(raw: bytes) -> dict[str, Any]:
+    """A ``POST /v1/responses`` body -> the chat-completions body that says the same.
+
+    Raises :class:`MalformedRequest` (400, ``param`` = the path) for what OpenAI would refuse and for
+    what sidegate cannot do (state kept between requests, tools that run inside OpenAI)."""
+    body = json_object(raw, "Responses API")
+    for key, why in _REFUSED.items():
+        if body.get(key) not in (None, False):
+            raise _bad(key, why, code="unsupported_parameter")
+    unknown = sorted(set(body) - _KNOWN)
+    if unknown:
+        raise _bad(unknown[0], "unknown parameter", code="unknown_parameter")
+    if "input" not in body:
+        raise _bad("input", "Missing required parameter: 'input'.", code="missing_required_parameter")
+    chat: dict[str, Any] = {k: body[k] for k in _SAME if body.get(k) is not None}
+    messages: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise _bad("instructions", "expected a string")
+        if instructions:
+            messages.append({"role": "system", "content": instructions})
+    messages += _input_messages(body["input"])
+    if not messages:
+        raise _bad("input", "the input is empty: send at least one message", code="empty_array")
+    chat["messages"] = messages
+    limit = body.get("max_output_tokens")
+    if limit is not None:
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise _bad("max_output_tokens", "expected an integer of at least 1")
+        chat["max_completion_tokens"] = limit
+    if body.get("tools"):
+        chat["tools"] = _tools(body["tools"])
+    if body.get("tool_choice") is not None:
+        chat["tool_choice"] = _tool_choice(body["tool_choice"])
+    chat.update(_text(body.get("text")))
+    reasoning = body.get("reasoning")
+    if reasoning is not None:
+        if not isinstance(reasoning, dict):
+            raise _bad("reasoning", "expected an object")
+        if reasoning.get("effort") is not None:
+            chat["reasoning_effort"] = reasoning["effort"]
+    if chat.get("stream"):
+        chat["stream_options"] = {"include_usage": True}  # response.completed reports the usage
+    return chat
+
+
+def _input_messages(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list):
+        raise _bad("input", "expected a string or an array of input items")
+    messages: list[dict[str, Any]] = []
+    for i, item in enumerate(value):
+        at = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise _bad(at, "expected an object")
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise _bad(f"{at}.role", "expected one of 'user', 'assistant', 'system', 'developer'")
+            content = _content(item.get("content"), f"{at}.content", assistant=role == "assistant")
+            messages.append({"role": "system" if role == "developer" else role, "content": content})
+        elif kind == "function_call":
+            call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
+            for key, v in (("call_id", call_id), ("name", name), ("arguments", arguments)):
+                if not isinstance(v, str):
+                    raise _bad(f"{at}.{key}", "expected a string")
+            call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
+                last["tool_calls"].append(call)
+            elif last is not None and last["role"] == "assistant":
+                last["tool_calls"] = [call]
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            call_id, output = item.get("call_id"), item.get("output")
+            if not isinstance(call_id, str):
+                raise _bad(f"{at}.call_id", "expected a string")
+            if isinstance(output, list):
+                output = _content(output, f"{at}.output", assistant=True)
+            if not isinstance(output, str):
+                raise _bad(f"{at}.output", "expected a string or an array of content parts")
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
+        elif kind == "reasoning":
+            continue  # the model's earlier reasoning (often encrypted): chat completions have no place for it
+        elif kind == "item_reference":
+            raise _bad(f"{at}.type", "sidegate stores no items to refer to: send the item itself", code="unsupported_parameter")
+        else:
+            raise _bad(f"{at}.type", f"input items of type {kind!r} are not supported through sidegate (message, "
+                                     "function_call, function_call_output and reasoning are)", code="unsupported_parameter")
+    return messages
+
+
+def _content(value: Any, at: str, *, assistant: bool) -> Any:
+    """A message's content -> chat content: a string, or (for a user turn with images) content parts."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise _bad(at, "expected a string or an array of content parts")
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(value):
+        where = f"{at}[{j}]"
+        if not isinstance(part, dict):
+            raise _bad(where, "expected an object")
+        kind = part.get("type")
+        if kind in ("input_text", "output_text", "text", "refusal"):
+            text = part.get("refusal" if kind == "refusal" else "text")
+            if not isinstance(text, str):
+                raise _bad(f"{where}.text", "expected a string")
+            parts.append({"type": "text", "text": text})
+        elif kind == "input_image" and not assistant:
+            url = part.get("image_url")
+            if not isinstance(url, str):
+                raise _bad(f"{where}.image_url", "expected an image URL or a data: URL (file_id is not supported through sidegate)",
+                           code="unsupported_parameter")
+            image = {"url": url, **({"detail": part["detail"]} if part.get("detail") else {})}
+            parts.append({"type": "image_url", "image_url": image})
+        else:
+            raise _bad(f"{where}.type", f"content parts of type {kind!r} are not supported through sidegate here",
+                       code="unsupported_parameter")
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    if not isinstance(tools, list):
+        raise _bad("tools", "expected an array")
+    out = []
+    for i, tool in enumerate(tools):
+        at = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise _bad(at, "expected an object")
+        if tool.get("type") != "function":
+            raise _bad(f"{at}.type", f"tools of type {tool.get('type')!r} run inside OpenAI and are not supported through "
+                                     "sidegate: only function tools are", code="unsupported_parameter")
+        if not isinstance(tool.get("name"), str) or not tool["name"]:
+            raise _bad(f"{at}.name", "Missing required parameter", code="missing_required_parameter")
+        function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _tool_choice(choice: Any) -> Any:
+    if choice in ("auto", "none", "required"):
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    raise _bad("tool_choice", "expected 'auto', 'none', 'required' or {\"type\": \"function\", \"name\": ...}",
+               code="unsupported_parameter")
+
+
+def _text(text: Any) -> dict[str, Any]:
+    """``text.format`` -> ``response_format``; ``text.verbosity`` -> ``verbosity``."""
+    if text is None:
+        return {}
+    if not isinstance(text, dict):
+        raise _bad("text", "expected an object")
+    out: dict[str, Any] = {}
+    if text.get("verbosity") is not None:
+        out["verbosity"] = text["verbosity"]
+    fmt = text.get("format")
+    if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        return out
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        return {**out, "response_format": {"type": "json_object"}}
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        if not isinstance(fmt.get("name"), str) or not isinstance(fmt.get("schema"), dict):
+            raise _bad("text.format", "a json_schema format needs a name and a schema")
+        schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if fmt.get(k) is not None}
+        return {**out, "response_format": {"type": "json_schema", "json_schema": schema}}
+    raise _bad("text.format.type", "expected 'text', 'json_object' or 'json_schema'")
+
+
+# --------------------------------------------------------------------------------------------------
+# Response
+
+
+def _usage(usage: Any) -> dict[str, Any] | None:
+    if not isinstance(usage, Mapping):
+        return None
+    def count(v: Any) -> int:
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+    prompt, completion = count(usage.get("prompt_tokens")), count(usage.get("completion_tokens"))
+    details = _obj(usage.get("prompt_tokens_details"))
+    cached, written = count(details.get("cached_tokens")), count(details.get("cache_write_tokens"))
+    reasoning = count(_obj(usage.get("completion_tokens_details")).get("reasoning_tokens"))
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written}, "output_tokens": completion,
+            "output_tokens_details": {"reasoning_tokens": reasoning}, "total_tokens": prompt + completion}
+
+
+def _envelope(request: Mapping[str, Any], *, response_id: str, model: str, created: int, status: str) -> dict[str, Any]:
+    """A ``response`` object's fields other than ``output`` and ``usage``, from the (chat) request."""
+    fmt = request.get("response_format")
+    text: dict[str, Any] = {"format": {"type": "text"}}
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        text = {"format": {"type": "json_object"}}
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        text = {"format": {"type": "json_schema", **(fmt.get("json_schema") or {})}}
+    messages = request.get("messages") or []
+    instructions = messages[0]["content"] if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system" else None
+    tools = [{"type": "function", **t["function"]} for t in request.get("tools") or [] if isinstance(t, dict) and "function" in t]
+    choice = request.get("tool_choice", "auto")
+    if isinstance(choice, dict):
+        choice = {"type": "function", "name": (choice.get("function") or {}).get("name")}
+    return {
+        "id": response_id, "object": "response", "created_at": created, "status": status, "error": None,
+        "incomplete_details": None, "instructions": instructions if isinstance(instructions, str) else None,
+        "max_output_tokens": request.get("max_completion_tokens"), "model": model, "output": [],
+        "parallel_tool_calls": request.get("parallel_tool_calls", True), "previous_response_id": None,
+        "reasoning": {"effort": request.get("reasoning_effort"), "summary": None}, "store": False,
+        "temperature": request.get("temperature"), "text": text, "tool_choice": choice, "tools": tools,
+        "top_p": request.get("top_p"), "truncation": "disabled", "usage": None, "user": request.get("user"), "metadata": {},
+    }
+
+
+def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}] if status == "completed" or text else []}
+
+
+def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "function_call", "status": status, "call_id": call_id, "name": name, "arguments": arguments}
+
+
+def _finished(envelope: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    status, reason = _FINISH_STATUS.get(finish or "", ("completed", None))
+    return {**envelope, "status": status, "incomplete_details": {"reason": reason} if reason else None}
+
+
+def chat_completion_to_response(raw: bytes | Mapping[str, Any], *, request: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``chat.completion`` (first choice) as a ``response`` object; ``request``: the chat request
+    it answers (what the object echoes: instructions, tools, ...). Raises :class:`UpstreamError`
+    (502) for an answer without choices."""
+    completion = load_answer(raw, "a chat completion")
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise UpstreamError("the provider's answer has no choices")
+    choice = choices[0]
+    message = _obj(choice.get("message"))
+    created = _created(completion.get("created"))
+    envelope = _envelope(request, response_id=_id("resp"), model=str(completion.get("model") or request.get("model") or ""),
+                         created=created, status="completed")
+    output: list[dict[str, Any]] = []
+    text = message.get("content") if isinstance(message.get("content"), str) else message.get("refusal")
+    if isinstance(text, str) and text:
+        output.append(_message_item(_id("msg"), text, "completed"))
+    for call in message.get("tool_calls") or []:
+        if isinstance(call, dict):
+            fn = _obj(call.get("function"))
+            output.append(_call_item(_id("fc"), str(call.get("id") or _id("call")), str(fn.get("name") or ""),
+                                     str(fn.get("arguments") or ""), "completed"))
+    return {**_finished(envelope, choice.get("finish_reason")), "output": output, "usage": _usage(completion.get("usage"))}
+
+
+def _event(kind: str, data: dict[str, Any], seq: int) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': seq, **data})}\n\n".encode()
+
+
+class ChatToResponsesStream:
+    """OpenAI ``chat.completion.chunk`` SSE -> the Responses API's event stream.
+
+    ``response.created`` and ``response.in_progress`` first; a ``message`` output item for the text
+    (``output_item.added``, ``content_part.added``, ``output_text.delta``..., then ``.done`` for each)
+    and a ``function_call`` item per tool call (``function_call_arguments.delta``...), each item
+    closed before the next opens; at ``[DONE]`` (or the end of a stream that had its
+    ``finish_reason``) ``response.completed`` (``response.incomplete`` when cut by the token limit)
+    with the whole output and the usage. ``data: {"error": ...}`` -> an ``error`` event and
+    ``response.failed``; so is a stream cut before its ``finish_reason``. Only choice 0 is read.
+    """
+
+    def __init__(self, *, request: Mapping[str, Any], model: str | None = None) -> None:
+        self._reader = SSEReader()
+        self._request = request
+        self._model = model
+        self._seq = 0
+        self._envelope: dict[str, Any] | None = None
+        self._items: list[dict[str, Any]] = []  # the output so far, closed items completed
+        self._open: dict[str, Any] | None = None  # the open item
+        self._calls: dict[Any, int] = {}  # a chat tool call's key -> its index in _items
+        self._last_call: Any = None
+        self._finish: str | None = None
+        self._usage: Any = None
+        self.done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        out = []
+        for _event_name, data in self._reader.feed(chunk):
+            if self.done:
+                break
+            out.append(self._data(data))
+        return b"".join(out)
+
+    def close(self) -> bytes:
+        out = b"".join(self._data(data) for _e, data in self._reader.finish() if not self.done)
+        if self.done:
+            return out
+        if self._finish is not None and not self._reader.pending:
+            return out + self._complete()  # some servers omit [DONE]
+        return out + self._fail("server_error", "the provider's stream ended before its finish_reason (cut mid-stream)")
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> bytes:
+        self._seq += 1
+        return _event(kind, data, self._seq - 1)
+
+    def _start(self, chunk: Mapping[str, Any]) -> bytes:
+        if self._envelope is not None:
+            return b""
+        model = self._model or str(chunk.get("model") or self._request.get("model") or "")
+        created = _created(chunk.get("created"))
+        self._envelope = _envelope(self._request, response_id=_id("resp"), model=model, created=created, status="in_progress")
+        return self._emit("response.created", {"response": self._envelope}) + self._emit("response.in_progress", {"response": self._envelope})
+
+    def _close_item(self) -> bytes:
+        item, self._open = self._open, None
+        if item is None:
+            return b""
+        index = self._items.index(item)
+        item["status"] = "completed"
+        if item["type"] == "message":
+            part = item["content"][0]
+            out = self._emit("response.output_text.done", {"item_id": item["id"], "output_index": index, "content_index": 0,
+                                                           "text": part["text"], "logprobs": []})
+            out += self._emit("response.content_part.done", {"item_id": item["id"], "output_index": index, "content_index": 0, "part": part})
+        else:
+            out = self._emit("response.function_call_arguments.done", {"item_id": item["id"], "output_index": index,
+                                                                       "name": item["name"], "arguments": item["arguments"]})
+        return out + self._emit("response.output_item.done", {"output_index": index, "item": item})
+
+    def _open_item(self, item: dict[str, Any]) -> bytes:
+        out = self._close_item()
+        self._items.append(item)
+        self._open = item
+        index = len(self._items) - 1
+        added: dict[str, Any] = {**item, "status": "in_progress"}
+        if item["type"] == "message":
+            added["content"] = []
+        else:
+            added["arguments"] = ""
+        out += self._emit("response.output_item.added", {"output_index": index, "item": added})
+        if item["type"] == "message":
+            out += self._emit("response.content_part.added", {"item_id": item["id"], "output_index": index, "content_index": 0,
+                                                              "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
+        return out
+
+    def _response(self, status_from: str | None) -> dict[str, Any]:
+        assert self._envelope is not None
+        return {**_finished(self._envelope, status_from), "output": self._items, "usage": _usage(self._usage)}
+
+    def _complete(self) -> bytes:
+        self.done = True
+        out = self._start({}) + self._close_item()
+        response = self._response(self._finish)
+        return out + self._emit("response.completed" if response["status"] == "completed" else "response.incomplete", {"response": response})
+
+    def _fail(self, code: str, message: str) -> bytes:
+        self.done = True
+        out = self._start({}) + self._emit("error", {"code": code, "message": message, "param": None})
+        # the failed response's code is one of OpenAI's few (the error event above keeps the provider's own)
+        kind = "rate_limit_exceeded" if code in ("rate_limit_exceeded", "rate_limit_error") else "server_error"
+        response = {**self._response(None), "status": "failed", "error": {"code": kind, "message": message}}
+        return out + self._emit("response.failed", {"response": response})
+
+    def _data(self, data: str) -> bytes:
+        if data.strip() == "[DONE]":
+            return self._complete()
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return self._fail("server_error", f"the provider sent an SSE event that is not JSON: {data[:80]!r}")
+        if not isinstance(chunk, dict):
+            return self._fail("server_error", f"the provider sent an SSE event that is not a JSON object: {data[:80]!r}")
+        if chunk.get("error") is not None:
+            error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
+            return self._fail(str(error.get("code") or error.get("type") or "server_error"),
+                              str(error.get("message") or "the provider reported an error mid-stream"))
+        out = [self._start(chunk)]
+        if isinstance(chunk.get("usage"), dict):
+            self._usage = chunk["usage"]
+        choices = chunk.get("choices")
+        choice = next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), None) if isinstance(choices, list) else None
+        if choice is None:
+            return b"".join(out)
+        delta = _obj(choice.get("delta"))
+        for field in ("content", "refusal"):
+            text = delta.get(field)
+            if isinstance(text, str) and text:
+                if self._open is None or self._open["type"] != "message":
+                    out.append(self._open_item(_message_item(_id("msg"), "", "completed")))
+                assert self._open is not None
+                self._open["content"][0]["text"] += text
+                out.append(self._emit("response.output_text.delta", {"item_id": self._open["id"], "output_index": len(self._items) - 1,
+                                                                     "content_index": 0, "delta": text, "logprobs": []}))
+        for call in delta.get("tool_calls") or []:
+            if not isinstance(call, dict):
+                continue
+            fn = _obj(call.get("function"))
+            key = call.get("index")
+            if key is None:  # some OpenAI-compatible servers leave out the index
+                key = call.get("id") or self._last_call
+            self._last_call = key
+            index = self._calls.get(key)
+            if index is None:
+                out.append(self._open_item(_call_item(_id("fc"), str(call.get("id") or _id("call")), str(fn.get("name") or ""), "", "completed")))
+                index = self._calls[key] = len(self._items) - 1
+            item = self._items[index]
+            arguments = fn.get("arguments")
+            if isinstance(arguments, str) and arguments:
+                item["arguments"] += arguments
+                out.append(self._emit("response.function_call_arguments.delta", {"item_id": item["id"], "output_index": index,
+                                                                                 "delta": arguments}))
+        finish = choice.get("finish_reason")
+        if finish:
+            self._finish = str(finish)
+            out.append(self._close_item())
+        return b"".join(out)
