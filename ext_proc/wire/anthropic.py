@@ -77,6 +77,8 @@ from ext_proc.wire.openai import json_object
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
+    "ChatChunkTranslator",
+    "first_choice",
     "ChatToMessagesStream",
     "MessagesRequest",
     "MessagesToChatStream",
@@ -793,17 +795,22 @@ def message_to_chat_completion(raw: bytes | Mapping[str, Any], *, model: str | N
     }
 
 
+def first_choice(raw: bytes | Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """(a ``chat.completion``, its first choice); :class:`UpstreamError` (502) when it is not JSON or has no choices."""
+    completion = load_answer(raw, "a chat completion")
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise UpstreamError("the provider's answer has no choices")
+    return completion, choices[0]
+
+
 def chat_completion_to_message(raw: bytes | Mapping[str, Any], *, model: str | None = None) -> dict[str, Any]:
     """An OpenAI ``chat.completion`` as an Anthropic message (first choice only).
 
     Raises :class:`UpstreamError` (502) for an answer without choices, or a tool call whose
     arguments are not a JSON object (Anthropic's ``tool_use.input`` must be one).
     """
-    completion = load_answer(raw, "a chat completion")
-    choices = completion.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise UpstreamError("the provider's answer has no choices")
-    choice = choices[0]
+    completion, choice = first_choice(raw)
     message = _obj(choice.get("message"))
     blocks: list[dict[str, Any]] = []
     try:
@@ -903,6 +910,104 @@ class SSEReader:
     def pending(self) -> bool:
         """Part of an event is buffered: the stream was cut mid-event if it ends now."""
         return bool(self._buf.strip()) or bool(self._data)
+
+
+class ChatChunkTranslator:
+    """What a translator of OpenAI ``chat.completion.chunk`` SSE into another API's events shares:
+    the SSE reading, ``[DONE]``, chunks that are not JSON objects or carry an ``error``, choice 0's
+    ``delta`` and a tool call's key; a stream that ends after its ``finish_reason`` but without
+    ``[DONE]`` completes, one cut before it fails. A subclass writes what each of those becomes:
+    the first chunk (:meth:`_start`), a run of text (:meth:`_text`), a piece of a tool call
+    (:meth:`_tool_call`), the finish_reason (:meth:`_close`), the end (:meth:`_complete`), an
+    error (:meth:`_fail`: the API's error type, a message) and an ``error`` chunk
+    (:meth:`_upstream_error`). The last chunk with ``usage`` is kept in ``_usage``."""
+
+    BROKEN = "api_error"  # the subclass API's error type for a stream that is not what it should be
+
+    def __init__(self) -> None:
+        self._reader = SSEReader()
+        self._last_tool_key: Any = None
+        self._finish_reason: str | None = None
+        self._usage: Any = None
+        self.done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        out: list[bytes] = []
+        for _event, data in self._reader.feed(chunk):
+            if self.done:
+                break
+            out.append(self._data(data))
+        return b"".join(out)
+
+    def close(self) -> bytes:
+        """End of the upstream stream: complete when it got its finish_reason, else an error."""
+        out = b"".join(self._data(data) for _event, data in self._reader.finish() if not self.done)
+        if self.done:
+            return out
+        if self._finish_reason is not None and not self._reader.pending:
+            return out + self._complete()  # some servers omit [DONE]
+        return out + self._fail(self.BROKEN, "the provider's stream ended before its finish_reason (cut mid-stream)")
+
+    def _data(self, data: str) -> bytes:
+        if data.strip() == "[DONE]":
+            return self._complete()
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return self._fail(self.BROKEN, f"the provider sent an SSE event that is not JSON: {data[:80]!r}")
+        if not isinstance(chunk, dict):
+            return self._fail(self.BROKEN, f"the provider sent an SSE event that is not a JSON object: {data[:80]!r}")
+        if chunk.get("error") is not None:
+            return self._upstream_error(chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])})
+        out = [self._start(chunk)]
+        if isinstance(chunk.get("usage"), dict):
+            self._usage = chunk["usage"]
+        choices = chunk.get("choices")
+        choice = next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), None) if isinstance(choices, list) else None
+        if choice is None:
+            return b"".join(out)
+        delta = _obj(choice.get("delta"))
+        for field in ("content", "refusal"):
+            text = delta.get(field)
+            if isinstance(text, str) and text:
+                out.append(self._text(text))
+        for call in delta.get("tool_calls") or []:
+            if isinstance(call, dict):
+                out.append(self._tool_call(self._tool_key(call), call, _obj(call.get("function"))))
+        if choice.get("finish_reason"):
+            self._finish_reason = str(choice["finish_reason"])
+            out.append(self._close())
+        return b"".join(out)
+
+    def _tool_key(self, call: Mapping[str, Any]) -> Any:
+        """Which tool call a delta continues: its index (some OpenAI-compatible servers leave it out:
+        then its id, else the call before)."""
+        key = call.get("index")
+        if key is None:
+            key = call.get("id") or self._last_tool_key
+        self._last_tool_key = key
+        return key
+
+    def _start(self, chunk: Mapping[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def _text(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def _tool_call(self, key: Any, call: Mapping[str, Any], function: Mapping[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def _close(self) -> bytes:
+        raise NotImplementedError
+
+    def _complete(self) -> bytes:
+        raise NotImplementedError
+
+    def _fail(self, etype: str, message: str) -> bytes:
+        raise NotImplementedError
+
+    def _upstream_error(self, error: Mapping[str, Any]) -> bytes:
+        raise NotImplementedError
 
 
 def _anthropic_event(kind: str, payload: dict[str, Any]) -> bytes:
@@ -1043,7 +1148,7 @@ class MessagesToChatStream:
         return b""  # content_block_stop, and event types newer than this module
 
 
-class ChatToMessagesStream:
+class ChatToMessagesStream(ChatChunkTranslator):
     """OpenAI ``chat.completion.chunk`` SSE -> Anthropic Messages SSE events, in Anthropic's order.
 
     ``message_start`` first (id and model from the first chunk, usage 0: OpenAI reports usage
@@ -1056,7 +1161,7 @@ class ChatToMessagesStream:
     """
 
     def __init__(self, *, model: str | None = None, message_id: str | None = None) -> None:
-        self._reader = SSEReader()
+        super().__init__()
         self._model = model
         self._id = message_id
         self._started = False
@@ -1064,28 +1169,7 @@ class ChatToMessagesStream:
         self._open_is_text = False
         self._next_index = 0
         self._tools: dict[Any, int] = {}  # OpenAI tool call key -> Anthropic block index
-        self._last_tool_key: Any = None
-        self._stop_reason: str | None = None
-        self._upstream_usage: Any = None
         self.usage: dict[str, Any] | None = None
-        self.done = False
-
-    def feed(self, chunk: bytes) -> bytes:
-        out: list[bytes] = []
-        for _event, data in self._reader.feed(chunk):
-            if self.done:
-                break
-            out.append(self._data(data))
-        return b"".join(out)
-
-    def close(self) -> bytes:
-        """End of the upstream stream: close the message if it got its finish_reason, else an error event."""
-        out = b"".join(self._data(data) for _event, data in self._reader.finish() if not self.done)
-        if self.done:
-            return out
-        if self._stop_reason is not None and not self._reader.pending:
-            return out + self._finish()  # some servers omit [DONE]
-        return out + self._error("api_error", "the provider's stream ended before its finish_reason (cut mid-stream)")
 
     def _start(self, chunk: Mapping[str, Any]) -> bytes:
         if self._started:
@@ -1118,71 +1202,42 @@ class ChatToMessagesStream:
         self._open, self._open_is_text = index, text
         return out + _anthropic_event("content_block_start", {"index": index, "content_block": block}), index
 
-    def _error(self, etype: str, message: str) -> bytes:
+    def _fail(self, etype: str, message: str) -> bytes:
         self.done = True
         return _anthropic_event("error", {"error": {"type": etype, "message": message}})
 
-    def _finish(self) -> bytes:
+    def _upstream_error(self, error: Mapping[str, Any]) -> bytes:
+        return self._fail(anthropic_error_type(500, error.get("type")), str(error.get("message") or "the provider reported an error mid-stream"))
+
+    def _complete(self) -> bytes:
         self.done = True
         out = self._start({}) + self._close_block()
-        usage = _messages_usage(self._upstream_usage)
-        self.usage = _chat_usage(usage) if self._upstream_usage is not None else None
-        delta = {"stop_reason": self._stop_reason or "end_turn", "stop_sequence": None}
+        usage = _messages_usage(self._usage)
+        self.usage = _chat_usage(usage) if self._usage is not None else None
+        stop = _STOP_REASON.get(self._finish_reason, "end_turn") if self._finish_reason else "end_turn"
+        delta = {"stop_reason": stop, "stop_sequence": None}
         return out + _anthropic_event("message_delta", {"delta": delta, "usage": usage}) + _anthropic_event("message_stop", {})
 
-    def _data(self, data: str) -> bytes:
-        if data.strip() == "[DONE]":
-            return self._finish()
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            return self._error("api_error", f"the provider sent an SSE event that is not JSON: {data[:80]!r}")
-        if not isinstance(chunk, dict):
-            return self._error("api_error", f"the provider sent an SSE event that is not a JSON object: {data[:80]!r}")
-        if chunk.get("error") is not None:
-            error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
-            return self._error(
-                anthropic_error_type(500, error.get("type")), str(error.get("message") or "the provider reported an error mid-stream")
-            )
-        out = [self._start(chunk)]
-        if isinstance(chunk.get("usage"), dict):
-            self._upstream_usage = chunk["usage"]
-        choices = chunk.get("choices")
-        choice = next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), None) if isinstance(choices, list) else None
-        if choice is None:
-            return b"".join(out)
-        delta = _obj(choice.get("delta"))
-        for field in ("content", "refusal"):
-            text = delta.get(field)
-            if isinstance(text, str) and text:
-                if self._open is None or not self._open_is_text:
-                    opened, _ = self._open_block({"type": "text", "text": ""}, text=True)
-                    out.append(opened)
-                out.append(_anthropic_event("content_block_delta", {"index": self._open, "delta": {"type": "text_delta", "text": text}}))
-        for call in delta.get("tool_calls") or []:
-            if not isinstance(call, dict):
-                continue
-            fn = _obj(call.get("function"))
-            key = call.get("index")
-            if key is None:  # some OpenAI-compatible servers leave out the index
-                key = call.get("id") or self._last_tool_key
-            self._last_tool_key = key
-            index = self._tools.get(key)
-            if index is None:
-                block = {"type": "tool_use", "id": str(call.get("id") or _tool_id()), "name": str(fn.get("name") or ""), "input": {}}
-                opened, index = self._open_block(block, text=False)
-                self._tools[key] = index
-                out.append(opened)
-            arguments = fn.get("arguments")
-            if isinstance(arguments, str) and arguments:
-                out.append(
-                    _anthropic_event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta", "partial_json": arguments}})
-                )
-        finish = choice.get("finish_reason")
-        if finish:
-            self._stop_reason = _STOP_REASON.get(str(finish), "end_turn")
-            out.append(self._close_block())
-        return b"".join(out)
+    def _text(self, text: str) -> bytes:
+        out = b""
+        if self._open is None or not self._open_is_text:
+            out, _ = self._open_block({"type": "text", "text": ""}, text=True)
+        return out + _anthropic_event("content_block_delta", {"index": self._open, "delta": {"type": "text_delta", "text": text}})
+
+    def _tool_call(self, key: Any, call: Mapping[str, Any], function: Mapping[str, Any]) -> bytes:
+        out = b""
+        index = self._tools.get(key)
+        if index is None:
+            block = {"type": "tool_use", "id": str(call.get("id") or _tool_id()), "name": str(function.get("name") or ""), "input": {}}
+            out, index = self._open_block(block, text=False)
+            self._tools[key] = index
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            out += _anthropic_event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta", "partial_json": arguments}})
+        return out
+
+    def _close(self) -> bytes:
+        return self._close_block()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,8 +31,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from ext_proc.errors import MalformedRequest, UpstreamError
-from ext_proc.wire.anthropic import SSEReader, load_answer
+from ext_proc.errors import MalformedRequest
+from ext_proc.wire.anthropic import ChatChunkTranslator, first_choice
 from ext_proc.wire.openai import json_object
 
 __all__ = ["ChatToResponsesStream", "chat_completion_to_response", "responses_request_to_chat"]
@@ -51,6 +51,9 @@ _REFUSED = {
 }
 _KNOWN = set(_SAME) | _DROPPED | set(_REFUSED) | {"input", "instructions", "tools", "tool_choice", "max_output_tokens", "text",
                                                    "reasoning"}
+# tool types OpenAI runs itself (the others, such as custom and local_shell, run in the client)
+_HOSTED_TOOLS = {"web_search", "web_search_preview", "file_search", "code_interpreter", "computer_use_preview", "computer",
+                 "mcp", "image_generation"}
 _FINISH_STATUS = {"length": ("incomplete", "max_output_tokens"), "content_filter": ("incomplete", "content_filter")}
 
 
@@ -211,9 +214,11 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
         at = f"tools[{i}]"
         if not isinstance(tool, dict):
             raise _bad(at, "expected an object")
-        if tool.get("type") != "function":
-            raise _bad(f"{at}.type", f"tools of type {tool.get('type')!r} run inside OpenAI and are not supported through "
-                                     "sidegate: only function tools are", code="unsupported_parameter")
+        kind = tool.get("type")
+        if kind != "function":
+            why = "run inside OpenAI" if kind in _HOSTED_TOOLS else "have no chat-completions form to send a provider"
+            raise _bad(f"{at}.type", f"tools of type {kind!r} {why} and are not supported through sidegate: only function "
+                                     "tools are", code="unsupported_parameter")
         if not isinstance(tool.get("name"), str) or not tool["name"]:
             raise _bad(f"{at}.name", "Missing required parameter", code="missing_required_parameter")
         function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
@@ -312,11 +317,7 @@ def chat_completion_to_response(raw: bytes | Mapping[str, Any], *, request: Mapp
     """A ``chat.completion`` (first choice) as a ``response`` object; ``request``: the chat request
     it answers (what the object echoes: instructions, tools, ...). Raises :class:`UpstreamError`
     (502) for an answer without choices."""
-    completion = load_answer(raw, "a chat completion")
-    choices = completion.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise UpstreamError("the provider's answer has no choices")
-    choice = choices[0]
+    completion, choice = first_choice(raw)
     message = _obj(choice.get("message"))
     created = _created(completion.get("created"))
     envelope = _envelope(request, response_id=_id("resp"), model=str(completion.get("model") or request.get("model") or ""),
@@ -337,7 +338,7 @@ def _event(kind: str, data: dict[str, Any], seq: int) -> bytes:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': seq, **data})}\n\n".encode()
 
 
-class ChatToResponsesStream:
+class ChatToResponsesStream(ChatChunkTranslator):
     """OpenAI ``chat.completion.chunk`` SSE -> the Responses API's event stream.
 
     ``response.created`` and ``response.in_progress`` first; a ``message`` output item for the text
@@ -349,8 +350,10 @@ class ChatToResponsesStream:
     ``response.failed``; so is a stream cut before its ``finish_reason``. Only choice 0 is read.
     """
 
+    BROKEN = "server_error"
+
     def __init__(self, *, request: Mapping[str, Any], model: str | None = None) -> None:
-        self._reader = SSEReader()
+        super().__init__()
         self._request = request
         self._model = model
         self._seq = 0
@@ -358,26 +361,6 @@ class ChatToResponsesStream:
         self._items: list[dict[str, Any]] = []  # the output so far, closed items completed
         self._open: dict[str, Any] | None = None  # the open item
         self._calls: dict[Any, int] = {}  # a chat tool call's key -> its index in _items
-        self._last_call: Any = None
-        self._finish: str | None = None
-        self._usage: Any = None
-        self.done = False
-
-    def feed(self, chunk: bytes) -> bytes:
-        out = []
-        for _event_name, data in self._reader.feed(chunk):
-            if self.done:
-                break
-            out.append(self._data(data))
-        return b"".join(out)
-
-    def close(self) -> bytes:
-        out = b"".join(self._data(data) for _e, data in self._reader.finish() if not self.done)
-        if self.done:
-            return out
-        if self._finish is not None and not self._reader.pending:
-            return out + self._complete()  # some servers omit [DONE]
-        return out + self._fail("server_error", "the provider's stream ended before its finish_reason (cut mid-stream)")
 
     def _emit(self, kind: str, data: dict[str, Any]) -> bytes:
         self._seq += 1
@@ -387,8 +370,8 @@ class ChatToResponsesStream:
         if self._envelope is not None:
             return b""
         model = self._model or str(chunk.get("model") or self._request.get("model") or "")
-        created = _created(chunk.get("created"))
-        self._envelope = _envelope(self._request, response_id=_id("resp"), model=model, created=created, status="in_progress")
+        self._envelope = _envelope(self._request, response_id=_id("resp"), model=model, created=_created(chunk.get("created")),
+                                   status="in_progress")
         return self._emit("response.created", {"response": self._envelope}) + self._emit("response.in_progress", {"response": self._envelope})
 
     def _close_item(self) -> bytes:
@@ -423,74 +406,48 @@ class ChatToResponsesStream:
                                                               "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
         return out
 
-    def _response(self, status_from: str | None) -> dict[str, Any]:
+    def _response(self, finish: str | None) -> dict[str, Any]:
         assert self._envelope is not None
-        return {**_finished(self._envelope, status_from), "output": self._items, "usage": _usage(self._usage)}
+        return {**_finished(self._envelope, finish), "output": self._items, "usage": _usage(self._usage)}
 
     def _complete(self) -> bytes:
         self.done = True
         out = self._start({}) + self._close_item()
-        response = self._response(self._finish)
+        response = self._response(self._finish_reason)
         return out + self._emit("response.completed" if response["status"] == "completed" else "response.incomplete", {"response": response})
 
-    def _fail(self, code: str, message: str) -> bytes:
+    def _fail(self, etype: str, message: str) -> bytes:
         self.done = True
-        out = self._start({}) + self._emit("error", {"code": code, "message": message, "param": None})
+        out = self._start({}) + self._emit("error", {"code": etype, "message": message, "param": None})
         # the failed response's code is one of OpenAI's few (the error event above keeps the provider's own)
-        kind = "rate_limit_exceeded" if code in ("rate_limit_exceeded", "rate_limit_error") else "server_error"
+        kind = "rate_limit_exceeded" if etype in ("rate_limit_exceeded", "rate_limit_error") else "server_error"
         response = {**self._response(None), "status": "failed", "error": {"code": kind, "message": message}}
         return out + self._emit("response.failed", {"response": response})
 
-    def _data(self, data: str) -> bytes:
-        if data.strip() == "[DONE]":
-            return self._complete()
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            return self._fail("server_error", f"the provider sent an SSE event that is not JSON: {data[:80]!r}")
-        if not isinstance(chunk, dict):
-            return self._fail("server_error", f"the provider sent an SSE event that is not a JSON object: {data[:80]!r}")
-        if chunk.get("error") is not None:
-            error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
-            return self._fail(str(error.get("code") or error.get("type") or "server_error"),
-                              str(error.get("message") or "the provider reported an error mid-stream"))
-        out = [self._start(chunk)]
-        if isinstance(chunk.get("usage"), dict):
-            self._usage = chunk["usage"]
-        choices = chunk.get("choices")
-        choice = next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), None) if isinstance(choices, list) else None
-        if choice is None:
-            return b"".join(out)
-        delta = _obj(choice.get("delta"))
-        for field in ("content", "refusal"):
-            text = delta.get(field)
-            if isinstance(text, str) and text:
-                if self._open is None or self._open["type"] != "message":
-                    out.append(self._open_item(_message_item(_id("msg"), "", "completed")))
-                assert self._open is not None
-                self._open["content"][0]["text"] += text
-                out.append(self._emit("response.output_text.delta", {"item_id": self._open["id"], "output_index": len(self._items) - 1,
-                                                                     "content_index": 0, "delta": text, "logprobs": []}))
-        for call in delta.get("tool_calls") or []:
-            if not isinstance(call, dict):
-                continue
-            fn = _obj(call.get("function"))
-            key = call.get("index")
-            if key is None:  # some OpenAI-compatible servers leave out the index
-                key = call.get("id") or self._last_call
-            self._last_call = key
-            index = self._calls.get(key)
-            if index is None:
-                out.append(self._open_item(_call_item(_id("fc"), str(call.get("id") or _id("call")), str(fn.get("name") or ""), "", "completed")))
-                index = self._calls[key] = len(self._items) - 1
-            item = self._items[index]
-            arguments = fn.get("arguments")
-            if isinstance(arguments, str) and arguments:
-                item["arguments"] += arguments
-                out.append(self._emit("response.function_call_arguments.delta", {"item_id": item["id"], "output_index": index,
-                                                                                 "delta": arguments}))
-        finish = choice.get("finish_reason")
-        if finish:
-            self._finish = str(finish)
-            out.append(self._close_item())
-        return b"".join(out)
+    def _upstream_error(self, error: Mapping[str, Any]) -> bytes:
+        return self._fail(str(error.get("code") or error.get("type") or self.BROKEN), str(error.get("message") or "the provider reported an error mid-stream"))
+
+    def _text(self, text: str) -> bytes:
+        out = b""
+        if self._open is None or self._open["type"] != "message":
+            out = self._open_item(_message_item(_id("msg"), "", "completed"))
+        assert self._open is not None
+        self._open["content"][0]["text"] += text
+        return out + self._emit("response.output_text.delta", {"item_id": self._open["id"], "output_index": len(self._items) - 1,
+                                                              "content_index": 0, "delta": text, "logprobs": []})
+
+    def _tool_call(self, key: Any, call: Mapping[str, Any], function: Mapping[str, Any]) -> bytes:
+        out = b""
+        index = self._calls.get(key)
+        if index is None:
+            out = self._open_item(_call_item(_id("fc"), str(call.get("id") or _id("call")), str(function.get("name") or ""), "", "completed"))
+            index = self._calls[key] = len(self._items) - 1
+        item = self._items[index]
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            item["arguments"] += arguments
+            out += self._emit("response.function_call_arguments.delta", {"item_id": item["id"], "output_index": index, "delta": arguments})
+        return out
+
+    def _close(self) -> bytes:
+        return self._close_item()
