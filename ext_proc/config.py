@@ -22,6 +22,7 @@ import ipaddress
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -229,6 +230,9 @@ class LlmProvider:
     aws: AwsCredentials | None = field(default=None, repr=False)
     aws_region: str | None = None
     routing_preferences: tuple[RoutingPreference, ...] = ()  # what this provider is chosen for (issue 19)
+    # sidegate's native_responses: a Responses API client's request goes to this provider's own
+    # /v1/responses unchanged (default: for OpenAI's API itself), not translated to chat completions
+    native_responses: bool = False
 
     @property
     def host_header(self) -> str:
@@ -887,6 +891,12 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
     )
 
 
+def _is_openai_api(spec: str) -> bool:
+    """Whether a provider's address is OpenAI's own API (which serves /v1/responses; a server that is
+    only OpenAI-compatible may not)."""
+    return urllib.parse.urlsplit(spec if "://" in spec else f"https://{spec}").hostname == "api.openai.com"
+
+
 def _agents(raw: dict[str, Any], source: str, paths: list[str], warnings: list[str]) -> dict[str, Any]:
     """plano's ``agents`` and agent listeners (``listeners.agent_traffic``): every listener has a
     name, a port of its own and at least one agent of ``agents`` (by id). A listener entry naming
@@ -1089,6 +1099,9 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
                 while key_env in taken:  # providers "a-b" and "a_b" must not share one variable
                     n += 1
                     key_env = f"{base}_{n}"
+        if pr.get("native_responses") and (interface in ANTHROPIC_INTERFACES or interface in (BEDROCK_INTERFACE, AZURE_INTERFACE)):
+            raise ConfigError(source, f"{at}.native_responses", f"{interface} serves no OpenAI Responses API at its chat address: "
+                                                                "leave native_responses out (Responses clients get chat completions translated)")
         if pr.get("default"):
             defaults.append(f"{at} ({pr['name']})")
         providers.append(
@@ -1110,6 +1123,7 @@ def _providers(raw: dict[str, Any], env: dict[str, str], ext_proc: ExtProcSettin
                 **_provider_headers(pr.get("headers") or {}, env, source, f"{at}.headers"),
                 routing_preferences=tuple(RoutingPreference(name=rp["name"], description=rp["description"])
                                           for rp in pr.get("routing_preferences") or ()),
+                native_responses=bool(pr.get("native_responses", interface == "openai" and _is_openai_api(spec))),
             )
         )
     if len(defaults) > 1:

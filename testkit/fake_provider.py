@@ -11,7 +11,8 @@ independently of ``ext_proc`` on purpose: it is the reference the gateway is tes
         # -> content "fake-a says: hi", response header x-fake-provider: fake-a
         fp.requests[-1].headers["authorization"]               # "Bearer sk-test"
 
-Routes: ``POST …/chat/completions`` (any prefix: ``/v1/…``, ``/openai/v1/…``), ``GET …/models``,
+Routes: ``POST …/chat/completions`` (any prefix: ``/v1/…``, ``/openai/v1/…``), OpenAI's
+``POST …/responses`` (JSON and its event stream), ``GET …/models``,
 Anthropic's ``POST …/messages`` and Amazon Bedrock's ``POST /model/{modelId}/converse`` and
 ``/converse-stream`` (JSON, and AWS event-stream binary framing: see :func:`event_frame`; a Bedrock
 API key as ``Authorization: Bearer``, or an AWS SigV4 signature by a key of :data:`FAKE_AWS_KEYS`, checked
@@ -143,6 +144,15 @@ def _text(content: Any) -> str:
         return content
     if isinstance(content, list):
         return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def _item_text(content: Any) -> str:
+    """The text of a Responses input item's content: a string, or its parts' ``text`` (input_text, output_text)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
 
 
@@ -385,6 +395,10 @@ class FakeProvider:
             if request.method != "POST":
                 return _bedrock_error(405, f"method {request.method} not allowed on {request.path}")
             resp = await self._converse(request, parsed, unquote(converse.group(1)), stream=converse.group(2) == "converse-stream")
+        elif path.endswith("/responses"):  # OpenAI's Responses API
+            if request.method != "POST":
+                return _error(405, f"method {request.method} not allowed on {request.path}", code="method_not_allowed")
+            resp = await self._responses(request, parsed)
         elif path.endswith("/messages"):  # Anthropic's Messages API
             if request.method != "POST":
                 return _anthropic_error(405, f"method {request.method} not allowed on {request.path}", "invalid_request_error")
@@ -489,6 +503,78 @@ class FakeProvider:
         frames += [event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},
                                            "usage": {"output_tokens": usage["output_tokens"]}}),
                    event("message_stop", {})]
+        return await _stream(request, {**headers, "content-type": "text/event-stream", "cache-control": "no-cache"}, frames, b)
+
+    async def _responses(self, request: web.Request, body: Any) -> web.StreamResponse:
+        """``POST /v1/responses`` as OpenAI answers it: a ``response`` object, or its event stream
+        (``response.created`` ... ``response.completed``); the reply is said about the last user
+        message of ``input``; ``x-fake-tool`` adds a ``function_call`` item after the message."""
+        b = self._behaviour(request)
+        if b.delay_ms > 0:
+            await asyncio.sleep(b.delay_ms / 1000)
+        if b.status is not None and b.status >= 400:
+            return _error(b.status, f"{self.name}: simulated error {b.status}")
+        if not isinstance(body, dict):
+            return _error(400, "We could not parse the JSON body of your request.", code="invalid_json")
+        model, items = body.get("model"), body.get("input")
+        if not isinstance(model, str) or not model:
+            return _error(400, "Missing required parameter: 'model'.", code="missing_required_parameter", param="model")
+        if isinstance(items, str):
+            items = [{"role": "user", "content": items}]
+        if not isinstance(items, list) or not items:
+            return _error(400, "Missing required parameter: 'input'.", code="missing_required_parameter", param="input")
+        users = [i for i in items if isinstance(i, dict) and i.get("role") == "user"]
+        last_user = _item_text(users[-1].get("content")) if users else ""
+        tool = request.headers.get("x-fake-tool")
+        tools = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
+        if tool is not None and tool not in tools:
+            return _error(400, f"x-fake-tool {tool!r} is not in tools ({tools})", param="tools")
+        pieces = chunk_content(b.reply if b.reply is not None else f"{self.name} says: {last_user}", b.chunks, b.chunk_chars)
+        content = "".join(pieces)
+        input_tokens = sum(len(_item_text(i.get("content")).split()) for i in items if isinstance(i, dict))
+        usage = {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                 "output_tokens": len(content.split()), "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": input_tokens + len(content.split())}
+        part = {"type": "output_text", "text": content, "annotations": [], "logprobs": []}
+        output: list[dict[str, Any]] = [{"id": f"msg_{uuid.uuid4().hex}", "type": "message", "status": "completed", "role": "assistant",
+                                         "content": [part]}]
+        if tool is not None:
+            output.append({"id": f"fc_{uuid.uuid4().hex}", "type": "function_call", "status": "completed", "call_id": f"call_{uuid.uuid4().hex[:24]}",
+                           "name": tool, "arguments": json.dumps({"q": last_user})})
+        response = {"id": f"resp_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()), "status": "completed",
+                    "error": None, "incomplete_details": None, "instructions": body.get("instructions"), "model": model,
+                    "output": output, "parallel_tool_calls": True, "store": bool(body.get("store", True)), "temperature": 1.0,
+                    "tool_choice": "auto", "tools": body.get("tools") or [], "top_p": 1.0, "usage": usage, "metadata": {}}
+        headers = {"x-fake-provider": self.name, "x-request-id": f"req_{uuid.uuid4().hex[:16]}"}
+        if not body.get("stream"):
+            return web.json_response(response, headers=headers)
+
+        seq = iter(range(1_000_000))
+
+        def event(kind: str, data: dict[str, Any]) -> bytes:
+            return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': next(seq), **data})}\n\n".encode()
+
+        started = {**response, "status": "in_progress", "output": [], "usage": None}
+        message = output[0]
+        frames = [event("response.created", {"response": started}), event("response.in_progress", {"response": started}),
+                  event("response.output_item.added", {"output_index": 0, "item": {**message, "status": "in_progress", "content": []}}),
+                  event("response.content_part.added", {"item_id": message["id"], "output_index": 0, "content_index": 0,
+                                                        "part": {**part, "text": ""}})]
+        frames += [event("response.output_text.delta", {"item_id": message["id"], "output_index": 0, "content_index": 0, "delta": p,
+                                                        "logprobs": []}) for p in pieces]
+        frames += [event("response.output_text.done", {"item_id": message["id"], "output_index": 0, "content_index": 0, "text": content,
+                                                       "logprobs": []}),
+                   event("response.content_part.done", {"item_id": message["id"], "output_index": 0, "content_index": 0, "part": part}),
+                   event("response.output_item.done", {"output_index": 0, "item": message})]
+        if tool is not None:
+            call = output[1]
+            frames += [event("response.output_item.added", {"output_index": 1, "item": {**call, "status": "in_progress", "arguments": ""}}),
+                       *(event("response.function_call_arguments.delta", {"item_id": call["id"], "output_index": 1, "delta": piece})
+                         for piece in (call["arguments"][:5], call["arguments"][5:])),
+                       event("response.function_call_arguments.done", {"item_id": call["id"], "output_index": 1, "name": tool,
+                                                                       "arguments": call["arguments"]}),
+                       event("response.output_item.done", {"output_index": 1, "item": call})]
+        frames.append(event("response.completed", {"response": response}))
         return await _stream(request, {**headers, "content-type": "text/event-stream", "cache-control": "no-cache"}, frames, b)
 
     async def _converse(self, request: web.Request, body: Any, model: str, *, stream: bool) -> web.StreamResponse:

@@ -171,9 +171,11 @@ class ChatProcessor(PassThrough):
                 hit = await self._cache_lookup(decision.provider, sent)
                 if hit is not None:
                     return hit
+            # the provider's body first: a request it cannot take (400) takes nothing from the rate limits
+            out, path = self.exchange.upstream_body(sent, decision.body, decision.provider,  # output guards read chat's shape
+                                                    native_ok=self.cfg.output_guards is None and not decision.provider.fallbacks)
             if self.ratelimits:
                 self.charge = await self.ratelimits.admit(decision.provider, self.headers, sent.messages)
-            out, path = self.exchange.upstream_body(sent, decision.body, decision.provider)
         except SidegateError as exc:
             return self._error(exc)
         self.provider, self.response_metadata = decision.provider, decision.response_metadata
@@ -285,6 +287,8 @@ class ChatProcessor(PassThrough):
                     self._not_stored("status")
                 elif pass_through:
                     self._not_stored("too_large")
+                elif self.exchange.native:  # the cache holds chat completions; this answer is the provider's Responses one
+                    self._not_stored("native_responses")
                 else:
                     self.collector = Collector(client_api=self.exchange.client, streaming=self.streaming,
                                                max_bytes=self.cache.settings.max_entry_bytes)
@@ -292,8 +296,8 @@ class ChatProcessor(PassThrough):
             set_headers=set_headers,
             # a translated or guarded stream, or an error an Anthropic client gets in its shape, has
             # another length: Envoy sends it chunked
-            remove_headers=("content-length",) if (self.exchange.translating or self.exchange.presenting or self.stream_guard
-                                                   or self._anthropic_error()) and not end_of_stream else (),
+            remove_headers=("content-length",) if (self.exchange.reshaping or self.stream_guard or self._anthropic_error())
+            and not end_of_stream else (),
             response_body_mode="STREAMED" if self.streaming else ("NONE" if end_of_stream or pass_through or not self._reads_json_body()
                                                                   else "BUFFERED"),
         )
@@ -305,7 +309,7 @@ class ChatProcessor(PassThrough):
         in its shape (Envoy's own, when the provider is down). If not, Envoy is told not to send it
         (one gRPC round trip less; ext_proc's stream ends with the response headers)."""
         return (self.cfg.ext_proc.count_tokens or self.charge is not None or self.collector is not None
-                or self.exchange.translating or self.exchange.presenting or bool(self.response_metadata)
+                or self.exchange.reshaping or bool(self.response_metadata)
                 or self.answer_guard is not None or self._anthropic_error())
 
     def _anthropic_error(self) -> bool:

@@ -33,7 +33,7 @@ import json
 from typing import Any
 
 from ext_proc.config import LlmProvider
-from ext_proc.errors import RenderedError, SidegateError, openai_error_of, render_error
+from ext_proc.errors import MalformedRequest, RenderedError, SidegateError, openai_error_of, render_error
 from ext_proc.names import CHAT_COMPLETIONS_PATH, MESSAGES_PATH, RESPONSES_PATH
 from ext_proc.processor import Immediate
 from ext_proc.wire import anthropic, bedrock, responses
@@ -52,6 +52,10 @@ class Exchange:
         self.presented = client  # the API the client gets its answer in
         self.client = "openai" if client == "responses" else client  # the API everything before presenting sees
         self._presenter: responses.ChatToResponsesStream | None = None
+        self._raw: dict[str, Any] | None = None  # a Responses client's own request
+        self._untranslatable: list[MalformedRequest] = []  # what of it has no chat-completions form
+        self.native = False  # a Responses client's request went to the provider's own /v1/responses
+        self._native_reader: anthropic.SSEReader | None = None
         self.upstream = client  # the provider's API, once chosen
         self.model: str | None = None
         self._status = 200
@@ -77,20 +81,32 @@ class Exchange:
         return self.presented == "responses"
 
     def parse(self, body: bytes) -> ChatRequest:
-        if self.presenting:
-            self._chat_body = responses.responses_request_to_chat(body)
+        if self.presenting:  # what has no chat form waits: a native_responses provider takes the request as it came
+            self._chat_body = responses.responses_request_to_chat(body, problems=self._untranslatable)
+            self._raw = json.loads(body)
             return parse_chat_request(json.dumps(self._chat_body).encode())
         if self.client == "openai":
             return parse_chat_request(body)
         self._chat_body = anthropic.messages_request_to_chat(anthropic.parse_messages_request(body).body)
         return parse_chat_request(json.dumps(self._chat_body).encode())
 
-    def upstream_body(self, req: ChatRequest, body: bytes | None, provider: LlmProvider) -> tuple[bytes | None, str | None]:
+    def upstream_body(self, req: ChatRequest, body: bytes | None, provider: LlmProvider, *,
+                      native_ok: bool = True) -> tuple[bytes | None, str | None]:
         """(the body for ``provider`` or None: the client's bytes unchanged; the path or None: unchanged).
 
-        ``body``: the router's OpenAI-shaped body (None: the request as the client sent it)."""
+        ``body``: the router's OpenAI-shaped body (None: the request as the client sent it).
+        ``native_ok``: a Responses client's request may go to a ``native_responses`` provider as it
+        came (the caller reads nothing of the answer in chat's shape: no output guards, no fallbacks)."""
         self.upstream = provider.wire
         self.model = provider.model or req.model
+        if self.presenting and native_ok and provider.native_responses and self._same_request(body):
+            self.native = True
+            self._native_reader = anthropic.SSEReader()
+            if provider.model and self._raw is not None and self._raw.get("model") != provider.model:
+                return json.dumps({**self._raw, "model": provider.model}).encode(), None
+            return None, None
+        if self._untranslatable:  # to chat completions, and something in it has no such form
+            raise self._untranslatable[0]
         if self.upstream == "bedrock":  # Converse: the model and the streaming choice are in the path
             chat_in: dict[str, Any] = json.loads(body) if body is not None else dict(req.body)
             model = provider.model or str(chat_in.get("model") or "")
@@ -107,6 +123,14 @@ class Exchange:
             chat = {**chat, "model": provider.model}
         out = anthropic.chat_request_to_messages(chat) if self.upstream == "anthropic" else chat
         return json.dumps(out).encode(), API_PATHS[self.upstream] if self.translating else None
+
+    def _same_request(self, body: bytes | None) -> bool:
+        """Whether the router's body says what the client's request does, but for ``model`` (an
+        ingress pipeline that added a system prompt did not: that one goes as chat completions)."""
+        if body is None:
+            return True
+        routed = {k: v for k, v in json.loads(body).items() if k != "model"}
+        return routed == {k: v for k, v in (self._chat_body or {}).items() if k != "model"}
 
     # -- response -----------------------------------------------------------------------------
     @property
@@ -139,6 +163,8 @@ class Exchange:
 
     def usage(self, chunk: bytes, *, streaming: bool) -> dict[str, Any] | None:
         """OpenAI-shaped usage found in the provider's bytes (a whole JSON body, or the next SSE chunk)."""
+        if self.native:
+            return self._native_usage(chunk, streaming=streaming)
         if self.upstream == "bedrock":
             if not streaming:
                 return bedrock.usage_from_converse(chunk) if self._status_ok else None
@@ -158,6 +184,27 @@ class Exchange:
             usage, self._sse_tail = usage_from_sse(self._sse_tail + chunk)
             return usage
         return usage_from_body(chunk)
+
+    def _native_usage(self, chunk: bytes, *, streaming: bool) -> dict[str, Any] | None:
+        """Chat-shaped usage of a Responses answer: its ``usage``, or that of the stream's last ``response.*`` event."""
+        if not self._status_ok:
+            return None
+        if not streaming:
+            try:
+                return responses.chat_usage(json.loads(chunk).get("usage"))
+            except (ValueError, AttributeError):
+                return None
+        assert self._native_reader is not None
+        found = None
+        for _event, data in self._native_reader.feed(chunk):
+            if '"usage"' in data:
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and isinstance(event.get("response"), dict):
+                    found = responses.chat_usage(event["response"].get("usage")) or found
+        return found
 
     def response(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes | None:
         """The provider's bytes in the client's API (None: unchanged)."""
@@ -196,15 +243,20 @@ class Exchange:
         return json.dumps(completion).encode()
 
     # -- a Responses API client --------------------------------------------------------------
+    @property
+    def reshaping(self) -> bool:
+        """Whether the answer's bytes change on their way to the client (translated or presented)."""
+        return self.translating or (self.presenting and not self.native)
+
     def start_presenting(self, *, streaming: bool) -> None:
         """The provider's answer begins: a 2xx stream is presented event by event."""
-        if self.presenting and streaming and self._status_ok:
+        if self.presenting and not self.native and streaming and self._status_ok:
             self._presenter = responses.ChatToResponsesStream(request=self._chat_body or {}, model=self.model)
 
     def present(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes | None:
         """The chat answer's bytes as the Responses client gets them (None: unchanged: not presenting,
         or an error, whose JSON is the same in both APIs)."""
-        if not self.presenting or not self._status_ok:
+        if not self.presenting or self.native or not self._status_ok:
             return None
         if streaming:
             if self._presenter is None:

@@ -13,11 +13,13 @@ as a Responses object or its event stream on the way out, whatever API the provi
   (``response.created`` ... ``response.completed``), in the order and with the item identities
   the ``openai`` SDK's stream accumulator checks.
 
-sidegate keeps no state: a request must carry its whole conversation in ``input``.
-``previous_response_id``, ``conversation``, ``background`` and stored prompts are refused with what
-to send instead, as are tools other than ``function`` (web search, file search, code interpreter,
-computer use, MCP and image generation run inside OpenAI and have no chat-completions form). What
-has no chat-completions form and changes no answer is dropped: ``store`` (every answer says
+sidegate keeps no state: a request translated for a provider must carry its whole conversation
+in ``input``. ``previous_response_id``, ``conversation``, ``background`` and stored prompts are
+refused with what to send instead, as are tools other than ``function`` (web search, file search,
+code interpreter, computer use, MCP and image generation run inside OpenAI; custom and shell tools
+have no chat-completions form) and parameters this module does not know; a provider with
+``native_responses`` gets such a request as it came (``problems``: noted, not raised). What has no
+chat-completions form and changes no answer is dropped: ``store`` (every answer says
 ``store: false``), ``include``, ``truncation``, ``prompt_cache_key``, ``safety_identifier``,
 ``stream_options``, ``reasoning.summary``, ``reasoning`` items in ``input``. A model's reasoning is
 not returned (chat completions carry none).
@@ -35,7 +37,7 @@ from ext_proc.errors import MalformedRequest
 from ext_proc.wire.anthropic import ChatChunkTranslator, first_choice
 from ext_proc.wire.openai import json_object
 
-__all__ = ["ChatToResponsesStream", "chat_completion_to_response", "responses_request_to_chat"]
+__all__ = ["ChatToResponsesStream", "chat_completion_to_response", "chat_usage", "responses_request_to_chat"]
 
 # request keys copied to chat completions as they are
 _SAME = ("model", "temperature", "top_p", "parallel_tool_calls", "user", "service_tier", "top_logprobs", "stream")
@@ -61,9 +63,21 @@ def _bad(param: str, message: str, code: str = "invalid_value") -> MalformedRequ
     return MalformedRequest(f"{param}: {message}", code=code, param=param)
 
 
+def _unsupported(problems: list[MalformedRequest] | None, error: MalformedRequest) -> None:
+    """What sidegate cannot translate: a 400 now (``problems`` None), else noted and left out (the
+    request may yet go to a provider's own Responses API as it came)."""
+    if problems is None:
+        raise error
+    problems.append(error)
+
+
 def _obj(v: Any) -> dict[str, Any]:
     """``v`` when it is a JSON object, else an empty one (provider JSON is read defensively)."""
     return v if isinstance(v, dict) else {}
+
+
+def _count(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
 def _created(v: Any) -> int:
@@ -78,18 +92,19 @@ def _id(prefix: str) -> str:
 # Request
 
 
-def responses_request_to_chat(raw: bytes) -> dict[str, Any]:
+def responses_request_to_chat(raw: bytes, *, problems: list[MalformedRequest] | None = None) -> dict[str, Any]:
     """A ``POST /v1/responses`` body -> the chat-completions body that says the same.
 
-    Raises :class:`MalformedRequest` (400, ``param`` = the path) for what OpenAI would refuse and for
-    what sidegate cannot do (state kept between requests, tools that run inside OpenAI)."""
+    Raises :class:`MalformedRequest` (400, ``param`` = the path) for what OpenAI would refuse, and
+    for what has no chat-completions form (state kept between requests, tools that are not
+    functions, unknown parameters) unless ``problems`` is given: then those are appended to it and
+    left out of the chat body, which still says what the guard and the routing read."""
     body = json_object(raw, "Responses API")
     for key, why in _REFUSED.items():
         if body.get(key) not in (None, False):
-            raise _bad(key, why, code="unsupported_parameter")
-    unknown = sorted(set(body) - _KNOWN)
-    if unknown:
-        raise _bad(unknown[0], "unknown parameter", code="unknown_parameter")
+            _unsupported(problems, _bad(key, why, code="unsupported_parameter"))
+    for key in sorted(set(body) - _KNOWN):
+        _unsupported(problems, _bad(key, "unknown parameter", code="unknown_parameter"))
     if "input" not in body:
         raise _bad("input", "Missing required parameter: 'input'.", code="missing_required_parameter")
     chat: dict[str, Any] = {k: body[k] for k in _SAME if body.get(k) is not None}
@@ -100,7 +115,7 @@ def responses_request_to_chat(raw: bytes) -> dict[str, Any]:
             raise _bad("instructions", "expected a string")
         if instructions:
             messages.append({"role": "system", "content": instructions})
-    messages += _input_messages(body["input"])
+    messages += _input_messages(body["input"], problems)
     if not messages:
         raise _bad("input", "the input is empty: send at least one message", code="empty_array")
     chat["messages"] = messages
@@ -110,10 +125,14 @@ def responses_request_to_chat(raw: bytes) -> dict[str, Any]:
             raise _bad("max_output_tokens", "expected an integer of at least 1")
         chat["max_completion_tokens"] = limit
     if body.get("tools"):
-        chat["tools"] = _tools(body["tools"])
+        tools = _tools(body["tools"], problems)
+        if tools:
+            chat["tools"] = tools
     if body.get("tool_choice") is not None:
-        chat["tool_choice"] = _tool_choice(body["tool_choice"])
-    chat.update(_text(body.get("text")))
+        choice = _tool_choice(body["tool_choice"], problems)
+        if choice is not None:
+            chat["tool_choice"] = choice
+    chat.update(_text(body.get("text"), problems))
     reasoning = body.get("reasoning")
     if reasoning is not None:
         if not isinstance(reasoning, dict):
@@ -125,7 +144,7 @@ def responses_request_to_chat(raw: bytes) -> dict[str, Any]:
     return chat
 
 
-def _input_messages(value: Any) -> list[dict[str, Any]]:
+def _input_messages(value: Any, problems: list[MalformedRequest] | None) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list):
@@ -140,7 +159,7 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
             role = item.get("role")
             if role not in ("user", "assistant", "system", "developer"):
                 raise _bad(f"{at}.role", "expected one of 'user', 'assistant', 'system', 'developer'")
-            content = _content(item.get("content"), f"{at}.content", assistant=role == "assistant")
+            content = _content(item.get("content"), f"{at}.content", assistant=role == "assistant", problems=problems)
             messages.append({"role": "system" if role == "developer" else role, "content": content})
         elif kind == "function_call":
             call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
@@ -160,21 +179,22 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
             if not isinstance(call_id, str):
                 raise _bad(f"{at}.call_id", "expected a string")
             if isinstance(output, list):
-                output = _content(output, f"{at}.output", assistant=True)
+                output = _content(output, f"{at}.output", assistant=True, problems=problems)
             if not isinstance(output, str):
                 raise _bad(f"{at}.output", "expected a string or an array of content parts")
             messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
         elif kind == "reasoning":
             continue  # the model's earlier reasoning (often encrypted): chat completions have no place for it
         elif kind == "item_reference":
-            raise _bad(f"{at}.type", "sidegate stores no items to refer to: send the item itself", code="unsupported_parameter")
+            _unsupported(problems, _bad(f"{at}.type", "sidegate stores no items to refer to: send the item itself",
+                                        code="unsupported_parameter"))
         else:
-            raise _bad(f"{at}.type", f"input items of type {kind!r} are not supported through sidegate (message, "
-                                     "function_call, function_call_output and reasoning are)", code="unsupported_parameter")
+            _unsupported(problems, _bad(f"{at}.type", f"input items of type {kind!r} are not supported through sidegate (message, "
+                                                      "function_call, function_call_output and reasoning are)", code="unsupported_parameter"))
     return messages
 
 
-def _content(value: Any, at: str, *, assistant: bool) -> Any:
+def _content(value: Any, at: str, *, assistant: bool, problems: list[MalformedRequest] | None) -> Any:
     """A message's content -> chat content: a string, or (for a user turn with images) content parts."""
     if isinstance(value, str):
         return value
@@ -194,19 +214,20 @@ def _content(value: Any, at: str, *, assistant: bool) -> Any:
         elif kind == "input_image" and not assistant:
             url = part.get("image_url")
             if not isinstance(url, str):
-                raise _bad(f"{where}.image_url", "expected an image URL or a data: URL (file_id is not supported through sidegate)",
-                           code="unsupported_parameter")
+                _unsupported(problems, _bad(f"{where}.image_url", "expected an image URL or a data: URL (file_id is not supported "
+                                                                  "through sidegate)", code="unsupported_parameter"))
+                continue
             image = {"url": url, **({"detail": part["detail"]} if part.get("detail") else {})}
             parts.append({"type": "image_url", "image_url": image})
         else:
-            raise _bad(f"{where}.type", f"content parts of type {kind!r} are not supported through sidegate here",
-                       code="unsupported_parameter")
+            _unsupported(problems, _bad(f"{where}.type", f"content parts of type {kind!r} are not supported through sidegate here",
+                                        code="unsupported_parameter"))
     if all(p["type"] == "text" for p in parts):
         return "".join(p["text"] for p in parts)
     return parts
 
 
-def _tools(tools: Any) -> list[dict[str, Any]]:
+def _tools(tools: Any, problems: list[MalformedRequest] | None) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
         raise _bad("tools", "expected an array")
     out = []
@@ -217,8 +238,9 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
         kind = tool.get("type")
         if kind != "function":
             why = "run inside OpenAI" if kind in _HOSTED_TOOLS else "have no chat-completions form to send a provider"
-            raise _bad(f"{at}.type", f"tools of type {kind!r} {why} and are not supported through sidegate: only function "
-                                     "tools are", code="unsupported_parameter")
+            _unsupported(problems, _bad(f"{at}.type", f"tools of type {kind!r} {why} and are not supported through sidegate: "
+                                                      "only function tools are", code="unsupported_parameter"))
+            continue
         if not isinstance(tool.get("name"), str) or not tool["name"]:
             raise _bad(f"{at}.name", "Missing required parameter", code="missing_required_parameter")
         function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
@@ -226,16 +248,17 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _tool_choice(choice: Any) -> Any:
+def _tool_choice(choice: Any, problems: list[MalformedRequest] | None) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
-    raise _bad("tool_choice", "expected 'auto', 'none', 'required' or {\"type\": \"function\", \"name\": ...}",
-               code="unsupported_parameter")
+    _unsupported(problems, _bad("tool_choice", "expected 'auto', 'none', 'required' or {\"type\": \"function\", \"name\": ...}",
+                                code="unsupported_parameter"))
+    return None
 
 
-def _text(text: Any) -> dict[str, Any]:
+def _text(text: Any, problems: list[MalformedRequest] | None) -> dict[str, Any]:
     """``text.format`` -> ``response_format``; ``text.verbosity`` -> ``verbosity``."""
     if text is None:
         return {}
@@ -254,7 +277,8 @@ def _text(text: Any) -> dict[str, Any]:
             raise _bad("text.format", "a json_schema format needs a name and a schema")
         schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if fmt.get(k) is not None}
         return {**out, "response_format": {"type": "json_schema", "json_schema": schema}}
-    raise _bad("text.format.type", "expected 'text', 'json_object' or 'json_schema'")
+    _unsupported(problems, _bad("text.format.type", "expected 'text', 'json_object' or 'json_schema'"))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,14 +288,21 @@ def _text(text: Any) -> dict[str, Any]:
 def _usage(usage: Any) -> dict[str, Any] | None:
     if not isinstance(usage, Mapping):
         return None
-    def count(v: Any) -> int:
-        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
-    prompt, completion = count(usage.get("prompt_tokens")), count(usage.get("completion_tokens"))
+    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
     details = _obj(usage.get("prompt_tokens_details"))
-    cached, written = count(details.get("cached_tokens")), count(details.get("cache_write_tokens"))
-    reasoning = count(_obj(usage.get("completion_tokens_details")).get("reasoning_tokens"))
+    cached, written = _count(details.get("cached_tokens")), _count(details.get("cache_write_tokens"))
+    reasoning = _count(_obj(usage.get("completion_tokens_details")).get("reasoning_tokens"))
     return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written}, "output_tokens": completion,
             "output_tokens_details": {"reasoning_tokens": reasoning}, "total_tokens": prompt + completion}
+
+
+def chat_usage(usage: Any) -> dict[str, Any] | None:
+    """A Responses ``usage`` as chat completions' (what sidegate counts), None when absent."""
+    if not isinstance(usage, Mapping):
+        return None
+    prompt, completion = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": _count(usage.get("total_tokens")) or prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": _count(_obj(usage.get("input_tokens_details")).get("cached_tokens"))}}
 
 
 def _envelope(request: Mapping[str, Any], *, response_id: str, model: str, created: int, status: str) -> dict[str, Any]:

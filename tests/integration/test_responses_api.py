@@ -8,12 +8,15 @@ every answer) and testkit's fake providers, which speak chat completions and Ant
 * what sidegate cannot do (stored state, OpenAI-hosted tools) is a 400 naming the parameter, and
   nothing is forwarded; a provider's error and a provider that is down keep their status;
 * the response cache answers a repeated request, JSON and streamed, in the Responses shape;
-* an output guard stops a secret in a streamed answer with a complete event stream.
+* an output guard stops a secret in a streamed answer with a complete event stream;
+* a ``native_responses`` provider gets the request as it came (reasoning items, a custom tool,
+  previous_response_id) at its own /v1/responses, unless output guards need chat completions.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -165,3 +168,63 @@ def test_requests_are_counted_as_responses(stack: Stack) -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{stack.cfg.ext_proc.http_port}/metrics", timeout=5) as r:  # noqa: S310
         metrics = r.read().decode()
     assert 'sidegate_requests_total{listener="egress",outcome="upstream_200",route="responses"}' in metrics
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Config, FakeProvider]]:
+    """A provider with native_responses (OpenAI's own API has it by default), and no output guards."""
+    with FakeProvider(name="fake-native") as fake:
+        raw = gateway_config([{"name": "native", "provider_interface": "openai", "endpoint": fake.base_url, "model": "gpt-native",
+                               "default": True, "access_key": "sk-native", "native_responses": True}])
+        with running_stack(tmp_path_factory, raw) as (cfg, _):
+            yield cfg, fake
+
+
+def output_tokens(cfg: Config) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{cfg.ext_proc.http_port}/metrics", timeout=5) as r:  # noqa: S310
+        found = re.search(r'^sidegate_llm_tokens_total\{direction="output",provider="native"\} (\S+)$', r.read().decode(), re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_native_responses_provider_gets_the_request_as_it_came(native: tuple[Config, FakeProvider], stream: bool) -> None:
+    """Reasoning items, store, include, a custom tool and previous_response_id reach the provider's own
+    /v1/responses (a model only the Responses API serves works), the answer comes back as the provider
+    wrote it, and its tokens are counted."""
+    cfg, fake = native
+    fake.clear()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{cfg.egress.port}/v1", api_key="sk-client", max_retries=0, timeout=20)
+    items: list[Any] = [{"role": "user", "content": "rain in Oslo?"},
+                        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAA-opaque"},
+                        {"type": "function_call", "call_id": "call_1", "name": "weather", "arguments": '{"q": "Oslo"}'},
+                        {"type": "function_call_output", "call_id": "call_1", "output": "rain"}]
+    apply_patch = {"type": "custom", "name": "apply_patch", "description": "edit files"}  # Codex's; no chat-completions form
+    kw: dict[str, Any] = {"model": "gpt-5-codex", "input": items, "tools": [WEATHER, apply_patch], "store": False,
+                          "include": ["reasoning.encrypted_content"], "previous_response_id": "resp_earlier",
+                          "extra_headers": {"x-fake-tool": "weather"}}
+    before = output_tokens(cfg)
+    if stream:
+        with client.responses.stream(**kw) as s:
+            response = s.get_final_response()
+    else:
+        response = client.responses.create(**kw)
+    assert response.output_text == "fake-native says: rain in Oslo?" and response.model == "gpt-native"
+    assert output_tokens(cfg) == before + 5  # the provider's usage, read from its answer or its last event
+    assert next(o for o in response.output if o.type == "function_call").name == "weather"
+    (seen,) = fake.requests
+    assert seen.path == "/v1/responses" and seen.headers["authorization"] == "Bearer sk-native"
+    assert seen.json["model"] == "gpt-native" and seen.json["input"] == items and seen.json["include"] == ["reasoning.encrypted_content"]
+    assert seen.json["store"] is False and seen.json.get("stream", False) is stream
+    assert seen.json["tools"][1] == apply_patch and seen.json["previous_response_id"] == "resp_earlier"
+
+
+def test_with_output_guards_a_native_provider_is_sent_chat_completions(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Output guards read chat completions, so a guarded stack translates even for a native_responses provider."""
+    with FakeProvider(name="fake-native") as fake:
+        raw = gateway_config([{"name": "native", "provider_interface": "openai", "endpoint": fake.base_url, "default": True,
+                               "access_key": "sk-native", "native_responses": True}],
+                             prompt_guards={"output_guards": {"secrets": {"values": [SECRET]}}})
+        with running_stack(tmp_path_factory, raw) as (cfg, _):
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{cfg.egress.port}/v1", api_key="sk-client", max_retries=0, timeout=20)
+            assert client.responses.create(model="gpt-x", input="hi").output_text == "fake-native says: hi"
+    assert [r.path for r in fake.requests] == ["/v1/chat/completions"]

@@ -838,3 +838,19 @@ def test_the_balancer_port_may_not_be_a_replicas(tmp_path: Path) -> None:
     guard = {"input_guards": {"jailbreak": {"on_exception": {"message": "no"}}}}
     refused(vary(tmp_path, prompt_guards=guard, model_server={"replicas": 2, "balancer_port": 8011}),
             "model_server.balancer_port", "8011 is a port of a replica")
+
+
+def test_native_responses_is_on_for_openais_own_api_and_refused_where_no_responses_api_is() -> None:
+    from testkit.configs import cfg_from, gateway_config
+
+    def provider(**kw: Any) -> Any:
+        return cfg_from(gateway_config([{"name": "p", "access_key": "sk", "default": True, **kw}])).llm_providers[0]
+
+    assert provider(provider_interface="openai").native_responses  # https://api.openai.com/v1
+    assert provider(provider_interface="openai", base_url="https://api.openai.com/v1").native_responses
+    assert not provider(provider_interface="openai", base_url="http://127.0.0.1:8000/v1").native_responses  # OpenAI-compatible
+    assert provider(provider_interface="vllm", base_url="http://127.0.0.1:8000/v1", native_responses=True).native_responses
+    assert not provider(provider_interface="openai", native_responses=False).native_responses
+    assert not provider(provider_interface="groq").native_responses
+    with pytest.raises(ConfigError, match=r"llm_providers\[0\]\.native_responses.*anthropic serves no OpenAI Responses API"):
+        provider(provider_interface="anthropic", native_responses=True)

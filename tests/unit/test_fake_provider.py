@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 import socket
 import sys
 import time
@@ -226,3 +227,24 @@ def test_a_tool_use_in_anthropics_shape_as_the_sdk_reads_it(fp: FakeProvider, st
     with pytest.raises(anthropic.BadRequestError, match="not in tools"):
         client.messages.create(model="claude", max_tokens=8, messages=[{"role": "user", "content": "x"}],
                                extra_headers={"x-fake-tool": "weather"})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_responses_api_as_the_sdk_reads_it(fp: FakeProvider, stream: bool) -> None:
+    c = client(fp)
+    tool = {"type": "function", "name": "weather", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}
+    kw: dict[str, Any] = {"model": "gpt-x", "input": [{"role": "user", "content": [{"type": "input_text", "text": "rain in Oslo?"}]}],
+                          "tools": [tool], "extra_headers": {"x-fake-tool": "weather", "x-fake-chunks": "3"}}
+    if stream:
+        with c.responses.stream(**kw) as s:
+            deltas = [e.delta for e in s if e.type == "response.output_text.delta"]
+            response = s.get_final_response()
+        assert len(deltas) == 3
+    else:
+        response = c.responses.create(**kw)
+    assert response.status == "completed" and response.output_text == "fake-a says: rain in Oslo?" and response.model == "gpt-x"
+    call = response.output[1]
+    assert call.type == "function_call" and (call.name, json.loads(call.arguments)) == ("weather", {"q": "rain in Oslo?"})
+    assert response.usage is not None and response.usage.output_tokens == 5  # word counts
+    with pytest.raises(openai.BadRequestError, match="input"):
+        c.responses.create(model="gpt-x", input=[])

@@ -86,3 +86,30 @@ async def test_settle_charges_the_reported_usage_and_a_refund_never_overfills() 
     await rl2.admit(provider(), {}, msgs(400))
     with pytest.raises(RateLimited):
         await rl2.admit(provider(), {}, msgs(400))
+
+
+async def test_a_request_the_provider_cannot_be_sent_takes_nothing_from_the_budget() -> None:
+    """A 400 decided after routing (here: a Responses request with a tool that has no chat-completions
+    form, for a provider sent chat completions) is answered before the rate limit is charged."""
+    import json
+    import logging
+
+    from ext_proc.chat.completions import ChatProcessor, egress_router
+    from ext_proc.config import build_config
+    from ext_proc.metrics import Metrics
+    from ext_proc.processor import Continue, Immediate
+    from testkit import gateway_config
+
+    cfg = build_config(gateway_config([{"name": "p", "provider_interface": "openai", "endpoint": "http://127.0.0.1:9/v1", "model": "m",
+                                        "default": True}]))
+    limits = RateLimiter([RateLimit(model="m", tokens=30, unit="hour")])
+
+    async def send(tools: list[dict[str, str]]) -> object:
+        proc = ChatProcessor(cfg=cfg, listener="egress", router=egress_router, metrics=Metrics(),
+                             log=logging.LoggerAdapter(logging.getLogger("test"), {}), ratelimits=limits, api="responses")
+        await proc.request_headers({":path": "/v1/responses", ":method": "POST", "content-type": "application/json"}, False)
+        return await proc.request_body(json.dumps({"model": "m", "input": "x" * 80, "tools": tools}).encode(), True)
+
+    refused = await send([{"type": "custom", "name": "apply_patch"}])
+    assert isinstance(refused, Immediate) and refused.status == 400 and b"tools[0].type" in refused.body
+    assert isinstance(await send([]), Continue)  # the whole budget (about 28 of 30 tokens) was still there

@@ -144,3 +144,60 @@ def test_envoys_own_error_reaches_an_anthropic_client_of_an_anthropic_provider_i
     assert error["type"] == "error" and error["error"]["message"].startswith("sidegate could not reach the upstream provider_claude")
     own = b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}'
     assert ex.response(own, streaming=False, end_of_stream=True) is None
+
+
+NATIVE = build_config(gateway_config([
+    {"name": "native", "provider_interface": "openai", "endpoint": "http://127.0.0.1:9/v1", "model": "gpt-n", "native_responses": True, "default": True},
+])).provider("native")
+RESPONSES = json.dumps({"model": "m", "input": [{"role": "user", "content": "hi"}, {"type": "reasoning", "id": "rs_1", "summary": []}],
+                        "store": False}).encode()
+
+
+def test_a_responses_request_goes_to_a_native_provider_as_it_came_and_is_translated_otherwise() -> None:
+    ex = Exchange("responses")
+    body, path = ex.upstream_body(ex.parse(RESPONSES), None, NATIVE)
+    assert ex.native and not ex.reshaping and path is None  # the client's path: /v1/responses
+    assert json.loads(body) == {**json.loads(RESPONSES), "model": "gpt-n"}  # reasoning item and store kept; the provider's model
+    assert ex.usage(b'{"usage": {"input_tokens": 5, "output_tokens": 3, "total_tokens": 8}}', streaming=False)["total_tokens"] == 8
+    ex = Exchange("responses")
+    body, path = ex.upstream_body(ex.parse(RESPONSES), None, OAI)  # not native: chat completions
+    assert not ex.native and ex.reshaping and path == "/v1/chat/completions"
+    assert json.loads(body)["messages"] == [{"role": "user", "content": "hi"}]
+    ex = Exchange("responses")
+    req = ex.parse(RESPONSES)
+    piped = json.dumps({"model": "m", "messages": [{"role": "system", "content": "ctx"}, {"role": "user", "content": "hi"}]}).encode()
+    body, path = ex.upstream_body(req, piped, NATIVE)  # the pipeline changed the conversation: its body, as chat completions
+    assert not ex.native and path == "/v1/chat/completions" and json.loads(body)["messages"][0]["content"] == "ctx"
+    ex = Exchange("responses")
+    _, path = ex.upstream_body(ex.parse(RESPONSES), None, NATIVE, native_ok=False)  # e.g. output guards configured
+    assert not ex.native and path == "/v1/chat/completions"
+
+
+def test_a_native_streams_usage_is_read_from_its_last_response_event() -> None:
+    ex = Exchange("responses")
+    ex.upstream_body(ex.parse(RESPONSES), None, NATIVE)
+    ex.start_response(status="200", streaming=True)
+    done = {"type": "response.completed", "response": {"usage": {"input_tokens": 7, "output_tokens": 2, "total_tokens": 9}}}
+    raw = b'event: response.created\ndata: {"type": "response.created", "response": {"usage": null}}\n\n' + \
+        b"event: response.completed\ndata: " + json.dumps(done).encode() + b"\n\n"
+    assert ex.usage(raw[:70], streaming=True) is None
+    assert ex.usage(raw[70:], streaming=True) == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9,
+                                                   "prompt_tokens_details": {"cached_tokens": 0}}
+    assert ex.present(raw, streaming=True, end_of_stream=True) is None  # sent as the provider wrote it
+
+
+def test_what_has_no_chat_form_goes_to_a_native_provider_and_is_a_400_for_any_other() -> None:
+    """Codex sends custom tools (apply_patch) and may chain with previous_response_id: OpenAI's own
+    API takes that as it came; a provider sent chat completions cannot, and nothing is forwarded."""
+    codex = json.dumps({"model": "gpt-5-codex", "previous_response_id": "resp_1", "prompt_cache_key": "k",
+                        "tools": [{"type": "custom", "name": "apply_patch"}, {"type": "function", "name": "shell", "parameters": {}}],
+                        "input": [{"role": "user", "content": "fix the bug"}], "some_new_option": 1}).encode()
+    ex = Exchange("responses")
+    req = ex.parse(codex)
+    assert req.last_user_text == "fix the bug" and [t["function"]["name"] for t in req.body["tools"]] == ["shell"]
+    body, path = ex.upstream_body(req, None, NATIVE)
+    assert ex.native and json.loads(body) == {**json.loads(codex), "model": "gpt-n"}
+    ex = Exchange("responses")
+    with pytest.raises(MalformedRequest) as info:
+        ex.upstream_body(ex.parse(codex), None, OAI)
+    assert info.value.param == "previous_response_id" and info.value.code == "unsupported_parameter"
