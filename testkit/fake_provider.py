@@ -509,13 +509,9 @@ class FakeProvider:
         """``POST /v1/responses`` as OpenAI answers it: a ``response`` object, or its event stream
         (``response.created`` ... ``response.completed``); the reply is said about the last user
         message of ``input``; ``x-fake-tool`` adds a ``function_call`` item after the message."""
-        b = self._behaviour(request)
-        if b.delay_ms > 0:
-            await asyncio.sleep(b.delay_ms / 1000)
-        if b.status is not None and b.status >= 400:
-            return _error(b.status, f"{self.name}: simulated error {b.status}")
-        if not isinstance(body, dict):
-            return _error(400, "We could not parse the JSON body of your request.", code="invalid_json")
+        b, refused = await self._openai_start(request, body)
+        if refused is not None:
+            return refused
         model, items = body.get("model"), body.get("input")
         if not isinstance(model, str) or not model:
             return _error(400, "Missing required parameter: 'model'.", code="missing_required_parameter", param="model")
@@ -636,14 +632,22 @@ class FakeProvider:
         frames += [event("messageStop", {"stopReason": stop}), event("metadata", {"usage": usage, "metrics": {"latencyMs": 12}})]
         return await _stream(request, {**headers, "content-type": "application/vnd.amazon.eventstream"}, frames, b)
 
-    async def _chat(self, request: web.Request, body: Any) -> web.StreamResponse:
+    async def _openai_start(self, request: web.Request, body: Any) -> tuple[Behaviour, web.Response | None]:
+        """What both OpenAI APIs do first: the request's behaviour, its delay, and the error it asked
+        for or a body that is no JSON object (None: go on)."""
         b = self._behaviour(request)
         if b.delay_ms > 0:
             await asyncio.sleep(b.delay_ms / 1000)
         if b.status is not None and b.status >= 400:
-            return _error(b.status, f"{self.name}: simulated error {b.status}")
+            return b, _error(b.status, f"{self.name}: simulated error {b.status}")
         if not isinstance(body, dict):
-            return _error(400, "We could not parse the JSON body of your request.", code="invalid_json")
+            return b, _error(400, "We could not parse the JSON body of your request.", code="invalid_json")
+        return b, None
+
+    async def _chat(self, request: web.Request, body: Any) -> web.StreamResponse:
+        b, refused = await self._openai_start(request, body)
+        if refused is not None:
+            return refused
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(400, "Missing required parameter: 'messages'.", code="missing_required_parameter", param="messages")
