@@ -76,6 +76,10 @@ class Exchange:
 
     # -- request ------------------------------------------------------------------------------
     @property
+    def _custom(self) -> frozenset[str]:
+        return responses.custom_tools(self._raw or {})
+
+    @property
     def presenting(self) -> bool:
         """A Responses API client: the chat answer is presented as a ``response`` at the end."""
         return self.presented == "responses"
@@ -251,7 +255,7 @@ class Exchange:
     def start_presenting(self, *, streaming: bool) -> None:
         """The provider's answer begins: a 2xx stream is presented event by event."""
         if self.presenting and not self.native and streaming and self._status_ok:
-            self._presenter = responses.ChatToResponsesStream(request=self._chat_body or {}, model=self.model)
+            self._presenter = responses.ChatToResponsesStream(request=self._chat_body or {}, model=self.model, custom=self._custom)
 
     def present(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes | None:
         """The chat answer's bytes as the Responses client gets them (None: unchanged: not presenting,
@@ -264,17 +268,17 @@ class Exchange:
             return self._presenter.feed(chunk) + (self._presenter.close() if end_of_stream else b"")
         if not end_of_stream:
             return b""  # a buffered JSON answer comes whole
-        return json.dumps(responses.chat_completion_to_response(chunk, request=self._chat_body or {})).encode()
+        return json.dumps(responses.chat_completion_to_response(chunk, request=self._chat_body or {}, custom=self._custom)).encode()
 
     def present_answer(self, reply: Immediate) -> Immediate:
         """An answer sidegate holds whole (its own, or a cached one), chat-shaped, as the Responses client gets it."""
         if not self.presenting or reply.status != 200:
             return reply
         if "text/event-stream" in reply.headers.get("content-type", ""):
-            stream = responses.ChatToResponsesStream(request=self._chat_body or {})
+            stream = responses.ChatToResponsesStream(request=self._chat_body or {}, custom=self._custom)
             body = stream.feed(reply.body) + stream.close()
         else:
-            body = json.dumps(responses.chat_completion_to_response(reply.body, request=self._chat_body or {})).encode()
+            body = json.dumps(responses.chat_completion_to_response(reply.body, request=self._chat_body or {}, custom=self._custom)).encode()
         headers = {k: v for k, v in reply.headers.items() if k.lower() != "content-length"}
         return Immediate(status=reply.status, body=body, headers=headers, details=reply.details)
 

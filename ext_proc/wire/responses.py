@@ -15,9 +15,11 @@ as a Responses object or its event stream on the way out, whatever API the provi
 
 sidegate keeps no state: a request translated for a provider must carry its whole conversation
 in ``input``. ``previous_response_id``, ``conversation``, ``background`` and stored prompts are
-refused with what to send instead, as are tools other than ``function`` (web search, file search,
-code interpreter, computer use, MCP and image generation run inside OpenAI; custom and shell tools
-have no chat-completions form) and parameters this module does not know; a provider with
+refused with what to send instead, as are tools other than ``function`` and ``custom`` (web search,
+file search, code interpreter, computer use, MCP and image generation run inside OpenAI; shell
+tools have no chat-completions form) and parameters this module does not know. A custom tool
+(free-form text input, such as Codex's ``apply_patch``) is sent as a function of one string
+parameter, ``input``, and its calls come back as ``custom_tool_call`` items; a provider with
 ``native_responses`` gets such a request as it came (``problems``: noted, not raised). What has no
 chat-completions form and changes no answer is dropped: ``store`` (every answer says
 ``store: false``), ``include``, ``truncation``, ``prompt_cache_key``, ``safety_identifier``,
@@ -37,7 +39,7 @@ from ext_proc.errors import MalformedRequest
 from ext_proc.wire.anthropic import ChatChunkTranslator, first_choice
 from ext_proc.wire.openai import json_object
 
-__all__ = ["ChatToResponsesStream", "chat_completion_to_response", "chat_usage", "responses_request_to_chat"]
+__all__ = ["CUSTOM_INPUT", "ChatToResponsesStream", "chat_completion_to_response", "chat_usage", "custom_tools", "responses_request_to_chat"]
 
 # request keys copied to chat completions as they are
 _SAME = ("model", "temperature", "top_p", "parallel_tool_calls", "user", "service_tier", "top_logprobs", "stream")
@@ -54,6 +56,7 @@ _REFUSED = {
 _KNOWN = set(_SAME) | _DROPPED | set(_REFUSED) | {"input", "instructions", "tools", "tool_choice", "max_output_tokens", "text",
                                                    "reasoning"}
 # tool types OpenAI runs itself (the others, such as custom and local_shell, run in the client)
+CUSTOM_INPUT = "input"  # the one parameter of a custom tool's function form
 _HOSTED_TOOLS = {"web_search", "web_search_preview", "file_search", "code_interpreter", "computer_use_preview", "computer",
                  "mcp", "image_generation"}
 _FINISH_STATUS = {"length": ("incomplete", "max_output_tokens"), "content_filter": ("incomplete", "content_filter")}
@@ -161,11 +164,14 @@ def _input_messages(value: Any, problems: list[MalformedRequest] | None) -> list
                 raise _bad(f"{at}.role", "expected one of 'user', 'assistant', 'system', 'developer'")
             content = _content(item.get("content"), f"{at}.content", assistant=role == "assistant", problems=problems)
             messages.append({"role": "system" if role == "developer" else role, "content": content})
-        elif kind == "function_call":
-            call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
-            for key, v in (("call_id", call_id), ("name", name), ("arguments", arguments)):
+        elif kind in ("function_call", "custom_tool_call"):
+            field = "arguments" if kind == "function_call" else "input"
+            call_id, name, arguments = item.get("call_id"), item.get("name"), item.get(field)
+            for key, v in (("call_id", call_id), ("name", name), (field, arguments)):
                 if not isinstance(v, str):
                     raise _bad(f"{at}.{key}", "expected a string")
+            if kind == "custom_tool_call":
+                arguments = json.dumps({CUSTOM_INPUT: arguments})
             call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant" and "tool_calls" in last:
@@ -174,7 +180,7 @@ def _input_messages(value: Any, problems: list[MalformedRequest] | None) -> list
                 last["tool_calls"] = [call]
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             call_id, output = item.get("call_id"), item.get("output")
             if not isinstance(call_id, str):
                 raise _bad(f"{at}.call_id", "expected a string")
@@ -190,7 +196,8 @@ def _input_messages(value: Any, problems: list[MalformedRequest] | None) -> list
                                         code="unsupported_parameter"))
         else:
             _unsupported(problems, _bad(f"{at}.type", f"input items of type {kind!r} are not supported through sidegate (message, "
-                                                      "function_call, function_call_output and reasoning are)", code="unsupported_parameter"))
+                                                      "function_call, function_call_output, custom_tool_call, custom_tool_call_output "
+                                                      "and reasoning are)", code="unsupported_parameter"))
     return messages
 
 
@@ -236,6 +243,9 @@ def _tools(tools: Any, problems: list[MalformedRequest] | None) -> list[dict[str
         if not isinstance(tool, dict):
             raise _bad(at, "expected an object")
         kind = tool.get("type")
+        if kind == "custom" and isinstance(tool.get("name"), str) and tool["name"]:
+            out.append({"type": "function", "function": _custom_function(tool)})
+            continue
         if kind != "function":
             why = "run inside OpenAI" if kind in _HOSTED_TOOLS else "have no chat-completions form to send a provider"
             _unsupported(problems, _bad(f"{at}.type", f"tools of type {kind!r} {why} and are not supported through sidegate: "
@@ -248,10 +258,39 @@ def _tools(tools: Any, problems: list[MalformedRequest] | None) -> list[dict[str
     return out
 
 
+def _custom_function(tool: Mapping[str, Any]) -> dict[str, Any]:
+    """A custom tool (free-form text input, e.g. Codex's apply_patch) as a function of one string
+    parameter, ``input``; its grammar, if any, is told in the description (not enforced)."""
+    description = str(tool.get("description") or "")
+    fmt = _obj(tool.get("format"))
+    if fmt.get("type") == "grammar" and isinstance(fmt.get("definition"), str):
+        syntax = f" {fmt['syntax']}" if isinstance(fmt.get("syntax"), str) else ""
+        description += f"\n\nThe input follows this{syntax} grammar:\n{fmt['definition']}"
+    parameters = {"type": "object", "properties": {CUSTOM_INPUT: {"type": "string", "description": "the tool's input, as free text"}},
+                  "required": [CUSTOM_INPUT], "additionalProperties": False}
+    return {"name": tool["name"], **({"description": description.strip()} if description.strip() else {}), "parameters": parameters}
+
+
+def custom_tools(body: Mapping[str, Any]) -> frozenset[str]:
+    """The names of a Responses request's custom tools (their calls are answered as custom_tool_call items)."""
+    tools = body.get("tools")
+    return frozenset(t["name"] for t in tools if isinstance(t, dict) and t.get("type") == "custom" and isinstance(t.get("name"), str)) \
+        if isinstance(tools, list) else frozenset()
+
+
+def _custom_input(arguments: str) -> str:
+    """A custom tool's input from the arguments the model wrote for its function form (as they are, if not that form)."""
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return arguments
+    return value[CUSTOM_INPUT] if isinstance(value, dict) and isinstance(value.get(CUSTOM_INPUT), str) else arguments
+
+
 def _tool_choice(choice: Any, problems: list[MalformedRequest] | None) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
-    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
+    if isinstance(choice, dict) and choice.get("type") in ("function", "custom") and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
     _unsupported(problems, _bad("tool_choice", "expected 'auto', 'none', 'required' or {\"type\": \"function\", \"name\": ...}",
                                 code="unsupported_parameter"))
@@ -305,7 +344,8 @@ def chat_usage(usage: Any) -> dict[str, Any] | None:
             "prompt_tokens_details": {"cached_tokens": _count(_obj(usage.get("input_tokens_details")).get("cached_tokens"))}}
 
 
-def _envelope(request: Mapping[str, Any], *, response_id: str, model: str, created: int, status: str) -> dict[str, Any]:
+def _envelope(request: Mapping[str, Any], *, response_id: str, model: str, created: int, status: str,
+              custom: frozenset[str] = frozenset()) -> dict[str, Any]:
     """A ``response`` object's fields other than ``output`` and ``usage``, from the (chat) request."""
     fmt = request.get("response_format")
     text: dict[str, Any] = {"format": {"type": "text"}}
@@ -315,7 +355,8 @@ def _envelope(request: Mapping[str, Any], *, response_id: str, model: str, creat
         text = {"format": {"type": "json_schema", **(fmt.get("json_schema") or {})}}
     messages = request.get("messages") or []
     instructions = messages[0]["content"] if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system" else None
-    tools = [{"type": "function", **t["function"]} for t in request.get("tools") or [] if isinstance(t, dict) and "function" in t]
+    tools = [{"type": "custom", "name": t["function"]["name"]} if t["function"].get("name") in custom else {"type": "function", **t["function"]}
+             for t in request.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("function"), dict)]
     choice = request.get("tool_choice", "auto")
     if isinstance(choice, dict):
         choice = {"type": "function", "name": (choice.get("function") or {}).get("name")}
@@ -339,29 +380,38 @@ def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: st
     return {"id": item_id, "type": "function_call", "status": status, "call_id": call_id, "name": name, "arguments": arguments}
 
 
+def _tool_item(call: Mapping[str, Any], custom: frozenset[str], arguments: str) -> dict[str, Any]:
+    """A chat tool call as an output item: a custom_tool_call for a custom tool, else a function_call."""
+    fn = _obj(call.get("function"))
+    name, call_id = str(fn.get("name") or ""), str(call.get("id") or _id("call"))
+    if name in custom:
+        return {"id": _id("ctc"), "type": "custom_tool_call", "status": "completed", "call_id": call_id, "name": name,
+                "input": _custom_input(arguments)}
+    return _call_item(_id("fc"), call_id, name, arguments, "completed")
+
+
 def _finished(envelope: dict[str, Any], finish: str | None) -> dict[str, Any]:
     status, reason = _FINISH_STATUS.get(finish or "", ("completed", None))
     return {**envelope, "status": status, "incomplete_details": {"reason": reason} if reason else None}
 
 
-def chat_completion_to_response(raw: bytes | Mapping[str, Any], *, request: Mapping[str, Any]) -> dict[str, Any]:
+def chat_completion_to_response(raw: bytes | Mapping[str, Any], *, request: Mapping[str, Any],
+                                custom: frozenset[str] = frozenset()) -> dict[str, Any]:
     """A ``chat.completion`` (first choice) as a ``response`` object; ``request``: the chat request
-    it answers (what the object echoes: instructions, tools, ...). Raises :class:`UpstreamError`
-    (502) for an answer without choices."""
+    it answers (what the object echoes: instructions, tools, ...); ``custom``: the names of its custom
+    tools. Raises :class:`UpstreamError` (502) for an answer without choices."""
     completion, choice = first_choice(raw)
     message = _obj(choice.get("message"))
     created = _created(completion.get("created"))
     envelope = _envelope(request, response_id=_id("resp"), model=str(completion.get("model") or request.get("model") or ""),
-                         created=created, status="completed")
+                         created=created, status="completed", custom=custom)
     output: list[dict[str, Any]] = []
     text = message.get("content") if isinstance(message.get("content"), str) else message.get("refusal")
     if isinstance(text, str) and text:
         output.append(_message_item(_id("msg"), text, "completed"))
     for call in message.get("tool_calls") or []:
         if isinstance(call, dict):
-            fn = _obj(call.get("function"))
-            output.append(_call_item(_id("fc"), str(call.get("id") or _id("call")), str(fn.get("name") or ""),
-                                     str(fn.get("arguments") or ""), "completed"))
+            output.append(_tool_item(call, custom, str(_obj(call.get("function")).get("arguments") or "")))
     return {**_finished(envelope, choice.get("finish_reason")), "output": output, "usage": _usage(completion.get("usage"))}
 
 
@@ -383,9 +433,11 @@ class ChatToResponsesStream(ChatChunkTranslator):
 
     BROKEN = "server_error"
 
-    def __init__(self, *, request: Mapping[str, Any], model: str | None = None) -> None:
+    def __init__(self, *, request: Mapping[str, Any], model: str | None = None, custom: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self._request = request
+        self._custom = custom  # custom tools: their calls are custom_tool_call items, the input sent whole at the end
+        self._arguments: dict[str, str] = {}  # a custom call's item id -> its function arguments so far
         self._model = model
         self._seq = 0
         self._envelope: dict[str, Any] | None = None
@@ -402,7 +454,7 @@ class ChatToResponsesStream(ChatChunkTranslator):
             return b""
         model = self._model or str(chunk.get("model") or self._request.get("model") or "")
         self._envelope = _envelope(self._request, response_id=_id("resp"), model=model, created=_created(chunk.get("created")),
-                                   status="in_progress")
+                                   status="in_progress", custom=self._custom)
         return self._emit("response.created", {"response": self._envelope}) + self._emit("response.in_progress", {"response": self._envelope})
 
     def _close_item(self) -> bytes:
@@ -416,6 +468,10 @@ class ChatToResponsesStream(ChatChunkTranslator):
             out = self._emit("response.output_text.done", {"item_id": item["id"], "output_index": index, "content_index": 0,
                                                            "text": part["text"], "logprobs": []})
             out += self._emit("response.content_part.done", {"item_id": item["id"], "output_index": index, "content_index": 0, "part": part})
+        elif item["type"] == "custom_tool_call":
+            item["input"] = _custom_input(self._arguments.pop(item["id"], ""))
+            out = self._emit("response.custom_tool_call_input.delta", {"item_id": item["id"], "output_index": index, "delta": item["input"]})
+            out += self._emit("response.custom_tool_call_input.done", {"item_id": item["id"], "output_index": index, "input": item["input"]})
         else:
             out = self._emit("response.function_call_arguments.done", {"item_id": item["id"], "output_index": index,
                                                                        "name": item["name"], "arguments": item["arguments"]})
@@ -430,7 +486,7 @@ class ChatToResponsesStream(ChatChunkTranslator):
         if item["type"] == "message":
             added["content"] = []
         else:
-            added["arguments"] = ""
+            added["arguments" if item["type"] == "function_call" else "input"] = ""
         out += self._emit("response.output_item.added", {"output_index": index, "item": added})
         if item["type"] == "message":
             out += self._emit("response.content_part.added", {"item_id": item["id"], "output_index": index, "content_index": 0,
@@ -471,10 +527,14 @@ class ChatToResponsesStream(ChatChunkTranslator):
         out = b""
         index = self._calls.get(key)
         if index is None:
-            out = self._open_item(_call_item(_id("fc"), str(call.get("id") or _id("call")), str(function.get("name") or ""), "", "completed"))
+            out = self._open_item(_tool_item(call, self._custom, ""))
             index = self._calls[key] = len(self._items) - 1
         item = self._items[index]
         arguments = function.get("arguments")
+        if item["type"] == "custom_tool_call":  # its input is a string inside these arguments: sent whole when it ends
+            if isinstance(arguments, str):
+                self._arguments[item["id"]] = self._arguments.get(item["id"], "") + arguments
+            return out
         if isinstance(arguments, str) and arguments:
             item["arguments"] += arguments
             out += self._emit("response.function_call_arguments.delta", {"item_id": item["id"], "output_index": index, "delta": arguments})

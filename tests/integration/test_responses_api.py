@@ -111,6 +111,27 @@ def test_a_tool_loop(stack: Stack, model: str, stream: bool) -> None:
         assert sent[-1]["content"] == [{"type": "tool_result", "tool_use_id": call.call_id, "content": "sunny, 12 C"}]
 
 
+def test_codexs_custom_tool_through_a_chat_provider(stack: Stack) -> None:
+    """A custom tool (Codex's apply_patch) goes to a chat provider as a function of one string, its
+    call comes back as a custom_tool_call, and the next turn's custom items as a tool call and result."""
+    patch = {"type": "custom", "name": "apply_patch", "description": "Edit files."}
+    client = stack.client()
+    stack.oai.clear()
+    with client.responses.stream(model="gpt-test", input="fix the bug", tools=[patch],  # type: ignore[list-item]
+                                 extra_headers={"x-fake-tool": "apply_patch", "cache-control": "no-cache"}) as s:
+        response = s.get_final_response()
+    call = response.output[-1]
+    assert call.type == "custom_tool_call" and call.name == "apply_patch" and call.input == '{"q": "fix the bug"}'
+    (sent,) = stack.oai.requests
+    assert sent.json["tools"][0]["function"]["parameters"]["required"] == ["input"]
+    client.responses.create(model="gpt-test", tools=[patch], input=[  # type: ignore[list-item]
+        {"role": "user", "content": "fix the bug"}, {"type": "custom_tool_call", "call_id": call.call_id, "name": "apply_patch", "input": "*** Begin Patch"},
+        {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done!"}], extra_headers={"cache-control": "no-cache"})
+    messages = stack.oai.requests[-1].json["messages"]
+    assert messages[-2]["tool_calls"][0]["function"] == {"name": "apply_patch", "arguments": json.dumps({"input": "*** Begin Patch"})}
+    assert messages[-1] == {"role": "tool", "tool_call_id": call.call_id, "content": "Done!"}
+
+
 @pytest.mark.parametrize(("kw", "param"), [
     ({"previous_response_id": "resp_123"}, "previous_response_id"),
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),

@@ -110,6 +110,6 @@ async def test_a_request_the_provider_cannot_be_sent_takes_nothing_from_the_budg
         await proc.request_headers({":path": "/v1/responses", ":method": "POST", "content-type": "application/json"}, False)
         return await proc.request_body(json.dumps({"model": "m", "input": "x" * 80, "tools": tools}).encode(), True)
 
-    refused = await send([{"type": "custom", "name": "apply_patch"}])
+    refused = await send([{"type": "local_shell"}])
     assert isinstance(refused, Immediate) and refused.status == 400 and b"tools[0].type" in refused.body
     assert isinstance(await send([]), Continue)  # the whole budget (about 28 of 30 tokens) was still there

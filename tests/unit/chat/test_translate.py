@@ -190,11 +190,12 @@ def test_what_has_no_chat_form_goes_to_a_native_provider_and_is_a_400_for_any_ot
     """Codex sends custom tools (apply_patch) and may chain with previous_response_id: OpenAI's own
     API takes that as it came; a provider sent chat completions cannot, and nothing is forwarded."""
     codex = json.dumps({"model": "gpt-5-codex", "previous_response_id": "resp_1", "prompt_cache_key": "k",
-                        "tools": [{"type": "custom", "name": "apply_patch"}, {"type": "function", "name": "shell", "parameters": {}}],
+                        "tools": [{"type": "custom", "name": "apply_patch"}, {"type": "function", "name": "shell", "parameters": {}},
+                                  {"type": "local_shell"}],
                         "input": [{"role": "user", "content": "fix the bug"}], "some_new_option": 1}).encode()
     ex = Exchange("responses")
     req = ex.parse(codex)
-    assert req.last_user_text == "fix the bug" and [t["function"]["name"] for t in req.body["tools"]] == ["shell"]
+    assert req.last_user_text == "fix the bug" and [t["function"]["name"] for t in req.body["tools"]] == ["apply_patch", "shell"]
     body, path = ex.upstream_body(req, None, NATIVE)
     assert ex.native and json.loads(body) == {**json.loads(codex), "model": "gpt-n"}
     ex = Exchange("responses")

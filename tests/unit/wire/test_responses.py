@@ -73,7 +73,7 @@ def test_input_items_become_the_chat_conversation() -> None:
     ({"input": "hi", "background": True}, "background", "without background"),
     ({"input": "hi", "prompt": {"id": "pmpt_1"}}, "prompt", "stored prompt templates"),
     ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type", "'web_search' run inside OpenAI"),
-    ({"input": "hi", "tools": [{"type": "custom", "name": "apply_patch"}]}, "tools[0].type", "'custom' have no chat-completions form"),
+    ({"input": "hi", "tools": [{"type": "local_shell"}]}, "tools[0].type", "'local_shell' have no chat-completions form"),
     ({"input": "hi", "tools": [{"type": "function"}]}, "tools[0].name", "Missing required parameter"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type", "send the item itself"),
     ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type", "'web_search_call' are not supported"),
@@ -220,3 +220,36 @@ def test_an_error_or_a_cut_mid_stream_is_an_error_event_and_a_failed_response(ta
     assert seen[-1].response.status == "failed" and seen[-1].response.error is not None
     if b"overloaded" in tail:
         assert (seen[-2].code, seen[-2].message) == ("overloaded", "overloaded")
+
+
+PATCH_TOOL = {"type": "custom", "name": "apply_patch", "description": "Edit files.",
+              "format": {"type": "grammar", "syntax": "lark", "definition": "start: begin_patch hunk+ end_patch"}}
+
+
+def test_a_custom_tool_is_a_function_of_one_string_and_its_calls_come_back_as_custom_tool_calls() -> None:
+    out = chat({"input": [{"role": "user", "content": "fix it"},
+                          {"type": "custom_tool_call", "call_id": "c1", "name": "apply_patch", "input": "*** Begin Patch\n"},
+                          {"type": "custom_tool_call_output", "call_id": "c1", "output": "Done!"}],
+                "tools": [PATCH_TOOL], "tool_choice": {"type": "custom", "name": "apply_patch"}})
+    (tool,) = out["tools"]
+    assert tool["function"]["name"] == "apply_patch" and tool["function"]["parameters"]["required"] == ["input"]
+    assert tool["function"]["description"] == "Edit files.\n\nThe input follows this lark grammar:\nstart: begin_patch hunk+ end_patch"
+    assert out["tool_choice"] == {"type": "function", "function": {"name": "apply_patch"}}
+    assert out["messages"][1]["tool_calls"][0]["function"]["arguments"] == json.dumps({"input": "*** Begin Patch\n"})
+    assert out["messages"][2] == {"role": "tool", "tool_call_id": "c1", "content": "Done!"}
+    answer = completion()
+    answer["choices"][0]["message"]["tool_calls"] = [{"id": "call_9", "type": "function", "function": {
+        "name": "apply_patch", "arguments": json.dumps({"input": "*** Begin Patch\n*** End Patch"})}}]
+    response = Response.model_validate(chat_completion_to_response(answer, request=out, custom=frozenset({"apply_patch"})))
+    call = response.output[1]
+    assert call.type == "custom_tool_call" and (call.call_id, call.name, call.input) == ("call_9", "apply_patch", "*** Begin Patch\n*** End Patch")
+    assert response.tools[0].type == "custom"
+    stream = ChatToResponsesStream(request=out, custom=frozenset({"apply_patch"}))
+    raw = stream.feed(b"".join([
+        chunk({"tool_calls": [{"index": 0, "id": "call_9", "type": "function", "function": {"name": "apply_patch", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"input": "*** Begin'}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": ' Patch"}'}}]}), chunk({}, "tool_calls"), b"data: [DONE]\n\n"])) + stream.close()
+    assert [e.type for e in events(raw)][2:6] == ["response.output_item.added", "response.custom_tool_call_input.delta",
+                                                  "response.custom_tool_call_input.done", "response.output_item.done"]
+    final = accumulate(raw)
+    assert final.output[0].type == "custom_tool_call" and final.output[0].input == "*** Begin Patch"  # type: ignore[union-attr]
