@@ -111,6 +111,8 @@ def responses_request_to_chat(raw: bytes, *, problems: list[MalformedRequest] | 
     if "input" not in body:
         raise _bad("input", "Missing required parameter: 'input'.", code="missing_required_parameter")
     chat: dict[str, Any] = {k: body[k] for k in _SAME if body.get(k) is not None}
+    if "top_logprobs" in chat:
+        chat["logprobs"] = True  # chat completions asks for both
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
     if instructions is not None:

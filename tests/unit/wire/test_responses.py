@@ -28,9 +28,9 @@ def test_a_string_input_with_instructions_and_the_options_that_map() -> None:
                 "reasoning": {"effort": "low", "summary": "auto"}, "text": {"format": {"type": "json_schema", "name": "a", "schema": {"type": "object"}},
                                                                             "verbosity": "low"},
                 "tools": [WEATHER], "tool_choice": {"type": "function", "name": "weather"}, "store": True, "include": ["x"],
-                "stream": True, "parallel_tool_calls": False})
+                "stream": True, "parallel_tool_calls": False, "top_logprobs": 2})
     assert out == {
-        "model": "gpt-5", "temperature": 0.2, "parallel_tool_calls": False, "stream": True,
+        "model": "gpt-5", "temperature": 0.2, "parallel_tool_calls": False, "top_logprobs": 2, "logprobs": True, "stream": True,
         "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
         "max_completion_tokens": 50,
         "tools": [{"type": "function", "function": {"name": "weather", "description": "the weather", "parameters": WEATHER["parameters"]}}],
