@@ -14,6 +14,7 @@ from typing import Callable
 from ext_proc.chat.agents import AgentProcessor, AgentRouter
 from ext_proc.chat.cache import ResponseCacheService
 from ext_proc.chat.completions import ChatProcessor, Router, egress_router, preference_egress_router
+from ext_proc.chat.decision import DECISION_PREFIX, RoutingDecision
 from ext_proc.chat.preferences import PreferenceRouter
 from ext_proc.chat.translate import API_PATHS
 from ext_proc.chat.endpoints import EndpointClient
@@ -79,8 +80,16 @@ def _chat(listener: str, api: str) -> Factory:
     return make
 
 
+def _decision(api: str) -> Factory:
+    """plano's routing-decision endpoint for ``api`` on the egress listener: where a request would go, sent nowhere."""
+    def make(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Processor:
+        return RoutingDecision(cfg=s.cfg, router=s.egress, metrics=s.metrics, log=log, api=api)
+    return make
+
+
 _ROUTES: dict[tuple[str, str], Factory] = {
-    (listener, path): _chat(listener, api) for listener in ("ingress", "egress") for api, path in API_PATHS.items()
+    **{(listener, path): _chat(listener, api) for listener in ("ingress", "egress") for api, path in API_PATHS.items()},
+    **{("egress", DECISION_PREFIX + path): _decision(api) for api, path in API_PATHS.items()},
 }
 
 

@@ -5,6 +5,8 @@ measured by ``python -m bench routing_eval``."""
 
 from __future__ import annotations
 
+import json
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,6 +108,36 @@ def test_anthropic_messages_are_routed_too(stack: Stack) -> None:
     message = raw.parse()
     assert message.content[0].type == "text" and message.content[0].text == f"fake-special says: {CODE}"
     assert [r.json["model"] for r in stack.special.requests] == ["code-model"]  # translated to chat completions for coder
+
+
+def decision(stack: Stack, path: str, body: Any, **headers: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(f"http://127.0.0.1:{stack.cfg.egress.port}/routing/v1/{path}", method="POST",
+                                     data=body if isinstance(body, bytes) else json.dumps(body).encode(),
+                                     headers={"content-type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_plano_routing_decision_endpoints_say_where_a_request_would_go_and_send_it_nowhere(stack: Stack) -> None:
+    stack.general.clear(), stack.special.clear()
+    code = [{"role": "user", "content": CODE}]
+    for path, body in (("chat/completions", {"model": "auto", "messages": code}),
+                       ("messages", {"model": "auto", "max_tokens": 64, "messages": code}),
+                       ("responses", {"model": "auto", "input": CODE})):
+        status, answer = decision(stack, path, body, traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        assert (status, answer) == (200, {"models": ["openai/code-model"], "route": "code generation", "provider": "coder",
+                                          "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}), path
+    status, answer = decision(stack, "chat/completions", {"messages": [{"role": "user", "content": UNRELATED}]})
+    assert status == 200 and (answer["route"], answer["provider"], answer["models"]) == (None, "general", ["openai/general-model"])
+    status, answer = decision(stack, "chat/completions", {"model": "auto", "messages": code}, **{"x-arch-llm-provider-hint": "reader"})
+    assert (answer["route"], answer["provider"]) == (None, "reader")
+    assert decision(stack, "chat/completions", b"{not json")[0] == 400
+    status, error = decision(stack, "messages", {"model": "auto", "messages": code})  # no max_tokens: Anthropic's own 400
+    assert status == 400 and error["type"] == "error" and "max_tokens" in error["error"]["message"]
+    assert stack.general.requests == [] and stack.special.requests == []
 
 
 def test_claude_code_naming_its_model_is_re_routed_with_route_named_models(tmp_path_factory: pytest.TempPathFactory) -> None:
