@@ -128,6 +128,7 @@ def normalise(raw: dict[str, Any], *, default_ports: Mapping[str, int], provider
     max_retries = _listener_list(out, warnings)
     _providers(out, warnings, provider_hosts, max_retries)
     _top_level_preferences(out, warnings)
+    _named_models(raw, out, warnings)
     _tracing(out, warnings)
     _overrides(out, warnings)
     _guards(out, warnings)
@@ -275,6 +276,23 @@ def _top_level_preferences(out: dict[str, Any], warnings: list[str]) -> None:
             warnings.append(f"routing_preferences[{i}].models: requests that fit {rp.get('name')!r} go to {provider.get('name')}, "
                             "the first of these models configured; the others are not tried")
         provider.setdefault("routing_preferences", []).append({k: rp[k] for k in ("name", "description") if k in rp})
+
+
+def _named_models(raw: dict[str, Any], out: dict[str, Any], warnings: list[str]) -> None:
+    """A plano config (``model_providers``, top-level ``routing_preferences``) with routing preferences
+    expects a request that names a model to be re-routed too, as plano does; sidegate does that only
+    with ``overrides.route_named_models`` (DESIGN.md keeps a named model by default): say so."""
+    if "model_providers" not in raw and "routing_preferences" not in raw:
+        return
+    providers = out.get("llm_providers")
+    if not isinstance(providers, list) or not any(isinstance(p, dict) and p.get("routing_preferences") for p in providers):
+        return
+    overrides = out.get("overrides")
+    if isinstance(overrides, dict) and "route_named_models" in overrides:
+        return
+    warnings.append("routing_preferences: a request that names a configured model (Claude Code, Codex and plano's demos always "
+                    "name one) keeps that model here, where plano re-routes it by the preferences: set "
+                    "overrides.route_named_models: true for plano's behaviour")
 
 
 def _unique(name: str, taken: set[str]) -> str:

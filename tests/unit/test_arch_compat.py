@@ -307,3 +307,16 @@ def test_egress_routing_by_alias_and_family(model: str, provider: str, sent: str
 
 def test_an_alias_to_no_provider_is_refused() -> None:
     refused({**PROVIDERS, "model_aliases": {"x": {"target": "mistral/large"}}}, "model_aliases.x.target", "'mistral/large'")
+
+
+def test_a_plano_config_with_preferences_is_told_how_to_re_route_named_models() -> None:
+    prefs = [{"name": "code generation", "description": "writing code"}]
+    plano = {"model_providers": [{"model": "openai/gpt-4o", "default": True}, {"model": "openai/gpt-5", "routing_preferences": prefs}]}
+    assert any("overrides.route_named_models: true" in w for w in norm(plano)[1])
+    top_level = {"model_providers": [{"model": "openai/gpt-4o", "default": True}],
+                 "routing_preferences": [{**prefs[0], "models": ["openai/gpt-4o"]}]}
+    assert any("overrides.route_named_models" in w for w in norm(top_level)[1])
+    for quiet in ({**plano, "overrides": {"route_named_models": False}},  # chosen either way: nothing to say
+                  {"llm_providers": plano["model_providers"]},  # sidegate's and Arch's shape
+                  {"model_providers": [{"model": "openai/gpt-4o", "default": True}]}):  # no preferences
+        assert not any("route_named_models" in w for w in norm(quiet)[1])
