@@ -73,7 +73,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ext_proc.errors import MalformedRequest, RenderedError, UpstreamError, render_error
-from ext_proc.wire.openai import json_object
+from ext_proc.wire.openai import as_object, json_object, nonnegative
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -715,15 +715,6 @@ def load_answer(raw: bytes | Mapping[str, Any], what: str) -> Mapping[str, Any]:
     return answer
 
 
-def _obj(v: Any) -> dict[str, Any]:
-    """``v`` when it is a JSON object, else an empty one (provider JSON is read defensively)."""
-    return v if isinstance(v, dict) else {}
-
-
-def _int(v: Any) -> int:
-    return v if _is_int(v) and v >= 0 else 0
-
-
 def _chat_usage(usage: Any) -> dict[str, Any]:
     """Anthropic ``usage`` -> OpenAI ``usage`` (prompt_tokens counts cached prompt tokens too)."""
     return usage_from_keys(usage, "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
@@ -734,9 +725,9 @@ def usage_from_keys(usage: Any, uncached: str, cache_read: str, cache_write: str
     counts the uncached, cache-read and cache-written prompt tokens; cache reads are also
     ``prompt_tokens_details.cached_tokens``. Anything missing or not a count is 0."""
     u = usage if isinstance(usage, Mapping) else {}
-    cached = _int(u.get(cache_read))
-    prompt = _int(u.get(uncached)) + cached + _int(u.get(cache_write))
-    completion = _int(u.get(output))
+    cached = nonnegative(u.get(cache_read))
+    prompt = nonnegative(u.get(uncached)) + cached + nonnegative(u.get(cache_write))
+    completion = nonnegative(u.get(output))
     out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     if cached:
         out["prompt_tokens_details"] = {"cached_tokens": cached}
@@ -747,9 +738,9 @@ def _messages_usage(usage: Any) -> dict[str, int]:
     """OpenAI ``usage`` -> Anthropic ``usage`` (input_tokens without the cached ones)."""
     u = usage if isinstance(usage, Mapping) else {}
     details = u.get("prompt_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
-    prompt = _int(u.get("prompt_tokens"))
-    out = {"input_tokens": max(prompt - cached, 0), "output_tokens": _int(u.get("completion_tokens"))}
+    cached = nonnegative(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
+    prompt = nonnegative(u.get("prompt_tokens"))
+    out = {"input_tokens": max(prompt - cached, 0), "output_tokens": nonnegative(u.get("completion_tokens"))}
     if cached:
         out["cache_read_input_tokens"] = cached
     return out
@@ -811,7 +802,7 @@ def chat_completion_to_message(raw: bytes | Mapping[str, Any], *, model: str | N
     arguments are not a JSON object (Anthropic's ``tool_use.input`` must be one).
     """
     completion, choice = first_choice(raw)
-    message = _obj(choice.get("message"))
+    message = as_object(choice.get("message"))
     blocks: list[dict[str, Any]] = []
     try:
         blocks.extend(_content_blocks(message.get("content"), "content"))
@@ -966,14 +957,14 @@ class ChatChunkTranslator:
         choice = next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), None) if isinstance(choices, list) else None
         if choice is None:
             return b"".join(out)
-        delta = _obj(choice.get("delta"))
+        delta = as_object(choice.get("delta"))
         for field in ("content", "refusal"):
             text = delta.get(field)
             if isinstance(text, str) and text:
                 out.append(self._text(text))
         for call in delta.get("tool_calls") or []:
             if isinstance(call, dict):
-                out.append(self._tool_call(self._tool_key(call), call, _obj(call.get("function"))))
+                out.append(self._tool_call(self._tool_key(call), call, as_object(call.get("function"))))
         if choice.get("finish_reason"):
             self._finish_reason = str(choice["finish_reason"])
             out.append(self._close())
@@ -1088,19 +1079,19 @@ class MessagesToChatStream:
             return self._error("upstream_error", f"the provider sent an SSE event that is not a JSON object: {data[:80]!r}")
         kind = payload.get("type", event)
         if kind == "message_start":
-            message = _obj(payload.get("message"))
+            message = as_object(payload.get("message"))
             self._id = self._id or str(message.get("id") or "")
             self._model = self._model or str(message.get("model") or "")
             if isinstance(message.get("usage"), dict):
                 self._upstream_usage.update(message["usage"])
             return self._chunk({"role": "assistant", "content": ""})
         if kind == "content_block_start":
-            block = _obj(payload.get("content_block"))
+            block = as_object(payload.get("content_block"))
             if block.get("type") == "text":
                 return self._chunk({"content": block["text"]}) if block.get("text") else b""
             if block.get("type") == "tool_use":
                 index = len(self._tools)
-                self._tools[_int(payload.get("index"))] = index
+                self._tools[nonnegative(payload.get("index"))] = index
                 initial = block.get("input")
                 call = {
                     "index": index,
@@ -1111,11 +1102,11 @@ class MessagesToChatStream:
                 return self._chunk({"tool_calls": [call]})
             return b""  # thinking, server tools, ...: no OpenAI form
         if kind == "content_block_delta":
-            delta = _obj(payload.get("delta"))
+            delta = as_object(payload.get("delta"))
             if delta.get("type") == "text_delta" and delta.get("text"):
                 return self._chunk({"content": delta["text"]})
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
-                tool_index = self._tools.get(_int(payload.get("index")))
+                tool_index = self._tools.get(nonnegative(payload.get("index")))
                 if tool_index is not None:
                     return self._chunk({"tool_calls": [{"index": tool_index, "function": {"arguments": delta["partial_json"]}}]})
             return b""  # thinking_delta, signature_delta, citations_delta
@@ -1123,7 +1114,7 @@ class MessagesToChatStream:
             if isinstance(payload.get("usage"), dict):
                 self._upstream_usage.update({k: v for k, v in payload["usage"].items() if v is not None})
             self.usage = _chat_usage(self._upstream_usage)
-            delta = _obj(payload.get("delta"))
+            delta = as_object(payload.get("delta"))
             return self._chunk({}, _FINISH_REASON.get(str(delta.get("stop_reason")), "stop"))
         if kind == "message_stop":
             self.done = True
@@ -1143,7 +1134,7 @@ class MessagesToChatStream:
         if kind == "ping":
             return b": ping\n\n"
         if kind == "error":
-            error = _obj(payload.get("error"))
+            error = as_object(payload.get("error"))
             return self._error(str(error.get("type") or "api_error"), str(error.get("message") or "the provider reported an error mid-stream"))
         return b""  # content_block_stop, and event types newer than this module
 

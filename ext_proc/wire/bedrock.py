@@ -42,6 +42,7 @@ from urllib.parse import quote
 
 from ext_proc.errors import MalformedRequest, UpstreamError
 from ext_proc.wire import anthropic
+from ext_proc.wire.openai import as_object, nonnegative
 
 __all__ = [
     "EVENT_STREAM_TYPE",
@@ -148,17 +149,9 @@ def chat_request_to_converse(body: Mapping[str, Any]) -> dict[str, Any]:
 # Responses
 
 
-def _obj(v: Any) -> dict[str, Any]:
-    return v if isinstance(v, dict) else {}
-
-
-def _int(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
-
-
 def _chat_usage(usage: Any) -> dict[str, Any]:
     """Converse ``usage`` -> OpenAI ``usage`` (prompt_tokens counts cache reads and writes too)."""
-    return anthropic.usage_from_keys(_obj(usage), "inputTokens", "cacheReadInputTokens", "cacheWriteInputTokens", "outputTokens")
+    return anthropic.usage_from_keys(as_object(usage), "inputTokens", "cacheReadInputTokens", "cacheWriteInputTokens", "outputTokens")
 
 
 def _load(raw: bytes | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -169,14 +162,14 @@ def converse_to_chat_completion(raw: bytes | Mapping[str, Any], *, model: str | 
     """A Converse answer as an OpenAI ``chat.completion``: text blocks join into ``content``,
     ``toolUse`` blocks become ``tool_calls``, ``stopReason`` -> ``finish_reason``."""
     answer = _load(raw)
-    message = _obj(_obj(answer.get("output")).get("message"))
+    message = as_object(as_object(answer.get("output")).get("message"))
     content = message.get("content")
     if not isinstance(content, list):
         raise UpstreamError("the provider's answer is not a Bedrock Converse answer (output.message.content is not a list)")
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
     for block in content:
-        block = _obj(block)
+        block = as_object(block)
         if isinstance(block.get("text"), str):
             texts.append(block["text"])
         elif isinstance(block.get("toolUse"), dict):
@@ -360,11 +353,11 @@ class ConverseToChatStream:
             return self._error(name, str(payload.get("message") or payload.get("Message") or m.headers.get(":error-message")
                                          or f"the provider reported {name} mid-stream"))
         event = m.headers.get(":event-type")
-        index = _int(payload.get("contentBlockIndex"))
+        index = nonnegative(payload.get("contentBlockIndex"))
         if event == "messageStart":
             return self._chunk({"role": "assistant", "content": ""})
         if event == "contentBlockStart":
-            use = _obj(_obj(payload.get("start")).get("toolUse"))
+            use = as_object(as_object(payload.get("start")).get("toolUse"))
             if not use:
                 return b""
             self._tools[index] = len(self._tools)
@@ -372,10 +365,10 @@ class ConverseToChatStream:
                     "function": {"name": str(use.get("name", "")), "arguments": ""}}
             return self._chunk({"tool_calls": [call]})
         if event == "contentBlockDelta":
-            delta = _obj(payload.get("delta"))
+            delta = as_object(payload.get("delta"))
             if isinstance(delta.get("text"), str) and delta["text"]:
                 return self._chunk({"content": delta["text"]})
-            partial = _obj(delta.get("toolUse")).get("input")
+            partial = as_object(delta.get("toolUse")).get("input")
             if isinstance(partial, str) and partial and index in self._tools:
                 return self._chunk({"tool_calls": [{"index": self._tools[index], "function": {"arguments": partial}}]})
             return b""  # reasoningContent, citations: no OpenAI form

@@ -20,7 +20,7 @@ from typing import Any
 
 from ext_proc.errors import MalformedRequest
 
-__all__ = ["ChatRequest", "chat_completion", "json_object", "parse_chat_request", "sse_frames", "usage_from_body", "usage_from_sse"]
+__all__ = ["ChatRequest", "as_object", "chat_completion", "json_object", "nonnegative", "parse_chat_request", "sse_frames", "usage_from_body", "usage_from_sse"]
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -47,6 +47,16 @@ def content_text(content: Any) -> str:
     if isinstance(content, list):
         return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     return ""
+
+
+def as_object(v: Any) -> dict[str, Any]:
+    """``v`` when it is a JSON object, else an empty one (provider JSON is read defensively)."""
+    return v if isinstance(v, dict) else {}
+
+
+def nonnegative(v: Any) -> int:
+    """``v`` when it is an integer of at least 0 (not a bool), else 0: counts and indices read defensively."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
 def json_object(raw: bytes, what: str) -> dict[str, Any]:

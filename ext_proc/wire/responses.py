@@ -37,7 +37,7 @@ from typing import Any
 
 from ext_proc.errors import MalformedRequest
 from ext_proc.wire.anthropic import ChatChunkTranslator, first_choice
-from ext_proc.wire.openai import json_object
+from ext_proc.wire.openai import as_object, json_object, nonnegative
 
 __all__ = ["CUSTOM_INPUT", "ChatToResponsesStream", "chat_completion_to_response", "chat_usage", "custom_tools", "responses_request_to_chat"]
 
@@ -72,15 +72,6 @@ def _unsupported(problems: list[MalformedRequest] | None, error: MalformedReques
     if problems is None:
         raise error
     problems.append(error)
-
-
-def _obj(v: Any) -> dict[str, Any]:
-    """``v`` when it is a JSON object, else an empty one (provider JSON is read defensively)."""
-    return v if isinstance(v, dict) else {}
-
-
-def _count(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
 def _created(v: Any) -> int:
@@ -264,7 +255,7 @@ def _custom_function(tool: Mapping[str, Any]) -> dict[str, Any]:
     """A custom tool (free-form text input, e.g. Codex's apply_patch) as a function of one string
     parameter, ``input``; its grammar, if any, is told in the description (not enforced)."""
     description = str(tool.get("description") or "")
-    fmt = _obj(tool.get("format"))
+    fmt = as_object(tool.get("format"))
     if fmt.get("type") == "grammar" and isinstance(fmt.get("definition"), str):
         syntax = f" {fmt['syntax']}" if isinstance(fmt.get("syntax"), str) else ""
         description += f"\n\nThe input follows this{syntax} grammar:\n{fmt['definition']}"
@@ -329,10 +320,10 @@ def _text(text: Any, problems: list[MalformedRequest] | None) -> dict[str, Any]:
 def _usage(usage: Any) -> dict[str, Any] | None:
     if not isinstance(usage, Mapping):
         return None
-    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-    details = _obj(usage.get("prompt_tokens_details"))
-    cached, written = _count(details.get("cached_tokens")), _count(details.get("cache_write_tokens"))
-    reasoning = _count(_obj(usage.get("completion_tokens_details")).get("reasoning_tokens"))
+    prompt, completion = nonnegative(usage.get("prompt_tokens")), nonnegative(usage.get("completion_tokens"))
+    details = as_object(usage.get("prompt_tokens_details"))
+    cached, written = nonnegative(details.get("cached_tokens")), nonnegative(details.get("cache_write_tokens"))
+    reasoning = nonnegative(as_object(usage.get("completion_tokens_details")).get("reasoning_tokens"))
     return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written}, "output_tokens": completion,
             "output_tokens_details": {"reasoning_tokens": reasoning}, "total_tokens": prompt + completion}
 
@@ -341,9 +332,9 @@ def chat_usage(usage: Any) -> dict[str, Any] | None:
     """A Responses ``usage`` as chat completions' (what sidegate counts), None when absent."""
     if not isinstance(usage, Mapping):
         return None
-    prompt, completion = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": _count(usage.get("total_tokens")) or prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": _count(_obj(usage.get("input_tokens_details")).get("cached_tokens"))}}
+    prompt, completion = nonnegative(usage.get("input_tokens")), nonnegative(usage.get("output_tokens"))
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": nonnegative(usage.get("total_tokens")) or prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": nonnegative(as_object(usage.get("input_tokens_details")).get("cached_tokens"))}}
 
 
 def _envelope(request: Mapping[str, Any], *, response_id: str, model: str, created: int, status: str,
@@ -384,7 +375,7 @@ def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: st
 
 def _tool_item(call: Mapping[str, Any], custom: frozenset[str], arguments: str) -> dict[str, Any]:
     """A chat tool call as an output item: a custom_tool_call for a custom tool, else a function_call."""
-    fn = _obj(call.get("function"))
+    fn = as_object(call.get("function"))
     name, call_id = str(fn.get("name") or ""), str(call.get("id") or _id("call"))
     if name in custom:
         return {"id": _id("ctc"), "type": "custom_tool_call", "status": "completed", "call_id": call_id, "name": name,
@@ -403,7 +394,7 @@ def chat_completion_to_response(raw: bytes | Mapping[str, Any], *, request: Mapp
     it answers (what the object echoes: instructions, tools, ...); ``custom``: the names of its custom
     tools. Raises :class:`UpstreamError` (502) for an answer without choices."""
     completion, choice = first_choice(raw)
-    message = _obj(choice.get("message"))
+    message = as_object(choice.get("message"))
     created = _created(completion.get("created"))
     envelope = _envelope(request, response_id=_id("resp"), model=str(completion.get("model") or request.get("model") or ""),
                          created=created, status="completed", custom=custom)
@@ -413,7 +404,7 @@ def chat_completion_to_response(raw: bytes | Mapping[str, Any], *, request: Mapp
         output.append(_message_item(_id("msg"), text, "completed"))
     for call in message.get("tool_calls") or []:
         if isinstance(call, dict):
-            output.append(_tool_item(call, custom, str(_obj(call.get("function")).get("arguments") or "")))
+            output.append(_tool_item(call, custom, str(as_object(call.get("function")).get("arguments") or "")))
     return {**_finished(envelope, choice.get("finish_reason")), "output": output, "usage": _usage(completion.get("usage"))}
 
 
