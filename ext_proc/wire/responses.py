@@ -55,8 +55,8 @@ _REFUSED = {
 }
 _KNOWN = set(_SAME) | _DROPPED | set(_REFUSED) | {"input", "instructions", "tools", "tool_choice", "max_output_tokens", "text",
                                                    "reasoning"}
-# tool types OpenAI runs itself (the others, such as custom and local_shell, run in the client)
 CUSTOM_INPUT = "input"  # the one parameter of a custom tool's function form
+# tool types OpenAI runs itself (the others, such as custom and local_shell, run in the client)
 _HOSTED_TOOLS = {"web_search", "web_search_preview", "file_search", "code_interpreter", "computer_use_preview", "computer",
                  "mcp", "image_generation"}
 _FINISH_STATUS = {"length": ("incomplete", "max_output_tokens"), "content_filter": ("incomplete", "content_filter")}
@@ -364,13 +364,10 @@ def _envelope(request: Mapping[str, Any], *, response_id: str, model: str, creat
     }
 
 
-def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
-    return {"id": item_id, "type": "message", "status": status, "role": "assistant",
-            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}] if status == "completed" or text else []}
-
-
-def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
-    return {"id": item_id, "type": "function_call", "status": status, "call_id": call_id, "name": name, "arguments": arguments}
+def _message_item(text: str) -> dict[str, Any]:
+    """The assistant's text as a completed ``message`` output item."""
+    return {"id": _id("msg"), "type": "message", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
 
 
 def _tool_item(call: Mapping[str, Any], custom: frozenset[str], arguments: str) -> dict[str, Any]:
@@ -380,7 +377,7 @@ def _tool_item(call: Mapping[str, Any], custom: frozenset[str], arguments: str) 
     if name in custom:
         return {"id": _id("ctc"), "type": "custom_tool_call", "status": "completed", "call_id": call_id, "name": name,
                 "input": _custom_input(arguments)}
-    return _call_item(_id("fc"), call_id, name, arguments, "completed")
+    return {"id": _id("fc"), "type": "function_call", "status": "completed", "call_id": call_id, "name": name, "arguments": arguments}
 
 
 def _finished(envelope: dict[str, Any], finish: str | None) -> dict[str, Any]:
@@ -401,7 +398,7 @@ def chat_completion_to_response(raw: bytes | Mapping[str, Any], *, request: Mapp
     output: list[dict[str, Any]] = []
     text = message.get("content") if isinstance(message.get("content"), str) else message.get("refusal")
     if isinstance(text, str) and text:
-        output.append(_message_item(_id("msg"), text, "completed"))
+        output.append(_message_item(text))
     for call in message.get("tool_calls") or []:
         if isinstance(call, dict):
             output.append(_tool_item(call, custom, str(as_object(call.get("function")).get("arguments") or "")))
@@ -454,8 +451,7 @@ class ChatToResponsesStream(ChatChunkTranslator):
         item, self._open = self._open, None
         if item is None:
             return b""
-        index = self._items.index(item)
-        item["status"] = "completed"
+        index = self._items.index(item)  # completed since it was made; output_item.added showed an in_progress copy
         if item["type"] == "message":
             part = item["content"][0]
             out = self._emit("response.output_text.done", {"item_id": item["id"], "output_index": index, "content_index": 0,
@@ -510,7 +506,7 @@ class ChatToResponsesStream(ChatChunkTranslator):
     def _text(self, text: str) -> bytes:
         out = b""
         if self._open is None or self._open["type"] != "message":
-            out = self._open_item(_message_item(_id("msg"), "", "completed"))
+            out = self._open_item(_message_item(""))
         assert self._open is not None
         self._open["content"][0]["text"] += text
         return out + self._emit("response.output_text.delta", {"item_id": self._open["id"], "output_index": len(self._items) - 1,
