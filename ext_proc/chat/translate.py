@@ -37,7 +37,7 @@ from ext_proc.errors import MalformedRequest, RenderedError, SidegateError, open
 from ext_proc.names import CHAT_COMPLETIONS_PATH, MESSAGES_PATH, RESPONSES_PATH
 from ext_proc.processor import Immediate
 from ext_proc.wire import anthropic, bedrock, responses
-from ext_proc.wire.openai import ChatRequest, parse_chat_request, usage_from_body, usage_from_sse
+from ext_proc.wire.openai import ChatRequest, json_object, parse_chat_request, usage_from_body, usage_from_sse
 
 __all__ = ["API_PATHS", "Exchange"]
 
@@ -86,8 +86,8 @@ class Exchange:
 
     def parse(self, body: bytes) -> ChatRequest:
         if self.presenting:  # what has no chat form waits: a native_responses provider takes the request as it came
-            self._chat_body = responses.responses_request_to_chat(body, problems=self._untranslatable)
-            self._raw = json.loads(body)
+            self._raw = json_object(body, "Responses API")
+            self._chat_body = responses.responses_request_to_chat(self._raw, problems=self._untranslatable)
             return parse_chat_request(json.dumps(self._chat_body).encode())
         if self.client == "openai":
             return parse_chat_request(body)
@@ -255,7 +255,7 @@ class Exchange:
     def start_presenting(self, *, streaming: bool) -> None:
         """The provider's answer begins: a 2xx stream is presented event by event."""
         if self.presenting and not self.native and streaming and self._status_ok:
-            self._presenter = responses.ChatToResponsesStream(request=self._chat_body or {}, model=self.model, custom=self._custom)
+            self._presenter = self._response_stream()
 
     def present(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes | None:
         """The chat answer's bytes as the Responses client gets them (None: unchanged: not presenting,
@@ -268,17 +268,23 @@ class Exchange:
             return self._presenter.feed(chunk) + (self._presenter.close() if end_of_stream else b"")
         if not end_of_stream:
             return b""  # a buffered JSON answer comes whole
-        return json.dumps(responses.chat_completion_to_response(chunk, request=self._chat_body or {}, custom=self._custom)).encode()
+        return self._response_json(chunk)
+
+    def _response_stream(self) -> responses.ChatToResponsesStream:
+        return responses.ChatToResponsesStream(request=self._chat_body or {}, model=self.model, custom=self._custom)
+
+    def _response_json(self, chat: bytes) -> bytes:
+        return json.dumps(responses.chat_completion_to_response(chat, request=self._chat_body or {}, custom=self._custom)).encode()
 
     def present_answer(self, reply: Immediate) -> Immediate:
         """An answer sidegate holds whole (its own, or a cached one), chat-shaped, as the Responses client gets it."""
         if not self.presenting or reply.status != 200:
             return reply
         if "text/event-stream" in reply.headers.get("content-type", ""):
-            stream = responses.ChatToResponsesStream(request=self._chat_body or {}, custom=self._custom)
+            stream = self._response_stream()
             body = stream.feed(reply.body) + stream.close()
         else:
-            body = json.dumps(responses.chat_completion_to_response(reply.body, request=self._chat_body or {}, custom=self._custom)).encode()
+            body = self._response_json(reply.body)
         headers = {k: v for k, v in reply.headers.items() if k.lower() != "content-length"}
         return Immediate(status=reply.status, body=body, headers=headers, details=reply.details)
 

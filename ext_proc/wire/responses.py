@@ -86,14 +86,14 @@ def _id(prefix: str) -> str:
 # Request
 
 
-def responses_request_to_chat(raw: bytes, *, problems: list[MalformedRequest] | None = None) -> dict[str, Any]:
-    """A ``POST /v1/responses`` body -> the chat-completions body that says the same.
+def responses_request_to_chat(raw: bytes | Mapping[str, Any], *, problems: list[MalformedRequest] | None = None) -> dict[str, Any]:
+    """A ``POST /v1/responses`` body (its bytes, or the object they parse to) -> the chat-completions body that says the same.
 
     Raises :class:`MalformedRequest` (400, ``param`` = the path) for what OpenAI would refuse, and
     for what has no chat-completions form (state kept between requests, tools that are not
     functions, unknown parameters) unless ``problems`` is given: then those are appended to it and
     left out of the chat body, which still says what the guard and the routing read."""
-    body = json_object(raw, "Responses API")
+    body = raw if isinstance(raw, Mapping) else json_object(raw, "Responses API")
     for key, why in _REFUSED.items():
         if body.get(key) not in (None, False):
             _unsupported(problems, _bad(key, why, code="unsupported_parameter"))
