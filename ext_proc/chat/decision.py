@@ -23,7 +23,6 @@ from ext_proc.config import Config
 from ext_proc.errors import SidegateError
 from ext_proc.metrics import Metrics
 from ext_proc.processor import CONTINUE, Immediate, PassThrough, Reply
-from ext_proc.wire.openai import parse_chat_request
 
 __all__ = ["DECISION_PREFIX", "RoutingDecision"]
 
@@ -56,8 +55,8 @@ class RoutingDecision(PassThrough):
         except SidegateError as exc:
             return self._error(exc)
         assert isinstance(decision, Forward), "the egress router forwards or raises"
-        sent = parse_chat_request(decision.body) if decision.body is not None else req
-        model = sent.model or decision.provider.model or ""
+        sent = json.loads(decision.body).get("model") if decision.body is not None else req.model  # the router's body names the model sent
+        model = sent or decision.provider.model or ""
         traceparent = self.headers.get("traceparent", "").split("-")
         answer = {"models": [f"{decision.provider.interface}/{model}" if model else decision.provider.interface],
                   "route": decision.route, "provider": decision.provider.name,
