@@ -140,15 +140,8 @@ def _error(status: int, message: str, *, code: str | None = None, param: str | N
 
 
 def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
-
-def _item_text(content: Any) -> str:
-    """The text of a Responses input item's content: a string, or its parts' ``text`` (input_text, output_text)."""
+    """A message's text: a string, or the ``text`` of its parts (chat's and Anthropic's text parts,
+    the Responses API's input_text and output_text)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -520,14 +513,14 @@ class FakeProvider:
         if not isinstance(items, list) or not items:
             return _error(400, "Missing required parameter: 'input'.", code="missing_required_parameter", param="input")
         users = [i for i in items if isinstance(i, dict) and i.get("role") == "user"]
-        last_user = _item_text(users[-1].get("content")) if users else ""
+        last_user = _text(users[-1].get("content")) if users else ""
         tool = request.headers.get("x-fake-tool")
         tools = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
         if tool is not None and tool not in tools:
             return _error(400, f"x-fake-tool {tool!r} is not in tools ({tools})", param="tools")
         pieces = chunk_content(b.reply if b.reply is not None else f"{self.name} says: {last_user}", b.chunks, b.chunk_chars)
         content = "".join(pieces)
-        input_tokens = sum(len(_item_text(i.get("content")).split()) for i in items if isinstance(i, dict))
+        input_tokens = sum(len(_text(i.get("content")).split()) for i in items if isinstance(i, dict))
         usage = {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                  "output_tokens": len(content.split()), "output_tokens_details": {"reasoning_tokens": 0},
                  "total_tokens": input_tokens + len(content.split())}
