@@ -70,8 +70,6 @@ _TOP_LEVEL_WARNINGS = {
                "locally on the user's turns (a tool step goes where the user turn that started it went); a request that "
                "names a model a provider serves is not re-routed unless overrides.route_named_models is true (plano "
                "re-routes it: set that for Claude Code or Codex, which always name a model)",
-    "state_storage": "conversation state is not stored: every request must carry its whole conversation (no "
-                     "previous_response_id)",
     "model_metrics_sources": "cost- and latency-aware model selection is not implemented: these sources are not read",
     "prompt_caching": "not implemented: no cache_control is injected and sessions are not pinned to a provider",
     "mode": "ignored: sidegate always serves both the prompt (ingress) and the model (egress) listener",

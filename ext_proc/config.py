@@ -56,6 +56,7 @@ __all__ = [
     "ResponseCache",
     "RoutingPreference",
     "RoutingJudge",
+    "StateStorage",
     "DEFAULT_CONFIG",
     "SCHEMA_PATH",
     "ext_proc_message_bytes",
@@ -440,6 +441,18 @@ class ResponseCache:
     max_memory_bytes: int = DEFAULT_CACHE_MEMORY_BYTES
 
 
+DEFAULT_STATE_TTL_S = 24 * 3600.0  # state_storage.ttl: how long a stored response can be referred to
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateStorage:
+    """``state_storage`` (plano's key): the Responses API's stored responses, so that
+    ``previous_response_id`` and ``item_reference`` work with every provider (ext_proc/chat/conversations.py)."""
+
+    ttl_s: float = DEFAULT_STATE_TTL_S
+    max_memory_bytes: int = DEFAULT_CACHE_MEMORY_BYTES  # shared_store.type memory: least recently used dropped first
+
+
 @dataclass(frozen=True, kw_only=True)
 class Jailbreak:
     """``prompt_guards.input_guards.jailbreak``."""
@@ -583,6 +596,7 @@ class Config:
     ratelimits: tuple[RateLimit, ...] = ()
     shared_store: SharedStore = field(default_factory=SharedStore)
     response_cache: ResponseCache | None = None  # None: no response cache
+    state_storage: StateStorage | None = StateStorage()  # None: type none, nothing stored
     model_server: ModelServer = field(
         default_factory=lambda: ModelServer(mode="none", address="127.0.0.1", http_port=DEFAULT_PORTS["model_server.http_port"],
                                             grpc_port=DEFAULT_PORTS["model_server.grpc_port"],
@@ -880,8 +894,10 @@ def build_config(raw: dict[str, Any], *, source: str = "<config>", env: dict[str
         ratelimits=_ratelimits(raw, providers, xref_warnings),
         shared_store=_shared_store(raw.get("shared_store") or {}, source),
         response_cache=_response_cache(raw.get("response_cache")),
+        state_storage=_state_storage(raw.get("state_storage")),
         model_server=ms,
-        warnings=tuple(compat_warnings + xref_warnings + warnings + _response_cache_warnings(raw.get("response_cache"), ms, targets, guard=jb is not None)),
+        warnings=tuple(compat_warnings + xref_warnings + warnings + _response_cache_warnings(raw.get("response_cache"), ms, targets, guard=jb is not None)
+                   + _state_storage_warnings(raw.get("state_storage"))),
         model_aliases=_model_aliases(raw, providers, source),
         **agent_parts,
         routing_threshold=float(overrides.get("routing_preference_threshold", DEFAULT_ROUTING_THRESHOLD)),
@@ -1312,6 +1328,22 @@ def _response_cache(rc: dict[str, Any] | None) -> ResponseCache | None:
     return ResponseCache(ttl_s=parse_duration(rc.get("ttl", 600.0)), similarity=rc.get("similarity"),
                          max_entry_bytes=rc.get("max_entry_bytes", DEFAULT_CACHE_ENTRY_BYTES),
                          max_memory_bytes=rc.get("max_memory_bytes", DEFAULT_CACHE_MEMORY_BYTES))
+
+
+def _state_storage(st: dict[str, Any] | None) -> StateStorage | None:
+    """``state_storage``: absent is the defaults (memory, 24h); ``type: none`` stores nothing."""
+    st = st or {}
+    if st.get("type") == "none":
+        return None
+    return StateStorage(ttl_s=parse_duration(st.get("ttl", DEFAULT_STATE_TTL_S)),
+                        max_memory_bytes=st.get("max_memory_bytes", DEFAULT_CACHE_MEMORY_BYTES))
+
+
+def _state_storage_warnings(st: dict[str, Any] | None) -> list[str]:
+    if not st or st.get("type") != "postgres":
+        return []
+    return ["state_storage.type: postgres is not implemented: responses are kept in the shared_store instead (this host, "
+            "or Redis with shared_store.type: redis) for state_storage.ttl; connection_string is not read"]
 
 
 def _response_cache_warnings(rc: dict[str, Any] | None, ms: ModelServer, targets: tuple[PromptTarget, ...], *, guard: bool) -> list[str]:

@@ -75,3 +75,4 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WORKERS_STATE_ENV = "SIDEGATE_WORKERS_STATE"
 BUCKETS_FILE = "ratelimit-buckets.sqlite"
 CACHE_FILE = "response-cache.sqlite"
+STATE_FILE = "responses-state.sqlite"  # state_storage: the Responses API's stored responses

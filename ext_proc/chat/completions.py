@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from ext_proc import telemetry
 from ext_proc.chat.cache import CacheEntry, Collector, ResponseCacheService, context_key
+from ext_proc.chat.conversations import Conversations
 from ext_proc.chat.output_guard import AnswerGuard, Leak, StreamGuard, replacement, system_prompts
 from ext_proc.chat.preferences import PreferenceRouter
 from ext_proc.chat.providers import body_for, choose_provider, passthrough_key, provider_for_model, routable
@@ -109,6 +110,7 @@ class ChatProcessor(PassThrough):
     def __init__(
         self, *, cfg: Config, listener: str, router: Router, metrics: Metrics, log: logging.LoggerAdapter[logging.Logger],
         ratelimits: RateLimiter | None = None, api: str = "openai", cache: ResponseCacheService | None = None,
+        conversations: Conversations | None = None,
     ) -> None:
         self.cfg = cfg
         self.exchange = Exchange(api)  # the client's API (openai | anthropic) and the provider's
@@ -129,6 +131,7 @@ class ChatProcessor(PassThrough):
         self.span: Any = None  # this request's span (tracing on only), child of Envoy's
         self.llm_span: Any = None  # the provider call: from forwarding to the end of the response
         self.cache = cache  # the response cache (None: not configured)
+        self.conversations = conversations  # the Responses API's stored responses (None: state_storage off)
         self.cache_result = "bypass"  # hit | miss | bypass: the x-sidegate-cache header when the cache is on
         self.cache_key: str | None = None  # after a miss: where this answer is stored
         self.collector: Collector | None = None  # gathers the answer to store after a miss
@@ -158,12 +161,13 @@ class ChatProcessor(PassThrough):
 
     async def request_body(self, body: bytes, end_of_stream: bool) -> Reply:
         try:
+            await self.exchange.recall(body, self.conversations)
             req = self.exchange.parse(body)
             with telemetry.use(self.span):
                 decision = await self.router(self.cfg, self.headers, req)
             if isinstance(decision, Immediate):
                 self.outcome = "answered"
-                return self._tagged(self.exchange.present_answer(self.exchange.answer(decision)))
+                return self._tagged(await self._present_answer(self.exchange.answer(decision)))
             sent = req  # what goes upstream: the router's body, parsed once when something here reads it
             if decision.body is not None and (self.ratelimits or decision.provider.fallbacks or self.cache):
                 sent = parse_chat_request(decision.body)
@@ -212,6 +216,17 @@ class ChatProcessor(PassThrough):
                                       credentials=self.provider.aws, region=self.provider.aws_region, service="bedrock"))
         return Continue(set_headers=headers, body=out, clear_route_cache=True)
 
+    async def _present_answer(self, reply: Immediate) -> Immediate:
+        """An answer held whole, in a Responses client's shape (stored for later references), else as it is."""
+        presented = self.exchange.present_answer(reply)
+        await self._remember()
+        return presented
+
+    async def _remember(self) -> None:
+        response = self.exchange.to_remember()
+        if response is not None and self.conversations is not None:
+            await self.conversations.remember(self.exchange.request, response)
+
     async def _cache_lookup(self, provider: LlmProvider, sent: ChatRequest) -> Immediate | None:
         """The cached answer to this request (None: a miss or a bypass, remembered for the response)."""
         assert self.cache is not None
@@ -233,7 +248,7 @@ class ChatProcessor(PassThrough):
         if found.entry is not None:
             self.outcome = "cache_hit"
             self.log.debug("answered from the response cache (provider %s)", found.entry.provider)
-            return self.exchange.present_answer(Immediate(status=200, body=found.entry.body, details="cache_hit", headers={
+            return await self._present_answer(Immediate(status=200, body=found.entry.body, details="cache_hit", headers={
                 "content-type": found.entry.content_type, CACHE_HEADER: "hit", PROVIDER_HEADER: found.entry.provider}))
         if found.result == "miss":
             self.cache_key = key
@@ -337,6 +352,7 @@ class ChatProcessor(PassThrough):
             return self._error(exc)
         if presented is None:
             return reply
+        await self._remember()  # before the bytes that end the response go: the client's next request may refer to it
         assert isinstance(reply, Continue)
         headers = {k: v for k, v in reply.set_headers.items() if k != "content-length"}
         return Continue(body=presented, set_headers=headers, remove_headers=reply.remove_headers)

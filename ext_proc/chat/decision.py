@@ -18,6 +18,7 @@ import json
 import logging
 
 from ext_proc.chat.completions import Forward, Router, request_problem
+from ext_proc.chat.conversations import Conversations
 from ext_proc.chat.translate import Exchange
 from ext_proc.config import Config
 from ext_proc.errors import SidegateError
@@ -32,9 +33,11 @@ DECISION_PREFIX = "/routing"  # plano's: /routing + a client API's path
 class RoutingDecision(PassThrough):
     """Implements :class:`~ext_proc.processor.Processor` for a routing-decision request in ``api``."""
 
-    def __init__(self, *, cfg: Config, router: Router, metrics: Metrics, log: logging.LoggerAdapter[logging.Logger], api: str) -> None:
+    def __init__(self, *, cfg: Config, router: Router, metrics: Metrics, log: logging.LoggerAdapter[logging.Logger], api: str,
+                 conversations: Conversations | None = None) -> None:
         self.cfg, self.router, self.metrics, self.log = cfg, router, metrics, log
         self.exchange = Exchange(api)
+        self.conversations = conversations  # a Responses request's previous_response_id: decided on the conversation it names
         self.headers: dict[str, str] = {}
         self.outcome = "incomplete"
 
@@ -50,6 +53,7 @@ class RoutingDecision(PassThrough):
 
     async def request_body(self, body: bytes, end_of_stream: bool) -> Reply:
         try:
+            await self.exchange.recall(body, self.conversations)
             req = self.exchange.parse(body)
             decision = await self.router(self.cfg, self.headers, req)
         except SidegateError as exc:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ext_proc.config import SharedStore
-from ext_proc.names import BUCKETS_FILE, CACHE_FILE, WORKERS_STATE_ENV
+from ext_proc.names import BUCKETS_FILE, CACHE_FILE, STATE_FILE, WORKERS_STATE_ENV
 
 __all__ = ["FailureLog", "SharedFile", "in_transaction", "open_sqlite", "prepare_workers_state", "redis_client", "redis_errors",
            "workers_file"]
@@ -41,7 +41,7 @@ def prepare_workers_state(directory: str | os.PathLike[str]) -> None:
     workers opening a new file at once got "database is locked" right away, whatever the timeout
     (seen in CI: one worker then counted a request in its own budget). A file already in WAL mode
     opens while another process writes."""
-    for name in (BUCKETS_FILE, CACHE_FILE):
+    for name in (BUCKETS_FILE, CACHE_FILE, STATE_FILE):
         db = sqlite3.connect(os.path.join(directory, name))
         try:
             db.execute("PRAGMA journal_mode=WAL")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ext_proc.chat.conversations import Conversations
 from ext_proc.config import LlmProvider
 from ext_proc.errors import MalformedRequest, RenderedError, SidegateError, openai_error_of, render_error
 from ext_proc.names import CHAT_COMPLETIONS_PATH, MESSAGES_PATH, RESPONSES_PATH
@@ -52,7 +53,12 @@ class Exchange:
         self.presented = client  # the API the client gets its answer in
         self.client = "openai" if client == "responses" else client  # the API everything before presenting sees
         self._presenter: responses.ChatToResponsesStream | None = None
-        self._raw: dict[str, Any] | None = None  # a Responses client's own request
+        self._raw: dict[str, Any] | None = None  # a Responses client's own request (with what the stored responses resolved)
+        self._resolved = False  # the stored responses changed it: a native provider gets it rewritten
+        self._stored = True  # state_storage is on (what a reference not resolved is told)
+        self._echo: dict[str, Any] = {}  # what the presented response repeats of the request (store, previous_response_id)
+        self._final: dict[str, Any] | None = None  # the presented response, JSON
+        self._remembered = False
         self._untranslatable: list[MalformedRequest] = []  # what of it has no chat-completions form
         self.native = False  # a Responses client's request went to the provider's own /v1/responses
         self._native_reader: anthropic.SSEReader | None = None
@@ -84,10 +90,32 @@ class Exchange:
         """A Responses API client: the chat answer is presented as a ``response`` at the end."""
         return self.presented == "responses"
 
+    async def recall(self, body: bytes, conversations: Conversations | None) -> None:
+        """A Responses client's request: what it refers to (``previous_response_id``, ``item_reference``)
+        resolved from the stored responses (None: state_storage off); before :meth:`parse`."""
+        if not self.presenting:
+            return
+        raw = json_object(body, "Responses API")
+        self._stored = conversations is not None
+        previous = raw.get("previous_response_id")
+        if conversations is not None:
+            raw, self._resolved = await conversations.recall(raw)
+            if raw.get("store") is not False:
+                self._echo["store"] = True
+        if isinstance(previous, str):
+            self._echo["previous_response_id"] = previous
+        self._raw = raw
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """A Responses client's request as :meth:`recall` left it (its input: the whole conversation found)."""
+        return self._raw or {}
+
     def parse(self, body: bytes) -> ChatRequest:
         if self.presenting:  # what has no chat form waits: a native_responses provider takes the request as it came
-            self._raw = json_object(body, "Responses API")
-            self._chat_body = responses.responses_request_to_chat(self._raw, problems=self._untranslatable)
+            if self._raw is None:
+                self._raw = json_object(body, "Responses API")
+            self._chat_body = responses.responses_request_to_chat(self._raw, problems=self._untranslatable, stored=self._stored)
             return parse_chat_request(json.dumps(self._chat_body).encode())
         if self.client == "openai":
             return parse_chat_request(body)
@@ -106,8 +134,8 @@ class Exchange:
         if self.presenting and native_ok and provider.native_responses and self._same_request(body):
             self.native = True
             self._native_reader = anthropic.SSEReader()
-            if provider.model and self._raw is not None and self._raw.get("model") != provider.model:
-                return json.dumps({**self._raw, "model": provider.model}).encode(), None
+            if self._raw is not None and (self._resolved or (provider.model and self._raw.get("model") != provider.model)):
+                return json.dumps({**self._raw, "model": provider.model or self._raw.get("model")}).encode(), None
             return None, None
         if self._untranslatable:  # to chat completions, and something in it has no such form
             raise self._untranslatable[0]
@@ -271,17 +299,31 @@ class Exchange:
         return self._response_json(chunk)
 
     def _response_stream(self) -> responses.ChatToResponsesStream:
-        return responses.ChatToResponsesStream(request=self._chat_body or {}, model=self.model, custom=self._custom)
+        return responses.ChatToResponsesStream(request=self._chat_body or {}, model=self.model, custom=self._custom, echo=self._echo)
 
     def _response_json(self, chat: bytes) -> bytes:
-        return json.dumps(responses.chat_completion_to_response(chat, request=self._chat_body or {}, custom=self._custom)).encode()
+        self._final = responses.chat_completion_to_response(chat, request=self._chat_body or {}, custom=self._custom, echo=self._echo)
+        return json.dumps(self._final).encode()
+
+    def to_remember(self) -> dict[str, Any] | None:
+        """The response just presented, once, when it is to be stored (state_storage on, and the
+        request did not say ``store: false``): a whole JSON answer, or a stream's at its
+        ``response.completed`` / ``response.incomplete`` (before that event goes to the client, so
+        the client's next request finds it)."""
+        if self._remembered or not self._echo.get("store"):
+            return None
+        final = self._presenter.final if self._presenter is not None else self._final
+        if final is None:
+            return None
+        self._remembered = True
+        return final
 
     def present_answer(self, reply: Immediate) -> Immediate:
         """An answer sidegate holds whole (its own, or a cached one), chat-shaped, as the Responses client gets it."""
         if not self.presenting or reply.status != 200:
             return reply
         if "text/event-stream" in reply.headers.get("content-type", ""):
-            stream = self._response_stream()
+            stream = self._presenter = self._response_stream()
             body = stream.feed(reply.body) + stream.close()
         else:
             body = self._response_json(reply.body)

@@ -13,6 +13,7 @@ from typing import Callable
 
 from ext_proc.chat.agents import AgentProcessor, AgentRouter
 from ext_proc.chat.cache import ResponseCacheService
+from ext_proc.chat.conversations import Conversations
 from ext_proc.chat.completions import ChatProcessor, Router, egress_router, preference_egress_router
 from ext_proc.chat.decision import DECISION_PREFIX, RoutingDecision
 from ext_proc.chat.preferences import PreferenceRouter
@@ -40,6 +41,7 @@ class Services:
     ingress: IngressPipeline
     ratelimits: RateLimiter
     cache: ResponseCacheService | None = None  # response_cache (None: not configured)
+    conversations: Conversations | None = None  # state_storage: the Responses API's stored responses (None: off)
     agents: dict[str, AgentRouter] = field(default_factory=dict)  # agent listener name -> its router
     egress: Router = egress_router  # the egress listener's router (with routing_preferences: preference_egress_router)
 
@@ -54,7 +56,8 @@ class Services:
             metrics.store_errors.labels(kind).inc()
 
         cache = ResponseCacheService(cfg.response_cache, cfg.shared_store, models=models, on_store_error=store_error) if cfg.response_cache else None
-        return cls(cfg=cfg, metrics=metrics, models=models, endpoints=endpoints, ingress=pipeline,
+        conversations = Conversations(cfg.state_storage, cfg.shared_store, on_store_error=store_error) if cfg.state_storage else None
+        return cls(cfg=cfg, metrics=metrics, models=models, endpoints=endpoints, ingress=pipeline, conversations=conversations,
                    ratelimits=RateLimiter(cfg.ratelimits, store=cfg.shared_store, on_store_error=store_error), cache=cache,
                    agents={a.listener.name: AgentRouter(listener=a, models=models, metrics=metrics) for a in cfg.agent_listeners},
                    egress=preference_egress_router(preferences) if preferences.active else egress_router)
@@ -64,6 +67,8 @@ class Services:
         await self.ratelimits.close()
         if self.cache is not None:
             await self.cache.close()
+        if self.conversations is not None:
+            await self.conversations.close()
         close = getattr(self.models, "close", None)
         if close is not None:
             await close()
@@ -76,14 +81,15 @@ def _chat(listener: str, api: str) -> Factory:
     def make(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Processor:
         router = s.ingress if listener == "ingress" else s.egress
         return ChatProcessor(cfg=s.cfg, listener=listener, router=router, metrics=s.metrics, log=log, ratelimits=s.ratelimits, api=api,
-                             cache=s.cache)
+                             cache=s.cache, conversations=s.conversations if api == "responses" else None)
     return make
 
 
 def _decision(api: str) -> Factory:
     """plano's routing-decision endpoint for ``api`` on the egress listener: where a request would go, sent nowhere."""
     def make(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Processor:
-        return RoutingDecision(cfg=s.cfg, router=s.egress, metrics=s.metrics, log=log, api=api)
+        return RoutingDecision(cfg=s.cfg, router=s.egress, metrics=s.metrics, log=log, api=api,
+                               conversations=s.conversations if api == "responses" else None)
     return make
 
 

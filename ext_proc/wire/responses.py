@@ -13,16 +13,18 @@ as a Responses object or its event stream on the way out, whatever API the provi
   (``response.created`` ... ``response.completed``), in the order and with the item identities
   the ``openai`` SDK's stream accumulator checks.
 
-sidegate keeps no state: a request translated for a provider must carry its whole conversation
-in ``input``. ``previous_response_id``, ``conversation``, ``background`` and stored prompts are
-refused with what to send instead, as are tools other than ``function`` and ``custom`` (web search,
+A request translated for a provider carries its whole conversation in ``input``: a
+``previous_response_id`` or ``item_reference`` the stored responses resolved
+(:mod:`ext_proc.chat.conversations`) arrives here already expanded, and one they did not is a 400
+(``previous_response_not_found``, ``item_not_found``). ``conversation``, ``background`` and stored
+prompts are refused with what to send instead, as are tools other than ``function`` and ``custom`` (web search,
 file search, code interpreter, computer use, MCP and image generation run inside OpenAI; shell
 tools have no chat-completions form) and parameters this module does not know. A custom tool
 (free-form text input, such as Codex's ``apply_patch``) is sent as a function of one string
 parameter, ``input``, and its calls come back as ``custom_tool_call`` items; a provider with
 ``native_responses`` gets such a request as it came (``problems``: noted, not raised). What has no
-chat-completions form and changes no answer is dropped: ``store`` (every answer says
-``store: false``), ``include``, ``truncation``, ``prompt_cache_key``, ``safety_identifier``,
+chat-completions form and changes no answer is dropped: ``store`` (read by the stored responses;
+the answer says ``store: true`` when it is stored), ``include``, ``truncation``, ``prompt_cache_key``, ``safety_identifier``,
 ``stream_options``, ``reasoning.summary``, ``reasoning`` items in ``input``. A model's reasoning is
 not returned (chat completions carry none).
 """
@@ -47,14 +49,17 @@ _SAME = ("model", "temperature", "top_p", "parallel_tool_calls", "user", "servic
 _DROPPED = {"store", "include", "truncation", "prompt_cache_key", "safety_identifier", "stream_options", "metadata",
             "max_tool_calls", "prompt_cache_retention"}
 _REFUSED = {
-    "previous_response_id": "sidegate stores no responses: send the whole conversation in input (earlier turns as "
-                            "message items, tool calls as function_call and function_call_output items)",
-    "conversation": "sidegate stores no conversations: send the whole conversation in input",
+    "conversation": "sidegate stores no conversations (the Conversations API): send previous_response_id, or the whole "
+                    "conversation in input",
     "background": "background responses are not supported through sidegate: send the request without background",
     "prompt": "stored prompt templates are not supported through sidegate: send instructions and input instead",
 }
 _KNOWN = set(_SAME) | _DROPPED | set(_REFUSED) | {"input", "instructions", "tools", "tool_choice", "max_output_tokens", "text",
-                                                   "reasoning"}
+                                                   "reasoning", "previous_response_id"}
+# what to do about a reference sidegate could not resolve (state_storage on, or off)
+_NOT_STORED = ("sidegate keeps the responses it answered for state_storage.ttl, not those a provider's own Responses API "
+               "answered (native_responses): send the whole conversation in input")
+_STATE_OFF = "state_storage is off (type: none): send the whole conversation in input"
 CUSTOM_INPUT = "input"  # the one parameter of a custom tool's function form
 # tool types OpenAI runs itself (the others, such as custom and local_shell, run in the client)
 _HOSTED_TOOLS = {"web_search", "web_search_preview", "file_search", "code_interpreter", "computer_use_preview", "computer",
@@ -86,17 +91,25 @@ def _id(prefix: str) -> str:
 # Request
 
 
-def responses_request_to_chat(raw: bytes | Mapping[str, Any], *, problems: list[MalformedRequest] | None = None) -> dict[str, Any]:
+def responses_request_to_chat(raw: bytes | Mapping[str, Any], *, problems: list[MalformedRequest] | None = None,
+                              stored: bool = True) -> dict[str, Any]:
     """A ``POST /v1/responses`` body (its bytes, or the object they parse to) -> the chat-completions body that says the same.
 
     Raises :class:`MalformedRequest` (400, ``param`` = the path) for what OpenAI would refuse, and
     for what has no chat-completions form (state kept between requests, tools that are not
     functions, unknown parameters) unless ``problems`` is given: then those are appended to it and
-    left out of the chat body, which still says what the guard and the routing read."""
+    left out of the chat body, which still says what the guard and the routing read.
+
+    ``previous_response_id`` and ``item_reference`` items here are those the stored responses did
+    not resolve (:mod:`ext_proc.chat.conversations`; ``stored``: whether state_storage is on)."""
     body = raw if isinstance(raw, Mapping) else json_object(raw, "Responses API")
     for key, why in _REFUSED.items():
         if body.get(key) not in (None, False):
             _unsupported(problems, _bad(key, why, code="unsupported_parameter"))
+    previous = body.get("previous_response_id")
+    if previous is not None:
+        _unsupported(problems, _bad("previous_response_id", f"Previous response with id {previous!r} not found: "
+                                    f"{_NOT_STORED if stored else _STATE_OFF}", code="previous_response_not_found"))
     for key in sorted(set(body) - _KNOWN):
         _unsupported(problems, _bad(key, "unknown parameter", code="unknown_parameter"))
     if "input" not in body:
@@ -111,9 +124,9 @@ def responses_request_to_chat(raw: bytes | Mapping[str, Any], *, problems: list[
             raise _bad("instructions", "expected a string")
         if instructions:
             messages.append({"role": "system", "content": instructions})
-    messages += _input_messages(body["input"], problems)
-    if not messages:
-        raise _bad("input", "the input is empty: send at least one message", code="empty_array")
+    messages += _input_messages(body["input"], problems, stored=stored)
+    if not messages:  # what was left out says why, first (an input of items it could not resolve, say)
+        raise problems[0] if problems else _bad("input", "the input is empty: send at least one message", code="empty_array")
     chat["messages"] = messages
     limit = body.get("max_output_tokens")
     if limit is not None:
@@ -140,7 +153,7 @@ def responses_request_to_chat(raw: bytes | Mapping[str, Any], *, problems: list[
     return chat
 
 
-def _input_messages(value: Any, problems: list[MalformedRequest] | None) -> list[dict[str, Any]]:
+def _input_messages(value: Any, problems: list[MalformedRequest] | None, *, stored: bool) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list):
@@ -185,8 +198,9 @@ def _input_messages(value: Any, problems: list[MalformedRequest] | None) -> list
         elif kind == "reasoning":
             continue  # the model's earlier reasoning (often encrypted): chat completions have no place for it
         elif kind == "item_reference":
-            _unsupported(problems, _bad(f"{at}.type", "sidegate stores no items to refer to: send the item itself",
-                                        code="unsupported_parameter"))
+            _unsupported(problems, _bad(f"{at}.id", f"Item with id {item.get('id')!r} not found: "
+                                        f"{(_NOT_STORED if stored else _STATE_OFF).replace('conversation', 'item')}",
+                                        code="item_not_found"))
         else:
             _unsupported(problems, _bad(f"{at}.type", f"input items of type {kind!r} are not supported through sidegate (message, "
                                                       "function_call, function_call_output, custom_tool_call, custom_tool_call_output "
@@ -338,8 +352,9 @@ def chat_usage(usage: Any) -> dict[str, Any] | None:
 
 
 def _envelope(request: Mapping[str, Any], *, response_id: str, model: str, created: int, status: str,
-              custom: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """A ``response`` object's fields other than ``output`` and ``usage``, from the (chat) request."""
+              custom: frozenset[str] = frozenset(), echo: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A ``response`` object's fields other than ``output`` and ``usage``, from the (chat) request;
+    ``echo``: fields of the client's own request it repeats (``store``, ``previous_response_id``)."""
     fmt = request.get("response_format")
     text: dict[str, Any] = {"format": {"type": "text"}}
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
@@ -361,6 +376,7 @@ def _envelope(request: Mapping[str, Any], *, response_id: str, model: str, creat
         "reasoning": {"effort": request.get("reasoning_effort"), "summary": None}, "store": False,
         "temperature": request.get("temperature"), "text": text, "tool_choice": choice, "tools": tools,
         "top_p": request.get("top_p"), "truncation": "disabled", "usage": None, "user": request.get("user"), "metadata": {},
+        **(echo or {}),
     }
 
 
@@ -386,15 +402,15 @@ def _finished(envelope: dict[str, Any], finish: str | None) -> dict[str, Any]:
 
 
 def chat_completion_to_response(raw: bytes | Mapping[str, Any], *, request: Mapping[str, Any],
-                                custom: frozenset[str] = frozenset()) -> dict[str, Any]:
+                                custom: frozenset[str] = frozenset(), echo: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A ``chat.completion`` (first choice) as a ``response`` object; ``request``: the chat request
     it answers (what the object echoes: instructions, tools, ...); ``custom``: the names of its custom
-    tools. Raises :class:`UpstreamError` (502) for an answer without choices."""
+    tools; ``echo``: see :func:`_envelope`. Raises :class:`UpstreamError` (502) for an answer without choices."""
     completion, choice = first_choice(raw)
     message = as_object(choice.get("message"))
     created = _created(completion.get("created"))
     envelope = _envelope(request, response_id=_id("resp"), model=str(completion.get("model") or request.get("model") or ""),
-                         created=created, status="completed", custom=custom)
+                         created=created, status="completed", custom=custom, echo=echo)
     output: list[dict[str, Any]] = []
     text = message.get("content") if isinstance(message.get("content"), str) else message.get("refusal")
     if isinstance(text, str) and text:
@@ -423,9 +439,12 @@ class ChatToResponsesStream(ChatChunkTranslator):
 
     BROKEN = "server_error"
 
-    def __init__(self, *, request: Mapping[str, Any], model: str | None = None, custom: frozenset[str] = frozenset()) -> None:
+    def __init__(self, *, request: Mapping[str, Any], model: str | None = None, custom: frozenset[str] = frozenset(),
+                 echo: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self._request = request
+        self._echo = echo
+        self.final: dict[str, Any] | None = None  # the response as response.completed / .incomplete gave it
         self._custom = custom  # custom tools: their calls are custom_tool_call items, the input sent whole at the end
         self._arguments: dict[str, str] = {}  # a custom call's item id -> its function arguments so far
         self._model = model
@@ -444,7 +463,7 @@ class ChatToResponsesStream(ChatChunkTranslator):
             return b""
         model = self._model or str(chunk.get("model") or self._request.get("model") or "")
         self._envelope = _envelope(self._request, response_id=_id("resp"), model=model, created=_created(chunk.get("created")),
-                                   status="in_progress", custom=self._custom)
+                                   status="in_progress", custom=self._custom, echo=self._echo)
         return self._emit("response.created", {"response": self._envelope}) + self._emit("response.in_progress", {"response": self._envelope})
 
     def _close_item(self) -> bytes:
@@ -489,7 +508,7 @@ class ChatToResponsesStream(ChatChunkTranslator):
     def _complete(self) -> bytes:
         self.done = True
         out = self._start({}) + self._close_item()
-        response = self._response(self._finish_reason)
+        response = self.final = self._response(self._finish_reason)
         return out + self._emit("response.completed" if response["status"] == "completed" else "response.incomplete", {"response": response})
 
     def _fail(self, etype: str, message: str) -> bytes:

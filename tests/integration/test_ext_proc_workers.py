@@ -3,7 +3,8 @@ supervisor, against a fake provider (issue 21 items 3 and 5): both workers serve
 them, a worker killed mid-stream fails only its own requests, a stopped (slow) worker leaves the
 rotation and comes back, a body of exactly ``max_body_bytes`` goes through and one byte more is 413;
 with ``ext_proc.count_tokens: false`` a JSON answer takes 3 gRPC messages, not 4 (issue 21 item 2);
-a token rate limit holds for the two workers together, not once per worker."""
+a token rate limit holds for the two workers together, not once per worker; a chain of Responses
+API requests, each naming the response before it, holds whichever worker answers each."""
 
 from __future__ import annotations
 
@@ -174,6 +175,23 @@ def test_a_body_of_exactly_max_body_bytes_goes_through_and_one_more_byte_is_413(
         else:
             assert json.loads(answer)["error"]["code"] == "request_too_large"
             assert workers.provider.requests == []
+
+
+def test_a_chain_of_responses_holds_whichever_worker_answers_each(workers: Workers) -> None:
+    """state_storage with the default (memory) store and two workers: each request names the response
+    before it, and Envoy spreads them over both workers: the provider gets the whole conversation."""
+    before = {port: int(h.get("rq_total", "0")) for port, h in workers.hosts().items()}
+    previous: str | None = None
+    for i in range(6):
+        body = {"model": "m", "input": f"turn {i}", **({"previous_response_id": previous} if previous else {})}
+        request = urllib.request.Request(f"http://127.0.0.1:{workers.cfg.egress.port}/v1/responses", data=json.dumps(body).encode(),
+                                         headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=15) as r:  # noqa: S310
+            previous = json.loads(r.read())["id"]
+    sent = [m["content"] for m in workers.provider.requests[-1].json["messages"]]
+    assert sent == [x for i in range(6) for x in (f"turn {i}", f"fake-w says: turn {i}")][:-1]
+    after = {port: int(h.get("rq_total", "0")) for port, h in workers.hosts().items()}
+    assert all(after[port] > before.get(port, 0) for port in after), (before, after)  # both workers took part
 
 
 def test_a_stopped_worker_leaves_the_rotation_and_comes_back(workers: Workers) -> None:

@@ -140,6 +140,27 @@ def test_plano_routing_decision_endpoints_say_where_a_request_would_go_and_send_
     assert stack.general.requests == [] and stack.special.requests == []
 
 
+def test_a_responses_tool_step_that_names_the_response_before_it_goes_where_that_went(stack: Stack) -> None:
+    """The tool step of a Responses API loop carries only the function's output and the earlier
+    response's id: the stored conversation makes the step go where the user's request went, and the
+    routing-decision endpoint says the same (without it, a turn of tool output alone fits nothing)."""
+    tool = {"type": "function", "name": "run_tests", "description": "run the tests", "parameters": {"type": "object", "properties": {}}}
+    client = stack.client("egress")
+    first = client.responses.with_raw_response.create(model="auto", input=CODE, tools=[tool],  # type: ignore[list-item]
+                                                      extra_headers={"x-fake-tool": "run_tests"})
+    assert first.headers["x-sidegate-route"] == "code generation"
+    call = next(o for o in first.parse().output if o.type == "function_call")
+    step = {"model": "auto", "previous_response_id": first.parse().id, "tools": [tool],
+            "input": [{"type": "function_call_output", "call_id": call.call_id, "output": "2 passed"}]}
+    status, answer = decision(stack, "responses", step)
+    assert (status, answer["route"], answer["provider"]) == (200, "code generation", "coder")
+    stack.special.clear()
+    second = client.responses.with_raw_response.create(**step)
+    assert second.headers["x-sidegate-route"] == "code generation" and second.headers["x-sidegate-provider"] == "coder"
+    sent = stack.special.requests[-1].json["messages"]
+    assert sent[0] == {"role": "user", "content": CODE} and sent[-1] == {"role": "tool", "tool_call_id": call.call_id, "content": "2 passed"}
+
+
 def test_claude_code_naming_its_model_is_re_routed_with_route_named_models(tmp_path_factory: pytest.TempPathFactory) -> None:
     """plano's Claude Code router demo: the client always names its model. With overrides.route_named_models
     a code request goes to the code generation preference's provider (an OpenAI one, the stream translated

@@ -5,8 +5,10 @@ every answer) and testkit's fake providers, which speak chat completions and Ant
 * JSON and streamed answers from an OpenAI-compatible provider (sent chat completions) and from an
   Anthropic one (sent Messages), with usage;
 * a tool loop: a function call, then the function_call_output turn, translated both ways;
-* what sidegate cannot do (stored state, OpenAI-hosted tools) is a 400 naming the parameter, and
-  nothing is forwarded; a provider's error and a provider that is down keep their status;
+* stored responses (state_storage): previous_response_id and item_reference items resolved from
+  what sidegate presented, for chat and Anthropic providers; ``store: false`` stores nothing;
+* what sidegate cannot do (a response it never stored, OpenAI-hosted tools) is a 400 naming the
+  parameter, and nothing is forwarded; a provider's error and a provider that is down keep their status;
 * the response cache answers a repeated request, JSON and streamed, in the Responses shape;
 * an output guard stops a secret in a streamed answer with a complete event stream;
 * a ``native_responses`` provider gets the request as it came (reasoning items, a custom tool,
@@ -141,6 +143,54 @@ def test_what_sidegate_cannot_do_is_a_400_and_nothing_is_forwarded(stack: Stack,
     with pytest.raises(openai.BadRequestError) as info:
         stack.client().responses.create(model="gpt-test", input="hi", **kw)
     assert isinstance(info.value.body, dict) and info.value.body["param"] == param
+    assert stack.oai.requests == []
+
+
+@pytest.mark.parametrize("model", ["gpt-test", "claude-test"])
+def test_previous_response_id_continues_a_conversation_a_chat_provider_never_stored(stack: Stack, model: str) -> None:
+    """state_storage (on by default): sidegate stores what it presented, and a later request that
+    names it gets the conversation so far sent to the provider, JSON and streamed."""
+    client, fake = stack.client(), stack.oai if model == "gpt-test" else stack.claude
+    first = client.responses.create(model=model, input="My name is Ann.", extra_headers={"x-fake-reply": "Hello Ann.", "cache-control": "no-cache"})
+    assert first.store is True
+    with client.responses.stream(model=model, previous_response_id=first.id, input="What is my name?",
+                                 extra_headers={"x-fake-reply": "Ann.", "cache-control": "no-cache"}) as s:
+        second = s.get_final_response()
+    assert second.previous_response_id == first.id and second.output_text == "Ann."
+    fake.clear()
+    third = client.responses.create(model=model, previous_response_id=second.id, input="Thanks!", extra_headers={"cache-control": "no-cache"})
+    assert third.output_text == f"fake-{fake.name[5:]} says: Thanks!"
+    texts = [m["content"] if isinstance(m["content"], str) else "".join(p["text"] for p in m["content"]) for m in fake.requests[-1].json["messages"]]
+    assert texts == ["My name is Ann.", "Hello Ann.", "What is my name?", "Ann.", "Thanks!"]
+
+
+def test_a_tool_loop_that_refers_to_the_earlier_items_by_id(stack: Stack) -> None:
+    """The Vercel AI SDK's way (its openai(model) speaks the Responses API): the second step sends the
+    first step's message and function_call as item_reference items, then the function's output."""
+    client = stack.client()
+    with client.responses.stream(model="claude-test", input="rain in Oslo?", tools=[WEATHER],  # type: ignore[list-item]
+                                 extra_headers={"x-fake-tool": "weather", "cache-control": "no-cache"}) as s:
+        first = s.get_final_response()
+    call = next(o for o in first.output if o.type == "function_call")
+    stack.claude.clear()
+    after = client.responses.create(model="claude-test", tools=[WEATHER], input=[  # type: ignore[list-item]
+        {"role": "user", "content": [{"type": "input_text", "text": "rain in Oslo?"}]},
+        *[{"type": "item_reference", "id": o.id} for o in first.output],
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 12 C"}], extra_headers={"cache-control": "no-cache"})
+    assert after.status == "completed"
+    sent = stack.claude.requests[-1].json["messages"]
+    assert sent[-2]["content"][-1] == {"type": "tool_use", "id": call.call_id, "name": "weather", "input": {"q": "rain in Oslo?"}}
+    assert sent[-1]["content"] == [{"type": "tool_result", "tool_use_id": call.call_id, "content": "sunny, 12 C"}]
+
+
+def test_a_response_asked_not_to_be_stored_cannot_be_referred_to(stack: Stack) -> None:
+    client = stack.client()
+    first = client.responses.create(model="gpt-test", input="forget me", store=False, extra_headers={"cache-control": "no-cache"})
+    assert first.store is False
+    stack.oai.clear()
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model="gpt-test", previous_response_id=first.id, input="again")
+    assert isinstance(info.value.body, dict) and info.value.body["code"] == "previous_response_not_found"
     assert stack.oai.requests == []
 
 

@@ -174,7 +174,7 @@ def test_overrides() -> None:
 
 @pytest.mark.parametrize("key, value", [
     ("filters", [{"id": "f", "url": "http://localhost:2"}]),
-    ("routing", {"model": "x"}), ("state_storage", {"type": "memory"}), ("model_metrics_sources", [{"type": "cost"}]),
+    ("routing", {"model": "x"}), ("model_metrics_sources", [{"type": "cost"}]),
     ("prompt_caching", {"enabled": True}), ("mode", "llm"),
 ])
 def test_unimplemented_top_level_keys_are_kept_and_warned(key: str, value: Any) -> None:

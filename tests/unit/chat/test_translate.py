@@ -201,4 +201,4 @@ def test_what_has_no_chat_form_goes_to_a_native_provider_and_is_a_400_for_any_ot
     ex = Exchange("responses")
     with pytest.raises(MalformedRequest) as info:
         ex.upstream_body(ex.parse(codex), None, OAI)
-    assert info.value.param == "previous_response_id" and info.value.code == "unsupported_parameter"
+    assert info.value.param == "previous_response_id" and info.value.code == "previous_response_not_found"

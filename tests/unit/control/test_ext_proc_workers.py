@@ -12,7 +12,7 @@ import pytest
 from ext_proc.config import ConfigError, cpu_limit, free_cores
 from ext_proc.control import supervisor as sv
 from ext_proc.control.envoy_bootstrap import EXT_PROC_CLUSTER, bootstrap_dict
-from ext_proc.names import BUCKETS_FILE, CACHE_FILE, MULTIPROC_ENV, WORKERS_STATE_ENV
+from ext_proc.names import BUCKETS_FILE, CACHE_FILE, MULTIPROC_ENV, STATE_FILE, WORKERS_STATE_ENV
 from testkit.configs import cfg_from, raw_config
 
 
@@ -98,11 +98,11 @@ def test_the_supervisor_starts_each_worker_as_its_own_service(tmp_path: Path, mo
     # WAL mode before any worker opens them (shared_store.prepare_workers_state)
     state = Path(services[0].env[WORKERS_STATE_ENV])
     assert services[1].env[WORKERS_STATE_ENV] == str(state)
-    for name in (BUCKETS_FILE, CACHE_FILE):
+    for name in (BUCKETS_FILE, CACHE_FILE, STATE_FILE):
         assert sqlite3.connect(state / name).execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert sqlite3.connect(state / name).execute("SELECT name FROM sqlite_master").fetchall() == []
     (state / "left-over").write_text("spent budget")
     sv.ext_proc_services(cfg, "x.yaml", None, {})
-    assert sorted(p.name for p in state.iterdir() if not p.name.endswith(("-wal", "-shm"))) == sorted([BUCKETS_FILE, CACHE_FILE])
+    assert sorted(p.name for p in state.iterdir() if not p.name.endswith(("-wal", "-shm"))) == sorted([BUCKETS_FILE, CACHE_FILE, STATE_FILE])
     (one,) = sv.ext_proc_services(_cfg(workers=1), "x.yaml", None, {})
     assert one.name == "ext_proc" and MULTIPROC_ENV not in one.env and WORKERS_STATE_ENV not in one.env and "--worker" not in one.argv

@@ -68,14 +68,14 @@ def test_input_items_become_the_chat_conversation() -> None:
 
 
 @pytest.mark.parametrize(("body", "param", "words"), [
-    ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id", "send the whole conversation in input"),
+    ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id", "Previous response with id 'resp_1' not found"),
     ({"input": "hi", "conversation": "conv_1"}, "conversation", "stores no conversations"),
     ({"input": "hi", "background": True}, "background", "without background"),
     ({"input": "hi", "prompt": {"id": "pmpt_1"}}, "prompt", "stored prompt templates"),
     ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type", "'web_search' run inside OpenAI"),
     ({"input": "hi", "tools": [{"type": "local_shell"}]}, "tools[0].type", "'local_shell' have no chat-completions form"),
     ({"input": "hi", "tools": [{"type": "function"}]}, "tools[0].name", "Missing required parameter"),
-    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type", "send the item itself"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].id", "Item with id 'msg_1' not found"),
     ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type", "'web_search_call' are not supported"),
     ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role", "expected one of"),
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input[0].content[0].type", "'input_file'"),
