@@ -55,6 +55,7 @@ ARCH_STATE_KEY = "x-arch-state"  # Arch's key in `metadata`: a pending target an
 ANTHROPIC_VERSION_HEADER = "anthropic-version"  # required by the Messages API; Envoy adds it when the client did not
 ANTHROPIC_VERSION = "2023-06-01"
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"  # OpenAI's (and every OpenAI-compatible provider's)
+MODELS_PATH = "/v1/models"  # GET: the models a client can name (OpenAI's list, or Anthropic's)
 MESSAGES_PATH = "/v1/messages"  # Anthropic's
 RESPONSES_PATH = "/v1/responses"  # OpenAI's Responses API (presented over chat completions: wire/responses.py)
 

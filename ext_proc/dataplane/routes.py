@@ -16,6 +16,7 @@ from ext_proc.chat.cache import ResponseCacheService
 from ext_proc.chat.conversations import Conversations
 from ext_proc.chat.completions import ChatProcessor, Router, egress_router, preference_egress_router
 from ext_proc.chat.decision import DECISION_PREFIX, RoutingDecision
+from ext_proc.chat.models_list import ModelList
 from ext_proc.chat.preferences import PreferenceRouter
 from ext_proc.chat.translate import API_PATHS
 from ext_proc.chat.endpoints import EndpointClient
@@ -24,7 +25,7 @@ from ext_proc.chat.ratelimit import RateLimiter
 from ext_proc.config import Config
 from ext_proc.metrics import Metrics
 from ext_proc.models.base import Models
-from ext_proc.names import AGENT_LISTENER_PREFIX, CHAT_COMPLETIONS_PATH
+from ext_proc.names import AGENT_LISTENER_PREFIX, CHAT_COMPLETIONS_PATH, MODELS_PATH
 from ext_proc.processor import Processor
 
 __all__ = ["Services", "pick", "served_paths"]
@@ -93,8 +94,14 @@ def _decision(api: str) -> Factory:
     return make
 
 
+def _models(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Processor:
+    """``GET /v1/models``: the models a client can name (answered here, nothing goes upstream)."""
+    return ModelList(s.cfg)
+
+
 _ROUTES: dict[tuple[str, str], Factory] = {
     **{(listener, path): _chat(listener, api) for listener in ("ingress", "egress") for api, path in API_PATHS.items()},
+    **{(listener, MODELS_PATH): _models for listener in ("ingress", "egress")},
     **{("egress", DECISION_PREFIX + path): _decision(api) for api, path in API_PATHS.items()},
 }
 

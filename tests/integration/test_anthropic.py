@@ -248,3 +248,21 @@ def test_system_messages_alone_for_an_anthropic_provider_are_a_400_naming_what_t
     error = info.value.response.json()["error"]
     assert error["param"] == "messages" and "send the request as a user message" in error["message"]
     assert stack.claude.requests == []
+
+
+@pytest.mark.parametrize("listener", ["egress", "ingress"])
+def test_both_sdks_list_the_models_a_client_can_name(stack: Stack, listener: str) -> None:
+    """GET /v1/models (chat UIs and IDE clients ask it first): OpenAI's list for the openai SDK,
+    Anthropic's for the anthropic SDK, each provider's model once, nothing sent upstream."""
+    stack.claude.clear(), stack.oai.clear()
+    openai_client = openai.OpenAI(base_url=stack.url(listener) + "/v1", api_key="sk-client-own", max_retries=0, timeout=10)
+    listed = openai_client.models.list()
+    assert [(m.id, m.owned_by) for m in listed.data] == [("claude-test", "anthropic"), ("gpt-test", "openai"), ("claude-down", "anthropic")]
+    page = claude_client(stack, listener).models.list()
+    assert [m.id for m in page.data] == ["claude-test", "gpt-test", "claude-down"] and page.has_more is False
+    assert page.data[0].type == "model" and page.data[0].display_name == "claude-test"
+    assert stack.claude.requests == [] and stack.oai.requests == []
+    request = urllib.request.Request(stack.url(listener) + "/v1/models", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)  # noqa: S310
+    assert info.value.code == 405 and "use GET" in json.loads(info.value.read())["error"]["message"]
