@@ -37,7 +37,7 @@ from ext_proc.config import LlmProvider
 from ext_proc.errors import MalformedRequest, RenderedError, SidegateError, openai_error_of, render_error
 from ext_proc.names import CHAT_COMPLETIONS_PATH, MESSAGES_PATH, RESPONSES_PATH
 from ext_proc.processor import Immediate
-from ext_proc.wire import anthropic, bedrock, responses
+from ext_proc.wire import anthropic, bedrock, json_tool, responses
 from ext_proc.wire.openai import ChatRequest, json_object, parse_chat_request, usage_from_body, usage_from_sse
 
 __all__ = ["API_PATHS", "Exchange"]
@@ -75,6 +75,7 @@ class Exchange:
         self._fed = False  # usage() fed the current chunk to the Bedrock decoder
         self._include_usage = True  # an OpenAI client's stream_options.include_usage (Bedrock streams)
         self._error_type: str | None = None
+        self._json_tool: json_tool.ContentStream | None = None  # a JSON response_format sent as a forced tool call
 
     @property
     def translating(self) -> bool:
@@ -140,7 +141,7 @@ class Exchange:
         if self._untranslatable:  # to chat completions, and something in it has no such form
             raise self._untranslatable[0]
         if self.upstream == "bedrock":  # Converse: the model and the streaming choice are in the path
-            chat_in: dict[str, Any] = json.loads(body) if body is not None else dict(req.body)
+            chat_in: dict[str, Any] = self._structured(json.loads(body) if body is not None else dict(req.body), "Bedrock")
             model = provider.model or str(chat_in.get("model") or "")
             path = bedrock.converse_path(model, stream=bool(chat_in.get("stream")), base_path=provider.upstream.base_path)
             options = chat_in.get("stream_options")
@@ -153,8 +154,15 @@ class Exchange:
         chat: dict[str, Any] = json.loads(body) if body is not None else self._chat_body or dict(req.body)
         if provider.model:
             chat = {**chat, "model": provider.model}
-        out = anthropic.chat_request_to_messages(chat) if self.upstream == "anthropic" else chat
+        out = anthropic.chat_request_to_messages(self._structured(chat, "Anthropic")) if self.upstream == "anthropic" else chat
         return json.dumps(out).encode(), API_PATHS[self.upstream] if self.translating else None
+
+    def _structured(self, chat: dict[str, Any], api: str) -> dict[str, Any]:
+        """A chat request for a provider without ``response_format``: a JSON one becomes a forced tool call."""
+        if not json_tool.wants_json(chat):
+            return chat
+        self._json_tool = json_tool.ContentStream()
+        return json_tool.as_tool_call(chat, api)
 
     def _same_request(self, body: bytes | None) -> bool:
         """Whether the router's body says what the client's request does, but for ``model`` (an
@@ -240,6 +248,14 @@ class Exchange:
 
     def response(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes | None:
         """The provider's bytes in the client's API (None: unchanged)."""
+        out = self._response(chunk, streaming=streaming, end_of_stream=end_of_stream)
+        if self._json_tool is None or out is None or not self._status_ok:
+            return out
+        if streaming:  # the JSON tool's call as the answer's content, as a provider with response_format answers
+            return self._json_tool.feed(out) + (self._json_tool.close() if end_of_stream else b"")
+        return json.dumps(json_tool.completion_content(json.loads(out))).encode() if out else out
+
+    def _response(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes | None:
         if not self.translating:
             if self.client == "anthropic" and not self._status_ok and not streaming and openai_error_of(chunk) is not None:
                 return anthropic.error_body_to_messages(chunk, self._status)  # Envoy's own (provider down) in Anthropic's shape

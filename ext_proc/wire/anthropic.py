@@ -36,7 +36,9 @@ Contracts
   (:func:`parse_messages_request` / :func:`ext_proc.wire.openai.parse_chat_request`) and raise
   :class:`MalformedRequest` (400) for what has no counterpart on the other side: ``document``
   blocks and server tools towards OpenAI; tool-call arguments that are not a JSON object, legacy
-  ``functions``, ``n > 1``, JSON ``response_format``, audio and file parts towards Anthropic.
+  ``functions``, ``n > 1``, audio and file parts towards Anthropic; a JSON ``response_format`` too
+  here (:class:`~ext_proc.chat.translate.Exchange` first turns it into a forced tool call:
+  :mod:`ext_proc.wire.json_tool`).
 * Anthropic requires ``max_tokens``: an OpenAI request without ``max_completion_tokens`` or
   ``max_tokens`` gets :data:`DEFAULT_MAX_TOKENS` (4096, Arch's default too).
 * The response translators take the provider's JSON (bytes or an already parsed dict) and raise

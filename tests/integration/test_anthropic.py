@@ -20,6 +20,7 @@ from typing import Any
 
 import anthropic
 import openai
+import pydantic
 import pytest
 
 from ext_proc.config import Config
@@ -266,3 +267,28 @@ def test_both_sdks_list_the_models_a_client_can_name(stack: Stack, listener: str
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request, timeout=10)  # noqa: S310
     assert info.value.code == 405 and "use GET" in json.loads(info.value.read())["error"]["message"]
+
+
+class Query(pydantic.BaseModel):
+    q: str
+
+
+@pytest.mark.parametrize("how", ["chat", "chat-stream", "responses"])
+def test_a_typed_answer_from_an_anthropic_provider(stack: Stack, how: str) -> None:
+    """response_format (the openai SDK's parse, the Vercel AI SDK's generateObject) to a provider whose
+    API has none: sent as a forced tool call, whose input comes back as the answer's JSON content."""
+    stack.claude.clear()
+    client, headers = oai_client(stack), {"x-fake-tool": "json_output"}  # the fake calls the tool with {"q": <user text>}
+    if how == "chat":
+        parsed = client.chat.completions.parse(model="claude-test", messages=[{"role": "user", "content": "typed"}], response_format=Query,
+                                               extra_headers=headers).choices[0].message.parsed
+    elif how == "chat-stream":
+        with client.chat.completions.stream(model="claude-test", messages=[{"role": "user", "content": "typed"}], response_format=Query,
+                                            extra_headers=headers) as s:
+            parsed = s.get_final_completion().choices[0].message.parsed
+    else:
+        parsed = client.responses.parse(model="claude-test", input="typed", text_format=Query, extra_headers=headers).output_parsed
+    assert parsed == Query(q="typed")
+    (sent,) = stack.claude.requests
+    assert sent.json["tool_choice"] == {"type": "tool", "name": "json_output"}
+    assert sent.json["tools"][0]["input_schema"]["properties"] == {"q": {"title": "Q", "type": "string"}}

@@ -1,0 +1,122 @@
+"""Structured output for providers whose API has no ``response_format``: Anthropic and Bedrock.
+
+A chat request's ``response_format`` (``json_schema``: the answer must match the schema;
+``json_object``: any JSON object) is what the ``openai`` SDK's ``parse``, the Vercel AI SDK's
+``generateObject`` and most agent frameworks send for typed answers. Anthropic's Messages API and
+Bedrock's Converse API take no such field, but both force a tool call and validate the call's input
+against the tool's schema. So, as LiteLLM does for these providers:
+
+* :func:`as_tool_call`: the chat request gets one tool, :data:`JSON_TOOL`, whose ``parameters``
+  are the schema (``{"type": "object"}`` for ``json_object``), and ``tool_choice`` forcing it; the
+  ``response_format`` goes. A request with tools of its own is refused (400): forcing the JSON tool
+  would take their calls away;
+* :func:`completion_content` and :class:`ContentStream`: the provider's answer, once in chat
+  completions' shape, has that call's arguments as the message ``content`` (the JSON text), no
+  tool call, and ``finish_reason`` ``stop`` (``length`` when cut), as an OpenAI provider answers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ext_proc.errors import MalformedRequest
+
+__all__ = ["JSON_TOOL", "ContentStream", "as_tool_call", "completion_content", "wants_json"]
+
+JSON_TOOL = "json_output"
+
+
+def wants_json(body: Mapping[str, Any]) -> bool:
+    fmt = body.get("response_format")
+    return isinstance(fmt, Mapping) and fmt.get("type") in ("json_schema", "json_object")
+
+
+def as_tool_call(body: Mapping[str, Any], provider_api: str) -> dict[str, Any]:
+    """``body`` (with a JSON ``response_format``: :func:`wants_json`) with that format as a forced tool call."""
+    fmt = body["response_format"]
+    if body.get("tools"):
+        raise MalformedRequest(f"response_format: {fmt['type']!r} together with tools is not translated to {provider_api} (its "
+                               "structured output is a forced tool call, which would take the tools' calls away): send one or "
+                               "the other", code="unsupported_parameter", param="response_format")
+    description = "Give your whole answer as this tool's input: a JSON object."
+    schema: Any = {"type": "object"}
+    if fmt["type"] == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("schema", {}), Mapping):
+            raise MalformedRequest("response_format.json_schema: expected an object with 'name' and 'schema'", code="invalid_value",
+                                   param="response_format.json_schema")
+        schema = spec.get("schema") or {"type": "object"}
+        if schema.get("type", "object") != "object":
+            raise MalformedRequest(f"response_format.json_schema.schema: {provider_api} takes a schema whose root is an object "
+                                   f"(type 'object'), not {schema.get('type')!r}", code="unsupported_parameter",
+                                   param="response_format.json_schema.schema")
+        what = " ".join(str(x) for x in (spec.get("name"), spec.get("description")) if x)
+        if what:
+            description = f"{description} It is: {what}"
+    out = {k: v for k, v in body.items() if k not in ("response_format", "tool_choice", "parallel_tool_calls")}
+    out["tools"] = [{"type": "function", "function": {"name": JSON_TOOL, "description": description, "parameters": schema}}]
+    out["tool_choice"] = {"type": "function", "function": {"name": JSON_TOOL}}
+    return out
+
+
+def _finish(reason: Any) -> Any:
+    return "stop" if reason == "tool_calls" else reason
+
+
+def completion_content(completion: dict[str, Any]) -> dict[str, Any]:
+    """A chat completion (the translated answer) with the JSON tool's arguments as its content."""
+    for choice in completion.get("choices") or []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            continue
+        calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict) and (c.get("function") or {}).get("name") == JSON_TOOL]
+        if calls:
+            message["content"] = "".join(str(c["function"].get("arguments") or "") for c in calls)
+            message.pop("tool_calls", None)
+        choice["finish_reason"] = _finish(choice.get("finish_reason"))
+    return completion
+
+
+class ContentStream:
+    """Chat-completion chunks (SSE, as the translators write them) with the JSON tool's argument
+    deltas as ``content`` deltas; other text the provider streamed is left out (it is not JSON)."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._tail + chunk
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._tail = data
+            return b""
+        self._tail = data[end + 2:]
+        return b"".join(self._event(event) for event in data[:end].split(b"\n\n") if event)
+
+    def close(self) -> bytes:
+        tail, self._tail = self._tail, b""
+        return self._event(tail) if tail.strip() else b""
+
+    @staticmethod
+    def _event(event: bytes) -> bytes:
+        if not event.startswith(b"data: {"):
+            return event + b"\n\n"  # [DONE], comments, anything not a chunk
+        try:
+            chunk = json.loads(event[6:])
+        except ValueError:
+            return event + b"\n\n"
+        if not isinstance(chunk, dict) or "choices" not in chunk:
+            return event + b"\n\n"  # an error event
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            calls = delta.pop("tool_calls", None) or []
+            delta.pop("content", None)
+            text = "".join(str((c.get("function") or {}).get("arguments") or "") for c in calls if isinstance(c, dict))
+            if text:
+                delta["content"] = text
+            choice["finish_reason"] = _finish(choice.get("finish_reason"))
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
