@@ -13,7 +13,7 @@ independently of ``ext_proc`` on purpose: it is the reference the gateway is tes
 
 Routes: ``POST …/chat/completions`` (any prefix: ``/v1/…``, ``/openai/v1/…``), OpenAI's
 ``POST …/responses`` (JSON and its event stream), ``GET …/models``,
-Anthropic's ``POST …/messages`` and Amazon Bedrock's ``POST /model/{modelId}/converse`` and
+Anthropic's ``POST …/messages`` (and ``…/messages/count_tokens``: the words of every message) and Amazon Bedrock's ``POST /model/{modelId}/converse`` and
 ``/converse-stream`` (JSON, and AWS event-stream binary framing: see :func:`event_frame`; a Bedrock
 API key as ``Authorization: Bearer``, or an AWS SigV4 signature by a key of :data:`FAKE_AWS_KEYS`, checked
 by :func:`check_sigv4`); ``x-fake-tool: NAME`` answers, on each API, the reply text and then a
@@ -392,6 +392,14 @@ class FakeProvider:
             if request.method != "POST":
                 return _error(405, f"method {request.method} not allowed on {request.path}", code="method_not_allowed")
             resp = await self._responses(request, parsed)
+        elif path.endswith("/messages/count_tokens"):  # Anthropic's token count: the words of every message
+            if request.method != "POST":
+                return _anthropic_error(405, f"method {request.method} not allowed on {request.path}", "invalid_request_error")
+            if not request.headers.get("x-api-key") and not request.headers.get("authorization", "").startswith("Bearer "):
+                return _anthropic_error(401, "x-api-key header is required", "authentication_error")
+            if not isinstance(parsed, dict) or not isinstance(parsed.get("messages"), list):
+                return _anthropic_error(400, "messages: Field required", "invalid_request_error")
+            resp = web.json_response({"input_tokens": sum(len(_text(m.get("content")).split()) for m in parsed["messages"] if isinstance(m, dict))})
         elif path.endswith("/messages"):  # Anthropic's Messages API
             if request.method != "POST":
                 return _anthropic_error(405, f"method {request.method} not allowed on {request.path}", "invalid_request_error")

@@ -292,3 +292,22 @@ def test_a_typed_answer_from_an_anthropic_provider(stack: Stack, how: str) -> No
     (sent,) = stack.claude.requests
     assert sent.json["tool_choice"] == {"type": "tool", "name": "json_output"}
     assert sent.json["tools"][0]["input_schema"]["properties"] == {"q": {"title": "Q", "type": "string"}}
+
+
+def test_count_tokens_is_the_anthropic_providers_own_count_or_sidegates_estimate(stack: Stack) -> None:
+    """Claude Code calls /v1/messages/count_tokens?beta=true at start-up and as its context grows."""
+    stack.claude.clear()
+    client = claude_client(stack)
+    messages: list[Any] = [{"role": "user", "content": "how many tokens are these six words"}]
+    counted = client.messages.count_tokens(model="claude-test", messages=messages)
+    assert counted.input_tokens == 7  # the fake counts words: the provider's own answer
+    (seen,) = stack.claude.requests
+    assert seen.path == "/v1/messages/count_tokens" and seen.headers["x-api-key"] == CLAUDE_KEY
+    beta = client.beta.messages.count_tokens(model="claude-test", messages=messages, extra_query={"beta": "true"})  # as Claude Code asks
+    assert beta.input_tokens == 7 and stack.claude.requests[-1].query_string == "beta=true"
+    stack.oai.clear()
+    raw = client.messages.with_raw_response.count_tokens(model="gpt-test", messages=messages, system="be brief")
+    assert raw.headers["x-sidegate-estimate"] == "true" and raw.parse().input_tokens == 19  # ceil((8 + 35) chars / 4) + 4 a message
+    assert stack.oai.requests == []
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.count_tokens(model="claude-test", messages="not a list")  # type: ignore[arg-type]
