@@ -12,7 +12,7 @@ independently of ``ext_proc`` on purpose: it is the reference the gateway is tes
         fp.requests[-1].headers["authorization"]               # "Bearer sk-test"
 
 Routes: ``POST …/chat/completions`` (any prefix: ``/v1/…``, ``/openai/v1/…``), OpenAI's
-``POST …/responses`` (JSON and its event stream), ``GET …/models``,
+``POST …/responses`` (JSON and its event stream), ``POST …/embeddings``, ``GET …/models``,
 Anthropic's ``POST …/messages`` (and ``…/messages/count_tokens``: the words of every message) and Amazon Bedrock's ``POST /model/{modelId}/converse`` and
 ``/converse-stream`` (JSON, and AWS event-stream binary framing: see :func:`event_frame`; a Bedrock
 API key as ``Authorization: Bearer``, or an AWS SigV4 signature by a key of :data:`FAKE_AWS_KEYS`, checked
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import calendar
 import collections
 import hashlib
@@ -392,6 +393,8 @@ class FakeProvider:
             if request.method != "POST":
                 return _error(405, f"method {request.method} not allowed on {request.path}", code="method_not_allowed")
             resp = await self._responses(request, parsed)
+        elif path.endswith("/embeddings") and request.method == "POST":  # OpenAI's: 8 numbers a text, from its sha256
+            resp = self._embeddings(parsed)
         elif path.endswith("/messages/count_tokens"):  # Anthropic's token count: the words of every message
             if request.method != "POST":
                 return _anthropic_error(405, f"method {request.method} not allowed on {request.path}", "invalid_request_error")
@@ -446,6 +449,24 @@ class FakeProvider:
             reply=h.get("x-fake-reply", b.reply),
             chunk_chars=b.chunk_chars if chunk_chars is None else chunk_chars,
         )
+
+    def _embeddings(self, body: Any) -> web.StreamResponse:
+        """``POST /v1/embeddings`` as OpenAI answers it: one vector per input (8 floats from the text's
+        sha256), ``encoding_format: base64`` as little-endian float32 bytes, usage in words."""
+        texts = body.get("input") if isinstance(body, dict) else None
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not isinstance(texts, list) or not texts:
+            return _error(400, "Missing required parameter: 'model' or 'input'.", code="missing_required_parameter")
+        data = []
+        for i, text in enumerate(texts):
+            digest = hashlib.sha256(str(text).encode()).digest()
+            vector = [round(b / 255.0, 6) for b in digest[:8]]
+            value: Any = base64.b64encode(struct.pack("<8f", *vector)).decode() if body.get("encoding_format") == "base64" else vector
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        words = sum(len(str(t).split()) for t in texts)
+        return web.json_response({"object": "list", "data": data, "model": body["model"],
+                                  "usage": {"prompt_tokens": words, "total_tokens": words}})
 
     async def _messages(self, request: web.Request, body: Any) -> web.StreamResponse:
         """``POST /v1/messages`` as Anthropic answers it: a message, or its SSE event sequence.

@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ext_proc.chat.providers import passthrough_key, provider_for_model
+from ext_proc.chat.providers import named_provider, passthrough_key
 from ext_proc.chat.ratelimit import estimate_tokens
-from ext_proc.config import Config, LlmProvider
+from ext_proc.config import Config
 from ext_proc.errors import MalformedRequest, MethodNotAllowed, SidegateError
-from ext_proc.names import PROVIDER_HINT_HEADER, UPSTREAM_HEADER
+from ext_proc.names import UPSTREAM_HEADER
 from ext_proc.processor import CONTINUE, Continue, Immediate, PassThrough, Reply
 from ext_proc.wire.anthropic import render_anthropic_error
 
@@ -60,21 +60,6 @@ class CountTokens(PassThrough):
             return self._error(MalformedRequest("request body is empty: send a JSON Messages request", code="empty_body"))
         return CONTINUE
 
-    def _provider(self, model: str | None) -> tuple[LlmProvider, str | None]:
-        hint = self.headers.get(PROVIDER_HINT_HEADER)
-        if hint:
-            provider = self.cfg.provider(hint)
-            if provider is None:
-                raise MalformedRequest(f"unknown LLM provider {hint!r} in {PROVIDER_HINT_HEADER}", code="unknown_provider",
-                                       param=PROVIDER_HINT_HEADER)
-            return provider, provider.model
-        found = provider_for_model(self.cfg, model) if model else None
-        if found is not None:
-            return found
-        if self.cfg.default_provider is None:
-            raise MalformedRequest(f"no provider serves model {model!r} and none is the default", code="unknown_model", param="model")
-        return self.cfg.default_provider, self.cfg.default_provider.model
-
     async def request_body(self, body: bytes, end_of_stream: bool) -> Reply:
         try:
             try:
@@ -86,7 +71,7 @@ class CountTokens(PassThrough):
             if not isinstance(request.get("messages"), list):
                 raise MalformedRequest("messages: Field required (an array of messages)", code="missing_required_parameter", param="messages")
             model = request.get("model")
-            provider, send_model = self._provider(model if isinstance(model, str) else None)
+            provider, send_model, _ = named_provider(self.cfg, self.headers, model if isinstance(model, str) else None)
         except SidegateError as exc:
             return self._error(exc)
         if provider.wire != "anthropic":

@@ -11,7 +11,7 @@ from ext_proc.errors import MalformedRequest
 from ext_proc.names import PROVIDER_HINT_HEADER
 from ext_proc.wire.openai import ChatRequest
 
-__all__ = ["ProviderChoice", "body_for", "choose_provider", "passthrough_key", "provider_for_model", "routable"]
+__all__ = ["ProviderChoice", "body_for", "choose_provider", "named_provider", "passthrough_key", "provider_for_model", "routable"]
 
 
 
@@ -28,6 +28,15 @@ def choose_provider(cfg: Config, headers: dict[str, str], req: ChatRequest) -> P
     provider configured for ``gpt-4o-mini`` is never asked for a model it was not configured for;
     a provider without a model (``openai/*``) gets the model the request names, without its family.
     """
+    provider, model, _ = named_provider(cfg, headers, req.model)
+    return ProviderChoice(provider=provider, body=body_for(provider, req, model=model))
+
+
+def named_provider(cfg: Config, headers: dict[str, str], model: str | None) -> tuple[LlmProvider, str | None, bool]:
+    """(the provider, the model to send it, whether the model named it) for a request naming
+    ``model``: the hint header's provider (with its model), else the provider of ``model``
+    (:func:`provider_for_model`), else the default (with its model). Raises :class:`MalformedRequest`
+    for an unknown hint, or when nothing serves ``model`` and no provider is the default."""
     hint = headers.get(PROVIDER_HINT_HEADER)
     provider: LlmProvider | None
     if hint:
@@ -39,19 +48,18 @@ def choose_provider(cfg: Config, headers: dict[str, str], req: ChatRequest) -> P
                 code="unknown_provider",
                 param=PROVIDER_HINT_HEADER,
             )
-    else:
-        found = provider_for_model(cfg, req.model) if req.model else None
-        if found is not None:
-            provider, model = found
-            return ProviderChoice(provider=provider, body=body_for(provider, req, model=model))
-        provider = cfg.default_provider
+        return provider, provider.model, False
+    found = provider_for_model(cfg, model) if model else None
+    if found is not None:
+        return found[0], found[1], True
+    provider = cfg.default_provider
     if provider is None:
         raise MalformedRequest(
-            f"no LLM provider serves model {req.model!r} and none is marked default: true in {cfg.source}",
+            f"no LLM provider serves model {model!r} and none is marked default: true in {cfg.source}",
             code="model_not_found",
             param="model",
         )
-    return ProviderChoice(provider=provider, body=body_for(provider, req))
+    return provider, provider.model, False
 
 
 def routable(cfg: Config, headers: dict[str, str], req: ChatRequest) -> bool:

@@ -17,6 +17,7 @@ from ext_proc.chat.conversations import Conversations
 from ext_proc.chat.completions import ChatProcessor, Router, egress_router, preference_egress_router
 from ext_proc.chat.decision import DECISION_PREFIX, RoutingDecision
 from ext_proc.chat.count_tokens import COUNT_TOKENS_PATH, CountTokens
+from ext_proc.chat.embeddings import EMBEDDINGS_PATH, Embeddings
 from ext_proc.chat.models_list import ModelList
 from ext_proc.chat.preferences import PreferenceRouter
 from ext_proc.chat.translate import API_PATHS
@@ -105,10 +106,16 @@ def _count_tokens(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Pr
     return CountTokens(s.cfg)
 
 
+def _embeddings(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Processor:
+    """OpenAI's ``POST /v1/embeddings``: to an OpenAI-compatible provider, as it came."""
+    return Embeddings(s.cfg)
+
+
 _ROUTES: dict[tuple[str, str], Factory] = {
     **{(listener, path): _chat(listener, api) for listener in ("ingress", "egress") for api, path in API_PATHS.items()},
     **{(listener, MODELS_PATH): _models for listener in ("ingress", "egress")},
     **{(listener, COUNT_TOKENS_PATH): _count_tokens for listener in ("ingress", "egress")},
+    **{(listener, EMBEDDINGS_PATH): _embeddings for listener in ("ingress", "egress")},
     **{("egress", DECISION_PREFIX + path): _decision(api) for api, path in API_PATHS.items()},
 }
 

@@ -311,3 +311,19 @@ def test_count_tokens_is_the_anthropic_providers_own_count_or_sidegates_estimate
     assert stack.oai.requests == []
     with pytest.raises(anthropic.BadRequestError):
         client.messages.count_tokens(model="claude-test", messages="not a list")  # type: ignore[arg-type]
+
+
+def test_embeddings_go_to_an_openai_provider_as_they_came(stack: Stack) -> None:
+    """An app's openai client sends its embeddings to sidegate too: the default (OpenAI) provider gets
+    them with the client's embedding model, and an Anthropic provider, which has none, is a 400."""
+    stack.oai.clear(), stack.claude.clear()
+    client = oai_client(stack)
+    got = client.embeddings.create(model="text-embedding-3-small", input=["first text", "second"])  # the SDK asks for base64
+    assert [len(d.embedding) for d in got.data] == [8, 8] and got.usage.prompt_tokens == 3
+    (seen,) = stack.oai.requests
+    assert seen.path == "/v1/embeddings" and seen.json["model"] == "text-embedding-3-small"
+    assert seen.headers["authorization"] == "Bearer sk-oai-key"  # the provider's key, not the client's
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model="claude-test", input="x")
+    assert isinstance(info.value.body, dict) and info.value.body["code"] == "unsupported_provider"
+    assert len(stack.oai.requests) == 1 and stack.claude.requests == []  # nothing forwarded
