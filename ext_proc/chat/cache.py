@@ -72,6 +72,7 @@ __all__ = [
     "compatible",
     "decode_entry",
     "encode_entry",
+    "shared_store",
     "wants_bypass",
 ]
 
@@ -406,6 +407,17 @@ class RedisStore:
         await self._redis.aclose()
 
 
+def shared_store(shared: SharedStore, file_name: str, *, max_bytes: int) -> CacheStore:
+    """Where entries live by ``shared_store``: Redis; or this host: the file ``file_name`` the
+    ext_proc workers of one ``sidegate up`` share, else this process (``max_bytes``: the bound on
+    this host, least recently used dropped first)."""
+    if shared.type == "redis":
+        return RedisStore(shared)
+    if (path := workers_file(file_name)) is not None:  # several workers: one store for all of them
+        return FileStore(path, max_bytes=max_bytes, timeout_s=shared.timeout_s)
+    return MemoryStore(max_bytes=max_bytes)
+
+
 @dataclass(frozen=True)
 class Lookup:
     result: Result
@@ -424,15 +436,7 @@ class ResponseCacheService:
         self.models = models if settings.similarity is not None else None
         self._embed_down_until = 0.0  # after a failed embedding: exact matching only for EMBED_BACKOFF_S
         self.prefix = shared.prefix
-        self.store: CacheStore
-        if store is not None:
-            self.store = store
-        elif shared.type == "redis":
-            self.store = RedisStore(shared)
-        elif (shared_file := workers_file(CACHE_FILE)) is not None:  # several workers: one cache for all of them
-            self.store = FileStore(shared_file, max_bytes=settings.max_memory_bytes, timeout_s=shared.timeout_s)
-        else:
-            self.store = MemoryStore(max_bytes=settings.max_memory_bytes)
+        self.store = store if store is not None else shared_store(shared, CACHE_FILE, max_bytes=settings.max_memory_bytes)
         self._on_store_error = on_store_error or (lambda kind: None)
         self._log = FailureLog(log)
 

@@ -34,8 +34,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ext_proc.chat.cache import CacheStore, FileStore, MemoryStore, RedisStore, StoreFailed
-from ext_proc.chat.shared_store import FailureLog, workers_file
+from ext_proc.chat.cache import CacheStore, StoreFailed, shared_store
+from ext_proc.chat.shared_store import FailureLog
 from ext_proc.config import SharedStore, StateStorage
 from ext_proc.errors import SidegateError
 from ext_proc.names import STATE_FILE
@@ -67,15 +67,7 @@ class Conversations:
                  store: CacheStore | None = None) -> None:
         self.settings = settings
         self.prefix = f"{shared.prefix}rs:v{VERSION}:"
-        self.store: CacheStore
-        if store is not None:
-            self.store = store
-        elif shared.type == "redis":
-            self.store = RedisStore(shared)
-        elif (shared_file := workers_file(STATE_FILE)) is not None:  # several workers: one store for all of them
-            self.store = FileStore(shared_file, max_bytes=settings.max_memory_bytes, timeout_s=shared.timeout_s)
-        else:
-            self.store = MemoryStore(max_bytes=settings.max_memory_bytes)
+        self.store = store if store is not None else shared_store(shared, STATE_FILE, max_bytes=settings.max_memory_bytes)
         self._on_store_error = on_store_error or (lambda kind: None)
         self._log = FailureLog(log)
 
