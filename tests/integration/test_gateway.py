@@ -159,7 +159,7 @@ def test_token_rate_limit_answers_429_per_selector_value_and_forwards_nothing(st
 
 
 def test_unknown_path_is_404(stack: Stack) -> None:
-    status, _, err = raw_post(f"http://127.0.0.1:{stack.cfg.egress.port}/v1/embeddings", b"{}")
+    status, _, err = raw_post(f"http://127.0.0.1:{stack.cfg.egress.port}/v1/audio/speech", b"{}")
     assert status == 404 and err["error"]["code"] == "not_found"
 
 

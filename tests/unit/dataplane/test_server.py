@@ -140,7 +140,7 @@ async def test_unknown_provider_hint_is_400_listing_known_ones(stub) -> None:
 
 async def test_unknown_path_is_404_and_get_is_405_and_empty_body_is_400(stub) -> None:
     s, _ = stub
-    (r,) = await exchange(s, "egress", headers_msg(path="/v1/embeddings?x=1"))
+    (r,) = await exchange(s, "egress", headers_msg(path="/v1/audio/speech?x=1"))
     assert error_of(r)[0] == 404
     # an anthropic SDK's path gets Anthropic's error shape
     (r,) = await exchange(s, "egress", headers_msg(path="/v1/messages/batches"))
