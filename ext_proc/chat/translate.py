@@ -249,11 +249,18 @@ class Exchange:
     def response(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes | None:
         """The provider's bytes in the client's API (None: unchanged)."""
         out = self._response(chunk, streaming=streaming, end_of_stream=end_of_stream)
-        if self._json_tool is None or out is None or not self._status_ok:
+        if self.upstream == "bedrock" or out is None:  # Bedrock's answer was read back from its chat form (_from_bedrock)
             return out
-        if streaming:  # the JSON tool's call as the answer's content, as a provider with response_format answers
-            return self._json_tool.feed(out) + (self._json_tool.close() if end_of_stream else b"")
-        return json.dumps(json_tool.completion_content(json.loads(out))).encode() if out else out
+        return self._json_content(out, streaming=streaming, end_of_stream=end_of_stream)
+
+    def _json_content(self, chat: bytes, *, streaming: bool, end_of_stream: bool) -> bytes:
+        """A chat answer (JSON, or SSE chunks) with the JSON tool's call as its content, as a provider
+        with ``response_format`` answers (unchanged when no JSON ``response_format`` was asked for)."""
+        if self._json_tool is None or not self._status_ok:
+            return chat
+        if streaming:
+            return self._json_tool.feed(chat) + (self._json_tool.close() if end_of_stream else b"")
+        return json.dumps(json_tool.completion_content(json.loads(chat))).encode() if chat else chat
 
     def _response(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes | None:
         if not self.translating:
@@ -279,6 +286,7 @@ class Exchange:
                 self._converse_out += self._converse.feed(chunk)
             self._fed = False
             chat, self._converse_out = self._converse_out + (self._converse.close() if end_of_stream else b""), b""
+            chat = self._json_content(chat, streaming=True, end_of_stream=end_of_stream)
             if self._stream is None:
                 return chat
             return self._stream.feed(chat) + (self._stream.close() if end_of_stream else b"")
@@ -286,6 +294,8 @@ class Exchange:
             error = chunk if openai_error_of(chunk) is not None else bedrock.error_body_to_chat(chunk, self._status, self._error_type)
             return anthropic.error_body_to_messages(error, self._status) if self.client == "anthropic" else error
         completion = bedrock.converse_to_chat_completion(chunk, model=self.model)
+        if self._json_tool is not None:
+            completion = json_tool.completion_content(completion)
         if self.client == "anthropic":
             return json.dumps(anthropic.chat_completion_to_message(completion, model=self.model)).encode()
         return json.dumps(completion).encode()

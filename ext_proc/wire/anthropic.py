@@ -459,8 +459,9 @@ def messages_request_to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
     placed before the rest of their user message; ``tool_use`` blocks become ``tool_calls``;
     images become ``image_url`` parts (base64 as a ``data:`` URL); ``max_tokens`` stays
     ``max_tokens`` (what every OpenAI-compatible server reads); ``stop_sequences`` -> ``stop``;
-    ``metadata.user_id`` -> ``user``; a streaming request asks for usage
-    (``stream_options.include_usage``) so the answer can report it.
+    ``metadata.user_id`` -> ``user``; ``output_config.format`` (structured output: the ``anthropic``
+    SDK's ``messages.parse``) -> a ``json_schema`` ``response_format``; a streaming request asks for
+    usage (``stream_options.include_usage``) so the answer can report it.
     """
     out: dict[str, Any] = {"model": body["model"], "messages": []}
     system = _system_text(body.get("system"))
@@ -502,6 +503,11 @@ def messages_request_to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
             out["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[kind]
         if choice.get("disable_parallel_tool_use") and tools:
             out["parallel_tool_calls"] = False
+    fmt = (body.get("output_config") or {}).get("format") if isinstance(body.get("output_config"), dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        if not isinstance(fmt.get("schema"), dict):
+            raise _bad("output_config.format.schema", "Field required (a JSON schema object)", "missing_required_parameter")
+        out["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"]}}
     return out
 
 

@@ -327,3 +327,15 @@ def test_embeddings_go_to_an_openai_provider_as_they_came(stack: Stack) -> None:
         client.embeddings.create(model="claude-test", input="x")
     assert isinstance(info.value.body, dict) and info.value.body["code"] == "unsupported_provider"
     assert len(stack.oai.requests) == 1 and stack.claude.requests == []  # nothing forwarded
+
+
+def test_an_anthropic_clients_typed_answer_from_an_openai_provider(stack: Stack) -> None:
+    """The anthropic SDK's messages.parse (output_config.format) through an OpenAI provider: sent as
+    response_format json_schema, the JSON text parsed back by the SDK."""
+    stack.oai.clear()
+    parsed = claude_client(stack).messages.parse(model="gpt-test", max_tokens=64, messages=[{"role": "user", "content": "typed"}],
+                                                 output_format=Query, extra_headers={"x-fake-reply": '{"q": "typed"}'})
+    assert parsed.parsed_output == Query(q="typed")
+    (seen,) = stack.oai.requests
+    assert seen.json["response_format"]["type"] == "json_schema"
+    assert seen.json["response_format"]["json_schema"]["schema"]["properties"]["q"]["type"] == "string"

@@ -107,3 +107,25 @@ def test_a_bedrock_provider_gets_the_tool_in_its_tool_config() -> None:
         "stopReason": "tool_use", "usage": {"inputTokens": 5, "outputTokens": 7, "totalTokens": 12}}
     out = ex.response(json.dumps(answer).encode(), streaming=False, end_of_stream=True)
     assert out is not None and json.loads(json.loads(out)["choices"][0]["message"]["content"]) == {"city": "Oslo", "days": 3}
+
+
+def test_an_anthropic_clients_output_format_is_a_json_schema_for_an_openai_provider_and_the_tool_for_bedrock() -> None:
+    """The anthropic SDK's messages.parse sends output_config.format; a chat provider gets response_format,
+    and Bedrock (no such field either) the forced tool, whose call comes back as the message's text."""
+    body = {"model": "m", "max_tokens": 50, "messages": [{"role": "user", "content": "Oslo, 3 days"}],
+            "output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}}
+    ex = Exchange("anthropic")
+    req = ex.parse(json.dumps(body).encode())
+    assert req.body["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": SCHEMA}}
+    out, _ = ex.upstream_body(req, None, CFG.provider("br"))  # type: ignore[arg-type]
+    assert out is not None and json.loads(out)["toolConfig"]["toolChoice"] == {"tool": {"name": "json_output"}}
+    ex.start_response(status="200", streaming=False)
+    answer = {"output": {"message": {"role": "assistant", "content": [
+        {"toolUse": {"toolUseId": "t1", "name": "json_output", "input": {"city": "Oslo", "days": 3}}}]}},
+        "stopReason": "tool_use", "usage": {"inputTokens": 5, "outputTokens": 7, "totalTokens": 12}}
+    message = json.loads(ex.response(json.dumps(answer).encode(), streaming=False, end_of_stream=True) or b"{}")
+    assert [b["type"] for b in message["content"]] == ["text"] and json.loads(message["content"][0]["text"]) == {"city": "Oslo", "days": 3}
+    assert message["stop_reason"] == "end_turn"
+    with pytest.raises(MalformedRequest) as info:
+        Exchange("anthropic").parse(json.dumps({**body, "output_config": {"format": {"type": "json_schema"}}}).encode())
+    assert info.value.param == "output_config.format.schema"
