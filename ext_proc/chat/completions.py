@@ -161,8 +161,7 @@ class ChatProcessor(PassThrough):
 
     async def request_body(self, body: bytes, end_of_stream: bool) -> Reply:
         try:
-            await self.exchange.recall(body, self.conversations)
-            req = self.exchange.parse(body)
+            req = await self.exchange.read(body, self.conversations)
             with telemetry.use(self.span):
                 decision = await self.router(self.cfg, self.headers, req)
             if isinstance(decision, Immediate):

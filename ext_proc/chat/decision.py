@@ -53,8 +53,7 @@ class RoutingDecision(PassThrough):
 
     async def request_body(self, body: bytes, end_of_stream: bool) -> Reply:
         try:
-            await self.exchange.recall(body, self.conversations)
-            req = self.exchange.parse(body)
+            req = await self.exchange.read(body, self.conversations)
             decision = await self.router(self.cfg, self.headers, req)
         except SidegateError as exc:
             return self._error(exc)

@@ -91,11 +91,14 @@ class Exchange:
         """A Responses API client: the chat answer is presented as a ``response`` at the end."""
         return self.presented == "responses"
 
-    async def recall(self, body: bytes, conversations: Conversations | None) -> None:
-        """A Responses client's request: what it refers to (``previous_response_id``, ``item_reference``)
-        resolved from the stored responses (None: state_storage off); before :meth:`parse`."""
-        if not self.presenting:
-            return
+    async def read(self, body: bytes, conversations: Conversations | None) -> ChatRequest:
+        """:meth:`parse`, after a Responses client's references (``previous_response_id``,
+        ``item_reference``) are resolved from the stored responses (None: state_storage off)."""
+        if self.presenting:
+            await self._recall(body, conversations)
+        return self.parse(body)
+
+    async def _recall(self, body: bytes, conversations: Conversations | None) -> None:
         raw = json_object(body, "Responses API")
         self._stored = conversations is not None
         previous = raw.get("previous_response_id")
@@ -109,7 +112,7 @@ class Exchange:
 
     @property
     def request(self) -> dict[str, Any]:
-        """A Responses client's request as :meth:`recall` left it (its input: the whole conversation found)."""
+        """A Responses client's request as :meth:`read` left it (its input: the whole conversation found)."""
         return self._raw or {}
 
     def parse(self, body: bytes) -> ChatRequest:

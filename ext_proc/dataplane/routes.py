@@ -84,7 +84,7 @@ def _chat(listener: str, api: str) -> Factory:
     def make(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Processor:
         router = s.ingress if listener == "ingress" else s.egress
         return ChatProcessor(cfg=s.cfg, listener=listener, router=router, metrics=s.metrics, log=log, ratelimits=s.ratelimits, api=api,
-                             cache=s.cache, conversations=s.conversations if api == "responses" else None)
+                             cache=s.cache, conversations=s.conversations)
     return make
 
 
@@ -92,7 +92,7 @@ def _decision(api: str) -> Factory:
     """plano's routing-decision endpoint for ``api`` on the egress listener: where a request would go, sent nowhere."""
     def make(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Processor:
         return RoutingDecision(cfg=s.cfg, router=s.egress, metrics=s.metrics, log=log, api=api,
-                               conversations=s.conversations if api == "responses" else None)
+                               conversations=s.conversations)
     return make
 
 

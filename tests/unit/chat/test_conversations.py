@@ -41,8 +41,7 @@ async def turn(conv: Conversations | None, request: dict[str, Any], answer: byte
     """One request through an Exchange as ChatProcessor drives it: (the exchange, the body sent
     upstream, the response the client got)."""
     ex = Exchange("responses")
-    await ex.recall(json.dumps(request).encode(), conv)
-    req = ex.parse(json.dumps(request).encode())
+    req = await ex.read(json.dumps(request).encode(), conv)
     out, _ = ex.upstream_body(req, None, provider)
     sent = json.loads(out) if out is not None else request
     if ex.native:
