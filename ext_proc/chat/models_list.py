@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ext_proc.chat.providers import provider_for_model
 from ext_proc.config import Config
 from ext_proc.errors import MethodNotAllowed, render_error
 from ext_proc.names import ANTHROPIC_VERSION_HEADER
@@ -31,11 +32,10 @@ def listed_models(cfg: Config) -> list[tuple[str, str]]:
     for p in cfg.llm_providers:
         if p.model and p.model not in seen:
             seen[p.model] = p.interface
-    for alias, target in cfg.model_aliases.items():
-        if alias not in seen:
-            family, _, _ = target.partition("/")
-            provider = next((p for p in cfg.llm_providers if p.model == target), None)
-            seen[alias] = provider.interface if provider is not None else family
+    for alias in cfg.model_aliases:
+        found = provider_for_model(cfg, alias)  # validate refuses an alias no provider serves
+        if alias not in seen and found is not None:
+            seen[alias] = found[0].interface
     return list(seen.items())
 
 

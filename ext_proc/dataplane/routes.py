@@ -96,26 +96,23 @@ def _decision(api: str) -> Factory:
     return make
 
 
-def _models(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Processor:
-    """``GET /v1/models``: the models a client can name (answered here, nothing goes upstream)."""
-    return ModelList(s.cfg)
+# endpoints answered from the config alone (no model server, no shared state): path -> processor
+_CONFIG_ENDPOINTS: dict[str, Callable[[Config], Processor]] = {
+    MODELS_PATH: ModelList,  # GET /v1/models: the models a client can name, answered here
+    COUNT_TOKENS_PATH: CountTokens,  # Anthropic's count_tokens: an Anthropic provider's count, else sidegate's estimate
+    EMBEDDINGS_PATH: Embeddings,  # OpenAI's embeddings: to an OpenAI-compatible provider, as they came
+}
 
 
-def _count_tokens(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Processor:
-    """Anthropic's ``POST /v1/messages/count_tokens``: an Anthropic provider's count, else sidegate's estimate."""
-    return CountTokens(s.cfg)
-
-
-def _embeddings(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Processor:
-    """OpenAI's ``POST /v1/embeddings``: to an OpenAI-compatible provider, as it came."""
-    return Embeddings(s.cfg)
+def _from_config(make_processor: Callable[[Config], Processor]) -> Factory:
+    def make(s: Services, log: logging.LoggerAdapter[logging.Logger]) -> Processor:
+        return make_processor(s.cfg)
+    return make
 
 
 _ROUTES: dict[tuple[str, str], Factory] = {
     **{(listener, path): _chat(listener, api) for listener in ("ingress", "egress") for api, path in API_PATHS.items()},
-    **{(listener, MODELS_PATH): _models for listener in ("ingress", "egress")},
-    **{(listener, COUNT_TOKENS_PATH): _count_tokens for listener in ("ingress", "egress")},
-    **{(listener, EMBEDDINGS_PATH): _embeddings for listener in ("ingress", "egress")},
+    **{(listener, path): _from_config(cls) for listener in ("ingress", "egress") for path, cls in _CONFIG_ENDPOINTS.items()},
     **{("egress", DECISION_PREFIX + path): _decision(api) for api, path in API_PATHS.items()},
 }
 
