@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ext_proc.errors import MalformedRequest
+from ext_proc.wire.anthropic import SSEReader
 
 __all__ = ["JSON_TOOL", "ContentStream", "as_tool_call", "completion_content", "wants_json"]
 
@@ -84,31 +85,22 @@ class ContentStream:
     deltas as ``content`` deltas; other text the provider streamed is left out (it is not JSON)."""
 
     def __init__(self) -> None:
-        self._tail = b""
+        self._reader = SSEReader()
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._tail + chunk
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self._tail = data
-            return b""
-        self._tail = data[end + 2:]
-        return b"".join(self._event(event) for event in data[:end].split(b"\n\n") if event)
+        return b"".join(self._event(data) for _, data in self._reader.feed(chunk))
 
     def close(self) -> bytes:
-        tail, self._tail = self._tail, b""
-        return self._event(tail) if tail.strip() else b""
+        return b"".join(self._event(data) for _, data in self._reader.finish())
 
     @staticmethod
-    def _event(event: bytes) -> bytes:
-        if not event.startswith(b"data: {"):
-            return event + b"\n\n"  # [DONE], comments, anything not a chunk
+    def _event(data: str) -> bytes:
         try:
-            chunk = json.loads(event[6:])
+            chunk = json.loads(data) if data.startswith("{") else None
         except ValueError:
-            return event + b"\n\n"
+            chunk = None
         if not isinstance(chunk, dict) or "choices" not in chunk:
-            return event + b"\n\n"  # an error event
+            return f"data: {data}\n\n".encode()  # [DONE], an error event: as they came
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if not isinstance(delta, dict):
