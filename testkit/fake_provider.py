@@ -150,6 +150,19 @@ def _text(content: Any) -> str:
     return ""
 
 
+def _words(messages: Any) -> int:
+    """A conversation's token count as the fake counts tokens: the words of every message's text."""
+    return sum(len(_text(m.get("content")).split()) for m in messages if isinstance(m, dict))
+
+
+def _anthropic_unauthenticated(request: web.Request) -> web.Response | None:
+    """Anthropic's 401 when the request carries no key: as x-api-key, or as a bearer token (what the
+    anthropic SDK 2.x sends for api_key)."""
+    if not request.headers.get("x-api-key") and not request.headers.get("authorization", "").startswith("Bearer "):
+        return _anthropic_error(401, "x-api-key header is required", "authentication_error")
+    return None
+
+
 def _anthropic_error(status: int, message: str, kind: str) -> web.Response:
     """An error as Anthropic's API writes it."""
     return web.json_response({"type": "error", "error": {"type": kind, "message": message}}, status=status)
@@ -398,11 +411,11 @@ class FakeProvider:
         elif path.endswith("/messages/count_tokens"):  # Anthropic's token count: the words of every message
             if request.method != "POST":
                 return _anthropic_error(405, f"method {request.method} not allowed on {request.path}", "invalid_request_error")
-            if not request.headers.get("x-api-key") and not request.headers.get("authorization", "").startswith("Bearer "):
-                return _anthropic_error(401, "x-api-key header is required", "authentication_error")
+            if (refused := _anthropic_unauthenticated(request)) is not None:
+                return refused
             if not isinstance(parsed, dict) or not isinstance(parsed.get("messages"), list):
                 return _anthropic_error(400, "messages: Field required", "invalid_request_error")
-            resp = web.json_response({"input_tokens": sum(len(_text(m.get("content")).split()) for m in parsed["messages"] if isinstance(m, dict))})
+            resp = web.json_response({"input_tokens": _words(parsed["messages"])})
         elif path.endswith("/messages"):  # Anthropic's Messages API
             if request.method != "POST":
                 return _anthropic_error(405, f"method {request.method} not allowed on {request.path}", "invalid_request_error")
@@ -477,9 +490,8 @@ class FakeProvider:
         if b.status is not None and b.status >= 400:
             kind = {429: "rate_limit_error", 529: "overloaded_error"}.get(b.status, "api_error")
             return _anthropic_error(b.status, f"{self.name}: simulated error {b.status}", kind)
-        # the key as x-api-key, or as a bearer token (what the anthropic SDK 2.x sends for api_key)
-        if not request.headers.get("x-api-key") and not request.headers.get("authorization", "").startswith("Bearer "):
-            return _anthropic_error(401, "x-api-key header is required", "authentication_error")
+        if (refused := _anthropic_unauthenticated(request)) is not None:
+            return refused
         if not request.headers.get("anthropic-version"):
             return _anthropic_error(400, "anthropic-version: header is required", "invalid_request_error")
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
@@ -490,7 +502,7 @@ class FakeProvider:
         last_user = next((_text(m.get("content")) for m in reversed(body["messages"]) if isinstance(m, dict) and m.get("role") == "user"), "")
         pieces = chunk_content(b.reply if b.reply is not None else f"{self.name} says: {last_user}", b.chunks, b.chunk_chars)
         content = "".join(pieces)
-        usage = {"input_tokens": sum(len(_text(m.get("content")).split()) for m in body["messages"] if isinstance(m, dict)),
+        usage = {"input_tokens": _words(body["messages"]),
                  "output_tokens": len(content.split())}
         tool = request.headers.get("x-fake-tool")
         tools = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
@@ -549,7 +561,7 @@ class FakeProvider:
             return _error(400, f"x-fake-tool {tool!r} is not in tools ({tools})", param="tools")
         pieces = chunk_content(b.reply if b.reply is not None else f"{self.name} says: {last_user}", b.chunks, b.chunk_chars)
         content = "".join(pieces)
-        input_tokens = sum(len(_text(i.get("content")).split()) for i in items if isinstance(i, dict))
+        input_tokens = _words(items)
         usage = {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                  "output_tokens": len(content.split()), "output_tokens_details": {"reasoning_tokens": 0},
                  "total_tokens": input_tokens + len(content.split())}
@@ -680,7 +692,7 @@ class FakeProvider:
         last_user = next((_text(m.get("content")) for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), "")
         pieces = chunk_content(b.reply if b.reply is not None else f"{self.name} says: {last_user}", b.chunks, b.chunk_chars)
         content = "".join(pieces)
-        prompt_tokens = sum(len(_text(m.get("content")).split()) for m in messages if isinstance(m, dict))
+        prompt_tokens = _words(messages)
         completion_tokens = len(content.split())
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
