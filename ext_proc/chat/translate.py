@@ -249,23 +249,15 @@ class Exchange:
                     found = responses.chat_usage(event["response"].get("usage")) or found
         return found
 
+    def _json_content(self, chat: bytes, *, end_of_stream: bool) -> bytes:
+        """Chat SSE chunks with the JSON tool's call as their content, as a provider with
+        ``response_format`` streams (unchanged when no JSON ``response_format`` was asked for)."""
+        if self._json_tool is None:
+            return chat
+        return self._json_tool.feed(chat) + (self._json_tool.close() if end_of_stream else b"")
+
     def response(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes | None:
         """The provider's bytes in the client's API (None: unchanged)."""
-        out = self._response(chunk, streaming=streaming, end_of_stream=end_of_stream)
-        if self.upstream == "bedrock" or out is None:  # Bedrock's answer was read back from its chat form (_from_bedrock)
-            return out
-        return self._json_content(out, streaming=streaming, end_of_stream=end_of_stream)
-
-    def _json_content(self, chat: bytes, *, streaming: bool, end_of_stream: bool) -> bytes:
-        """A chat answer (JSON, or SSE chunks) with the JSON tool's call as its content, as a provider
-        with ``response_format`` answers (unchanged when no JSON ``response_format`` was asked for)."""
-        if self._json_tool is None or not self._status_ok:
-            return chat
-        if streaming:
-            return self._json_tool.feed(chat) + (self._json_tool.close() if end_of_stream else b"")
-        return json.dumps(json_tool.completion_content(json.loads(chat))).encode() if chat else chat
-
-    def _response(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes | None:
         if not self.translating:
             if self.client == "anthropic" and not self._status_ok and not streaming and openai_error_of(chunk) is not None:
                 return anthropic.error_body_to_messages(chunk, self._status)  # Envoy's own (provider down) in Anthropic's shape
@@ -273,14 +265,15 @@ class Exchange:
         if self.upstream == "bedrock":
             return self._from_bedrock(chunk, streaming=streaming, end_of_stream=end_of_stream)
         if streaming and self._stream is not None:
-            return self._stream.feed(chunk) + (self._stream.close() if end_of_stream else b"")
+            return self._json_content(self._stream.feed(chunk) + (self._stream.close() if end_of_stream else b""), end_of_stream=end_of_stream)
         if not self._status_ok:
             if self.upstream == "anthropic":
                 # Envoy's own answer (provider unreachable or silent) is OpenAI's shape already: its code stays
                 return None if openai_error_of(chunk) is not None else anthropic.error_body_to_chat(chunk, self._status)
             return anthropic.error_body_to_messages(chunk, self._status)
         if self.upstream == "anthropic":
-            return json.dumps(anthropic.message_to_chat_completion(chunk, model=self.model)).encode()
+            completion = anthropic.message_to_chat_completion(chunk, model=self.model)
+            return json.dumps(json_tool.completion_content(completion) if self._json_tool is not None else completion).encode()
         return json.dumps(anthropic.chat_completion_to_message(chunk, model=self.model)).encode()
 
     def _from_bedrock(self, chunk: bytes, *, streaming: bool, end_of_stream: bool) -> bytes:
@@ -289,7 +282,7 @@ class Exchange:
                 self._converse_out += self._converse.feed(chunk)
             self._fed = False
             chat, self._converse_out = self._converse_out + (self._converse.close() if end_of_stream else b""), b""
-            chat = self._json_content(chat, streaming=True, end_of_stream=end_of_stream)
+            chat = self._json_content(chat, end_of_stream=end_of_stream)
             if self._stream is None:
                 return chat
             return self._stream.feed(chat) + (self._stream.close() if end_of_stream else b"")
