@@ -57,9 +57,12 @@ _REFUSED = {
 _KNOWN = set(_SAME) | _DROPPED | set(_REFUSED) | {"input", "instructions", "tools", "tool_choice", "max_output_tokens", "text",
                                                    "reasoning", "previous_response_id"}
 # what to do about a reference sidegate could not resolve (state_storage on, or off)
-_NOT_STORED = ("sidegate keeps the responses it answered for state_storage.ttl, not those a provider's own Responses API "
-               "answered (native_responses): send the whole conversation in input")
-_STATE_OFF = "state_storage is off (type: none): send the whole conversation in input"
+def _not_held(stored: bool, what: str) -> str:
+    """Why a reference was not resolved, and what to send (``what``: the conversation, the item) instead."""
+    if not stored:
+        return f"state_storage is off (type: none): send the whole {what} in input"
+    return (f"sidegate keeps the responses it answered for state_storage.ttl, not those a provider's own Responses API "
+            f"answered (native_responses): send the whole {what} in input")
 CUSTOM_INPUT = "input"  # the one parameter of a custom tool's function form
 # tool types OpenAI runs itself (the others, such as custom and local_shell, run in the client)
 _HOSTED_TOOLS = {"web_search", "web_search_preview", "file_search", "code_interpreter", "computer_use_preview", "computer",
@@ -109,7 +112,7 @@ def responses_request_to_chat(raw: bytes | Mapping[str, Any], *, problems: list[
     previous = body.get("previous_response_id")
     if previous is not None:
         _unsupported(problems, _bad("previous_response_id", f"Previous response with id {previous!r} not found: "
-                                    f"{_NOT_STORED if stored else _STATE_OFF}", code="previous_response_not_found"))
+                                    f"{_not_held(stored, 'conversation')}", code="previous_response_not_found"))
     for key in sorted(set(body) - _KNOWN):
         _unsupported(problems, _bad(key, "unknown parameter", code="unknown_parameter"))
     if "input" not in body:
@@ -198,8 +201,7 @@ def _input_messages(value: Any, problems: list[MalformedRequest] | None, *, stor
         elif kind == "reasoning":
             continue  # the model's earlier reasoning (often encrypted): chat completions have no place for it
         elif kind == "item_reference":
-            _unsupported(problems, _bad(f"{at}.id", f"Item with id {item.get('id')!r} not found: "
-                                        f"{(_NOT_STORED if stored else _STATE_OFF).replace('conversation', 'item')}",
+            _unsupported(problems, _bad(f"{at}.id", f"Item with id {item.get('id')!r} not found: {_not_held(stored, 'item')}",
                                         code="item_not_found"))
         else:
             _unsupported(problems, _bad(f"{at}.type", f"input items of type {kind!r} are not supported through sidegate (message, "
